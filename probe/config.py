@@ -1,0 +1,185 @@
+"""Model configuration: one dataclass that fully describes a :class:`probe.HookedLM`.
+
+A model is ``embed -> blocks -> final norm -> unembed``; ``layout`` names the sequence
+mixer of every block, so a hybrid is just a layout::
+
+    ModelConfig(d_model=64, layout=["qrnn", "qrnn", "attn", "ff"])
+    ModelConfig(d_model=64, layout=["lmu"] * 5 + ["attn"])
+
+Per-mixer options live in ``mixer_options`` keyed by mixer name, e.g.
+``mixer_options={"qrnn": {"window": 2}}``; each mixer declares its options and their
+defaults in its ``OPTIONS`` class attribute and unknown keys are rejected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from probe.errors import ConfigError, suggest
+
+NORMS = ("rmsnorm", "layernorm")
+MLPS = ("gelu", "swiglu", "relu", "none")
+POSITIONALS = ("rope", "learned", "none")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to build a :class:`probe.HookedLM`.
+
+    Attributes:
+        vocab_size: number of token ids (byte tokenizer: 256 bytes + 1 special = 257).
+        d_model: width of the residual stream.
+        layout: mixer name of every layer (see ``probe.mixers.MIXERS``); its length is
+            the number of layers. Defaults to ``["attn"] * n_layers``.
+        n_layers: optional; must equal ``len(layout)`` when both are given.
+        n_heads: heads of attention (and of multi-head recurrent mixers).
+        d_head: per-head width; defaults to ``d_model // n_heads``.
+        d_mlp: hidden width of the MLP after each mixer; ``0`` removes the MLP.
+        mlp: MLP kind, one of ``gelu``, ``swiglu``, ``relu``, ``none``.
+        mlp_layout: optional per-layer MLP kind (overrides ``mlp`` and a mixer's
+            preferred MLP, e.g. RWKV's channel mixing).
+        norm: ``rmsnorm`` or ``layernorm``; ``norm_eps`` its epsilon.
+        positional: ``rope`` (inside attention), ``learned`` (added to the embedding)
+            or ``none``; ``rope_base`` the RoPE frequency base.
+        n_ctx: the longest sequence attention / learned positions accept; recurrent
+            only models have no limit.
+        tie_embeddings: unembed with the transpose of the embedding matrix.
+        mixer_options: per-mixer-name option overrides.
+        init_std: std of the normal initialisation of linear and embedding weights.
+        tokenizer: ``"byte"`` or the name/path of a Hugging Face tokenizer.
+        default_prepend_bos: whether ``to_tokens`` prepends the BOS token by default.
+        name: free-form model name (shown in the explorer and model cards).
+    """
+
+    vocab_size: int = 257
+    d_model: int = 64
+    layout: list[str] | None = None
+    n_layers: int | None = None
+    n_heads: int = 4
+    d_head: int | None = None
+    d_mlp: int | None = None
+    mlp: str = "gelu"
+    mlp_layout: list[str] | None = None
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    positional: str = "rope"
+    rope_base: float = 10000.0
+    n_ctx: int = 2048
+    tie_embeddings: bool = False
+    mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    init_std: float = 0.02
+    tokenizer: str = "byte"
+    default_prepend_bos: bool = True
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        from probe.mixers import MIXERS, MLP_KINDS  # late import: mixers import config
+
+        if self.layout is None:
+            self.layout = ["attn"] * (self.n_layers if self.n_layers is not None else 2)
+        if isinstance(self.layout, str):
+            raise ConfigError(f"layout must be a list of mixer names, got the string {self.layout!r}; "
+                              f"write layout=[{self.layout!r}] * n_layers.")
+        self.layout = list(self.layout)
+        if not self.layout:
+            raise ConfigError("layout is empty: a model needs at least one layer.")
+        if self.n_layers is None:
+            self.n_layers = len(self.layout)
+        elif self.n_layers != len(self.layout):
+            raise ConfigError(f"n_layers={self.n_layers} but layout has {len(self.layout)} entries; "
+                              "give one of them or make them agree.")
+        for name in self.layout:
+            if name not in MIXERS:
+                raise ConfigError(f"Unknown mixer {name!r} in layout.{suggest(name, MIXERS)} "
+                                  f"Known mixers: {', '.join(sorted(MIXERS))}.")
+        for key in self.mixer_options:
+            if key not in MIXERS:
+                raise ConfigError(f"mixer_options has an entry for unknown mixer {key!r}.{suggest(key, MIXERS)}")
+        _positive("vocab_size", self.vocab_size)
+        _positive("d_model", self.d_model)
+        _positive("n_heads", self.n_heads)
+        if self.d_head is None:
+            if self.d_model % self.n_heads:
+                raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                                  "choose n_heads dividing d_model or set d_head explicitly.")
+            self.d_head = self.d_model // self.n_heads
+        _positive("d_head", self.d_head)
+        if self.d_mlp is None:
+            self.d_mlp = 4 * self.d_model
+        if self.d_mlp < 0:
+            raise ConfigError(f"d_mlp must be >= 0 (0 removes the MLP), got {self.d_mlp}.")
+        _choice("mlp", self.mlp, MLPS)
+        _choice("norm", self.norm, NORMS)
+        _choice("positional", self.positional, POSITIONALS)
+        if self.mlp_layout is None:
+            self.mlp_layout = [self._default_mlp(MIXERS[name]) for name in self.layout]
+        else:
+            self.mlp_layout = list(self.mlp_layout)
+            if len(self.mlp_layout) != self.n_layers:
+                raise ConfigError(f"mlp_layout has {len(self.mlp_layout)} entries for {self.n_layers} layers.")
+        for kind in self.mlp_layout:
+            if kind not in MLP_KINDS:
+                raise ConfigError(f"Unknown MLP kind {kind!r} in mlp_layout.{suggest(kind, MLP_KINDS)} "
+                                  f"Known: {', '.join(sorted(MLP_KINDS))}.")
+        _positive("n_ctx", self.n_ctx)
+        if self.norm_eps <= 0:
+            raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps}.")
+
+    def _default_mlp(self, mixer_cls) -> str:
+        if self.d_mlp == 0 or self.mlp == "none":
+            return "none"
+        return getattr(mixer_cls, "default_mlp", None) or self.mlp
+
+    def options(self, mixer_name: str) -> dict[str, Any]:
+        """The options of mixer ``mixer_name``: its declared defaults updated with ``mixer_options``."""
+        from probe.mixers import MIXERS
+
+        cls = MIXERS[mixer_name]
+        given = dict(self.mixer_options.get(mixer_name, {}))
+        unknown = set(given) - set(cls.OPTIONS)
+        if unknown:
+            bad = sorted(unknown)[0]
+            raise ConfigError(f"Unknown option {bad!r} for mixer {mixer_name!r}.{suggest(bad, cls.OPTIONS)} "
+                              f"Options of {mixer_name!r}: {', '.join(sorted(cls.OPTIONS)) or 'none'}.")
+        return {**cls.OPTIONS, **given}
+
+    @property
+    def has_attention(self) -> bool:
+        return any(name == "attn" for name in self.layout)
+
+    @property
+    def context_limit(self) -> int | None:
+        """Longest total sequence the model accepts (None: unlimited, recurrent only)."""
+        return self.n_ctx if (self.has_attention or self.positional == "learned") else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"A model config must be a JSON object, got {type(data).__name__}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"Unknown config field {unknown[0]!r}.{suggest(unknown[0], known)} "
+                              "The config may come from a newer probe or be malformed.")
+        try:
+            return cls(**data)
+        except TypeError as exc:  # wrong value types surface here
+            raise ConfigError(f"Malformed model config: {exc}") from exc
+
+
+def _positive(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}.{suggest(str(value), choices)}")

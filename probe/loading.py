@@ -1,0 +1,44 @@
+"""``probe.load``: one entry point for zoo names, checkpoint directories and hub ids."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from probe.errors import CheckpointError, suggest
+
+ZOO_DIR = Path(__file__).parent / "zoo"
+
+
+def zoo_names() -> list[str]:
+    """Names of the models shipped in ``probe/zoo`` (each a checkpoint directory)."""
+    if not ZOO_DIR.is_dir():
+        return []
+    return sorted(p.name for p in ZOO_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def load(source: str | Path, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
+    """Load a model: ``"zoo:NAME"``, a checkpoint directory, or (with network and the ``hf``
+    extra) a Hugging Face hub id converted with :func:`probe.from_hf`."""
+    from probe.io.checkpoint import load_model
+
+    text = str(source)
+    if text.startswith("zoo:"):
+        name = text[4:]
+        names = zoo_names()
+        if name not in names:
+            raise CheckpointError(f"No zoo model named {name!r}.{suggest(name, names)} "
+                                  f"Shipped: {', '.join(names) or 'none yet'}.")
+        return load_model(ZOO_DIR / name, device=device, dtype=dtype)
+    path = Path(text).expanduser()
+    if path.exists():
+        return load_model(path, device=device, dtype=dtype)
+    if "/" in text and not text.startswith((".", "/", "~")):
+        try:
+            from probe.io.hf import from_hf  # noqa: F401  (added with the converters)
+        except ImportError as exc:
+            raise CheckpointError(f"{text!r} is not a local path; loading hub ids needs the converters "
+                                  "(probe.io.hf) and the 'hf' extra.") from exc
+        return from_hf(text, device=device)
+    raise CheckpointError(f"Cannot load {text!r}: not a zoo name (zoo:NAME), an existing checkpoint "
+                          f"directory, or a hub id (owner/name).")

@@ -1,0 +1,32 @@
+"""Sequence mixers, one file each, and the registries that name them.
+
+``MIXERS`` maps layout names to mixer classes; ``MLP_KINDS`` maps MLP kinds (the block's
+MLP slot) to factories ``(cfg, layer) -> module`` (``None`` for no MLP). A new mixer is one
+file with a :class:`~probe.mixers.base.Mixer` subclass, registered here.
+"""
+from __future__ import annotations
+
+from probe.mixers.attention import Attention
+from probe.mixers.base import Mixer, RecurrentMixer
+from probe.mixers.ff import FeedForward
+from probe.mixers.lstm import LSTM
+from probe.mixers.qrnn import QRNN
+from probe.mlp import MLP
+
+MIXERS: dict[str, type[Mixer]] = {cls.NAME: cls for cls in (Attention, FeedForward, LSTM, QRNN)}
+
+
+def _plain_mlp(act):
+    return lambda cfg, layer: MLP(cfg.d_model, cfg.d_mlp, act)
+
+
+MLP_KINDS = {"gelu": _plain_mlp("gelu"), "relu": _plain_mlp("relu"), "swiglu": _plain_mlp("swiglu"), "none": None}
+
+
+def register_mixer(cls: type[Mixer]) -> type[Mixer]:
+    """Add a mixer class to ``MIXERS`` under its ``NAME`` (usable as a decorator)."""
+    MIXERS[cls.NAME] = cls
+    return cls
+
+
+__all__ = ["MIXERS", "MLP_KINDS", "Mixer", "RecurrentMixer", "register_mixer"]

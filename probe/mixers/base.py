@@ -1,0 +1,110 @@
+r"""The interface every sequence mixer implements.
+
+::
+
+    y, state = mixer(x, state=None)       # x: [batch, pos, d_model] -> y: [batch, pos, d_model]
+    state0 = mixer.initial_state(batch)   # {name: tensor [batch, ...]}: the carried memory
+
+so a model can run in segments (a prefix, then the suffix from the prefix's state),
+generate one token at a time, and treat the state as an object of analysis.
+
+State dictionaries are keyed by hook suffix: the entry ``"state"`` is what
+``hook_state`` shows at every position, ``"state_conv"`` what ``hook_state_conv`` shows,
+and so on; together the ``hook_state*`` hooks of a layer are all of its memory.
+
+:class:`RecurrentMixer` adds the hook plumbing of :mod:`probe.mixers.edits`: a subclass
+lists its per-position quantities in ``HOOKED`` (dependency order) and implements
+``compute``; edits to any of them propagate.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from probe.errors import InputError
+from probe.mixers.edits import Computation, Forcing, run_hooked
+
+
+class Mixer(nn.Module):
+    """Base class: a sequence mixer of one block.
+
+    Class attributes:
+        NAME: the layout name (``"qrnn"``).
+        OPTIONS: option names and defaults, settable through ``ModelConfig.mixer_options``.
+        default_mlp: the MLP kind this mixer's block uses unless the config says otherwise
+            (``None``: the config's ``mlp``).
+        recurrent: True when the mixer carries a fixed-size state (not attention / ff).
+    """
+
+    NAME: ClassVar[str] = ""
+    OPTIONS: ClassVar[dict[str, Any]] = {}
+    default_mlp: ClassVar[str | None] = None
+    recurrent: ClassVar[bool] = True
+
+    def __init__(self, cfg, layer: int):
+        super().__init__()
+        self.cfg = cfg
+        self.layer = layer
+        self.options = cfg.options(self.NAME)
+
+    # -- state -----------------------------------------------------------------------
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of every state tensor for one sequence at one position (no batch, no pos)."""
+        return {}
+
+    def initial_state(self, batch: int, device=None, dtype=None) -> dict[str, Tensor]:
+        """The zero state for ``batch`` sequences: ``{name: [batch, *shape]}``."""
+        p = next(self.parameters(), None)
+        device = device if device is not None else (p.device if p is not None else None)
+        dtype = dtype if dtype is not None else (p.dtype if p is not None else torch.float32)
+        return {k: torch.zeros(batch, *s, device=device, dtype=dtype) for k, s in self.state_shapes().items()}
+
+    def check_state(self, state: dict[str, Tensor] | None, x: Tensor) -> dict[str, Tensor]:
+        """Validate a carried state against this mixer; ``None`` gives the initial state."""
+        if state is None:
+            return self.initial_state(x.shape[0], x.device, x.dtype)
+        expected = self.state_shapes()
+        if not isinstance(state, dict) or set(state) != set(expected):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise InputError(f"Layer {self.layer} ({self.NAME}) expects a state with entries "
+                             f"{sorted(expected)}, got {got}. Pass the states returned by a previous run "
+                             "of the same model.")
+        for k, shape in expected.items():
+            if tuple(state[k].shape) != (x.shape[0], *shape):
+                raise InputError(f"Layer {self.layer} ({self.NAME}) state {k!r} has shape "
+                                 f"{tuple(state[k].shape)}, expected {(x.shape[0], *shape)} "
+                                 "([batch, ...]); was it produced with another batch size or model?")
+        return {k: v.to(x.dtype) for k, v in state.items()}
+
+    def init_special(self) -> None:
+        """Re-initialise parameters that need more than the model's default normal init (gate biases...)."""
+
+
+class RecurrentMixer(Mixer):
+    """A mixer whose per-position quantities are hooked with propagating edits.
+
+    Subclasses set ``HOOKED`` (quantity names in dependency order; ``hook_<name>`` is created
+    for each) and implement :meth:`compute`.
+    """
+
+    HOOKED: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg, layer: int):
+        super().__init__(cfg, layer)
+        for name in self.hooked_names():
+            setattr(self, f"hook_{name}", HookPoint())
+
+    def hooked_names(self) -> tuple[str, ...]:
+        """The quantities this instance hooks (may depend on options, e.g. no conv state for width 1)."""
+        return self.HOOKED
+
+    def compute(self, x: Tensor, state: dict[str, Tensor], forcing: Forcing, keep: set[str]) -> Computation:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, state: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        state = self.check_state(state, x)
+        hooks = {name: getattr(self, f"hook_{name}") for name in self.hooked_names()}
+        return run_hooked(self.compute, hooks, x, state)

@@ -1,0 +1,101 @@
+r"""Hook firing for recurrent mixers, with edits that propagate.
+
+A recurrent mixer exposes a sequence of per-position quantities, in dependency order
+(e.g. QRNN: ``state_conv -> z -> forget -> output -> state``), each through a hook
+point ``hook_<name>`` that fires **once per forward** with the whole
+``[batch, pos, ...]`` tensor. The mixer implements one pure function::
+
+    compute(x, state, forcing, keep) -> Computation(y, values, final_state)
+
+which runs the layer from ``state`` with some quantities *forced*: ``forcing[name] =
+(mask, values)`` means "wherever ``mask`` is True, the quantity takes the given value
+instead of the one the recurrence would produce, and everything downstream follows".
+``keep`` names the quantities the caller needs materialised in ``values`` (a mixer may
+skip building large per-position states nobody looks at).
+
+:func:`run_hooked` drives it: it computes once, fires the hooks in dependency order and,
+whenever a hook changed its tensor (a returned new tensor or an in-place write), records
+the changed elements as a forcing and recomputes, so every later hook sees values that
+reflect all earlier edits and the layer's output and final state are those of the edited
+recurrence. With no hook attached the mixer runs its fast path once.
+
+Limitation (nonlinear recurrences only, LSTM / sLSTM): gates at positions *after* an
+edited state depend on that state; their hooks have already fired with the pre-edit
+values, so a cache of those gates holds pre-edit values there. The computation itself is
+exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+Forcing = dict[str, tuple[Tensor, Tensor]]
+
+
+@dataclass
+class Computation:
+    """Result of one run of a mixer's ``compute``.
+
+    Attributes:
+        y: the mixer output ``[batch, pos, d_model]``.
+        values: per-position quantities ``{name: [batch, pos, ...]}`` (at least those asked for).
+        final_state: the state after the last position ``{name: [batch, ...]}``.
+    """
+
+    y: Tensor
+    values: dict[str, Tensor]
+    final_state: dict[str, Tensor]
+
+
+def changed_elements(edited: Tensor, reference: Tensor) -> Tensor:
+    """Boolean mask of the elements where ``edited`` differs from ``reference`` (NaN-aware)."""
+    if edited.shape != reference.shape:
+        raise ValueError(f"A hook returned a tensor of shape {tuple(edited.shape)} where "
+                         f"{tuple(reference.shape)} was expected; hooks must keep the shape.")
+    same = (edited == reference) | (torch.isnan(edited) & torch.isnan(reference))
+    return ~same
+
+
+def apply_forcing(name: str, value: Tensor, forcing: Forcing) -> Tensor:
+    """``value`` with the forced elements of quantity ``name`` replaced (unchanged if not forced)."""
+    if name not in forcing:
+        return value
+    mask, forced = forcing[name]
+    return torch.where(mask, forced.to(value.dtype), value)
+
+
+def run_hooked(
+    compute: Callable[[Tensor, dict, Forcing, set], Computation],
+    hook_points: dict,
+    x: Tensor,
+    state: dict[str, Tensor],
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Run ``compute`` with hooks fired once each and edits propagated. Returns ``(y, final_state)``.
+
+    ``hook_points`` maps quantity names, in dependency order, to their ``HookPoint``.
+    """
+    active = [name for name, hp in hook_points.items() if hp.has_hooks()]
+    if not active:
+        out = compute(x, state, {}, set())
+        return out.y, out.final_state
+    keep = set(active)
+    forcing: Forcing = {}
+    out = compute(x, state, forcing, keep)
+    for name in active:
+        clean = out.values[name]
+        version = clean._version
+        edited = hook_points[name](clean)
+        if edited is None:  # a hook that returns None keeps the value
+            edited = clean
+        if edited is clean and clean._version == version:
+            continue
+        reference = clean if edited is not clean else compute(x, state, forcing, {name}).values[name]
+        mask = changed_elements(edited, reference)
+        if not bool(mask.any()):
+            continue
+        forcing[name] = (mask, edited.detach() if not edited.requires_grad else edited)
+        out = compute(x, state, forcing, keep)
+    return out.y, out.final_state

@@ -1,0 +1,55 @@
+r"""Position-wise MLPs used in the MLP slot of a block (and by the ``ff`` mixer).
+
+``gelu`` / ``relu``::  y = W_out act(W_in x + b_in) + b_out
+``swiglu``::           y = W_out (silu(W_gate x) * (W_in x))
+
+Hooks: ``hook_pre`` (pre-activation, ``[batch, pos, d_hidden]``) and ``hook_post``
+(post-activation). Every MLP kind shares the stateful interface ``y, state = mlp(x, state)``
+so that MLP-slot layers with memory (RWKV channel mixing) fit the same block; plain MLPs
+return an empty state.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+
+
+class MLP(nn.Module):
+    recurrent = False
+
+    def __init__(self, d_model: int, d_hidden: int, act: str = "gelu"):
+        super().__init__()
+        if act not in (*ACTIVATIONS, "swiglu"):
+            raise ValueError(f"Unknown MLP activation {act!r}; use gelu, relu or swiglu.")
+        self.act = act
+        self.W_in = nn.Linear(d_model, d_hidden, bias=act != "swiglu")
+        self.W_gate = nn.Linear(d_model, d_hidden, bias=False) if act == "swiglu" else None
+        self.W_out = nn.Linear(d_hidden, d_model, bias=act != "swiglu")
+        self.hook_pre = HookPoint()
+        self.hook_post = HookPoint()
+
+    def state_shapes(self):
+        return {}
+
+    def initial_state(self, batch, device=None, dtype=None):
+        return {}
+
+    def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
+        pre = self.hook_pre(self.W_in(x))
+        if self.act == "swiglu":
+            post = F.silu(self.W_gate(x)) * pre
+        else:
+            post = ACTIVATIONS[self.act](pre)
+        return self.W_out(self.hook_post(post)), {}
+
+
+def make_mlp(kind: str, cfg, layer: int) -> nn.Module | None:
+    """The MLP of layer ``layer`` for MLP kind ``kind`` (``None`` for ``"none"``)."""
+    from probe.mixers import MLP_KINDS
+
+    factory = MLP_KINDS[kind]
+    return None if factory is None else factory(cfg, layer)

@@ -1,0 +1,364 @@
+r"""HookedLM: ``embed -> blocks -> final norm -> unembed`` for every architecture.
+
+A subclass of TransformerLens's ``HookedRootModule``: ``run_with_hooks``,
+``run_with_cache``, ``hooks()`` and hook filters behave as TransformerLens users expect;
+``config.layout`` names each block's mixer, so transformers, RNNs and hybrids are one class.
+
+Model-level hooks: ``hook_embed`` ``[batch, pos, d_model]``, ``hook_pos_embed`` (learned
+positions), ``ln_final.hook_scale`` / ``ln_final.hook_normalized``, ``hook_logits``
+``[batch, pos, vocab]``; block and mixer hooks are listed in :mod:`probe.block` and in each
+mixer's docstring.
+
+Example::
+
+    cfg = probe.ModelConfig(d_model=64, layout=["qrnn", "qrnn", "attn", "ff"])
+    model = probe.HookedLM(cfg)
+    logits, cache = model.run_with_cache("def f(x):")
+    cache["blocks.0.mixer.hook_state"]          # [1, pos, d_hidden]: the state after every token
+    logits, st = model("def f(", return_states=True)
+    more = model("x):", states=st)             # == the last positions of model("def f(x):")
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from probe.block import Block
+from probe.cache import ActivationCache
+from probe.config import ModelConfig
+from probe.data.tokenizers import get_tokenizer
+from probe.errors import ConfigError, InputError, unknown_hook
+from probe.norm import make_norm
+from probe.state import ModelState
+
+RETURN_TYPES = ("logits", "loss", "both", None)
+
+
+class HookedLM(HookedRootModule):
+    """A hooked language model of any layout. See the module docstring."""
+
+    def __init__(self, cfg: ModelConfig | dict | None = None, tokenizer: Any = None, **kwargs):
+        super().__init__()
+        if cfg is None:
+            cfg = ModelConfig(**kwargs)
+        elif isinstance(cfg, dict):
+            cfg = ModelConfig.from_dict({**cfg, **kwargs})
+        elif kwargs:
+            raise ConfigError("Pass either a ModelConfig or keyword arguments, not both.")
+        self.cfg = cfg
+        self.tokenizer = get_tokenizer(tokenizer if tokenizer is not None else cfg.tokenizer)
+        self.W_E = nn.Parameter(torch.empty(cfg.vocab_size, cfg.d_model))
+        self.hook_embed = HookPoint()
+        if cfg.positional == "learned":
+            self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+            self.hook_pos_embed = HookPoint()
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.ln_final = make_norm(cfg)
+        if not cfg.tie_embeddings:
+            self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.vocab_size))
+        self.b_U = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.hook_logits = HookPoint()
+        self.init_weights()
+        self.setup()
+
+    # -- construction ----------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Normal(0, init_std) for embeddings and linear weights, zero biases, then each mixer's own init."""
+        std = self.cfg.init_std
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, std=std)
+                    if module.bias is not None:
+                        module.bias.zero_()
+            nn.init.normal_(self.W_E, std=std)
+            if hasattr(self, "W_pos"):
+                nn.init.normal_(self.W_pos, std=std)
+            if not self.cfg.tie_embeddings:
+                nn.init.normal_(self.W_U, std=std)
+            for block in self.blocks:
+                block.mixer.init_special()
+                if block.mlp is not None and hasattr(block.mlp, "init_special"):
+                    block.mlp.init_special()
+
+    @property
+    def unembed_matrix(self) -> Tensor:
+        """``[d_model, vocab]``: ``W_U``, or ``W_E.T`` when embeddings are tied."""
+        return self.W_E.T if self.cfg.tie_embeddings else self.W_U
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_E.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_E.dtype
+
+    # -- hooks -----------------------------------------------------------------------
+    def _enable_hook(self, name, hook, dir):
+        if isinstance(name, str) and name not in self.hook_dict:
+            raise unknown_hook(name, self.hook_dict)
+        return super()._enable_hook(name, hook, dir)
+
+    def check_hook_names(self, names: Sequence[str]) -> None:
+        """Raise a clear error for any name that is not a hook point of this model."""
+        for name in names:
+            if name not in self.hook_dict:
+                raise unknown_hook(name, self.hook_dict)
+
+    def state_hook_names(self) -> list[str]:
+        """Every ``hook_state*`` of the model: together, the whole recurrent memory."""
+        return [n for n in self.hook_dict if "hook_state" in n]
+
+    # -- tokens ----------------------------------------------------------------------
+    def to_tokens(self, text: str | list[str], prepend_bos: bool | None = None) -> Tensor:
+        """Token ids ``[batch, pos]``; a list of texts is right-padded with the pad token."""
+        prepend_bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise InputError("to_tokens got an empty list of texts.")
+        rows = []
+        for t in texts:
+            ids = self.tokenizer.encode(t)
+            if prepend_bos and self.tokenizer.bos_token_id is not None:
+                ids = [self.tokenizer.bos_token_id] + ids
+            rows.append(ids)
+        width = max(len(r) for r in rows)
+        if width == 0:
+            raise InputError("The text is empty: give at least one character (or prepend_bos=True).")
+        pad = self.tokenizer.pad_token_id or 0
+        return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device)
+
+    def to_string(self, tokens: Tensor | Sequence[int]) -> str | list[str]:
+        if isinstance(tokens, Tensor) and tokens.dim() == 2:
+            return [self.tokenizer.decode(row.tolist()) for row in tokens]
+        return self.tokenizer.decode(tokens.tolist() if isinstance(tokens, Tensor) else tokens)
+
+    def to_str_tokens(self, input: str | Tensor, prepend_bos: bool | None = None) -> list[str]:
+        tokens = self.to_tokens(input, prepend_bos) if isinstance(input, str) else input
+        if isinstance(tokens, Tensor):
+            if tokens.dim() == 2:
+                if tokens.shape[0] != 1:
+                    raise InputError("to_str_tokens takes one sequence; got a batch of "
+                                     f"{tokens.shape[0]}.")
+                tokens = tokens[0]
+            tokens = tokens.tolist()
+        return [self.tokenizer.token_str(t) for t in tokens]
+
+    def to_single_token(self, text: str) -> int:
+        ids = self.tokenizer.encode(text)
+        if len(ids) != 1:
+            raise InputError(f"{text!r} is {len(ids)} tokens, not one.")
+        return ids[0]
+
+    def _as_tokens(self, input, prepend_bos: bool | None) -> Tensor:
+        if isinstance(input, (str, list)) and (isinstance(input, str) or all(isinstance(t, str) for t in input)):
+            return self.to_tokens(input, prepend_bos)
+        if not isinstance(input, Tensor):
+            raise InputError(f"Model input must be text, a list of texts or a token tensor, got {type(input).__name__}.")
+        tokens = input
+        if tokens.dim() == 1:
+            tokens = tokens.unsqueeze(0)
+        if tokens.dim() != 2:
+            raise InputError(f"Tokens must have shape [batch, pos]; got {tuple(input.shape)}.")
+        if tokens.is_floating_point() or tokens.dtype == torch.bool or tokens.is_complex():
+            raise InputError(f"Tokens must be integer ids, got dtype {tokens.dtype}; use model.to_tokens(text) "
+                             "or tokens.long().")
+        if tokens.shape[1] == 0 or tokens.shape[0] == 0:
+            raise InputError(f"Empty input: tokens have shape {tuple(tokens.shape)}; give at least one token.")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.cfg.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise InputError(f"Token id {bad} is out of range for vocab_size={self.cfg.vocab_size} "
+                             f"(valid ids 0..{self.cfg.vocab_size - 1}).")
+        return tokens.to(self.device, torch.long)
+
+    # -- forward ---------------------------------------------------------------------
+    def initial_state(self, batch: int) -> ModelState:
+        return ModelState([b.initial_state(batch, self.device, self.dtype) for b in self.blocks], 0)
+
+    def forward(
+        self,
+        input: str | list[str] | Tensor,
+        return_type: str | None = "logits",
+        *,
+        states: ModelState | None = None,
+        return_states: bool = False,
+        loss_per_token: bool = False,
+        stop_at_layer: int | None = None,
+        prepend_bos: bool | None = None,
+    ):
+        """Run the model.
+
+        Args:
+            input: text, list of texts, or token ids ``[batch, pos]`` (``[pos]`` is accepted).
+            return_type: ``"logits"`` ``[batch, pos, vocab]``, ``"loss"`` (mean next-token
+                cross-entropy, or per token ``[batch, pos-1]`` with ``loss_per_token``),
+                ``"both"`` or ``None``.
+            states: a :class:`ModelState` from a previous call: continue from it.
+            return_states: also return the state after the last position (``(out, states)``).
+            stop_at_layer: return the residual stream before block ``stop_at_layer``.
+        """
+        if return_type not in RETURN_TYPES:
+            raise InputError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}.")
+        if prepend_bos is None and states is not None:
+            prepend_bos = False  # a continuation never starts with BOS
+        tokens = self._as_tokens(input, prepend_bos)
+        batch, T = tokens.shape
+        offset = 0
+        if states is not None:
+            if not isinstance(states, ModelState) or len(states.layers) != self.cfg.n_layers:
+                raise InputError("states must be the ModelState returned by this model with return_states=True.")
+            if states.batch_size not in (0, batch):
+                raise InputError(f"states were computed for batch {states.batch_size}, input has batch {batch}.")
+            offset = states.position
+        limit = self.cfg.context_limit
+        if limit is not None and offset + T > limit:
+            raise InputError(f"Input of {offset + T} tokens is longer than this model's context n_ctx={limit} "
+                             "(it has attention or learned positions). Truncate the text, or run a recurrent "
+                             "model in segments.")
+        x = self.hook_embed(self.W_E[tokens])
+        if self.cfg.positional == "learned":
+            x = x + self.hook_pos_embed(self.W_pos[offset : offset + T].unsqueeze(0).expand(batch, -1, -1))
+        new_layers = []
+        for i, block in enumerate(self.blocks):
+            if stop_at_layer is not None and i >= stop_at_layer:
+                return x
+            x, layer_state = block(x, states.layers[i] if states is not None else None)
+            new_layers.append(layer_state)
+        if stop_at_layer is not None and stop_at_layer >= self.cfg.n_layers:
+            return x
+        logits = self.hook_logits(self.ln_final(x) @ self.unembed_matrix + self.b_U)
+        if return_type == "logits":
+            out = logits
+        elif return_type is None:
+            out = None
+        else:
+            loss = self.loss(logits, tokens, per_token=loss_per_token)
+            out = loss if return_type == "loss" else (logits, loss)
+        if return_states:
+            return out, ModelState(new_layers, offset + T)
+        return out
+
+    @staticmethod
+    def loss(logits: Tensor, tokens: Tensor, per_token: bool = False) -> Tensor:
+        """Next-token cross-entropy of ``logits [b, pos, vocab]`` on ``tokens [b, pos]``."""
+        if tokens.shape[1] < 2:
+            raise InputError("The loss needs at least two tokens (it predicts each next token).")
+        lp = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:], reduction="none")
+        return lp if per_token else lp.mean()
+
+    def run_with_cache(self, *model_args, names_filter=None, state_positions=None, **kwargs):
+        """Run and cache activations: ``(output, ActivationCache)``.
+
+        ``names_filter``: a hook name, list of names (checked: unknown names raise) or a
+        predicate. ``state_positions``: keep ``hook_state*`` tensors only at these positions
+        (an int, list or slice), to bound memory for large states.
+        """
+        if isinstance(names_filter, str):
+            self.check_hook_names([names_filter])
+        elif isinstance(names_filter, (list, tuple)):
+            self.check_hook_names(list(names_filter))
+            names_filter = list(names_filter)
+        if state_positions is None:
+            out, cache = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
+            return out, ActivationCache(cache, self)
+        return self._run_with_state_positions(model_args, names_filter, state_positions, kwargs)
+
+    def _run_with_state_positions(self, model_args, names_filter, positions, kwargs):
+        if isinstance(positions, int):
+            positions = [positions]
+        filt = _as_predicate(names_filter)
+        cache: dict[str, Tensor] = {}
+
+        def save(tensor, hook):
+            value = tensor.detach()
+            cache[hook.name] = value[:, positions] if "hook_state" in hook.name else value
+
+        hooks = [(name, save) for name in self.hook_dict if filt(name)]
+        with self.hooks(fwd_hooks=hooks):
+            out = self(*model_args, **kwargs)
+        return out, ActivationCache(cache, self)
+
+    # -- generation ------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        input: str | Tensor,
+        max_new_tokens: int = 20,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop_at_eos: bool = False,
+        return_type: str = "auto",
+    ) -> str | list[str] | Tensor:
+        """Sample ``max_new_tokens`` tokens, carrying the state (O(1) per token for recurrent
+        mixers, the KV cache for attention). ``temperature=0`` is greedy. Returns text when
+        the input is text (``return_type="auto"``) or ``"str"``, tokens ``[batch, pos + new]``
+        for ``"tokens"``."""
+        if max_new_tokens < 0:
+            raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
+        tokens = self._as_tokens(input, None)
+        gen = torch.Generator(device=self.device)
+        if seed is not None:
+            gen.manual_seed(seed)
+        logits, states = self(tokens, return_states=True)
+        out = [tokens]
+        finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=self.device)
+        for _ in range(max_new_tokens):
+            nxt = self._sample(logits[:, -1], temperature, top_k, gen)
+            if stop_at_eos and self.tokenizer.eos_token_id is not None:
+                nxt = torch.where(finished, torch.full_like(nxt, self.tokenizer.pad_token_id), nxt)
+                finished |= nxt == self.tokenizer.eos_token_id
+            out.append(nxt[:, None])
+            if stop_at_eos and bool(finished.all()):
+                break
+            logits, states = self(nxt[:, None], states=states, return_states=True)
+        result = torch.cat(out, dim=1)
+        as_text = return_type == "str" or (return_type == "auto" and isinstance(input, (str, list)))
+        if not as_text:
+            return result
+        texts = self.to_string(result)
+        return texts[0] if isinstance(input, str) else texts
+
+    @staticmethod
+    def _sample(logits: Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> Tensor:
+        if temperature <= 0:
+            return logits.argmax(-1)
+        logits = logits.float() / temperature
+        if top_k is not None:
+            kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
+
+    # -- persistence -----------------------------------------------------------------
+    def save(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` to directory ``path`` (atomically)."""
+        from probe.io.checkpoint import save_model
+
+        return save_model(self, path, dtype=dtype)
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (f"HookedLM(layout={c.layout}, d_model={c.d_model}, vocab={c.vocab_size}, "
+                f"params={sum(p.numel() for p in self.parameters()):,})")
+
+
+def _as_predicate(names_filter) -> Callable[[str], bool]:
+    if names_filter is None:
+        return lambda name: True
+    if isinstance(names_filter, str):
+        return lambda name: name == names_filter
+    if isinstance(names_filter, list):
+        allowed = set(names_filter)
+        return lambda name: name in allowed
+    if callable(names_filter):
+        return names_filter
+    raise InputError("names_filter must be a hook name, a list of names or a function of the name.")

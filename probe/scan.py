@@ -1,0 +1,127 @@
+r"""Kernels for the linear recurrence shared by every linear mixer.
+
+The recurrence, elementwise over the trailing (state) dimensions::
+
+    h_t = a_t * h_{t-1} + b_t,        t = 0 .. T-1,   h_{-1} = h0
+
+with ``a, b: [batch, T, *state]`` (``a`` may broadcast against ``b``, e.g. a per-head
+scalar decay ``[batch, T, heads, 1, 1]`` against a matrix state
+``[batch, T, heads, d_k, d_v]``) and ``h0: [batch, *state]``. The result holds the state
+after every position, ``h: [batch, T, *state]``.
+
+Two forms are kept side by side and tested against each other:
+
+* :func:`linear_scan_sequential` is the obviously-correct reference, one step per token.
+* :func:`linear_scan_chunked` splits the sequence into ``n`` chunks of length ``L``.
+  Within every chunk (all chunks at once) it runs the recurrence from a zero state while
+  accumulating the decay product ``P_t = a_{c0} * ... * a_t``; a short sequential pass
+  over the chunk ends then carries the true state into each chunk, and the final state
+  is ``h_t = local_t + P_t * carry_chunk``. That is ``L + n`` small steps instead of
+  ``T`` (``2 sqrt(T)`` with the default ``L = ceil(sqrt(T))``), uses only products of the
+  decays (no logarithms or divisions), so decays of exactly 0 or 1 are handled exactly.
+
+:func:`force_states` turns "the state at some (position, element) is overwritten with a
+given value" into the same recurrence (``a = 0, b = value`` there), which is how edited
+states propagate through a scan.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["linear_scan", "linear_scan_sequential", "linear_scan_chunked", "force_states"]
+
+
+def _check(a: Tensor, b: Tensor, h0: Tensor | None) -> None:
+    if a.dim() < 2 or b.dim() < 2:
+        raise ValueError(f"scan inputs need shape [batch, T, ...]; got a {tuple(a.shape)}, b {tuple(b.shape)}")
+    try:
+        torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError as exc:
+        raise ValueError(f"decay a {tuple(a.shape)} does not broadcast to input b {tuple(b.shape)}") from exc
+    if h0 is not None and (h0.shape[0] != b.shape[0] or h0.shape[1:] != b.shape[2:]):
+        raise ValueError(f"initial state h0 has shape {tuple(h0.shape)}, expected "
+                         f"{(b.shape[0], *b.shape[2:])} ([batch, *state])")
+
+
+def linear_scan_sequential(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
+    """Reference form: ``h_t = a_t * h_{t-1} + b_t`` one position at a time. Returns ``[batch, T, *state]``."""
+    _check(a, b, h0)
+    h = torch.zeros_like(b[:, 0]) if h0 is None else h0.to(b.dtype)
+    out = []
+    for t in range(b.shape[1]):
+        h = torch.addcmul(b[:, t], a[:, t], h)
+        out.append(h)
+    return torch.stack(out, dim=1) if out else b.clone()
+
+
+def linear_scan_chunked(a: Tensor, b: Tensor, h0: Tensor | None = None, chunk: int | None = None) -> Tensor:
+    """Chunked form of the same recurrence (see the module docstring). Returns ``[batch, T, *state]``."""
+    _check(a, b, h0)
+    batch, T = b.shape[:2]
+    if T == 0:
+        return b.clone()
+    L = chunk or max(1, math.ceil(math.sqrt(T)))
+    n = math.ceil(T / L)
+    pad = n * L - T
+    a = a.expand(batch, T, *a.shape[2:]) if a.shape[:2] != b.shape[:2] else a
+    if pad:
+        a = torch.cat([a, a.new_ones(batch, pad, *a.shape[2:])], dim=1)
+        b = torch.cat([b, b.new_zeros(batch, pad, *b.shape[2:])], dim=1)
+    a = a.reshape(batch, n, L, *a.shape[2:])
+    b = b.reshape(batch, n, L, *b.shape[2:])
+
+    # 1. every chunk from a zero state, all chunks in parallel; P_t = decay product so far
+    decay = a.cumprod(dim=2)  # [batch, n, L, *a_state]
+    h = b[:, :, 0]
+    local = [h]
+    for i in range(1, L):
+        h = torch.addcmul(b[:, :, i], a[:, :, i], h)
+        local.append(h)
+    local_t = torch.stack(local, dim=2)  # [batch, n, L, *state]
+
+    # 2. carry the true state across chunk boundaries (n sequential steps)
+    carry = torch.zeros_like(b[:, 0, 0]) if h0 is None else h0.to(b.dtype)
+    carries = []
+    for j in range(n):
+        carries.append(carry)
+        carry = torch.addcmul(local[-1][:, j], decay[:, j, -1], carry)
+    carry_t = torch.stack(carries, dim=1).unsqueeze(2)  # [batch, n, 1, *state]
+
+    # 3. h_t = local_t + P_t * carry
+    out = torch.addcmul(local_t, decay, carry_t)
+    return out.reshape(batch, n * L, *out.shape[3:])[:, :T]
+
+
+#: per-step element count from which the sequential form is faster on CPU (memory bound;
+#: measured in benchmarks/): below it the per-step overhead dominates and chunks win.
+SEQUENTIAL_FROM_ELEMENTS = 8192
+
+
+def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None = None, method: str = "auto") -> Tensor:
+    """Run the recurrence with the ``"chunked"``, ``"sequential"`` or ``"auto"`` form.
+
+    ``"auto"`` uses the chunked form on GPU and, on CPU, whenever one step's state is
+    smaller than ``SEQUENTIAL_FROM_ELEMENTS`` elements; both forms give the same result
+    to float rounding (tested).
+    """
+    if method == "auto":
+        step = b[:, 0].numel() if b.shape[1] else 0
+        method = "chunked" if (b.is_cuda or step < SEQUENTIAL_FROM_ELEMENTS) else "sequential"
+    if method == "chunked":
+        return linear_scan_chunked(a, b, h0)
+    if method == "sequential":
+        return linear_scan_sequential(a, b, h0)
+    raise ValueError(f"Unknown scan method {method!r}; use 'auto', 'chunked' or 'sequential'.")
+
+
+def force_states(a: Tensor, b: Tensor, mask: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """Rewrite ``(a, b)`` so that the scan's state equals ``values`` wherever ``mask`` is True.
+
+    ``h_t = 0 * h_{t-1} + value_t`` at a forced (position, element); every later position
+    follows the recurrence from the forced value. ``mask, values: [batch, T, *state]``.
+    """
+    a = a.expand_as(b) if a.shape != b.shape else a
+    return torch.where(mask, torch.zeros_like(a), a), torch.where(mask, values.to(b.dtype), b)

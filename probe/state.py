@@ -1,0 +1,63 @@
+r"""The carried memory of a whole model, for running in segments and generating.
+
+``ModelState.layers[i]`` is block i's ``{"mixer": {...}, "mlp": {...}}`` with tensors
+``[batch, ...]`` keyed by hook suffix (``"state"``, ``"state_conv"``, ...; attention:
+``"k"``, ``"v"``); ``position`` counts the tokens consumed so far (for positional
+embeddings and context limits).
+
+``logits, st = model(prefix, return_states=True); model(suffix, states=st)`` equals
+running ``prefix + suffix`` at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class ModelState:
+    layers: list[dict[str, dict[str, Tensor]]]
+    position: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        for layer in self.layers:
+            for part in layer.values():
+                for t in part.values():
+                    return t.shape[0]
+        return 0
+
+    def map(self, fn) -> "ModelState":
+        """A new state with ``fn`` applied to every tensor."""
+        return ModelState([{part: {k: fn(v) for k, v in d.items()} for part, d in layer.items()}
+                           for layer in self.layers], self.position)
+
+    def detach(self) -> "ModelState":
+        return self.map(lambda t: t.detach())
+
+    def to(self, *args, **kwargs) -> "ModelState":
+        return self.map(lambda t: t.to(*args, **kwargs))
+
+    def hook_items(self) -> dict[str, Tensor]:
+        """The state as ``{hook name: [batch, ...]}``, e.g. ``blocks.0.mixer.hook_state``.
+
+        For attention layers the entries are the KV cache (``blocks.i.mixer.cache_k/v``),
+        which has no single per-position hook.
+        """
+        out = {}
+        for i, layer in enumerate(self.layers):
+            for part, tensors in layer.items():
+                for key, t in tensors.items():
+                    name = f"hook_{key}" if key.startswith("state") else f"cache_{key}"
+                    out[f"blocks.{i}.{part}.{name}"] = t
+        return out
+
+    def num_elements(self) -> int:
+        """Total number of numbers in the state (per batch element)."""
+        return sum(t[0].numel() for t in self.hook_items().values()) if self.batch_size else 0
+
+    def equal(self, other: "ModelState", atol: float = 0.0) -> bool:
+        a, b = self.hook_items(), other.hook_items()
+        return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=atol, rtol=0) for k in a)

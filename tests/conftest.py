@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny model of every registered mixer and a few hybrids.
+
+Tests parametrised over ``ARCHS`` automatically cover every mixer in ``probe.mixers.MIXERS``,
+so a new mixer is held to the same contract (segments, generation, state patching, edits).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import probe
+from probe.mixers import MIXERS
+
+#: per-mixer options used by the contract tests (exercise the interesting paths)
+TEST_OPTIONS = {"qrnn": {"window": 3}}
+
+HYBRIDS = {
+    "hybrid_qrnn_attn_ff": ["qrnn", "qrnn", "attn", "ff"],
+    "hybrid_lstm_attn": ["lstm", "attn"],
+}
+
+
+def layouts() -> dict[str, list[str]]:
+    out = {name: [name, name] for name in sorted(MIXERS)}
+    out.update(HYBRIDS)
+    return out
+
+
+ARCHS = sorted(layouts())
+
+
+def make_model(arch: str, seed: int = 0, **overrides) -> probe.HookedLM:
+    torch.manual_seed(seed)
+    layout = layouts()[arch]
+    opts = {k: v for k, v in TEST_OPTIONS.items() if k in layout}
+    kwargs = dict(vocab_size=257, d_model=32, n_heads=4, layout=layout, mixer_options=opts, d_mlp=64)
+    kwargs.update(overrides)
+    model = probe.HookedLM(probe.ModelConfig(**kwargs))
+    _randomise(model)
+    return model.eval()
+
+
+def _randomise(model: probe.HookedLM) -> None:
+    """Larger random weights than the training init, so every path visibly matters in tests."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.add_(torch.randn_like(p) * 0.1)
+            else:
+                p.add_(torch.randn_like(p) * 0.1)
+
+
+def recurrent_archs() -> list[str]:
+    return [a for a in ARCHS if any(MIXERS[m].recurrent for m in layouts()[a])]
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request):
+    return request.param
+
+
+def tokens(batch: int = 2, T: int = 24, seed: int = 1, vocab: int = 256) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, T), generator=g)
