@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up a local virtualenv (.venv) and run one of the project's jobs.
+#   bash scripts/dev.sh explore   install + start the Streamlit explorer on the shipped zoo
+#   bash scripts/dev.sh test      install + run the whole test suite
+# torch is installed first and pinned (torch==2.13.0, a CPU build) so that no CUDA build is pulled in.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+job="${1:-}"
+shift || true
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PY=.venv/bin/python
+"$PY" -m pip install -q --upgrade pip
+"$PY" -m pip install -q torch==2.13.0
+case "$job" in
+  test)
+    "$PY" -m pip install -q -e ".[dev]"
+    exec "$PY" -m pytest -q -p no:cacheprovider "$@"
+    ;;
+  explore)
+    "$PY" -m pip install -q -e ".[app]"
+    exec "$PY" -m streamlit run app/explorer.py --server.headless true "$@"
+    ;;
+  *)
+    echo "usage: bash scripts/dev.sh {explore|test} [extra args]" >&2
+    exit 2
+    ;;
+esac
