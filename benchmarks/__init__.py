@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks (run with ``python -m benchmarks.run`` or ``probe bench``)."""

@@ -1,0 +1,85 @@
+"""Run every benchmark suite and write ``results/<device>.json`` plus a markdown table.
+
+    python -m benchmarks.run            # full mode (minutes; on a GPU machine too)
+    python -m benchmarks.run --quick    # seconds: checks the suites run and write valid output
+
+Each suite is a module ``benchmarks/bench_*.py`` with ``run(quick: bool) -> list[dict]``;
+every row carries its own reference measurement from the same run, so ratios are
+comparable even when the machine's load differs between runs. No timing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import traceback
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import machine
+
+HERE = Path(__file__).parent
+SUITES = ["bench_model", "bench_scans", "bench_references", "bench_methods"]
+
+
+def available_suites() -> list[str]:
+    return [s for s in SUITES if (HERE / f"{s}.py").exists()]
+
+
+def run_all(quick: bool, suites: list[str] | None = None) -> dict:
+    results = {"machine": machine(), "quick": quick, "suites": {}}
+    for name in suites or available_suites():
+        module = importlib.import_module(f"benchmarks.{name}")
+        try:
+            results["suites"][name] = module.run(quick=quick)
+        except Exception:  # one failing suite must not hide the others' numbers
+            results["suites"][name] = [{"error": traceback.format_exc(limit=3)}]
+    return results
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v).replace("|", "/").replace("\n", " ")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """A GitHub markdown table of ``rows`` (the union of their keys as columns)."""
+    if not rows:
+        return "(no rows)"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def to_markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [f"### {m.get('cuda') or 'CPU'} ({m['cpu_count']} cores, torch {m['torch']}, {m['date']})", ""]
+    for name, rows in results["suites"].items():
+        lines += [f"#### {name}", ""]
+        lines.append(markdown_table(rows))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
+    parser.add_argument("--suite", action="append", help="run only this suite (repeatable)")
+    parser.add_argument("--out", default=str(HERE / "results"), help="output directory")
+    args = parser.parse_args(argv)
+    results = run_all(args.quick, args.suite)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = ("cuda" if torch.cuda.is_available() else "cpu") + ("-quick" if args.quick else "")
+    path = out / f"{tag}.json"
+    path.write_text(json.dumps(results, indent=1))
+    (out / f"{tag}.md").write_text(to_markdown(results))
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
