@@ -20,7 +20,7 @@ from typing import Any
 from probe.errors import ConfigError, suggest
 
 NORMS = ("rmsnorm", "layernorm")
-MLPS = ("gelu", "swiglu", "relu", "none")
+MLPS = ("gelu", "gelu_tanh", "swiglu", "geglu", "relu", "none")
 POSITIONALS = ("rope", "learned", "none")
 
 
@@ -37,7 +37,7 @@ class ModelConfig:
         n_heads: heads of attention (and of multi-head recurrent mixers).
         d_head: per-head width; defaults to ``d_model // n_heads``.
         d_mlp: hidden width of the MLP after each mixer; ``0`` removes the MLP.
-        mlp: MLP kind, one of ``gelu``, ``swiglu``, ``relu``, ``none``.
+        mlp: MLP kind, one of ``gelu``, ``gelu_tanh``, ``swiglu``, ``geglu``, ``relu``, ``none``.
         mlp_layout: optional per-layer MLP kind (overrides ``mlp`` and a mixer's
             preferred MLP, e.g. RWKV's channel mixing).
         norm: ``rmsnorm`` or ``layernorm``; ``norm_eps`` its epsilon.
@@ -46,6 +46,7 @@ class ModelConfig:
         n_ctx: the longest sequence attention / learned positions accept; recurrent
             only models have no limit.
         tie_embeddings: unembed with the transpose of the embedding matrix.
+        logit_soft_cap: if set, logits are ``cap * tanh(logits / cap)`` (xLSTM-7B uses 30).
         mixer_options: per-mixer-name option overrides.
         init_std: std of the normal initialisation of linear and embedding weights.
         tokenizer: ``"byte"`` or the name/path of a Hugging Face tokenizer.
@@ -68,6 +69,7 @@ class ModelConfig:
     rope_base: float = 10000.0
     n_ctx: int = 2048
     tie_embeddings: bool = False
+    logit_soft_cap: float | None = None
     mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     init_std: float = 0.02
     tokenizer: str = "byte"
@@ -124,6 +126,8 @@ class ModelConfig:
                 raise ConfigError(f"Unknown MLP kind {kind!r} in mlp_layout.{suggest(kind, MLP_KINDS)} "
                                   f"Known: {', '.join(sorted(MLP_KINDS))}.")
         _positive("n_ctx", self.n_ctx)
+        if self.logit_soft_cap is not None and not self.logit_soft_cap > 0:
+            raise ConfigError(f"logit_soft_cap must be > 0 or None, got {self.logit_soft_cap}.")
         if self.norm_eps <= 0:
             raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps}.")
 

@@ -1,7 +1,9 @@
 r"""Position-wise MLPs used in the MLP slot of a block (and by the ``ff`` mixer).
 
-``gelu`` / ``relu``::  y = W_out act(W_in x + b_in) + b_out
-``swiglu``::           y = W_out (silu(W_gate x) * (W_in x))
+``gelu`` / ``gelu_tanh`` / ``relu``::  y = W_out act(W_in x + b_in) + b_out
+``swiglu`` / ``geglu``::               y = W_out (act(W_gate x) * (W_in x))     (act = silu / gelu)
+
+``gelu`` is the exact (erf) GELU, ``gelu_tanh`` its tanh approximation (GPT-2's ``gelu_new``).
 
 Hooks: ``hook_pre`` (pre-activation, ``[batch, pos, d_hidden]``) and ``hook_post``
 (post-activation). Every MLP kind shares the stateful interface ``y, state = mlp(x, state)``
@@ -15,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
+GATED = {"swiglu": F.silu, "geglu": F.gelu}
 
 
 class MLP(nn.Module):
@@ -23,12 +26,13 @@ class MLP(nn.Module):
 
     def __init__(self, d_model: int, d_hidden: int, act: str = "gelu"):
         super().__init__()
-        if act not in (*ACTIVATIONS, "swiglu"):
-            raise ValueError(f"Unknown MLP activation {act!r}; use gelu, relu or swiglu.")
+        if act not in (*ACTIVATIONS, *GATED):
+            raise ValueError(f"Unknown MLP activation {act!r}; use one of {', '.join((*ACTIVATIONS, *GATED))}.")
         self.act = act
-        self.W_in = nn.Linear(d_model, d_hidden, bias=act != "swiglu")
-        self.W_gate = nn.Linear(d_model, d_hidden, bias=False) if act == "swiglu" else None
-        self.W_out = nn.Linear(d_hidden, d_model, bias=act != "swiglu")
+        gated = act in GATED
+        self.W_in = nn.Linear(d_model, d_hidden, bias=not gated)
+        self.W_gate = nn.Linear(d_model, d_hidden, bias=False) if gated else None
+        self.W_out = nn.Linear(d_hidden, d_model, bias=not gated)
         self.hook_pre = HookPoint()
         self.hook_post = HookPoint()
 
@@ -40,8 +44,8 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
         pre = self.hook_pre(self.W_in(x))
-        if self.act == "swiglu":
-            post = F.silu(self.W_gate(x)) * pre
+        if self.act in GATED:
+            post = GATED[self.act](self.W_gate(x)) * pre
         else:
             post = ACTIVATIONS[self.act](pre)
         return self.W_out(self.hook_post(post)), {}

@@ -235,7 +235,10 @@ class HookedLM(HookedRootModule):
             new_layers.append(layer_state)
         if stop_at_layer is not None and stop_at_layer >= self.cfg.n_layers:
             return x
-        logits = self.hook_logits(self.ln_final(x) @ self.unembed_matrix + self.b_U)
+        logits = self.ln_final(x) @ self.unembed_matrix + self.b_U
+        if self.cfg.logit_soft_cap is not None:
+            logits = self.cfg.logit_soft_cap * torch.tanh(logits / self.cfg.logit_soft_cap)
+        logits = self.hook_logits(logits)
         if return_type == "logits":
             out = logits
         elif return_type is None:

@@ -16,6 +16,7 @@ change every later query's read of position t, the attention analogue of a state
 Hooks: ``hook_q``, ``hook_k``, ``hook_v`` (before RoPE), ``hook_rot_q``, ``hook_rot_k``
 (with RoPE), ``hook_attn_scores`` and ``hook_pattern`` (``[batch, head, q_pos, k_pos]``,
 over the cached positions too), ``hook_z`` (``[batch, pos, head, d_head]``).
+Option ``bias`` (default False): biases on the q/k/v/output projections (GPT-2).
 ``torch.nn.functional.scaled_dot_product_attention`` is used when neither the scores nor
 the pattern is hooked.
 """
@@ -47,16 +48,18 @@ def rope(x: Tensor, start: int, base: float) -> Tensor:
 
 class Attention(Mixer):
     NAME = "attn"
+    OPTIONS = {"bias": False}
     recurrent = False
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
         self.n_heads, self.d_head = cfg.n_heads, cfg.d_head
         inner = self.n_heads * self.d_head
-        self.W_q = nn.Linear(cfg.d_model, inner, bias=False)
-        self.W_k = nn.Linear(cfg.d_model, inner, bias=False)
-        self.W_v = nn.Linear(cfg.d_model, inner, bias=False)
-        self.W_o = nn.Linear(inner, cfg.d_model, bias=False)
+        bias = bool(self.options["bias"])
+        self.W_q = nn.Linear(cfg.d_model, inner, bias=bias)
+        self.W_k = nn.Linear(cfg.d_model, inner, bias=bias)
+        self.W_v = nn.Linear(cfg.d_model, inner, bias=bias)
+        self.W_o = nn.Linear(inner, cfg.d_model, bias=bias)
         self.use_rope = cfg.positional == "rope"
         for name in ("q", "k", "v", "attn_scores", "pattern", "z"):
             setattr(self, f"hook_{name}", HookPoint())
