@@ -12,12 +12,11 @@ def test_hooked_loop_equals_torch_lstm():
     with torch.no_grad():
         ref, (h, c) = mixer.lstm(x, (state["state_h"][None], state["state"][None]))
         fast, fast_state = mixer(x, state)  # no hooks: torch.nn.LSTM path
-        with model.hooks(fwd_hooks=[("blocks.0.mixer.hook_forget", lambda t, hook: None)]):
-            loop, loop_state = mixer(x, state)  # a hook is active: the Python loop
+        loop = mixer._loop(x, state["state"], state["state_h"], {})  # the path edits take
     torch.testing.assert_close(fast, ref)
-    torch.testing.assert_close(loop, ref, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(loop_state["state"], c[0], atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(loop_state["state_h"], h[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(loop["state_h"], ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(loop["state"][:, -1], c[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(loop["state_h"][:, -1], h[0], atol=1e-6, rtol=1e-5)
 
 
 def test_cached_gates_satisfy_the_recurrence():
@@ -45,3 +44,15 @@ def test_gradient_flows_through_the_loop():
     with model.hooks(fwd_hooks=[("hook_embed", keep), ("blocks.0.mixer.hook_state", lambda t, hook: None)]):
         model(toks)[0, -1].sum().backward()
     assert emb[0].grad is not None and emb[0].grad[0, 0].abs().sum() > 0
+
+
+def test_read_only_hooks_use_the_fast_reconstruction_and_match_the_loop():
+    model = make_model("lstm")
+    mixer = model.blocks[0].mixer
+    x = torch.randn(2, 30, 32)
+    state = {"state": torch.randn(2, 32), "state_h": torch.randn(2, 32)}
+    with torch.no_grad():
+        recon = mixer.compute(x, state, {}, {"state"}).values
+        loop = mixer._loop(x, state["state"], state["state_h"], {})
+    for k in loop:
+        torch.testing.assert_close(recon[k], loop[k], atol=1e-5, rtol=1e-4)

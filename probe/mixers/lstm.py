@@ -11,9 +11,15 @@ State: ``state`` = c_t and ``state_h`` = h_t, each ``[batch, d_model]`` (per pos
 ``[batch, pos, d_model]``). Hooks: ``hook_input`` (i), ``hook_forget`` (f),
 ``hook_candidate`` (g), ``hook_output`` (o), ``hook_state`` (c), ``hook_state_h`` (h).
 
-Fast path: ``torch.nn.LSTM`` when no hook of this mixer is active; otherwise a Python loop
-over positions (same weights, same gate order i, f, g, o) that honours edits of any
-gate or state (see :mod:`probe.mixers.edits` for the nonlinear-recurrence caveat).
+Three paths, equal to float rounding (tested):
+
+* no hook active: ``torch.nn.LSTM`` alone;
+* hooks that only read: ``torch.nn.LSTM`` gives every ``h_t``; all gates then follow in one
+  batched matmul (``W_ih x_t + W_hh h_{t-1}``) and ``c`` from the *linear* recurrence
+  ``c_t = f_t c_{t-1} + i_t g_t`` (:func:`probe.scan.linear_scan`), so caching costs little;
+* an edit of any gate or state: a Python loop from the first edited position on, starting
+  from the unedited states before it, that honours every edit (see
+  :mod:`probe.mixers.edits` for the nonlinear-recurrence caveat).
 """
 from __future__ import annotations
 
@@ -22,6 +28,9 @@ from torch import nn
 
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.edits import Computation
+from probe.scan import linear_scan
+
+NAMES = ("input", "forget", "candidate", "output", "state", "state_h")
 
 
 class LSTM(RecurrentMixer):
@@ -47,17 +56,37 @@ class LSTM(RecurrentMixer):
 
     def compute(self, x, state, forcing, keep):
         c0, h0 = state["state"], state["state_h"]
+        h_all, (hT, cT) = self.lstm(x, (h0.unsqueeze(0).contiguous(), c0.unsqueeze(0).contiguous()))
         if not forcing and not keep:
-            y, (hT, cT) = self.lstm(x, (h0.unsqueeze(0).contiguous(), c0.unsqueeze(0).contiguous()))
-            return Computation(y, {}, {"state": cT[0], "state_h": hT[0]})
-        return self._loop(x, c0, h0, forcing)
+            return Computation(h_all, {}, {"state": cT[0], "state_h": hT[0]})
+        values = self._reconstruct(x, h_all, c0, h0)
+        if not forcing:
+            return Computation(h_all, values, {"state": cT[0], "state_h": hT[0]})
+        start = min(int(mask.flatten(2).any(-1).any(0).nonzero()[0]) for mask, _ in forcing.values())
+        if start > 0:
+            c0, h0 = values["state"][:, start - 1], values["state_h"][:, start - 1]
+        tail = self._loop(x[:, start:], c0, h0, {k: (m[:, start:], v[:, start:]) for k, (m, v) in forcing.items()})
+        values = {k: torch.cat([values[k][:, :start], tail[k]], dim=1) for k in NAMES}
+        return Computation(values["state_h"], values, {"state": values["state"][:, -1], "state_h": values["state_h"][:, -1]})
+
+    def _gates(self, pre):
+        i, f, g, o = pre.chunk(4, dim=-1)
+        return torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+
+    def _reconstruct(self, x, h_all, c0, h0):
+        """Every gate and ``c`` from the ``h_t`` that torch.nn.LSTM returned, without a loop."""
+        lstm = self.lstm
+        h_prev = torch.cat([h0.unsqueeze(1), h_all[:, :-1]], dim=1)
+        pre = x @ lstm.weight_ih_l0.T + h_prev @ lstm.weight_hh_l0.T + lstm.bias_ih_l0 + lstm.bias_hh_l0
+        i, f, g, o = self._gates(pre)
+        c = linear_scan(f, i * g, c0)
+        return dict(zip(NAMES, (i, f, g, o, c, h_all)))
 
     def _loop(self, x, c, h, forcing):
-        """The recurrence one position at a time, with forced gates / states."""
+        """The recurrence one position at a time, with forced gates / states. Returns ``{name: [b, T, d]}``."""
         lstm = self.lstm
         xw = x @ lstm.weight_ih_l0.T + lstm.bias_ih_l0 + lstm.bias_hh_l0  # [b, T, 4d]
-        names = ("input", "forget", "candidate", "output", "state", "state_h")
-        out = {n: [] for n in names}
+        out = {n: [] for n in NAMES}
 
         def force(name, value, t):
             if name not in forcing:
@@ -66,15 +95,13 @@ class LSTM(RecurrentMixer):
             return torch.where(mask[:, t], forced[:, t].to(value.dtype), value)
 
         for t in range(x.shape[1]):
-            gates = xw[:, t] + h @ lstm.weight_hh_l0.T
-            i, f, g, o = gates.chunk(4, dim=-1)
-            i = force("input", torch.sigmoid(i), t)
-            f = force("forget", torch.sigmoid(f), t)
-            g = force("candidate", torch.tanh(g), t)
-            o = force("output", torch.sigmoid(o), t)
+            i, f, g, o = self._gates(xw[:, t] + h @ lstm.weight_hh_l0.T)
+            i = force("input", i, t)
+            f = force("forget", f, t)
+            g = force("candidate", g, t)
+            o = force("output", o, t)
             c = force("state", f * c + i * g, t)
             h = force("state_h", o * torch.tanh(c), t)
-            for n, v in zip(names, (i, f, g, o, c, h)):
+            for n, v in zip(NAMES, (i, f, g, o, c, h)):
                 out[n].append(v)
-        values = {n: torch.stack(v, dim=1) for n, v in out.items()}
-        return Computation(values["state_h"], values, {"state": c, "state_h": h})
+        return {n: torch.stack(v, dim=1) for n, v in out.items()}
