@@ -219,11 +219,7 @@ class HookedLM(HookedRootModule):
             if states.batch_size not in (0, batch):
                 raise InputError(f"states were computed for batch {states.batch_size}, input has batch {batch}.")
             offset = states.position
-        limit = self.cfg.context_limit
-        if limit is not None and offset + T > limit:
-            raise InputError(f"Input of {offset + T} tokens is longer than this model's context n_ctx={limit} "
-                             "(it has attention or learned positions). Truncate the text, or run a recurrent "
-                             "model in segments.")
+        self._check_context(offset, T, states)
         x = self.hook_embed(self.W_E[tokens])
         if self.cfg.positional == "learned":
             x = x + self.hook_pos_embed(self.W_pos[offset : offset + T].unsqueeze(0).expand(batch, -1, -1))
@@ -249,6 +245,21 @@ class HookedLM(HookedRootModule):
         if return_states:
             return out, ModelState(new_layers, offset + T)
         return out
+
+    def _check_context(self, offset: int, T: int, states: ModelState | None) -> None:
+        """Learned positions need ``offset + T <= n_ctx``; attention needs its KV cache plus the
+        new tokens to fit in ``n_ctx`` (a cache trimmed with ``ModelState.keep_last`` is a
+        sliding window). Recurrent-only models have no limit."""
+        limit = self.cfg.n_ctx
+        if self.cfg.positional == "learned" and offset + T > limit:
+            raise InputError(f"Position {offset + T} is beyond this model's learned positions (n_ctx={limit}). "
+                             "Truncate the text; learned positions cannot slide.")
+        if self.cfg.has_attention:
+            cached = states.kv_length() if states is not None else 0
+            if cached + T > limit:
+                raise InputError(f"Input of {cached + T} tokens is longer than this model's context n_ctx={limit} "
+                                 "(it has attention). Truncate the text, run a recurrent model in segments, or use "
+                                 "probe.long_context with a sliding window.")
 
     @staticmethod
     def loss(logits: Tensor, tokens: Tensor, per_token: bool = False) -> Tensor:

@@ -54,6 +54,19 @@ class ModelState:
                     out[f"blocks.{i}.{part}.{name}"] = t
         return out
 
+    def kv_length(self) -> int:
+        """Number of cached positions in the longest attention KV cache (0 without attention)."""
+        return max((layer["mixer"]["k"].shape[1] for layer in self.layers if "k" in layer.get("mixer", {})), default=0)
+
+    def keep_last(self, window: int) -> "ModelState":
+        """The state with every attention KV cache cut to its last ``window`` positions (a sliding
+        window); recurrent states are unchanged. ``position`` keeps counting absolute tokens."""
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        layers = [{part: ({k: v[:, -window:] for k, v in d.items()} if part == "mixer" and "k" in d else dict(d))
+                   for part, d in layer.items()} for layer in self.layers]
+        return ModelState(layers, self.position)
+
     def num_elements(self) -> int:
         """Total number of numbers in the state (per batch element)."""
         return sum(t[0].numel() for t in self.hook_items().values()) if self.batch_size else 0
