@@ -11,16 +11,20 @@ from probe.mixers.base import Mixer, RecurrentMixer
 from probe.mixers.ff import FeedForward
 from probe.mixers.lstm import LSTM
 from probe.mixers.qrnn import QRNN
+from probe.mixers.rwkv import RWKV, RWKVChannelMix
 from probe.mlp import MLP
 
 MIXERS: dict[str, type[Mixer]] = {cls.NAME: cls for cls in (Attention, FeedForward, LSTM, QRNN)}
+MIXERS[RWKV.NAME] = RWKV
 
 
 def _plain_mlp(act):
     return lambda cfg, layer: MLP(cfg.d_model, cfg.d_mlp, act)
 
 
-MLP_KINDS = {"gelu": _plain_mlp("gelu"), "relu": _plain_mlp("relu"), "swiglu": _plain_mlp("swiglu"), "none": None}
+MLP_KINDS = {kind: _plain_mlp(kind) for kind in ("gelu", "gelu_tanh", "relu", "swiglu", "geglu")}
+MLP_KINDS["none"] = None
+MLP_KINDS["rwkv_channel_mix"] = RWKVChannelMix  # called as (cfg, layer)
 
 
 def register_mixer(cls: type[Mixer]) -> type[Mixer]:
