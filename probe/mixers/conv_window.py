@@ -49,3 +49,26 @@ def previous_windows(W: Tensor, init: Tensor) -> Tensor:
 def conv_inputs(W_prev: Tensor, u: Tensor) -> Tensor:
     """The ``k = w + 1`` inputs the convolution reads at each position: ``[batch, T, k, d]``."""
     return torch.cat([W_prev, u.unsqueeze(2)], dim=2)
+
+
+def depthwise_conv(x: Tensor, init: Tensor, weight: Tensor, bias: Tensor | None, forcing: dict, keep: set,
+                   name: str = "state_conv") -> tuple[Tensor, Tensor | None, Tensor]:
+    """Causal depthwise convolution carrying its window as state ``name``.
+
+    ``y_t = sum_j weight[:, j] * u_{t-k+1+j} + bias`` for ``x = u [batch, T, d]``, ``weight [d, k]``,
+    ``init [batch, k-1, d]`` (``k > 1``). Returns ``(y [batch, T, d], windows or None, final window)``;
+    the windows ``[batch, T, k-1, d]`` are built (and edits to them honoured) only when ``name`` is
+    in ``keep`` or ``forcing``, otherwise one ``conv1d`` runs.
+    """
+    k = weight.shape[1]
+    if name in keep or name in forcing:
+        W = windows(x, init)
+        if name in forcing:
+            W = force_windows(W, x, init, *forcing[name])
+        y = torch.einsum("btkd,dk->btd", conv_inputs(previous_windows(W, init), x), weight)
+        final = W[:, -1]
+    else:
+        padded = torch.cat([init.to(x.dtype), x], dim=1)  # [batch, k-1+T, d]
+        y = torch.nn.functional.conv1d(padded.transpose(1, 2), weight.unsqueeze(1), groups=x.shape[-1]).transpose(1, 2)
+        W, final = None, padded[:, -(k - 1):]
+    return (y if bias is None else y + bias), W, final
