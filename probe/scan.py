@@ -20,6 +20,11 @@ Two forms are kept side by side and tested against each other:
   ``T`` (``2 sqrt(T)`` with the default ``L = ceil(sqrt(T))``), uses only products of the
   decays (no logarithms or divisions), so decays of exactly 0 or 1 are handled exactly.
 
+:func:`linear_scan_blocked` runs the same recurrence block by block along the sequence,
+building ``a`` and ``b`` for one block at a time and handing each block's states to a
+``readout``: the output of a state-space layer whose state is much larger than its input
+(Mamba: ``[d_inner, d_state]`` per position) then never needs every state in memory.
+
 :func:`force_states` turns "the state at some (position, element) is overwritten with a
 given value" into the same recurrence (``a = 0, b = value`` there), which is how edited
 states propagate through a scan.
@@ -31,7 +36,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["linear_scan", "linear_scan_sequential", "linear_scan_chunked", "force_states"]
+__all__ = ["linear_scan", "linear_scan_sequential", "linear_scan_chunked", "linear_scan_blocked", "force_states"]
 
 
 def _check(a: Tensor, b: Tensor, h0: Tensor | None) -> None:
@@ -125,3 +130,35 @@ def force_states(a: Tensor, b: Tensor, mask: Tensor, values: Tensor) -> tuple[Te
     """
     a = a.expand_as(b) if a.shape != b.shape else a
     return torch.where(mask, torch.zeros_like(a), a), torch.where(mask, values.to(b.dtype), b)
+
+
+def linear_scan_blocked(coefficients, T: int, h0: Tensor, readout, block: int = 64,
+                        keep_states: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The recurrence run block by block, each block's states consumed by ``readout``.
+
+    Args:
+        coefficients: ``(t0, t1) -> (a, b)``, the decays and inputs of positions ``t0 .. t1-1``
+            (``[batch, t1 - t0, *state]``, already forced where edits apply).
+        T: sequence length; h0: the state before position 0, ``[batch, *state]``.
+        readout: ``(t0, t1, h) -> out`` with ``h`` the states ``[batch, t1 - t0, *state]``;
+            ``out`` is ``[batch, t1 - t0, ...]``.
+        block: positions per block (peak memory is a few ``block``-long state tensors).
+        keep_states: also return every state ``[batch, T, *state]``.
+
+    Returns ``(out [batch, T, ...], h_T, states or None)``.
+    """
+    out = kept = None
+    h, step = h0, max(1, int(block))
+    for t0 in range(0, T, step):  # preallocated results: no second copy of every state
+        t1 = min(T, t0 + step)
+        a, b = coefficients(t0, t1)
+        states = linear_scan(a, b, h)
+        piece = readout(t0, t1, states)
+        if out is None:
+            out = piece.new_empty(piece.shape[0], T, *piece.shape[2:])
+            kept = states.new_empty(states.shape[0], T, *states.shape[2:]) if keep_states else None
+        out[:, t0:t1] = piece
+        if keep_states:
+            kept[:, t0:t1] = states
+        h = states[:, -1]
+    return out, h, kept

@@ -17,6 +17,7 @@ TEST_OPTIONS = {"qrnn": {"window": 3}}
 HYBRIDS = {
     "hybrid_qrnn_attn_ff": ["qrnn", "qrnn", "attn", "ff"],
     "hybrid_lstm_attn": ["lstm", "attn"],
+    "hybrid_lmu_attn": ["lmu", "lmu", "attn"],
 }
 
 

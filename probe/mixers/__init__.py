@@ -9,12 +9,15 @@ from __future__ import annotations
 from probe.mixers.attention import Attention
 from probe.mixers.base import Mixer, RecurrentMixer
 from probe.mixers.ff import FeedForward
+from probe.mixers.hgrn2 import HGRN2
+from probe.mixers.lmu import LMU
 from probe.mixers.lstm import LSTM
+from probe.mixers.mamba import Mamba
 from probe.mixers.qrnn import QRNN
 from probe.mixers.rwkv import RWKV, RWKVChannelMix
 from probe.mlp import MLP
 
-MIXERS: dict[str, type[Mixer]] = {cls.NAME: cls for cls in (Attention, FeedForward, LSTM, QRNN)}
+MIXERS: dict[str, type[Mixer]] = {cls.NAME: cls for cls in (Attention, FeedForward, LSTM, QRNN, LMU, HGRN2, Mamba)}
 MIXERS[RWKV.NAME] = RWKV
 
 

@@ -1,0 +1,152 @@
+r"""Linear time-invariant (LTI) state-space memories: discretisation and three exact forms.
+
+A discrete LTI system with state ``m_t in R^q`` driven, independently, by each of ``c``
+scalar input channels ``u_t in R^c``::
+
+    m_t = Abar m_{t-1} + Bbar u_t               (Abar [q, q], Bbar [q]; one m per channel)
+
+has the closed form (impulse response ``H_k = Abar^k Bbar``)::
+
+    m_t = sum_{s=0}^{t} H_{t-s} u_s  +  Abar^{t+1} m_{-1}
+
+so every state comes out of one causal convolution plus the free response of the initial
+state. :class:`LTIMemory` evaluates it three ways, all tested equal:
+
+* ``"recurrent"``: the recurrence one step at a time (generation, very short inputs).
+* ``"direct"``: the convolution as a Toeplitz contraction (``T^2 q c`` work; short inputs).
+* ``"fft"``: the convolution by real FFT (``T log T``; long inputs).
+
+The free response ``Abar^{t+1} m_{-1}`` is computed in chunks of ``L`` positions (powers
+``Abar^1 .. Abar^L`` times one carried ``Abar^{jL} m_{-1}`` per chunk), so no ``[T, q, q]``
+tensor is ever built. Impulse responses and powers are computed in float64 by repeated
+doubling and cached per length, device and dtype.
+
+:func:`zoh` discretises a continuous system ``dm/dt = A m + B u`` with a zero-order hold over
+a step ``dt``: ``Abar = exp(A dt)``, ``Bbar = A^{-1} (Abar - I) B``, read off the matrix
+exponential of the augmented matrix ``[[A, B], [0, 0]] dt`` (no inverse, no SciPy).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+METHODS = ("auto", "recurrent", "direct", "fft")
+#: "auto" uses the recurrence up to this length, the Toeplitz form up to DIRECT_UNTIL, FFT beyond
+RECURRENT_UNTIL = 4
+DIRECT_UNTIL = 64
+
+
+def zoh(A: Tensor, B: Tensor, dt: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Zero-order-hold discretisation of ``dm/dt = A m + B u`` (``A [q, q]``, ``B [q]``), in float64."""
+    q = A.shape[0]
+    M = torch.zeros(q + 1, q + 1, dtype=torch.float64)
+    M[:q, :q] = A.to(torch.float64)
+    M[:q, q] = B.to(torch.float64)
+    E = torch.linalg.matrix_exp(M * dt)
+    return E[:q, :q].clone(), E[:q, q].clone()
+
+
+class LTIMemory:
+    """``m_t = Abar m_{t-1} + Bbar u_t`` for each of ``c`` channels, in the forms of the module docstring.
+
+    Not an ``nn.Module``: a mixer holds one, built from its options (float64 on the CPU), and
+    its derived tensors are cached per ``(device, dtype)``.
+    """
+
+    def __init__(self, Abar: Tensor, Bbar: Tensor):
+        self.Abar = Abar.to(torch.float64).cpu()
+        self.Bbar = Bbar.to(torch.float64).cpu()
+        self.order = self.Abar.shape[0]
+        self._impulse = self.Bbar[None].clone()  # H_0 .. H_{n-1}, float64
+        self._power = torch.eye(self.order, dtype=torch.float64)  # Abar^n for n = len(_impulse)
+        self._powers = self.Abar[None].clone()  # Abar^1 .. Abar^n, float64
+        self._cast: dict = {}
+
+    # -- cached float64 tensors, extended by doubling ------------------------------------
+    def _impulse64(self, T: int) -> Tensor:
+        while self._impulse.shape[0] < T:
+            n = self._impulse.shape[0]
+            step = torch.linalg.matrix_power(self.Abar, n)  # Abar^n
+            self._impulse = torch.cat([self._impulse, self._impulse @ step.T], dim=0)
+        return self._impulse[:T]
+
+    def _powers64(self, n: int) -> Tensor:
+        while self._powers.shape[0] < n:
+            top = self._powers[-1]
+            self._powers = torch.cat([self._powers, top @ self._powers], dim=0)
+        return self._powers[:n]
+
+    def _get(self, kind: str, n: int, like: Tensor) -> Tensor:
+        key = (kind, n, like.device, like.dtype)
+        if key not in self._cast:
+            src = self._impulse64(n) if kind == "impulse" else self._powers64(n)
+            if len(self._cast) > 16:
+                self._cast.clear()
+            self._cast[key] = src.to(device=like.device, dtype=like.dtype)
+        return self._cast[key]
+
+    def matrices(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``(Abar, Bbar)`` in ``like``'s device and dtype."""
+        return self._get("powers", 1, like)[0], self._get("impulse", 1, like)[0]
+
+    def impulse_response(self, T: int, like: Tensor) -> Tensor:
+        """``H [T, q]`` with ``H_k = Abar^k Bbar``."""
+        return self._get("impulse", T, like)
+
+    # -- the three forms -------------------------------------------------------------------
+    def recurrent(self, u: Tensor, m0: Tensor | None = None) -> Tensor:
+        """One step at a time: ``u [b, T, c]``, ``m0 [b, c, q]`` -> states ``[b, T, c, q]``."""
+        Abar, Bbar = self.matrices(u)
+        m = u.new_zeros(u.shape[0], u.shape[2], self.order) if m0 is None else m0.to(u.dtype)
+        out = []
+        for t in range(u.shape[1]):
+            m = torch.addcmul(m @ Abar.T, u[:, t, :, None], Bbar)
+            out.append(m)
+        return torch.stack(out, dim=1) if out else u.new_zeros(u.shape[0], 0, u.shape[2], self.order)
+
+    def convolve(self, u: Tensor, method: str = "fft") -> Tensor:
+        """Zero-initial-state part ``sum_s H_{t-s} u_s``: ``[b, T, c]`` -> ``[b, T, c, q]``."""
+        T = u.shape[1]
+        H = self.impulse_response(T, u)
+        if method == "direct":
+            idx = torch.arange(T, device=u.device)
+            lag = idx[:, None] - idx[None, :]  # t - s
+            toeplitz = torch.where((lag >= 0)[..., None], H[lag.clamp(min=0)], H.new_zeros(()))  # [T, T, q]
+            return torch.einsum("tsq,bsc->btcq", toeplitz, u)
+        if method != "fft":
+            raise ValueError(f"Unknown convolution method {method!r}; use 'direct' or 'fft'.")
+        n = 1 << math.ceil(math.log2(max(2 * T - 1, 1)))
+        work = torch.float64 if u.dtype == torch.float64 else torch.float32  # FFT needs float32/64
+        Uf = torch.fft.rfft(u.to(work), n=n, dim=1)  # [b, F, c]
+        Hf = torch.fft.rfft(H.to(work), n=n, dim=0)  # [F, q]
+        m = torch.fft.irfft(Uf.unsqueeze(-1) * Hf[:, None, :], n=n, dim=1)[:, :T]
+        return m.to(u.dtype)
+
+    def free_response(self, m0: Tensor, T: int, chunk: int = 64) -> Tensor:
+        """``Abar^{t+1} m0`` for ``t = 0 .. T-1``: ``m0 [b, c, q]`` -> ``[b, T, c, q]``."""
+        L = max(1, min(chunk, T))
+        n = math.ceil(T / L)
+        P = self._get("powers", L, m0)  # Abar^1 .. Abar^L
+        carries, c = [], m0
+        for _ in range(n):
+            carries.append(c)
+            c = c @ P[-1].T
+        C = torch.stack(carries, dim=1)  # [b, n, c, q]: Abar^{jL} m0
+        out = torch.einsum("lqr,bncr->bnlcq", P, C)
+        return out.reshape(m0.shape[0], n * L, *m0.shape[1:])[:, :T]
+
+    def states(self, u: Tensor, m0: Tensor | None = None, method: str = "auto") -> Tensor:
+        """Every state ``[b, T, c, q]`` from inputs ``u [b, T, c]`` and initial state ``m0 [b, c, q]``."""
+        if method not in METHODS:
+            raise ValueError(f"Unknown LTI method {method!r}; use one of {', '.join(METHODS)}.")
+        T = u.shape[1]
+        if method == "auto":
+            method = "recurrent" if T <= RECURRENT_UNTIL else ("direct" if T <= DIRECT_UNTIL else "fft")
+        if method == "recurrent":
+            return self.recurrent(u, m0)
+        m = self.convolve(u, method)
+        if m0 is not None and bool(m0.ne(0).any()):
+            m = m + self.free_response(m0.to(u.dtype), T)
+        return m

@@ -1,0 +1,152 @@
+r"""Gated linear attention (GLA): the matrix-state linear recurrence of HGRN2 and mLSTM.
+
+Signatures (all tensors batch first, then position; ``H`` heads, key width ``K``, value width ``V``)::
+
+    gla_chunked(q, k, v, log_decay, h0=None, scale=1.0, chunk=16) -> (o, h_T)
+    gla_sequential(q, k, v, log_decay, h0=None, scale=1.0)        -> (o, h_T)
+    gla_states(k, v, decay, h0=None, force=None, method="auto")    -> S
+    gla_readout(q, S, scale=1.0)                                   -> o
+
+    q, k:       [b, T, H, K]
+    v:          [b, T, H, V]
+    log_decay:  [b, T, H, K] (a per-key-channel decay, HGRN2 / GLA) or [b, T, H, 1]
+                (one scalar per head, mLSTM); log of the decay, so <= 0; -inf means decay 0
+    decay:      exp(log_decay), same shapes (gla_states takes the decay itself)
+    h0:         [b, H, K, V] the state before the first position (zeros if None)
+    o:          [b, T, H, V];  h_T: [b, H, K, V] the state after the last position
+    S:          [b, T, H, K, V] the state after every position
+    force:      optional (mask, values), both [b, T, H, K, V]: the state takes ``values``
+                wherever ``mask`` is True and the recurrence carries on from it
+
+The recurrence, per head::
+
+    S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t          (g_t = log_decay_t, k_t^T v_t an outer product)
+    o_t = scale * q_t S_t
+
+**Chunked form** (:func:`gla_chunked`, the fast path; it never builds ``S`` at every
+position). The sequence is cut into chunks of ``L`` positions. With ``c`` the state before
+a chunk and, for positions ``s <= t`` of that chunk, ``b_t = sum_{r<=t} g_r`` (inclusive
+cumulative log-decay from the chunk start) and ``seg(t, s) = sum_{s<r<=t} g_r``::
+
+    o_t   = scale * [ (q_t * exp(b_t)) c  +  sum_{s<=t} (sum_K q_t k_s exp(seg(t, s))) v_s ]
+    c'    = diag(exp(b_L)) c + sum_s (k_s * exp(b_L - b_s))^T v_s
+
+The first term is one matmul per chunk, the second an ``L x L`` intra-chunk "attention"
+matrix, and the chunk-boundary states ``c`` follow the elementwise recurrence above, run
+with :func:`probe.scan.linear_scan` (a scan over ``T / L`` chunks). Every exponent is a
+sum of log-decays over a non-empty or empty *forward* range, computed by cumulative sums
+that never subtract two large numbers, so all exponents are ``<= 0``: decays of exactly 0
+(``-inf``) or 1 (``0``) and long sequences are exact, with no overflow or ``inf - inf``.
+The intra-chunk term costs ``b T L H K`` memory (``L = 16`` by default).
+
+**Reference** (:func:`gla_sequential`): the recurrence one position at a time.
+
+**All states** (:func:`gla_states`): when a state hook is active the states themselves are
+wanted; they come from the elementwise scan of :mod:`probe.scan` on ``a = decay`` and
+``b = k^T v`` (with :func:`probe.scan.force_states` for edited states), and
+:func:`gla_readout` gives ``o`` from them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from probe.scan import force_states, linear_scan
+
+__all__ = ["gla_chunked", "gla_sequential", "gla_states", "gla_readout"]
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, g: Tensor, h0: Tensor | None) -> None:
+    if q.dim() != 4 or k.shape != q.shape:
+        raise ValueError(f"q and k must both be [batch, T, heads, K]; got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must be [batch, T, heads, V] matching q {tuple(q.shape)}; got {tuple(v.shape)}")
+    if g.shape[:3] != q.shape[:3] or g.shape[3] not in (1, q.shape[3]):
+        raise ValueError(f"log_decay must be [batch, T, heads, K] or [batch, T, heads, 1]; got {tuple(g.shape)} "
+                         f"for q {tuple(q.shape)}")
+    if h0 is not None and tuple(h0.shape) != (q.shape[0], q.shape[2], q.shape[3], v.shape[3]):
+        raise ValueError(f"initial state h0 has shape {tuple(h0.shape)}, expected "
+                         f"{(q.shape[0], q.shape[2], q.shape[3], v.shape[3])} ([batch, heads, K, V])")
+
+
+def gla_sequential(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, h0: Tensor | None = None,
+                   scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Reference: ``S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t``, ``o_t = scale q_t S_t``, one step at a time."""
+    _check(q, k, v, log_decay, h0)
+    b, T, H, K = q.shape
+    S = q.new_zeros(b, H, K, v.shape[-1]) if h0 is None else h0.to(q.dtype)
+    decay = log_decay.exp()
+    out = []
+    for t in range(T):
+        S = decay[:, t, :, :, None] * S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        out.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S) * scale)
+    o = torch.stack(out, dim=1) if out else v.new_zeros(b, 0, H, v.shape[-1])
+    return o, S
+
+
+def gla_chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, h0: Tensor | None = None,
+                scale: float = 1.0, chunk: int = 16) -> tuple[Tensor, Tensor]:
+    """Chunked form of the same recurrence (see the module docstring). Returns ``(o, h_T)``."""
+    _check(q, k, v, log_decay, h0)
+    b, T, H, K = q.shape
+    V = v.shape[-1]
+    if h0 is None:
+        h0 = q.new_zeros(b, H, K, V)
+    if T == 0:
+        return v.new_zeros(b, 0, H, V), h0.to(q.dtype)
+    L = max(1, min(int(chunk), T))
+    n = math.ceil(T / L)
+    pad = n * L - T
+
+    def split(x: Tensor, fill: float = 0.0) -> Tensor:  # [b, T, H, d] -> [b, n, H, L, d]
+        if pad:
+            x = F.pad(x, (0, 0, 0, 0, 0, pad), value=fill)
+        return x.reshape(b, n, L, H, x.shape[-1]).transpose(2, 3)
+
+    qc, kc, vc = split(q), split(k), split(v)
+    a = split(log_decay.exp(), fill=1.0)  # padding: zero input, decay 1; decays in [0, 1]                                  [b, n, H, L, K']
+    incl = a.cumprod(dim=3)  # exp(b_t): decay from the chunk start through t
+    rev = a.flip(3).cumprod(3).flip(3)  # prod_{r >= s}
+    tail = torch.cat([rev[:, :, :, 1:], torch.ones_like(rev[:, :, :, :1])], dim=3)  # prod_{r > s}
+    total = incl[:, :, :, -1]  # [b, n, H, K']
+
+    # chunk-boundary states: c_j = diag(total_j) c_{j-1} + (k * tail)^T v
+    h0 = h0.to(q.dtype)
+    U = (kc * tail).transpose(-1, -2) @ vc  # [b, n, H, K, V]
+    ends = linear_scan(total.unsqueeze(-1), U, h0)  # state after each chunk
+    qi = qc * incl
+    o = torch.empty_like(qi[..., :1].expand(*qi.shape[:-1], V))
+    o[:, :1] = qi[:, :1] @ h0.unsqueeze(1)  # inter-chunk part: (q_t exp(b_t)) c
+    o[:, 1:] = qi[:, 1:] @ ends[:, :-1]
+
+    # intra-chunk: A[t, s] = sum_K q_t k_s exp(seg(t, s)) for s <= t, exp(seg) as a product of decays
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    strict = causal.tril(-1).unsqueeze(-1)  # t > s
+    one = a.new_ones(())
+    if a.shape[-1] == 1:  # scalar decay per head: a plain masked matmul
+        P = torch.where(strict[..., 0], a, one).cumprod(3)  # a [b,n,H,L,1] -> [b, n, H, L(t), L(s)]
+        A = (qc @ kc.transpose(-1, -2)).mul_(P)
+    else:
+        P = torch.where(strict, a.unsqueeze(4), one).cumprod(3)  # [b, n, H, L(t), L(s), K]
+        A = P.mul_(qc.unsqueeze(4)).mul_(kc.unsqueeze(3)).sum(-1)
+    o = o + A.masked_fill_(~causal, 0.0) @ vc
+    o = (o * scale).transpose(2, 3).reshape(b, n * L, H, V)[:, :T]
+    return o, ends[:, -1]
+
+
+def gla_states(k: Tensor, v: Tensor, decay: Tensor, h0: Tensor | None = None,
+               force: tuple[Tensor, Tensor] | None = None, method: str = "auto") -> Tensor:
+    """The state after every position, ``[b, T, H, K, V]``, via the elementwise scan (edits honoured)."""
+    a = decay.unsqueeze(-1)  # [b, T, H, K', 1]
+    inc = k.unsqueeze(-1) * v.unsqueeze(-2)  # [b, T, H, K, V]
+    if force is not None:
+        a, inc = force_states(a, inc, *force)
+    return linear_scan(a, inc, h0, method=method)
+
+
+def gla_readout(q: Tensor, S: Tensor, scale: float = 1.0) -> Tensor:
+    """``o_t = scale q_t S_t``: ``q [b, T, H, K]``, ``S [b, T, H, K, V]`` -> ``[b, T, H, V]``."""
+    return torch.einsum("bthk,bthkv->bthv", q, S) * scale
