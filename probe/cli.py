@@ -1,0 +1,236 @@
+r"""The ``probe`` command.
+
+::
+
+    probe train --layout qrnn,attn --d-model 64 --text notes/ --out runs/mine
+    probe zoo list                       # the zoo table (from the shipped cards)
+    probe zoo train mamba [--device cpu] # retrain one zoo model from its recipe
+    probe zoo train --all --jobs 4       # every available architecture, 4 at a time
+    probe zoo card                       # re-evaluate the zoo, rewrite cards and README
+    probe data export-stdlib DIR         # this Python's stdlib corpus as token streams
+
+Adding a subcommand: write ``add_NAME(subparsers)`` that builds its parser and sets
+``func`` to a ``run_NAME(args) -> int`` function, and list ``add_NAME`` in :data:`COMMANDS`.
+Errors of type :class:`probe.ProbeError` are printed as one line (exit code 2), not a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from probe.errors import ProbeError
+
+
+# -- probe train ---------------------------------------------------------------------
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model on text, the stdlib corpus or a HF dataset",
+                       description="Train a HookedLM of any layout; checkpoints go to --out (resumable).")
+    p.add_argument("--layout", default="attn,attn", help="comma-separated mixer names, e.g. qrnn,qrnn,attn,ff")
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--d-mlp", type=int, default=None, help="MLP width (default 4 * d_model; 0 removes the MLP)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", help="a UTF-8 text file or a folder of text files")
+    src.add_argument("--hf", help="a Hugging Face dataset name (needs network), e.g. wikitext:wikitext-2-raw-v1")
+    p.add_argument("--text-field", default="text", help="column of the HF dataset holding the text")
+    p.add_argument("--val-fraction", type=float, default=0.05,
+                   help="tail share of --text / --hf held out for validation (the stdlib has its own split)")
+    p.add_argument("--tasks", default="", help="comma-separated synthetic tasks to mix in (agreement,recall,...)")
+    p.add_argument("--task-fraction", type=float, default=0.0)
+    _add_train_options(p)
+    p.add_argument("--out", required=True, help="output directory (checkpoints, final model)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    p.set_defaults(func=run_train)
+
+
+def _add_train_options(p, defaults=None) -> None:
+    from probe.train import TrainConfig
+
+    d = defaults or TrainConfig()
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--save-every", type=int, default=d.save_every)
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
+    p.add_argument("--amp", default=d.amp, choices=["auto", "none", "bf16", "fp16"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_train(args) -> int:
+    import torch
+
+    import probe
+    from probe.data.code_corpus import stdlib_stream
+    from probe.data.mix import DataMix
+    from probe.data.text_corpus import hf_corpus, text_corpus
+    from probe.train import TrainConfig, Trainer
+
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                         warmup_steps=min(args.warmup_steps, args.steps), seed=args.seed,
+                         eval_every=args.eval_every, save_every=args.save_every, device=args.device, amp=args.amp)
+    if args.text or args.hf:
+        if args.text:
+            stream = text_corpus(args.text, min_tokens=args.seq_len + 1)
+        else:
+            name, _, subset = args.hf.partition(":")
+            stream = hf_corpus(name, args.text_field, name=subset or None, min_tokens=args.seq_len + 1)
+        train, val = stream.split_tail(args.val_fraction, min_tokens=args.seq_len + 1)
+    else:
+        train, val = stdlib_stream("train"), stdlib_stream("val")
+    tasks = [t for t in args.tasks.split(",") if t]
+    mix = DataMix(train, tasks, args.task_fraction)
+    torch.manual_seed(args.seed)
+    model = probe.HookedLM(probe.ModelConfig(layout=[m.strip() for m in args.layout.split(",") if m.strip()],
+                                             d_model=args.d_model, n_heads=args.n_heads, d_mlp=args.d_mlp))
+    print(f"{model!r}; {config.steps * config.tokens_per_step:,} tokens; out: {args.out}")
+    trainer = Trainer(model, mix, config, val, args.out, resume=not args.no_resume, progress=not args.no_progress)
+    result = trainer.train()
+    print(f"done: step {result.step}, {result.tokens_seen:,} tokens, val bits-per-byte {result.final_val_bpb}, "
+          f"{result.train_seconds:.0f} s; model in {Path(args.out) / 'model'}")
+    return 0
+
+
+# -- probe zoo ... ---------------------------------------------------------------------
+def add_zoo(sub) -> None:
+    p = sub.add_parser("zoo", help="the model zoo: list, train, card")
+    zsub = p.add_subparsers(dest="zoo_command", metavar="{list,train,card}")
+    zsub.required = True
+
+    lp = zsub.add_parser("list", help="print the zoo table")
+    lp.add_argument("--zoo-dir", default=None, help="a zoo folder other than the shipped one")
+    lp.set_defaults(func=run_zoo_list)
+
+    from probe.zoo.recipes import TRAIN
+
+    tp = zsub.add_parser("train", help="(re)train zoo architectures from their recipe")
+    tp.add_argument("names", nargs="*", metavar="ARCH", help="zoo architectures (see `probe zoo list`)")
+    tp.add_argument("--all", action="store_true", help="every architecture whose mixers are available")
+    tp.add_argument("--out", default=None, help="output folder (default ./zoo-runs; the shipped zoo is not touched)")
+    tp.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
+    tp.add_argument("--jobs", type=int, default=1, help="architectures trained at the same time")
+    tp.add_argument("--steps", type=int, default=None, help=f"override the recipe's {TRAIN.steps} steps (tests)")
+    tp.add_argument("--no-eval", action="store_true", help="skip the card metrics")
+    tp.add_argument("--no-progress", action="store_true")
+    tp.add_argument("--no-resume", action="store_true")
+    tp.set_defaults(func=run_zoo_train)
+
+    cp = zsub.add_parser("card", help="evaluate zoo models, rewrite their cards and the zoo README")
+    cp.add_argument("names", nargs="*", metavar="ARCH", help="models to evaluate (default: all in the folder)")
+    cp.add_argument("--zoo-dir", default=None, help="a zoo folder other than the shipped one")
+    cp.add_argument("--no-eval", action="store_true", help="only regenerate README.md from the existing cards")
+    cp.set_defaults(func=run_zoo_card)
+
+
+def run_zoo_list(args) -> int:
+    from probe.zoo.cards import render_table, zoo_cards
+    from probe.zoo.recipes import RECIPES
+
+    cards = zoo_cards(args.zoo_dir)
+    shipped = {c["name"] for c in cards}
+    print(render_table(cards) if cards else "No trained zoo models in this folder yet.")
+    rest = [n for n in RECIPES if n not in shipped]
+    if rest:
+        print(f"\nRecipes without a trained model here: {', '.join(rest)} (train with `probe zoo train NAME`).")
+    return 0
+
+
+def run_zoo_train(args) -> int:
+    from probe.errors import ConfigError
+    from probe.zoo.build import train_zoo_model
+    from probe.zoo.recipes import available_recipes, get_recipe
+
+    names = available_recipes() if args.all else args.names
+    if not names:
+        raise ConfigError("Name the architectures to train (see `probe zoo list`) or pass --all.")
+    for n in names:
+        get_recipe(n)  # unknown names fail before anything runs
+    out = Path(args.out) if args.out else Path("zoo-runs")
+    extra = {"steps": args.steps} if args.steps else {}
+    if len(names) > 1 and args.jobs > 1:
+        from probe.zoo.train_all import train_many
+
+        flags = (["--steps", str(args.steps)] if args.steps else []) + (["--no-eval"] if args.no_eval else []) \
+            + (["--no-resume"] if args.no_resume else [])
+        codes = train_many(names, out, args.jobs, args.device, flags)
+        return 0 if all(c == 0 for c in codes.values()) else 1
+    for n in names:
+        path = train_zoo_model(n, out, device=args.device, progress=not args.no_progress,
+                               resume=not args.no_resume, evaluate=not args.no_eval, **extra)
+        print(f"{n}: written to {path}")
+    return 0
+
+
+def run_zoo_card(args) -> int:
+    from probe.data.code_corpus import stdlib_stream
+    from probe.io.checkpoint import load_model
+    from probe.zoo.build import ZOO_DIR
+    from probe.zoo.cards import evaluate_card, read_card, render_readme, write_card, zoo_cards
+
+    zoo_dir = Path(args.zoo_dir) if args.zoo_dir else ZOO_DIR
+    if not args.no_eval:
+        names = args.names or [c["name"] for c in zoo_cards(zoo_dir)]
+        val, train = stdlib_stream("val"), stdlib_stream("train")
+        for n in names:
+            card = read_card(zoo_dir / n)
+            card.update(evaluate_card(load_model(zoo_dir / n), val, train))
+            write_card(zoo_dir / n, card)
+            print(f"{n}: val bpb {card['val_bpb']:.3f} (unigram {card['unigram_bpb']:.3f}); tasks "
+                  + ", ".join(f"{k} {v['pair_accuracy']:.2f}" for k, v in card["tasks"].items()))
+    (zoo_dir / "README.md").write_text(render_readme(zoo_cards(zoo_dir)))
+    print(f"wrote {zoo_dir / 'README.md'}")
+    return 0
+
+
+# -- probe data ... --------------------------------------------------------------------
+def add_data(sub) -> None:
+    p = sub.add_parser("data", help="corpora utilities")
+    dsub = p.add_subparsers(dest="data_command", metavar="{export-stdlib}")
+    dsub.required = True
+    ep = dsub.add_parser("export-stdlib", help="write this Python's stdlib train/val/test token streams to DIR "
+                                               "(use them elsewhere with PROBE_STDLIB_STREAMS=DIR)")
+    ep.add_argument("dir")
+    ep.set_defaults(func=run_data_export)
+
+
+def run_data_export(args) -> int:
+    from probe.data.code_corpus import SPLITS, CodeCorpus
+
+    for split in SPLITS:
+        corpus = CodeCorpus(split)
+        path = corpus.stream().save(Path(args.dir) / f"stdlib-{split}.safetensors")
+        print(f"{split}: {len(corpus.files)} files, {corpus.n_bytes:,} bytes, {corpus.n_skipped} skipped -> {path}")
+    return 0
+
+
+#: every subcommand's parser builder, in help order
+COMMANDS = [add_train, add_zoo, add_data]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="probe", description="Interpretability for recurrent vs transformer LMs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ProbeError as exc:
+        print(f"probe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("probe: interrupted (training resumes from the last checkpoint when run again)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+r"""Model cards: evaluate a zoo model, store the numbers as JSON, render the zoo table.
+
+A card (``probe/zoo/NAME/card.json``) holds the training facts written by
+:func:`probe.zoo.build.train_zoo_model` and the metrics of :func:`evaluate_card`:
+
+* ``val_bpb``: bits-per-byte on the first :data:`EVAL_WINDOWS` windows of 256 bytes of the
+  stdlib validation split; ``unigram_bpb``: the add-one unigram model of the train split on
+  the same bytes (the baseline every model must clearly beat);
+* ``tasks``: per synthetic task, pair accuracy (correct vs contrast token, chance 0.5),
+  top-1 accuracy and its chance level, on :data:`EVAL_EXAMPLES` held-out examples;
+* ``minimal_pairs``: per task, the share of minimal pairs where the model gives the good
+  text the higher log-probability (chance 0.5);
+* ``quick``: the same metrics on a small slice (:data:`QUICK`), which the tests recompute
+  to check that the shipped weights still produce the card.
+
+``render_table(cards)`` gives the markdown table of ``probe/zoo/README.md`` and ``probe zoo list``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from probe.data.corpus import TokenStream, unigram_bpb
+from probe.data.minimal_pairs import evaluate_minimal_pairs
+from probe.data.tasks import TASKS, get_task
+from probe.errors import CheckpointError
+from probe.evaluate import evaluate_bpb, task_scores
+
+CARD_FILE = "card.json"
+EVAL_SEQ_LEN = 256
+EVAL_WINDOWS = 256
+EVAL_EXAMPLES = 400
+#: held-out seed for task examples (training draws from ``[train seed, step]`` generators)
+EVAL_SEED = 1_000_003
+QUICK = {"windows": 4, "examples": 24, "seed": EVAL_SEED + 1}
+
+
+def evaluate_card(model, val: TokenStream, train: TokenStream | None = None, windows: int = EVAL_WINDOWS,
+                  examples: int = EVAL_EXAMPLES, seed: int = EVAL_SEED) -> dict[str, Any]:
+    """Every metric of a card (see the module docstring) for ``model``."""
+    out: dict[str, Any] = {"eval": {"val_windows": windows, "seq_len": EVAL_SEQ_LEN, "task_examples": examples,
+                                    "seed": seed}}
+    out["val_bpb"] = round(evaluate_bpb(model, val, EVAL_SEQ_LEN, windows), 4)
+    if train is not None:
+        out["unigram_bpb"] = round(unigram_bpb(train, val.head(windows * EVAL_SEQ_LEN + 1), model.cfg.vocab_size), 4)
+    out["tasks"], out["minimal_pairs"] = task_metrics(model, examples, seed)
+    q = QUICK
+    quick_tasks, quick_pairs = task_metrics(model, q["examples"], q["seed"])
+    out["quick"] = {**q, "val_bpb": round(evaluate_bpb(model, val, EVAL_SEQ_LEN, q["windows"]), 5),
+                    "tasks": {k: v["pair_accuracy"] for k, v in quick_tasks.items()}, "minimal_pairs": quick_pairs}
+    return out
+
+
+def task_metrics(model, examples: int, seed: int) -> tuple[dict[str, dict], dict[str, float]]:
+    tasks, pairs = {}, {}
+    for name in TASKS:
+        task = get_task(name)
+        exs = task.examples(examples, seed)
+        scores = task_scores(model, exs)
+        tasks[name] = {"pair_accuracy": round(scores["pair_accuracy"], 4), "top1": round(scores["top1"], 4),
+                       "top1_chance": round(task.chance, 4), "answers": scores["answers"]}
+        result = evaluate_minimal_pairs(model, [(e.good, e.bad) for e in exs])
+        pairs[name] = round(result.accuracy, 4)
+    return tasks, pairs
+
+
+def write_card(directory: str | Path, card: dict[str, Any]) -> Path:
+    path = Path(directory) / CARD_FILE
+    path.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def read_card(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CARD_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{str(directory)!r} has no {CARD_FILE}.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _fmt(value, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+
+def render_table(cards: list[dict[str, Any]]) -> str:
+    """The markdown table of the zoo (one row per card)."""
+    task_names = list(TASKS)
+    head = (["model", "layout", "params", "tokens", "val bpb", "unigram bpb"]
+            + [f"{t} (pair / top-1)" for t in task_names]
+            + ["minimal pairs (agreement)", "train time", "hardware", "seed", "code"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cards:
+        layout = _compress_layout(c.get("layout", []))
+        tasks = c.get("tasks", {})
+        cells = [f"`{c['name']}`", layout, f"{c.get('params', 0) / 1e6:.2f}M",
+                 f"{c.get('tokens_seen', 0) / 1e6:.1f}M", _fmt(c.get("val_bpb"), ".3f"), _fmt(c.get("unigram_bpb"), ".3f")]
+        for t in task_names:
+            s = tasks.get(t, {})
+            cells.append(f"{_fmt(s.get('pair_accuracy'), '.2f')} / {_fmt(s.get('top1'), '.2f')}")
+        cells += [_fmt(c.get("minimal_pairs", {}).get("agreement"), ".2f"), f"{_fmt(c.get('train_seconds'), '.0f')} s",
+                  c.get("hardware", "-"), str(c.get("seed", "-")), f"`{c.get('code_version', '-')}`"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _compress_layout(layout: list[str]) -> str:
+    out, i = [], 0
+    while i < len(layout):
+        j = i
+        while j < len(layout) and layout[j] == layout[i]:
+            j += 1
+        out.append(layout[i] if j - i == 1 else f"{layout[i]}x{j - i}")
+        i = j
+    return " ".join(out)
+
+
+README_HEAD = """# The probe model zoo
+
+Small byte-level language models of ten architectures, trained with one recipe
+(`probe/zoo/recipes.py`): the same data mix (the Python standard library's train split
+interleaved half and half with four synthetic tasks), the same tokens seen, parameter
+counts matched within 10 %. Load one with `probe.load("zoo:NAME")`; retrain one with
+`probe zoo train NAME`; regenerate this page with `probe zoo card`.
+
+Columns: validation bits-per-byte on {windows} windows of 256 bytes of the stdlib validation
+split and the unigram baseline on the same bytes; per task, pair accuracy (the correct
+answer byte scores above the contrast byte; chance 0.5) / top-1 accuracy (chance:
+agreement n/a, recall 0.10, induction 0.04, brackets 0.33) on {examples} held-out examples;
+minimal pairs: share of agreement pairs ("the key to the cabinets is/are ...") where the
+good sentence has the higher log-probability (chance 0.5). Train time is the wall time of
+the optimisation steps on the hardware named.
+
+"""
+
+
+def render_readme(cards: list[dict[str, Any]]) -> str:
+    return README_HEAD.format(windows=EVAL_WINDOWS, examples=EVAL_EXAMPLES) + render_table(cards) + "\n"
+
+
+def zoo_cards(zoo_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """The cards of every model in ``zoo_dir`` (default: the shipped zoo), in recipe order."""
+    from probe.zoo.recipes import RECIPES
+
+    zoo_dir = Path(zoo_dir) if zoo_dir is not None else Path(__file__).parent
+    order = {n: i for i, n in enumerate(RECIPES)}
+    dirs = [p for p in zoo_dir.iterdir() if (p / CARD_FILE).is_file()] if zoo_dir.is_dir() else []
+    return [read_card(p) for p in sorted(dirs, key=lambda p: (order.get(p.name, len(order)), p.name))]

@@ -1,0 +1,123 @@
+r"""The model zoo's recipes: ten architectures, one data mix, one training budget.
+
+Every zoo model is a byte-level (vocab 257) language model of about
+:data:`TARGET_PARAMS` parameters (within 10 %, asserted by the tests), trained with the
+same :data:`TRAIN` settings (same steps, batch and sequence length, so the same tokens
+seen) on the same :data:`MIX` (the Python standard library's train split interleaved
+with the four synthetic tasks). Widths are set per architecture to match the parameter
+count; :func:`fit_d_mlp` is the helper that chose them.
+
+=============  ============================================================================
+name           layout (one entry per layer)
+=============  ============================================================================
+transformer    attn x4 (RoPE)
+lstm           lstm x4
+qrnn           qrnn x4 (window 2)
+qrnn-hybrid    qrnn, qrnn, attn, ff: QRNN layers, attention kept in one layer, a
+               feed-forward layer replacing another (after Lindenmaier et al. 2025)
+lmu            lmu x4
+lmu-attn       lmu x3 + attn: LMU with one global attention layer (after Chilkuri et al. 2021)
+hgrn2          hgrn2 x4
+mamba          mamba x8 (no MLP, as in Mamba)
+xlstm          mlstm, slstm, mlstm, mlstm: mLSTM with one sLSTM block (xLSTM[3:1])
+rwkv           rwkv x4 (RWKV channel mixing in the MLP slot)
+=============  ============================================================================
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from probe.config import ModelConfig
+from probe.errors import ConfigError, suggest
+from probe.train import TrainConfig
+
+#: the parameter count every zoo model is matched to (within :data:`PARAM_TOLERANCE`)
+TARGET_PARAMS = 1_000_000
+PARAM_TOLERANCE = 0.10
+SEED = 0
+
+#: the one training budget of the zoo (4.9M tokens: 1200 steps x 16 x 256)
+TRAIN = TrainConfig(steps=1200, batch_size=16, seq_len=256, lr=3e-3, min_lr_ratio=0.1, warmup_steps=100,
+                    weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0, seed=SEED, eval_every=200,
+                    eval_windows=32, save_every=200, log_every=20, device="auto", amp="none")
+
+#: the data mix: stdlib code rows and packed synthetic-task rows, half and half
+MIX: dict[str, Any] = {"text": "python-stdlib/train", "tasks": ("agreement", "recall", "induction", "brackets"),
+                       "task_fraction": 0.5}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One zoo architecture: a name, a layout and the widths that match the parameter budget."""
+
+    name: str
+    layout: tuple[str, ...]
+    d_model: int = 128
+    d_mlp: int = 512
+    n_heads: int = 4
+    mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mlp_layout: tuple[str, ...] | None = None
+    note: str = ""
+
+    def config(self) -> ModelConfig:
+        return ModelConfig(vocab_size=257, d_model=self.d_model, layout=list(self.layout), n_heads=self.n_heads,
+                           d_mlp=self.d_mlp, mixer_options={k: dict(v) for k, v in self.mixer_options.items()},
+                           mlp_layout=list(self.mlp_layout) if self.mlp_layout else None, positional="rope",
+                           tokenizer="byte", name=f"zoo:{self.name}")
+
+    @property
+    def mixers(self) -> set[str]:
+        return set(self.layout)
+
+    def available(self) -> bool:
+        """True when every mixer of the layout is registered in ``probe.mixers.MIXERS``."""
+        from probe.mixers import MIXERS
+
+        return self.mixers <= set(MIXERS)
+
+    def n_params(self) -> int:
+        from probe.model import HookedLM
+
+        return sum(p.numel() for p in HookedLM(self.config()).parameters())
+
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe("transformer", ("attn",) * 4, d_mlp=640, note="pre-norm transformer, RoPE"),
+    Recipe("lstm", ("lstm",) * 4, d_mlp=384),
+    Recipe("qrnn", ("qrnn",) * 4, d_mlp=448, mixer_options={"qrnn": {"window": 2}}),
+    Recipe("qrnn-hybrid", ("qrnn", "qrnn", "attn", "ff"), d_mlp=480, mixer_options={"qrnn": {"window": 2}},
+           note="Lindenmaier et al.: QRNN layers, attention in one layer, FF replacing another"),
+    Recipe("lmu", ("lmu",) * 4, d_mlp=512),
+    Recipe("lmu-attn", ("lmu", "lmu", "lmu", "attn"), d_mlp=512, note="Chilkuri et al.: LMU + one global attention"),
+    Recipe("hgrn2", ("hgrn2",) * 4, d_mlp=512),
+    Recipe("mamba", ("mamba",) * 8, d_mlp=0, note="Mamba blocks without MLPs"),
+    Recipe("xlstm", ("mlstm", "slstm", "mlstm", "mlstm"), d_mlp=512, note="xLSTM[3:1]: mLSTM with one sLSTM"),
+    Recipe("rwkv", ("rwkv",) * 4, d_mlp=512, note="RWKV time mixing + channel mixing"),
+)}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ConfigError(f"Unknown zoo architecture {name!r}.{suggest(name, RECIPES)} "
+                          f"Valid: {', '.join(RECIPES)}.")
+    return RECIPES[name]
+
+
+def available_recipes() -> list[str]:
+    """Names of the recipes whose mixers are all registered (trainable now)."""
+    return [n for n, r in RECIPES.items() if r.available()]
+
+
+def fit_d_mlp(recipe: Recipe, target: int = TARGET_PARAMS, multiple: int = 32) -> int:
+    """The ``d_mlp`` (a multiple of ``multiple``) bringing ``recipe`` closest to ``target`` parameters.
+    Parameters are linear in ``d_mlp``, so two evaluations solve it."""
+    from dataclasses import replace
+
+    a = replace(recipe, d_mlp=multiple).n_params()
+    b = replace(recipe, d_mlp=2 * multiple).n_params()
+    slope = (b - a) / multiple
+    if slope <= 0:
+        return recipe.d_mlp
+    best = multiple + (target - a) / slope
+    return max(multiple, int(round(best / multiple)) * multiple)
