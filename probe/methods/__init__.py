@@ -6,4 +6,18 @@ Modules: lens.py attribution.py memory.py (methods I), patching.py probing.py st
 """
 from probe.methods.result import MethodResult
 
-__all__ = ["MethodResult"]
+# methods I: lenses, attribution, memory maps
+from probe.methods.attribution import (
+    DLAResult, TokenAttributionResult, direct_logit_attribution, gradient_x_input, integrated_gradients,
+)
+from probe.methods.lens import LensResult, TunedLens, compare_lenses, logit_lens
+from probe.methods.memory import (
+    LayerMemory, MemoryMapResult, gradient_influence, implicit_attention, memory_map, state_sizes,
+)
+
+__all__ = [
+    "MethodResult",
+    "DLAResult", "LayerMemory", "LensResult", "MemoryMapResult", "TokenAttributionResult", "TunedLens",
+    "compare_lenses", "direct_logit_attribution", "gradient_influence", "gradient_x_input", "implicit_attention",
+    "integrated_gradients", "logit_lens", "memory_map", "state_sizes",
+]

@@ -1,0 +1,499 @@
+r"""Attribution: which components and which input tokens make a logit.
+
+**Direct logit attribution** (DLA). The final residual stream is a sum of parts::
+
+    x = embed (+ pos_embed) + sum_i mixer_out_i + sum_i mlp_out_i
+
+(each block adds its mixer's and its MLP's output). With the final norm's scale
+``s = ln_final.hook_scale`` frozen at its value on the whole stream, the readout is
+linear, so a logit (or a logit difference ``u = W_U[:, target] - W_U[:, contrast]``)
+splits exactly::
+
+    logit = sum_parts (centre(part) / s * w) . u  +  (b_norm . u + b_U[target] - b_U[contrast])
+
+The last term is reported as the ``bias`` component. For attention the mixer output
+is further split by head, ``mixer_out = sum_h z_h W_O[h]`` (``hook_z`` and ``W_O``).
+The parts sum to the model's own logit up to float rounding (``rel_error``).
+
+**Token attribution** over the input embeddings (``hook_embed``; learned positional
+embeddings are held fixed). For a metric ``f`` (a logit or logit difference at one
+position) and a baseline embedding ``x'``:
+
+* gradient x input: ``a_s = (x_s - x'_s) . grad f(x)_s``;
+* integrated gradients (Sundararajan et al. 2017):
+  ``a_s = (x_s - x'_s) . int_0^1 grad f(x' + alpha (x - x'))_s d alpha``, the integral
+  by quadrature with ``steps`` points (Gauss-Legendre by default).
+
+Integrated gradients is *complete*: ``sum_s a_s = f(x) - f(x')`` up to the quadrature
+error, which every result reports as ``completeness_error`` (relative).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from probe.errors import InputError, ProbeError
+from probe.methods import inputs
+from probe.methods.readout import frozen_norm_linear, norm_bias
+from probe.methods.result import MethodResult
+
+
+def _metric(logits: Tensor, position: int, target: Tensor, contrast: Tensor | None) -> Tensor:
+    """``logits[b, position, target_b] (- logits[b, position, contrast_b])``: ``[batch]``."""
+    at = logits[:, position]
+    out = at.gather(-1, target[:, None])[:, 0]
+    if contrast is not None:
+        out = out - at.gather(-1, contrast[:, None])[:, 0]
+    return out
+
+
+def _targets(model, tokens, logits, position, target, contrast):
+    batch = tokens.shape[0]
+    target = (logits[:, position].argmax(-1) if target is None
+              else inputs.resolve_target(model, target, batch, "target"))
+    if contrast is not None:
+        contrast = inputs.resolve_target(model, contrast, batch, "contrast")
+    return target, contrast
+
+
+def _metric_label(model, target: Tensor, contrast: Tensor | None, b: int) -> str:
+    name = lambda t: repr(inputs.printable(model.tokenizer.token_str(int(t))))
+    label = f"logit[{name(target[b])}]"
+    return label if contrast is None else f"{label} - logit[{name(contrast[b])}]"
+
+
+# -- direct logit attribution -----------------------------------------------------------
+@dataclass
+class DLAResult(MethodResult):
+    """Direct logit attribution at one position.
+
+    Attributes:
+        tokens / str_tokens: the input; ``position`` the attributed position.
+        target / contrast: ``[batch]`` token ids (``contrast`` None for a plain logit).
+        metric_label: e.g. ``"logit['a'] - logit['b']"`` per batch element.
+        components: names (``embed``, ``pos_embed``, ``L0 qrnn``, ``L0 mlp``, ..., ``bias``).
+        layers: the layer of each component (-1 for embed / bias).
+        contributions: ``[component, batch]`` (float64); they sum to ``total``.
+        logit: ``[batch]`` the model's own logit (difference); ``total``: the sum of the parts.
+        abs_error / rel_error: ``[batch]`` ``|total - logit|`` and that over ``|logit|``.
+        head_contributions: ``{layer: [head, batch]}`` for attention layers (sum to that layer's part).
+    """
+
+    tokens: Tensor
+    str_tokens: list[list[str]]
+    position: int
+    target: Tensor
+    contrast: Tensor | None
+    metric_label: list[str]
+    components: list[str]
+    layers: list[int]
+    contributions: Tensor
+    logit: Tensor
+    total: Tensor
+    abs_error: Tensor
+    rel_error: Tensor
+    head_contributions: dict[int, Tensor] = field(default_factory=dict)
+
+    def to_frame(self):
+        """One row per (batch, component), plus one per (batch, attention head) with ``head`` set."""
+        import pandas as pd
+
+        rows = []
+        for b in range(self.tokens.shape[0]):
+            for c, (name, layer) in enumerate(zip(self.components, self.layers)):
+                rows.append({"batch": b, "component": name, "layer": layer, "head": None,
+                             "contribution": float(self.contributions[c, b]), "metric": self.metric_label[b]})
+            for layer, heads in self.head_contributions.items():
+                for h in range(heads.shape[0]):
+                    rows.append({"batch": b, "component": f"L{layer} head {h}", "layer": layer, "head": h,
+                                 "contribution": float(heads[h, b]), "metric": self.metric_label[b]})
+        return pd.DataFrame(rows)
+
+    def figure(self, batch: int = 0, heads: bool = False):
+        """Bar chart of every component's contribution (attention split by head with ``heads=True``)."""
+        import plotly.graph_objects as go
+
+        b = inputs.check_position(batch, self.tokens.shape[0])
+        names, values = [], []
+        for c, (name, layer) in enumerate(zip(self.components, self.layers)):
+            if heads and layer in self.head_contributions and name.endswith("attn"):
+                for h, v in enumerate(self.head_contributions[layer][:, b].tolist()):
+                    names.append(f"L{layer} head {h}")
+                    values.append(v)
+            else:
+                names.append(name)
+                values.append(float(self.contributions[c, b]))
+        colors = ["#d62728" if v < 0 else "#1f77b4" for v in values]
+        fig = go.Figure(go.Bar(x=names, y=values, marker_color=colors,
+                               hovertemplate="%{x}<br>%{y:.4f}<extra></extra>"))
+        tok = self.str_tokens[b][self.position]
+        fig.update_layout(
+            title=(f"Direct logit attribution of {self.metric_label[b]} at position {self.position} ({tok!r}); "
+                   f"total {float(self.total[b]):.3f} = model {float(self.logit[b]):.3f}"),
+            xaxis_title="component (final-norm scale frozen)", yaxis_title="contribution to the logit",
+            xaxis={"type": "category"})
+        return fig
+
+
+@torch.no_grad()
+def direct_logit_attribution(model, input, target=None, contrast=None, position: int = -1,
+                             per_head: bool = True, prepend_bos: bool | None = None) -> DLAResult:
+    """Split the logit of ``target`` (minus that of ``contrast``) at ``position`` into the direct
+    contributions of the embedding, every mixer, every MLP and the biases.
+
+    Args:
+        input: text, texts or token ids ``[batch, pos]``.
+        target: token id, one-token string, or one id per sequence; default: the model's top prediction.
+        contrast: optional token for a logit difference ``logit[target] - logit[contrast]``.
+        position: the position whose logits are explained (default: the last).
+        per_head: also split attention layers by head (from ``hook_z`` and ``W_O``).
+    """
+    tokens = inputs.as_tokens(model, input, prepend_bos)
+    pos = inputs.check_position(position, tokens.shape[1])
+    n = model.cfg.n_layers
+    sites: list[tuple[str, str, int]] = [("embed", "hook_embed", -1)]
+    if "hook_pos_embed" in model.hook_dict:
+        sites.append(("pos_embed", "hook_pos_embed", -1))
+    head_layers = []
+    for i, block in enumerate(model.blocks):
+        sites.append((f"L{i} {model.cfg.layout[i]}", f"blocks.{i}.hook_mixer_out", i))
+        if f"blocks.{i}.hook_mlp_out" in model.hook_dict:
+            sites.append((f"L{i} mlp", f"blocks.{i}.hook_mlp_out", i))
+        if per_head and hasattr(block.mixer, "W_O") and f"blocks.{i}.mixer.hook_z" in model.hook_dict:
+            head_layers.append(i)
+    names = [s[1] for s in sites] + [f"blocks.{i}.mixer.hook_z" for i in head_layers]
+    names += ["ln_final.hook_scale", f"blocks.{n - 1}.hook_resid_post"]
+    found: dict[str, Tensor] = {}
+
+    def save(x, hook):
+        found[hook.name] = x[:, pos].detach()
+
+    with model.hooks(fwd_hooks=[(name, save) for name in names]):
+        logits = model(tokens)
+    target, contrast = _targets(model, tokens, logits, pos, target, contrast)
+    logit = _metric(logits.double(), pos, target, contrast)
+
+    f64 = torch.float64
+    W_U = model.unembed_matrix.detach().to(f64)
+    direction = W_U[:, target].T - (W_U[:, contrast].T if contrast is not None else 0)  # [batch, d_model]
+    b_U = model.b_U.detach().to(f64)
+    scale = found["ln_final.hook_scale"].to(f64)  # [batch, 1]
+
+    def project(part: Tensor) -> Tensor:  # part [batch, ..., d_model] -> [batch, ...]
+        s = scale.view(scale.shape[0], *([1] * (part.dim() - 1)))
+        normed = frozen_norm_linear(model, part.to(f64), s).to(f64)
+        return (normed * direction.view(direction.shape[0], *([1] * (part.dim() - 2)), -1)).sum(-1)
+
+    contributions = [project(found[site]) for _, site, _ in sites]
+    parts_sum = sum(found[site].to(f64) for _, site, _ in sites)
+    final = found[f"blocks.{n - 1}.hook_resid_post"].to(f64)
+    gap = float((parts_sum - final).abs().max() / final.abs().max().clamp_min(1e-30))
+    if gap > 1e-4:
+        raise ProbeError(f"The residual stream of this model is not the sum of embed, mixer and MLP outputs "
+                         f"(relative gap {gap:.2e}); direct logit attribution does not apply to it.")
+    bias = b_U[target] - (b_U[contrast] if contrast is not None else 0)
+    nb = norm_bias(model)
+    if nb is not None:
+        bias = bias + direction @ nb.detach().to(f64)
+    contributions.append(bias)
+    components = [s[0] for s in sites] + ["bias"]
+    layers = [s[2] for s in sites] + [-1]
+    contrib = torch.stack(contributions)
+    total = contrib.sum(0)
+    abs_err = (total - logit).abs()
+
+    heads = {}
+    for i in head_layers:
+        W_O = model.blocks[i].mixer.W_O.detach().to(f64)  # [head, d_head, d_model]
+        z = found[f"blocks.{i}.mixer.hook_z"].to(f64)  # [batch, head, d_head]
+        heads[i] = project(torch.einsum("bhe,hed->bhd", z, W_O)).T  # [head, batch]
+        layer_part = contrib[components.index(f"L{i} {model.cfg.layout[i]}")]
+        if getattr(model.blocks[i].mixer, "W_o", None) is not None and model.blocks[i].mixer.W_o.bias is not None:
+            raise ProbeError(f"Layer {i}'s attention output has a bias; per-head attribution would not sum "
+                             "to the layer's part. Use per_head=False.")
+        if float((heads[i].sum(0) - layer_part).abs().max()) > 1e-4 * max(1.0, float(layer_part.abs().max())):
+            raise ProbeError(f"Per-head outputs of layer {i} do not sum to its mixer output; per-head "
+                             "attribution does not apply to this mixer. Use per_head=False.")
+    return DLAResult(tokens, inputs.str_tokens(model, tokens), pos, target, contrast,
+                     [_metric_label(model, target, contrast, b) for b in range(tokens.shape[0])],
+                     components, layers, contrib, logit, total, abs_err,
+                     abs_err / logit.abs().clamp_min(1e-12), heads)
+
+
+# -- token attribution ---------------------------------------------------------------------
+@dataclass
+class TokenAttributionResult(MethodResult):
+    """Attribution of a metric to the input tokens.
+
+    Attributes:
+        method: ``"gradient x input"`` or ``"integrated gradients"``; ``steps`` / ``quadrature``
+            for integrated gradients; ``baseline`` a description of the baseline.
+        tokens / str_tokens, position, target, contrast, metric_label: as in :class:`DLAResult`.
+        attributions: ``[batch, pos]`` per-token attribution (summed over ``d_model``).
+        metric: ``[batch]`` ``f(x)``; ``baseline_metric``: ``[batch]`` ``f(x')``.
+        completeness_error: ``[batch]`` ``|sum_s a_s - (f(x) - f(x'))| / |f(x) - f(x')|``.
+    """
+
+    method: str
+    tokens: Tensor
+    str_tokens: list[list[str]]
+    position: int
+    target: Tensor
+    contrast: Tensor | None
+    metric_label: list[str]
+    attributions: Tensor
+    metric: Tensor
+    baseline_metric: Tensor
+    completeness_error: Tensor
+    baseline: str
+    steps: int | None = None
+    quadrature: str | None = None
+
+    def to_frame(self):
+        """One row per (batch, position) with the token and its attribution."""
+        import pandas as pd
+
+        rows = []
+        for b in range(self.tokens.shape[0]):
+            for t in range(self.tokens.shape[1]):
+                rows.append({"batch": b, "position": t, "token": self.str_tokens[b][t],
+                             "attribution": float(self.attributions[b, t]), "method": self.method,
+                             "metric": self.metric_label[b],
+                             "completeness_error": float(self.completeness_error[b])})
+        return pd.DataFrame(rows)
+
+    def figure(self, batch: int = 0):
+        """Bar per input token (up to the attributed position), coloured by sign."""
+        import plotly.graph_objects as go
+
+        b = inputs.check_position(batch, self.tokens.shape[0])
+        vals = self.attributions[b, : self.position + 1].tolist()
+        x = inputs.axis_labels(self.str_tokens[b][: self.position + 1])
+        fig = go.Figure(go.Bar(x=x, y=vals, marker_color=["#d62728" if v < 0 else "#1f77b4" for v in vals],
+                               hovertemplate="%{x}<br>%{y:.4f}<extra></extra>"))
+        detail = f", {self.steps} steps" if self.steps else ""
+        fig.update_layout(
+            title=(f"{self.method.capitalize()}{detail}: input tokens -> {self.metric_label[b]} at position "
+                   f"{self.position}; completeness error {100 * float(self.completeness_error[b]):.2f}%"),
+            xaxis_title="input position : token", yaxis_title=f"attribution (baseline: {self.baseline})",
+            xaxis={"type": "category"})
+        return fig
+
+
+def _embed_and_targets(model, tokens, pos, target, contrast):
+    """One clean forward: the embeddings ``[batch, pos, d]``, ``f(x)`` and the resolved targets."""
+    found = {}
+
+    def save(x, hook):
+        found["e"] = x.detach()
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", save)]):
+        logits = model(tokens)
+    target, contrast = _targets(model, tokens, logits, pos, target, contrast)
+    return found["e"], _metric(logits, pos, target, contrast), target, contrast
+
+
+def _baseline_embedding(model, tokens: Tensor, x: Tensor, baseline) -> tuple[Tensor, str]:
+    """The baseline embedding ``x' [batch, pos, d_model]`` and a description of it."""
+    if isinstance(baseline, str):
+        if baseline == "zero":
+            return torch.zeros_like(x), "zero embedding"
+        if baseline == "pad":
+            pad = model.tokenizer.pad_token_id
+            if pad is None:
+                raise InputError("baseline='pad' needs a tokenizer with a pad token; use 'zero' or a token id.")
+            baseline = int(pad)
+        else:
+            raise InputError(f"Unknown baseline {baseline!r}: use 'zero', 'pad', a token id, or an embedding "
+                             "tensor [pos, d_model] / [batch, pos, d_model].")
+    if isinstance(baseline, int) and not isinstance(baseline, bool):
+        tid = int(inputs.resolve_target(model, baseline, 1, "baseline token")[0])
+        base_tokens = torch.full_like(tokens, tid)
+        found = {}
+
+        def save(e, hook):
+            found["e"] = e.detach()
+
+        with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", save)]):
+            model(base_tokens, return_type=None)
+        return found["e"], f"token {inputs.printable(model.tokenizer.token_str(tid))!r} at every position"
+    if isinstance(baseline, Tensor):
+        base = baseline.to(x.device, x.dtype)
+        if base.dim() == 2:
+            base = base.unsqueeze(0).expand_as(x)
+        if tuple(base.shape) != tuple(x.shape):
+            raise InputError(f"baseline embedding has shape {tuple(baseline.shape)}; expected {tuple(x.shape[1:])} "
+                             f"or {tuple(x.shape)} ([batch, pos, d_model]).")
+        return base, "given embedding"
+    raise InputError(f"baseline must be 'zero', 'pad', a token id or a tensor, got {type(baseline).__name__}.")
+
+
+def _gradients(model, tokens, points: Tensor, pos, target, contrast, chunk: int) -> tuple[Tensor, Tensor]:
+    """``(grad f, f)`` at embeddings ``points [n, batch, pos, d]`` (n evaluation points), ``chunk``
+    points per forward. Gradients are taken with respect to the embeddings only."""
+    n, batch = points.shape[:2]
+    grads, values = [], []
+    for lo in range(0, n, chunk):
+        p = points[lo : lo + chunk]
+        k = p.shape[0]
+        leaf = p.reshape(k * batch, *p.shape[2:]).detach().requires_grad_(True)
+
+        def replace(e, hook):
+            return leaf
+
+        with torch.enable_grad(), model.hooks(fwd_hooks=[("hook_embed", replace)]):
+            logits = model(tokens.repeat(k, 1))
+        f = _metric(logits, pos, target.repeat(k), contrast.repeat(k) if contrast is not None else None)
+        (g,) = torch.autograd.grad(f.sum(), leaf)
+        grads.append(g.view(k, batch, *p.shape[2:]))
+        values.append(f.detach().view(k, batch))
+    return torch.cat(grads), torch.cat(values)
+
+
+def _completeness(attr: Tensor, fx: Tensor, fb: Tensor) -> Tensor:
+    delta = (fx - fb).double()
+    return (attr.double().sum(-1) - delta).abs() / delta.abs().clamp_min(1e-12)
+
+
+def gradient_x_input(model, input, target=None, contrast=None, position: int = -1, baseline="zero",
+                     prepend_bos: bool | None = None) -> TokenAttributionResult:
+    """Gradient x input over the input embeddings: ``a_s = (x_s - x'_s) . grad f(x)_s``.
+
+    ``f`` is the logit of ``target`` (minus ``contrast``) at ``position``; ``baseline`` is
+    ``"zero"`` (plain gradient x input), ``"pad"``, a token id, or an embedding tensor. The
+    completeness error against ``f(x) - f(x')`` is reported (it is not small in general: use
+    :func:`integrated_gradients` for a complete attribution).
+    """
+    tokens = inputs.as_tokens(model, input, prepend_bos)
+    pos = inputs.check_position(position, tokens.shape[1])
+    x, fx, target, contrast = _embed_and_targets(model, tokens, pos, target, contrast)
+    base, desc = _baseline_embedding(model, tokens, x, baseline)
+    grads, _ = _gradients(model, tokens, x.unsqueeze(0), pos, target, contrast, chunk=1)
+    _, fb = _gradients(model, tokens, base.unsqueeze(0), pos, target, contrast, chunk=1)
+    attr = ((x - base) * grads[0]).sum(-1)
+    return TokenAttributionResult("gradient x input", tokens, inputs.str_tokens(model, tokens), pos, target,
+                                  contrast, [_metric_label(model, target, contrast, b) for b in range(len(tokens))],
+                                  attr.detach(), fx, fb[0], _completeness(attr, fx, fb[0]), desc)
+
+
+QUADRATURES = ("gausslegendre", "trapezoid", "midpoint", "left", "right")
+
+
+def quadrature(steps: int, method: str = "gausslegendre", stretch: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Nodes ``alpha`` in [0, 1] and weights (summing to 1) for ``int_0^1 g(alpha) d alpha``.
+
+    ``method`` is the rule in the variable ``u`` in [0, 1]; with ``stretch = A > 0`` the nodes are
+    mapped by ``alpha = sinh(A u) / sinh(A)`` (weights times ``d alpha / d u``), which packs them
+    geometrically towards ``alpha = 0``: uniform in ``asinh(alpha sinh(A))``. The integral is the same;
+    only where it is sampled changes.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps must be a positive integer, got {steps!r}.")
+    if method == "gausslegendre":
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        u, w = torch.tensor((nodes + 1) / 2), torch.tensor(weights / 2)
+    elif method == "trapezoid":
+        if steps < 2:
+            raise InputError("The trapezoid rule needs steps >= 2.")
+        u = torch.linspace(0, 1, steps, dtype=torch.float64)
+        w = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
+        w[0] = w[-1] = 0.5 / (steps - 1)
+    elif method in ("midpoint", "left", "right"):
+        offset = {"midpoint": 0.5, "left": 0.0, "right": 1.0}[method]
+        u = (torch.arange(steps, dtype=torch.float64) + offset) / steps
+        w = torch.full((steps,), 1.0 / steps, dtype=torch.float64)
+    else:
+        raise InputError(f"Unknown quadrature {method!r}; use one of {', '.join(QUADRATURES)}.")
+    if stretch <= 0:
+        return u, w
+    A = float(stretch)
+    return torch.sinh(A * u) / np.sinh(A), w * A * torch.cosh(A * u) / np.sinh(A)
+
+
+#: probe points alpha = 10^-k used by the "auto" spacing to find how close to the baseline f changes
+PROBE_DECADES = 15
+#: the share of f(x) - f(x') allowed to happen below the geometric part of the "auto" spacing
+PROBE_TOLERANCE = 1e-4
+
+
+def _metric_at(model, tokens, points: Tensor, pos, target, contrast) -> Tensor:
+    """``f`` at embeddings ``points [n, batch, pos, d]``, forward only: ``[n, batch]``."""
+    n, batch = points.shape[:2]
+
+    def replace(e, hook):
+        return points.reshape(n * batch, *points.shape[2:])
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", replace)]):
+        logits = model(tokens.repeat(n, 1))
+    return _metric(logits, pos, target.repeat(n), contrast.repeat(n) if contrast is not None else None).view(n, batch)
+
+
+def path_stretch(model, tokens, x: Tensor, base: Tensor, pos, target, contrast, spacing) -> float:
+    """The ``stretch`` of :func:`quadrature` for the straight path ``base -> x``.
+
+    From a zero baseline a pre-norm model is degenerate: at ``alpha = 0`` the whole residual
+    stream is zero, and every norm jumps from 0 to its full value while ``alpha`` is still tiny
+    (below ``sqrt(eps)`` over the stream's gain), so ``f(alpha)`` is a step near ``alpha = 0``
+    that evenly spaced nodes miss. It is a smooth function of ``log alpha``, though. ``"auto"``
+    probes ``f`` at ``alpha = 10^-1 .. 10^-15`` (one forward pass); if ``f`` changes
+    anomalously fast near the baseline (``|f(alpha) - f(0)| > 10 alpha |f(1) - f(0)|`` for some
+    probe), nodes are spaced geometrically down to the largest probe ``alpha_lo`` below which
+    less than ``1e-4`` of the change happens (``A = asinh(1 / alpha_lo)``); otherwise linearly.
+    ``"linear"`` forces ``A = 0``; a number is used as ``A``.
+    """
+    if spacing == "linear":
+        return 0.0
+    if isinstance(spacing, (int, float)) and not isinstance(spacing, bool):
+        if spacing < 0:
+            raise InputError(f"spacing must be >= 0, got {spacing}.")
+        return float(spacing)
+    if spacing != "auto":
+        raise InputError(f"spacing must be 'auto', 'linear' or a number >= 0, got {spacing!r}.")
+    alphas = torch.tensor([0.0, 1.0] + [10.0 ** -k for k in range(1, PROBE_DECADES + 1)], dtype=torch.float64)
+    a = alphas.to(x.device, x.dtype).view(-1, 1, 1, 1)
+    f = _metric_at(model, tokens, base.unsqueeze(0) + a * (x - base).unsqueeze(0), pos, target, contrast).double()
+    share = ((f[2:] - f[0]).abs() / (f[1] - f[0]).abs().clamp_min(1e-30)).max(-1).values  # [probes], worst batch
+    probes = alphas[2:]
+    if bool((share <= 10 * probes).all()):
+        return 0.0
+    below = probes[share < PROBE_TOLERANCE]
+    alpha_lo = float(below.max()) if below.numel() else float(probes.min())
+    return float(np.arcsinh(1.0 / alpha_lo))
+
+
+def integrated_gradients(model, input, target=None, contrast=None, position: int = -1, baseline="zero",
+                         steps: int = 64, method: str = "gausslegendre", spacing="auto", chunk: int = 16,
+                         prepend_bos: bool | None = None) -> TokenAttributionResult:
+    """Integrated gradients over the input embeddings, with the completeness error reported.
+
+    Args:
+        target / contrast / position: the metric, as in :func:`direct_logit_attribution`.
+        baseline: ``"zero"`` (default), ``"pad"`` (the pad token's embedding everywhere), a token id,
+            or an embedding tensor ``[pos, d_model]`` / ``[batch, pos, d_model]``.
+        steps: quadrature points along the straight path from the baseline to the input.
+        method: quadrature rule: ``gausslegendre`` (default), ``trapezoid``, ``midpoint``, ``left``, ``right``.
+        spacing: where along the path the nodes go: ``"auto"`` (geometric towards the baseline when
+            ``f`` changes abruptly there, as pre-norm models do from a zero baseline; see
+            :func:`path_stretch`), ``"linear"``, or a stretch ``A`` (see :func:`quadrature`).
+        chunk: evaluation points per forward pass (memory vs speed).
+    """
+    quadrature(steps, method)  # validate before running anything
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise InputError(f"chunk must be a positive integer, got {chunk!r}.")
+    tokens = inputs.as_tokens(model, input, prepend_bos)
+    pos = inputs.check_position(position, tokens.shape[1])
+    x, fx, target, contrast = _embed_and_targets(model, tokens, pos, target, contrast)
+    base, desc = _baseline_embedding(model, tokens, x, baseline)
+    alphas, weights = quadrature(steps, method, path_stretch(model, tokens, x, base, pos, target, contrast, spacing))
+    a = alphas.to(x.device, x.dtype).view(-1, 1, 1, 1)
+    points = base.unsqueeze(0) + a * (x - base).unsqueeze(0)  # [steps, batch, pos, d]
+    grads, _ = _gradients(model, tokens, points, pos, target, contrast, chunk)
+    avg = (grads.double() * weights.to(x.device).view(-1, 1, 1, 1)).sum(0)
+    attr = ((x - base).double() * avg).sum(-1)
+    _, fb = _gradients(model, tokens, base.unsqueeze(0), pos, target, contrast, chunk=1)
+    return TokenAttributionResult("integrated gradients", tokens, inputs.str_tokens(model, tokens), pos, target,
+                                  contrast, [_metric_label(model, target, contrast, b) for b in range(len(tokens))],
+                                  attr.float(), fx, fb[0], _completeness(attr, fx, fb[0]), desc, steps, method)

@@ -1,0 +1,57 @@
+r"""Implicit attention of linear-recurrence mixers: one small module per mixer kind.
+
+``REGISTRY`` maps a mixer ``NAME`` to an :class:`Unrolling`: the mixer hooks it reads and a
+function ``build(mixer, hooks, x) -> ImplicitAttention`` (``hooks``: ``{suffix: [batch, pos, ...]}``
+cached from ``blocks.{i}.mixer.hook_<suffix>``; ``x``: the mixer's input, ``hook_mixer_in``).
+A new linear mixer gets a file here with ``@register("name", hooks=(...))``.
+
+Attention is registered too (its pattern is its "implicit" attention, exactly). Mixers with no
+unrolling (nonlinear recurrences: LSTM, sLSTM) get a clear error from :func:`unrolling`;
+:func:`probe.methods.memory.memory_map` gives them gradient influence instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from probe.errors import ProbeError
+from probe.methods.implicit.base import ImplicitAttention, causal_mask, decay_products, segment_sums
+
+
+@dataclass(frozen=True)
+class Unrolling:
+    name: str
+    hooks: tuple[str, ...]
+    build: Callable[..., ImplicitAttention]
+
+
+REGISTRY: dict[str, Unrolling] = {}
+
+
+def register(name: str, hooks: tuple[str, ...]):
+    """Decorator: register ``build`` as the unrolling of mixer ``name``, reading mixer ``hooks``."""
+    def wrap(fn):
+        REGISTRY[name] = Unrolling(name, tuple(hooks), fn)
+        return fn
+    return wrap
+
+
+def supported() -> list[str]:
+    """Mixer names with an exact implicit attention."""
+    return sorted(REGISTRY)
+
+
+def unrolling(mixer_name: str) -> Unrolling:
+    """The registered unrolling of ``mixer_name``, or a :class:`ProbeError` naming what is supported."""
+    if mixer_name not in REGISTRY:
+        raise ProbeError(f"No exact implicit attention for mixer {mixer_name!r}: it is not a linear recurrence "
+                         f"with a registered unrolling. Supported: {', '.join(supported())}. For nonlinear "
+                         "recurrences (lstm, slstm) use gradient influence: memory_map(..., method='gradient').")
+    return REGISTRY[mixer_name]
+
+
+# one module per mixer kind; importing registers it
+from probe.methods.implicit import attn, hgrn2, lmu, mamba, mlstm, qrnn, rwkv  # noqa: E402,F401
+
+__all__ = ["REGISTRY", "ImplicitAttention", "Unrolling", "causal_mask", "decay_products", "register",
+           "segment_sums", "supported", "unrolling"]

@@ -1,0 +1,446 @@
+r"""Logit lens and tuned lens: what the residual stream predicts after every layer.
+
+Lens layer ``l`` (``0 .. n_layers``) is the residual stream after ``l`` blocks:
+``l = 0`` is the embedding (``blocks.0.hook_resid_pre``), ``l >= 1`` is
+``blocks.{l-1}.hook_resid_post``, and ``l = n_layers`` gives the model's own logits.
+
+**Logit lens** (nostalgebraist 2020): read every layer out with the model's final norm
+and unembedding, ``q_l = softmax(norm(x_l) W_U + b_U)``.
+
+**Tuned lens** (Belrose et al. 2023): first map ``x_l`` with a learned affine
+*translator* ``A_l x + b_l`` (identity-initialised, so an untrained tuned lens *is* the
+logit lens), trained to minimise ``KL(p || q_l)`` where ``p`` is the model's final
+distribution. The last layer needs no translator (it is the output).
+
+Per layer and position, both report ``KL(p || q_l)`` (nats), the next-token cross-entropy
+of ``q_l`` (nats; positions ``0 .. pos-2``), and whether ``q_l``'s top token equals ``p``'s.
+Paulo et al. 2024 found the tuned lens beats the logit lens on Mamba and RWKV as on
+transformers; :func:`compare_lenses` gives the held-out table for that comparison.
+
+Example::
+
+    res = logit_lens(model, "def f(x):")
+    res.to_frame()            # per-layer mean KL / cross-entropy / top-1 agreement
+    res.figure()              # layer x position heatmap of top tokens
+    lens = TunedLens(model).fit(model, corpus_tokens, steps=300)
+    lens.save()               # beside the model: <checkpoint>/tuned_lens.{safetensors,json}
+    lens = TunedLens.load(model)
+    lens.run(model, "def f(x):").figure()
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from probe.errors import CheckpointError, InputError
+from probe.methods import inputs
+from probe.methods.readout import readout
+from probe.methods.result import MethodResult
+
+LENS_WEIGHTS, LENS_CONFIG = "tuned_lens.safetensors", "tuned_lens.json"
+LENS_FORMAT = "probe-tuned-lens"
+
+
+def lens_site(model, layer: int) -> str:
+    """Hook name of lens layer ``layer``: the residual stream after ``layer`` blocks."""
+    return "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
+
+
+def layer_label(model, layer: int) -> str:
+    """``"embed"`` for layer 0, else ``"3 (attn)"``: the block the stream has just left."""
+    return "embed" if layer == 0 else f"{layer} ({model.cfg.layout[layer - 1]})"
+
+
+def residual_streams(model, tokens: Tensor, layers: list[int]) -> tuple[dict[int, Tensor], Tensor]:
+    """``({layer: resid [batch, pos, d_model]}, logits [batch, pos, vocab])`` from one forward, via hooks."""
+    found: dict[str, Tensor] = {}
+
+    def save(x, hook):
+        found[hook.name] = x
+
+    names = sorted({lens_site(model, l) for l in layers})
+    with model.hooks(fwd_hooks=[(n, save) for n in names]):
+        logits = model(tokens)
+    return {l: found[lens_site(model, l)] for l in layers}, logits
+
+
+# -- results ---------------------------------------------------------------------------
+@dataclass
+class LensResult(MethodResult):
+    """A lens applied to one batch of text.
+
+    Attributes:
+        kind: ``"logit lens"`` or ``"tuned lens"``.
+        tokens: ``[batch, pos]`` input ids; ``str_tokens`` their display strings.
+        layers: lens layers (residual stream after ``l`` blocks), ``layer_labels`` their names.
+        kl: ``[layer, batch, pos]`` ``KL(final || lens)`` in nats.
+        cross_entropy: ``[layer, batch, pos - 1]`` next-token loss of the lens in nats.
+        top1_agreement: ``[layer, batch, pos]`` bool, lens top token == final top token.
+        top_tokens / top_probs: ``[layer, batch, pos]`` the lens's most likely token and its probability.
+        logits: ``[layer, batch, pos, vocab]`` lens logits (only with ``keep_logits=True``).
+    """
+
+    kind: str
+    tokens: Tensor
+    str_tokens: list[list[str]]
+    layers: list[int]
+    layer_labels: list[str]
+    kl: Tensor
+    cross_entropy: Tensor
+    top1_agreement: Tensor
+    top_tokens: Tensor
+    top_probs: Tensor
+    top_strs: list[list[list[str]]] = field(repr=False, default_factory=list)
+    logits: Tensor | None = field(repr=False, default=None)
+
+    def to_frame(self):
+        """One row per lens layer: mean KL, cross-entropy and top-1 agreement over batch and positions."""
+        import pandas as pd
+
+        ce = self.cross_entropy
+        rows = []
+        for i, (layer, label) in enumerate(zip(self.layers, self.layer_labels)):
+            rows.append({
+                "lens": self.kind, "layer": layer, "label": label,
+                "kl": float(self.kl[i].mean()),
+                "cross_entropy": float(ce[i].mean()) if ce.numel() else float("nan"),
+                "top1_agreement": float(self.top1_agreement[i].float().mean()),
+            })
+        return pd.DataFrame(rows)
+
+    def position_frame(self):
+        """Tidy per-(layer, batch, position) rows with the top token and the metrics."""
+        import pandas as pd
+
+        rows = []
+        L, B, T = self.kl.shape
+        for i in range(L):
+            for b in range(B):
+                for t in range(T):
+                    rows.append({
+                        "lens": self.kind, "layer": self.layers[i], "batch": b, "position": t,
+                        "token": self.str_tokens[b][t], "top_token": self.top_strs[i][b][t],
+                        "top_prob": float(self.top_probs[i, b, t]), "kl": float(self.kl[i, b, t]),
+                        "cross_entropy": float(self.cross_entropy[i, b, t]) if t < T - 1 else float("nan"),
+                        "top1_agreement": bool(self.top1_agreement[i, b, t]),
+                    })
+        return pd.DataFrame(rows)
+
+    def figure(self, batch: int = 0, color: str = "kl"):
+        """Layer x position heatmap: each cell shows the lens's top token; colour is ``"kl"``
+        (to the final distribution) or ``"prob"`` (of the top token)."""
+        import plotly.graph_objects as go
+
+        if color not in ("kl", "prob"):
+            raise InputError(f"color must be 'kl' or 'prob', got {color!r}.")
+        b = inputs.check_position(batch, self.kl.shape[1])
+        z = (self.kl if color == "kl" else self.top_probs)[:, b].float().cpu().numpy()
+        text = [row[b] for row in self.top_strs]
+        x = inputs.axis_labels(self.str_tokens[b])
+        fig = go.Figure(go.Heatmap(
+            z=z, x=x, y=self.layer_labels, text=text, texttemplate="%{text}",
+            colorscale="Viridis" if color == "kl" else "Blues", reversescale=color == "kl",
+            colorbar={"title": "KL to final (nats)" if color == "kl" else "top-token prob"},
+            hovertemplate="layer %{y}<br>input %{x}<br>top token %{text}<br>%{z:.3f}<extra></extra>"))
+        fig.update_layout(
+            title=f"{self.kind.capitalize()}: top next-token prediction after each layer",
+            xaxis_title="input position : token", yaxis_title="residual stream after layer",
+            yaxis={"type": "category"}, xaxis={"type": "category"})
+        return fig
+
+    def metric_figure(self):
+        """Per-layer mean KL, cross-entropy and top-1 agreement as lines."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        df = self.to_frame()
+        fig = make_subplots(rows=1, cols=3, subplot_titles=("KL to final (nats)", "next-token loss (nats)",
+                                                            "top-1 agreement with final"))
+        for col, key in enumerate(("kl", "cross_entropy", "top1_agreement"), start=1):
+            fig.add_trace(go.Scatter(x=df["label"], y=df[key], mode="lines+markers", name=key), row=1, col=col)
+            fig.update_xaxes(title_text="layer", row=1, col=col)
+        fig.update_layout(title=f"{self.kind.capitalize()} by layer", showlegend=False)
+        return fig
+
+
+def _apply_lens(model, input, layers, translate: Callable[[Tensor, int], Tensor], kind: str,
+                keep_logits: bool, prepend_bos) -> LensResult:
+    tokens = inputs.as_tokens(model, input, prepend_bos)
+    layers = inputs.check_layers(model, layers, allow_end=True)
+    with torch.no_grad():
+        resid, final = residual_streams(model, tokens, layers)
+        logp_final = F.log_softmax(final.float(), dim=-1)
+        final_top = final.argmax(-1)
+        kl, ce, agree, top, prob, kept = [], [], [], [], [], []
+        for layer in layers:
+            logits = readout(model, translate(resid[layer], layer)).float()
+            logp = F.log_softmax(logits, dim=-1)
+            kl.append(kl_divergence(logp_final, logp))
+            ce.append(-logp[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0])
+            p, t = logp.max(-1)
+            top.append(t)
+            prob.append(p.exp())
+            agree.append(t == final_top)
+            if keep_logits:
+                kept.append(logits)
+    top_t = torch.stack(top)
+    tok_str = model.tokenizer.token_str
+    top_strs = [[[inputs.printable(tok_str(i)) for i in row] for row in layer.tolist()] for layer in top_t]
+    return LensResult(kind, tokens, inputs.str_tokens(model, tokens), layers,
+                      [layer_label(model, l) for l in layers], torch.stack(kl), torch.stack(ce),
+                      torch.stack(agree), top_t, torch.stack(prob), top_strs,
+                      torch.stack(kept) if keep_logits else None)
+
+
+def kl_divergence(logp: Tensor, logq: Tensor) -> Tensor:
+    """``KL(p || q) = sum_v p_v (log p_v - log q_v)`` over the last dim, from log-probabilities."""
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def logit_lens(model, input, layers=None, keep_logits: bool = False, prepend_bos: bool | None = None) -> LensResult:
+    """The logit lens: every residual stream read out with the final norm and unembedding.
+
+    Args:
+        model: a :class:`probe.HookedLM`.
+        input: text, texts or token ids ``[batch, pos]``.
+        layers: lens layers ``0 .. n_layers`` (residual stream after that many blocks); all by default.
+        keep_logits: also keep the ``[layer, batch, pos, vocab]`` lens logits.
+    """
+    return _apply_lens(model, input, layers, lambda x, layer: x, "logit lens", keep_logits, prepend_bos)
+
+
+# -- the tuned lens ------------------------------------------------------------------------
+def model_fingerprint(model) -> str:
+    """A short hash of a model's config and weights (fp16, strided sample of every tensor), used
+    to refuse a tuned lens trained for another model."""
+    h = hashlib.sha256(json.dumps(_config_identity(model), sort_keys=True).encode())
+    for name, p in sorted(model.state_dict().items()):
+        flat = p.detach().flatten()
+        step = max(1, flat.numel() // 65536)
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(flat[::step].to("cpu", torch.float16).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _config_identity(model) -> dict:
+    cfg = model.cfg.to_dict()
+    cfg.pop("name", None)
+    return cfg
+
+
+class TunedLens(nn.Module):
+    """Per-layer affine translators ``x -> x W_l^T + b_l`` for lens layers ``0 .. n_layers - 1``.
+
+    ``weight [n_layers, d_model, d_model]`` starts at the identity and ``bias [n_layers, d_model]``
+    at zero, so before training the tuned lens equals the logit lens. Train with :meth:`fit`,
+    apply with :meth:`run`, persist with :meth:`save` / :meth:`load` (safetensors + JSON).
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.d_model, self.n_layers = model.cfg.d_model, model.cfg.n_layers
+        eye = torch.eye(self.d_model, device=model.device, dtype=model.dtype)
+        self.weight = nn.Parameter(eye.repeat(self.n_layers, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(self.n_layers, self.d_model, device=model.device, dtype=model.dtype))
+        self.fingerprint: str | None = None  # of the model it was trained for; None until trained
+        self.model_config = _config_identity(model)
+        self.train_info: dict[str, Any] = {}
+
+    # -- translation ------------------------------------------------------------------
+    def forward(self, resid: Tensor, layer: int) -> Tensor:
+        """Translate the residual stream of lens layer ``layer`` (identity for the last layer)."""
+        if layer >= self.n_layers:
+            return resid
+        return resid @ self.weight[layer].T + self.bias[layer]
+
+    def check_model(self, model) -> None:
+        """Raise unless this lens fits ``model`` (same shape; same weights once trained)."""
+        if (model.cfg.d_model, model.cfg.n_layers) != (self.d_model, self.n_layers):
+            raise InputError(f"This tuned lens was made for a model with d_model={self.d_model}, "
+                             f"n_layers={self.n_layers}; this model has d_model={model.cfg.d_model}, "
+                             f"n_layers={model.cfg.n_layers}. Train one for it with TunedLens(model).fit(...).")
+        if self.fingerprint is not None and model_fingerprint(model) != self.fingerprint:
+            raise InputError("This tuned lens was trained for another model (its weights differ from the "
+                             f"ones the lens was fitted on; fingerprint {self.fingerprint}). Load the lens that "
+                             "was saved beside this model, or train one with TunedLens(model).fit(...).")
+
+    def run(self, model, input, layers=None, keep_logits: bool = False, prepend_bos: bool | None = None) -> LensResult:
+        """Apply the tuned lens to ``input``: a :class:`LensResult` like :func:`logit_lens`'s."""
+        self.check_model(model)
+        return _apply_lens(model, input, layers, self.forward, "tuned lens", keep_logits, prepend_bos)
+
+    # -- training ---------------------------------------------------------------------
+    def fit(self, model, data, steps: int = 250, batch_size: int = 8, seq_len: int = 128, lr: float = 1e-3,
+            warmup: int = 20, seed: int = 0, progress: bool = False) -> "TunedLens":
+        """Train the translators to minimise ``sum_l KL(final || lens_l)`` on ``data``.
+
+        The model is frozen and unchanged (gradients are taken with respect to the lens only).
+        ``data``: a corpus (text, token ids or a TokenStream, see
+        :func:`probe.methods.inputs.token_stream`); windows of ``seq_len`` tokens are drawn at
+        random offsets, ``batch_size`` per step. Adam with linear warm-up and cosine decay.
+        Records the loss curve and the wall time in ``train_info``.
+        """
+        if (model.cfg.d_model, model.cfg.n_layers) != (self.d_model, self.n_layers):
+            self.check_model(model)
+        if steps < 1 or batch_size < 1 or seq_len < 2:
+            raise InputError(f"fit needs steps >= 1, batch_size >= 1, seq_len >= 2; got {steps}, "
+                             f"{batch_size}, {seq_len}.")
+        limit = model.cfg.context_limit
+        if limit is not None and seq_len > limit:
+            raise InputError(f"seq_len={seq_len} exceeds this model's context n_ctx={limit}.")
+        stream = inputs.token_stream(model, data)
+        gen = torch.Generator().manual_seed(seed)
+        layers = list(range(self.n_layers))
+        params = list(self.parameters())
+        opt = torch.optim.Adam(params, lr=lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _warmup_cosine(s, warmup, steps))
+        losses = []
+        start = time.perf_counter()
+        iterator = range(steps)
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, desc="tuned lens")
+        for _ in iterator:
+            batch = inputs.sample_windows(stream, batch_size, seq_len, gen).to(model.device)
+            with torch.no_grad():
+                resid, final = residual_streams(model, batch, layers)
+                logp_final = F.log_softmax(final.float(), dim=-1)
+            loss = sum(kl_divergence(logp_final, F.log_softmax(readout(model, self(resid[l], l)).float(), -1)).mean()
+                       for l in layers)
+            grads = torch.autograd.grad(loss, params)  # the model's .grad stays untouched
+            for p, g in zip(params, grads):
+                p.grad = g
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            losses.append(loss.item() / len(layers))
+        seconds = time.perf_counter() - start
+        self.fingerprint = model_fingerprint(model)
+        self.model_config = _config_identity(model)
+        self.train_info = {"steps": steps, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "seed": seed,
+                           "tokens": steps * batch_size * seq_len, "seconds": seconds,
+                           "seconds_per_layer": seconds / self.n_layers, "loss_first": losses[0],
+                           "loss_last": losses[-1], "losses": losses}
+        return self
+
+    # -- persistence ------------------------------------------------------------------
+    @staticmethod
+    def default_path(model) -> Path:
+        path = getattr(model, "checkpoint_path", None)
+        if not path:
+            raise InputError("This model was not loaded from a checkpoint directory, so there is no place "
+                             "'beside the model'; pass a directory: lens.save(path) / TunedLens.load(path, model).")
+        return Path(path)
+
+    def save(self, path: str | Path | None = None, model=None) -> Path:
+        """Write ``tuned_lens.safetensors`` and ``tuned_lens.json`` into directory ``path``
+        (default: the directory ``model`` was loaded from). Returns the directory."""
+        from safetensors.torch import save_file
+
+        if path is None:
+            if model is None:
+                raise InputError("Give a directory (lens.save(path)) or the model to save beside (model=...).")
+            path = self.default_path(model)
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        info = {k: v for k, v in self.train_info.items() if k != "losses"}
+        payload = {"format": LENS_FORMAT, "version": 1, "d_model": self.d_model, "n_layers": self.n_layers,
+                   "model_fingerprint": self.fingerprint, "model_config": self.model_config, "train": info}
+        save_file({"weight": self.weight.detach().float().cpu().contiguous(),
+                   "bias": self.bias.detach().float().cpu().contiguous()}, str(path / LENS_WEIGHTS))
+        (path / LENS_CONFIG).write_text(json.dumps(payload, indent=2, sort_keys=True))
+        return path
+
+    @classmethod
+    def load(cls, path_or_model, model=None) -> "TunedLens":
+        """Load a tuned lens: ``TunedLens.load(model)`` (beside the model's checkpoint) or
+        ``TunedLens.load(path, model)``. Refuses a lens trained for another model."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        if model is None:
+            if isinstance(path_or_model, (str, Path)):
+                raise InputError("TunedLens.load(path, model) needs the model the lens is for.")
+            model, path = path_or_model, cls.default_path(path_or_model)
+        else:
+            path = Path(path_or_model)
+        cfg_file, w_file = path / LENS_CONFIG, path / LENS_WEIGHTS
+        if not cfg_file.is_file() or not w_file.is_file():
+            raise CheckpointError(f"No tuned lens in {str(path)!r}: expected {LENS_CONFIG} and {LENS_WEIGHTS} "
+                                  "(written by TunedLens.save). Train one with TunedLens(model).fit(data).")
+        try:
+            payload = json.loads(cfg_file.read_text())
+            tensors = load_file(str(w_file))
+        except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as exc:
+            raise CheckpointError(f"Unreadable tuned lens in {str(path)!r}: {exc}") from exc
+        if payload.get("format") != LENS_FORMAT:
+            raise CheckpointError(f"{cfg_file} is not a tuned lens file (format {payload.get('format')!r}).")
+        lens = cls(model)
+        shapes = {"weight": tuple(lens.weight.shape), "bias": tuple(lens.bias.shape)}
+        got = {k: tuple(v.shape) for k, v in tensors.items()}
+        if (payload.get("d_model"), payload.get("n_layers")) != (lens.d_model, lens.n_layers) or got != shapes:
+            raise InputError(f"The tuned lens in {str(path)!r} was trained for a model with "
+                             f"d_model={payload.get('d_model')}, n_layers={payload.get('n_layers')}; this model has "
+                             f"d_model={lens.d_model}, n_layers={lens.n_layers}. Train one for this model.")
+        with torch.no_grad():
+            lens.weight.copy_(tensors["weight"])
+            lens.bias.copy_(tensors["bias"])
+        lens.fingerprint = payload.get("model_fingerprint")
+        lens.model_config = payload.get("model_config", lens.model_config)
+        lens.train_info = payload.get("train", {})
+        lens.check_model(model)
+        return lens
+
+
+def _warmup_cosine(step: int, warmup: int, total: int) -> float:
+    import math
+
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# -- held-out comparison -----------------------------------------------------------------
+def compare_lenses(model, lens: TunedLens, data, seq_len: int = 128, max_windows: int = 32,
+                   batch_size: int = 8):
+    """Held-out per-layer mean ``KL(final || lens)`` of the logit lens and the tuned lens.
+
+    ``data`` is a held-out corpus (not the one ``lens`` was fitted on); it is cut into
+    consecutive windows of ``seq_len`` tokens (at most ``max_windows``). Returns a DataFrame
+    with one row per lens layer ``0 .. n_layers - 1``: ``kl_logit``, ``kl_tuned``,
+    ``tuned_better`` and the relative reduction.
+    """
+    import pandas as pd
+
+    lens.check_model(model)
+    windows = inputs.consecutive_windows(inputs.token_stream(model, data), seq_len, max_windows).to(model.device)
+    layers = list(range(model.cfg.n_layers))
+    sums = torch.zeros(2, len(layers), dtype=torch.float64)
+    count = 0
+    with torch.no_grad():
+        for chunk in windows.split(batch_size):
+            resid, final = residual_streams(model, chunk, layers)
+            logp_final = F.log_softmax(final.float(), dim=-1)
+            for i, l in enumerate(layers):
+                for j, translate in enumerate((lambda x, _: x, lens.forward)):
+                    logp = F.log_softmax(readout(model, translate(resid[l], l)).float(), -1)
+                    sums[j, i] += kl_divergence(logp_final, logp).double().sum()
+            count += chunk.numel()
+    kl = sums / count
+    df = pd.DataFrame({"layer": layers, "label": [layer_label(model, l) for l in layers],
+                       "kl_logit": kl[0].numpy(), "kl_tuned": kl[1].numpy()})
+    df["tuned_better"] = df["kl_tuned"] < df["kl_logit"]
+    df["reduction"] = 1 - df["kl_tuned"] / df["kl_logit"]
+    df.attrs["tokens"] = count
+    return df
