@@ -67,7 +67,7 @@ class HGRN2(RecurrentMixer):
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
-        e = self.options["expand_ratio"] or cfg.d_head
+        e = cfg.d_head if self.options["expand_ratio"] is None else self.options["expand_ratio"]
         if not isinstance(e, int) or isinstance(e, bool) or e < 1 or cfg.d_model % e:
             raise ConfigError(f"hgrn2 option expand_ratio must be a positive integer dividing d_model="
                               f"{cfg.d_model}, got {e!r}.")

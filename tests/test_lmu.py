@@ -1,0 +1,174 @@
+"""LMU: the Legendre system and its discretisation, the three forms of the LTI memory
+(recurrent, Toeplitz, FFT) against each other, the mixer against the recurrence read back
+from its hooks, edits in the FFT regime, long inputs and bad options."""
+import math
+
+import pytest
+import torch
+
+import probe
+from probe.errors import ConfigError
+from probe.lti import LTIMemory, zoh
+from probe.mixers.lmu import legendre_matrices, shifted_legendre
+
+
+def test_legendre_matrices_are_the_published_ones():
+    A, B = legendre_matrices(3, theta=2.0)
+    expected_A = torch.tensor([[-1.0, -1.0, -1.0], [3.0, -3.0, -3.0], [-5.0, 5.0, -5.0]], dtype=torch.float64)
+    torch.testing.assert_close(A, expected_A / 2)
+    torch.testing.assert_close(B, torch.tensor([1.0, -3.0, 5.0], dtype=torch.float64) / 2)
+
+
+def test_zero_order_hold():
+    A, B = legendre_matrices(6, theta=10.0)
+    Abar, Bbar = zoh(A, B)
+    torch.testing.assert_close(Abar, torch.linalg.matrix_exp(A))
+    torch.testing.assert_close(A @ Bbar, (Abar - torch.eye(6, dtype=torch.float64)) @ B)  # Bbar = A^-1 (Abar - I) B
+    # a constant input held for one step, integrated finely, lands on the same state
+    m0 = torch.randn(6, dtype=torch.float64)
+    m, n = m0.clone(), 20000
+    for _ in range(n):
+        m = m + (A @ m + B * 0.7) / n
+    torch.testing.assert_close(Abar @ m0 + Bbar * 0.7, m, rtol=1e-3, atol=1e-4)
+
+
+def test_memory_decodes_the_delayed_input():
+    """The state holds a sliding window: u_{t - r theta} ~= sum_i P_i(2r - 1) m_t[i]."""
+    q, theta = 12, 50.0
+    memory = LTIMemory(*zoh(*legendre_matrices(q, theta)))
+    t = torch.arange(600, dtype=torch.float64)
+    u = torch.sin(2 * math.pi * t / 300) + 0.5 * torch.sin(2 * math.pi * t / 170)
+    m = memory.recurrent(u[None, :, None])[0, :, 0]
+    for r in (0.0, 0.5, 1.0):
+        decoded = m @ shifted_legendre(q, torch.tensor(r))
+        delay = int(r * theta)
+        assert (decoded[200:] - u[200 - delay : 600 - delay]).abs().max() < 0.03, r
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("T", [1, 5, 63, 64, 65, 300])
+def test_forms_agree(T, dtype):
+    memory = LTIMemory(*zoh(*legendre_matrices(8, 20.0)))
+    g = torch.Generator().manual_seed(T)
+    u = torch.randn(2, T, 3, generator=g).to(dtype)
+    m0 = torch.randn(2, 3, 8, generator=g).to(dtype)
+    ref = memory.recurrent(u, m0)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for method in ("direct", "fft", "auto"):
+        out = memory.states(u, m0, method)
+        assert out.dtype == dtype
+        assert (out - ref).abs().max() / ref.abs().max() < tol, method
+
+
+def test_long_sequence_is_stable():
+    memory = LTIMemory(*zoh(*legendre_matrices(16, 256.0)))
+    u = torch.randn(1, 8192, 4, generator=torch.Generator().manual_seed(0))
+    m0 = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(1))
+    fft, ref = memory.states(u, m0, "fft"), memory.recurrent(u, m0)
+    assert torch.isfinite(fft).all()
+    assert (fft - ref).abs().max() / ref.abs().max() < 1e-5
+    assert torch.linalg.eigvals(memory.Abar).abs().max() < 1  # a stable memory: nothing grows
+
+
+def test_extreme_windows():
+    """A window of a fraction of a token (decays ~0) and one far longer than the input (~1)."""
+    for theta in (0.05, 1e6):
+        memory = LTIMemory(*zoh(*legendre_matrices(6, theta)))
+        u = torch.randn(1, 500, 2, generator=torch.Generator().manual_seed(2))
+        ref = memory.recurrent(u)
+        out = memory.states(u, None, "fft")
+        assert torch.isfinite(out).all()
+        assert (out - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-12
+
+
+def _model(layout=("lmu", "lmu"), **opts):
+    torch.manual_seed(0)
+    cfg = probe.ModelConfig(vocab_size=50, d_model=16, layout=list(layout), d_mlp=32,
+                            mixer_options={"lmu": {"order": 6, "theta": 12.0, **opts}})
+    model = probe.HookedLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return model
+
+
+def test_hooks_follow_the_recurrence():
+    model = _model()
+    toks = torch.randint(0, 50, (2, 90), generator=torch.Generator().manual_seed(3))  # FFT regime
+    _, cache = model.run_with_cache(toks)
+    mixer = model.blocks[1].mixer
+    u, m = cache["blocks.1.mixer.hook_input"], cache["blocks.1.mixer.hook_state"]
+    assert m.shape == (2, 90, 4, 6)
+    Abar, Bbar = (t.float() for t in zoh(*legendre_matrices(6, 12.0)))
+    prev = torch.zeros_like(m[:, 0])
+    for t in range(90):
+        expected = prev @ Abar.T + u[:, t, :, None] * Bbar
+        torch.testing.assert_close(m[:, t], expected, rtol=1e-4, atol=1e-5)
+        prev = m[:, t]
+    x = cache["blocks.1.hook_mixer_in"]
+    with torch.no_grad():
+        y = torch.nn.functional.gelu(mixer.W_m(m.flatten(2)) + mixer.W_x(x))
+    torch.testing.assert_close(y, cache["blocks.1.hook_mixer_out"], rtol=1e-4, atol=1e-5)
+
+
+def test_parallel_and_recurrent_models_agree_and_segments_match():
+    model = _model()
+    toks = torch.randint(0, 50, (2, 200), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fft = model(toks)
+        first, st = model(toks[:, :130], return_states=True)  # FFT, then FFT with a carried state
+        second, st = model(toks[:, 130:131], states=st, return_states=True)  # one recurrent step
+        third = model(toks[:, 131:], states=st)
+        for b in model.blocks:
+            b.mixer.method = "recurrent"
+        rec = model(toks)
+    torch.testing.assert_close(fft, rec, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.cat([first, second, third], 1), rec, rtol=1e-4, atol=1e-4)
+
+
+def test_state_edits_propagate_in_the_fft_regime():
+    """Edits at two positions of a 150-token run (FFT form restarted at each) equal three
+    segments, each ending with the same edit and carrying the state on."""
+    model = _model()
+    toks = torch.randint(0, 50, (1, 150), generator=torch.Generator().manual_seed(5))
+    name, edits = "blocks.0.mixer.hook_state", {40: 0.5, 99: -0.5}
+    value = torch.randn(1, 4, 6, generator=torch.Generator().manual_seed(6))
+
+    def editor(offset):
+        def hook(t, hook):
+            t = t.clone()
+            for p, c in edits.items():
+                if 0 <= p - offset < t.shape[1]:
+                    t[:, p - offset] = c * value
+            return t
+        return hook
+
+    with torch.no_grad():
+        hooked = model.run_with_hooks(toks, fwd_hooks=[(name, editor(0))])
+        pieces, st, start = [], None, 0
+        for end in (41, 100, 150):
+            with model.hooks(fwd_hooks=[(name, editor(start))]):
+                out, st = model(toks[:, start:end], states=st, return_states=True)
+            pieces.append(out)
+            start = end
+        clean = model(toks)
+    torch.testing.assert_close(hooked, torch.cat(pieces, 1), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(hooked[:, 41:], clean[:, 41:])
+    torch.testing.assert_close(hooked[:, :40], clean[:, :40])
+
+
+def test_hybrid_with_global_attention():
+    model = _model(layout=("lmu", "lmu", "attn"))
+    toks = torch.randint(0, 50, (1, 70), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        whole = model(toks)
+        first, st = model(toks[:, :50], return_states=True)
+        second = model(toks[:, 50:], states=st)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [{"order": 0}, {"order": 2.5}, {"theta": 0}, {"theta": -3.0}, {"d_u": 0}])
+def test_bad_options_are_named(bad):
+    cfg = probe.ModelConfig(d_model=16, layout=["lmu"], mixer_options={"lmu": bad})
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        probe.HookedLM(cfg)
