@@ -88,12 +88,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("qrnn", ("qrnn",) * 4, d_mlp=448, mixer_options={"qrnn": {"window": 2}}),
     Recipe("qrnn-hybrid", ("qrnn", "qrnn", "attn", "ff"), d_mlp=480, mixer_options={"qrnn": {"window": 2}},
            note="Lindenmaier et al.: QRNN layers, attention in one layer, FF replacing another"),
-    Recipe("lmu", ("lmu",) * 4, d_mlp=512),
-    Recipe("lmu-attn", ("lmu", "lmu", "lmu", "attn"), d_mlp=512, note="Chilkuri et al.: LMU + one global attention"),
-    Recipe("hgrn2", ("hgrn2",) * 4, d_mlp=512),
+    Recipe("lmu", ("lmu",) * 4, d_mlp=576),
+    Recipe("lmu-attn", ("lmu", "lmu", "lmu", "attn"), d_mlp=576, note="Chilkuri et al.: LMU + one global attention"),
+    Recipe("hgrn2", ("hgrn2",) * 4, d_mlp=640),
     Recipe("mamba", ("mamba",) * 8, d_mlp=0, note="Mamba blocks without MLPs"),
-    Recipe("xlstm", ("mlstm", "slstm", "mlstm", "mlstm"), d_mlp=512, note="xLSTM[3:1]: mLSTM with one sLSTM"),
-    Recipe("rwkv", ("rwkv",) * 4, d_mlp=512, note="RWKV time mixing + channel mixing"),
+    Recipe("xlstm", ("mlstm", "slstm", "mlstm", "mlstm"), d_mlp=672, note="xLSTM[3:1]: mLSTM with one sLSTM"),
+    Recipe("rwkv", ("rwkv",) * 4, d_mlp=576, note="RWKV time mixing + channel mixing"),
 )}
 
 
