@@ -12,12 +12,13 @@ import probe
 from probe.mixers import MIXERS
 
 #: per-mixer options used by the contract tests (exercise the interesting paths)
-TEST_OPTIONS = {"qrnn": {"window": 3}}
+TEST_OPTIONS = {"qrnn": {"window": 3}, "mlstm": {"chunk": 4}}
 
 HYBRIDS = {
     "hybrid_qrnn_attn_ff": ["qrnn", "qrnn", "attn", "ff"],
     "hybrid_lstm_attn": ["lstm", "attn"],
     "hybrid_lmu_attn": ["lmu", "lmu", "attn"],
+    "hybrid_xlstm": ["mlstm", "mlstm", "slstm"],
 }
 
 

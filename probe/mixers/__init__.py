@@ -13,12 +13,16 @@ from probe.mixers.hgrn2 import HGRN2
 from probe.mixers.lmu import LMU
 from probe.mixers.lstm import LSTM
 from probe.mixers.mamba import Mamba
+from probe.mixers.mlstm import MLSTM
 from probe.mixers.qrnn import QRNN
 from probe.mixers.rwkv import RWKV, RWKVChannelMix
+from probe.mixers.slstm import SLSTM
 from probe.mlp import MLP
 
 MIXERS: dict[str, type[Mixer]] = {cls.NAME: cls for cls in (Attention, FeedForward, LSTM, QRNN, LMU, HGRN2, Mamba)}
+MIXERS[MLSTM.NAME] = MLSTM
 MIXERS[RWKV.NAME] = RWKV
+MIXERS[SLSTM.NAME] = SLSTM
 
 
 def _plain_mlp(act):
