@@ -133,7 +133,7 @@ def force_states(a: Tensor, b: Tensor, mask: Tensor, values: Tensor) -> tuple[Te
 
 
 def linear_scan_blocked(coefficients, T: int, h0: Tensor, readout, block: int = 64,
-                        keep_states: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+                        keep_states: bool = False, method: str = "auto") -> tuple[Tensor, Tensor, Tensor | None]:
     """The recurrence run block by block, each block's states consumed by ``readout``.
 
     Args:
@@ -144,6 +144,7 @@ def linear_scan_blocked(coefficients, T: int, h0: Tensor, readout, block: int = 
             ``out`` is ``[batch, t1 - t0, ...]``.
         block: positions per block (peak memory is a few ``block``-long state tensors).
         keep_states: also return every state ``[batch, T, *state]``.
+        method: the form of :func:`linear_scan` used within each block.
 
     Returns ``(out [batch, T, ...], h_T, states or None)``.
     """
@@ -152,7 +153,7 @@ def linear_scan_blocked(coefficients, T: int, h0: Tensor, readout, block: int = 
     for t0 in range(0, T, step):  # preallocated results: no second copy of every state
         t1 = min(T, t0 + step)
         a, b = coefficients(t0, t1)
-        states = linear_scan(a, b, h)
+        states = linear_scan(a, b, h, method=method)
         piece = readout(t0, t1, states)
         if out is None:
             out = piece.new_empty(piece.shape[0], T, *piece.shape[2:])

@@ -33,11 +33,12 @@ cumulative log-decay from the chunk start) and ``seg(t, s) = sum_{s<r<=t} g_r``:
 
 The first term is one matmul per chunk, the second an ``L x L`` intra-chunk "attention"
 matrix, and the chunk-boundary states ``c`` follow the elementwise recurrence above, run
-with :func:`probe.scan.linear_scan` (a scan over ``T / L`` chunks). Every exponent is a
-sum of log-decays over a non-empty or empty *forward* range, computed by cumulative sums
-that never subtract two large numbers, so all exponents are ``<= 0``: decays of exactly 0
-(``-inf``) or 1 (``0``) and long sequences are exact, with no overflow or ``inf - inf``.
-The intra-chunk term costs ``b T L H K`` memory (``L = 16`` by default).
+with :func:`probe.scan.linear_scan` (a scan over ``T / L`` chunks). Every ``exp(...)`` is a
+product of decays over a forward range (``exp(seg(t, s)) = prod_{s<r<=t} a_r``, built by
+cumulative products, never by dividing or subtracting cumulative sums), so every factor is
+in ``[0, 1]``: decays of exactly 0 or 1 and long sequences are exact, with no overflow and
+no ``inf - inf``. The intra-chunk term holds ``k_s prod_{s<r<=t} a_r`` for all ``s <= t``
+(``b T L H K`` numbers, ``L = 16`` by default) and contracts it with ``q_t`` in one matmul.
 
 **Reference** (:func:`gla_sequential`): the recurrence one position at a time.
 
@@ -124,15 +125,18 @@ def gla_chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, h0: Tensor |
 
     # intra-chunk: A[t, s] = sum_K q_t k_s exp(seg(t, s)) for s <= t, exp(seg) as a product of decays
     causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
-    strict = causal.tril(-1).unsqueeze(-1)  # t > s
-    one = a.new_ones(())
     if a.shape[-1] == 1:  # scalar decay per head: a plain masked matmul
-        P = torch.where(strict[..., 0], a, one).cumprod(3)  # a [b,n,H,L,1] -> [b, n, H, L(t), L(s)]
-        A = (qc @ kc.transpose(-1, -2)).mul_(P)
+        P = torch.where(causal.tril(-1), a, a.new_ones(())).cumprod(3)  # a [b,n,H,L,1] -> [b, n, H, L(t), L(s)]
+        A = (qc @ kc.transpose(-1, -2)).mul_(P).masked_fill_(~causal, 0.0)
     else:
-        P = torch.where(strict, a.unsqueeze(4), one).cumprod(3)  # [b, n, H, L(t), L(s), K]
-        A = P.mul_(qc.unsqueeze(4)).mul_(kc.unsqueeze(3)).sum(-1)
-    o = o + A.masked_fill_(~causal, 0.0) @ vc
+        # R[t, s] = k_s * prod_{s<r<=t} a_r (zero for s > t), built row by row: R[t] = R[t-1] * a_t, R[t, t] = k_t
+        R = kc.new_zeros(b, n, H, L, L, K)
+        R[:, :, :, 0, 0] = kc[:, :, :, 0]
+        for t in range(1, L):
+            torch.mul(R[:, :, :, t - 1, :t], a[:, :, :, t : t + 1], out=R[:, :, :, t, :t])
+            R[:, :, :, t, t] = kc[:, :, :, t]
+        A = (R @ qc.unsqueeze(-1)).squeeze(-1)  # [b, n, H, L(t), L(s)]
+    o = o + A @ vc
     o = (o * scale).transpose(2, 3).reshape(b, n * L, H, V)[:, :T]
     return o, ends[:, -1]
 

@@ -26,7 +26,8 @@ Fast path (no state hook, no state edit): the selective scan runs block by block
 (:func:`probe.scan.linear_scan_blocked`), reading ``y`` out of each block's states, so at most
 one block of ``[batch, block, d_inner, d_state]`` states exists at a time. When ``hook_state``
 is active, every state is materialised (written block by block into one tensor) and edits to it
-propagate through :func:`probe.scan.force_states`.
+propagate through :func:`probe.scan.force_states`. ``mixer.method`` ("auto", "chunked",
+"sequential") picks the form of the scan within each block (for benchmarks and tests).
 
 Options: ``d_state`` (16), ``d_conv`` (4), ``expand`` (2), ``dt_rank`` (``None``:
 ``ceil(d_model / 16)``), ``conv_bias`` (True), ``proj_bias`` (False), ``dt_min`` / ``dt_max``
@@ -79,6 +80,7 @@ class Mamba(RecurrentMixer):
         self.A_log = nn.Parameter(torch.empty(di, n))
         self.D = nn.Parameter(torch.ones(di))
         self.out_proj = nn.Linear(di, cfg.d_model, bias=o["proj_bias"])
+        self.method = "auto"
         self.init_special()
 
     def init_special(self) -> None:
@@ -140,7 +142,7 @@ class Mamba(RecurrentMixer):
 
         want = "state" in keep or forced is not None
         ys, last, states = linear_scan_blocked(coefficients, x.shape[1], state["state"], readout,
-                                               block=BLOCK, keep_states=want)
+                                               block=BLOCK, keep_states=want, method=self.method)
         y = (ys + self.D * u) * gate
         values = {"input": u, "dt": dt, "B": B, "C": C, "output": gate}
         if states is not None:
