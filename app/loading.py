@@ -1,0 +1,138 @@
+"""Cached model loading for the explorer: zoo names, demo models, checkpoint paths, hub ids.
+
+A model is named by its *source string* and cached under it (``st.cache_resource``), so
+every view and every cached result (``st.cache_data``) hashes the string, never the model:
+
+=====================  ==================================================================
+source                 model
+=====================  ==================================================================
+``zoo:NAME``           a shipped zoo checkpoint (``probe/zoo/NAME``)
+``demo:NAME``          a small *untrained* model of a fixed layout, seeded (used when no
+                       zoo is installed, and by the tests)
+``/some/dir``          a checkpoint directory written by ``model.save``
+``hf:owner/name``      a Hugging Face hub id converted with ``probe.from_hf`` (network)
+=====================  ==================================================================
+
+Every failure is a :class:`probe.ProbeError` with a message for the page.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import streamlit as st
+import torch
+
+import probe
+from probe.errors import CheckpointError
+
+#: untrained demo models: layout of each (d_model 64, byte tokenizer, seed 0)
+DEMO_LAYOUTS: dict[str, list[str]] = {
+    "transformer": ["attn", "attn"],
+    "lstm": ["lstm", "lstm"],
+    "qrnn-hybrid": ["qrnn", "qrnn", "attn", "ff"],
+    "mamba": ["mamba", "mamba"],
+}
+#: the longest input (in tokens) the explorer analyses; longer texts get a message
+MAX_TOKENS = 512
+HF_HOST = ("huggingface.co", 443)
+
+
+def zoo_sources() -> list[str]:
+    return [f"zoo:{name}" for name in probe.zoo_names()]
+
+
+def demo_sources() -> list[str]:
+    from probe.mixers import MIXERS
+
+    return [f"demo:{n}" for n, layout in DEMO_LAYOUTS.items() if set(layout) <= set(MIXERS)]
+
+
+def default_sources() -> tuple[str, str]:
+    """Model A and model B shown first: a transformer and a recurrent model from the zoo when it is
+    installed (else the demo transformer and demo LSTM)."""
+    zoo = zoo_sources()
+    if len(zoo) >= 2:
+        a = next((s for s in zoo if s.endswith("transformer")), zoo[0])
+        preferred = ("zoo:qrnn-hybrid", "zoo:lstm", "zoo:mamba", "zoo:qrnn")
+        b = next((s for s in preferred if s in zoo), next(s for s in zoo if s != a))
+        return a, b
+    return "demo:transformer", "demo:lstm"
+
+
+def network_available(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub can be reached (``HF_HUB_OFFLINE=1`` means no)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        socket.create_connection(HF_HOST, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _demo_model(name: str) -> probe.HookedLM:
+    if name not in DEMO_LAYOUTS:
+        raise CheckpointError(f"No demo model {name!r}; demos: {', '.join(DEMO_LAYOUTS)}.")
+    torch.manual_seed(0)
+    cfg = probe.ModelConfig(d_model=64, layout=DEMO_LAYOUTS[name], name=f"demo:{name} (untrained)")
+    return probe.HookedLM(cfg).eval()
+
+
+def _hf_model(hub_id: str) -> probe.HookedLM:
+    hub_id = hub_id.strip()
+    if hub_id.count("/") != 1 or any(not part for part in hub_id.split("/")):
+        raise CheckpointError(f"{hub_id!r} is not a Hugging Face id; write it as owner/name, "
+                              "e.g. openai-community/gpt2.")
+    if not network_available():
+        raise CheckpointError(f"No network: the Hugging Face hub ({HF_HOST[0]}) cannot be reached, so "
+                              f"{hub_id!r} cannot be downloaded. Pick a zoo model or a local checkpoint "
+                              "directory instead.")
+    try:
+        from probe.io.hf import from_hf
+    except ImportError as exc:
+        raise CheckpointError("Loading Hugging Face models needs the converters and transformers: "
+                              "pip install -e '.[hf]'.") from exc
+    return from_hf(hub_id)
+
+
+@st.cache_resource(show_spinner="Loading model...", max_entries=8)
+def load_model(source: str) -> probe.HookedLM:
+    """The model named by ``source`` (see the module docstring), in eval mode, cached."""
+    if source.startswith("demo:"):
+        return _demo_model(source[5:])
+    if source.startswith("hf:"):
+        return _hf_model(source[3:])
+    if not source.strip():
+        raise CheckpointError("Give a checkpoint directory (written by model.save).")
+    if not source.startswith("zoo:") and not os.path.isdir(os.path.expanduser(source)):
+        raise CheckpointError(f"No checkpoint directory at {source!r}: give a folder holding config.json and "
+                              "model.safetensors (written by model.save), or pick a zoo model.")
+    return probe.load(source).eval()
+
+
+def n_params(model: probe.HookedLM) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe(model: probe.HookedLM) -> str:
+    """One line: layout, width, parameters."""
+    cfg = model.cfg
+    layout = ", ".join(cfg.layout)
+    return f"layout [{layout}] · d_model {cfg.d_model} · {n_params(model):,} parameters"
+
+
+def check_text(model: probe.HookedLM, text: str) -> torch.Tensor:
+    """The text's tokens ``[1, pos]``, or a :class:`probe.InputError` naming the limit it breaks."""
+    if not text.strip():
+        raise probe.InputError("The text is empty: type some text or pick an example.")
+    tokens = model.to_tokens(text)
+    n = tokens.shape[1]
+    if n > MAX_TOKENS:
+        raise probe.InputError(f"The text is {n} tokens long; the explorer analyses at most {MAX_TOKENS} "
+                               "tokens. Shorten it.")
+    limit = model.cfg.context_limit
+    if limit is not None and n > limit:
+        raise probe.InputError(f"The text is {n} tokens long, longer than this model's context of {limit} "
+                               "tokens. Shorten it.")
+    return tokens

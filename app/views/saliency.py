@@ -1,0 +1,46 @@
+"""Token saliency: integrated gradients of a logit (difference) over the input embeddings, shown on
+the text itself (blue pushes the logit up, red down) and as a bar per token.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from app import loading, methods
+from app.context import Context, Slot, side_by_side
+from app.views.target import Metric, metric_picker
+from app.widgets import clamp_position, colored_tokens, show_figure
+
+TITLE = "Saliency"
+
+
+@st.cache_data(show_spinner="Integrating gradients...", max_entries=64)
+def saliency(source: str, text: str, metric: Metric, steps: int, baseline: str) -> dict:
+    model = loading.load_model(source)
+    tokens = loading.check_text(model, text)
+    pos = clamp_position(metric.position, tokens.shape[1])
+    res = methods.get('integrated_gradients')(model, tokens, target=metric.target, contrast=metric.contrast, position=pos,
+                               baseline=baseline, steps=steps)
+    shown = res.str_tokens[0][: pos + 1]
+    return {"figure": res.figure(), "html": colored_tokens(shown, res.attributions[0, : pos + 1].tolist(),
+                                                           f"{res.metric_label[0]} at position {pos}"),
+            "completeness": float(res.completeness_error[0]), "delta": float(res.metric[0] - res.baseline_metric[0])}
+
+
+def _column(slot: Slot, text: str, metric: Metric, steps: int, baseline: str) -> None:
+    out = saliency(slot.source, text, metric, steps, baseline)
+    st.markdown(out["html"], unsafe_allow_html=True)
+    st.caption(f"Attributions sum to f(x) - f(baseline) = {out['delta']:.3f} within "
+               f"{100 * out['completeness']:.2f}% (quadrature error).")
+    show_figure(out["figure"], key=f"ig-{slot.name}", height=360)
+
+
+def render(ctx: Context) -> None:
+    st.subheader("Token saliency (integrated gradients)")
+    st.caption("How much each input token's embedding moves the chosen logit, integrated along the "
+               "straight path from a baseline embedding (Sundararajan et al. 2017).")
+    metric = metric_picker(ctx, "ig")
+    c1, c2 = st.columns(2)
+    steps = c1.select_slider("Integration steps", [8, 16, 32, 64], value=16, key="ig_steps")
+    baseline = c2.radio("Baseline", ["zero", "pad"], horizontal=True, key="ig_baseline",
+                        format_func={"zero": "zero embedding", "pad": "pad token everywhere"}.get)
+    side_by_side(ctx, lambda slot: _column(slot, ctx.text, metric, int(steps), baseline))
