@@ -6,6 +6,8 @@ vocabulary that exposes the residual stream *and* the recurrent state at every p
 from probe.cache import ActivationCache
 from probe.config import ModelConfig
 from probe.errors import CheckpointError, ConfigError, InputError, ProbeError, UnknownHookError
+from probe.io.hf import from_hf
+from probe.io.transformer_lens import from_transformer_lens
 from probe.loading import load, zoo_names
 from probe.model import HookedLM
 from probe.state import ModelState
@@ -14,5 +16,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationCache", "CheckpointError", "ConfigError", "HookedLM", "InputError", "ModelConfig",
-    "ModelState", "ProbeError", "UnknownHookError", "load", "zoo_names",
+    "ModelState", "ProbeError", "UnknownHookError", "from_hf", "from_transformer_lens", "load", "zoo_names",
 ]

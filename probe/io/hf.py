@@ -138,7 +138,12 @@ def resolve_tokenizer(cfg, tokenizer: Any, name_or_path: str):
 
 def source_dict(model: Any) -> dict[str, Tensor]:
     """The model's tensors (parameters and buffers), detached, as ``{name: tensor}``."""
-    return {k: v.detach() for k, v in model.state_dict().items()}
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    if any("_original_component" in k for k in sd):
+        raise ConfigError(f"This {type(model).__name__} has been wrapped by a TransformerLens TransformerBridge "
+                          "(boot_transformers rewrites the model's modules in place). Convert it with from_hf "
+                          "before booting the bridge, or use probe.from_transformer_lens(bridge).")
+    return sd
 
 
 def take(sd: dict[str, Tensor], name: str, arch: str) -> Tensor:
