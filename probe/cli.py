@@ -8,6 +8,7 @@ r"""The ``probe`` command.
     probe zoo train --all --jobs 4       # every available architecture, 4 at a time
     probe zoo card                       # re-evaluate the zoo, rewrite cards and README
     probe data export-stdlib DIR         # this Python's stdlib corpus as token streams
+    probe explore [--port 8502]          # the Streamlit explorer (app/explorer.py)
 
 Adding a subcommand: write ``add_NAME(subparsers)`` that builds its parser and sets
 ``func`` to a ``run_NAME(args) -> int`` function, and list ``add_NAME`` in :data:`COMMANDS`.
@@ -207,8 +208,37 @@ def run_data_export(args) -> int:
     return 0
 
 
+# -- probe explore ---------------------------------------------------------------------
+def add_explore(sub) -> None:
+    p = sub.add_parser("explore", help="start the Streamlit explorer (two models side by side)",
+                       description="Run `streamlit run app/explorer.py`; arguments after `--` go to streamlit "
+                                   "(e.g. probe explore -- --theme.base dark).")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="localhost", help="interface to serve on (default: this machine only)")
+    p.add_argument("streamlit_args", nargs="*", metavar="-- STREAMLIT_ARGS", help="passed on to `streamlit run`")
+    p.set_defaults(func=run_explore)
+
+
+def run_explore(args) -> int:
+    import subprocess
+
+    from probe.errors import ConfigError
+
+    app = Path(__file__).resolve().parents[1] / "app" / "explorer.py"
+    if not app.is_file():
+        raise ConfigError(f"The explorer app is not at {app}; it ships with the source checkout (run "
+                          "`probe explore` from an editable install: pip install -e '.[app]').")
+    try:
+        import streamlit  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError("The explorer needs streamlit: pip install -e '.[app]'.") from exc
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true", "--server.port",
+           str(args.port), "--server.address", args.address, *args.streamlit_args]
+    return subprocess.call(cmd)
+
+
 #: every subcommand's parser builder, in help order
-COMMANDS = [add_train, add_zoo, add_data]
+COMMANDS = [add_train, add_zoo, add_data, add_explore]
 
 
 def build_parser() -> argparse.ArgumentParser:
