@@ -21,7 +21,9 @@ model (``layout = ["attn"] * n_layers``) and exposes the readout parameters (``W
     blocks.{i}.hook_mlp_in / hook_mlp_out        -> blocks.{i}.ln2.hook_out / hook_mlp_out
     blocks.{i}.mixer.hook_{q,k,v,z,pattern,attn_scores} -> blocks.{i}.attn.hook_{...}
     blocks.{i}.mlp.hook_pre / hook_post          -> blocks.{i}.mlp.hook_pre / hook_post
-    blocks.{i}.ln{1,2}.hook_{scale,normalized}, ln_final.hook_{scale,normalized}  (same names)
+    blocks.{i}.ln{1,2}.hook_scale, ln_final.hook_scale (same names)
+    blocks.{i}.ln{1,2}.hook_normalized, ln_final.hook_normalized -> ....hook_out (after the affine
+                                                 part, like ours; the bridge's hook_normalized is before it)
     hook_logits                                  -> unembed.hook_out
 
 Hook functions see tensors in the same layouts as on a HookedLM (``q/k/v/z``
@@ -93,7 +95,7 @@ class BridgeAdapter:
         c = bridge.cfg
         n = int(c.n_layers)
         names = set(bridge.hook_dict)
-        needed = ["ln_final.hook_normalized", "unembed.hook_out", "hook_embed"]
+        needed = ["ln_final.hook_out", "ln_final.hook_scale", "unembed.hook_out", "hook_embed"]
         for i in range(n):
             needed += [f"blocks.{i}.{p}" for p in ("ln1.hook_out", "ln2.hook_out", "hook_attn_out", "hook_mlp_out",
                                                   "hook_resid_pre", "hook_resid_mid", "hook_resid_post")]
@@ -128,7 +130,7 @@ class BridgeAdapter:
     @staticmethod
     def _hook_map(n: int) -> dict[str, str]:
         m = {"hook_embed": "hook_embed", "hook_pos_embed": "hook_pos_embed", "hook_logits": "unembed.hook_out",
-             "ln_final.hook_scale": "ln_final.hook_scale", "ln_final.hook_normalized": "ln_final.hook_normalized"}
+             "ln_final.hook_scale": "ln_final.hook_scale", "ln_final.hook_normalized": "ln_final.hook_out"}
         for i in range(n):
             b = f"blocks.{i}."
             m.update({b + "hook_resid_pre": b + "hook_resid_pre", b + "hook_resid_mid": b + "hook_resid_mid",
@@ -138,9 +140,8 @@ class BridgeAdapter:
                       b + "mlp.hook_pre": b + "mlp.hook_pre", b + "mlp.hook_post": b + "mlp.hook_post"})
             for site in ("q", "k", "v", "z", "pattern", "attn_scores"):
                 m[f"{b}mixer.hook_{site}"] = f"{b}attn.hook_{site}"
-            for ln in ("ln1", "ln2"):
-                for site in ("scale", "normalized"):
-                    m[f"{b}{ln}.hook_{site}"] = f"{b}{ln}.hook_{site}"
+            for ln in ("ln1", "ln2"):  # the bridge's hook_normalized is before the affine part; ours after it
+                m[f"{b}{ln}.hook_scale"], m[f"{b}{ln}.hook_normalized"] = f"{b}{ln}.hook_scale", f"{b}{ln}.hook_out"
         return m
 
     # -- parameters the methods read ---------------------------------------------------
