@@ -115,6 +115,35 @@ def test_xlstm_transformers_parity():
         assert _max_diff(model(ids[:, 9:], states=st), ref(ids).logits[:, 9:]) < TOL
 
 
+def test_xlstm_fused_weight_layout_maps_like_the_single_one():
+    """weight_mode="fused" packs q/k/v/o and the i/f gates into single matrices. transformers cannot build a
+    tiny fused model (its init fails), so the fused tensors are packed here from a single-mode model."""
+    import copy
+    import types
+
+    ref = xlstm_hf()
+    sd, fused = ref.state_dict(), {}
+    for name, t in sd.items():
+        L = name.rsplit("mlstm_layer.", 1)[0] + "mlstm_layer."
+        if name.endswith("mlstm_layer.q.weight"):
+            fused[L + "qkv_opreact.weight"] = torch.cat([sd[L + k + ".weight"] for k in ("q", "k", "v", "ogate_preact")])
+            for kind in ("weight", "bias"):
+                fused[L + f"ifgate_preact.{kind}"] = torch.cat([sd[L + f"igate_preact.{kind}"],
+                                                                sd[L + f"fgate_preact.{kind}"]])
+        elif name.endswith("ffn.proj_up_gate.weight"):
+            p = name.rsplit("proj_up_gate.weight", 1)[0]
+            fused[p + "proj_up_gate_z.weight"] = torch.cat([t, sd[p + "proj_up.weight"]])
+        elif not any(k in name for k in ("mlstm_layer.k.", "mlstm_layer.v.", "ogate_preact", "igate_preact",
+                                         "fgate_preact", "ffn.proj_up.")):
+            fused[name] = t
+    config = copy.deepcopy(ref.config)
+    config.weight_mode = "fused"
+    model = probe.from_hf(types.SimpleNamespace(config=config, state_dict=lambda: fused))
+    ids = _ids(21)
+    with torch.no_grad():
+        assert _max_diff(model(ids), ref(ids).logits) < TOL
+
+
 def test_xlstm_package_slstm_parity():
     pytest.importorskip("xlstm")
     from xlstm import FeedForwardConfig, sLSTMBlockConfig, sLSTMLayerConfig, xLSTMLMModel, xLSTMLMModelConfig

@@ -20,6 +20,10 @@ the embedding; that LayerNorm reads only the token's embedding row, so it is fol
 converter reads ``layers_are_rescaled`` and undoes it, so the HookedLM holds the true
 weights whatever the model's history; it equals the unrescaled model (the rescaled one
 differs from it only through the LayerNorm epsilon).
+
+transformers builds ``ln_out`` with the default epsilon (1e-5) and the other LayerNorms with
+``layer_norm_epsilon``; probe has one ``norm_eps``, so a config with ``layer_norm_epsilon !=
+1e-5`` is refused rather than converted approximately.
 """
 from __future__ import annotations
 
@@ -76,6 +80,9 @@ def rwkv_weights(cfg: ModelConfig, sd: dict, rescale: list[float]) -> Mapping:
 def rwkv_from_hf(hf_model: Any, tokenizer: Any = None, dtype: torch.dtype = torch.float32):
     """Convert a transformers ``RwkvForCausalLM`` to a HookedLM with the same logits (see the module docstring)."""
     c = hf_model.config
+    if abs(float(c.layer_norm_epsilon) - 1e-5) > 1e-12:
+        raise ConfigError(f"RWKV with layer_norm_epsilon={c.layer_norm_epsilon} is not supported: transformers' final "
+                          "norm uses 1e-5 regardless, and probe uses one epsilon for every norm.")
     cfg = rwkv_config_from_hf(c)
     sd = source_dict(hf_model)
     if "head.weight" not in sd:
