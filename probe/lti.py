@@ -35,7 +35,7 @@ from torch import Tensor
 METHODS = ("auto", "recurrent", "direct", "fft")
 #: "auto" uses the recurrence up to this length, the Toeplitz form up to DIRECT_UNTIL, FFT beyond
 RECURRENT_UNTIL = 4
-DIRECT_UNTIL = 64
+DIRECT_UNTIL = 32
 
 
 def zoh(A: Tensor, B: Tensor, dt: float = 1.0) -> tuple[Tensor, Tensor]:

@@ -37,8 +37,10 @@ with :func:`probe.scan.linear_scan` (a scan over ``T / L`` chunks). Every ``exp(
 product of decays over a forward range (``exp(seg(t, s)) = prod_{s<r<=t} a_r``, built by
 cumulative products, never by dividing or subtracting cumulative sums), so every factor is
 in ``[0, 1]``: decays of exactly 0 or 1 and long sequences are exact, with no overflow and
-no ``inf - inf``. The intra-chunk term holds ``k_s prod_{s<r<=t} a_r`` for all ``s <= t``
-(``b T L H K`` numbers, ``L = 16`` by default) and contracts it with ``q_t`` in one matmul.
+no ``inf - inf``. The intra-chunk term grows ``R_t[s] = k_s prod_{s<r<=t} a_r`` one row
+``t`` at a time (``R_t = [R_{t-1} a_t ; k_t]``) and contracts it with ``q_t``, so it costs
+``L^2 K / 2`` multiply-adds per chunk and head and never holds an ``[L, L, K]`` tensor
+(``L = 16`` by default); everything is differentiable (no in-place writes).
 
 **Reference** (:func:`gla_sequential`): the recurrence one position at a time.
 
@@ -129,13 +131,14 @@ def gla_chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, h0: Tensor |
         P = torch.where(causal.tril(-1), a, a.new_ones(())).cumprod(3)  # a [b,n,H,L,1] -> [b, n, H, L(t), L(s)]
         A = (qc @ kc.transpose(-1, -2)).mul_(P).masked_fill_(~causal, 0.0)
     else:
-        # R[t, s] = k_s * prod_{s<r<=t} a_r (zero for s > t), built row by row: R[t] = R[t-1] * a_t, R[t, t] = k_t
-        R = kc.new_zeros(b, n, H, L, L, K)
-        R[:, :, :, 0, 0] = kc[:, :, :, 0]
-        for t in range(1, L):
-            torch.mul(R[:, :, :, t - 1, :t], a[:, :, :, t : t + 1], out=R[:, :, :, t, :t])
-            R[:, :, :, t, t] = kc[:, :, :, t]
-        A = (R @ qc.unsqueeze(-1)).squeeze(-1)  # [b, n, H, L(t), L(s)]
+        # row t of A is R_t q_t with R_t[s] = k_s prod_{s<r<=t} a_r (s <= t), grown one row at a time:
+        # R_t = [R_{t-1} * a_t ; k_t]; no [L, L, K] tensor is ever built
+        R, rows = kc[:, :, :, :1], []
+        for t in range(L):
+            if t:
+                R = torch.cat([R * a[:, :, :, t : t + 1], kc[:, :, :, t : t + 1]], dim=3)  # [b, n, H, t+1, K]
+            rows.append(F.pad((R @ qc[:, :, :, t, :, None])[..., 0], (0, L - 1 - t)))
+        A = torch.stack(rows, dim=3)  # [b, n, H, L(t), L(s)], zero above the diagonal
     o = o + A @ vc
     o = (o * scale).transpose(2, 3).reshape(b, n * L, H, V)[:, :T]
     return o, ends[:, -1]

@@ -300,3 +300,26 @@ def test_converter_errors():
     missing = {k: v for k, v in sd.items() if "f_proj" not in k}
     with pytest.raises(CheckpointError, match="f_proj"):
         hgrn2_from_fla(missing, cfg)
+
+
+def test_gradients_of_chunked_and_sequential_forms_match():
+    q, k, v, g, h0 = _inputs(37)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, g, h0)]
+    grads = []
+    for fn in (gla_chunked, gla_sequential):
+        o, h = fn(*leaves, scale=0.5)
+        (o.square().sum() + h.sum()).backward()
+        grads.append([t.grad.clone() for t in leaves])
+        for t in leaves:
+            t.grad = None
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_model_gradients_are_finite_and_reach_the_lower_bound():
+    model = _model()
+    toks = torch.randint(0, 50, (2, 30), generator=torch.Generator().manual_seed(9))
+    model(toks, return_type="loss").backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert model.blocks[1].mixer.lower_bound.grad.abs().sum() > 0

@@ -172,3 +172,18 @@ def test_bad_options_are_named(bad):
     cfg = probe.ModelConfig(d_model=16, layout=["lmu"], mixer_options={"lmu": bad})
     with pytest.raises(ConfigError, match=next(iter(bad))):
         probe.HookedLM(cfg)
+
+
+def test_gradients_of_fft_and_recurrent_forms_match():
+    model = _model()
+    toks = torch.randint(0, 50, (2, 80), generator=torch.Generator().manual_seed(8))
+    grads = []
+    for method in ("fft", "recurrent"):
+        for b in model.blocks:
+            b.mixer.method = method
+        model.zero_grad()
+        model(toks, return_type="loss").backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        assert torch.isfinite(grads[0][name]).all(), name
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-5)

@@ -49,7 +49,7 @@ from probe.mixers.edits import Computation, apply_forcing
 from probe.scan import force_states, linear_scan_blocked
 
 #: positions per block of the selective scan's fast path
-BLOCK = 64
+BLOCK = 128
 
 
 class Mamba(RecurrentMixer):
