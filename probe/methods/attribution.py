@@ -322,7 +322,7 @@ def _baseline_embedding(model, tokens: Tensor, x: Tensor, baseline) -> tuple[Ten
         return found["e"], f"token {inputs.printable(model.tokenizer.token_str(tid))!r} at every position"
     if isinstance(baseline, Tensor):
         base = baseline.to(x.device, x.dtype)
-        if base.dim() == 2:
+        if base.dim() == 2 and tuple(base.shape) == tuple(x.shape[1:]):
             base = base.unsqueeze(0).expand_as(x)
         if tuple(base.shape) != tuple(x.shape):
             raise InputError(f"baseline embedding has shape {tuple(baseline.shape)}; expected {tuple(x.shape[1:])} "
