@@ -14,10 +14,20 @@ from probe.methods.lens import LensResult, TunedLens, compare_lenses, logit_lens
 from probe.methods.memory import (
     LayerMemory, MemoryMapResult, gradient_influence, implicit_attention, memory_map, state_sizes,
 )
+# methods II: patching, probing, steering
+from probe.methods.features import ActivationDataset
+from probe.methods.patching import (
+    AttributionPatchingResult, PatchingResult, activation_patching, attribution_patching, patching_agreement,
+)
+from probe.methods.probing import ProbeResult, collect_activations, fit_probes, hidden_vs_state
+from probe.methods.steering import SteeringResult, SteeringVector, steer, steering_vector
 
 __all__ = [
     "MethodResult",
     "DLAResult", "LayerMemory", "LensResult", "MemoryMapResult", "TokenAttributionResult", "TunedLens",
     "compare_lenses", "direct_logit_attribution", "gradient_influence", "gradient_x_input", "implicit_attention",
     "integrated_gradients", "logit_lens", "memory_map", "state_sizes",
+    "ActivationDataset", "AttributionPatchingResult", "PatchingResult", "ProbeResult", "SteeringResult",
+    "SteeringVector", "activation_patching", "attribution_patching", "collect_activations", "fit_probes",
+    "hidden_vs_state", "patching_agreement", "steer", "steering_vector",
 ]

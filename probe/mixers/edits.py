@@ -19,6 +19,14 @@ the changed elements as a forcing and recomputes, so every later hook sees value
 reflect all earlier edits and the layer's output and final state are those of the edited
 recurrence. With no hook attached the mixer runs its fast path once.
 
+A hook may also force elements whose value it leaves unchanged, by returning
+``mark_forced(tensor, mask)``: those elements are treated as edits (the recomputation
+uses the returned tensor there). With a returned tensor ``value + delta`` (``delta`` a
+zero tensor that requires grad) this makes ``d output / d delta`` the derivative with
+respect to the quantity at the marked elements *with every later position following the
+recurrence* (attribution patching of states uses it); without the mark an unchanged value
+is not an edit and gradients would not reach ``delta``.
+
 Limitation (nonlinear recurrences only, LSTM / sLSTM): gates at positions *after* an
 edited state depend on that state; their hooks have already fired with the pre-edit
 values, so a cache of those gates holds pre-edit values there. The computation itself is
@@ -48,6 +56,17 @@ class Computation:
     y: Tensor
     values: dict[str, Tensor]
     final_state: dict[str, Tensor]
+
+
+#: attribute of a hook's returned tensor holding a boolean mask of elements to force (see :func:`mark_forced`)
+FORCED_ATTR = "_probe_forced_mask"
+
+
+def mark_forced(tensor: Tensor, mask: Tensor) -> Tensor:
+    """Mark ``mask``'s elements of ``tensor`` (a hook's *new* returned tensor) as edits even where
+    their value equals the computed one. ``mask`` broadcasts to ``tensor``. Returns ``tensor``."""
+    setattr(tensor, FORCED_ATTR, mask)
+    return tensor
 
 
 def changed_elements(edited: Tensor, reference: Tensor) -> Tensor:
@@ -94,6 +113,9 @@ def run_hooked(
             continue
         reference = clean if edited is not clean else compute(x, state, forcing, {name}).values[name]
         mask = changed_elements(edited, reference)
+        marked = getattr(edited, FORCED_ATTR, None)
+        if marked is not None:
+            mask = mask | marked.to(mask.device).expand_as(mask)
         if not bool(mask.any()):
             continue
         forcing[name] = (mask, edited.detach() if not edited.requires_grad else edited)

@@ -1,0 +1,390 @@
+r"""Steering: contrastive activation addition on the residual stream, and state steering.
+
+**Contrastive activation addition** (CAA, Rimsky et al. 2024): from contrast pairs
+``(positive_i, negative_i)`` the steering vector of layer ``l`` is the mean difference of an
+activation, by default the residual stream entering the block at the last token::
+
+    v_l = 1/N sum_i ( a_l(positive_i) - a_l(negative_i) )          a_l = blocks.{l}.hook_resid_pre
+
+and steering adds ``c * v_l`` to that activation at every position (or chosen ones).
+
+**State steering** (Paulo et al. 2024): the same mean difference taken on the recurrent
+state ``blocks.{l}.mixer.hook_state`` (shape ``[*state]`` per position, e.g. ``[d_inner,
+d_state]`` for Mamba) and added to the state. Because state edits propagate
+(:mod:`probe.mixers.edits`), the recurrence carries the added direction forward exactly as
+if it had produced it: positions before the first steered one are unchanged, later ones
+see the steered memory.
+
+:func:`steer` measures a target metric (by default the logit difference between two
+tokens at the last position) for each coefficient and layer, and optionally generates text
+with the steering applied while the state is carried token by token.
+
+Example::
+
+    v = steering_vector(model, ["the keys"], ["the key"], site="resid_pre")
+    res = steer(model, "the key to the cabinets", v, coefficients=[-4, -2, 0, 2, 4],
+                answer=" a", contrast=" i")           # is/are preference vs coefficient
+    res.figure()
+    v_state = steering_vector(model, pos, neg, site="state")   # state steering
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from probe.errors import InputError
+from probe.methods import inputs, sites as S
+from probe.methods.result import MethodResult
+from probe.methods.sequences import as_sequences, padded_batch
+
+
+@dataclass
+class SteeringVector:
+    """Steering directions of one site at some layers.
+
+    Attributes:
+        site: the short site name (``"resid_pre"``, ``"state"``, ...).
+        vectors: ``{layer: tensor}`` shaped like one position of the hook (``[d_model]`` for the
+            residual stream, the state's shape for ``"state"``).
+        hooks: ``{layer: hook name}``.
+        n_pairs: contrast pairs averaged; position: where they were read (``-1``: last token, ``"mean"``).
+    """
+
+    site: str
+    vectors: dict[int, Tensor]
+    hooks: dict[int, str]
+    n_pairs: int = 0
+    position: int | str = -1
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.vectors)
+
+    def norms(self) -> dict[int, float]:
+        return {l: float(v.float().norm()) for l, v in self.vectors.items()}
+
+    def __repr__(self) -> str:
+        shapes = {l: tuple(v.shape) for l, v in self.vectors.items()}
+        return f"SteeringVector(site={self.site!r}, layers={self.layers}, shapes={shapes}, pairs={self.n_pairs})"
+
+
+def steering_hook_name(model, site: str, layer: int) -> str | None:
+    """The single hook steering writes to: a block site, ``"state"`` -> the mixer's main
+    ``hook_state`` (``None`` where the layer has none, e.g. attention), or a mixer/MLP hook suffix."""
+    if site == "state":
+        name = f"blocks.{layer}.mixer.hook_state"
+        return name if name in model.hook_dict else None
+    hooks = S.site_hooks(model, site, layer)
+    return hooks[0] if len(hooks) == 1 else None
+
+
+def _texts_or_tokens(model, data, what: str, prepend_bos) -> list[np.ndarray]:
+    try:
+        return as_sequences(model, data, None, seq_len=None, prepend_bos=prepend_bos).tokens
+    except InputError as exc:
+        raise InputError(f"{what}: {exc}") from exc
+
+
+def _read_site(model, seqs: list[np.ndarray], names: list[str], position, batch_size: int = 32) -> dict[str, Tensor]:
+    """Per hook, the activation of every sequence at ``position`` (``-1``: its last token;
+    ``"mean"``: averaged over its tokens): ``{name: [n_seq, *shape]}``."""
+    out = {n: [] for n in names}
+    for first in range(0, len(seqs), batch_size):
+        chunk = seqs[first : first + batch_size]
+        ids, lengths = padded_batch(chunk, device=model.device)
+        got = {}
+
+        def take(t, hook):
+            got[hook.name] = t.detach()
+
+        with torch.no_grad(), model.hooks(fwd_hooks=[(n, take) for n in names]):
+            model(ids)
+        rows = torch.arange(len(chunk))
+        for n in names:
+            t = got[n]
+            if position == "mean":
+                mask = (torch.arange(t.shape[1])[None] < lengths[:, None]).to(t.dtype).to(t.device)
+                mask = mask.view(*mask.shape, *([1] * (t.dim() - 2)))
+                val = (t * mask).sum(1) / lengths.to(t.device).view(-1, *([1] * (t.dim() - 2)))
+            elif position == -1:
+                val = t[rows, (lengths - 1).to(t.device)]
+            else:
+                val = t[:, position]
+            out[n].append(val.float().cpu())
+    return {n: torch.cat(v) for n, v in out.items()}
+
+
+def steering_vector(model, positive, negative, *, site: str = "resid_pre", layers: Sequence[int] | int | None = None,
+                    position: int | str = -1, prepend_bos: bool | None = None) -> SteeringVector:
+    """Mean activation difference ``positive - negative`` over contrast pairs, per layer.
+
+    Args:
+        positive, negative: the same number of texts or token sequences (pair ``i`` is
+            ``(positive[i], negative[i])``).
+        site: ``"resid_pre"`` (CAA), any block site, ``"state"`` (the main recurrent state), or a
+            mixer hook suffix (``"state_h"``...). Layers lacking the site are skipped.
+        position: ``-1`` (each text's last token; lengths may differ), ``"mean"`` (average over
+            each text's tokens), or an index ``p`` read in both texts of a pair (pairs must then
+            have equal lengths, so that ``p`` means the same place).
+    """
+    pos = _texts_or_tokens(model, positive, "positive", prepend_bos)
+    neg = _texts_or_tokens(model, negative, "negative", prepend_bos)
+    if len(pos) != len(neg):
+        raise InputError(f"{len(pos)} positive and {len(neg)} negative examples; contrast pairs need the same "
+                         "number of each.")
+    if not (position == -1 or position == "mean" or (isinstance(position, int) and not isinstance(position, bool))):
+        raise InputError(f"position must be -1 (last token), 'mean' or an int index, got {position!r}.")
+    if position not in (-1, "mean"):
+        for i, (a, b) in enumerate(zip(pos, neg)):
+            if len(a) != len(b):
+                raise InputError(f"Contrast pair {i} has lengths {len(a)} and {len(b)}; position={position} needs "
+                                 "pairs of equal length (or use position=-1 / 'mean').")
+            inputs.check_position(position, len(a))
+        position = position % len(pos[0]) if all(len(a) == len(pos[0]) for a in pos) else position
+        if position < 0:
+            raise InputError("A negative position other than -1 needs every text to have the same length.")
+    layers = inputs.check_layers(model, layers)
+    hooks = {l: steering_hook_name(model, site, l) for l in layers}
+    hooks = {l: h for l, h in hooks.items() if h is not None}
+    if not hooks:
+        raise InputError(f"Site {site!r} has no single hook to steer at layers {layers} (attention has no "
+                         "hook_state; steer 'resid_pre' there).")
+    names = sorted(set(hooks.values()))
+    a, b = _read_site(model, pos, names, position), _read_site(model, neg, names, position)
+    vectors = {l: (a[h] - b[h]).mean(0).to(model.dtype).to(model.device) for l, h in hooks.items()}
+    return SteeringVector(site, vectors, hooks, len(pos), position)
+
+
+# -- applying ----------------------------------------------------------------------------
+class _AddHook:
+    """Adds ``coefficient * vector`` at the steered positions; ``offset`` is the absolute position of
+    the first token of the current forward (generation runs one token at a time)."""
+
+    def __init__(self, vector: Tensor, coefficient: float, positions: list[int] | None):
+        self.vector, self.coefficient, self.positions, self.offset = vector, float(coefficient), positions, 0
+
+    def __call__(self, t: Tensor, hook) -> Tensor:
+        if self.coefficient == 0.0:
+            return t
+        add = (self.coefficient * self.vector).to(t.dtype).to(t.device)
+        if self.positions is None:
+            return t + add
+        local = [p - self.offset for p in self.positions if 0 <= p - self.offset < t.shape[1]]
+        if not local:
+            return t
+        t = t.clone()
+        t[:, local] = t[:, local] + add
+        return t
+
+
+def _vectors(model, vector, site: str | None, layers) -> tuple[str, dict[int, Tensor], dict[int, str]]:
+    """``vector`` (a SteeringVector, a tensor with ``site``/``layers``, or ``{layer: tensor}``) checked
+    against the hooks' per-position shapes."""
+    if isinstance(vector, SteeringVector):
+        site, vecs, hooks = vector.site, dict(vector.vectors), dict(vector.hooks)
+        if layers is not None:
+            keep = inputs.check_layers(model, layers)
+            missing = [l for l in keep if l not in vecs]
+            if missing:
+                raise InputError(f"The steering vector has no direction for layers {missing}; it has {sorted(vecs)}.")
+            vecs = {l: vecs[l] for l in keep}
+    else:
+        if site is None:
+            raise InputError("A raw steering tensor needs site= (e.g. 'resid_pre' or 'state') and layers=.")
+        if isinstance(vector, dict):
+            vecs = {inputs.check_layer(model, l): torch.as_tensor(v) for l, v in vector.items()}
+        else:
+            if layers is None:
+                raise InputError("A raw steering tensor needs layers= (the layer(s) to add it at).")
+            vecs = {l: torch.as_tensor(vector) for l in inputs.check_layers(model, layers)}
+        hooks = {}
+        for l in vecs:
+            h = steering_hook_name(model, site, l)
+            if h is None:
+                raise InputError(f"Layer {l} ({model.cfg.layout[l]}) has no single {site!r} hook to steer.")
+            hooks[l] = h
+    shapes = _per_position_shapes(model, sorted(set(hooks.values())))
+    for l, v in vecs.items():
+        want = shapes[hooks[l]]
+        if tuple(v.shape) != want:
+            raise InputError(f"Steering vector for layer {l} has shape {tuple(v.shape)}, but {hooks[l]} holds "
+                             f"{want} per position; compute it with steering_vector(..., site={site!r}).")
+        if not bool(torch.isfinite(v).all()):
+            raise InputError(f"Steering vector for layer {l} contains NaN or inf.")
+        vecs[l] = v.to(model.device, model.dtype)
+    return site, vecs, hooks
+
+
+def _per_position_shapes(model, names: list[str]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+
+    def look(t, hook):
+        shapes[hook.name] = tuple(t.shape[2:])
+
+    bos = model.tokenizer.bos_token_id if model.tokenizer.bos_token_id is not None else 0
+    with torch.no_grad(), model.hooks(fwd_hooks=[(n, look) for n in names]):
+        model(torch.tensor([[bos]], device=model.device))
+    return shapes
+
+
+@dataclass
+class SteeringResult(MethodResult):
+    """A steering sweep: the metric for every (layer, coefficient).
+
+    Attributes:
+        site, layers, coefficients: the sweep; ``layout`` the model's mixers.
+        metric: ``[layer, coefficient]`` float64 (NaN when no metric was asked for).
+        baseline: the metric without steering; metric_label its name.
+        norms: ``{layer: |v_l|}``.
+        generations: ``{(layer, coefficient): [text per sequence]}`` when ``max_new_tokens > 0``.
+        logits: ``[layer, coefficient, batch, pos, vocab]`` with ``keep_logits=True``.
+    """
+
+    site: str
+    layers: list[int]
+    coefficients: list[float]
+    layout: list[str]
+    metric: Tensor
+    baseline: float
+    metric_label: str
+    norms: dict[int, float]
+    generations: dict[tuple[int, float], list[str]] = field(default_factory=dict)
+    generated_tokens: dict[tuple[int, float], Tensor] = field(default_factory=dict, repr=False)
+    logits: Tensor | None = field(default=None, repr=False)
+    seconds: float = 0.0
+
+    def to_frame(self):
+        """One row per (layer, coefficient): metric, change from baseline, vector norm, first generation."""
+        import pandas as pd
+
+        rows = []
+        for i, layer in enumerate(self.layers):
+            for j, c in enumerate(self.coefficients):
+                gen = self.generations.get((layer, c))
+                rows.append({"site": self.site, "layer": layer, "mixer": self.layout[layer], "coefficient": c,
+                             "metric": float(self.metric[i, j]), "change": float(self.metric[i, j]) - self.baseline,
+                             "norm": self.norms[layer], "generation": gen[0] if gen else None})
+        return pd.DataFrame(rows)
+
+    def figure(self, **layout):
+        """Metric against coefficient, one line per layer; the unsteered value dotted."""
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for i, layer in enumerate(self.layers):
+            fig.add_trace(go.Scatter(x=self.coefficients, y=self.metric[i].tolist(), mode="lines+markers",
+                                     name=f"layer {layer} ({self.layout[layer]})"))
+        if np.isfinite(self.baseline):
+            fig.add_hline(y=self.baseline, line_dash="dot", line_color="grey", annotation_text="unsteered")
+        fig.update_layout(title=f"Steering at {self.site}: {self.metric_label} vs coefficient",
+                          xaxis_title="coefficient", yaxis_title=self.metric_label, **layout)
+        return fig
+
+
+def steer(model, input, vector, coefficients: Sequence[float] = (-1.0, 0.0, 1.0), *, answer=None, contrast=None,
+          metric: Callable[[Tensor], Tensor] | None = None, site: str | None = None,
+          layers: Sequence[int] | int | None = None, positions: Sequence[int] | int | None = None,
+          max_new_tokens: int = 0, temperature: float = 0.0, top_k: int | None = None, seed: int | None = None,
+          keep_logits: bool = False, prepend_bos: bool | None = None) -> SteeringResult:
+    """Add ``coefficient * vector`` at each layer of ``vector`` in turn and measure the effect.
+
+    Args:
+        input: a text, texts or token ids (texts may differ in length; the metric reads each one's
+            last token).
+        vector: a :class:`SteeringVector`, or a tensor / ``{layer: tensor}`` with ``site=`` (and ``layers=``).
+        coefficients: the sweep (0 is the unsteered model exactly).
+        answer, contrast: token ids or one-token strings; metric = ``logit[answer] - logit[contrast]``
+            at the last token. Or ``metric``: ``logits [batch, pos, vocab] -> [batch] or scalar``.
+        layers: steer only these layers of the vector (each separately).
+        positions: absolute positions to steer (default every position, generated ones included).
+        max_new_tokens: also generate this many tokens per (layer, coefficient), carrying the state
+            (greedy by default; ``temperature``/``top_k``/``seed`` as in ``model.generate``).
+        keep_logits: keep every steered run's logits in the result.
+    """
+    start = time.perf_counter()
+    site, vecs, hooks = _vectors(model, vector, site, layers)
+    coefficients = [float(c) for c in (coefficients if isinstance(coefficients, (list, tuple, np.ndarray, Tensor))
+                                       else [coefficients])]
+    if not coefficients or not all(np.isfinite(coefficients)):
+        raise InputError(f"coefficients must be a non-empty list of finite numbers, got {coefficients!r}.")
+    seqs = _texts_or_tokens(model, input, "input", prepend_bos)
+    ids, lengths = padded_batch(seqs, device=model.device)
+    batch = ids.shape[0]
+    if positions is not None:
+        positions = sorted({int(p) for p in ([positions] if isinstance(positions, int) else positions)})
+        if any(p < 0 for p in positions):
+            raise InputError("Steering positions must be absolute indices >= 0.")
+    last = (lengths - 1).to(model.device)
+    if metric is None and (answer is not None or contrast is not None):
+        if answer is None or contrast is None:
+            raise InputError("Give both answer= and contrast= (the metric is their logit difference).")
+        ans = inputs.resolve_target(model, answer, batch, "answer")
+        con = inputs.resolve_target(model, contrast, batch, "contrast")
+        rows = torch.arange(batch, device=model.device)
+        metric = lambda logits: logits[rows, last, ans] - logits[rows, last, con]
+        label = "logit difference"
+    elif metric is not None:
+        if not callable(metric):
+            raise InputError(f"metric must be callable, got {type(metric).__name__}.")
+        label = getattr(metric, "__name__", "metric")
+    else:
+        label = "no metric"
+        if max_new_tokens <= 0 and not keep_logits:
+            raise InputError("Nothing to measure: give answer=/contrast=, a metric, max_new_tokens > 0 or keep_logits.")
+    if max_new_tokens > 0 and bool((lengths != lengths[0]).any()):
+        raise InputError("Steered generation needs inputs of equal length (generate each text on its own).")
+    value = lambda logits: float(_scalar(metric(logits))) if metric is not None else float("nan")
+    with torch.no_grad():
+        base_logits = model(ids)
+    baseline = value(base_logits)
+    layer_list = sorted(vecs)
+    out = torch.full((len(layer_list), len(coefficients)), float("nan"), dtype=torch.float64)
+    kept = [] if keep_logits else None
+    generations, generated = {}, {}
+    for i, layer in enumerate(layer_list):
+        row_logits = []
+        for j, c in enumerate(coefficients):
+            add = _AddHook(vecs[layer], c, positions)
+            with torch.no_grad(), model.hooks(fwd_hooks=[(hooks[layer], add)]):
+                logits = model(ids)
+                if max_new_tokens > 0:
+                    toks = _generate(model, ids, add, max_new_tokens, temperature, top_k, seed)
+                    generated[layer, c] = toks
+                    generations[layer, c] = [model.tokenizer.decode(r.tolist()) for r in toks]
+            out[i, j] = value(logits)
+            if kept is not None:
+                row_logits.append(logits.detach())
+        if kept is not None:
+            kept.append(torch.stack(row_logits))
+    return SteeringResult(site, layer_list, coefficients, list(model.cfg.layout), out, baseline, label,
+                          {l: float(vecs[l].float().norm()) for l in layer_list}, generations, generated,
+                          torch.stack(kept) if kept is not None else None, time.perf_counter() - start)
+
+
+def _scalar(v) -> Tensor:
+    v = torch.as_tensor(v)
+    return v.double().mean() if v.dim() else v.double()
+
+
+def _generate(model, ids: Tensor, hook: _AddHook, n: int, temperature: float, top_k, seed) -> Tensor:
+    """Sample ``n`` tokens with the steering hook active, the state carried token by token (the hook's
+    ``offset`` tracks absolute positions). Returns ``[batch, pos + n]``."""
+    gen = torch.Generator(device=model.device)
+    if seed is not None:
+        gen.manual_seed(seed)
+    hook.offset = 0
+    logits, states = model(ids, return_states=True)
+    out = [ids]
+    for k in range(n):
+        nxt = model._sample(logits[:, -1], temperature, top_k, gen)
+        out.append(nxt[:, None])
+        if k + 1 < n:
+            hook.offset = states.position
+            logits, states = model(nxt[:, None], states=states, return_states=True)
+    hook.offset = 0
+    return torch.cat(out, dim=1)
