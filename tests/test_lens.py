@@ -133,3 +133,23 @@ def test_lens_figures_are_labelled():
     assert fig.layout.title.text and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
     assert res.metric_figure().layout.title.text
     assert len(res.position_frame()) == (model.cfg.n_layers + 1) * res.tokens.shape[1]
+
+
+def test_lens_zoo_table_script_on_tiny_models(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "lens_zoo_table.py"
+    spec = importlib.util.spec_from_file_location("lens_zoo_table", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    csv = tmp_path / "table.csv"
+    assert script.main(["--tiny", "--steps", "15", "--seq-len", "24", "--max-windows", "6", "--csv", str(csv)]) == 0
+    printed = capsys.readouterr().out
+    assert "| model | layer | KL logit lens | KL tuned lens |" in printed and "tiny-qrnn+qrnn" in printed
+    import pandas as pd
+
+    table = pd.read_csv(csv)
+    assert set(table["model"]) == {"tiny-attn+attn", "tiny-qrnn+qrnn"}
+    assert {"kl_logit", "kl_tuned", "tuned_better", "seconds_per_layer"} <= set(table.columns)
+    assert (table["kl_logit"] > 0).all()

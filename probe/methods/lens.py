@@ -444,3 +444,34 @@ def compare_lenses(model, lens: TunedLens, data, seq_len: int = 128, max_windows
     df["reduction"] = 1 - df["kl_tuned"] / df["kl_logit"]
     df.attrs["tokens"] = count
     return df
+
+
+def lens_table(models, train_data, eval_data, steps: int = 250, batch_size: int = 8, seq_len: int = 128,
+               max_windows: int = 32, lr: float = 1e-3, seed: int = 0, save: bool = False, progress: bool = False):
+    """Train a tuned lens per model and tabulate held-out KL of the logit lens and the tuned lens.
+
+    ``models``: ``{name: model}``. The lens of each is fitted on ``train_data`` and evaluated on
+    ``eval_data`` (a different corpus or split: held out from the lens and, ideally, from the
+    model). With ``save=True`` each lens is written beside its model's checkpoint. Returns the
+    concatenated :func:`compare_lenses` frames with ``model``, ``layout``, ``train_seconds`` and
+    ``seconds_per_layer`` columns (Paulo et al. 2024: the tuned lens beats the logit lens on
+    recurrent models as on transformers).
+    """
+    import pandas as pd
+
+    frames = []
+    for name, model in models.items():
+        lens = TunedLens(model).fit(model, train_data, steps=steps, batch_size=batch_size, seq_len=seq_len,
+                                    lr=lr, seed=seed, progress=progress)
+        if save:
+            lens.save(model=model)
+        df = compare_lenses(model, lens, eval_data, seq_len=seq_len, max_windows=max_windows, batch_size=batch_size)
+        df.insert(0, "model", name)
+        df["layout"] = "+".join(model.cfg.layout)
+        df["train_seconds"] = lens.train_info["seconds"]
+        df["seconds_per_layer"] = lens.train_info["seconds_per_layer"]
+        df["eval_tokens"] = df.attrs.get("tokens")
+        frames.append(df)
+    if not frames:
+        raise InputError("lens_table got no models.")
+    return pd.concat(frames, ignore_index=True)
