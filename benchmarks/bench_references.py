@@ -14,6 +14,7 @@ max abs difference (parity check in the same run). No timing is asserted.
 from __future__ import annotations
 
 import copy
+import statistics
 import tempfile
 
 import torch
@@ -65,6 +66,18 @@ def _bridge(hf_model):
     return TransformerBridge.boot_transformers(d, hf_model=hf_model, device="cpu")
 
 
+def interleaved(runs: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each run, timed round-robin (one of each per round, after a warm-up round), so
+    that a change in the machine's load hits every contender alike; the ratios are what matter."""
+    times = {name: [] for name in runs}
+    for rnd in range(repeats + 1):
+        for name, fn in runs.items():
+            seconds = timeit(fn, repeats=1, warmup=0)
+            if rnd:
+                times[name].append(seconds)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def measure(arch: str, d: int, n: int, batch: int, T: int, repeats: int, device: str) -> dict:
     torch.manual_seed(0)
     ref = REFERENCES[arch](d, n).to(device).eval()
@@ -83,9 +96,9 @@ def measure(arch: str, d: int, n: int, batch: int, T: int, repeats: int, device:
         if arch == "gpt2":  # the bridge wraps (rewrites) the model it boots on: give it its own copy
             bridge = _bridge(copy.deepcopy(ref))
             runs["tl_full_cache"] = lambda: bridge.run_with_cache(toks)[0]
-        for name, fn in runs.items():
-            seconds = timeit(fn, repeats=repeats, warmup=1)
+        for name, seconds in interleaved(runs, repeats).items():
             row[f"{name}_tok_s"] = batch * T / seconds
+        for name, fn in runs.items():
             row[f"{name}_peak_mb"] = peak_memory(fn, device) / 2**20
     row["plain_time_ratio"] = row["ref_plain_tok_s"] / row["ours_plain_tok_s"]
     row["full_cache_over_plain"] = row["ours_plain_tok_s"] / row["ours_full_cache_tok_s"]
@@ -97,7 +110,7 @@ def run(quick: bool = False, device: str | None = None) -> list[dict]:
     if quick:
         plan, repeats = [(64, 2, 1, 32)], 1
     else:
-        plan, repeats = [(256, 4, 1, 256), (256, 4, 1, 1024), (256, 4, 4, 1024)], 3
+        plan, repeats = [(256, 4, 1, 256), (256, 4, 1, 1024), (256, 4, 4, 1024)], 5
     rows = []
     for d, n, batch, T in plan:
         for arch in REFERENCES:
