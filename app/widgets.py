@@ -47,7 +47,7 @@ def clamp_position(pos: int, n: int) -> int:
 def show_figure(fig, key: str, height: int | None = None) -> None:
     if height is not None:
         fig.update_layout(height=height)
-    fig.update_layout(margin=dict(l=10, r=10, t=60, b=10))
+    fig.update_layout(margin=dict(l=10, r=10, t=60, b=10), title_font_size=13)
     st.plotly_chart(fig, width="stretch", key=key)
 
 

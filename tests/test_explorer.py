@@ -1,22 +1,201 @@
-"""The explorer renders without exceptions (Streamlit AppTest, no browser)."""
+"""The explorer (app/explorer.py) with Streamlit's AppTest: every view renders for a transformer and a
+recurrent model, widgets change the output, and bad input is a message, never a traceback.
+
+Uses the small untrained demo models (``demo:*``), so the tests do not depend on the zoo. The
+real-browser check is tests/test_explorer_browser.py.
+"""
+from __future__ import annotations
+
+import base64
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-APP = str(Path(__file__).resolve().parents[1] / "app" / "explorer.py")
+import probe  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app" / "explorer.py")
+TRANSFORMER, RECURRENT = "demo:transformer", "demo:lstm"
+TEXT_KEY = "text::own"
+TEXT = "x = a + b\n"  # 11 tokens with the BOS: keeps every view fast
+
+#: view -> (heading, figures expected for two loaded models)
+VIEWS = {
+    "Predictions": ("Next-token predictions", 4),
+    "Logit lens": ("Logit lens", 2),
+    "Tuned lens": ("Tuned lens", 0),
+    "Attribution": ("Direct logit attribution by component", 2),
+    "Saliency": ("Token saliency (integrated gradients)", 2),
+    "Memory": ("Memory maps: attention vs implicit attention", 5),
+    "Probes": ("Probe accuracy by layer: hidden vs state", 0),
+    "Steering": ("Steering", 0),
+    "Patching": ("Activation patching", 2),
+    "Architecture": ("Architecture and state sizes", 2),
+}
 
 
-def test_first_page_renders():
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    assert not at.exception, at.exception
-    assert len(at.dataframe) == 2  # predictions of model A and model B
+def explorer(models=(TRANSFORMER, RECURRENT), view: str | None = None, **state) -> AppTest:
+    """Run the app once with models A/B, an open view and any other session-state values."""
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.session_state["model_A"], at.session_state["model_B"] = models
+    at.session_state[TEXT_KEY] = TEXT
+    if view is not None:
+        at.session_state["view"] = view
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def problems(at: AppTest) -> list[str]:
+    """Exceptions and internal errors on the page (a ProbeError message is not a problem)."""
+    return [str(e.value) for e in at.exception] + [e.value for e in at.error if "Internal error" in e.value]
+
+
+def figures(at: AppTest) -> list:
+    """The page's plotly figures (``plotly.graph_objects.Figure``; arrays decoded)."""
+    import plotly.io
+
+    return [plotly.io.from_json(p.proto.spec) for p in at.get("plotly_chart")]
+
+
+def array(value) -> np.ndarray:
+    """A figure array: plotly sends numbers as base64 typed arrays (``{"dtype", "bdata", "shape"}``)."""
+    if isinstance(value, dict) and "bdata" in value:
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        return flat.reshape([int(n) for n in str(value["shape"]).split(",")]) if "shape" in value else flat
+    return np.asarray(value)
+
+
+def texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+def test_first_page_shows_predictions_of_both_models():
+    at = explorer()
+    assert not problems(at)
+    assert texts(at.subheader) == ["Next-token predictions"]
+    assert [t for t in texts(at.markdown) if t.startswith("##### ")] == [
+        f"##### Model A: {TRANSFORMER}", f"##### Model B: {RECURRENT}"]
+    figs = figures(at)
+    assert len(figs) == 4  # top tokens + surprisal, per model
+    top_a, top_b = figs[0].data[0].y, figs[2].data[0].y  # the top tokens of each model
+    assert len(top_a) == 10 and list(top_a) != list(top_b)  # different models, different predictions
+    assert [t.label for t in at.tabs] == list(VIEWS)
+
+
+@pytest.mark.parametrize("view", list(VIEWS))
+def test_every_view_renders_for_a_transformer_and_a_recurrent_model(view):
+    heading, n_figures = VIEWS[view]
+    at = explorer(view=view)
+    assert not problems(at), problems(at)
+    assert not at.error, texts(at.error)
+    assert heading in texts(at.subheader)
+    assert len(at.get("plotly_chart")) >= n_figures
+
+
+@pytest.mark.parametrize("view", ["Memory", "Architecture"])
+def test_views_render_for_hybrid_and_selective_models(view):
+    at = explorer(("demo:qrnn-hybrid", "demo:mamba"), view=view)
+    assert not problems(at), problems(at)
+    assert not at.error, texts(at.error)
+    assert len(at.get("plotly_chart")) >= 2
+
+
+def test_changing_a_widget_changes_the_output():
+    at = explorer()
+    before = [t for t in texts(at.markdown) if t.startswith("After")]
+    at.slider(key="pred_position").set_value(5).run()
+    after = [t for t in texts(at.markdown) if t.startswith("After")]
+    assert before != after and all("position 5 of" in t for t in after)
+
+    at = explorer(view="Logit lens")
+    prob = array(figures(at)[0].data[0].z)
+    at.radio(key="logit_lens_color").set_value("kl").run()
+    kl = array(figures(at)[0].data[0].z)
+    assert prob.shape == kl.shape == (3, 11) and not (prob == kl).all()  # embed + 2 layers, 11 tokens
+    hover = array(figures(at)[0].data[0].customdata)
+    assert hover.shape == (3, 11) and hover[0][0].count(" · ") == 4  # top-5 tokens and probabilities
+
+    at = explorer(view="Memory")
+    title = figures(at)[0].layout.title.text
+    at.selectbox(key="mem_head_A").set_value(1).run()
+    assert figures(at)[0].layout.title.text != title and "head 1" in figures(at)[0].layout.title.text
 
 
 def test_empty_text_is_a_message_not_a_traceback():
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    at.text_area[0].set_value("   ").run()
+    at = explorer(**{TEXT_KEY: "   "})
     assert not at.exception
-    assert any("Enter some text" in w.value for w in at.warning)
+    assert any("Enter some text" in w for w in texts(at.warning))
+
+
+def test_unknown_checkpoint_path_is_a_message_and_model_b_still_renders():
+    at = explorer(("Local checkpoint...", RECURRENT), path_A="/no/such/checkpoint")
+    assert not problems(at)
+    assert any("No checkpoint directory at '/no/such/checkpoint'" in e for e in texts(at.error))
+    assert len(at.get("plotly_chart")) == 2  # model B's predictions
+
+
+def test_text_longer_than_the_model_allows_is_a_message(tmp_path):
+    torch.manual_seed(0)
+    short = probe.HookedLM(probe.ModelConfig(d_model=16, n_heads=2, layout=["attn"], n_ctx=16))
+    short.save(tmp_path / "short")
+    at = explorer(("Local checkpoint...", RECURRENT), path_A=str(tmp_path / "short"),
+                  **{TEXT_KEY: "def add(a, b):\n    return a + b\n"})  # 33 tokens > 16
+    assert not problems(at)
+    assert any("longer than this model's context of 16 tokens" in e for e in texts(at.error))
+
+    at = explorer(**{TEXT_KEY: "x = 1\n" * 100})  # 601 tokens: over the explorer's own limit
+    assert not problems(at)
+    assert sum("the explorer analyses at most 512 tokens" in e for e in texts(at.error)) == 2
+
+
+def test_hugging_face_id_without_network_is_a_message(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    at = explorer(("Hugging Face id...", RECURRENT), hub_A="openai-community/gpt2")
+    assert not problems(at)
+    assert any("No network" in e and "openai-community/gpt2" in e for e in texts(at.error))
+    at = explorer(("Hugging Face id...", RECURRENT), hub_A="gpt2")
+    assert any("not a Hugging Face id" in e for e in texts(at.error))
+
+
+def test_a_task_example_sets_the_text_and_the_views_defaults():
+    state = {"input_mode": "Synthetic task", "task_name": "recall"}
+    at = explorer(view="Attribution", **state)
+    assert not problems(at)
+    text = at.text_area[0].value
+    assert "|" in text  # a recall example: "k1 v2 ...|..."
+    assert any("recall task's answer" in c for c in texts(at.caption))
+    assert at.text_input(key="dla_target::recall #0").value.isdigit()
+
+    at = explorer(view="Patching", **state)
+    assert not problems(at)
+    assert at.selectbox(key="patch_task").value == "recall"
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_tuned_lens_is_fitted_on_request():
+    at = explorer(view="Tuned lens", tuned_steps=5)
+    assert len(at.get("plotly_chart")) == 0
+    at.button(key="fit-A").click().run()
+    assert not problems(at), problems(at)
+    figs = figures(at)
+    assert "Tuned lens" in figs[0].layout.title.text
+    assert any("fitted here: 5 steps" in c for c in texts(at.caption))
+
+
+def test_probe_explore_runs_streamlit_on_the_app(monkeypatch):
+    import subprocess
+
+    from probe import cli
+
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    assert cli.main(["explore", "--port", "8599", "--", "--theme.base", "dark"]) == 0
+    cmd = calls[0]
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and Path(cmd[4]) == Path(APP)
+    assert cmd[cmd.index("--server.port") + 1] == "8599" and cmd[-2:] == ["--theme.base", "dark"]

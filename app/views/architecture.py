@@ -58,8 +58,9 @@ def layout_figure(model, table: pd.DataFrame, n_tok: int | None) -> go.Figure:
     n = len(table)
 
     def box(x0, x1, y0, y1, color, text, hover):
-        fig.add_shape(type="rect", x0=x0, x1=x1, y0=y0, y1=y1, fillcolor=color, line=dict(color="#444", width=1))
-        fig.add_trace(go.Scatter(x=[(x0 + x1) / 2], y=[(y0 + y1) / 2], mode="text", text=[text],
+        fig.add_shape(type="rect", x0=x0, x1=x1, y0=y0, y1=y1, fillcolor=color, line=dict(color="#444", width=1),
+                      layer="below")
+        fig.add_trace(go.Scatter(x=[(x0 + x1) / 2], y=[(y0 + y1) / 2], mode="text", text=[text], textfont=dict(color="black"),
                                  hovertext=[hover], hoverinfo="text", showlegend=False))
 
     cfg = model.cfg

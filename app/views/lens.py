@@ -24,7 +24,7 @@ HOVER_K = 5
 MAX_HOVER_FLOATS = 30_000_000
 #: on-the-fly tuned lens training: windows per step and their length
 FIT_BATCH, FIT_SEQ_LEN = 4, 64
-FIT_CORPUS_BYTES = 400_000
+FIT_CORPUS_BYTES = 150_000
 
 
 def _hover_text(model, logits: torch.Tensor) -> np.ndarray:
@@ -154,6 +154,6 @@ def render_tuned(ctx: Context) -> None:
     left, right = st.columns(2)
     color = left.radio("Colour", ["prob", "kl"], horizontal=True, key="tuned_lens_color",
                        format_func={"prob": "top-1 probability", "kl": "KL to the final distribution"}.get)
-    steps = right.select_slider("Steps when fitting here", [10, 20, 50, 100, 200, 500], value=20,
+    steps = right.select_slider("Steps when fitting here", [5, 10, 20, 50, 100, 200, 500], value=20,
                                 key="tuned_steps", help="Each step: 4 windows of 64 tokens of the stdlib corpus.")
     side_by_side(ctx, lambda slot: _tuned_column(slot, ctx.text, color, int(steps)))

@@ -44,7 +44,7 @@ def _pick_pair(ctx: Context) -> PatchPair | None:
     current = pairs.patch_pair(ctx.example) if ctx.example is not None and ctx.example.text == ctx.text else None
     c1, c2 = st.columns([1, 2])
     tasks = examples.task_names()
-    default_task = ctx.example.task if current is not None else tasks[0]
+    default_task = ctx.example.task if current is not None else ("recall" if "recall" in tasks else tasks[0])
     task = c1.selectbox("Pairs from", tasks + [CUSTOM], index=(tasks + [CUSTOM]).index(default_task),
                         key="patch_task")
     if task == CUSTOM:
