@@ -181,3 +181,14 @@ def test_token_attribution_figure_is_labelled():
     assert fig.data[0].x[0].startswith("0:") and "completeness" in fig.layout.title.text
     frame = res.to_frame()
     assert len(frame) == res.tokens.shape[1] and "attribution" in frame.columns
+
+
+def test_integrated_gradients_until_refines_steps():
+    model = make_model("hgrn2")
+    toks = tokens(4, 32)[:1, :16]  # a path where 64 steps are not enough on these random weights
+    res = integrated_gradients(model, toks, steps=16, until=0.01, max_steps=512, chunk=64)
+    assert res.steps > 16 and float(res.completeness_error.max()) < 0.01, (res.steps, res.completeness_error)
+    capped = integrated_gradients(model, toks, steps=8, until=1e-12, max_steps=16)
+    assert capped.steps == 16
+    with pytest.raises(InputError, match="until"):
+        integrated_gradients(model, toks, until=0)

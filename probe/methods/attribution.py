@@ -466,6 +466,7 @@ def path_stretch(model, tokens, x: Tensor, base: Tensor, pos, target, contrast, 
 
 def integrated_gradients(model, input, target=None, contrast=None, position: int = -1, baseline="zero",
                          steps: int = 64, method: str = "gausslegendre", spacing="auto", chunk: int = 16,
+                         until: float | None = None, max_steps: int = 1024,
                          prepend_bos: bool | None = None) -> TokenAttributionResult:
     """Integrated gradients over the input embeddings, with the completeness error reported.
 
@@ -479,21 +480,32 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
             ``f`` changes abruptly there, as pre-norm models do from a zero baseline; see
             :func:`path_stretch`), ``"linear"``, or a stretch ``A`` (see :func:`quadrature`).
         chunk: evaluation points per forward pass (memory vs speed).
+        until: optional completeness target (e.g. ``0.01``): ``steps`` is doubled until every
+            sequence's completeness error is below it or ``max_steps`` is reached (the result's
+            ``steps`` says how many were used; the error is reported either way).
     """
     quadrature(steps, method)  # validate before running anything
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise InputError(f"chunk must be a positive integer, got {chunk!r}.")
+    if until is not None and not until > 0:
+        raise InputError(f"until must be a positive completeness error (e.g. 0.01), got {until!r}.")
     tokens = inputs.as_tokens(model, input, prepend_bos)
     pos = inputs.check_position(position, tokens.shape[1])
     x, fx, target, contrast = _embed_and_targets(model, tokens, pos, target, contrast)
     base, desc = _baseline_embedding(model, tokens, x, baseline)
-    alphas, weights = quadrature(steps, method, path_stretch(model, tokens, x, base, pos, target, contrast, spacing))
-    a = alphas.to(x.device, x.dtype).view(-1, 1, 1, 1)
-    points = base.unsqueeze(0) + a * (x - base).unsqueeze(0)  # [steps, batch, pos, d]
-    grads, _ = _gradients(model, tokens, points, pos, target, contrast, chunk)
-    avg = (grads.double() * weights.to(x.device).view(-1, 1, 1, 1)).sum(0)
-    attr = ((x - base).double() * avg).sum(-1)
+    stretch = path_stretch(model, tokens, x, base, pos, target, contrast, spacing)
     _, fb = _gradients(model, tokens, base.unsqueeze(0), pos, target, contrast, chunk=1)
+    while True:
+        alphas, weights = quadrature(steps, method, stretch)
+        a = alphas.to(x.device, x.dtype).view(-1, 1, 1, 1)
+        points = base.unsqueeze(0) + a * (x - base).unsqueeze(0)  # [steps, batch, pos, d]
+        grads, _ = _gradients(model, tokens, points, pos, target, contrast, chunk)
+        avg = (grads.double() * weights.to(x.device).view(-1, 1, 1, 1)).sum(0)
+        attr = ((x - base).double() * avg).sum(-1)
+        err = _completeness(attr, fx, fb[0])
+        if until is None or float(err.max()) < until or 2 * steps > max_steps:
+            break
+        steps *= 2
     return TokenAttributionResult("integrated gradients", tokens, inputs.str_tokens(model, tokens), pos, target,
                                   contrast, [_metric_label(model, target, contrast, b) for b in range(len(tokens))],
-                                  attr.float(), fx, fb[0], _completeness(attr, fx, fb[0]), desc, steps, method)
+                                  attr.float(), fx, fb[0], err, desc, steps, method)
