@@ -79,7 +79,8 @@ class DLAResult(MethodResult):
         contributions: ``[component, batch]`` (float64); they sum to ``total``.
         logit: ``[batch]`` the model's own logit (difference); ``total``: the sum of the parts.
         abs_error / rel_error: ``[batch]`` ``|total - logit|`` and that over ``|logit|``.
-        head_contributions: ``{layer: [head, batch]}`` for attention layers (sum to that layer's part).
+        head_contributions: ``{layer: [head, batch]}`` for attention layers; with ``head_bias``
+            (``{layer: [batch]}``, the attention's output bias, zero without one) they sum to that layer's part.
     """
 
     tokens: Tensor
@@ -96,9 +97,11 @@ class DLAResult(MethodResult):
     abs_error: Tensor
     rel_error: Tensor
     head_contributions: dict[int, Tensor] = field(default_factory=dict)
+    head_bias: dict[int, Tensor] = field(default_factory=dict)
 
     def to_frame(self):
-        """One row per (batch, component), plus one per (batch, attention head) with ``head`` set."""
+        """One row per (batch, component), plus one per (batch, attention head) with ``head`` set
+        (and an ``L{i} attn bias`` row where the attention has an output bias)."""
         import pandas as pd
 
         rows = []
@@ -110,6 +113,10 @@ class DLAResult(MethodResult):
                 for h in range(heads.shape[0]):
                     rows.append({"batch": b, "component": f"L{layer} head {h}", "layer": layer, "head": h,
                                  "contribution": float(heads[h, b]), "metric": self.metric_label[b]})
+                bias = self.head_bias.get(layer)
+                if bias is not None and float(bias.abs().max()) > 0:
+                    rows.append({"batch": b, "component": f"L{layer} attn bias", "layer": layer, "head": None,
+                                 "contribution": float(bias[b]), "metric": self.metric_label[b]})
         return pd.DataFrame(rows)
 
     def figure(self, batch: int = 0, heads: bool = False):
@@ -123,6 +130,10 @@ class DLAResult(MethodResult):
                 for h, v in enumerate(self.head_contributions[layer][:, b].tolist()):
                     names.append(f"L{layer} head {h}")
                     values.append(v)
+                bias = self.head_bias.get(layer)
+                if bias is not None and float(bias.abs().max()) > 0:
+                    names.append(f"L{layer} attn bias")
+                    values.append(float(bias[b]))
             else:
                 names.append(name)
                 values.append(float(self.contributions[c, b]))
@@ -151,6 +162,7 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
         position: the position whose logits are explained (default: the last).
         per_head: also split attention layers by head (from ``hook_z`` and ``W_O``).
     """
+    model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)
     pos = inputs.check_position(position, tokens.shape[1])
     n = model.cfg.n_layers
@@ -158,11 +170,11 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
     if "hook_pos_embed" in model.hook_dict:
         sites.append(("pos_embed", "hook_pos_embed", -1))
     head_layers = []
-    for i, block in enumerate(model.blocks):
+    for i in range(n):
         sites.append((f"L{i} {model.cfg.layout[i]}", f"blocks.{i}.hook_mixer_out", i))
         if f"blocks.{i}.hook_mlp_out" in model.hook_dict:
             sites.append((f"L{i} mlp", f"blocks.{i}.hook_mlp_out", i))
-        if per_head and hasattr(block.mixer, "W_O") and f"blocks.{i}.mixer.hook_z" in model.hook_dict:
+        if per_head and model.cfg.layout[i] == "attn" and f"blocks.{i}.mixer.hook_z" in model.hook_dict:
             head_layers.append(i)
     names = [s[1] for s in sites] + [f"blocks.{i}.mixer.hook_z" for i in head_layers]
     names += ["ln_final.hook_scale", f"blocks.{n - 1}.hook_resid_post"]
@@ -205,22 +217,22 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
     total = contrib.sum(0)
     abs_err = (total - logit).abs()
 
-    heads = {}
+    heads, head_bias = {}, {}
     for i in head_layers:
-        W_O = model.blocks[i].mixer.W_O.detach().to(f64)  # [head, d_head, d_model]
+        W_O, b_O = inputs.attention_output(model, i)
         z = found[f"blocks.{i}.mixer.hook_z"].to(f64)  # [batch, head, d_head]
-        heads[i] = project(torch.einsum("bhe,hed->bhd", z, W_O)).T  # [head, batch]
+        heads[i] = project(torch.einsum("bhe,hed->bhd", z, W_O.detach().to(f64))).T  # [head, batch]
+        head_bias[i] = (project(b_O.detach().to(f64).expand(z.shape[0], -1)) if b_O is not None
+                        else torch.zeros_like(heads[i][0]))
         layer_part = contrib[components.index(f"L{i} {model.cfg.layout[i]}")]
-        if getattr(model.blocks[i].mixer, "W_o", None) is not None and model.blocks[i].mixer.W_o.bias is not None:
-            raise ProbeError(f"Layer {i}'s attention output has a bias; per-head attribution would not sum "
-                             "to the layer's part. Use per_head=False.")
-        if float((heads[i].sum(0) - layer_part).abs().max()) > 1e-4 * max(1.0, float(layer_part.abs().max())):
-            raise ProbeError(f"Per-head outputs of layer {i} do not sum to its mixer output; per-head "
-                             "attribution does not apply to this mixer. Use per_head=False.")
+        gap = float((heads[i].sum(0) + head_bias[i] - layer_part).abs().max())
+        if gap > 1e-4 * max(1.0, float(layer_part.abs().max())):
+            raise ProbeError(f"Per-head outputs of layer {i} do not sum to its mixer output (gap {gap:.1e}); "
+                             "per-head attribution does not apply to this attention. Use per_head=False.")
     return DLAResult(tokens, inputs.str_tokens(model, tokens), pos, target, contrast,
                      [_metric_label(model, target, contrast, b) for b in range(tokens.shape[0])],
                      components, layers, contrib, logit, total, abs_err,
-                     abs_err / logit.abs().clamp_min(1e-12), heads)
+                     abs_err / logit.abs().clamp_min(1e-12), heads, head_bias)
 
 
 # -- token attribution ---------------------------------------------------------------------
@@ -367,6 +379,7 @@ def gradient_x_input(model, input, target=None, contrast=None, position: int = -
     completeness error against ``f(x) - f(x')`` is reported (it is not small in general: use
     :func:`integrated_gradients` for a complete attribution).
     """
+    model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)
     pos = inputs.check_position(position, tokens.shape[1])
     x, fx, target, contrast = _embed_and_targets(model, tokens, pos, target, contrast)
@@ -489,6 +502,7 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
         raise InputError(f"chunk must be a positive integer, got {chunk!r}.")
     if until is not None and not until > 0:
         raise InputError(f"until must be a positive completeness error (e.g. 0.01), got {until!r}.")
+    model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)
     pos = inputs.check_position(position, tokens.shape[1])
     x, fx, target, contrast = _embed_and_targets(model, tokens, pos, target, contrast)

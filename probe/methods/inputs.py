@@ -15,6 +15,29 @@ from torch import Tensor
 from probe.errors import InputError
 
 
+def as_model(model):
+    """``model``, or probe's adapter around it when it is a TransformerLens 4 ``TransformerBridge``."""
+    from probe.io.transformer_lens import as_probe_model
+
+    return as_probe_model(model)
+
+
+def is_bridge_adapter(model) -> bool:
+    from probe.io.transformer_lens import BridgeAdapter
+
+    return isinstance(model, BridgeAdapter)
+
+
+def attention_output(model, layer: int) -> tuple[Tensor, Tensor | None]:
+    """``(W_O [head, d_head, d_model], b_O [d_model] or None)`` of attention layer ``layer``:
+    its output is ``sum_h z_h W_O[h] + b_O``."""
+    if is_bridge_adapter(model):
+        attn = model.bridge.blocks[layer].attn
+        return attn.W_O, getattr(attn, "b_O", None)
+    mixer = model.blocks[layer].mixer
+    return mixer.W_O, mixer.W_o.bias
+
+
 def as_tokens(model, input, prepend_bos: bool | None = None) -> Tensor:
     """Token ids ``[batch, pos]`` on the model's device, validated against its vocabulary and context."""
     tokens = model._as_tokens(input, prepend_bos)

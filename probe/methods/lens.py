@@ -173,6 +173,7 @@ class LensResult(MethodResult):
 
 def _apply_lens(model, input, layers, translate: Callable[[Tensor, int], Tensor], kind: str,
                 keep_logits: bool, prepend_bos) -> LensResult:
+    model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)
     layers = inputs.check_layers(model, layers, allow_end=True)
     with torch.no_grad():
@@ -247,6 +248,7 @@ class TunedLens(nn.Module):
 
     def __init__(self, model):
         super().__init__()
+        model = inputs.as_model(model)
         self.d_model, self.n_layers = model.cfg.d_model, model.cfg.n_layers
         eye = torch.eye(self.d_model, device=model.device, dtype=model.dtype)
         self.weight = nn.Parameter(eye.repeat(self.n_layers, 1, 1))
@@ -264,6 +266,7 @@ class TunedLens(nn.Module):
 
     def check_model(self, model) -> None:
         """Raise unless this lens fits ``model`` (same shape; same weights once trained)."""
+        model = inputs.as_model(model)
         if (model.cfg.d_model, model.cfg.n_layers) != (self.d_model, self.n_layers):
             raise InputError(f"This tuned lens was made for a model with d_model={self.d_model}, "
                              f"n_layers={self.n_layers}; this model has d_model={model.cfg.d_model}, "
@@ -289,6 +292,7 @@ class TunedLens(nn.Module):
         random offsets, ``batch_size`` per step. Adam with linear warm-up and cosine decay.
         Records the loss curve and the wall time in ``train_info``.
         """
+        model = inputs.as_model(model)
         if (model.cfg.d_model, model.cfg.n_layers) != (self.d_model, self.n_layers):
             self.check_model(model)
         if steps < 1 or batch_size < 1 or seq_len < 2:
@@ -423,6 +427,7 @@ def compare_lenses(model, lens: TunedLens, data, seq_len: int = 128, max_windows
     """
     import pandas as pd
 
+    model = inputs.as_model(model)
     lens.check_model(model)
     windows = inputs.consecutive_windows(inputs.token_stream(model, data), seq_len, max_windows).to(model.device)
     layers = list(range(model.cfg.n_layers))

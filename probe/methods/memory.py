@@ -208,6 +208,7 @@ def implicit_attention(model, input, layer: int, prepend_bos: bool | None = None
     Returns ``(ImplicitAttention, {"output": err, "signal": err})``; raises a
     :class:`probe.errors.ProbeError` naming the supported mixers for any other mixer.
     """
+    model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)
     layer = inputs.check_layer(model, layer)
     return _implicit(model, tokens, [layer])[layer]
@@ -235,7 +236,7 @@ def _implicit(model, tokens: Tensor, layers: list[int]) -> dict[int, tuple[Impli
         out = {}
         for i, u in unrollings.items():
             hooks = {h: found[f"blocks.{i}.mixer.hook_{h}"] for h in u.hooks}
-            ia = u.build(model.blocks[i].mixer, hooks, found[f"blocks.{i}.hook_mixer_in"])
+            ia = u.build(model, i, hooks, found[f"blocks.{i}.hook_mixer_in"])
             out[i] = (ia, ia.errors(found[f"blocks.{i}.hook_mixer_out"]))
     return out
 
@@ -250,6 +251,7 @@ def gradient_influence(model, input, layer: int, probes: int | None = None, chun
     Gaussian probes per position (``E ||v^T J||^2 = ||J||_F^2``), ``d_model / n`` times cheaper.
     Works for every mixer; the model runs only up to the layer.
     """
+    model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)
     layer = inputs.check_layer(model, layer)
     if probes is not None and (isinstance(probes, bool) or not isinstance(probes, int) or probes < 1):
@@ -294,11 +296,24 @@ def gradient_influence(model, input, layer: int, probes: int | None = None, chun
 def state_sizes(model, input, prepend_bos: bool | None = None):
     """Numbers carried per sequence by every layer after each token, measured from the model's own
     ``ModelState`` while it reads ``input`` one token at a time. DataFrame
-    ``(layer, mixer, position, elements, bytes)``."""
+    ``(layer, mixer, position, elements, bytes)``.
+
+    A TransformerLens bridge carries no probe state; for it the KV cache is counted instead
+    (``2 * heads * d_head`` numbers per token and attention layer), which is what it holds.
+    """
     import pandas as pd
 
+    model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)[:1]
     rows, states = [], None
+    if inputs.is_bridge_adapter(model):
+        per_token = 2 * model.cfg.n_heads * model.cfg.d_head
+        size = torch.finfo(model.dtype).bits // 8
+        for t in range(tokens.shape[1]):
+            for i, name in enumerate(model.cfg.layout):
+                rows.append({"layer": i, "mixer": name, "position": t, "elements": per_token * (t + 1),
+                             "bytes": per_token * (t + 1) * size})
+        return pd.DataFrame(rows)
     with torch.no_grad():
         for t in range(tokens.shape[1]):
             _, states = model(tokens[:, t : t + 1], states=states, return_states=True, return_type=None)
@@ -325,6 +340,7 @@ def memory_map(model, input, layers=None, method: str = "auto", probes: int | No
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}.")
+    model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)
     layers = inputs.check_layers(model, layers)
     layout = model.cfg.layout

@@ -1,8 +1,9 @@
 r"""Implicit attention of linear-recurrence mixers: one small module per mixer kind.
 
 ``REGISTRY`` maps a mixer ``NAME`` to an :class:`Unrolling`: the mixer hooks it reads and a
-function ``build(mixer, hooks, x) -> ImplicitAttention`` (``hooks``: ``{suffix: [batch, pos, ...]}``
-cached from ``blocks.{i}.mixer.hook_<suffix>``; ``x``: the mixer's input, ``hook_mixer_in``).
+function ``build(model, layer, hooks, x) -> ImplicitAttention`` (``hooks``: ``{suffix: [batch, pos, ...]}``
+cached from ``blocks.{layer}.mixer.hook_<suffix>``; ``x``: the mixer's input, ``hook_mixer_in``; the
+mixer's parameters are ``model.blocks[layer].mixer``'s).
 A new linear mixer gets a file here with ``@register("name", hooks=(...))``.
 
 Attention is registered too (its pattern is its "implicit" attention, exactly). Mixers with no

@@ -17,7 +17,8 @@ from probe.methods.implicit.base import ImplicitAttention, decay_products
 
 
 @register("hgrn2", hooks=("q", "forget", "input", "value"))
-def build(mixer, hooks, x) -> ImplicitAttention:
+def build(model, layer, hooks, x) -> ImplicitAttention:
+    mixer = model.blocks[layer].mixer
     q, f, k, v = hooks["q"], hooks["forget"], hooks["input"], hooks["value"]  # [b, T, H, e]
     b, T, H, e = q.shape
     rows = []

@@ -19,7 +19,8 @@ from probe.methods.implicit.base import ImplicitAttention, causal_mask
 
 
 @register("lmu", hooks=("input", "state"))
-def build(mixer, hooks, x) -> ImplicitAttention:
+def build(model, layer, hooks, x) -> ImplicitAttention:
+    mixer = model.blocks[layer].mixer
     import torch.nn.functional as F
 
     u, m = hooks["input"], hooks["state"]  # [b, T, d_u], [b, T, d_u, q]

@@ -21,7 +21,8 @@ CHANNEL_BLOCK = 64
 
 
 @register("mamba", hooks=("input", "dt", "B", "C", "output"))
-def build(mixer, hooks, x) -> ImplicitAttention:
+def build(model, layer, hooks, x) -> ImplicitAttention:
+    mixer = model.blocks[layer].mixer
     u, dt, B, C, gate = hooks["input"], hooks["dt"], hooks["B"], hooks["C"], hooks["output"]
     b, T, di = u.shape
     A_neg = -torch.exp(mixer.A_log.detach().to(u.dtype))  # [di, N]

@@ -24,7 +24,8 @@ from probe.methods.implicit.base import ImplicitAttention, causal_mask, segment_
 
 
 @register("mlstm", hooks=("q", "k", "v", "input", "forget", "state_m", "output"))
-def build(mixer, hooks, x) -> ImplicitAttention:
+def build(model, layer, hooks, x) -> ImplicitAttention:
+    mixer = model.blocks[layer].mixer
     q, k, v = hooks["q"], hooks["k"], hooks["v"]  # [b, T, H, K|V]
     log_i, log_f, m = hooks["input"], hooks["forget"], hooks["state_m"]  # [b, T, H]
     b, T, H, K = q.shape

@@ -14,7 +14,8 @@ from probe.methods.implicit.base import ImplicitAttention, decay_products
 
 
 @register("qrnn", hooks=("z", "forget", "output", "state"))
-def build(mixer, hooks, x) -> ImplicitAttention:
+def build(model, layer, hooks, x) -> ImplicitAttention:
+    mixer = model.blocks[layer].mixer
     z, f, o = hooks["z"], hooks["forget"], hooks["output"]  # [b, T, C]
     P = decay_products(f.log().transpose(1, 2))  # [b, C, t, s]
     A = o.transpose(1, 2).unsqueeze(-1) * P * (1 - f).transpose(1, 2).unsqueeze(-2)

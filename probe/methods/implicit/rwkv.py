@@ -21,7 +21,8 @@ from probe.methods.implicit.base import ImplicitAttention, causal_mask, segment_
 
 
 @register("rwkv", hooks=("r", "k", "v", "decay"))
-def build(mixer, hooks, x) -> ImplicitAttention:
+def build(model, layer, hooks, x) -> ImplicitAttention:
+    mixer = model.blocks[layer].mixer
     r, k, v, d = hooks["r"], hooks["k"], hooks["v"], hooks["decay"]  # [b, T, D]
     b, T, D = k.shape
     kT = k.transpose(1, 2)  # [b, D, T]
