@@ -162,16 +162,30 @@ def test_xlstm_package_slstm_parity():
         assert _max_diff(model(ids), ref(ids)) < TOL
 
 
-def test_xlstm_package_mixed_stacks_are_refused_clearly():
+def test_xlstm_package_mixed_stack_parity():
+    """xLSTM[3:1]-style stack: the paper's mLSTM blocks (no MLP) around an sLSTM block with its FFN."""
     pytest.importorskip("xlstm")
-    from xlstm import (mLSTMBlockConfig, mLSTMLayerConfig, sLSTMBlockConfig, sLSTMLayerConfig, xLSTMLMModel,
-                       xLSTMLMModelConfig)
+    from xlstm import (FeedForwardConfig, mLSTMBlockConfig, mLSTMLayerConfig, sLSTMBlockConfig, sLSTMLayerConfig,
+                       xLSTMLMModel, xLSTMLMModelConfig)
 
-    cfg = xLSTMLMModelConfig(vocab_size=VOCAB, embedding_dim=32, num_blocks=2, context_length=16, slstm_at=[1],
-                             mlstm_block=mLSTMBlockConfig(mlstm=mLSTMLayerConfig(num_heads=2)),
-                             slstm_block=sLSTMBlockConfig(slstm=sLSTMLayerConfig(backend="vanilla", num_heads=2)))
-    with pytest.raises(probe.ConfigError, match="slstm_at='all'"):
-        probe.from_hf(xLSTMLMModel(cfg))
+    torch.manual_seed(0)
+    cfg = xLSTMLMModelConfig(
+        vocab_size=VOCAB, embedding_dim=64, num_blocks=4, context_length=64, slstm_at=[1],
+        mlstm_block=mLSTMBlockConfig(mlstm=mLSTMLayerConfig(num_heads=2, conv1d_kernel_size=4, qkv_proj_blocksize=4)),
+        slstm_block=sLSTMBlockConfig(slstm=sLSTMLayerConfig(backend="vanilla", num_heads=4, conv1d_kernel_size=4,
+                                                            dtype="float32"),
+                                     feedforward=FeedForwardConfig(proj_factor=1.3, act_fn="gelu")))
+    ref = _noisy(xLSTMLMModel(cfg))
+    model = probe.from_hf(ref)
+    assert model.cfg.layout == ["mlstm", "slstm", "mlstm", "mlstm"]
+    assert model.cfg.mlp_layout == ["none", "geglu", "none", "none"]
+    assert model.cfg.options("mlstm")["layer"] == "paper"
+    ids = _ids(37)
+    with torch.no_grad():
+        expected = ref(ids)
+        assert _max_diff(model(ids), expected) < TOL
+        _, st = model(ids[:, :13], return_states=True)
+        assert _max_diff(model(ids[:, 13:], states=st), expected[:, 13:]) < TOL
 
 
 @pytest.mark.skipif(importlib.util.find_spec("probe.io.convert_mamba") is None,

@@ -120,5 +120,74 @@ def test_long_sequences_with_huge_input_gates_stay_finite_and_agree():
 
 
 def test_bad_widths_are_named():
-    with pytest.raises(probe.ConfigError, match="multiples of n_heads"):
+    with pytest.raises(probe.ConfigError, match="multiples of the number of heads"):
         probe.HookedLM(probe.ModelConfig(d_model=30, n_heads=4, d_head=8, layout=["mlstm"]))
+
+
+def _paper_model(seed=0, d_inner=None):
+    torch.manual_seed(seed)
+    opts = {"layer": "paper", "chunk": 4, "d_inner": d_inner}
+    model = probe.HookedLM(probe.ModelConfig(d_model=16, n_heads=2, layout=["mlstm", "mlstm"], d_mlp=0,
+                                             mixer_options={"mlstm": opts}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+def test_paper_layer_keeps_the_contract():
+    """The paper layer (up-projection, conv state, learnable skip): segments, state patching, conv edits."""
+    model = _paper_model()
+    assert model.blocks[0].mixer.state_shapes()["state_conv"] == (3, 32)
+    toks = torch.randint(0, 256, (2, 19), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = model(toks)
+        first, st = model(toks[:, :8], return_states=True)
+        rest = model(toks[:, 8:], states=st)
+    torch.testing.assert_close(torch.cat([first, rest], 1), whole, atol=2e-5, rtol=1e-4)
+    # patching every hook_state* at the end of a prefix transfers the run
+    other = toks.clone()
+    other[:, :8] = torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(1))
+    _, cache = model.run_with_cache(toks)
+
+    def patch(t, hook):
+        t = t.clone()
+        t[:, 7] = cache[hook.name][:, 7]
+        return t
+
+    patched = model.run_with_hooks(other, fwd_hooks=[(n, patch) for n in model.state_hook_names()])
+    torch.testing.assert_close(patched[:, 8:], whole[:, 8:], atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(model(other)[:, 8:], whole[:, 8:])
+
+
+def test_paper_layer_equals_the_xlstm_package_layer():
+    pytest.importorskip("xlstm")
+    from xlstm.blocks.mlstm.layer import mLSTMLayer, mLSTMLayerConfig
+
+    torch.manual_seed(0)
+    layer = mLSTMLayer(mLSTMLayerConfig(embedding_dim=16, num_heads=2, conv1d_kernel_size=4, qkv_proj_blocksize=4,
+                                        proj_factor=2.0, context_length=32)).eval()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    model = _paper_model(d_inner=64)  # the package rounds the up-projection up to a multiple of 64
+    mx = model.blocks[0].mixer
+    sd = layer.state_dict()
+    with torch.no_grad():
+        mx.W_up.weight.copy_(sd["proj_up.weight"])
+        mx.out_proj.weight.copy_(sd["proj_down.weight"])
+        mx.W_conv.copy_(sd["conv1d.conv.weight"][:, 0])
+        mx.b_conv.copy_(sd["conv1d.conv.bias"])
+        for ours, theirs in (("Wq_blocks", "q_proj"), ("Wk_blocks", "k_proj"), ("Wv_blocks", "v_proj")):
+            getattr(mx, ours).copy_(sd[f"{theirs}.weight"])
+        for ours, theirs in (("W_igate", "igate"), ("W_fgate", "fgate")):
+            getattr(mx, ours).weight.copy_(sd[f"mlstm_cell.{theirs}.weight"])
+            getattr(mx, ours).bias.copy_(sd[f"mlstm_cell.{theirs}.bias"])
+        mx.head_norm_w.copy_(1 + sd["mlstm_cell.outnorm.weight"])  # the package stores weight - 1
+        mx.skip.copy_(sd["learnable_skip"])
+    mx.options["norm_eps"] = 1e-5
+    x = torch.randn(2, 23, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(mx(x)[0], layer(x), atol=2e-5, rtol=1e-4)
+    with pytest.raises(probe.ConfigError, match="layer='huge' is not one of large, paper"):
+        probe.HookedLM(probe.ModelConfig(d_model=32, layout=["mlstm"], mixer_options={"mlstm": {"layer": "huge"}}))

@@ -18,26 +18,30 @@ layout ``["mlstm"] * n`` with MLP ``swiglu`` and ``logit_soft_cap``. Mapping::
 The q/k widths come from the weights, not from ``config.qk_dim`` (which rounds up to a
 multiple of 64 and disagrees with the layer for small models: a known transformers trap).
 
-**The ``xlstm`` package's ``xLSTMLMModel``** with sLSTM blocks (``slstm_at="all"``; the
-paper's sLSTM layer, vanilla backend on CPU): ``h + sLSTM(LN(h))``, ``h + GatedFFN(LN(h))``
--> layout ``["slstm"] * n`` with MLP ``geglu`` (``act_fn="gelu"``) or ``swiglu``
+**The ``xlstm`` package's ``xLSTMLMModel``** (the paper's blocks, mixed stacks such as
+xLSTM[7:1] included; sLSTM with the vanilla backend on CPU): mLSTM blocks ``h + mLSTM(LN(h))``
+with no MLP -> ``mlstm`` with ``layer="paper"``; sLSTM blocks ``h + sLSTM(LN(h))``,
+``h + GatedFFN(LN(h))`` -> ``slstm`` with MLP ``geglu`` (``act_fn="gelu"``) or ``swiglu``
 (``"swish"``). The package's LayerNorms store ``weight - 1`` (``residual_weight``); its sLSTM
 layer computes the input gate with the module named ``fgate`` and the forget gate with the
 one named ``igate`` (the order of its ``i, f, z, o = fgate(.), igate(.), ...``), and keeps the
-recurrent kernel and bias gate-major in the vanilla backend. Mapping::
+recurrent kernel and bias gate-major in the vanilla backend. Mapping (block ``i``, ``X`` =
+``xlstm_block_stack.blocks.i.xlstm.``)::
 
     xlstm_block_stack.blocks.i.xlstm_norm / ffn_norm  -> blocks.i.ln1 / ln2   (w = 1 + weight)
-    ...xlstm.conv1d.conv                        -> blocks.i.mixer.W_conv, b_conv
-    ...xlstm.{fgate,igate,zgate,ogate}.weight   -> blocks.i.mixer.W_in[0..3]   (i, f, z, o)
-    ...xlstm.slstm_cell._recurrent_kernel_      -> blocks.i.mixer.R
-    ...xlstm.slstm_cell._bias_                  -> blocks.i.mixer.bias
-    ...xlstm.group_norm.weight                  -> blocks.i.mixer.norm_w        (1 + weight)
-    ...ffn.proj_up (gate rows first), proj_down -> blocks.i.mlp.W_gate, W_in, W_out
+    sLSTM  X.conv1d.conv                        -> blocks.i.mixer.W_conv, b_conv
+           X.{fgate,igate,zgate,ogate}.weight   -> blocks.i.mixer.W_in[0..3]   (i, f, z, o)
+           X.slstm_cell._recurrent_kernel_      -> blocks.i.mixer.R
+           X.slstm_cell._bias_                  -> blocks.i.mixer.bias
+           X.group_norm.weight                  -> blocks.i.mixer.norm_w        (1 + weight)
+           ...ffn.proj_up (gate rows first), proj_down -> blocks.i.mlp.W_gate, W_in, W_out
+    mLSTM  X.proj_up / proj_down                -> blocks.i.mixer.W_up / out_proj
+           X.conv1d.conv                        -> blocks.i.mixer.W_conv, b_conv
+           X.{q,k,v}_proj.weight                -> blocks.i.mixer.W{q,k,v}_blocks
+           X.mlstm_cell.{igate,fgate}           -> blocks.i.mixer.W_{i,f}gate
+           X.mlstm_cell.outnorm.weight          -> blocks.i.mixer.head_norm_w   (1 + weight)
+           X.learnable_skip                     -> blocks.i.mixer.skip
     xlstm_block_stack.post_blocks_norm, lm_head -> ln_final, W_U
-
-Mixed stacks with the paper's mLSTM blocks (``slstm_at`` a subset) are not converted: the
-paper mLSTM layer (up-projection, conv, learnable skip) differs from the 7B design of the
-``mlstm`` mixer; a clear error says so.
 """
 from __future__ import annotations
 
@@ -129,81 +133,113 @@ def xlstm_from_hf(hf_model: Any, tokenizer: Any = None, dtype: torch.dtype = tor
     return build_model(cfg, xlstm_weights(cfg, sd, fused), "xLSTM", tokenizer, getattr(c, "_name_or_path", ""), dtype)
 
 
-# -- the xlstm package's xLSTMLMModel (sLSTM blocks) --------------------------------------------
+# -- the xlstm package's xLSTMLMModel (paper mLSTM and sLSTM blocks) -------------------------------
 
 FFN_ACTS = {"gelu": "geglu", "swish": "swiglu"}
+PKG = "xlstm package"
 
 
 def xlstm_package_config(c: Any, sd: dict) -> ModelConfig:
     n = int(c.num_blocks)
-    if list(c.slstm_at) != list(range(n)):
-        raise ConfigError(f"xlstm package models are converted when every block is sLSTM (slstm_at='all'); this "
-                          f"one has sLSTM at {list(c.slstm_at)} and the paper's mLSTM elsewhere, which probe's "
-                          "mlstm mixer (xLSTM-7B design) does not reproduce. Use transformers' xLSTMForCausalLM for "
-                          "mLSTM models.")
+    slstm_at = set(c.slstm_at)
+    layout = ["slstm" if i in slstm_at else "mlstm" for i in range(n)]
     if not c.add_post_blocks_norm:
         raise ConfigError("xlstm package models without add_post_blocks_norm are not supported.")
-    block = c.slstm_block
-    ff = block.feedforward
-    if ff is None:
-        mlp, d_mlp = "none", 0
-    else:
-        if ff.act_fn not in FFN_ACTS or ff.bias:
-            raise ConfigError(f"xlstm feedforward act_fn={ff.act_fn!r}, bias={ff.bias} is not supported; "
-                              f"supported: act_fn in {sorted(FFN_ACTS)} without bias.")
-        up = take(sd, "xlstm_block_stack.blocks.0.ffn.proj_up.weight", "xlstm package")
-        mlp, d_mlp = FFN_ACTS[ff.act_fn], up.shape[0] // 2
-    if getattr(c, "bias", False):
-        raise ConfigError("xlstm package models with bias=True are not supported.")
-    s = block.slstm
+    options, mlp, d_mlp, heads = {}, "none", 0, []
+    if "slstm" in layout:
+        block = c.slstm_block
+        ff = block.feedforward
+        if ff is not None:
+            if ff.act_fn not in FFN_ACTS or ff.bias:
+                raise ConfigError(f"xlstm feedforward act_fn={ff.act_fn!r}, bias={ff.bias} is not supported; "
+                                  f"supported: act_fn in {sorted(FFN_ACTS)} without bias.")
+            up = take(sd, f"xlstm_block_stack.blocks.{layout.index('slstm')}.ffn.proj_up.weight", PKG)
+            mlp, d_mlp = FFN_ACTS[ff.act_fn], up.shape[0] // 2
+        options["slstm"] = {"conv": int(block.slstm.conv1d_kernel_size), "heads": int(block.slstm.num_heads)}
+        heads.append(int(block.slstm.num_heads))
+    if "mlstm" in layout:
+        m = c.mlstm_block.mlstm
+        up = take(sd, f"xlstm_block_stack.blocks.{layout.index('mlstm')}.xlstm.proj_up.weight", PKG)
+        options["mlstm"] = {"layer": "paper", "heads": int(m.num_heads), "d_inner": up.shape[0] // 2,
+                            "conv": int(m.conv1d_kernel_size), "qkv_blocksize": int(m.qkv_proj_blocksize),
+                            "bias": bool(m.bias), "eps": 1e-6, "norm_eps": 1e-5}
+        heads.append(int(m.num_heads))
     return ModelConfig(
-        vocab_size=int(c.vocab_size), d_model=int(c.embedding_dim), layout=["slstm"] * n, n_heads=int(s.num_heads),
-        d_mlp=d_mlp, mlp=mlp, norm="layernorm", norm_eps=1e-5, positional="none",
-        tie_embeddings=bool(getattr(c, "tie_weights", False)),
-        mixer_options={"slstm": {"conv": int(s.conv1d_kernel_size)}}, name="xlstm-slstm", default_prepend_bos=False,
+        vocab_size=int(c.vocab_size), d_model=int(c.embedding_dim), layout=layout, n_heads=heads[0],
+        d_mlp=d_mlp, mlp=mlp, mlp_layout=[mlp if name == "slstm" else "none" for name in layout],
+        norm="layernorm", norm_eps=1e-5, positional="none", tie_embeddings=bool(getattr(c, "tie_weights", False)),
+        mixer_options=options, name="xlstm", default_prepend_bos=False,
     )
 
 
+def _slstm_weights(cfg: ModelConfig, sd: dict, X: str, q: str) -> Mapping:
+    get = lambda name: (name, take(sd, name, PKG))
+    opts = cfg.options("slstm")
+    H = int(opts["heads"] or cfg.n_heads)
+    dh = cfg.d_model // H
+    w: Mapping = {}
+    if opts["conv"] > 1:
+        conv = take(sd, X + "conv1d.conv.weight", PKG)
+        w[q + "W_conv"] = (X + "conv1d.conv.weight", conv.reshape(conv.shape[0], -1))
+        w[q + "b_conv"] = get(X + "conv1d.conv.bias")
+    gates = [take(sd, X + f"{g}.weight", PKG) for g in ("fgate", "igate", "zgate", "ogate")]  # i, f, z, o
+    w[q + "W_in"] = (X + "{f,i,z,o}gate.weight", torch.stack(gates))
+    R = take(sd, X + "slstm_cell._recurrent_kernel_", PKG)  # [H, (gate, out), in]
+    if R.numel() != 4 * H * dh * dh:
+        raise CheckpointError(f"xlstm recurrent kernel has shape {tuple(R.shape)}, expected {(H, 4 * dh, dh)}.")
+    w[q + "R"] = (X + "slstm_cell._recurrent_kernel_", R.reshape(H, 4, dh, dh).permute(1, 0, 2, 3))
+    w[q + "bias"] = (X + "slstm_cell._bias_", take(sd, X + "slstm_cell._bias_", PKG).reshape(4, -1))  # gate-major
+    w[q + "norm_w"] = (X + "group_norm.weight", 1.0 + take(sd, X + "group_norm.weight", PKG))
+    return w
+
+
+def _mlstm_weights(cfg: ModelConfig, sd: dict, X: str, q: str) -> Mapping:
+    get = lambda name: (name, take(sd, name, PKG))
+    opts = cfg.options("mlstm")
+    w: Mapping = {q + "W_up.weight": get(X + "proj_up.weight"), q + "out_proj.weight": get(X + "proj_down.weight"),
+                  q + "skip": get(X + "learnable_skip"),
+                  q + "head_norm_w": (X + "mlstm_cell.outnorm.weight", 1.0 + take(sd, X + "mlstm_cell.outnorm.weight", PKG))}
+    if opts["conv"] > 1:
+        conv = take(sd, X + "conv1d.conv.weight", PKG)
+        w[q + "W_conv"] = (X + "conv1d.conv.weight", conv.reshape(conv.shape[0], -1))
+        w[q + "b_conv"] = get(X + "conv1d.conv.bias")
+    for ours, theirs in (("Wq_blocks", "q_proj"), ("Wk_blocks", "k_proj"), ("Wv_blocks", "v_proj")):
+        w[q + ours] = get(X + f"{theirs}.weight")
+        if opts["bias"]:
+            w[q + "b" + ours[1]] = get(X + f"{theirs}.bias")
+    for ours, theirs in (("W_igate", "igate"), ("W_fgate", "fgate")):
+        w[q + ours + ".weight"], w[q + ours + ".bias"] = get(X + f"mlstm_cell.{theirs}.weight"), \
+            get(X + f"mlstm_cell.{theirs}.bias")
+    if opts["bias"]:
+        w[q + "W_up.bias"], w[q + "out_proj.bias"] = get(X + "proj_up.bias"), get(X + "proj_down.bias")
+        w[q + "head_norm_b"] = ("(none)", torch.zeros_like(w[q + "head_norm_w"][1]))
+    return w
+
+
 def xlstm_package_weights(cfg: ModelConfig, sd: dict) -> Mapping:
-    arch = "xlstm package"
-    get = lambda name: (name, take(sd, name, arch))
-    one_plus = lambda name: (name, 1.0 + take(sd, name, arch))  # residual_weight LayerNorms store w - 1
-    d, H = cfg.d_model, cfg.n_heads
-    dh = d // H
-    w: Mapping = {"W_E": get("token_embedding.weight"), "ln_final.w": one_plus("xlstm_block_stack.post_blocks_norm.weight"),
-                  "ln_final.b": ("(none)", torch.zeros(d))}
+    one_plus = lambda name: (name, 1.0 + take(sd, name, PKG))  # residual_weight LayerNorms store w - 1
+    zeros = ("(none)", torch.zeros(cfg.d_model))
+    w: Mapping = {"W_E": ("token_embedding.weight", take(sd, "token_embedding.weight", PKG)),
+                  "ln_final.w": one_plus("xlstm_block_stack.post_blocks_norm.weight"), "ln_final.b": zeros}
     if not cfg.tie_embeddings:
-        w["W_U"] = ("lm_head.weight", take(sd, "lm_head.weight", arch).T)
-    for i in range(cfg.n_layers):
+        w["W_U"] = ("lm_head.weight", take(sd, "lm_head.weight", PKG).T)
+    for i, name in enumerate(cfg.layout):
         p, q = f"xlstm_block_stack.blocks.{i}.", f"blocks.{i}."
-        X = p + "xlstm."
-        w[q + "ln1.w"], w[q + "ln1.b"] = one_plus(p + "xlstm_norm.weight"), ("(none)", torch.zeros(d))
-        if cfg.options("slstm")["conv"] > 1:
-            conv = take(sd, X + "conv1d.conv.weight", arch)
-            w[q + "mixer.W_conv"] = (X + "conv1d.conv.weight", conv.reshape(conv.shape[0], -1))
-            w[q + "mixer.b_conv"] = get(X + "conv1d.conv.bias")
-        gates = [take(sd, X + f"{g}.weight", arch) for g in ("fgate", "igate", "zgate", "ogate")]  # i, f, z, o
-        w[q + "mixer.W_in"] = (X + "{f,i,z,o}gate.weight", torch.stack(gates))
-        R = take(sd, X + "slstm_cell._recurrent_kernel_", arch)  # [H, (gate, out), in]
-        if R.numel() != 4 * H * dh * dh:
-            raise CheckpointError(f"xlstm recurrent kernel has shape {tuple(R.shape)}, expected {(H, 4 * dh, dh)}.")
-        w[q + "mixer.R"] = (X + "slstm_cell._recurrent_kernel_", R.reshape(H, 4, dh, dh).permute(1, 0, 2, 3))
-        b = take(sd, X + "slstm_cell._bias_", arch)  # (gate, head, dh) flattened
-        w[q + "mixer.bias"] = (X + "slstm_cell._bias_", b.reshape(4, -1))
-        w[q + "mixer.norm_w"] = one_plus(X + "group_norm.weight")
+        w[q + "ln1.w"], w[q + "ln1.b"] = one_plus(p + "xlstm_norm.weight"), zeros
+        mixer = _slstm_weights if name == "slstm" else _mlstm_weights
+        w.update(mixer(cfg, sd, p + "xlstm.", q + "mixer."))
         if cfg.mlp_layout[i] != "none":
-            w[q + "ln2.w"], w[q + "ln2.b"] = one_plus(p + "ffn_norm.weight"), ("(none)", torch.zeros(d))
-            up = take(sd, p + "ffn.proj_up.weight", arch)
+            w[q + "ln2.w"], w[q + "ln2.b"] = one_plus(p + "ffn_norm.weight"), zeros
+            up = take(sd, p + "ffn.proj_up.weight", PKG)
             gate, z = up.split(up.shape[0] // 2)
             w[q + "mlp.W_gate.weight"], w[q + "mlp.W_in.weight"] = (p + "ffn.proj_up.weight", gate), \
                 (p + "ffn.proj_up.weight", z)
-            w[q + "mlp.W_out.weight"] = get(p + "ffn.proj_down.weight")
+            w[q + "mlp.W_out.weight"] = (p + "ffn.proj_down.weight", take(sd, p + "ffn.proj_down.weight", PKG))
     return w
 
 
 def xlstm_from_package(model: Any, tokenizer: Any = None, dtype: torch.dtype = torch.float32):
-    """Convert an ``xlstm.xLSTMLMModel`` whose blocks are all sLSTM to a HookedLM with the same logits."""
-    c = model.config
+    """Convert an ``xlstm.xLSTMLMModel`` (paper mLSTM and/or sLSTM blocks) to a HookedLM with the same logits."""
     sd = source_dict(model)
-    cfg = xlstm_package_config(c, sd)
-    return build_model(cfg, xlstm_package_weights(cfg, sd), "xlstm package", tokenizer, "", dtype)
+    cfg = xlstm_package_config(model.config, sd)
+    return build_model(cfg, xlstm_package_weights(cfg, sd), PKG, tokenizer, "", dtype)

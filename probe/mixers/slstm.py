@@ -31,7 +31,8 @@ Hooks (dependency order): ``hook_state_conv``, ``hook_input`` (log i), ``hook_fo
 ``t + 1`` (``c~_t``, ``n~_t`` keep their scale). Gate hooks after an edited state see pre-edit
 values (see :mod:`probe.mixers.edits`).
 
-Options: ``conv`` (kernel width k, default 4; 0 or 1 disables the conv), ``norm_eps`` (1e-5).
+Options: ``conv`` (kernel width k, default 4; 0 or 1 disables the conv), ``norm_eps`` (1e-5),
+``heads`` (default ``n_heads``).
 """
 from __future__ import annotations
 
@@ -50,14 +51,14 @@ GATES = ("i", "f", "z", "o")
 
 class SLSTM(RecurrentMixer):
     NAME = "slstm"
-    OPTIONS = {"conv": 4, "norm_eps": 1e-5}
+    OPTIONS = {"conv": 4, "norm_eps": 1e-5, "heads": None}
     HOOKED = ("state_conv", "input", "forget", "candidate", "output", "state_m", "state", "state_n", "state_h")
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
-        d, H = cfg.d_model, cfg.n_heads
+        d, H = cfg.d_model, int(self.options["heads"] or cfg.n_heads)
         if d % H:
-            raise ConfigError(f"slstm needs d_model ({d}) divisible by n_heads ({H}).")
+            raise ConfigError(f"slstm needs d_model ({d}) divisible by its number of heads ({H}).")
         self.n_heads, self.d_head = H, d // H
         self.k = int(self.options["conv"] or 0)
         if self.k > 1:
