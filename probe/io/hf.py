@@ -15,7 +15,7 @@ model_type         transformers class                     converter
 ``gpt2``           ``GPT2LMHeadModel``                    :mod:`probe.io.convert_gpt2`
 ``rwkv``           ``RwkvForCausalLM`` (RWKV-4)            :mod:`probe.io.convert_rwkv`
 ``xlstm``          ``xLSTMForCausalLM`` (mLSTM, 7B design) :mod:`probe.io.convert_xlstm`
-``xlstm-package``  ``xlstm.xLSTMLMModel`` (sLSTM blocks)    :mod:`probe.io.convert_xlstm`
+``xlstm-package``  ``xlstm.xLSTMLMModel`` (paper blocks)   :mod:`probe.io.convert_xlstm`
 ``mamba``          ``MambaForCausalLM``                   :mod:`probe.io.convert_mamba`
 =================  =====================================  ==================================
 
@@ -64,7 +64,7 @@ def _mamba(model, **kw):
 CONVERTERS: dict[str, Callable] = {"gpt2": _gpt2, "rwkv": _rwkv, "xlstm": _xlstm, "mamba": _mamba,
                                    "xlstm-package": _xlstm_package}
 SUPPORTED = ("GPT2LMHeadModel (gpt2)", "RwkvForCausalLM (rwkv)", "xLSTMForCausalLM (xlstm)",
-             "MambaForCausalLM (mamba)", "xlstm.xLSTMLMModel (sLSTM blocks)")
+             "MambaForCausalLM (mamba)", "xlstm.xLSTMLMModel (mLSTM/sLSTM blocks)")
 
 
 def model_kind(model: Any) -> str:
