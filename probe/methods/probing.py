@@ -194,7 +194,8 @@ def _check_finite(x: torch.Tensor, info: FeatureInfo, what: str) -> None:
 
 
 def _write(target: np.ndarray, offset: int, x: torch.Tensor, info: FeatureInfo, dtype: np.dtype) -> int:
-    values = x.cpu().numpy().astype(dtype)
+    with np.errstate(over="ignore"):
+        values = x.cpu().numpy().astype(dtype)
     if not np.isfinite(values).all():
         raise InputError(f"Features of {info.site} at layer {info.layer} overflow {dtype} (max |x| = "
                          f"{float(x.abs().max()):.3g}); collect with dtype='float32'.")

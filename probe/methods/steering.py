@@ -9,11 +9,15 @@ activation, by default the residual stream entering the block at the last token:
 and steering adds ``c * v_l`` to that activation at every position (or chosen ones).
 
 **State steering** (Paulo et al. 2024): the same mean difference taken on the recurrent
-state ``blocks.{l}.mixer.hook_state`` (shape ``[*state]`` per position, e.g. ``[d_inner,
-d_state]`` for Mamba) and added to the state. Because state edits propagate
-(:mod:`probe.mixers.edits`), the recurrence carries the added direction forward exactly as
-if it had produced it: positions before the first steered one are unchanged, later ones
-see the steered memory.
+state and added to the state. Site ``"state"`` is the layer's whole memory, every
+``hook_state*`` (LSTM c and h, Mamba's SSM state and conv window, RWKV's num/den/max and
+token shifts), its vector the concatenation of their flattened differences; a single state
+tensor is steered by naming it (``"state_num"``, or a full hook name). Because state edits
+propagate (:mod:`probe.mixers.edits`), the recurrence carries the added direction forward
+exactly as if it had produced it: positions before the first steered one are unchanged,
+later ones see the steered memory. With several steered positions the input is run in
+pieces cut after each of them, so every addition lands on a state that already holds the
+earlier ones (the same as token-by-token generation).
 
 :func:`steer` measures a target metric (by default the logit difference between two
 tokens at the last position) for each coefficient and layer, and optionally generates text
@@ -48,16 +52,18 @@ class SteeringVector:
     """Steering directions of one site at some layers.
 
     Attributes:
-        site: the short site name (``"resid_pre"``, ``"state"``, ...).
-        vectors: ``{layer: tensor}`` shaped like one position of the hook (``[d_model]`` for the
-            residual stream, the state's shape for ``"state"``).
-        hooks: ``{layer: hook name}``.
+        site: the site name (``"resid_pre"``, ``"state"``, ``"state_num"``, a hook name...).
+        vectors: ``{layer: tensor}``: for a site of one hook, shaped like one position of it
+            (``[d_model]`` for the residual stream, ``[d_inner, d_state]`` for a Mamba state);
+            for a site of several hooks (``"state"`` of an LSTM: c and h) the concatenation of
+            their flattened directions, split by ``parts``.
+        parts: ``{layer: [(hook name, per-position shape), ...]}`` in concatenation order.
         n_pairs: contrast pairs averaged; position: where they were read (``-1``: last token, ``"mean"``).
     """
 
     site: str
     vectors: dict[int, Tensor]
-    hooks: dict[int, str]
+    parts: dict[int, list[tuple[str, tuple[int, ...]]]]
     n_pairs: int = 0
     position: int | str = -1
 
@@ -68,19 +74,34 @@ class SteeringVector:
     def norms(self) -> dict[int, float]:
         return {l: float(v.float().norm()) for l, v in self.vectors.items()}
 
+    def split(self, layer: int) -> dict[str, Tensor]:
+        """The direction of each hook of ``layer``: ``{hook name: [*shape]}``."""
+        return split_vector(self.vectors[layer], self.parts[layer])
+
     def __repr__(self) -> str:
         shapes = {l: tuple(v.shape) for l, v in self.vectors.items()}
         return f"SteeringVector(site={self.site!r}, layers={self.layers}, shapes={shapes}, pairs={self.n_pairs})"
 
 
-def steering_hook_name(model, site: str, layer: int) -> str | None:
-    """The single hook steering writes to: a block site, ``"state"`` -> the mixer's main
-    ``hook_state`` (``None`` where the layer has none, e.g. attention), or a mixer/MLP hook suffix."""
-    if site == "state":
-        name = f"blocks.{layer}.mixer.hook_state"
-        return name if name in model.hook_dict else None
+def split_vector(vector: Tensor, parts: list[tuple[str, tuple[int, ...]]]) -> dict[str, Tensor]:
+    if len(parts) == 1:
+        return {parts[0][0]: vector.reshape(parts[0][1])}
+    out, i = {}, 0
+    for name, shape in parts:
+        n = int(np.prod(shape))
+        out[name] = vector[i : i + n].reshape(shape)
+        i += n
+    return out
+
+
+def steering_hooks(model, site: str, layer: int) -> list[str]:
+    """The hooks steering writes at ``layer``: ``"state"`` is every ``hook_state*`` of the layer (not
+    attention's keys and values: a KV cache has no state to steer); other sites as in
+    :func:`probe.methods.sites.site_hooks`. Empty where the layer lacks the site."""
     hooks = S.site_hooks(model, site, layer)
-    return hooks[0] if len(hooks) == 1 else None
+    if site == "state":
+        hooks = [h for h in hooks if "hook_state" in h]
+    return hooks
 
 
 def _texts_or_tokens(model, data, what: str, prepend_bos) -> list[np.ndarray]:
@@ -149,29 +170,34 @@ def steering_vector(model, positive, negative, *, site: str = "resid_pre", layer
         if position < 0:
             raise InputError("A negative position other than -1 needs every text to have the same length.")
     layers = inputs.check_layers(model, layers)
-    hooks = {l: steering_hook_name(model, site, l) for l in layers}
-    hooks = {l: h for l, h in hooks.items() if h is not None}
+    hooks = {l: steering_hooks(model, site, l) for l in layers}
+    hooks = {l: h for l, h in hooks.items() if h}
     if not hooks:
-        raise InputError(f"Site {site!r} has no single hook to steer at layers {layers} (attention has no "
+        raise InputError(f"Site {site!r} has nothing to steer at layers {layers} (attention and ff layers have no "
                          "hook_state; steer 'resid_pre' there).")
-    names = sorted(set(hooks.values()))
+    names = sorted({h for hs in hooks.values() for h in hs})
     a, b = _read_site(model, pos, names, position), _read_site(model, neg, names, position)
-    vectors = {l: (a[h] - b[h]).mean(0).to(model.dtype).to(model.device) for l, h in hooks.items()}
-    return SteeringVector(site, vectors, hooks, len(pos), position)
+    diff = {n: (a[n] - b[n]).mean(0) for n in names}
+    vectors, parts = {}, {}
+    for l, hs in hooks.items():
+        parts[l] = [(h, tuple(diff[h].shape)) for h in hs]
+        v = diff[hs[0]] if len(hs) == 1 else torch.cat([diff[h].flatten() for h in hs])
+        vectors[l] = v.to(model.dtype).to(model.device)
+    return SteeringVector(site, vectors, parts, len(pos), position)
 
 
 # -- applying ----------------------------------------------------------------------------
 class _AddHook:
-    """Adds ``coefficient * vector`` at the steered positions; ``offset`` is the absolute position of
-    the first token of the current forward (generation runs one token at a time)."""
+    """Adds ``coefficient * vectors[hook name]`` at the steered positions; ``offset`` is the absolute
+    position of the first token of the current forward (generation runs one token at a time)."""
 
-    def __init__(self, vector: Tensor, coefficient: float, positions: list[int] | None):
-        self.vector, self.coefficient, self.positions, self.offset = vector, float(coefficient), positions, 0
+    def __init__(self, vectors: dict[str, Tensor], coefficient: float, positions: list[int] | None):
+        self.vectors, self.coefficient, self.positions, self.offset = vectors, float(coefficient), positions, 0
 
     def __call__(self, t: Tensor, hook) -> Tensor:
         if self.coefficient == 0.0:
             return t
-        add = (self.coefficient * self.vector).to(t.dtype).to(t.device)
+        add = (self.coefficient * self.vectors[hook.name]).to(t.dtype).to(t.device)
         if self.positions is None:
             return t + add
         local = [p - self.offset for p in self.positions if 0 <= p - self.offset < t.shape[1]]
@@ -182,11 +208,11 @@ class _AddHook:
         return t
 
 
-def _vectors(model, vector, site: str | None, layers) -> tuple[str, dict[int, Tensor], dict[int, str]]:
-    """``vector`` (a SteeringVector, a tensor with ``site``/``layers``, or ``{layer: tensor}``) checked
-    against the hooks' per-position shapes."""
+def _vectors(model, vector, site: str | None, layers) -> tuple[str, dict[int, Tensor], dict[int, list]]:
+    """``vector`` (a SteeringVector, a tensor with ``site``/``layers``, or ``{layer: tensor}``) as
+    ``(site, {layer: vector}, {layer: parts})``, checked against the hooks' per-position shapes."""
     if isinstance(vector, SteeringVector):
-        site, vecs, hooks = vector.site, dict(vector.vectors), dict(vector.hooks)
+        site, vecs = vector.site, dict(vector.vectors)
         if layers is not None:
             keep = inputs.check_layers(model, layers)
             missing = [l for l in keep if l not in vecs]
@@ -202,22 +228,24 @@ def _vectors(model, vector, site: str | None, layers) -> tuple[str, dict[int, Te
             if layers is None:
                 raise InputError("A raw steering tensor needs layers= (the layer(s) to add it at).")
             vecs = {l: torch.as_tensor(vector) for l in inputs.check_layers(model, layers)}
-        hooks = {}
-        for l in vecs:
-            h = steering_hook_name(model, site, l)
-            if h is None:
-                raise InputError(f"Layer {l} ({model.cfg.layout[l]}) has no single {site!r} hook to steer.")
-            hooks[l] = h
-    shapes = _per_position_shapes(model, sorted(set(hooks.values())))
+    hooks = {}
+    for l in vecs:
+        hooks[l] = steering_hooks(model, site, l)
+        if not hooks[l]:
+            raise InputError(f"Layer {l} ({model.cfg.layout[l]}) has no {site!r} to steer.")
+    shapes = _per_position_shapes(model, sorted({h for hs in hooks.values() for h in hs}))
+    parts = {}
     for l, v in vecs.items():
-        want = shapes[hooks[l]]
+        parts[l] = [(h, shapes[h]) for h in hooks[l]]
+        want = shapes[hooks[l][0]] if len(hooks[l]) == 1 else (sum(int(np.prod(shapes[h])) for h in hooks[l]),)
         if tuple(v.shape) != want:
-            raise InputError(f"Steering vector for layer {l} has shape {tuple(v.shape)}, but {hooks[l]} holds "
-                             f"{want} per position; compute it with steering_vector(..., site={site!r}).")
+            raise InputError(f"Steering vector for layer {l} has shape {tuple(v.shape)}, but {site!r} there holds "
+                             f"{want} per position ({', '.join(hooks[l])}); compute it with "
+                             f"steering_vector(..., site={site!r}).")
         if not bool(torch.isfinite(v).all()):
             raise InputError(f"Steering vector for layer {l} contains NaN or inf.")
         vecs[l] = v.to(model.device, model.dtype)
-    return site, vecs, hooks
+    return site, vecs, parts
 
 
 def _per_position_shapes(model, names: list[str]) -> dict[str, tuple[int, ...]]:
@@ -307,7 +335,7 @@ def steer(model, input, vector, coefficients: Sequence[float] = (-1.0, 0.0, 1.0)
         keep_logits: keep every steered run's logits in the result.
     """
     start = time.perf_counter()
-    site, vecs, hooks = _vectors(model, vector, site, layers)
+    site, vecs, parts = _vectors(model, vector, site, layers)
     coefficients = [float(c) for c in (coefficients if isinstance(coefficients, (list, tuple, np.ndarray, Tensor))
                                        else [coefficients])]
     if not coefficients or not all(np.isfinite(coefficients)):
@@ -343,17 +371,18 @@ def steer(model, input, vector, coefficients: Sequence[float] = (-1.0, 0.0, 1.0)
         base_logits = model(ids)
     baseline = value(base_logits)
     layer_list = sorted(vecs)
+    stepwise = {l: any(S.needs_forcing(model, h) for h, _ in parts[l]) for l in layer_list}
     out = torch.full((len(layer_list), len(coefficients)), float("nan"), dtype=torch.float64)
     kept = [] if keep_logits else None
     generations, generated = {}, {}
     for i, layer in enumerate(layer_list):
         row_logits = []
         for j, c in enumerate(coefficients):
-            add = _AddHook(vecs[layer], c, positions)
-            with torch.no_grad(), model.hooks(fwd_hooks=[(hooks[layer], add)]):
-                logits = model(ids)
+            add = _AddHook(split_vector(vecs[layer], parts[layer]), c, positions)
+            with torch.no_grad(), model.hooks(fwd_hooks=[(h, add) for h, _ in parts[layer]]):
+                logits, _ = _steered_forward(model, ids, add, stepwise[layer])
                 if max_new_tokens > 0:
-                    toks = _generate(model, ids, add, max_new_tokens, temperature, top_k, seed)
+                    toks = _generate(model, ids, add, stepwise[layer], max_new_tokens, temperature, top_k, seed)
                     generated[layer, c] = toks
                     generations[layer, c] = [model.tokenizer.decode(r.tolist()) for r in toks]
             out[i, j] = value(logits)
@@ -371,20 +400,42 @@ def _scalar(v) -> Tensor:
     return v.double().mean() if v.dim() else v.double()
 
 
-def _generate(model, ids: Tensor, hook: _AddHook, n: int, temperature: float, top_k, seed) -> Tensor:
+def _steered_forward(model, ids: Tensor, hook: _AddHook, stepwise: bool, states=None):
+    """``(logits, states)`` of ``ids`` with ``hook`` active (its ``offset`` set per segment).
+
+    A hook inside a recurrence (``stepwise``) sees the values of the *unsteered* recurrence, so
+    additions at several positions in one forward would each be relative to an unsteered
+    history. The input is therefore cut after every steered position and the state carried
+    between the pieces: each addition then lands on the state that already holds the earlier
+    ones, exactly as in token-by-token generation (the recurrence carries every addition)."""
+    start = states.position if states is not None else 0
+    T = ids.shape[1]
+    if not stepwise or hook.coefficient == 0.0:
+        cuts = [T]
+    else:
+        steered = range(start, start + T) if hook.positions is None else hook.positions
+        cuts = sorted({p - start + 1 for p in steered if start <= p < start + T} | {T})
+    pieces, a = [], 0
+    for b in cuts:
+        hook.offset = start + a
+        logits, states = model(ids[:, a:b], states=states, return_states=True)
+        pieces.append(logits)
+        a = b
+    hook.offset = 0
+    return torch.cat(pieces, dim=1), states
+
+
+def _generate(model, ids: Tensor, hook: _AddHook, stepwise: bool, n: int, temperature: float, top_k, seed) -> Tensor:
     """Sample ``n`` tokens with the steering hook active, the state carried token by token (the hook's
     ``offset`` tracks absolute positions). Returns ``[batch, pos + n]``."""
     gen = torch.Generator(device=model.device)
     if seed is not None:
         gen.manual_seed(seed)
-    hook.offset = 0
-    logits, states = model(ids, return_states=True)
+    logits, states = _steered_forward(model, ids, hook, stepwise)
     out = [ids]
     for k in range(n):
         nxt = model._sample(logits[:, -1], temperature, top_k, gen)
         out.append(nxt[:, None])
         if k + 1 < n:
-            hook.offset = states.position
-            logits, states = model(nxt[:, None], states=states, return_states=True)
-    hook.offset = 0
+            logits, states = _steered_forward(model, nxt[:, None], hook, stepwise, states)
     return torch.cat(out, dim=1)
