@@ -123,7 +123,7 @@ class DLAResult(MethodResult):
         """Bar chart of every component's contribution (attention split by head with ``heads=True``)."""
         import plotly.graph_objects as go
 
-        b = inputs.check_position(batch, self.tokens.shape[0])
+        b = inputs.check_position(batch, self.tokens.shape[0], "batch")
         names, values = [], []
         for c, (name, layer) in enumerate(zip(self.components, self.layers)):
             if heads and layer in self.head_contributions and name.endswith("attn"):
@@ -281,7 +281,7 @@ class TokenAttributionResult(MethodResult):
         """Bar per input token (up to the attributed position), coloured by sign."""
         import plotly.graph_objects as go
 
-        b = inputs.check_position(batch, self.tokens.shape[0])
+        b = inputs.check_position(batch, self.tokens.shape[0], "batch")
         vals = self.attributions[b, : self.position + 1].tolist()
         x = inputs.axis_labels(self.str_tokens[b][: self.position + 1])
         fig = go.Figure(go.Bar(x=x, y=vals, marker_color=["#d62728" if v < 0 else "#1f77b4" for v in vals],

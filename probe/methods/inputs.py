@@ -80,12 +80,14 @@ def check_layers(model, layers: Sequence[int] | int | None, allow_end: bool = Fa
     return out
 
 
-def check_position(position: int, n_pos: int) -> int:
+def check_position(position: int, n_pos: int, what: str = "position") -> int:
     """``position`` as an index ``0 .. n_pos - 1`` (negative counts from the end)."""
     if isinstance(position, bool) or not isinstance(position, int):
-        raise InputError(f"position must be an integer, got {type(position).__name__}.")
+        raise InputError(f"{what} must be an integer, got {type(position).__name__}.")
     if not -n_pos <= position < n_pos:
-        raise InputError(f"position {position} is out of range for an input of {n_pos} tokens "
+        size = {"position": f"an input of {n_pos} tokens", "batch": f"a batch of {n_pos} sequences"}.get(
+            what, f"{n_pos} entries")
+        raise InputError(f"{what} {position} is out of range for {size} "
                          f"(valid 0..{n_pos - 1}, or -{n_pos}..-1 from the end).")
     return position % n_pos
 

@@ -141,7 +141,7 @@ class LensResult(MethodResult):
 
         if color not in ("kl", "prob"):
             raise InputError(f"color must be 'kl' or 'prob', got {color!r}.")
-        b = inputs.check_position(batch, self.kl.shape[1])
+        b = inputs.check_position(batch, self.kl.shape[1], "batch")
         z = (self.kl if color == "kl" else self.top_probs)[:, b].float().cpu().numpy()
         text = [row[b] for row in self.top_strs]
         x = inputs.axis_labels(self.str_tokens[b])

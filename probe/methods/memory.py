@@ -140,7 +140,7 @@ class MemoryMapResult(MethodResult):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        b = inputs.check_position(batch, self.tokens.shape[0])
+        b = inputs.check_position(batch, self.tokens.shape[0], "batch")
         chosen = [lm for lm in self.layers if lm.matrix is not None]
         if layer is not None:
             chosen = [self.layer(layer)]
