@@ -60,6 +60,17 @@ def test_dla_heads_sum_to_their_attention_layer(arch):
     assert frame["head"].notna().sum() == 2 * model.cfg.n_heads * len(attn_layers)
 
 
+def test_dla_heads_with_an_attention_output_bias():
+    model = make_model("attn", mixer_options={"attn": {"bias": True}})
+    res = direct_logit_attribution(model, tokens(2, 10))
+    assert float(res.rel_error.max()) < 1e-4
+    for i in (0, 1):
+        assert float(res.head_bias[i].abs().max()) > 0
+        part = res.contributions[res.components.index(f"L{i} attn")]
+        torch.testing.assert_close(res.head_contributions[i].sum(0) + res.head_bias[i], part, atol=1e-6, rtol=1e-5)
+    assert "L0 attn bias" in set(res.to_frame()["component"])
+
+
 def test_dla_matches_the_definition_by_hand():
     model = make_model("hybrid_qrnn_attn_ff", norm="layernorm")
     toks = tokens(1, 8)

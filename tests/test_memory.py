@@ -37,6 +37,15 @@ def test_implicit_attention_rebuilds_the_mixer_output(name, T):
     assert_untouched(model, before)
 
 
+@pytest.mark.parametrize("name, options", [("mlstm", {"layer": "paper", "chunk": 4}), ("qrnn", {"window": 1}),
+                                           ("attn", {"bias": True})])
+def test_implicit_attention_rebuilds_other_mixer_variants(name, options):
+    model = make_model(name, mixer_options={name: options})
+    for layer in range(model.cfg.n_layers):
+        _, errs = implicit_attention(model, tokens(2, 12), layer)
+        assert errs["output"] < 1e-4, (layer, errs)
+
+
 def test_qrnn_implicit_attention_is_the_sequential_unrolling():
     model = make_model("qrnn")
     toks = tokens(1, 9)

@@ -12,7 +12,11 @@ Every exponent is ``<= 0`` (``m_t`` is the running max). The normaliser ``N_t`` 
 per (t, head), rebuilt from the same sum with ``v = 1`` (the memory's ``n``), so ``h`` is exactly
 linear in the values given it. Reads ``hook_q``, ``hook_k``, ``hook_v``, ``hook_input``
 (log i), ``hook_forget`` (log f), ``hook_state_m`` (m) and ``hook_output`` (o); output:
-``out_proj(o * headnorm(h))`` (``h`` is not hooked; the check is on the mixer output).
+``out_proj(o * headnorm(h))`` for the ``"large"`` layer and ``out_proj((headnorm(h) + s * c) * o)``
+for the ``"paper"`` layer (``h`` is not hooked; the check is on the mixer output). The paper
+layer's skip input ``c = silu(conv(u))`` is not hooked either: it is recomputed with the mixer's
+own input stage (``_inputs_paper``) from the mixer input and a fresh state; it does not involve
+the memory, only the layer's output check.
 """
 from __future__ import annotations
 
@@ -38,10 +42,16 @@ def build(model, layer, hooks, x) -> ImplicitAttention:
     norm = torch.maximum(den.abs(), torch.exp(-m.transpose(1, 2))) + mixer.options["eps"]
     A = raw / norm.unsqueeze(-1)
 
+    skip = None
+    if getattr(mixer, "paper", False):
+        skip = mixer._inputs_paper(x, mixer.initial_state(b, x.device, x.dtype), {}, set())[6]["_skip"]
+
     def project(h):  # [b, T, H, V] -> mixer output
         hn = F.layer_norm(h, (V,), eps=mixer.options["norm_eps"]).reshape(b, T, H * V) * mixer.head_norm_w
         if mixer.head_norm_b is not None:
             hn = hn + mixer.head_norm_b
+        if skip is not None:
+            hn = hn + mixer.skip * skip
         return mixer.out_proj(hooks["output"] * hn)
 
     return ImplicitAttention(A, v, "bhts,bshd->bthd", None, project, "head", "v",
