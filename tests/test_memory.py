@@ -37,8 +37,10 @@ def test_implicit_attention_rebuilds_the_mixer_output(name, T):
     assert_untouched(model, before)
 
 
-@pytest.mark.parametrize("name, options", [("mlstm", {"layer": "paper", "chunk": 4}), ("qrnn", {"window": 1}),
-                                           ("attn", {"bias": True})])
+@pytest.mark.parametrize("name, options", [
+    ("mlstm", {"layer": "paper", "chunk": 4}), ("qrnn", {"window": 1}), ("attn", {"bias": True}),
+    ("mamba", {"d_conv": 1, "d_state": 4}), ("lmu", {"order": 4, "theta": 8.0}), ("hgrn2", {"expand_ratio": 4}),
+    ("rwkv", {"d_attn": 16})])
 def test_implicit_attention_rebuilds_other_mixer_variants(name, options):
     model = make_model(name, mixer_options={name: options})
     for layer in range(model.cfg.n_layers):
