@@ -33,7 +33,7 @@ VIEWS = {
     "Saliency": ("Token saliency (integrated gradients)", 2),
     "Memory": ("Memory maps: attention vs implicit attention", 5),
     "Probes": ("Probe accuracy by layer: hidden vs state", 0),
-    "Steering": ("Steering", 0),
+    "Steering": ("Steering", 2),
     "Patching": ("Activation patching", 2),
     "Architecture": ("Architecture and state sizes", 2),
 }
@@ -186,6 +186,32 @@ def test_tuned_lens_is_fitted_on_request():
     figs = figures(at)
     assert "Tuned lens" in figs[0].layout.title.text
     assert any("fitted here: 5 steps" in c for c in texts(at.caption))
+
+
+def test_probes_are_fitted_on_request_hidden_and_state():
+    at = explorer(view="Probes", probe_examples=30, probe_sites=["resid_post", "state"])
+    assert len(at.get("plotly_chart")) == 0
+    at.button(key="probe-fit-B").click().run()
+    assert not problems(at), problems(at)
+    fig = figures(at)[0]
+    assert "Linear probes for 'number'" in fig.layout.title.text
+    assert {t.name for t in fig.data} >= {"resid_post (hidden)", "state (state)"}
+    summary = at.dataframe[0].value
+    assert summary["label"].tolist() == ["number"] and 0 <= summary["state"].iloc[0] <= 1
+
+
+def test_state_steering_coefficient_changes_the_steered_generation():
+    short = {"steer_preset": "your own pairs", "steer_pos": "ab\nab", "steer_neg": "cd\nce", "steer_prompt": "the k",
+             "steer_tokens": 4, "steer_site": "state"}  # a short prompt keeps the propagating state edits cheap
+    at = explorer(view="Steering", **short)
+    assert not problems(at), problems(at)
+    assert any("no recurrent state to steer" in i for i in texts(at.info))  # the transformer (model A)
+    assert "Steering at state" in figures(at)[0].layout.title.text  # the LSTM's coefficient sweep
+    steered = [c.value for c in at.get("code")][1]
+    at.slider(key="steer_coefficient").set_value(-8.0).run()
+    assert not problems(at)
+    assert any("coefficient -8" in m for m in texts(at.markdown))
+    assert [c.value for c in at.get("code")][1] != steered
 
 
 def test_probe_explore_runs_streamlit_on_the_app(monkeypatch):

@@ -1,13 +1,136 @@
-"""Probe accuracy by layer, hidden state vs recurrent state (placeholder until probe.methods.probing lands)."""
+"""Probe accuracy by layer, hidden activations vs the recurrent state.
+
+Precomputed results are read when present: ``probes.json`` beside a checkpoint (one model) or
+``probe/zoo/probes.json`` (every zoo model), each the records of
+``ProbeResult.to_frame()`` (``DataFrame.to_json(orient="records")``) with ``model`` set to the
+model's name (``zoo:NAME``). A button fits probes here on a small labelled set (a synthetic
+task or the code corpus) with :func:`probe.methods.collect_activations` and
+:func:`probe.methods.fit_probes`, control task included (selectivity = score - control).
+"""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pandas as pd
 import streamlit as st
 
-from app import methods
-from app.context import Context
+import probe
+from app import loading, methods
+from app.context import Context, Slot, side_by_side
+from app.widgets import show_figure
+
+TITLE = "Probes"
+RESULTS_FILE = "probes.json"
+ZOO_RESULTS = Path(__file__).resolve().parents[2] / "probe" / "zoo" / RESULTS_FILE
+#: datasets for on-the-fly probes: label -> (source, label name, description)
+DATASETS = {
+    "agreement: subject number": ("task:agreement", "number", "singular / plural subject, on every token"),
+    "brackets: depth": ("task:brackets", "depth", "open brackets after each token"),
+    "induction: copy index": ("task:induction", "copy_index", "index being copied (-1 outside the copy)"),
+    "recall: query part": ("task:recall", "is_query", "1 on the query part"),
+    "code: bracket depth": ("code", "bracket_depth", "open ( [ { in held-out stdlib code"),
+    "code: inside a string": ("code", "in_string", "1 inside a string literal"),
+    "code: token type": ("code", "token_type", "Python tokenize type of each byte"),
+}
+SITES = ("resid_post", "mixer_out", "state")
+#: on-the-fly probes: features reduced to MAX_DIM columns (random projection), MAX_TRAIN training rows
+MAX_DIM, MAX_TRAIN = 128, 2000
+
+
+def _read_records(path: Path) -> pd.DataFrame | None:
+    try:
+        return pd.DataFrame(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+@st.cache_data(show_spinner=False, ttl=60)
+def precomputed(source: str) -> pd.DataFrame | None:
+    """Saved probe results for the model, from beside its checkpoint or the zoo-wide file."""
+    model = loading.load_model(source)
+    frames = []
+    path = getattr(model, "checkpoint_path", None)
+    if path and (Path(path) / RESULTS_FILE).is_file():
+        frames.append(_read_records(Path(path) / RESULTS_FILE))
+    if ZOO_RESULTS.is_file():
+        zoo = _read_records(ZOO_RESULTS)
+        if zoo is not None and "model" in zoo:
+            frames.append(zoo[zoo["model"] == model.cfg.name])
+    frames = [f for f in frames if f is not None and len(f)]
+    return frames[0] if frames else None
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _labelled_data(dataset: str, size: int):
+    """``([(tokens, {label: values})], label)``: byte-level sequences with per-token labels."""
+    from probe.data.code_corpus import CodeCorpus
+    from probe.data.tasks import get_task
+
+    kind, label, _ = DATASETS[dataset]
+    if kind == "code":
+        return list(CodeCorpus("test", max_files=40).labelled(max_bytes=size)), label
+    examples = get_task(kind[5:]).examples(size, seed=1)
+    return [(e.tokens, {label: e.labels[label]}) for e in examples], label
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def fit_here(source: str, dataset: str, size: int, sites: tuple[str, ...]) -> pd.DataFrame:
+    """Probe results (``ProbeResult.to_frame()``) fitted here on ``dataset``."""
+    model = loading.load_model(source)
+    if model.tokenizer.vocab_size != 257:
+        raise probe.InputError("Probing here uses byte-level labels (tasks, code corpus); this model has "
+                             "another tokenizer.")
+    data, label = _labelled_data(dataset, size)
+    acts = methods.get("collect_activations")(model, data, sites=list(sites), seq_len=256, max_dim=MAX_DIM)
+    return methods.get("fit_probes")(acts, labels=[label], max_train=MAX_TRAIN, max_test=MAX_TRAIN // 2).to_frame()
+
+
+def _show(slot: Slot, frame: pd.DataFrame, key: str, caption: str) -> None:
+    from probe.methods import ProbeResult
+
+    res = ProbeResult(frame, model=slot.model.cfg.name)
+    labels = list(dict.fromkeys(frame["label"]))
+    label = st.selectbox("Label", labels, key=f"probe_label_{key}_{slot.name}") if len(labels) > 1 else labels[0]
+    show_figure(res.figure(label), key=f"probe-{key}-{slot.name}", height=380)
+    st.caption(caption)
+    summary = res.summary()
+    st.dataframe(summary[summary["label"] == label], hide_index=True)
+
+
+def _column(slot: Slot, dataset: str, size: int, sites: tuple[str, ...]) -> None:
+    saved = precomputed(slot.source)
+    if saved is not None:
+        _show(slot, saved, "saved", "Precomputed results shipped with the model.")
+    else:
+        st.caption("No precomputed probe results for this model.")
+    flag = f"probes_fitted::{slot.source}::{dataset}::{size}::{sites}"
+    if not st.session_state.get(flag):
+        if not st.button(f"Fit probes on '{dataset}' now", key=f"probe-fit-{slot.name}"):
+            return
+        st.session_state[flag] = True
+    with st.spinner(f"Collecting activations and fitting probes for model {slot.name}..."):
+        frame = fit_here(slot.source, dataset, size, sites)
+    _show(slot, frame, "here", f"Fitted here on {dataset} ({size} {'bytes' if 'code' in dataset else 'examples'}); "
+                              "dotted: control task (random label per token type).")
 
 
 def render(ctx: Context) -> None:
     st.subheader("Probe accuracy by layer: hidden vs state")
+    st.caption("Linear probes read a label from each layer's residual stream (hidden: resid_post, mixer_out) "
+               "and from its recurrent state (attention: the key and value written at the token); held-out "
+               "score against layer.")
     if not methods.available("fit_probes", "collect_activations"):
         return
+    c1, c2, c3 = st.columns([2, 1, 2])
+    dataset = c1.selectbox("Fit on", list(DATASETS), key="probe_dataset",
+                           help="; ".join(f"{k}: {v[2]}" for k, v in DATASETS.items()))
+    if DATASETS[dataset][0] == "code":
+        size = c2.select_slider("Bytes", [5_000, 10_000, 20_000, 50_000], value=10_000, key="probe_bytes")
+    else:
+        size = c2.select_slider("Examples", [30, 100, 200, 400], value=100, key="probe_examples")
+    sites = c3.multiselect("Sites", SITES, default=list(SITES), key="probe_sites")
+    if not sites:
+        st.warning("Pick at least one site.")
+        return
+    side_by_side(ctx, lambda slot: _column(slot, dataset, int(size), tuple(sites)))

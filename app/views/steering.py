@@ -1,13 +1,132 @@
-"""Steering with a coefficient slider and steered generation (placeholder until probe.methods.steering lands)."""
+"""Steering: add ``coefficient x v`` to the residual stream (contrastive activation addition) or to the
+recurrent state (state steering), see the effect on a logit difference and on generated text.
+
+``v`` is the mean activation difference over contrast pairs (:func:`probe.methods.steering_vector`);
+:func:`probe.methods.steer` sweeps the coefficient and generates with the steering applied
+while the state is carried token by token.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import streamlit as st
 
-from app import methods
-from app.context import Context
+from app import loading, methods
+from app.context import Context, Slot, side_by_side
+from app.widgets import show_figure
+
+TITLE = "Steering"
+SWEEP = (-8.0, -4.0, 0.0, 4.0, 8.0)
+SITES = {"resid_pre": "residual stream (CAA)", "state": "recurrent state (state steering)"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Contrast pairs (``positive[i]`` vs ``negative[i]``), a prompt and the metric's two tokens."""
+
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+    prompt: str
+    answer: str
+    contrast: str
+
+
+def _agreement_preset() -> Preset:
+    from probe.data.tasks.agreement import NOUNS
+
+    return Preset(tuple(f"the {p}" for _, p in NOUNS), tuple(f"the {s}" for s, _ in NOUNS),
+                  "the key to the cabinet ", "a", "i")
+
+
+PRESETS = {
+    "plural vs singular subject (is/are)": _agreement_preset,
+    "code vs prose": lambda: Preset(
+        ("def f(x):\n    return", "for i in range(n):", "import os\nimport sys", "class A(object):", "if x is None:"),
+        ("the cat sat on the mat", "it was a cold morning", "she walked to the shop", "we read the letter",
+         "the sky is blue today"),
+        "the ", "(", "a"),
+}
+CUSTOM = "your own pairs"
+
+
+@st.cache_resource(show_spinner="Computing the steering vector...", max_entries=16)
+def vector(source: str, preset: Preset, site: str):
+    model = loading.load_model(source)
+    return methods.get("steering_vector")(model, list(preset.positive), list(preset.negative), site=site)
+
+
+@st.cache_data(show_spinner="Steering...", max_entries=32)
+def sweep(source: str, preset: Preset, site: str) -> dict:
+    model = loading.load_model(source)
+    loading.check_text(model, preset.prompt)
+    res = methods.get("steer")(model, preset.prompt, vector(source, preset, site), coefficients=list(SWEEP),
+                               answer=preset.answer, contrast=preset.contrast)
+    return {"figure": res.figure(), "norms": res.norms, "layers": res.layers}
+
+
+@st.cache_data(show_spinner="Generating with and without steering...", max_entries=64)
+def generate(source: str, preset: Preset, site: str, layer: int, coefficient: float, n: int) -> dict:
+    model = loading.load_model(source)
+    res = methods.get("steer")(model, preset.prompt, vector(source, preset, site), coefficients=[0.0, coefficient],
+                               layers=[layer], max_new_tokens=n, answer=preset.answer, contrast=preset.contrast)
+    plain, steered = res.generations[layer, 0.0][0], res.generations[layer, float(coefficient)][0]
+    return {"plain": plain, "steered": steered, "metric": res.metric[0].tolist()}
+
+
+def _pick_preset() -> Preset | None:
+    name = st.selectbox("Contrast pairs", list(PRESETS) + [CUSTOM], key="steer_preset")
+    if name != CUSTOM:
+        preset = PRESETS[name]()
+        st.caption(f"{len(preset.positive)} pairs, e.g. {preset.positive[0]!r} vs {preset.negative[0]!r}.")
+        return preset
+    a, b = st.columns(2)
+    pos = a.text_area("Positive texts (one per line)", "the keys\nthe dogs\nthe boxes", key="steer_pos")
+    neg = b.text_area("Negative texts (one per line)", "the key\nthe dog\nthe box", key="steer_neg")
+    prompt = a.text_input("Prompt", "the key to the cabinet ", key="steer_prompt")
+    c1, c2 = b.columns(2)
+    answer = c1.text_input("Answer token", "a", key="steer_answer")
+    contrast = c2.text_input("Contrast token", "i", key="steer_contrast")
+    positive = tuple(line for line in pos.splitlines() if line.strip())
+    negative = tuple(line for line in neg.splitlines() if line.strip())
+    if not (positive and negative and prompt and answer and contrast):
+        st.warning("Give positive and negative texts, a prompt and the two tokens of the metric.")
+        return None
+    return Preset(positive, negative, prompt, answer, contrast)
+
+
+def _column(slot: Slot, preset: Preset, site: str, coefficient: float, n_new: int) -> None:
+    model = slot.model
+    if site == "state" and not any(f"blocks.{i}.mixer.hook_state" in model.hook_dict
+                                   for i in range(model.cfg.n_layers)):
+        st.info("This model has no recurrent state to steer (attention only); use the residual stream.")
+        return
+    out = sweep(slot.source, preset, site)
+    show_figure(out["figure"], key=f"steer-{slot.name}", height=360)
+    layers = out["layers"]
+    layer = st.selectbox("Layer to steer for generation", layers, index=len(layers) // 2,
+                         key=f"steer_layer_{slot.name}",
+                         format_func=lambda l: f"{l} ({model.cfg.layout[l]}), |v| = {out['norms'][l]:.2f}")
+    gen = generate(slot.source, preset, site, int(layer), float(coefficient), n_new)
+    st.markdown(f"**Unsteered** (logit difference {gen['metric'][0]:+.3f})")
+    st.code(gen["plain"], language=None)
+    st.markdown(f"**Steered, coefficient {coefficient:+g}** (logit difference {gen['metric'][1]:+.3f})")
+    st.code(gen["steered"], language=None)
 
 
 def render(ctx: Context) -> None:
     st.subheader("Steering")
+    st.caption("Add coefficient x v at one layer, v = mean activation difference over contrast pairs (last "
+               "token). The curve: logit[answer] - logit[contrast] after the prompt against the coefficient, "
+               "one line per layer; below, greedy generation without and with steering.")
     if not methods.available("steering_vector", "steer"):
         return
+    preset = _pick_preset()
+    if preset is None:
+        return
+    c1, c2, c3 = st.columns([2, 3, 1])
+    site = c1.radio("Steer", list(SITES), format_func=SITES.get, key="steer_site")
+    coefficient = c2.slider("Coefficient", -8.0, 8.0, 4.0, step=0.5, key="steer_coefficient")
+    n_new = c3.number_input("New tokens", 1, 200, 24, key="steer_tokens")
+    st.markdown(f"Prompt `{preset.prompt}` · metric logit[`{preset.answer}`] - logit[`{preset.contrast}`]")
+    side_by_side(ctx, lambda slot: _column(slot, preset, site, float(coefficient), int(n_new)))
+
