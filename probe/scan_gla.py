@@ -40,9 +40,12 @@ in ``[0, 1]``: decays of exactly 0 or 1 and long sequences are exact, with no ov
 no ``inf - inf``. The intra-chunk term grows ``R_t[s] = k_s prod_{s<r<=t} a_r`` one row
 ``t`` at a time (``R_t = [R_{t-1} a_t ; k_t]``) and contracts it with ``q_t``, so it costs
 ``L^2 K / 2`` multiply-adds per chunk and head and never holds an ``[L, L, K]`` tensor
-(``L = 16`` by default); everything is differentiable (no in-place writes).
+(``L = 16`` by default); all of it is differentiable.
 
 **Reference** (:func:`gla_sequential`): the recurrence one position at a time.
+
+A normaliser state ``n_t = diag(exp(g_t)) n_{t-1} + k_t`` (mLSTM) is the same recurrence
+with a column of ones appended to ``v`` (``V + 1``): its last output column is ``q_t n_t``.
 
 **All states** (:func:`gla_states`): when a state hook is active the states themselves are
 wanted; they come from the elementwise scan of :mod:`probe.scan` on ``a = decay`` and
@@ -110,7 +113,7 @@ def gla_chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, h0: Tensor |
         return x.reshape(b, n, L, H, x.shape[-1]).transpose(2, 3)
 
     qc, kc, vc = split(q), split(k), split(v)
-    a = split(log_decay.exp(), fill=1.0)  # padding: zero input, decay 1; decays in [0, 1]                                  [b, n, H, L, K']
+    a = split(log_decay.exp(), fill=1.0)  # decays in [0, 1] [b, n, H, L, K']; padding: zero input, decay 1
     incl = a.cumprod(dim=3)  # exp(b_t): decay from the chunk start through t
     rev = a.flip(3).cumprod(3).flip(3)  # prod_{r >= s}
     tail = torch.cat([rev[:, :, :, 1:], torch.ones_like(rev[:, :, :, :1])], dim=3)  # prod_{r > s}

@@ -1,0 +1,185 @@
+"""Scan forms of the linear-recurrence mixers, and Mamba against transformers' slow path.
+
+1. ``scan`` rows: one mixer layer (batch 1, d_model 256) at 1024 and 4096 tokens, each of
+   its forms in the same run (``speedup_vs_sequential`` = sequential time / this form's time):
+
+   * ``lmu``   FFT convolution of the impulse response, the Toeplitz form (1024 only) and the
+               recurrence (order 16, theta 256, d_u 64);
+   * ``hgrn2`` chunked gated linear attention vs the step-by-step recurrence (4 heads of 64);
+               also every state materialised (what a ``hook_state`` costs);
+   * ``mamba`` the blocked selective scan with chunked vs sequential scans inside the blocks
+               (d_inner 512, d_state 16; ``auto`` is what runs: on CPU it picks the sequential
+               scan inside blocks once a step's state has 8192 numbers, as here).
+
+2. ``mamba_vs_hf`` rows: a 4-layer Mamba (d_model 256, d_state 16, vocab 1000) at 1024 tokens,
+   the same weights in transformers' ``MambaForCausalLM`` (its CPU slow path: a Python loop
+   over positions over fully materialised ``exp(dt A)`` and ``dt B x``) and in probe: plain
+   forward, every ``hook_state*`` captured, and the state captured at one position. Time is
+   the median of repeats; peak memory the resident-set increase during one call (after
+   returning freed memory to the OS), so it includes the returned logits and cache.
+
+``run(quick=True)`` uses short inputs so the suite finishes in seconds.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import time
+import warnings
+
+import torch
+
+import probe
+
+try:
+    from benchmarks.common import peak_memory
+except ImportError:  # run as a script from benchmarks/
+    from common import peak_memory
+
+D_MODEL = 256
+#: mixer -> (options, its forms; the last one is the sequential reference)
+SCAN_MIXERS = {
+    "lmu": ({"order": 16, "theta": 256.0, "d_u": 64}, ("fft", "direct", "recurrent")),
+    "hgrn2": ({"expand_ratio": 64}, ("chunked", "sequential")),
+    "mamba": ({"d_state": 16, "expand": 2}, ("auto", "chunked", "sequential")),
+}
+
+
+def timeit(fn, repeats: int = 5) -> float:
+    """Best (minimum) wall time of ``repeats`` calls after one warm-up: on a shared, loaded
+    machine the minimum is the least disturbed estimate of a form's own cost."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _trim() -> None:
+    """Give freed memory back to the OS so resident-set peaks start from a clean level."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def _peak_mb(fn) -> float:
+    _trim()
+    return round(peak_memory(fn) / 2**20, 1)
+
+
+def _mixer(name: str, options: dict):
+    cfg = probe.ModelConfig(d_model=D_MODEL, n_heads=4, layout=[name], mixer_options={name: options})
+    return probe.HookedLM(cfg).blocks[0].mixer.eval()
+
+
+def scan_rows(quick: bool) -> list[dict]:
+    rows = []
+    lengths = (128,) if quick else (1024, 4096)
+    repeats = 1 if quick else 5
+    for name, (options, forms) in SCAN_MIXERS.items():
+        mixer = _mixer(name, options)
+        for T in lengths:
+            x = torch.randn(1, T, D_MODEL, generator=torch.Generator().manual_seed(T))
+            with torch.no_grad():
+                mixer.method = forms[-1]
+                reference = mixer(x)[0]
+                for form in forms:
+                    if name == "lmu" and form == "direct" and T > 1024:
+                        continue  # the Toeplitz form is for short inputs (T^2 memory)
+                    mixer.method = "auto" if (name == "hgrn2" and form == "chunked") else form
+                    seconds = timeit(lambda: mixer(x), repeats=repeats)
+                    rows.append({"suite": "scan", "mixer": name, "T": T, "form": form, "seconds": seconds,
+                                 "max_abs_diff": float((mixer(x)[0] - reference).abs().max())})
+                if name == "hgrn2":  # the cost of materialising every state (a hook_state is on)
+                    mixer.method = "auto"
+                    mixer.hook_state.add_hook(lambda t, hook: None)
+                    try:
+                        seconds = timeit(lambda: mixer(x), repeats=repeats)
+                    finally:
+                        mixer.hook_state.remove_hooks()
+                    rows.append({"suite": "scan", "mixer": name, "T": T, "form": "every state (hook_state on)",
+                                 "seconds": seconds, "max_abs_diff": 0.0})
+                if name == "lmu":  # the memory alone, without the layer's projections
+                    u = torch.randn(1, T, options["d_u"], generator=torch.Generator().manual_seed(0))
+                    for form in ("fft", "recurrent"):
+                        seconds = timeit(lambda: mixer.memory.states(u, None, form), repeats=repeats)
+                        rows.append({"suite": "scan", "mixer": "lmu (memory only)", "T": T, "form": form,
+                                     "seconds": seconds, "max_abs_diff": float(
+                                         (mixer.memory.states(u, None, form) - mixer.memory.recurrent(u)).abs().max())})
+    for row in rows:  # speedup against the sequential form of the same mixer and length
+        ref = next(r for r in rows if r["mixer"] == row["mixer"] and r["T"] == row["T"]
+                   and r["form"] in ("recurrent", "sequential"))
+        row["speedup_vs_sequential"] = ref["seconds"] / row["seconds"]
+    return rows
+
+
+def _hf_mamba(n_layers: int):
+    from transformers import MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(0)
+    return MambaForCausalLM(MambaConfig(vocab_size=1000, hidden_size=D_MODEL, state_size=16,
+                                        num_hidden_layers=n_layers, expand=2)).eval()
+
+
+def mamba_rows(quick: bool) -> list[dict]:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return [{"suite": "mamba_vs_hf", "skipped": "transformers is not installed"}]
+    from probe.io.convert_mamba import mamba_from_hf
+
+    n_layers, T = (2, 128) if quick else (4, 1024)
+    repeats = 1 if quick else 3
+    hf = _hf_mamba(n_layers)
+    model = mamba_from_hf(hf)
+    toks = torch.randint(0, 1000, (1, T), generator=torch.Generator().manual_seed(0))
+    states = model.state_hook_names()
+
+    def hf_forward():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return hf(toks, use_cache=False).logits
+
+    cases = {
+        "transformers slow path": hf_forward,
+        "probe forward": lambda: model(toks),
+        "probe + every hook_state*": lambda: model.run_with_cache(toks, names_filter=states),
+        "probe + states at last position": lambda: model.run_with_cache(toks, names_filter=states,
+                                                                        state_positions=[T - 1]),
+    }
+    rows = []
+    with torch.no_grad():
+        diff = float((hf_forward() - model(toks)).abs().max())
+        for case, fn in cases.items():
+            seconds = timeit(fn, repeats=repeats)
+            peak = _peak_mb(fn)
+            row = {"suite": "mamba_vs_hf", "case": case, "layers": n_layers, "T": T, "seconds": seconds,
+                   "peak_mb": peak}
+            if case.startswith("probe +"):
+                row["cache_mb"] = round(fn()[1].nbytes() / 2**20, 1)
+            rows.append(row)
+    base = rows[0]
+    for row in rows:
+        row["time_vs_hf"] = row["seconds"] / base["seconds"]
+        row["memory_vs_hf"] = row["peak_mb"] / base["peak_mb"] if base["peak_mb"] > 0 else float("nan")
+        row["logits_max_abs_diff"] = diff
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    return scan_rows(quick) + mamba_rows(quick)
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    for r in run(quick=args.quick):
+        print(json.dumps(r), flush=True)
