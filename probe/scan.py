@@ -56,8 +56,9 @@ def linear_scan_sequential(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Te
     _check(a, b, h0)
     h = torch.zeros_like(b[:, 0]) if h0 is None else h0.to(b.dtype)
     out = []
-    for t in range(b.shape[1]):
-        h = torch.addcmul(b[:, t], a[:, t], h)
+    # unbind, not a[:, t]: indexing would make backward allocate a full-size gradient per step
+    for a_t, b_t in zip(a.unbind(1), b.unbind(1)):
+        h = torch.addcmul(b_t, a_t, h)
         out.append(h)
     return torch.stack(out, dim=1) if out else b.clone()
 
@@ -80,19 +81,20 @@ def linear_scan_chunked(a: Tensor, b: Tensor, h0: Tensor | None = None, chunk: i
 
     # 1. every chunk from a zero state, all chunks in parallel; P_t = decay product so far
     decay = a.cumprod(dim=2)  # [batch, n, L, *a_state]
-    h = b[:, :, 0]
+    a_steps, b_steps = a.unbind(2), b.unbind(2)  # (see linear_scan_sequential: no per-step slicing)
+    h = b_steps[0]
     local = [h]
     for i in range(1, L):
-        h = torch.addcmul(b[:, :, i], a[:, :, i], h)
+        h = torch.addcmul(b_steps[i], a_steps[i], h)
         local.append(h)
     local_t = torch.stack(local, dim=2)  # [batch, n, L, *state]
 
     # 2. carry the true state across chunk boundaries (n sequential steps)
     carry = torch.zeros_like(b[:, 0, 0]) if h0 is None else h0.to(b.dtype)
     carries = []
-    for j in range(n):
+    for last, prod in zip(local[-1].unbind(1), decay[:, :, -1].unbind(1)):
         carries.append(carry)
-        carry = torch.addcmul(local[-1][:, j], decay[:, j, -1], carry)
+        carry = torch.addcmul(last, prod, carry)
     carry_t = torch.stack(carries, dim=1).unsqueeze(2)  # [batch, n, 1, *state]
 
     # 3. h_t = local_t + P_t * carry

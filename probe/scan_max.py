@@ -47,8 +47,9 @@ def max_scan_sequential(g: Tensor, x: Tensor, m0: Tensor,
     g = g.expand_as(x) if g.shape != x.shape else g
     m = m0.to(x.dtype)
     carried, step = [], []
-    for t in range(x.shape[1]):
-        raw = torch.maximum(m + g[:, t], x[:, t])
+    # unbind, not g[:, t]: indexing would make backward allocate a full-size gradient per step
+    for t, (g_t, x_t) in enumerate(zip(g.unbind(1), x.unbind(1))):
+        raw = torch.maximum(m + g_t, x_t)
         step.append(raw)
         m = raw if force is None else torch.where(force[0][:, t], force[1][:, t].to(x.dtype), raw)
         carried.append(m)
