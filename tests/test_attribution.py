@@ -71,6 +71,26 @@ def test_dla_heads_with_an_attention_output_bias():
     assert "L0 attn bias" in set(res.to_frame()["component"])
 
 
+def test_dla_with_a_logit_soft_cap_explains_the_pre_cap_logit():
+    model = make_model("qrnn", logit_soft_cap=2.0)
+    toks = tokens(2, 8)
+    res = direct_logit_attribution(model, toks)
+    assert float(res.rel_error.max()) < 1e-4 and res.metric_label[0].startswith("pre-cap")
+    with torch.no_grad():
+        model_logit = model(toks)[:, -1].double().gather(-1, res.target[:, None])[:, 0]
+    # the model's (capped) logit is the cap applied to the sum of the parts
+    torch.testing.assert_close(2.0 * torch.tanh(res.total / 2.0), model_logit, atol=1e-5, rtol=1e-5)
+
+
+def test_lens_applies_the_logit_soft_cap():
+    from probe.methods import logit_lens
+
+    model = make_model("qrnn", logit_soft_cap=2.0)
+    res = logit_lens(model, tokens(1, 6), keep_logits=True)
+    assert float(res.logits.abs().max()) <= 2.0
+    assert float(res.kl[-1].abs().max()) < 1e-5
+
+
 def test_dla_matches_the_definition_by_hand():
     model = make_model("hybrid_qrnn_attn_ff", norm="layernorm")
     toks = tokens(1, 8)

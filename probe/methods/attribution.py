@@ -11,7 +11,8 @@ splits exactly::
 
     logit = sum_parts (centre(part) / s * w) . u  +  (b_norm . u + b_U[target] - b_U[contrast])
 
-The last term is reported as the ``bias`` component. For attention the mixer output
+The last term is reported as the ``bias`` component. For a model with a logit soft cap
+(``cap * tanh(logit / cap)``, not linear) the *pre-cap* logit is explained, and labelled so. For attention the mixer output
 is further split by head, ``mixer_out = sum_h z_h W_O[h]`` (``hook_z`` and ``W_O``).
 The parts sum to the model's own logit up to float rounding (``rel_error``).
 
@@ -177,7 +178,7 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
         if per_head and model.cfg.layout[i] == "attn" and f"blocks.{i}.mixer.hook_z" in model.hook_dict:
             head_layers.append(i)
     names = [s[1] for s in sites] + [f"blocks.{i}.mixer.hook_z" for i in head_layers]
-    names += ["ln_final.hook_scale", f"blocks.{n - 1}.hook_resid_post"]
+    names += ["ln_final.hook_scale", "ln_final.hook_normalized", f"blocks.{n - 1}.hook_resid_post"]
     found: dict[str, Tensor] = {}
 
     def save(x, hook):
@@ -186,12 +187,16 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
     with model.hooks(fwd_hooks=[(name, save) for name in names]):
         logits = model(tokens)
     target, contrast = _targets(model, tokens, logits, pos, target, contrast)
-    logit = _metric(logits.double(), pos, target, contrast)
-
     f64 = torch.float64
     W_U = model.unembed_matrix.detach().to(f64)
     direction = W_U[:, target].T - (W_U[:, contrast].T if contrast is not None else 0)  # [batch, d_model]
     b_U = model.b_U.detach().to(f64)
+    capped = getattr(model.cfg, "logit_soft_cap", None) is not None
+    if capped:  # the soft cap is not linear: explain the pre-cap logit, read from the normalised stream
+        pre = found["ln_final.hook_normalized"].to(f64) @ W_U + b_U  # [batch, vocab]
+        logit = _metric(pre.unsqueeze(1), 0, target, contrast)
+    else:
+        logit = _metric(logits.double(), pos, target, contrast)
     scale = found["ln_final.hook_scale"].to(f64)  # [batch, 1]
 
     def project(part: Tensor) -> Tensor:  # part [batch, ..., d_model] -> [batch, ...]
@@ -230,7 +235,8 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
             raise ProbeError(f"Per-head outputs of layer {i} do not sum to its mixer output (gap {gap:.1e}); "
                              "per-head attribution does not apply to this attention. Use per_head=False.")
     return DLAResult(tokens, inputs.str_tokens(model, tokens), pos, target, contrast,
-                     [_metric_label(model, target, contrast, b) for b in range(tokens.shape[0])],
+                     [("pre-cap " if capped else "") + _metric_label(model, target, contrast, b)
+                      for b in range(tokens.shape[0])],
                      components, layers, contrib, logit, total, abs_err,
                      abs_err / logit.abs().clamp_min(1e-12), heads, head_bias)
 
