@@ -17,7 +17,8 @@ PY=.venv/bin/python
 case "$job" in
   test)
     "$PY" -m pip install -q -e ".[dev]"
-    exec "$PY" -m pytest -q -p no:cacheprovider "$@"
+    # one process per core (tests set torch to one thread each)
+    exec "$PY" -m pytest -q -p no:cacheprovider -n "${PROBE_TEST_WORKERS:-2}" "$@"
     ;;
   explore)
     "$PY" -m pip install -q -e ".[app]"

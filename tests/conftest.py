@@ -11,6 +11,10 @@ import torch
 import probe
 from probe.mixers import MIXERS
 
+# Tiny models gain nothing from intra-op threads, and on a small shared machine threads wait
+# on each other (30-80x slowdowns measured); the suite runs in parallel processes instead.
+torch.set_num_threads(1)
+
 #: per-mixer options used by the contract tests (exercise the interesting paths)
 TEST_OPTIONS = {"qrnn": {"window": 3}, "mlstm": {"chunk": 4}}
 
