@@ -179,3 +179,25 @@ def test_custom_metric_and_per_sequence_answer_positions():
     custom = activation_patching(model, clean, corrupted, metric=metric, sites=["resid_pre"], layers=[0],
                                  positions=res.positions)
     torch.testing.assert_close(custom.scores, res.scores)
+
+
+@pytest.mark.parametrize("task", ["recall", "agreement"])
+def test_task_pairs_differ_in_context_only(task):
+    from probe.methods.pairs import task_pairs
+
+    pairs = task_pairs(task, 12, seed=3)
+    assert len(pairs) == 12
+    for p in pairs:
+        assert p.clean.shape == p.corrupted.shape and p.answer != p.contrast
+        diff = (p.clean != p.corrupted).nonzero().flatten().tolist()
+        last = p.length - 1
+        assert diff and max(diff) < last and all(0 <= r <= last for r in p.roles.values())
+        if task == "recall":
+            assert diff == [p.roles["value"]] and int(p.corrupted[p.roles["value"]]) == p.contrast
+            assert p.roles["query"] == last and int(p.clean[last]) == int(p.clean[p.roles["key"]])
+        else:
+            assert max(diff) == p.roles["subject"] and p.roles["verb"] == last
+    model = make_model("qrnn", layout=["qrnn"])
+    p = pairs[0]
+    res = activation_patching(model, p.clean, p.corrupted, answer=p.answer, contrast=p.contrast, sites=["state"])
+    assert res.scores.shape == (1, 1, p.length)

@@ -393,6 +393,7 @@ def activation_patching(model, clean, corrupted, answer=None, contrast=None, *, 
     Cells whose clean and corrupted activations are identical (e.g. before the first differing
     token) are not run: the patch is a no-op there, so their score is exactly 0.
     """
+    model = inputs.as_model(model)
     start = time.perf_counter()
     setup = _prepare(model, clean, corrupted, answer, contrast, metric, sites, layers, positions, answer_position,
                      normalize, prepend_bos)
@@ -453,6 +454,7 @@ def attribution_patching(model, clean, corrupted, answer=None, contrast=None, *,
     ``result.reference``, and ``result.agreement()`` gives the correlation per site. Gradients are
     taken with :func:`torch.autograd.grad` (parameters' ``.grad`` are left untouched).
     """
+    model = inputs.as_model(model)
     start = time.perf_counter()
     setup = _prepare(model, clean, corrupted, answer, contrast, metric, sites, layers, positions, answer_position,
                      normalize, prepend_bos)

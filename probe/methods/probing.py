@@ -74,6 +74,7 @@ def collect_activations(model, data, labels=None, *, sites: str | Sequence[str] 
         path: store on disk in this directory; otherwise on disk (a temporary directory, see
             ``result.path``) only when the features would exceed ``memory_limit`` bytes.
     """
+    model = inputs.as_model(model)
     start = time.perf_counter()
     if reduce not in ("random", "pca", None):
         raise InputError(f"reduce must be 'random', 'pca' or None, got {reduce!r}.")
@@ -326,8 +327,8 @@ def _fit_one(task: str, X_tr, y_tr, X_te, y_te, C: float, alpha: float, max_iter
 def fit_probes(data: ActivationDataset, labels: str | Sequence[str] | None = None, *,
                sites: Sequence[str] | None = None, layers: Sequence[int] | None = None, task: str = "auto",
                test_size: float = 0.2, control: bool = True, standardize: bool = True, C: float = 1.0,
-               alpha: float = 1.0, max_train: int | None = 20_000, max_test: int | None = 10_000,
-               max_iter: int = 300, max_classes: int = 64, seed: int = 0) -> ProbeResult:
+               alpha: float = 1.0, max_train: int | None = 10_000, max_test: int | None = 10_000,
+               max_iter: int = 100, max_classes: int = 64, seed: int = 0) -> ProbeResult:
     """Fit a linear probe for every label x (site, layer) of ``data`` and score it on held-out sequences.
 
     Args:

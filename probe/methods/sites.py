@@ -49,9 +49,11 @@ def layer_of(name: str) -> int | None:
 def memory_hooks(model, layer: int) -> list[str]:
     """Every hook holding layer ``layer``'s memory at a position: its ``hook_state*`` hooks, or,
     for a layer with no recurrent state but with keys/values (attention), ``hook_k`` and ``hook_v``."""
+    from probe.mixers import MIXERS
+
     prefix = f"blocks.{layer}."
     names = [n for n in model.hook_dict if n.startswith(prefix) and "hook_state" in n]
-    mixer = model.blocks[layer].mixer
+    mixer = MIXERS.get(model.cfg.layout[layer])
     if not getattr(mixer, "recurrent", False):
         kv = [f"{prefix}mixer.hook_k", f"{prefix}mixer.hook_v"]
         if all(n in model.hook_dict for n in kv):
@@ -117,7 +119,7 @@ def needs_forcing(model, name: str) -> bool:
         return True
     from probe.mixers.base import RecurrentMixer
 
-    parent = model.mod_dict.get(name.rsplit(".", 1)[0]) if "." in name else None
+    parent = getattr(model, "mod_dict", {}).get(name.rsplit(".", 1)[0]) if "." in name else None
     return isinstance(parent, RecurrentMixer)
 
 

@@ -153,6 +153,7 @@ def steering_vector(model, positive, negative, *, site: str = "resid_pre", layer
             each text's tokens), or an index ``p`` read in both texts of a pair (pairs must then
             have equal lengths, so that ``p`` means the same place).
     """
+    model = inputs.as_model(model)
     pos = _texts_or_tokens(model, positive, "positive", prepend_bos)
     neg = _texts_or_tokens(model, negative, "negative", prepend_bos)
     if len(pos) != len(neg):
@@ -334,6 +335,7 @@ def steer(model, input, vector, coefficients: Sequence[float] = (-1.0, 0.0, 1.0)
             (greedy by default; ``temperature``/``top_k``/``seed`` as in ``model.generate``).
         keep_logits: keep every steered run's logits in the result.
     """
+    model = inputs.as_model(model)
     start = time.perf_counter()
     site, vecs, parts = _vectors(model, vector, site, layers)
     coefficients = [float(c) for c in (coefficients if isinstance(coefficients, (list, tuple, np.ndarray, Tensor))
@@ -400,8 +402,9 @@ def _scalar(v) -> Tensor:
     return v.double().mean() if v.dim() else v.double()
 
 
-def _steered_forward(model, ids: Tensor, hook: _AddHook, stepwise: bool, states=None):
-    """``(logits, states)`` of ``ids`` with ``hook`` active (its ``offset`` set per segment).
+def _steered_forward(model, ids: Tensor, hook: _AddHook, stepwise: bool, states=None, need_state: bool = False):
+    """``(logits, states)`` of ``ids`` (continuing from ``states``) with ``hook`` active, its ``offset``
+    set per piece; ``states`` is ``None`` when neither carried in nor asked for (``need_state``).
 
     A hook inside a recurrence (``stepwise``) sees the values of the *unsteered* recurrence, so
     additions at several positions in one forward would each be relative to an unsteered
@@ -410,11 +413,13 @@ def _steered_forward(model, ids: Tensor, hook: _AddHook, stepwise: bool, states=
     ones, exactly as in token-by-token generation (the recurrence carries every addition)."""
     start = states.position if states is not None else 0
     T = ids.shape[1]
-    if not stepwise or hook.coefficient == 0.0:
-        cuts = [T]
-    else:
+    cuts = [T]
+    if stepwise and hook.coefficient != 0.0:
         steered = range(start, start + T) if hook.positions is None else hook.positions
         cuts = sorted({p - start + 1 for p in steered if start <= p < start + T} | {T})
+    if len(cuts) == 1 and states is None and not need_state:
+        hook.offset = 0
+        return model(ids), None  # one piece, no state: also models that carry none (a TransformerLens bridge)
     pieces, a = [], 0
     for b in cuts:
         hook.offset = start + a
@@ -427,15 +432,22 @@ def _steered_forward(model, ids: Tensor, hook: _AddHook, stepwise: bool, states=
 
 def _generate(model, ids: Tensor, hook: _AddHook, stepwise: bool, n: int, temperature: float, top_k, seed) -> Tensor:
     """Sample ``n`` tokens with the steering hook active, the state carried token by token (the hook's
-    ``offset`` tracks absolute positions). Returns ``[batch, pos + n]``."""
+    ``offset`` tracks absolute positions; a model without carried state recomputes the prefix).
+    Returns ``[batch, pos + n]``."""
+    from probe.model import HookedLM
+
     gen = torch.Generator(device=model.device)
     if seed is not None:
         gen.manual_seed(seed)
-    logits, states = _steered_forward(model, ids, hook, stepwise)
+    carried = isinstance(model, HookedLM)
+    logits, states = _steered_forward(model, ids, hook, stepwise, need_state=carried)
     out = [ids]
     for k in range(n):
-        nxt = model._sample(logits[:, -1], temperature, top_k, gen)
+        nxt = HookedLM._sample(logits[:, -1], temperature, top_k, gen)
         out.append(nxt[:, None])
         if k + 1 < n:
-            logits, states = _steered_forward(model, nxt[:, None], hook, stepwise, states)
+            if carried:
+                logits, states = _steered_forward(model, nxt[:, None], hook, stepwise, states)
+            else:
+                logits, _ = _steered_forward(model, torch.cat(out, dim=1), hook, stepwise)
     return torch.cat(out, dim=1)
