@@ -33,6 +33,7 @@ class Example:
     good: str = ""
     bad: str = ""
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+    index: int = -1  # the example's index among ``task_examples(task, n, seed=0)``
 
 
 def _snippets(text: str, relpath: str, limit: int) -> list[Example]:
@@ -70,6 +71,13 @@ def task_names() -> list[str]:
     return list(TASKS)
 
 
+def task_example(task: str, index: int, seed: int = 0):
+    """The original :class:`probe.data.tasks.TaskExample` behind ``task_examples(task, n, seed)[index]``."""
+    from probe.data.tasks import get_task
+
+    return get_task(task).examples(index + 1, seed)[index]
+
+
 @st.cache_data(show_spinner=False)
 def task_examples(task: str, n: int = 10, seed: int = 0) -> list[Example]:
     """``n`` examples of a synthetic task (deterministic in ``seed``)."""
@@ -78,7 +86,7 @@ def task_examples(task: str, n: int = 10, seed: int = 0) -> list[Example]:
     out = []
     for i, e in enumerate(get_task(task).examples(n, seed)):
         out.append(Example(f"{task} #{i}", e.text, task, tuple(e.tokens), tuple(e.answer_positions), tuple(e.correct),
-                           tuple(e.contrast), e.good, e.bad, dict(e.meta)))
+                           tuple(e.contrast), e.good, e.bad, dict(e.meta), i))
     return out
 
 

@@ -37,6 +37,10 @@ DEMO_LAYOUTS: dict[str, list[str]] = {
 MAX_TOKENS = 512
 HF_HOST = ("huggingface.co", 443)
 
+# Small models gain nothing from intra-op threads, and on a small shared machine threads wait on each
+# other (tens of times slower); PROBE_THREADS=N gives big (Hugging Face) models more.
+torch.set_num_threads(max(1, int(os.environ.get("PROBE_THREADS", "1"))))
+
 
 def zoo_sources() -> list[str]:
     return [f"zoo:{name}" for name in probe.zoo_names()]

@@ -118,7 +118,7 @@ def tuned_lens_figures(source: str, text: str, steps: int | None) -> dict | None
 def _show(slot: Slot, figs: dict, color: str, kind: str) -> None:
     if "desc" in figs:
         st.caption(f"Tuned lens {figs['desc']}.")
-    show_figure(figs[color], key=f"{kind}-{slot.name}", height=120 + 38 * len(figs["frame"]))
+    show_figure(figs[color], key=f"{kind}-{slot.name}", height=max(380, 200 + 45 * len(figs["frame"])))
     with st.expander("By layer: KL, loss, top-1 agreement"):
         show_figure(figs["metrics"], key=f"{kind}-metrics-{slot.name}", height=300)
         st.dataframe(figs["frame"], hide_index=True)
