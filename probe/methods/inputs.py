@@ -197,12 +197,15 @@ def sample_windows(stream: Tensor, batch: int, seq_len: int, generator: torch.Ge
     return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])
 
 
-def consecutive_windows(stream: Tensor, seq_len: int, max_windows: int | None = None) -> Tensor:
-    """Non-overlapping ``[n, seq_len]`` windows from the start of ``stream`` (for held-out evaluation)."""
-    n = stream.numel() // seq_len
-    if n == 0:
+def spread_windows(stream: Tensor, seq_len: int, n_windows: int | None = None) -> Tensor:
+    """``[n, seq_len]`` windows at evenly spaced offsets covering the whole ``stream`` (deterministic;
+    for held-out evaluation that samples a whole corpus, not just its first documents). With
+    ``n_windows=None`` (or more than fit), the non-overlapping windows from the start."""
+    fit = stream.numel() // seq_len
+    if fit == 0:
         raise InputError(f"data has only {stream.numel()} tokens, fewer than one window of seq_len={seq_len}; "
                          "give more text or a smaller seq_len.")
-    if max_windows is not None:
-        n = min(n, max_windows)
-    return stream[: n * seq_len].view(n, seq_len)
+    if n_windows is None or n_windows >= fit:
+        return stream[: fit * seq_len].view(fit, seq_len)
+    starts = torch.linspace(0, stream.numel() - seq_len, n_windows).long()
+    return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])

@@ -420,8 +420,8 @@ def compare_lenses(model, lens: TunedLens, data, seq_len: int = 128, max_windows
                    batch_size: int = 8):
     """Held-out per-layer mean ``KL(final || lens)`` of the logit lens and the tuned lens.
 
-    ``data`` is a held-out corpus (not the one ``lens`` was fitted on); it is cut into
-    consecutive windows of ``seq_len`` tokens (at most ``max_windows``). Returns a DataFrame
+    ``data`` is a held-out corpus (not the one ``lens`` was fitted on); ``max_windows`` windows of
+    ``seq_len`` tokens are read at evenly spaced offsets across it (all of it when it holds fewer). Returns a DataFrame
     with one row per lens layer ``0 .. n_layers - 1``: ``kl_logit``, ``kl_tuned``,
     ``tuned_better`` and the relative reduction.
     """
@@ -429,7 +429,7 @@ def compare_lenses(model, lens: TunedLens, data, seq_len: int = 128, max_windows
 
     model = inputs.as_model(model)
     lens.check_model(model)
-    windows = inputs.consecutive_windows(inputs.token_stream(model, data), seq_len, max_windows).to(model.device)
+    windows = inputs.spread_windows(inputs.token_stream(model, data), seq_len, max_windows).to(model.device)
     layers = list(range(model.cfg.n_layers))
     sums = torch.zeros(2, len(layers), dtype=torch.float64)
     count = 0
