@@ -14,9 +14,12 @@
 2. ``mamba_vs_hf`` rows: a 4-layer Mamba (d_model 256, d_state 16, vocab 1000) at 1024 tokens,
    the same weights in transformers' ``MambaForCausalLM`` (its CPU slow path: a Python loop
    over positions over fully materialised ``exp(dt A)`` and ``dt B x``) and in probe: plain
-   forward, every ``hook_state*`` captured, and the state captured at one position. Time is
-   the median of repeats; peak memory the resident-set increase during one call (after
-   returning freed memory to the OS), so it includes the returned logits and cache.
+   forward, every ``hook_state*`` captured, and the state captured at one position. Peak
+   memory is the resident-set increase during one call (after returning freed memory to the
+   OS), so it includes the returned logits and cache.
+
+Times are the minimum over repeats, with the compared callables timed round-robin so that
+load from other processes falls on all of them alike (see :func:`compare`).
 
 ``run(quick=True)`` uses short inputs so the suite finishes in seconds.
 """
@@ -45,15 +48,20 @@ SCAN_MIXERS = {
 }
 
 
-def timeit(fn, repeats: int = 5) -> float:
-    """Best (minimum) wall time of ``repeats`` calls after one warm-up: on a shared, loaded
-    machine the minimum is the least disturbed estimate of a form's own cost."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+def compare(fns: dict, repeats: int = 5) -> dict:
+    """Best (minimum) wall time of each callable over ``repeats`` rounds, after one warm-up.
+
+    The callables are timed round-robin (A, B, C, A, B, C, ...) so that load from other
+    processes on a shared machine falls on all of them alike, and the minimum is the least
+    disturbed estimate of each one's own cost."""
+    for fn in fns.values():
         fn()
-        best = min(best, time.perf_counter() - start)
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
@@ -76,6 +84,21 @@ def _mixer(name: str, options: dict):
     return probe.HookedLM(cfg).blocks[0].mixer.eval()
 
 
+def _with_method(mixer, method: str, x, state_hook: bool = False):
+    """A call of ``mixer`` on ``x`` in form ``method`` (optionally with a no-op hook_state hook,
+    which makes the mixer build every state)."""
+    def call():
+        mixer.method = method
+        if state_hook:
+            mixer.hook_state.add_hook(lambda t, hook: None)
+        try:
+            return mixer(x)[0]
+        finally:
+            if state_hook:
+                mixer.hook_state.remove_hooks()
+    return call
+
+
 def scan_rows(quick: bool) -> list[dict]:
     rows = []
     lengths = (128,) if quick else (1024, 4096)
@@ -84,32 +107,27 @@ def scan_rows(quick: bool) -> list[dict]:
         mixer = _mixer(name, options)
         for T in lengths:
             x = torch.randn(1, T, D_MODEL, generator=torch.Generator().manual_seed(T))
+            calls = {}
+            for form in forms:
+                if name == "lmu" and form == "direct" and T > 1024:
+                    continue  # the Toeplitz form is for short inputs (T^2 memory)
+                calls[form] = _with_method(mixer, "auto" if (name == "hgrn2" and form == "chunked") else form, x)
+            if name == "hgrn2":  # the cost of materialising every state (a hook_state is on)
+                calls["every state (hook_state on)"] = _with_method(mixer, "auto", x, state_hook=True)
             with torch.no_grad():
-                mixer.method = forms[-1]
-                reference = mixer(x)[0]
-                for form in forms:
-                    if name == "lmu" and form == "direct" and T > 1024:
-                        continue  # the Toeplitz form is for short inputs (T^2 memory)
-                    mixer.method = "auto" if (name == "hgrn2" and form == "chunked") else form
-                    seconds = timeit(lambda: mixer(x), repeats=repeats)
-                    rows.append({"suite": "scan", "mixer": name, "T": T, "form": form, "seconds": seconds,
-                                 "max_abs_diff": float((mixer(x)[0] - reference).abs().max())})
-                if name == "hgrn2":  # the cost of materialising every state (a hook_state is on)
-                    mixer.method = "auto"
-                    mixer.hook_state.add_hook(lambda t, hook: None)
-                    try:
-                        seconds = timeit(lambda: mixer(x), repeats=repeats)
-                    finally:
-                        mixer.hook_state.remove_hooks()
-                    rows.append({"suite": "scan", "mixer": name, "T": T, "form": "every state (hook_state on)",
-                                 "seconds": seconds, "max_abs_diff": 0.0})
+                reference = calls[forms[-1]]()
+                seconds = compare(calls, repeats)
+                for form, fn in calls.items():
+                    rows.append({"suite": "scan", "mixer": name, "T": T, "form": form, "seconds": seconds[form],
+                                 "max_abs_diff": float((fn() - reference).abs().max())})
                 if name == "lmu":  # the memory alone, without the layer's projections
                     u = torch.randn(1, T, options["d_u"], generator=torch.Generator().manual_seed(0))
-                    for form in ("fft", "recurrent"):
-                        seconds = timeit(lambda: mixer.memory.states(u, None, form), repeats=repeats)
+                    mem = {form: (lambda form=form: mixer.memory.states(u, None, form)) for form in ("fft", "recurrent")}
+                    seconds = compare(mem, repeats)
+                    for form, fn in mem.items():
                         rows.append({"suite": "scan", "mixer": "lmu (memory only)", "T": T, "form": form,
-                                     "seconds": seconds, "max_abs_diff": float(
-                                         (mixer.memory.states(u, None, form) - mixer.memory.recurrent(u)).abs().max())})
+                                     "seconds": seconds[form],
+                                     "max_abs_diff": float((fn() - mixer.memory.recurrent(u)).abs().max())})
     for row in rows:  # speedup against the sequential form of the same mixer and length
         ref = next(r for r in rows if r["mixer"] == row["mixer"] and r["T"] == row["T"]
                    and r["form"] in ("recurrent", "sequential"))
@@ -154,11 +172,10 @@ def mamba_rows(quick: bool) -> list[dict]:
     rows = []
     with torch.no_grad():
         diff = float((hf_forward() - model(toks)).abs().max())
+        seconds = compare(cases, repeats)
         for case, fn in cases.items():
-            seconds = timeit(fn, repeats=repeats)
-            peak = _peak_mb(fn)
-            row = {"suite": "mamba_vs_hf", "case": case, "layers": n_layers, "T": T, "seconds": seconds,
-                   "peak_mb": peak}
+            row = {"suite": "mamba_vs_hf", "case": case, "layers": n_layers, "T": T, "seconds": seconds[case],
+                   "peak_mb": _peak_mb(fn)}
             if case.startswith("probe +"):
                 row["cache_mb"] = round(fn()[1].nbytes() / 2**20, 1)
             rows.append(row)
