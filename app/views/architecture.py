@@ -93,8 +93,8 @@ def _column(slot: Slot, n_tok: int | None) -> None:
     fixed, grows = int(table["state (fixed)"].sum()), int(table["state per token (grows)"].sum())
     c1, c2, c3 = st.columns(3)
     c1.metric("Parameters", f"{loading.n_params(model):,}")
-    c2.metric("Recurrent state (numbers)", f"{fixed:,}")
-    c3.metric("KV cache per token", f"{grows:,}")
+    c2.metric("Fixed state", f"{fixed:,}")
+    c3.metric("KV per token", f"{grows:,}")
     st.dataframe(table, hide_index=True)
 
 
