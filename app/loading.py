@@ -11,6 +11,7 @@ source                 model
                        zoo is installed, and by the tests)
 ``/some/dir``          a checkpoint directory written by ``model.save``
 ``hf:owner/name``      a Hugging Face hub id converted with ``probe.from_hf`` (network)
+``/some/hf_dir``       a transformers ``save_pretrained`` folder, converted the same way
 =====================  ==================================================================
 
 Every failure is a :class:`probe.ProbeError` with a message for the page.
@@ -97,7 +98,7 @@ def _hf_model(hub_id: str) -> probe.HookedLM:
     except ImportError as exc:
         raise CheckpointError("Loading Hugging Face models needs the converters and transformers: "
                               "pip install -e '.[hf]'.") from exc
-    return from_hf(hub_id)
+    return from_hf(hub_id).eval()
 
 
 @st.cache_resource(show_spinner="Loading model...", max_entries=8)
@@ -109,10 +110,35 @@ def load_model(source: str) -> probe.HookedLM:
         return _hf_model(source[3:])
     if not source.strip():
         raise CheckpointError("Give a checkpoint directory (written by model.save).")
-    if not source.startswith("zoo:") and not os.path.isdir(os.path.expanduser(source)):
-        raise CheckpointError(f"No checkpoint directory at {source!r}: give a folder holding config.json and "
-                              "model.safetensors (written by model.save), or pick a zoo model.")
+    if not source.startswith("zoo:"):
+        path = os.path.expanduser(source)
+        if not os.path.isdir(path):
+            raise CheckpointError(f"No checkpoint directory at {source!r}: give a folder holding config.json and "
+                                  "model.safetensors (written by model.save), or pick a zoo model.")
+        if _is_transformers_dir(path):
+            return _converted(path)
     return probe.load(source).eval()
+
+
+def _is_transformers_dir(path: str) -> bool:
+    """A folder written by transformers' ``save_pretrained`` (its config.json names a ``model_type``)."""
+    import json
+
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model_type" in config and "config" not in config
+
+
+def _converted(path: str) -> probe.HookedLM:
+    try:
+        from probe.io.hf import from_hf
+    except ImportError as exc:
+        raise CheckpointError("Converting a transformers checkpoint needs transformers: "
+                              "pip install -e '.[hf]'.") from exc
+    return from_hf(path).eval()
 
 
 def n_params(model: probe.HookedLM) -> int:

@@ -1,7 +1,8 @@
 """Steering: add ``coefficient x v`` to the residual stream (contrastive activation addition) or to the
 recurrent state (state steering), see the effect on a logit difference and on generated text.
 
-``v`` is the mean activation difference over contrast pairs (:func:`probe.methods.steering_vector`);
+``v`` is the mean activation difference over contrast pairs (:func:`probe.methods.steering_vector`;
+for ``"state"`` every ``hook_state*`` of the layer, concatenated);
 :func:`probe.methods.steer` sweeps the coefficient and generates with the steering applied
 while the state is carried token by token.
 """
@@ -96,8 +97,7 @@ def _pick_preset() -> Preset | None:
 
 def _column(slot: Slot, preset: Preset, site: str, coefficient: float, n_new: int) -> None:
     model = slot.model
-    if site == "state" and not any(f"blocks.{i}.mixer.hook_state" in model.hook_dict
-                                   for i in range(model.cfg.n_layers)):
+    if site == "state" and not model.state_hook_names():
         st.info("This model has no recurrent state to steer (attention only); use the residual stream.")
         return
     out = sweep(slot.source, preset, site)
