@@ -16,13 +16,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `streamlit run app/explorer.py` puts app/ on the path, not the repo
     sys.path.insert(0, str(ROOT))
 
-from app.context import guarded  # noqa: E402
-from app.sidebar import sidebar  # noqa: E402
-from app.views import VIEWS  # noqa: E402
-from app.widgets import n_tokens  # noqa: E402
-
 st.set_page_config(page_title="probe explorer", layout="wide")
 st.title("probe explorer")
+
+# the first session of a server imports torch and TransformerLens (seconds on a small machine):
+# the title and a spinner show while it does
+with st.spinner("Loading probe..."):
+    from app.context import guarded
+    from app.sidebar import sidebar
+    from app.views import VIEWS
+    from app.widgets import n_tokens
 
 ctx = sidebar()
 if not ctx.text.strip():
