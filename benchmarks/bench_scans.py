@@ -18,6 +18,7 @@
    memory is the resident-set increase during one call (after returning freed memory to the
    OS), so it includes the returned logits and cache.
 
+Every row runs with ``THREADS`` (1) intra-op threads, the same for probe and transformers.
 Times are the minimum over repeats, with the compared callables timed round-robin so that
 load from other processes falls on all of them alike (see :func:`compare`).
 
@@ -187,8 +188,21 @@ def mamba_rows(quick: bool) -> list[dict]:
     return rows
 
 
+#: intra-op threads for this suite: on a small shared machine two threads per op thrash with
+#: other processes (many small ops then take 5x longer, at random); one thread is stable
+THREADS = 1
+
+
 def run(quick: bool = False) -> list[dict]:
-    return scan_rows(quick) + mamba_rows(quick)
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        rows = scan_rows(quick) + mamba_rows(quick)
+    finally:
+        torch.set_num_threads(before)
+    for row in rows:
+        row["threads"] = THREADS
+    return rows
 
 
 if __name__ == "__main__":
