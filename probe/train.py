@@ -324,7 +324,7 @@ class Trainer:
                 window_time += dt
                 bar.update(1)
                 record = None
-                if self.step % cfg.log_every == 0 or self.step == end:
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     record = {"step": self.step, "loss": float(np.mean(window_loss)), "lr": cfg.lr_at(self.step - 1),
                               "tokens_per_s": window_tokens / max(window_time, 1e-9), "tokens_seen": self.tokens_seen}
                     bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")

@@ -1,7 +1,7 @@
 r"""The training data mix: code windows interleaved with packed synthetic-task examples.
 
 Every row of a batch is, independently, with probability ``task_fraction`` a *task row*
-(examples of uniformly chosen tasks, each starting with its BOS, packed back to back and
+(examples of tasks drawn with ``task_weights``, each starting with its BOS, packed back to back and
 cut at ``seq_len + 1`` tokens) and otherwise a *text row* (a window of the token stream at a
 random offset). A batch is a pure function of the generator passed in; the trainer passes
 ``numpy.random.default_rng([seed, step])`` so that batches do not depend on history.
@@ -21,14 +21,20 @@ from probe.errors import InputError
 @dataclass
 class DataMix:
     """Args: ``text`` the stream of text rows, ``tasks`` task names or instances,
-    ``task_fraction`` the expected share of task rows (0 = text only)."""
+    ``task_fraction`` the expected share of task rows (0 = text only), ``task_weights`` the
+    relative frequency of each task's examples in task rows (default: equal)."""
 
     text: TokenStream
     tasks: Sequence[Task | str] = ()
     task_fraction: float = 0.0
+    task_weights: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
         self.tasks = [get_task(t) for t in self.tasks]
+        weights = np.ones(len(self.tasks)) if self.task_weights is None else np.asarray(self.task_weights, float)
+        if weights.shape != (len(self.tasks),) or (weights < 0).any() or (self.tasks and weights.sum() <= 0):
+            raise InputError(f"task_weights must be {len(self.tasks)} non-negative numbers, not all zero.")
+        self._p = weights / weights.sum() if self.tasks else weights
         if not 0.0 <= self.task_fraction <= 1.0:
             raise InputError(f"task_fraction must be in [0, 1], got {self.task_fraction}.")
         if self.task_fraction > 0 and not self.tasks:
@@ -52,6 +58,6 @@ class DataMix:
     def task_row(self, rng: np.random.Generator, length: int) -> np.ndarray:
         out: list[int] = []
         while len(out) < length:
-            task = self.tasks[int(rng.integers(len(self.tasks)))]
+            task = self.tasks[int(rng.choice(len(self.tasks), p=self._p))]
             out += task.example(rng).tokens
         return np.asarray(out[:length], dtype=np.int64)

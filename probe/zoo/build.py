@@ -38,7 +38,7 @@ def zoo_data(seq_len: int = TRAIN.seq_len) -> tuple[DataMix, TokenStream]:
     """The zoo's training mix and its validation stream (the stdlib val split)."""
     train = stdlib_stream("train")
     val = stdlib_stream("val")
-    mix = DataMix(train, MIX["tasks"], MIX["task_fraction"])
+    mix = DataMix(train, MIX["tasks"], MIX["task_fraction"], MIX["task_weights"])
     mix.check(seq_len)
     return mix, val
 
@@ -78,6 +78,27 @@ def hardware(device: torch.device) -> str:
     return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
 
 
+def cpu_seconds_per_step(name: str, threads: int = 2, steps: int = 3) -> float:
+    """Median wall time of one training step of recipe ``name`` on the CPU with ``threads``
+    threads (after one warm-up step), on random tokens of the recipe's batch shape. Times the
+    recipe's full step count gives the CPU training time of ``probe zoo train NAME --device cpu``."""
+    import time
+
+    from probe.train import Trainer
+
+    torch.set_num_threads(threads)
+    model = build_model(name)
+    stream = TokenStream(torch.randint(0, 256, (TRAIN.seq_len * 4,)).numpy(), TRAIN.seq_len * 4)
+    trainer = Trainer(model, stream, replace(TRAIN, device="cpu"), progress=False)
+    tokens = torch.randint(0, 256, (TRAIN.batch_size, TRAIN.seq_len + 1))
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        trainer.train_step(tokens)
+        times.append(time.perf_counter() - t0)
+    return float(sorted(times[1:])[len(times[1:]) // 2])
+
+
 def train_zoo_model(name: str, out_dir: str | Path = ZOO_DIR, device: str = "auto", progress: bool = True,
                     resume: bool = True, evaluate: bool = True, **train_overrides: Any) -> Path:
     """Train zoo architecture ``name`` and write ``out_dir/name`` (see the module docstring).
@@ -109,7 +130,8 @@ def train_zoo_model(name: str, out_dir: str | Path = ZOO_DIR, device: str = "aut
         "steps": result.step,
         "train": config.to_dict(),
         "data": {"text": MIX["text"], "tasks": list(MIX["tasks"]), "task_fraction": MIX["task_fraction"],
-                 "corpus_python": mix.text.meta.get("python"), "train_bytes": mix.text.n_bytes,
+                 "task_weights": list(MIX["task_weights"]), "corpus_python": mix.text.meta.get("python"),
+                 "train_bytes": mix.text.n_bytes,
                  "val_bytes": val.n_bytes},
         "train_seconds": round(result.train_seconds, 1),
         "hardware": hardware(trainer.device),
