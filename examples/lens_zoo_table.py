@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -88,8 +89,8 @@ def main(argv=None) -> int:
             return 1
         models = {}
         for name in names:
-            source = name if ("/" in name or name.startswith(".")) else f"zoo:{name}"
-            models[name] = probe.load(source).eval()
+            is_path = "/" in name or name.startswith(".")
+            models[Path(name).name if is_path else name] = probe.load(name if is_path else f"zoo:{name}").eval()
         train, held_out = stdlib_stream(args.train_split), stdlib_stream(args.eval_split)
     start = time.perf_counter()
     df = lens_table(models, train, held_out, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
