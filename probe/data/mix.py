@@ -35,6 +35,7 @@ class DataMix:
         if weights.shape != (len(self.tasks),) or (weights < 0).any() or (self.tasks and weights.sum() <= 0):
             raise InputError(f"task_weights must be {len(self.tasks)} non-negative numbers, not all zero.")
         self._p = weights / weights.sum() if self.tasks else weights
+        self._uniform = bool(len(weights) == 0 or np.all(weights == weights[0]))
         if not 0.0 <= self.task_fraction <= 1.0:
             raise InputError(f"task_fraction must be in [0, 1], got {self.task_fraction}.")
         if self.task_fraction > 0 and not self.tasks:
@@ -58,6 +59,9 @@ class DataMix:
     def task_row(self, rng: np.random.Generator, length: int) -> np.ndarray:
         out: list[int] = []
         while len(out) < length:
-            task = self.tasks[int(rng.choice(len(self.tasks), p=self._p))]
+            if self._uniform:  # the draw the zoo's data was made with (same generator use)
+                task = self.tasks[int(rng.integers(len(self.tasks)))]
+            else:
+                task = self.tasks[int(rng.choice(len(self.tasks), p=self._p))]
             out += task.example(rng).tokens
         return np.asarray(out[:length], dtype=np.int64)

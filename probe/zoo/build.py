@@ -71,11 +71,12 @@ def code_version() -> str:
 
 
 def hardware(device: torch.device) -> str:
+    """The device in words; ``$PROBE_CONCURRENT_RUNS`` > 1 notes that runs shared it."""
+    shared = os.environ.get("PROBE_CONCURRENT_RUNS")
+    note = f", shared by {shared} concurrent runs" if shared and shared != "1" else ""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        shared = os.environ.get("PROBE_CONCURRENT_RUNS")
-        return f"{name}" + (f" (shared by {shared} concurrent runs)" if shared and shared != "1" else "")
-    return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
+        return f"{torch.cuda.get_device_name(device)}{note}"
+    return f"CPU {platform.machine()}, {torch.get_num_threads()} thread(s), {os.cpu_count()} cores{note}"
 
 
 def cpu_seconds_per_step(name: str, threads: int = 2, steps: int = 3) -> float:

@@ -42,10 +42,10 @@ TRAIN = TrainConfig(steps=1200, batch_size=16, seq_len=256, lr=3e-3, min_lr_rati
                     weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0, seed=SEED, eval_every=200,
                     eval_windows=32, save_every=200, log_every=20, device="auto", amp="none")
 
-#: the data mix: stdlib code rows and packed synthetic-task rows, half and half; recall (the
-#: hardest task for every architecture) and agreement get more of the task examples
+#: the data mix: stdlib code rows and packed synthetic-task rows (the four tasks equally often),
+#: half and half
 MIX: dict[str, Any] = {"text": "python-stdlib/train", "tasks": ("agreement", "recall", "induction", "brackets"),
-                       "task_weights": (1.5, 2.0, 0.75, 0.75), "task_fraction": 0.5}
+                       "task_weights": (1.0, 1.0, 1.0, 1.0), "task_fraction": 0.5}
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ class AssociativeRecall(Task):
     chance = 0.1
     description = "multi-query associative recall: letter keys, digit values"
 
-    def __init__(self, min_pairs: int = 2, max_pairs: int = 6, max_queries: int = 3):
+    def __init__(self, min_pairs: int = 3, max_pairs: int = 8, max_queries: int = 4):
         if not 1 <= min_pairs <= max_pairs <= 26:
             raise ValueError("need 1 <= min_pairs <= max_pairs <= 26")
         self.min_pairs, self.max_pairs, self.max_queries = min_pairs, max_pairs, max_queries
