@@ -10,6 +10,7 @@ import base64
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -198,6 +199,34 @@ def test_probes_are_fitted_on_request_hidden_and_state():
     assert {t.name for t in fig.data} >= {"resid_post (hidden)", "state (state)"}
     summary = at.dataframe[0].value
     assert summary["label"].tolist() == ["number"] and 0 <= summary["state"].iloc[0] <= 1
+
+
+def _probe_rows(model: str, scores: dict[tuple[str, int], float]) -> pd.DataFrame:
+    """ProbeResult.to_frame()-shaped rows (as examples/probe_zoo_table.py writes them) for one label."""
+    return pd.DataFrame([{"model": model, "label": "number", "task": "classification", "score_name": "accuracy",
+                          "site": site, "kind": "state" if site == "state" else "hidden", "layer": layer,
+                          "score": score, "baseline": 0.5, "control_score": 0.5, "selectivity": score - 0.5}
+                         for (site, layer), score in scores.items()])
+
+
+def test_precomputed_probe_results_are_shown(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    probe.HookedLM(probe.ModelConfig(d_model=16, n_heads=2, layout=["lstm", "lstm"])).save(tmp_path / "ckpt")
+    _probe_rows("", {("resid_post", 0): 0.6, ("resid_post", 1): 0.9, ("state", 0): 0.7, ("state", 1): 0.8}) \
+        .drop(columns="model").to_csv(tmp_path / "ckpt" / "probes.csv", index=False)  # beside the checkpoint
+    shared = tmp_path / "results"
+    shared.mkdir()
+    pd.concat([_probe_rows("transformer", {("resid_post", 0): 0.95, ("state", 0): 0.7}),
+               _probe_rows("lstm", {("resid_post", 0): 0.8, ("state", 0): 0.85})]).to_csv(shared / "probes.csv")
+    monkeypatch.setenv("PROBE_RESULTS", str(shared))
+    at = explorer(("Local checkpoint...", RECURRENT), view="Probes", path_A=str(tmp_path / "ckpt"))
+    assert not problems(at), problems(at)
+    figs = figures(at)
+    assert len(figs) == 2  # model A's saved probes, and every architecture; model B has none saved
+    assert list(array(figs[0].data[0].y)) == [0.6, 0.9] and "Linear probes for 'number'" in figs[0].layout.title.text
+    assert list(figs[1].data[0].x) == ["transformer", "lstm"] and list(array(figs[1].data[1].y)) == [0.7, 0.85]
+    assert "##### Every architecture (precomputed)" in texts(at.markdown)
+    assert texts(at.caption).count("No precomputed probe results for this model.") == 1
 
 
 def test_state_steering_coefficient_changes_the_steered_generation():

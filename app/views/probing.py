@@ -1,15 +1,20 @@
 """Probe accuracy by layer, hidden activations vs the recurrent state.
 
-Precomputed results are read when present: ``probes.json`` beside a checkpoint (one model) or
-``probe/zoo/probes.json`` (every zoo model), each the records of
-``ProbeResult.to_frame()`` (``DataFrame.to_json(orient="records")``) with ``model`` set to the
-model's name (``zoo:NAME``). A button fits probes here on a small labelled set (a synthetic
-task or the code corpus) with :func:`probe.methods.collect_activations` and
-:func:`probe.methods.fit_probes`, control task included (selectivity = score - control).
+Precomputed results are read when present: a ``probes.csv`` (or ``probes.json``, records) holding
+``ProbeResult.to_frame()`` rows, as ``examples/probe_zoo_table.py --out DIR`` writes them,
+found beside the model's checkpoint, in ``probe/zoo/``, ``probe/zoo/results/`` or the folder
+``$PROBE_RESULTS``; rows are matched to a model by its ``model`` column (``qrnn`` or
+``zoo:qrnn``; a file beside a checkpoint may omit it). When a shared file covers several
+models, a table compares the best hidden and best state score of every architecture.
+
+A button fits probes here on a small labelled set (a synthetic task or the code corpus) with
+:func:`probe.methods.collect_activations` and :func:`probe.methods.fit_probes`, control task
+included (selectivity = score - control).
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -21,8 +26,8 @@ from app.context import Context, Slot, side_by_side
 from app.widgets import show_figure
 
 TITLE = "Probes"
-RESULTS_FILE = "probes.json"
-ZOO_RESULTS = Path(__file__).resolve().parents[2] / "probe" / "zoo" / RESULTS_FILE
+RESULTS_FILES = ("probes.csv", "probes.json")
+ZOO_DIR = Path(__file__).resolve().parents[2] / "probe" / "zoo"
 #: datasets for on-the-fly probes: label -> (source, label name, description)
 DATASETS = {
     "agreement: subject number": ("task:agreement", "number", "singular / plural subject, on every token"),
@@ -38,27 +43,62 @@ SITES = ("resid_post", "mixer_out", "state")
 MAX_DIM, MAX_TRAIN = 128, 2000
 
 
-def _read_records(path: Path) -> pd.DataFrame | None:
+def _read(path: Path) -> pd.DataFrame | None:
+    return _read_file(str(path), path.stat().st_mtime)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _read_file(name: str, mtime: float) -> pd.DataFrame | None:
+    """A results file (cached until it changes: ``mtime`` is part of the key)."""
+    path = Path(name)
     try:
-        return pd.DataFrame(json.loads(path.read_text()))
+        frame = pd.read_csv(path) if path.suffix == ".csv" else pd.DataFrame(json.loads(path.read_text()))
     except (OSError, ValueError):
         return None
+    needed = {"label", "site", "kind", "layer", "score", "baseline", "score_name"}
+    return frame if needed <= set(frame.columns) else None
 
 
-@st.cache_data(show_spinner=False, ttl=60)
+def _result_files(checkpoint: str | None) -> list[Path]:
+    folders = ([Path(checkpoint)] if checkpoint else []) + [ZOO_DIR, ZOO_DIR / "results"]
+    if os.environ.get("PROBE_RESULTS"):
+        folders.append(Path(os.environ["PROBE_RESULTS"]))
+    return [d / f for d in folders for f in RESULTS_FILES if (d / f).is_file()]
+
+
+def _model_keys(model) -> set[str]:
+    name = model.cfg.name or ""
+    keys = {name, name.removeprefix("zoo:")}
+    if getattr(model, "checkpoint_path", None):
+        keys.add(Path(model.checkpoint_path).name)
+    return {k for k in keys if k}
+
+
 def precomputed(source: str) -> pd.DataFrame | None:
-    """Saved probe results for the model, from beside its checkpoint or the zoo-wide file."""
+    """Saved probe results of this model (the first file that has rows for it)."""
     model = loading.load_model(source)
-    frames = []
-    path = getattr(model, "checkpoint_path", None)
-    if path and (Path(path) / RESULTS_FILE).is_file():
-        frames.append(_read_records(Path(path) / RESULTS_FILE))
-    if ZOO_RESULTS.is_file():
-        zoo = _read_records(ZOO_RESULTS)
-        if zoo is not None and "model" in zoo:
-            frames.append(zoo[zoo["model"] == model.cfg.name])
-    frames = [f for f in frames if f is not None and len(f)]
-    return frames[0] if frames else None
+    checkpoint = getattr(model, "checkpoint_path", None)
+    for path in _result_files(checkpoint):
+        frame = _read(path)
+        if frame is None:
+            continue
+        if "model" not in frame:
+            if checkpoint and path.parent == Path(checkpoint):
+                return frame.assign(model=model.cfg.name)
+            continue
+        rows = frame[frame["model"].astype(str).isin(_model_keys(model))]
+        if len(rows):
+            return rows
+    return None
+
+
+def all_architectures() -> pd.DataFrame | None:
+    """Precomputed results covering several models (the shared zoo files), or None."""
+    for path in _result_files(None):
+        frame = _read(path)
+        if frame is not None and "model" in frame and frame["model"].nunique() > 1:
+            return frame
+    return None
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -134,3 +174,19 @@ def render(ctx: Context) -> None:
         st.warning("Pick at least one site.")
         return
     side_by_side(ctx, lambda slot: _column(slot, dataset, int(size), tuple(sites)))
+    _architectures()
+
+
+def _architectures() -> None:
+    """Best hidden vs best state score of every model in a shared results file."""
+    frame = all_architectures()
+    if frame is None:
+        return
+    from probe.methods import ProbeResult, hidden_vs_state, hidden_vs_state_figure
+
+    st.markdown("##### Every architecture (precomputed)")
+    results = [ProbeResult(part, model=str(name)) for name, part in frame.groupby("model", sort=False)]
+    summary = hidden_vs_state(results)
+    label = st.selectbox("Label", list(dict.fromkeys(summary["label"])), key="probe_arch_label")
+    show_figure(hidden_vs_state_figure(results, label), key="probe-architectures", height=380)
+    st.dataframe(summary[summary["label"] == label], hide_index=True)
