@@ -60,8 +60,8 @@ def layout_figure(model, table: pd.DataFrame, n_tok: int | None) -> go.Figure:
     def box(x0, x1, y0, y1, color, text, hover):
         fig.add_shape(type="rect", x0=x0, x1=x1, y0=y0, y1=y1, fillcolor=color, line=dict(color="#444", width=1),
                       layer="below")
-        fig.add_trace(go.Scatter(x=[(x0 + x1) / 2], y=[(y0 + y1) / 2], mode="text", text=[text], textfont=dict(color="black"),
-                                 hovertext=[hover], hoverinfo="text", showlegend=False))
+        fig.add_trace(go.Scatter(x=[(x0 + x1) / 2], y=[(y0 + y1) / 2], mode="text", text=[text],
+                                 textfont=dict(color="black"), hovertext=[hover], hoverinfo="text", showlegend=False))
 
     cfg = model.cfg
     box(0, 1, -1, -0.2, "#eeeeee", f"embed  {cfg.vocab_size} x {cfg.d_model}", "token embedding")

@@ -18,8 +18,8 @@ def dla(source: str, text: str, metric: Metric, per_head: bool) -> dict:
     model = loading.load_model(source)
     tokens = loading.check_text(model, text)
     pos = clamp_position(metric.position, tokens.shape[1])
-    res = methods.get('direct_logit_attribution')(model, tokens, target=metric.target, contrast=metric.contrast,
-                                   position=pos, per_head=per_head)
+    dla_fn = methods.get("direct_logit_attribution")
+    res = dla_fn(model, tokens, target=metric.target, contrast=metric.contrast, position=pos, per_head=per_head)
     return {"figure": res.figure(heads=per_head), "frame": res.to_frame(), "label": res.metric_label[0],
             "rel_error": float(res.rel_error[0]), "logit": float(res.logit[0])}
 

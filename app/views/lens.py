@@ -88,8 +88,8 @@ def fitted_tuned_lens(source: str, steps: int):
     """A tuned lens fitted here for ``steps`` steps on the code corpus (kept for this server's life)."""
     model = loading.load_model(source)
     seq_len = min(FIT_SEQ_LEN, model.cfg.context_limit or FIT_SEQ_LEN)
-    return methods.get("TunedLens")(model).fit(model, fit_corpus(), steps=steps, batch_size=FIT_BATCH, seq_len=seq_len,
-                                warmup=max(1, steps // 10))
+    lens = methods.get("TunedLens")(model)
+    return lens.fit(model, fit_corpus(), steps=steps, batch_size=FIT_BATCH, seq_len=seq_len, warmup=max(1, steps // 10))
 
 
 def tuned_lens_for(source: str, steps: int | None):

@@ -18,8 +18,9 @@ def saliency(source: str, text: str, metric: Metric, steps: int, baseline: str) 
     model = loading.load_model(source)
     tokens = loading.check_text(model, text)
     pos = clamp_position(metric.position, tokens.shape[1])
-    res = methods.get('integrated_gradients')(model, tokens, target=metric.target, contrast=metric.contrast, position=pos,
-                               baseline=baseline, steps=steps)
+    ig = methods.get("integrated_gradients")
+    res = ig(model, tokens, target=metric.target, contrast=metric.contrast, position=pos, baseline=baseline,
+             steps=steps)
     shown = res.str_tokens[0][: pos + 1]
     return {"figure": res.figure(), "html": colored_tokens(shown, res.attributions[0, : pos + 1].tolist(),
                                                            f"{res.metric_label[0]} at position {pos}"),
