@@ -1,42 +1,34 @@
-"""Linear probes on the hidden state and on the recurrent state: bracket depth in Python code.
+"""Linear probes on the hidden stream vs the recurrent state (subject number in agreement sentences).
 
-    python examples/probing.py [zoo-name] [--bytes N] [--out DIR]
+    python examples/probing.py [zoo-name] [--n N] [--out DIR]
 
-Collects resid_post / mixer_out / state features over the first N bytes of the stdlib test
-split, fits a logistic-regression probe per layer and site with a control task, and prints
-the per-layer table and the best hidden vs best state score.
+Collects resid_post / mixer_out / state features at every token of N agreement sentences, fits a
+logistic probe per (site, layer) for the subject's number with a control task, prints accuracy and
+selectivity and writes the figure to DIR as HTML.
 """
 import argparse
 from pathlib import Path
 
-import numpy as np
 from _model import example_model
 
-from probe.data import CodeCorpus
-from probe.methods import collect_activations, fit_probes
+from probe.data.tasks import get_task
+from probe.methods import collect_activations, fit_probes, hidden_vs_state
 
 p = argparse.ArgumentParser()
 p.add_argument("model", nargs="?")
-p.add_argument("--bytes", type=int, default=40_000)
+p.add_argument("--n", type=int, default=200)
 p.add_argument("--out", default="probing_out")
 args = p.parse_args()
 model = example_model(args.model)
 out = Path(args.out)
 out.mkdir(exist_ok=True)
 
-data = []
-for tokens, labels in CodeCorpus("test").labelled():
-    n = min(2048, len(tokens))  # the start of many files rather than all of a few
-    data.append((tokens[:n], {"bracket_depth": np.minimum(labels["bracket_depth"][:n], 4),
-                              "in_string": labels["in_string"][:n]}))
-    if sum(len(t) for t, _ in data) >= args.bytes:
-        break
-acts = collect_activations(model, data, sites=["resid_post", "mixer_out", "state"], seq_len=256)
-print(acts, f"collected in {acts.seconds:.1f}s")
-res = fit_probes(acts)
-cols = ["label", "site", "kind", "layer", "mixer", "score", "control_score", "selectivity"]
-print(res.to_frame()[cols].to_string(index=False))
-print(res.summary().to_string(index=False))
-for label in ("bracket_depth", "in_string"):
-    res.figure(label).write_html(out / f"{label}.html")
-print(f"probes fitted in {res.seconds:.1f}s; figures in {out}/")
+examples = get_task("agreement").examples(args.n, seed=1)
+data = [(e.tokens, {"number": e.labels["number"]}) for e in examples]
+acts = collect_activations(model, data, sites=["resid_post", "mixer_out", "state"], max_dim=128)
+res = fit_probes(acts, "number")
+print(res.to_frame().to_string(index=False))
+print("\nhidden vs state:")
+print(hidden_vs_state([res]).to_string(index=False))
+res.figure("number").write_html(out / "probes.html")
+print(f"{len(data)} sentences; figure in {out}/")

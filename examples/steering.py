@@ -1,38 +1,32 @@
-"""Steering the is/are preference: contrastive activation addition vs state steering.
+"""Steering with a difference-of-means vector, in the residual stream and in the recurrent state.
 
-    python examples/steering.py [zoo-name] [--out DIR]
+    python examples/steering.py [zoo-name] [--tokens N]
 
-The direction is the mean (plural - singular) difference at the position before the verb over
-aligned agreement pairs; it is added at resid_pre (CAA) and to the recurrent state of each layer,
-and the "are" preference logit('a') - logit('i') is measured against the coefficient.
+The vector is mean(plural subjects) - mean(singular subjects) at the last token; adding it should
+push "the dog " towards "are" ('a') over "is" ('i'). site="state" steers the whole memory of each
+recurrent layer, carried through the recurrence as in token-by-token generation.
 """
 import argparse
-from pathlib import Path
 
 from _model import example_model
 
+from probe.data.tasks.agreement import NOUNS
 from probe.methods import steer, steering_vector
-from probe.methods.pairs import task_pairs
 
 p = argparse.ArgumentParser()
 p.add_argument("model", nargs="?")
-p.add_argument("--out", default="steering_out")
+p.add_argument("--tokens", type=int, default=8, help="tokens to generate per coefficient")
 args = p.parse_args()
 model = example_model(args.model)
-out = Path(args.out)
-out.mkdir(exist_ok=True)
 
-pairs = [q for q in task_pairs("agreement", 80, seed=3) if {chr(q.answer), chr(q.contrast)} == {"a", "i"}]
-plural = [q.clean if chr(q.answer) == "a" else q.corrupted for q in pairs]
-singular = [q.corrupted if chr(q.answer) == "a" else q.clean for q in pairs]
-prompt = "the key to the cabinets "
+singular = [f"the {s} " for s, _ in NOUNS]
+plural = [f"the {pl} " for _, pl in NOUNS]
 for site in ("resid_pre", "state"):
-    try:
-        v = steering_vector(model, plural, singular, site=site)
-    except ValueError as exc:  # a transformer has no recurrent state
-        print(f"{site}: {exc}")
+    vec = steering_vector(model, plural, singular, site=site)
+    if not vec.layers:
+        print(f"{site}: this model has no such site")
         continue
-    res = steer(model, prompt, v, [-4, -2, 0, 2, 4], answer="a", contrast="i", max_new_tokens=12)
-    print(res.to_frame()[["site", "layer", "mixer", "coefficient", "metric", "generation"]].to_string(index=False))
-    res.figure().write_html(out / f"steering_{site}.html")
-print(f"figures in {out}/")
+    print(f"\n{site}: {vec}")
+    res = steer(model, "the dog ", vec, coefficients=[-4.0, 0.0, 4.0], answer="a", contrast="i",
+                max_new_tokens=args.tokens)
+    print(res.to_frame().to_string(index=False))
