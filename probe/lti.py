@@ -101,8 +101,8 @@ class LTIMemory:
         Abar, Bbar = self.matrices(u)
         m = u.new_zeros(u.shape[0], u.shape[2], self.order) if m0 is None else m0.to(u.dtype)
         out = []
-        for t in range(u.shape[1]):
-            m = torch.addcmul(m @ Abar.T, u[:, t, :, None], Bbar)
+        for u_t in u.unbind(1):
+            m = torch.addcmul(m @ Abar.T, u_t[..., None], Bbar)
             out.append(m)
         return torch.stack(out, dim=1) if out else u.new_zeros(u.shape[0], 0, u.shape[2], self.order)
 

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probe.scan import force_states, linear_scan
+from probe.scan import force_states, linear_scan, linear_scan_blocked
 
 __all__ = ["gla_chunked", "gla_sequential", "gla_states", "gla_readout"]
 
@@ -86,9 +86,9 @@ def gla_sequential(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, h0: Tenso
     S = q.new_zeros(b, H, K, v.shape[-1]) if h0 is None else h0.to(q.dtype)
     decay = log_decay.exp()
     out = []
-    for t in range(T):
-        S = decay[:, t, :, :, None] * S + k[:, t, :, :, None] * v[:, t, :, None, :]
-        out.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S) * scale)
+    for q_t, k_t, v_t, a_t in zip(q.unbind(1), k.unbind(1), v.unbind(1), decay.unbind(1)):  # unbind: no
+        S = a_t[..., None] * S + k_t[..., None] * v_t[..., None, :]  # per-step full-size gradient in backward
+        out.append(torch.einsum("bhk,bhkv->bhv", q_t, S) * scale)
     o = torch.stack(out, dim=1) if out else v.new_zeros(b, 0, H, v.shape[-1])
     return o, S
 
@@ -148,13 +148,28 @@ def gla_chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, h0: Tensor |
 
 
 def gla_states(k: Tensor, v: Tensor, decay: Tensor, h0: Tensor | None = None,
-               force: tuple[Tensor, Tensor] | None = None, method: str = "auto") -> Tensor:
-    """The state after every position, ``[b, T, H, K, V]``, via the elementwise scan (edits honoured)."""
+               force: tuple[Tensor, Tensor] | None = None, method: str = "auto", block: int = 128) -> Tensor:
+    """The state after every position, ``[b, T, H, K, V]``, via the elementwise scan (edits honoured).
+
+    Runs block by block (:func:`probe.scan.linear_scan_blocked`): the outer products
+    ``k^T v`` exist for one block at a time and each block's states go straight into the result.
+    """
+    b, T, H, K = k.shape
+    if h0 is None:
+        h0 = k.new_zeros(b, H, K, v.shape[-1])
+    if T == 0:
+        return k.new_zeros(b, 0, H, K, v.shape[-1])
     a = decay.unsqueeze(-1)  # [b, T, H, K', 1]
-    inc = k.unsqueeze(-1) * v.unsqueeze(-2)  # [b, T, H, K, V]
-    if force is not None:
-        a, inc = force_states(a, inc, *force)
-    return linear_scan(a, inc, h0, method=method)
+
+    def coefficients(t0: int, t1: int) -> tuple[Tensor, Tensor]:
+        a_blk, inc = a[:, t0:t1], k[:, t0:t1, :, :, None] * v[:, t0:t1, :, None, :]
+        if force is not None:
+            a_blk, inc = force_states(a_blk, inc, force[0][:, t0:t1], force[1][:, t0:t1])
+        return a_blk, inc
+
+    S, _, _ = linear_scan_blocked(coefficients, T, h0.to(k.dtype), lambda t0, t1, states: states,
+                                  block=block, method=method)
+    return S
 
 
 def gla_readout(q: Tensor, S: Tensor, scale: float = 1.0) -> Tensor:
