@@ -179,6 +179,16 @@ def test_a_task_example_sets_the_text_and_the_views_defaults():
     assert len(at.get("plotly_chart")) == 2
 
 
+def test_a_code_corpus_snippet_is_an_input():
+    at = explorer(input_mode="Code corpus")
+    assert not problems(at)
+    snippet = at.text_area[0].value
+    assert snippet.lstrip().startswith(("def ", "class ")) and len(snippet) > 80
+    labels = at.selectbox(key="code_example").options
+    assert len(labels) >= 4 and all(".py:" in label for label in labels)  # held-out stdlib file:line
+    assert len(at.get("plotly_chart")) == 4
+
+
 def test_tuned_lens_is_fitted_on_request():
     at = explorer(view="Tuned lens", tuned_steps=5)
     assert len(at.get("plotly_chart")) == 0
