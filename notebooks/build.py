@@ -190,7 +190,7 @@ from probe.methods import collect_activations, fit_probes, hidden_vs_state, memo
 
 model = load_model(layout=("qrnn", "lstm"))
 task = get_task("agreement")
-examples = task.examples(60, seed=1)
+examples = task.examples(40, seed=1)
 print(examples[0].text, examples[0].labels["number"][:3])'''),
     md("""
 ## Probes on hidden vs state
@@ -264,7 +264,8 @@ on a zoo model trained on recall the `state` row lights up from the changed valu
 Attribution patching gives the same table from two forward and a few backward passes; `compare=True`
 also runs the real sweep and reports the correlation per site.
 """),
-    code('''attr = attribution_patching(model, clean, corrupted, answer=answer, contrast=contrast, compare=True)
+    code('''attr = attribution_patching(model, clean, corrupted, answer=answer, contrast=contrast, sites=["resid_pre", "state"],
+                            compare=True)
 attr.agreement()'''),
     md("""
 ## Agreement
