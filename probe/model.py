@@ -136,7 +136,9 @@ class HookedLM(HookedRootModule):
         pad = self.tokenizer.pad_token_id or 0
         return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device)
 
-    def to_string(self, tokens: Tensor | Sequence[int]) -> str | list[str]:
+    def to_string(self, tokens: Tensor | Sequence[int] | int) -> str | list[str]:
+        if isinstance(tokens, int) or (isinstance(tokens, Tensor) and tokens.dim() == 0):
+            return self.tokenizer.decode([int(tokens)])
         if isinstance(tokens, Tensor) and tokens.dim() == 2:
             return [self.tokenizer.decode(row.tolist()) for row in tokens]
         return self.tokenizer.decode(tokens.tolist() if isinstance(tokens, Tensor) else tokens)

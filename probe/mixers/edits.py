@@ -27,6 +27,13 @@ respect to the quantity at the marked elements *with every later position follow
 recurrence* (attribution patching of states uses it); without the mark an unchanged value
 is not an edit and gradients would not reach ``delta``.
 
+What a cache shows: a hook fires once, so a cache of the *edited* hook holds the tensor
+as the editing hook returned it (edited values where it wrote, the pre-edit values at
+later positions); the propagated later values are what every *downstream* hook (later
+quantities of this mixer, the mixer output, later layers) sees and caches. To read the
+propagated state itself, cache it in a second run with the same edit on an earlier
+quantity, or run in segments (``model(prefix, return_states=True)``).
+
 Limitation (nonlinear recurrences only, LSTM / sLSTM): gates at positions *after* an
 edited state depend on that state; their hooks have already fired with the pre-edit
 values, so a cache of those gates holds pre-edit values there. The computation itself is
