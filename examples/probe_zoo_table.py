@@ -9,7 +9,8 @@ Three tables, one row per model:
    sites (``resid_post``, ``mixer_out``) and of the state (every ``hook_state*``, randomly
    projected to 512 dims when larger; attention: the key/value written at the position),
    with the control-task selectivity (Hewitt & Liang 2019).
-2. **Patching**: activation patching of clean/corrupted pairs from associative recall (the
+2. **Patching**: activation patching (and its attribution-patching estimate, with their
+   correlation per site) of clean/corrupted pairs from associative recall (the
    queried value changed) and agreement (the subject's number changed), at named positions:
    recall's ``value`` (the state right after reading the key's value) and ``query``;
    agreement's ``subject``, ``attractor`` and ``verb``. The score is
@@ -36,7 +37,7 @@ import pandas as pd
 import torch
 
 import probe
-from probe.methods import activation_patching, collect_activations, fit_probes, hidden_vs_state, steer, steering_vector
+from probe.methods import activation_patching, attribution_patching, collect_activations, fit_probes, hidden_vs_state, steer, steering_vector
 from probe.methods.pairs import task_pairs
 
 CODE_LABELS = ("in_string", "bracket_depth", "indent")
@@ -120,14 +121,22 @@ def probe_table(name: str, model, code, code_pos, agree, seq_len: int, fit_rows:
 
 
 # -- 2. patching ---------------------------------------------------------------------------
-def patching_table(name: str, model, n_pairs: int, seed: int = 1) -> pd.DataFrame:
-    rows = []
+def patching_table(name: str, model, n_pairs: int, seed: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(scores by task x site x layer x role, attribution-vs-activation agreement per site)``."""
+    rows, cells = [], []
     for task, roles in PATCH_ROLES.items():
         num, den = {}, 0.0
         for pair in task_pairs(task, n_pairs, seed=seed):
             positions = sorted({pair.roles[r] for r in roles if r in pair.roles})
-            res = activation_patching(model, pair.clean, pair.corrupted, answer=pair.answer, contrast=pair.contrast,
-                                      sites=["state", "resid_pre"], positions=positions, normalize=False)
+            kw = dict(answer=pair.answer, contrast=pair.contrast, sites=["state", "resid_pre", "mixer_out"],
+                      positions=positions, normalize=False)
+            res = activation_patching(model, pair.clean, pair.corrupted, **kw)
+            approx = attribution_patching(model, pair.clean, pair.corrupted, **kw)
+            for i, site in enumerate(res.sites):
+                ok = torch.isfinite(res.metric[i])
+                for a, b in zip(res.metric[i][ok].tolist(), approx.metric[i][ok].tolist()):
+                    cells.append({"model": name, "site": site, "activation": a - res.corrupted_metric,
+                                  "attribution": b - res.corrupted_metric})
             den += res.clean_metric - res.corrupted_metric
             for role in roles:
                 if role not in pair.roles:
@@ -140,7 +149,11 @@ def patching_table(name: str, model, n_pairs: int, seed: int = 1) -> pd.DataFram
         for (site, layer, role), v in num.items():
             rows.append({"model": name, "task": task, "site": site, "layer": layer, "mixer": model.cfg.layout[layer],
                          "role": role, "score": v / den if den else float("nan"), "clean_minus_corrupted": den})
-    return pd.DataFrame(rows)
+    cells = pd.DataFrame(cells)
+    agree = [{"model": name, "site": site, "cells": len(part),
+              "pearson": float(np.corrcoef(part["activation"], part["attribution"])[0, 1]) if len(part) > 2 else np.nan}
+             for site, part in cells.groupby("site", sort=False)]
+    return pd.DataFrame(rows), pd.DataFrame(agree)
 
 
 # -- 3. steering ---------------------------------------------------------------------------
@@ -167,11 +180,7 @@ def steering_table(name: str, model, n_pairs: int, seed: int = 2) -> pd.DataFram
 
 # -- summaries -----------------------------------------------------------------------------
 def probe_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    class _R:
-        def __init__(self, f):
-            self.frame = f
-
-    return hidden_vs_state([_R(frame)])
+    return hidden_vs_state(frame)
 
 
 def markdown_probes(summary: pd.DataFrame) -> str:
@@ -245,7 +254,7 @@ def main(argv=None) -> dict:
     if not models:
         print("No zoo model is shipped yet; run with --models PATH... or --random-tiny.", file=sys.stderr)
         return {}
-    frames = {"probes": [], "patching": [], "steering": []}
+    frames = {"probes": [], "patching": [], "patching_agreement": [], "steering": []}
     if not args.skip_probes:
         code = code_data(args.code_bytes)
         code_pos = code_positions(code, args.seq_len, args.skip, args.stride)
@@ -256,7 +265,9 @@ def main(argv=None) -> dict:
         if not args.skip_probes:
             frames["probes"].append(probe_table(name, model, code, code_pos, agree, args.seq_len, args.fit_rows))
         if not args.skip_patching:
-            frames["patching"].append(patching_table(name, model, args.pairs))
+            scores, agree = patching_table(name, model, args.pairs)
+            frames["patching"].append(scores)
+            frames["patching_agreement"].append(agree)
         if not args.skip_steering:
             frames["steering"].append(steering_table(name, model, args.pairs))
         print(f"  done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
@@ -268,6 +279,11 @@ def main(argv=None) -> dict:
                  markdown_probes(out["probe_summary"]), ""]
     if "patching" in out:
         text += ["### Activation patching: share of the clean answer restored", "", markdown_patching(out["patching"]), ""]
+    if "patching_agreement" in out:
+        wide = out["patching_agreement"].pivot(index="model", columns="site", values="pearson")
+        text += ["### Attribution vs activation patching: Pearson r over the cells above, per site", "",
+                 "| model | " + " | ".join(wide.columns) + " |", "|---|" + "---:|" * len(wide.columns)]
+        text += [f"| {m} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for m, row in wide.iterrows()] + [""]
     if "steering" in out:
         text += ["### Steering with the agreement direction: change of logit('a') - logit('i')", "",
                  markdown_steering(out["steering"]), ""]

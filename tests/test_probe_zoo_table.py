@@ -18,7 +18,8 @@ def test_zoo_table_script_on_tiny_random_models(tmp_path):
     assert set(summary["label"]) >= {"in_string", "number"} and set(summary["model"]) == {"qrnn-hybrid"}
     assert np.isfinite(summary["hidden"]).all() and np.isfinite(summary["state"]).all()
     patch = out["patching"]
-    assert set(patch["task"]) == {"recall", "agreement"} and set(patch["site"]) == {"state", "resid_pre"}
+    assert set(patch["task"]) == {"recall", "agreement"} and set(patch["site"]) == {"state", "resid_pre", "mixer_out"}
+    assert set(out["patching_agreement"]["site"]) == {"state", "resid_pre", "mixer_out"}
     assert set(out["steering"]["site"]) == {"resid_pre", "state"}
     text = (tmp_path / "tables.md").read_text()
     assert "hidden / state" in text and "| qrnn-hybrid |" in text

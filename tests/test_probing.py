@@ -7,7 +7,7 @@ import torch
 
 from conftest import ARCHS, make_model, tokens
 from probe.errors import InputError
-from probe.methods import ActivationDataset, collect_activations, fit_probes, hidden_vs_state
+from probe.methods import ActivationDataset, collect_activations, fit_probes, hidden_vs_state, hidden_vs_state_figure
 from probe.methods.features import FeatureInfo
 
 
@@ -120,6 +120,8 @@ def test_streaming_to_disk_equals_in_memory(tmp_path, reduce):
     assert len(res.figure().data) >= 2
     summary = hidden_vs_state([res])
     assert set(summary.columns) >= {"hidden", "state", "hidden_site", "state_site"} and len(summary) == 1
+    assert summary.equals(hidden_vs_state(res.to_frame()))
+    assert len(hidden_vs_state_figure([res]).data) == 3
 
 
 def test_texts_pairs_and_positions():
@@ -156,8 +158,14 @@ def test_errors():
     broken = make_model("qrnn")
     with torch.no_grad():
         broken.blocks[0].mixer.W_conv.fill_(float("nan"))
+    import glob
+    import tempfile
+
+    pattern = f"{tempfile.gettempdir()}/probe-activations-*"
+    before = set(glob.glob(pattern))
     with pytest.raises(InputError, match="NaN"):
-        collect_activations(broken, toks, {"y": toks.numpy() % 2})
+        collect_activations(broken, toks, {"y": toks.numpy() % 2}, memory_limit=0)  # streaming to a temp dir
+    assert set(glob.glob(pattern)) == before  # removed after the error
     assert not any(hp.has_hooks() for hp in broken.hook_dict.values())
     data = _synthetic()
     data.features["0-token"][3, 2] = np.nan

@@ -19,7 +19,9 @@ from probe.methods.features import ActivationDataset
 from probe.methods.patching import (
     AttributionPatchingResult, PatchingResult, activation_patching, attribution_patching, patching_agreement,
 )
-from probe.methods.probing import ProbeResult, collect_activations, fit_probes, hidden_vs_state
+from probe.methods.probing import (
+    ProbeResult, collect_activations, fit_probes, hidden_vs_state, hidden_vs_state_figure,
+)
 from probe.methods.steering import SteeringResult, SteeringVector, steer, steering_vector
 
 __all__ = [
@@ -29,5 +31,5 @@ __all__ = [
     "integrated_gradients", "logit_lens", "memory_map", "state_sizes",
     "ActivationDataset", "AttributionPatchingResult", "PatchingResult", "ProbeResult", "SteeringResult",
     "SteeringVector", "activation_patching", "attribution_patching", "collect_activations", "fit_probes",
-    "hidden_vs_state", "patching_agreement", "steer", "steering_vector",
+    "hidden_vs_state", "hidden_vs_state_figure", "patching_agreement", "steer", "steering_vector",
 ]

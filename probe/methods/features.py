@@ -6,8 +6,8 @@ besides the features: the labels, the token id at the row (for control tasks), t
 sequence index (so train/test splits never cut a sequence) and the position.
 
 Storage is in memory (numpy arrays) or, when the features would not fit, on disk as
-``.npy`` files opened as memory maps and written batch by batch (no pickle, numpy's own
-format; ``allow_pickle=False`` on load)::
+``.npy`` files written batch by batch with plain file writes and read back as memory maps
+(no pickle, numpy's own format; ``allow_pickle=False`` on load)::
 
     <dir>/meta.json                 sites, layers, per-matrix facts (hooks, dims, reduction), labels
     <dir>/rows/{token,sequence,position}.npy
@@ -15,9 +15,11 @@ format; ``allow_pickle=False`` on load)::
     <dir>/features/<layer>-<site>.npy        [n_rows, dim] float16 (or the dtype asked for)
 
 Wide features (a Mamba state is ``d_inner x d_state`` per position) are reduced to at most
-``max_dim`` columns as they stream in, by a fixed Gaussian random projection
-(``x R / sqrt(k)``, Johnson-Lindenstrauss: inner products kept up to ``O(1/sqrt(k))``) or by
-PCA fitted on the first rows (:class:`Reducer`).
+``k = max_dim`` columns as they stream in (:class:`Reducer`), by a fixed random projection or
+by PCA fitted on the first rows. The random projection is a count sketch (Charikar et al.
+2002): input column ``j`` goes to output column ``h(j)`` with sign ``s(j) = +-1``,
+``y_c = sum_{j: h(j) = c} s(j) x_j``, a sparse Johnson-Lindenstrauss map that keeps inner
+products in expectation and costs one pass over the input instead of a ``D x k`` matmul.
 """
 from __future__ import annotations
 
@@ -55,9 +57,9 @@ class FeatureInfo:
 
 
 class Reducer:
-    """Maps raw features ``[n, raw_dim]`` to ``[n, dim]``: identity, a seeded Gaussian projection,
-    or PCA fitted on the first ``fit_rows`` rows (rows that arrive before the fit are held back
-    and returned, reduced, once it happens; :meth:`flush` fits on what there is)."""
+    """Maps raw features ``[n, raw_dim]`` to ``[n, dim]``: identity, a seeded count sketch (see the
+    module docstring), or PCA fitted on the first ``fit_rows`` rows (rows that arrive before the fit
+    are held back and returned, reduced, once it happens; :meth:`flush` fits on what there is)."""
 
     def __init__(self, raw_dim: int, max_dim: int, method: str | None, seed: int, name: str, fit_rows: int = 4096):
         self.raw_dim = raw_dim
@@ -69,7 +71,9 @@ class Reducer:
         self.mean: Tensor | None = None
         if self.method == "random":
             g = torch.Generator().manual_seed(int(seed) * 1_000_003 + zlib.crc32(name.encode()))
-            self.matrix = torch.randn(raw_dim, self.dim, generator=g) / self.dim ** 0.5
+            # every output column gets raw_dim / dim inputs (a balanced hash), with random signs
+            self.bucket = torch.randperm(raw_dim, generator=g) % self.dim
+            self.sign = torch.randint(0, 2, (raw_dim,), generator=g).float() * 2 - 1
 
     @property
     def label(self) -> str:
@@ -80,7 +84,8 @@ class Reducer:
         if self.method is None:
             return x
         if self.method == "random":
-            return x @ self.matrix.to(x.device, x.dtype)
+            out = x.new_zeros(x.shape[0], self.dim)
+            return out.index_add_(1, self.bucket.to(x.device), x * self.sign.to(x.device, x.dtype))
         if self.matrix is None:
             self.pending.append(x.float().cpu())
             if sum(len(p) for p in self.pending) < self.fit_rows:
@@ -155,20 +160,17 @@ class ActivationDataset:
     def _meta(self) -> dict:
         return {"format": FORMAT, "version": 1, "model": self.model, "layout": self.layout, "n_rows": len(self),
                 "n_tokens": self.n_tokens, "seconds": self.seconds, "labels": sorted(self.labels),
-                "features": {k: vars(v) for k, v in self.info.items()},
-                "dtypes": {k: str(a.dtype) for k, a in self.features.items()}}
+                "features": {k: vars(v) for k, v in self.info.items()}}  # dtypes are in the .npy files
 
     def save(self, path: str | Path) -> Path:
         """Write the dataset to directory ``path`` (``.npy`` + ``meta.json``); returns the path."""
         path = Path(path)
-        storage = Storage(path, len(self), {k: (a.shape[1], a.dtype) for k, a in self.features.items()},
-                          list(self.labels))
+        storage = Storage(path, len(self), {k: (a.shape[1], a.dtype) for k, a in self.features.items()})
         for k, a in self.features.items():
-            storage.features[k][:] = a
-        for name, a in self.labels.items():
-            storage.labels[name] = a
-        storage.token[:], storage.sequence[:], storage.position[:] = self.token, self.sequence, self.position
-        return storage.finish(self._meta())
+            for start in range(0, len(a), 65536):
+                storage.write(k, start, np.asarray(a[start : start + 65536]))
+        storage.finish(self._meta(), self.token, self.sequence, self.position, self.labels)
+        return path
 
     @classmethod
     def load(cls, path: str | Path) -> "ActivationDataset":
@@ -190,33 +192,58 @@ class ActivationDataset:
 
 
 class Storage:
-    """Preallocated output arrays: in memory (``path=None``) or ``.npy`` memory maps under ``path``."""
+    """Preallocated feature matrices ``[n_rows, dim]``, filled row block by row block: numpy arrays in
+    memory (``path=None``), or ``.npy`` files under ``path`` written with plain file writes (no
+    memory map while writing, so the process never holds the features: its resident memory stays
+    flat however many rows stream through). :meth:`finish` writes the rows, labels and
+    ``meta.json`` and returns the matrices (read-only memory maps on disk)."""
 
-    def __init__(self, path: Path | None, n_rows: int, features: dict[str, tuple[int, np.dtype]], labels: list[str]):
+    def __init__(self, path: Path | None, n_rows: int, features: dict[str, tuple[int, np.dtype]]):
         self.path = path
         self.n_rows = n_rows
-        if path is not None:
-            for sub in ("features", "labels", "rows"):
-                (path / sub).mkdir(parents=True, exist_ok=True)
-        self.features = {k: self._array(f"features/{k}.npy", (n_rows, d), dt) for k, (d, dt) in features.items()}
-        self.token = self._array("rows/token.npy", (n_rows,), np.int64)
-        self.sequence = self._array("rows/sequence.npy", (n_rows,), np.int64)
-        self.position = self._array("rows/position.npy", (n_rows,), np.int64)
-        self.labels: dict[str, np.ndarray] = {}
-        self.label_names = labels
+        self.shapes = {k: (n_rows, d, np.dtype(dt)) for k, (d, dt) in features.items()}
+        self.arrays: dict[str, np.ndarray] = {}
+        self.files: dict[str, tuple[object, int]] = {}
+        if path is None:
+            self.arrays = {k: np.zeros((n, d), dtype=dt) for k, (n, d, dt) in self.shapes.items()}
+            return
+        for sub in ("features", "labels", "rows"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        for k, (n, d, dt) in self.shapes.items():
+            file = path / "features" / f"{k}.npy"
+            with open(file, "wb") as f:
+                np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(dt),
+                                                         "fortran_order": False, "shape": (n, d)})
+                header = f.tell()
+                f.truncate(header + n * d * dt.itemsize)  # sparse until written
+            self.files[k] = (open(file, "r+b"), header)
 
-    def _array(self, rel: str, shape, dtype):
+    def write(self, key: str, offset: int, values: np.ndarray) -> None:
+        """Rows ``offset .. offset + len(values)`` of matrix ``key``."""
+        n, d, dt = self.shapes[key]
+        values = np.ascontiguousarray(values, dtype=dt)
+        if values.ndim != 2 or values.shape[1] != d or offset + len(values) > n:
+            raise ValueError(f"rows {offset}..{offset + len(values)} of shape {values.shape} do not fit {key} {(n, d)}")
         if self.path is None:
-            return np.zeros(shape, dtype=dtype)
-        return np.lib.format.open_memmap(self.path / rel, mode="w+", dtype=dtype, shape=shape)
+            self.arrays[key][offset : offset + len(values)] = values
+            return
+        f, header = self.files[key]
+        f.seek(header + offset * d * dt.itemsize)
+        f.write(values.tobytes())
 
-    def finish(self, meta: dict) -> Path | None:
-        """Flush memory maps and write labels and ``meta.json`` (disk mode)."""
+    def close(self) -> None:
+        """Close the feature files (after an error: nothing else is written)."""
+        for f, _ in self.files.values():
+            f.close()
+
+    def finish(self, meta: dict, token, sequence, position, labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Close the files, write rows, labels and ``meta.json`` (on disk); return the matrices."""
         if self.path is None:
-            return None
-        for a in (*self.features.values(), self.token, self.sequence, self.position):
-            a.flush()
-        for name, values in self.labels.items():
+            return self.arrays
+        self.close()
+        for name, values in (("token", token), ("sequence", sequence), ("position", position)):
+            np.save(self.path / "rows" / f"{name}.npy", np.asarray(values, dtype=np.int64), allow_pickle=False)
+        for name, values in labels.items():
             np.save(self.path / "labels" / f"{name}.npy", np.asarray(values), allow_pickle=False)
         (self.path / "meta.json").write_text(json.dumps(meta, indent=1))
-        return self.path
+        return {k: np.load(self.path / "features" / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in self.shapes}

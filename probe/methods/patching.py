@@ -200,10 +200,20 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _check_max_batch(max_batch: int, batch: int) -> int:
+#: bytes of one patched hook's tensor per forward above which fewer copies of the batch are run at once
+#: (a Mamba state is d_inner x d_state numbers per position: 256 copies of 64 tokens would be 1 GiB)
+HOOK_BYTES = 2**28
+
+
+def _check_max_batch(max_batch: int, batch: int, hooks: list[Tensor] = ()) -> int:
+    """Copies of the batch per forward: ``max_batch // batch``, fewer when a hooked tensor would
+    exceed :data:`HOOK_BYTES`."""
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise InputError(f"max_batch must be a positive integer, got {max_batch!r}.")
-    return max(1, max_batch // batch)
+    copies = max(1, max_batch // batch)
+    for t in hooks:
+        copies = min(copies, max(1, HOOK_BYTES // max(1, t.numel() * t.element_size())))
+    return copies
 
 
 # -- results -----------------------------------------------------------------------------
@@ -316,8 +326,9 @@ class AttributionPatchingResult(PatchingResult):
             a, b = _paired(self, ref, site)
             fig.add_trace(go.Scatter(x=b, y=a, mode="markers",
                                      name=f"{S.site_label(site)} (r={table.loc[S.site_label(site), 'pearson']:.2f})"))
-        lo = min(0.0, *(float(v) for v in ref.scores[torch.isfinite(ref.scores)].flatten()[:1]))
-        fig.add_shape(type="line", x0=lo - 0.2, y0=lo - 0.2, x1=1.2, y1=1.2, line={"dash": "dot", "color": "grey"})
+        both = torch.cat([t[torch.isfinite(t)] for t in (self.scores, ref.scores)])
+        lo, hi = (min(0.0, float(both.min())), max(1.0, float(both.max()))) if both.numel() else (0.0, 1.0)
+        fig.add_shape(type="line", x0=lo, y0=lo, x1=hi, y1=hi, line={"dash": "dot", "color": "grey"})  # y = x
         fig.update_layout(title="Attribution patching vs activation patching", xaxis_title="activation patching",
                           yaxis_title="attribution patching")
         return fig
@@ -400,7 +411,7 @@ def activation_patching(model, clean, corrupted, answer=None, contrast=None, *, 
     names = setup.names()
     src, ref = _cache(model, setup.clean, names), _cache(model, setup.corrupted, names)
     B = setup.batch
-    per_chunk = _check_max_batch(max_batch, B)
+    _check_max_batch(max_batch, B)
     raw = torch.full((len(setup.sites), len(setup.layers), len(setup.positions)), float("nan"), dtype=torch.float64)
     passes = 2
     for i, site in enumerate(setup.sites):
@@ -414,7 +425,7 @@ def activation_patching(model, clean, corrupted, answer=None, contrast=None, *, 
                     todo.append(k)
                 else:
                     raw[i, j, k] = setup.corrupted_metric
-            for chunk in _chunks(todo, per_chunk):
+            for chunk in _chunks(todo, _check_max_batch(max_batch, B, [src[n] for n in hooks])):
                 R = len(chunk)
                 rows = torch.arange(R * B, device=model.device)
                 cols = torch.tensor([setup.positions[k] for k in chunk], device=model.device).repeat_interleave(B)
@@ -511,7 +522,7 @@ def _forced_gradients(model, setup: _Setup, site: str, cells: list[tuple[int, li
     Returns the number of forward passes."""
     B, P, J = setup.batch, len(setup.positions), len(cells)
     n_copies = P + J - 1
-    per_chunk = _check_max_batch(max_batch, B)
+    per_chunk = _check_max_batch(max_batch, B, [ref[n] for _, hooks in cells for n in hooks])
     i = setup.sites.index(site)
     passes = 0
     for copies in _chunks(list(range(n_copies)), per_chunk):

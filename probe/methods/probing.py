@@ -8,7 +8,7 @@ at chosen positions, the features of every (site, layer):
 * *state* (``"state"``): every ``hook_state*`` of the layer concatenated and flattened (the
   whole memory after the token: LSTM c and h, Mamba's SSM state and conv window, ...), for
   attention the key and value written at the position; wide states are reduced to
-  ``max_dim`` columns by a random projection or PCA as they stream in.
+  ``max_dim`` columns by a random projection (a count sketch) or PCA as they stream in.
 
 Rows stream into preallocated arrays, in memory or (past ``memory_limit``, or with ``path``)
 as float16 ``.npy`` memory maps on disk, so a million tokens never sit in RAM at once.
@@ -29,6 +29,7 @@ Example::
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 import warnings
@@ -110,10 +111,24 @@ def collect_activations(model, data, labels=None, *, sites: str | Sequence[str] 
             red = Reducer(raw, max_dim, reduce, seed, key)
             specs[key] = (FeatureInfo(S.site_label(site), layer, site_kind(site), hooks, raw, red.dim, red.label), red)
     need = n_rows * sum(info.dim for info, _ in specs.values()) * np_dtype.itemsize
-    if path is None and need > memory_limit:
+    temporary = path is None and need > memory_limit
+    if temporary:
         path = tempfile.mkdtemp(prefix="probe-activations-")
     store = Storage(Path(path) if path is not None else None, n_rows,
-                    {k: (info.dim, np_dtype) for k, (info, _) in specs.items()}, list(seqs.labels))
+                    {k: (info.dim, np_dtype) for k, (info, _) in specs.items()})
+    try:
+        return _fill(model, seqs, chosen, specs, store, n_rows, np_dtype, batch_size, start)
+    except BaseException:
+        store.close()
+        if temporary:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _fill(model, seqs, chosen, specs, store: Storage, n_rows: int, np_dtype, batch_size: int,
+          start: float) -> ActivationDataset:
+    """Run the model batch by batch and stream every (site, layer)'s rows into ``store``."""
+    token, sequence, position = (np.zeros(n_rows, dtype=np.int64) for _ in range(3))
     label_rows = {name: [] for name in seqs.labels}
     written = dict.fromkeys(specs, 0)
     row = 0
@@ -129,30 +144,30 @@ def collect_activations(model, data, labels=None, *, sites: str | Sequence[str] 
         n = len(bi)
         for key, (info, red) in specs.items():
             x = torch.cat([got[h].flatten(1).float() for h in info.hooks], dim=1)
-            _check_finite(x, info, "")
-            out = red(x)
+            if red.method == "pca":
+                _check_finite(x, info, "")
+            out = red(x)  # a non-finite input stays non-finite through the projections
             if out is not None:
-                written[key] = _write(store.features[key], written[key], out, info, np_dtype)
+                _check_finite(out, info, "")
+                written[key] = _write(store, key, written[key], out, info, np_dtype)
         seq_index = np.concatenate([np.full(len(chosen[i]), i, dtype=np.int64) for i in idx])
-        store.token[row : row + n] = np.concatenate([seqs.tokens[i][chosen[i]] for i in idx])
-        store.sequence[row : row + n] = seq_index
-        store.position[row : row + n] = pi.numpy()
+        token[row : row + n] = np.concatenate([seqs.tokens[i][chosen[i]] for i in idx])
+        sequence[row : row + n] = seq_index
+        position[row : row + n] = pi.numpy()
         for name in seqs.labels:
             label_rows[name].append(np.concatenate([seqs.labels[name][i][chosen[i]] for i in idx]))
         row += n
     for key, (info, red) in specs.items():
         out = red.flush() if red.method == "pca" else None
         if out is not None:
-            written[key] = _write(store.features[key], written[key], out, info, np_dtype)
+            written[key] = _write(store, key, written[key], out, info, np_dtype)
         assert written[key] == n_rows, (key, written[key], n_rows)
-    store.labels = {name: np.concatenate(parts) for name, parts in label_rows.items()}
+    labels_out = {name: np.concatenate(parts) for name, parts in label_rows.items()}
     info = {k: i for k, (i, _) in specs.items()}
-    result = ActivationDataset(store.features, info, store.labels, store.token, store.sequence, store.position,
-                               model.cfg.name, list(model.cfg.layout), None, 0.0, seqs.n_tokens)
+    result = ActivationDataset({}, info, labels_out, token, sequence, position, model.cfg.name,
+                               list(model.cfg.layout), store.path, 0.0, seqs.n_tokens)
     result.seconds = time.perf_counter() - start
-    if store.path is not None:
-        store.finish(result._meta())
-        result.path = store.path
+    result.features = store.finish(result._meta(), token, sequence, position, labels_out)
     return result
 
 
@@ -194,13 +209,13 @@ def _check_finite(x: torch.Tensor, info: FeatureInfo, what: str) -> None:
                          "produces non-finite activations on this input (check its weights and dtype).")
 
 
-def _write(target: np.ndarray, offset: int, x: torch.Tensor, info: FeatureInfo, dtype: np.dtype) -> int:
+def _write(store: Storage, key: str, offset: int, x: torch.Tensor, info: FeatureInfo, dtype: np.dtype) -> int:
     with np.errstate(over="ignore"):
         values = x.cpu().numpy().astype(dtype)
     if not np.isfinite(values).all():
         raise InputError(f"Features of {info.site} at layer {info.layer} overflow {dtype} (max |x| = "
                          f"{float(x.abs().max()):.3g}); collect with dtype='float32'.")
-    target[offset : offset + len(values)] = values
+    store.write(key, offset, values)
     return offset + len(values)
 
 
@@ -250,14 +265,17 @@ class ProbeResult(MethodResult):
         return fig
 
 
-def hidden_vs_state(results: Sequence[ProbeResult]):
+def hidden_vs_state(results):
     """One row per (model, label): best held-out score over layers of the hidden sites and of the
-    state sites, with the layer and selectivity of each, and the baseline."""
+    state sites, with the layer and selectivity of each, and the baseline. ``results``: probe
+    results (or their frames), e.g. one per architecture."""
     import pandas as pd
 
+    if isinstance(results, (ProbeResult, pd.DataFrame)):
+        results = [results]
     rows = []
     for res in results:
-        df = res.frame
+        df = res.frame if isinstance(res, ProbeResult) else res
         for (model, label), part in df.groupby(["model", "label"], sort=False):
             row = {"model": model, "label": label, "score_name": part["score_name"].iloc[0],
                    "baseline": float(part["baseline"].iloc[0])}
@@ -271,6 +289,28 @@ def hidden_vs_state(results: Sequence[ProbeResult]):
                     row.update({kind: float("nan"), f"{kind}_site": "", f"{kind}_selectivity": float("nan")})
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def hidden_vs_state_figure(results, label: str | None = None, **layout):
+    """Grouped bars, one group per model: the best hidden and the best state score for ``label``
+    (default the first), with the baseline as a marker."""
+    import plotly.graph_objects as go
+
+    table = hidden_vs_state(results)
+    labels = list(dict.fromkeys(table["label"]))
+    label = labels[0] if label is None else label
+    if label not in labels:
+        raise InputError(f"No probes for label {label!r}; labels: {labels}.")
+    part = table[table["label"] == label]
+    fig = go.Figure()
+    for kind in ("hidden", "state"):
+        fig.add_trace(go.Bar(x=part["model"], y=part[kind], name=kind, text=part[f"{kind}_site"],
+                             hovertemplate="%{x}: %{y:.3f} at %{text}<extra>" + kind + "</extra>"))
+    fig.add_trace(go.Scatter(x=part["model"], y=part["baseline"], mode="markers", name="baseline",
+                             marker={"symbol": "line-ew-open", "size": 24, "color": "grey"}))
+    fig.update_layout(barmode="group", title=f"Best linear probe for {label!r}: hidden state vs recurrent state",
+                      yaxis_title=part["score_name"].iloc[0], **layout)
+    return fig
 
 
 def _task_of(name: str, y: np.ndarray, task: str, max_classes: int) -> str:
@@ -328,7 +368,7 @@ def fit_probes(data: ActivationDataset, labels: str | Sequence[str] | None = Non
                sites: Sequence[str] | None = None, layers: Sequence[int] | None = None, task: str = "auto",
                test_size: float = 0.2, control: bool = True, standardize: bool = True, C: float = 1.0,
                alpha: float = 1.0, max_train: int | None = 10_000, max_test: int | None = 10_000,
-               max_iter: int = 100, max_classes: int = 64, seed: int = 0) -> ProbeResult:
+               max_iter: int = 500, max_classes: int = 64, seed: int = 0) -> ProbeResult:
     """Fit a linear probe for every label x (site, layer) of ``data`` and score it on held-out sequences.
 
     Args:
