@@ -68,3 +68,17 @@ def arch(request):
 def tokens(batch: int = 2, T: int = 24, seed: int = 1, vocab: int = 256) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (batch, T), generator=g)
+
+
+@pytest.fixture(autouse=True)
+def _grad_mode_is_restored():
+    """Every test starts with autograd on. A test (or app code run in-process by AppTest) that
+    leaves it off, e.g. through a generator abandoned inside ``torch.no_grad()``, would break
+    later gradient tests in the same worker; restore it and warn with the culprit's name."""
+    torch.set_grad_enabled(True)
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        import warnings
+
+        warnings.warn("this test left torch grad mode disabled", RuntimeWarning)
