@@ -88,6 +88,8 @@ def test_control_task_selectivity():
     assert lex["score"] > 0.95 and lex["control_score"] > 0.9
     assert frame.loc[("lexical", "context"), "score"] < 0.5  # token identity is not in the context features
     assert 0.4 < ctx["baseline"] < 0.65
+    threaded = fit_probes(_synthetic(), n_jobs=2).to_frame().set_index(["label", "site"])
+    np.testing.assert_allclose(threaded["score"].to_numpy(), frame["score"].to_numpy())
     no_control = fit_probes(_synthetic(), control=False).to_frame()
     assert no_control["control_score"].isna().all()
     np.testing.assert_allclose(no_control["score"].to_numpy(), frame["score"].to_numpy())

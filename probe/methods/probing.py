@@ -364,11 +364,37 @@ def _fit_one(task: str, X_tr, y_tr, X_te, y_te, C: float, alpha: float, max_iter
     return float(probe.score(X_tr, y_tr)), float(probe.score(X_te, y_te)), converged
 
 
+def _probe_key(data: ActivationDataset, key: str, train, test, kind, y_tr, y_te, c_tr, c_te, standardize: bool,
+               C: float, alpha: float, max_iter: int, common: dict) -> dict:
+    """Fit and score the probe (and its control) of one feature matrix: one result row."""
+    info = data.info[key]
+    t0 = time.perf_counter()
+    X_tr = np.asarray(data.features[key][train], dtype=np.float32)
+    X_te = np.asarray(data.features[key][test], dtype=np.float32)
+    for X in (X_tr, X_te):
+        if not np.isfinite(X).all():
+            raise InputError(f"Features of {info.site} at layer {info.layer} contain NaN or inf; "
+                             "recollect them (with dtype='float32' if float16 overflowed).")
+    if standardize:
+        mu, sd = X_tr.mean(0), X_tr.std(0)
+        sd[sd < 1e-8] = 1.0
+        X_tr, X_te = (X_tr - mu) / sd, (X_te - mu) / sd
+    tr_score, score, converged = _fit_one(kind, X_tr, y_tr, X_te, y_te, C, alpha, max_iter)
+    c_score = float("nan")
+    if c_tr is not None:
+        _, c_score, c_conv = _fit_one(kind, X_tr, c_tr, X_te, c_te, C, alpha, max_iter)
+        converged = converged and c_conv
+    return {**common, "site": info.site, "kind": info.kind, "layer": info.layer,
+            "mixer": data.layout[info.layer] if info.layer < len(data.layout) else "", "dim": info.dim,
+            "reduction": info.reduction, "train_score": tr_score, "score": score, "control_score": c_score,
+            "selectivity": score - c_score, "converged": converged, "seconds": time.perf_counter() - t0}
+
+
 def fit_probes(data: ActivationDataset, labels: str | Sequence[str] | None = None, *,
                sites: Sequence[str] | None = None, layers: Sequence[int] | None = None, task: str = "auto",
                test_size: float = 0.2, control: bool = True, standardize: bool = True, C: float = 1.0,
                alpha: float = 1.0, max_train: int | None = 10_000, max_test: int | None = 10_000,
-               max_iter: int = 500, max_classes: int = 64, seed: int = 0) -> ProbeResult:
+               max_iter: int = 500, max_classes: int = 64, seed: int = 0, n_jobs: int = 1) -> ProbeResult:
     """Fit a linear probe for every label x (site, layer) of ``data`` and score it on held-out sequences.
 
     Args:
@@ -378,6 +404,7 @@ def fit_probes(data: ActivationDataset, labels: str | Sequence[str] | None = Non
         control: also fit the control task and report selectivity.
         C / alpha: inverse L2 strength of logistic regression / ridge penalty.
         max_train / max_test: rows sampled for fitting / scoring (``None``: all).
+        n_jobs: probes fitted in parallel threads (``-1``: one per core).
         Rows whose label is NaN are left out.
     """
     start = time.perf_counter()
@@ -437,29 +464,14 @@ def fit_probes(data: ActivationDataset, labels: str | Sequence[str] | None = Non
             c_te = np.array([table[t] for t in data.token[test].tolist()], dtype=y_tr.dtype)
             if kind == "classification" and len(np.unique(c_tr)) < 2:
                 c_tr = None  # a single token type: the control task is constant
-        for key in keys:
-            info = data.info[key]
-            t0 = time.perf_counter()
-            X_tr = np.asarray(data.features[key][train], dtype=np.float32)
-            X_te = np.asarray(data.features[key][test], dtype=np.float32)
-            for X in (X_tr, X_te):
-                if not np.isfinite(X).all():
-                    raise InputError(f"Features of {info.site} at layer {info.layer} contain NaN or inf; "
-                                     "recollect them (with dtype='float32' if float16 overflowed).")
-            if standardize:
-                mu, sd = X_tr.mean(0), X_tr.std(0)
-                sd[sd < 1e-8] = 1.0
-                X_tr, X_te = (X_tr - mu) / sd, (X_te - mu) / sd
-            tr_score, score, converged = _fit_one(kind, X_tr, y_tr, X_te, y_te, C, alpha, max_iter)
-            c_score = float("nan")
-            if control and c_tr is not None:
-                _, c_score, c_conv = _fit_one(kind, X_tr, c_tr, X_te, c_te, C, alpha, max_iter)
-                converged = converged and c_conv
-            rows.append({"model": data.model, "label": name, "task": kind, "score_name": score_name,
-                         "site": info.site, "kind": info.kind, "layer": info.layer,
-                         "mixer": data.layout[info.layer] if info.layer < len(data.layout) else "",
-                         "dim": info.dim, "reduction": info.reduction, "n_train": len(train), "n_test": len(test),
-                         "train_score": tr_score, "score": score, "baseline": baseline, "control_score": c_score,
-                         "selectivity": score - c_score, "converged": converged,
-                         "seconds": time.perf_counter() - t0})
+        common = {"model": data.model, "label": name, "task": kind, "score_name": score_name, "n_train": len(train),
+                  "n_test": len(test), "baseline": baseline}
+        fit = lambda key: _probe_key(data, key, train, test, kind, y_tr, y_te, c_tr if control else None,
+                                     c_te if control else None, standardize, C, alpha, max_iter, common)
+        if n_jobs == 1:
+            rows += [fit(key) for key in keys]
+        else:  # threads: the solvers spend their time in numpy / BLAS, which release the GIL
+            from joblib import Parallel, delayed
+
+            rows += Parallel(n_jobs=n_jobs, prefer="threads")(delayed(fit)(key) for key in keys)
     return ProbeResult(pd.DataFrame(rows), data.model, time.perf_counter() - start)
