@@ -84,6 +84,7 @@ class SteeringVector:
 
 
 def split_vector(vector: Tensor, parts: list[tuple[str, tuple[int, ...]]]) -> dict[str, Tensor]:
+    """``{hook name: direction}``: a one-hook vector reshaped, a concatenation cut into its parts."""
     if len(parts) == 1:
         return {parts[0][0]: vector.reshape(parts[0][1])}
     out, i = {}, 0
@@ -147,8 +148,9 @@ def steering_vector(model, positive, negative, *, site: str = "resid_pre", layer
     Args:
         positive, negative: the same number of texts or token sequences (pair ``i`` is
             ``(positive[i], negative[i])``).
-        site: ``"resid_pre"`` (CAA), any block site, ``"state"`` (the main recurrent state), or a
-            mixer hook suffix (``"state_h"``...). Layers lacking the site are skipped.
+        site: ``"resid_pre"`` (CAA), any block site, ``"state"`` (the layer's whole memory: every
+            ``hook_state*``), a mixer hook suffix (``"state_num"``...) or a full hook name. Layers
+            lacking the site are skipped.
         position: ``-1`` (each text's last token; lengths may differ), ``"mean"`` (average over
             each text's tokens), or an index ``p`` read in both texts of a pair (pairs must then
             have equal lengths, so that ``p`` means the same place).
