@@ -8,7 +8,7 @@ from probe.errors import InputError
 from probe.methods import (
     DLAResult, TokenAttributionResult, direct_logit_attribution, gradient_x_input, integrated_gradients,
 )
-from probe.methods.attribution import quadrature
+from probe.methods.path_quadrature import adaptive_nodes, quadrature
 
 
 def _backward_works(model) -> bool:
@@ -173,14 +173,15 @@ def test_integrated_gradients_converges_and_baselines():
     errs = [integrated_gradients(model, toks, steps=s).completeness_error.item() for s in (8, 16, 64)]
     assert errs[0] > errs[1] > errs[2] and errs[2] < errs[0] / 10, errs
     # "auto" spacing packs nodes towards the zero baseline, where the pre-norm model changes fastest
-    linear = integrated_gradients(model, toks, steps=64, spacing="linear").completeness_error.item()
-    assert errs[2] < linear, (errs, linear)
+    gl = {sp: integrated_gradients(model, toks, steps=64, method="gausslegendre", spacing=sp).completeness_error.item()
+          for sp in ("auto", "linear")}
+    assert gl["auto"] < gl["linear"], gl
     res = integrated_gradients(model, toks, steps=32, baseline="pad", contrast=9)
     assert res.baseline.startswith("token") and float(res.completeness_error) < 0.01
     # the reported error is the definition
     delta = (res.metric - res.baseline_metric).double()
     assert torch.allclose(res.completeness_error, (res.attributions.double().sum(-1) - delta).abs() / delta.abs(),
-                          rtol=1e-3)
+                          rtol=1e-3, atol=1e-5)
     custom = integrated_gradients(model, toks, steps=8, baseline=torch.zeros(10, model.cfg.d_model))
     zero = integrated_gradients(model, toks, steps=8, baseline="zero")
     torch.testing.assert_close(custom.attributions, zero.attributions)
@@ -203,6 +204,23 @@ def test_quadrature_rules_integrate_polynomials():
     a, w = quadrature(16, "gausslegendre", stretch=8.0)  # stretched nodes: same integral
     assert abs(float((w * f(a)).sum()) - 2) < 1e-6
     assert float(a.min()) < 1e-3  # packed towards the baseline
+
+
+@pytest.mark.parametrize("width, adaptive_tol, gl_error_above", [(1e-2, 1e-5, 5e-3), (1e-3, 0.05, 0.9)])
+def test_adaptive_nodes_follow_a_sharp_step(width, adaptive_tol, gl_error_above):
+    """f = a ramp plus a steep sigmoid at alpha = 0.62: the adaptive rule puts its nodes on the step;
+    plain Gauss-Legendre with as many nodes misses it (width 1e-3 is a quarter of the scan spacing)."""
+    step = lambda a: torch.sigmoid((a - 0.62) / width)
+    f = lambda a: 0.3 * a + step(a)
+    df = lambda a: 0.3 + step(a) * (1 - step(a)) / width
+    one = torch.tensor(1.0, dtype=torch.float64)
+    exact = float(f(one) - f(0 * one))
+    a, w = adaptive_nodes(f, 64, 0.0, batch=2)
+    assert a.shape == w.shape == (64, 2) and torch.allclose(w.sum(0), torch.ones(2, dtype=torch.float64))
+    assert abs(float((w[:, 0] * df(a[:, 0])).sum()) - exact) < adaptive_tol
+    assert ((a[:, 0] - 0.62).abs() < 0.05).sum() >= 12  # nodes gather on the step
+    g, gw = quadrature(64, "gausslegendre")
+    assert abs(float((gw * df(g)).sum()) - exact) > gl_error_above
 
 
 def test_token_attribution_figure_is_labelled():

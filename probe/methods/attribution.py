@@ -23,7 +23,8 @@ position) and a baseline embedding ``x'``:
 * gradient x input: ``a_s = (x_s - x'_s) . grad f(x)_s``;
 * integrated gradients (Sundararajan et al. 2017):
   ``a_s = (x_s - x'_s) . int_0^1 grad f(x' + alpha (x - x'))_s d alpha``, the integral
-  by quadrature with ``steps`` points (Gauss-Legendre by default).
+  by quadrature with ``steps`` gradient evaluations, placed where ``f`` changes along the path
+  (:mod:`probe.methods.path_quadrature`).
 
 Integrated gradients is *complete*: ``sum_s a_s = f(x) - f(x')`` up to the quadrature
 error, which every result reports as ``completeness_error`` (relative).
@@ -38,6 +39,7 @@ from torch import Tensor
 
 from probe.errors import InputError, ProbeError
 from probe.methods import inputs
+from probe.methods import path_quadrature as pq
 from probe.methods.readout import frozen_norm_linear, norm_bias
 from probe.methods.result import MethodResult
 
@@ -391,103 +393,39 @@ def gradient_x_input(model, input, target=None, contrast=None, position: int = -
     x, fx, target, contrast = _embed_and_targets(model, tokens, pos, target, contrast)
     base, desc = _baseline_embedding(model, tokens, x, baseline)
     grads, _ = _gradients(model, tokens, x.unsqueeze(0), pos, target, contrast, chunk=1)
-    _, fb = _gradients(model, tokens, base.unsqueeze(0), pos, target, contrast, chunk=1)
+    fb = _metric_at(model, tokens, base.unsqueeze(0), pos, target, contrast)
     attr = ((x - base) * grads[0]).sum(-1)
     return TokenAttributionResult("gradient x input", tokens, inputs.str_tokens(model, tokens), pos, target,
                                   contrast, [_metric_label(model, target, contrast, b) for b in range(len(tokens))],
                                   attr.detach(), fx, fb[0], _completeness(attr, fx, fb[0]), desc)
 
 
-QUADRATURES = ("gausslegendre", "trapezoid", "midpoint", "left", "right")
+def _metric_at(model, tokens, points: Tensor, pos, target, contrast, chunk: int = 64) -> Tensor:
+    """``f`` at embeddings ``points [n, batch, pos, d]``, forward only, ``chunk`` points per pass: ``[n, batch]``."""
+    out = []
+    for lo in range(0, points.shape[0], chunk):
+        p = points[lo : lo + chunk]
+        n, batch = p.shape[:2]
+
+        def replace(e, hook, p=p):
+            return p.reshape(n * batch, *p.shape[2:])
+
+        with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", replace)]):
+            logits = model(tokens.repeat(n, 1))
+        t = target.repeat(n)
+        c = contrast.repeat(n) if contrast is not None else None
+        out.append(_metric(logits, pos, t, c).view(n, batch))
+    return torch.cat(out)
 
 
-def quadrature(steps: int, method: str = "gausslegendre", stretch: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Nodes ``alpha`` in [0, 1] and weights (summing to 1) for ``int_0^1 g(alpha) d alpha``.
-
-    ``method`` is the rule in the variable ``u`` in [0, 1]; with ``stretch = A > 0`` the nodes are
-    mapped by ``alpha = sinh(A u) / sinh(A)`` (weights times ``d alpha / d u``), which packs them
-    geometrically towards ``alpha = 0``: uniform in ``asinh(alpha sinh(A))``. The integral is the same;
-    only where it is sampled changes.
-    """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps must be a positive integer, got {steps!r}.")
-    if method == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(steps)
-        u, w = torch.tensor((nodes + 1) / 2), torch.tensor(weights / 2)
-    elif method == "trapezoid":
-        if steps < 2:
-            raise InputError("The trapezoid rule needs steps >= 2.")
-        u = torch.linspace(0, 1, steps, dtype=torch.float64)
-        w = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
-        w[0] = w[-1] = 0.5 / (steps - 1)
-    elif method in ("midpoint", "left", "right"):
-        offset = {"midpoint": 0.5, "left": 0.0, "right": 1.0}[method]
-        u = (torch.arange(steps, dtype=torch.float64) + offset) / steps
-        w = torch.full((steps,), 1.0 / steps, dtype=torch.float64)
-    else:
-        raise InputError(f"Unknown quadrature {method!r}; use one of {', '.join(QUADRATURES)}.")
-    if stretch <= 0:
-        return u, w
-    A = float(stretch)
-    return torch.sinh(A * u) / np.sinh(A), w * A * torch.cosh(A * u) / np.sinh(A)
-
-
-#: probe points alpha = 10^-k used by the "auto" spacing to find how close to the baseline f changes
-PROBE_DECADES = 15
-#: the share of f(x) - f(x') allowed to happen below the geometric part of the "auto" spacing
-#: (chosen on random, default-initialised and briefly trained models of every architecture: 3e-2 gave
-#: the smallest completeness errors at 64 steps; 1e-4 stretched too far and wasted nodes)
-PROBE_TOLERANCE = 3e-2
-
-
-def _metric_at(model, tokens, points: Tensor, pos, target, contrast) -> Tensor:
-    """``f`` at embeddings ``points [n, batch, pos, d]``, forward only: ``[n, batch]``."""
-    n, batch = points.shape[:2]
-
-    def replace(e, hook):
-        return points.reshape(n * batch, *points.shape[2:])
-
-    with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", replace)]):
-        logits = model(tokens.repeat(n, 1))
-    return _metric(logits, pos, target.repeat(n), contrast.repeat(n) if contrast is not None else None).view(n, batch)
-
-
-def path_stretch(model, tokens, x: Tensor, base: Tensor, pos, target, contrast, spacing) -> float:
-    """The ``stretch`` of :func:`quadrature` for the straight path ``base -> x``.
-
-    From a zero baseline a pre-norm model is degenerate: at ``alpha = 0`` the first norm reads a
-    zero vector (and, in a model without biases, so does every later one), and each such norm
-    jumps from 0 to its full value while ``alpha`` is still tiny (below ``sqrt(eps)`` over the
-    stream's gain), so ``f(alpha)`` has steps near ``alpha = 0`` that evenly spaced nodes miss.
-    They are smooth functions of ``log alpha``, though. ``"auto"``
-    probes ``f`` at ``alpha = 10^-1 .. 10^-15`` (one forward pass); if ``f`` changes
-    anomalously fast near the baseline (``|f(alpha) - f(0)| > 10 alpha |f(1) - f(0)|`` for some
-    probe), nodes are spaced geometrically down to the largest probe ``alpha_lo`` below which
-    less than 3% of the change happens (``A = asinh(1 / alpha_lo)``); otherwise linearly.
-    ``"linear"`` forces ``A = 0``; a number is used as ``A``.
-    """
-    if spacing == "linear":
-        return 0.0
-    if isinstance(spacing, (int, float)) and not isinstance(spacing, bool):
-        if spacing < 0:
-            raise InputError(f"spacing must be >= 0, got {spacing}.")
-        return float(spacing)
-    if spacing != "auto":
-        raise InputError(f"spacing must be 'auto', 'linear' or a number >= 0, got {spacing!r}.")
-    alphas = torch.tensor([0.0, 1.0] + [10.0 ** -k for k in range(1, PROBE_DECADES + 1)], dtype=torch.float64)
-    a = alphas.to(x.device, x.dtype).view(-1, 1, 1, 1)
-    f = _metric_at(model, tokens, base.unsqueeze(0) + a * (x - base).unsqueeze(0), pos, target, contrast).double()
-    share = ((f[2:] - f[0]).abs() / (f[1] - f[0]).abs().clamp_min(1e-30)).max(-1).values  # [probes], worst batch
-    probes = alphas[2:]
-    if bool((share <= 10 * probes).all()):
-        return 0.0
-    below = probes[share < PROBE_TOLERANCE]
-    alpha_lo = float(below.max()) if below.numel() else float(probes.min())
-    return float(np.arcsinh(1.0 / alpha_lo))
+def _path(base: Tensor, x: Tensor, alphas: Tensor) -> Tensor:
+    """Points ``x' + alpha (x - x')`` for ``alphas [n, batch]``: ``[n, batch, pos, d]``."""
+    a = alphas.to(x.device, x.dtype)[..., None, None]
+    return base.unsqueeze(0) + a * (x - base).unsqueeze(0)
 
 
 def integrated_gradients(model, input, target=None, contrast=None, position: int = -1, baseline="zero",
-                         steps: int = 64, method: str = "gausslegendre", spacing="auto", chunk: int = 16,
+                         steps: int = 64, method: str = "adaptive", spacing="auto", chunk: int = 16,
                          until: float | None = None, max_steps: int = 1024,
                          prepend_bos: bool | None = None) -> TokenAttributionResult:
     """Integrated gradients over the input embeddings, with the completeness error reported.
@@ -496,17 +434,24 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
         target / contrast / position: the metric, as in :func:`direct_logit_attribution`.
         baseline: ``"zero"`` (default), ``"pad"`` (the pad token's embedding everywhere), a token id,
             or an embedding tensor ``[pos, d_model]`` / ``[batch, pos, d_model]``.
-        steps: quadrature points along the straight path from the baseline to the input.
-        method: quadrature rule: ``gausslegendre`` (default), ``trapezoid``, ``midpoint``, ``left``, ``right``.
-        spacing: where along the path the nodes go: ``"auto"`` (geometric towards the baseline when
-            ``f`` changes abruptly there, as pre-norm models do from a zero baseline; see
-            :func:`path_stretch`), ``"linear"``, or a stretch ``A`` (see :func:`quadrature`).
-        chunk: evaluation points per forward pass (memory vs speed).
+        steps: gradient evaluations along the straight path from the baseline to the input.
+        method: the quadrature (:mod:`probe.methods.path_quadrature`): ``"adaptive"`` (default:
+            Gauss-Legendre panels placed where a forward-only scan sees ``f`` change, per sequence;
+            ``4 * steps`` extra forward passes), or a fixed rule ``gausslegendre``, ``trapezoid``,
+            ``midpoint``, ``left``, ``right``.
+        spacing: the coordinate the nodes live in: ``"auto"`` (geometric towards the baseline when
+            ``f`` changes abruptly there, as pre-norm models do from a zero baseline), ``"linear"``,
+            or a stretch ``A`` (see :func:`probe.methods.path_quadrature.quadrature`).
+        chunk: path points per forward pass (memory vs speed).
         until: optional completeness target (e.g. ``0.01``): ``steps`` is doubled until every
             sequence's completeness error is below it or ``max_steps`` is reached (the result's
             ``steps`` says how many were used; the error is reported either way).
     """
-    quadrature(steps, method)  # validate before running anything
+    if method not in pq.QUADRATURES:
+        raise InputError(f"Unknown quadrature {method!r}; use one of {', '.join(pq.QUADRATURES)}.")
+    pq.check_steps(steps)
+    if method != "adaptive":
+        pq.quadrature(steps, method)  # validate before running anything
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise InputError(f"chunk must be a positive integer, got {chunk!r}.")
     if until is not None and not until > 0:
@@ -516,19 +461,25 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
     pos = inputs.check_position(position, tokens.shape[1])
     x, fx, target, contrast = _embed_and_targets(model, tokens, pos, target, contrast)
     base, desc = _baseline_embedding(model, tokens, x, baseline)
-    stretch = path_stretch(model, tokens, x, base, pos, target, contrast, spacing)
-    _, fb = _gradients(model, tokens, base.unsqueeze(0), pos, target, contrast, chunk=1)
+    batch = tokens.shape[0]
+
+    def f_at(alphas: Tensor) -> Tensor:
+        return _metric_at(model, tokens, _path(base, x, alphas), pos, target, contrast, max(chunk, 32))
+
+    stretch = pq.path_stretch(f_at, batch, spacing)
+    fb = f_at(torch.zeros(1, batch, dtype=torch.float64))[0]
     while True:
-        alphas, weights = quadrature(steps, method, stretch)
-        a = alphas.to(x.device, x.dtype).view(-1, 1, 1, 1)
-        points = base.unsqueeze(0) + a * (x - base).unsqueeze(0)  # [steps, batch, pos, d]
-        grads, _ = _gradients(model, tokens, points, pos, target, contrast, chunk)
-        avg = (grads.double() * weights.to(x.device).view(-1, 1, 1, 1)).sum(0)
+        if method == "adaptive":
+            alphas, weights = pq.adaptive_nodes(f_at, steps, stretch, batch)
+        else:
+            alphas, weights = pq.fixed_nodes(steps, method, stretch, batch)
+        grads, _ = _gradients(model, tokens, _path(base, x, alphas), pos, target, contrast, chunk)
+        avg = (grads.double() * weights.to(x.device)[..., None, None]).sum(0)
         attr = ((x - base).double() * avg).sum(-1)
-        err = _completeness(attr, fx, fb[0])
+        err = _completeness(attr, fx, fb)
         if until is None or float(err.max()) < until or 2 * steps > max_steps:
             break
         steps *= 2
     return TokenAttributionResult("integrated gradients", tokens, inputs.str_tokens(model, tokens), pos, target,
                                   contrast, [_metric_label(model, target, contrast, b) for b in range(len(tokens))],
-                                  attr.float(), fx, fb[0], err, desc, steps, method)
+                                  attr.float(), fx, fb, err, desc, alphas.shape[0], method)
