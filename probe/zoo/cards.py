@@ -18,6 +18,7 @@ A card (``probe/zoo/NAME/card.json``) holds the training facts written by
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -131,13 +132,38 @@ answer byte scores above the contrast byte; chance 0.5) / top-1 accuracy (chance
 agreement n/a, recall 0.10, induction 0.04, brackets 0.33) on {examples} held-out examples;
 minimal pairs: share of agreement pairs ("the key to the cabinets is/are ...") where the
 good sentence has the higher log-probability (chance 0.5). Train time is the wall time of
-the optimisation steps on the hardware named.
+the optimisation steps on the hardware named (CPU runs shared a busy 2-core machine with
+other jobs, so their times are upper bounds).
 
 """
 
 
+def not_learned(card: dict[str, Any], z: float = 3.0) -> list[str]:
+    """Tasks whose pair accuracy is not ``z`` binomial standard errors above chance (0.5)."""
+    out = []
+    for task, s in card.get("tasks", {}).items():
+        n = max(int(s.get("answers", 0)), 1)
+        if (s.get("pair_accuracy", 0.5) - 0.5) / math.sqrt(0.25 / n) < z:
+            out.append(task)
+    return out
+
+
+def render_limits(cards: list[dict[str, Any]]) -> str:
+    """A sentence per task that some models did not clearly learn (pair accuracy < chance + 3 SE)."""
+    by_task: dict[str, list[str]] = {}
+    for c in cards:
+        for task in not_learned(c):
+            by_task.setdefault(task, []).append(c["name"])
+    if not by_task:
+        return "Every model learned every task beyond chance (pair accuracy > 0.5 + 3 standard errors).\n"
+    lines = ["Not clearly learned (pair accuracy within 3 standard errors of chance):"]
+    lines += [f"- {task}: {', '.join(f'`{n}`' for n in names)}" for task, names in by_task.items()]
+    return "\n".join(lines) + "\n"
+
+
 def render_readme(cards: list[dict[str, Any]]) -> str:
-    return README_HEAD.format(windows=EVAL_WINDOWS, examples=EVAL_EXAMPLES) + render_table(cards) + "\n"
+    return (README_HEAD.format(windows=EVAL_WINDOWS, examples=EVAL_EXAMPLES) + render_table(cards) + "\n\n"
+            + render_limits(cards))
 
 
 def zoo_cards(zoo_dir: str | Path | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,109 @@
+"""The model zoo: matched recipes, shipped checkpoints that reproduce their cards, the table,
+clear errors, and a cheap form of "probe zoo train ARCH reproduces the card" (a tiny run of
+the recipe is deterministic)."""
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import probe
+from probe.cli import main
+from probe.data.code_corpus import CodeCorpus, stdlib_stream
+from probe.errors import CheckpointError, ConfigError
+from probe.evaluate import evaluate_bpb
+from probe.loading import ZOO_DIR, zoo_names
+from probe.zoo.cards import EVAL_SEQ_LEN, QUICK, read_card, render_readme, task_metrics, zoo_cards
+from probe.zoo.recipes import PARAM_TOLERANCE, RECIPES, TARGET_PARAMS, TRAIN, get_recipe
+
+SHIPPED = zoo_names()
+ALL = ["transformer", "lstm", "qrnn", "qrnn-hybrid", "lmu", "lmu-attn", "hgrn2", "mamba", "xlstm", "rwkv"]
+
+
+def test_ten_recipes_with_matched_parameter_counts():
+    assert list(RECIPES) == ALL
+    counts = {}
+    for name, recipe in RECIPES.items():
+        assert recipe.available(), f"{name}: mixers {recipe.mixers} not registered"
+        cfg = recipe.config()
+        assert cfg.vocab_size == 257 and cfg.tokenizer == "byte"
+        counts[name] = recipe.n_params()
+        assert abs(counts[name] - TARGET_PARAMS) <= PARAM_TOLERANCE * TARGET_PARAMS, (name, counts[name])
+    assert max(counts.values()) <= 1.10 * min(counts.values()), counts
+    assert RECIPES["qrnn-hybrid"].layout == ("qrnn", "qrnn", "attn", "ff")
+    assert RECIPES["lmu-attn"].layout[-1] == "attn" and set(RECIPES["lmu-attn"].layout[:-1]) == {"lmu"}
+    assert RECIPES["xlstm"].layout.count("slstm") == 1 and "mlstm" in RECIPES["xlstm"].layout
+
+
+def test_unknown_zoo_names_list_the_valid_ones(capsys):
+    with pytest.raises(ConfigError, match="Unknown zoo architecture 'mambo'.*'mamba'.*Valid: transformer, lstm"):
+        get_recipe("mambo")
+    with pytest.raises(CheckpointError, match="No zoo model named 'mambo'"):
+        probe.load("zoo:mambo")
+    assert main(["zoo", "train", "mambo"]) == 2
+    assert "Valid: transformer" in capsys.readouterr().err
+
+
+def test_the_zoo_is_small_fp16_and_documented(capsys):
+    assert SHIPPED, "no zoo model is shipped"
+    total = 0
+    for name in SHIPPED:
+        weights = ZOO_DIR / name / "model.safetensors"
+        total += weights.stat().st_size
+        assert all(t.dtype == torch.float16 for t in load_file(str(weights)).values())
+    assert total < 60e6
+    assert (ZOO_DIR / "README.md").read_text() == render_readme(zoo_cards()), "run `probe zoo card --no-eval`"
+    assert main(["zoo", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "| model |" in out and all(f"`{n}`" in out for n in SHIPPED)
+
+
+@pytest.fixture(scope="module")
+def val_stream():
+    return stdlib_stream("val")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_loads_and_reproduces_its_card(name, val_stream):
+    model = probe.load(f"zoo:{name}")
+    card = read_card(ZOO_DIR / name)
+    assert card["name"] == name and model.cfg.layout == card["layout"] == list(RECIPES[name].layout)
+    assert card["params"] == sum(p.numel() for p in model.parameters())
+    assert card["tokens_seen"] == TRAIN.steps * TRAIN.batch_size * TRAIN.seq_len  # same tokens for every model
+    assert card["train"]["steps"] == TRAIN.steps and card["seed"] == TRAIN.seed
+    for key in ("hardware", "train_seconds", "code_version", "unigram_bpb"):
+        assert card[key] not in (None, "", "unknown")
+    # a quick re-evaluation on a small slice gives the card's numbers
+    quick = card["quick"]
+    bpb = evaluate_bpb(model, val_stream, EVAL_SEQ_LEN, quick["windows"])
+    same_corpus = card["data"]["corpus_python"] == sys.version.split()[0]
+    assert bpb == pytest.approx(quick["val_bpb"], abs=2e-3 if same_corpus else 0.3)
+    tasks, pairs = task_metrics(model, QUICK["examples"], QUICK["seed"])
+    for task, value in quick["tasks"].items():
+        assert tasks[task]["pair_accuracy"] == pytest.approx(value, abs=0.02), task
+        assert pairs[task] == pytest.approx(quick["minimal_pairs"][task], abs=0.05), task
+    # it learned: far below the unigram baseline, and the tasks beyond chance
+    assert card["val_bpb"] < card["unigram_bpb"] - 2.0
+    for task in ("induction", "brackets"):
+        assert card["tasks"][task]["pair_accuracy"] > 0.75, task
+    assert card["tasks"]["agreement"]["pair_accuracy"] > 0.55
+    assert card["minimal_pairs"]["agreement"] > 0.55
+
+
+def test_tiny_recipe_run_is_deterministic(tmp_path, monkeypatch):
+    """`probe zoo train ARCH` repeats itself: two tiny runs of a recipe give the same bytes."""
+    streams = tmp_path / "streams"
+    for split in ("train", "val"):
+        CodeCorpus(split, max_files=2).stream().save(streams / f"stdlib-{split}.safetensors")
+    monkeypatch.setenv("PROBE_STDLIB_STREAMS", str(streams))
+    from probe.zoo.build import train_zoo_model
+
+    small = dict(steps=2, batch_size=2, seq_len=32, eval_windows=2, warmup_steps=1)
+    paths = [train_zoo_model("qrnn-hybrid", tmp_path / run, device="cpu", progress=False, evaluate=False, **small)
+             for run in ("a", "b")]
+    a, b = (load_file(str(p / "model.safetensors")) for p in paths)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    card = read_card(paths[0])
+    assert card["steps"] == 2 and card["tokens_seen"] == 2 * 2 * 32 and card["params"] == RECIPES["qrnn-hybrid"].n_params()
+    assert card["train"]["lr"] == TRAIN.lr and card["data"]["tasks"] == ["agreement", "recall", "induction", "brackets"]
+    assert probe.load(paths[0]).cfg.layout == ["qrnn", "qrnn", "attn", "ff"]
