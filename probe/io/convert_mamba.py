@@ -24,7 +24,6 @@ Usage::
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -129,20 +128,7 @@ def mamba_from_hf(hf_model: Any, tokenizer: Any = None, dtype: torch.dtype = tor
 
 
 def _tokenizer(cfg: ModelConfig, tokenizer: Any, name_or_path: str):
-    """The tokenizer to attach (setting ``cfg.tokenizer`` to its name so saved models reload it)."""
-    from probe.data.tokenizers import get_tokenizer
-    from probe.errors import InputError
+    """The tokenizer to attach; the shared rule of :func:`probe.io.hf.resolve_tokenizer`."""
+    from probe.io.hf import resolve_tokenizer  # late: hf dispatches to this module
 
-    if tokenizer is None and not name_or_path:
-        return get_tokenizer("byte")
-    try:
-        tok = get_tokenizer(tokenizer if tokenizer is not None else name_or_path)
-    except InputError:
-        if tokenizer is not None:
-            raise
-        warnings.warn(f"Could not load the tokenizer of {name_or_path!r}; using the byte tokenizer. Pass "
-                      "tokenizer=... to mamba_from_hf to choose one.", stacklevel=3)
-        return get_tokenizer("byte")
-    if isinstance(tokenizer, str) or tokenizer is None:
-        cfg.tokenizer = tokenizer or name_or_path
-    return tok
+    return resolve_tokenizer(cfg, tokenizer, name_or_path)
