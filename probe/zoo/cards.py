@@ -162,8 +162,15 @@ def render_limits(cards: list[dict[str, Any]]) -> str:
 
 
 def render_readme(cards: list[dict[str, Any]]) -> str:
-    return (README_HEAD.format(windows=EVAL_WINDOWS, examples=EVAL_EXAMPLES) + render_table(cards) + "\n\n"
+    from probe.zoo.recipes import RECIPES
+
+    text = (README_HEAD.format(windows=EVAL_WINDOWS, examples=EVAL_EXAMPLES) + render_table(cards) + "\n\n"
             + render_limits(cards))
+    missing = [n for n in RECIPES if n not in {c["name"] for c in cards}]
+    if missing:
+        text += (f"\nNot shipped yet (recipe defined, no trained checkpoint): {', '.join(f'`{n}`' for n in missing)}; "
+                 "train one with `probe zoo train NAME`.\n")
+    return text
 
 
 def zoo_cards(zoo_dir: str | Path | None = None) -> list[dict[str, Any]]:
