@@ -246,7 +246,11 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-patching", action="store_true")
     p.add_argument("--skip-steering", action="store_true")
     args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # the methods turn gradients on where they need them (attribution patching)
+        return run(args)
+
+
+def run(args) -> dict:
     if args.random_tiny is not None:
         models = tiny_models(args.random_tiny or None)
     else:
