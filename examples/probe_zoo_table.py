@@ -18,8 +18,10 @@ Three tables, one row per model:
    for the layer where it is highest.
 3. **Steering**: an agreement direction (mean plural - singular difference at the position
    before the verb, from aligned pairs) added at ``resid_pre`` (CAA) and to the state
-   (state steering) of each layer; the change of the "are" preference
-   ``logit('a') - logit('i')`` on held-out is/are prompts at coefficients -2 and +2.
+   (state steering) of each layer at the prompt's last token (where the verb is predicted; a
+   recurrent memory would otherwise accumulate one addition per token); the change of the
+   "are" preference ``logit('a') - logit('i')`` on held-out is/are prompts at coefficients
+   -2 and +2.
 
     python examples/probe_zoo_table.py                          # every zoo model
     python examples/probe_zoo_table.py --models zoo:qrnn zoo:transformer --out results/
@@ -171,7 +173,8 @@ def steering_table(name: str, model, n_pairs: int, seed: int = 2) -> pd.DataFram
             v = steering_vector(model, plural, singular, site=site)
         except probe.ProbeError:
             continue  # no recurrent state in this model
-        res = steer(model, prompts, v, [-2.0, 0.0, 2.0], answer=[a] * len(prompts), contrast=[i] * len(prompts))
+        res = steer(model, prompts, v, [-2.0, 0.0, 2.0], answer=[a] * len(prompts), contrast=[i] * len(prompts),
+                    positions="last")
         for row in res.to_frame().itertuples():
             rows.append({"model": name, "site": site, "layer": row.layer, "mixer": row.mixer,
                          "coefficient": row.coefficient, "are_minus_is": row.metric, "change": row.change})

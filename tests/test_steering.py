@@ -49,6 +49,19 @@ def test_steer_equals_adding_the_vector_by_hand():
         return t
 
     torch.testing.assert_close(some.logits[0, 0], model.run_with_hooks(toks, fwd_hooks=[("blocks.1.hook_resid_pre", at)]))
+    ragged = [toks[0, :5], toks[1, :9]]  # "last": each input's own last token, lengths may differ
+    last = steer(model, ragged, v, [2.5], site="resid_pre", layers=[1], positions="last", answer=65, contrast=66)
+    hand = []
+    for seq in ragged:
+        def at_last(t, hook, n=len(seq)):
+            t = t.clone()
+            t[:, n - 1] += 2.5 * v
+            return t
+
+        with torch.no_grad():
+            logits = model.run_with_hooks(seq[None], fwd_hooks=[("blocks.1.hook_resid_pre", at_last)])[0, -1]
+        hand.append(float(logits[65] - logits[66]))
+    torch.testing.assert_close(float(last.metric[0, 0]), sum(hand) / 2, atol=1e-5, rtol=1e-5)
     assert not any(hp.has_hooks() for hp in model.hook_dict.values())
 
 
@@ -84,6 +97,10 @@ def test_state_steering_changes_later_positions_only(arch):
         steered = res.logits[i, 0]
         torch.testing.assert_close(steered[:, :t], plain[:, :t], atol=1e-5, rtol=1e-5)  # other kernel paths round differently
         assert not torch.allclose(steered[:, t + 1 :], plain[:, t + 1 :]), layer  # carried forward
+    at_last = steer(model, toks, v, [3.0], positions="last", keep_logits=True)
+    for i in range(len(at_last.layers)):
+        torch.testing.assert_close(at_last.logits[i, 0][:, :-1], plain[:, :-1], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(at_last.logits[i, 0][:, -1], plain[:, -1])
 
 
 @pytest.mark.parametrize("arch", ["hybrid_qrnn_attn_ff", "mamba", "lstm"])

@@ -191,24 +191,30 @@ def steering_vector(model, positive, negative, *, site: str = "resid_pre", layer
 
 # -- applying ----------------------------------------------------------------------------
 class _AddHook:
-    """Adds ``coefficient * vectors[hook name]`` at the steered positions; ``offset`` is the absolute
-    position of the first token of the current forward (generation runs one token at a time)."""
+    """Adds ``coefficient * vectors[hook name]`` where ``steered`` (``[batch, n]`` bool over absolute
+    positions; ``None``: everywhere) is True; ``offset`` is the absolute position of the first token
+    of the current forward (generation runs one token at a time)."""
 
-    def __init__(self, vectors: dict[str, Tensor], coefficient: float, positions: list[int] | None):
-        self.vectors, self.coefficient, self.positions, self.offset = vectors, float(coefficient), positions, 0
+    def __init__(self, vectors: dict[str, Tensor], coefficient: float, steered: Tensor | None):
+        self.vectors, self.coefficient, self.steered, self.offset = vectors, float(coefficient), steered, 0
+
+    def window(self, T: int) -> Tensor | None:
+        """``[batch, T]``: the steered positions of the current forward (``None``: all)."""
+        if self.steered is None:
+            return None
+        m = self.steered[:, self.offset : self.offset + T]
+        return torch.cat([m, m.new_zeros(m.shape[0], T - m.shape[1])], 1) if m.shape[1] < T else m
 
     def __call__(self, t: Tensor, hook) -> Tensor:
         if self.coefficient == 0.0:
             return t
         add = (self.coefficient * self.vectors[hook.name]).to(t.dtype).to(t.device)
-        if self.positions is None:
+        m = self.window(t.shape[1])
+        if m is None:
             return t + add
-        local = [p - self.offset for p in self.positions if 0 <= p - self.offset < t.shape[1]]
-        if not local:
+        if not bool(m.any()):
             return t
-        t = t.clone()
-        t[:, local] = t[:, local] + add
-        return t
+        return t + m.to(t.device, t.dtype).view(*m.shape, *([1] * (t.dim() - 2))) * add
 
 
 def _vectors(model, vector, site: str | None, layers) -> tuple[str, dict[int, Tensor], dict[int, list]]:
@@ -319,7 +325,7 @@ class SteeringResult(MethodResult):
 
 def steer(model, input, vector, coefficients: Sequence[float] = (-1.0, 0.0, 1.0), *, answer=None, contrast=None,
           metric: Callable[[Tensor], Tensor] | None = None, site: str | None = None,
-          layers: Sequence[int] | int | None = None, positions: Sequence[int] | int | None = None,
+          layers: Sequence[int] | int | None = None, positions: Sequence[int] | int | str | None = None,
           max_new_tokens: int = 0, temperature: float = 0.0, top_k: int | None = None, seed: int | None = None,
           keep_logits: bool = False, prepend_bos: bool | None = None) -> SteeringResult:
     """Add ``coefficient * vector`` at each layer of ``vector`` in turn and measure the effect.
@@ -332,7 +338,8 @@ def steer(model, input, vector, coefficients: Sequence[float] = (-1.0, 0.0, 1.0)
         answer, contrast: token ids or one-token strings; metric = ``logit[answer] - logit[contrast]``
             at the last token. Or ``metric``: ``logits [batch, pos, vocab] -> [batch] or scalar``.
         layers: steer only these layers of the vector (each separately).
-        positions: absolute positions to steer (default every position, generated ones included).
+        positions: where to steer: ``None`` (every position, generated ones included), ``"last"``
+            (each input's last token: where the metric is read), or absolute positions.
         max_new_tokens: also generate this many tokens per (layer, coefficient), carrying the state
             (greedy by default; ``temperature``/``top_k``/``seed`` as in ``model.generate``).
         keep_logits: keep every steered run's logits in the result.
@@ -347,11 +354,8 @@ def steer(model, input, vector, coefficients: Sequence[float] = (-1.0, 0.0, 1.0)
     seqs = _texts_or_tokens(model, input, "input", prepend_bos)
     ids, lengths = padded_batch(seqs, device=model.device)
     batch = ids.shape[0]
-    if positions is not None:
-        positions = sorted({int(p) for p in ([positions] if isinstance(positions, int) else positions)})
-        if any(p < 0 for p in positions):
-            raise InputError("Steering positions must be absolute indices >= 0.")
     last = (lengths - 1).to(model.device)
+    steered = _steered_mask(positions, lengths, ids.shape[1] + max(0, max_new_tokens))
     if metric is None and (answer is not None or contrast is not None):
         if answer is None or contrast is None:
             raise InputError("Give both answer= and contrast= (the metric is their logit difference).")
@@ -382,7 +386,7 @@ def steer(model, input, vector, coefficients: Sequence[float] = (-1.0, 0.0, 1.0)
     for i, layer in enumerate(layer_list):
         row_logits = []
         for j, c in enumerate(coefficients):
-            add = _AddHook(split_vector(vecs[layer], parts[layer]), c, positions)
+            add = _AddHook(split_vector(vecs[layer], parts[layer]), c, steered)
             with torch.no_grad(), model.hooks(fwd_hooks=[(h, add) for h, _ in parts[layer]]):
                 logits, _ = _steered_forward(model, ids, add, stepwise[layer])
                 if max_new_tokens > 0:
@@ -397,6 +401,26 @@ def steer(model, input, vector, coefficients: Sequence[float] = (-1.0, 0.0, 1.0)
     return SteeringResult(site, layer_list, coefficients, list(model.cfg.layout), out, baseline, label,
                           {l: float(vecs[l].float().norm()) for l in layer_list}, generations, generated,
                           torch.stack(kept) if kept is not None else None, time.perf_counter() - start)
+
+
+def _steered_mask(positions, lengths: Tensor, width: int) -> Tensor | None:
+    """``[batch, width]`` bool: where to steer. ``None`` (every position, generated ones too), ``"last"``
+    (each input's last token), or absolute positions (an int or a list)."""
+    if positions is None:
+        return None
+    mask = torch.zeros(len(lengths), width, dtype=torch.bool)
+    if isinstance(positions, str):
+        if positions != "last":
+            raise InputError(f"positions must be None (all), 'last' or absolute indices, got {positions!r}.")
+        mask[torch.arange(len(lengths)), lengths - 1] = True
+        return mask
+    items = [positions] if isinstance(positions, int) else list(positions)
+    if not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) and p >= 0 for p in items):
+        raise InputError(f"Steering positions must be absolute indices >= 0 (or 'last'), got {positions!r}.")
+    for p in items:
+        if p < width:
+            mask[:, int(p)] = True
+    return mask
 
 
 def _scalar(v) -> Tensor:
@@ -417,8 +441,8 @@ def _steered_forward(model, ids: Tensor, hook: _AddHook, stepwise: bool, states=
     T = ids.shape[1]
     cuts = [T]
     if stepwise and hook.coefficient != 0.0:
-        steered = range(start, start + T) if hook.positions is None else hook.positions
-        cuts = sorted({p - start + 1 for p in steered if start <= p < start + T} | {T})
+        m = hook.window(T) if hook.steered is not None else torch.ones(1, T, dtype=torch.bool)
+        cuts = sorted({int(p) + 1 for p in m.any(0).nonzero().flatten().tolist()} | {T})
     if len(cuts) == 1 and states is None and not need_state:
         hook.offset = 0
         return model(ids), None  # one piece, no state: also models that carry none (a TransformerLens bridge)
