@@ -12,6 +12,9 @@ after every position, ``h: [batch, T, *state]``.
 Two forms are kept side by side and tested against each other:
 
 * :func:`linear_scan_sequential` is the obviously-correct reference, one step per token.
+* :func:`probe.scan_loop.linear_scan_loop` is the same loop with a hand-written backward
+  (a reverse scan): one autograd node instead of one per token, the form ``"auto"``
+  picks on CPU for large states.
 * :func:`linear_scan_chunked` splits the sequence into ``n`` chunks of length ``L``.
   Within every chunk (all chunks at once) it runs the recurrence from a zero state while
   accumulating the decay product ``P_t = a_{c0} * ... * a_t``; a short sequential pass
@@ -108,20 +111,24 @@ SEQUENTIAL_FROM_ELEMENTS = 8192
 
 
 def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None = None, method: str = "auto") -> Tensor:
-    """Run the recurrence with the ``"chunked"``, ``"sequential"`` or ``"auto"`` form.
+    """Run the recurrence with the ``"chunked"``, ``"sequential"``, ``"loop"`` or ``"auto"`` form.
 
     ``"auto"`` uses the chunked form on GPU and, on CPU, whenever one step's state is
-    smaller than ``SEQUENTIAL_FROM_ELEMENTS`` elements; both forms give the same result
-    to float rounding (tested).
+    smaller than ``SEQUENTIAL_FROM_ELEMENTS`` elements, else the loop with its hand-written
+    backward; all forms give the same result to float rounding (tested).
     """
     if method == "auto":
         step = b[:, 0].numel() if b.shape[1] else 0
-        method = "chunked" if (b.is_cuda or step < SEQUENTIAL_FROM_ELEMENTS) else "sequential"
+        method = "chunked" if (b.is_cuda or step < SEQUENTIAL_FROM_ELEMENTS) else "loop"
     if method == "chunked":
         return linear_scan_chunked(a, b, h0)
     if method == "sequential":
         return linear_scan_sequential(a, b, h0)
-    raise ValueError(f"Unknown scan method {method!r}; use 'auto', 'chunked' or 'sequential'.")
+    if method == "loop":
+        from probe.scan_loop import linear_scan_loop
+
+        return linear_scan_loop(a, b, h0)
+    raise ValueError(f"Unknown scan method {method!r}; use 'auto', 'chunked', 'sequential' or 'loop'.")
 
 
 def force_states(a: Tensor, b: Tensor, mask: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:

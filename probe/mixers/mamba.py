@@ -22,12 +22,13 @@ Hooks, in dependency order: ``hook_state_conv``, ``hook_input`` (u, ``[b, pos, d
 ``hook_dt`` (``[b, pos, d_inner]``), ``hook_B``, ``hook_C`` (``[b, pos, d_state]``),
 ``hook_output`` (the gate silu(z), ``[b, pos, d_inner]``), ``hook_state``.
 
-Fast path (no state hook, no state edit): the selective scan runs block by block
-(:func:`probe.scan.linear_scan_blocked`), reading ``y`` out of each block's states, so at most
-one block of ``[batch, block, d_inner, d_state]`` states exists at a time. When ``hook_state``
-is active, every state is materialised (written block by block into one tensor) and edits to it
-propagate through :func:`probe.scan.force_states`. ``mixer.method`` ("auto", "chunked",
-"sequential") picks the form of the scan within each block (for benchmarks and tests).
+Fast path (no state hook, no state edit, ``mixer.method == "auto"``): the selective scan is
+fused step by step (:func:`probe.selective_scan.selective_scan`: no ``[batch, pos, d_inner,
+d_state]`` tensor is ever built, and its backward recomputes states from checkpoints), which is
+how the zoo's Mamba trains on CPU. When ``hook_state`` is active, every state is materialised
+block by block (:func:`probe.scan.linear_scan_blocked`) and edits to it propagate through
+:func:`probe.scan.force_states`. Setting ``mixer.method`` to "chunked", "sequential" or "loop"
+forces the blocked path with that form of the scan (for benchmarks and tests).
 
 Options: ``d_state`` (16), ``d_conv`` (4), ``expand`` (2), ``dt_rank`` (``None``:
 ``ceil(d_model / 16)``), ``conv_bias`` (True), ``proj_bias`` (False), ``dt_min`` / ``dt_max``
@@ -47,6 +48,7 @@ from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.edits import Computation, apply_forcing
 from probe.scan import force_states, linear_scan_blocked
+from probe.selective_scan import selective_scan
 
 #: positions per block of the selective scan's fast path
 BLOCK = 128
@@ -141,8 +143,12 @@ class Mamba(RecurrentMixer):
             return torch.einsum("btdn,btn->btd", s, C[:, t0:t1])
 
         want = "state" in keep or forced is not None
-        ys, last, states = linear_scan_blocked(coefficients, x.shape[1], state["state"], readout,
-                                               block=BLOCK, keep_states=want, method=self.method)
+        if not want and self.method == "auto":
+            ys, last = selective_scan(dt, A, B, C, dtu, state["state"])
+            states = None
+        else:
+            ys, last, states = linear_scan_blocked(coefficients, x.shape[1], state["state"], readout,
+                                                   block=BLOCK, keep_states=want, method=self.method)
         y = (ys + self.D * u) * gate
         values = {"input": u, "dt": dt, "B": B, "C": C, "output": gate}
         if states is not None:

@@ -1,0 +1,126 @@
+r"""Mamba's selective scan fused step by step, with a hand-written, recomputing backward.
+
+The recurrence (per batch element; ``D = d_inner``, ``N = d_state``)::
+
+    s_t = exp(dt_t[:, None] * A) * s_{t-1} + v_t[:, None] * B_t[None, :]     ([D, N])
+    y_t = s_t C_t                                                            ([D])
+
+with ``dt, v: [batch, T, D]`` (``v = dt * u``), ``A: [D, N]``, ``B, C: [batch, T, N]``
+and ``s_{-1} = h0: [batch, D, N]``.
+
+Materialising every state costs ``T * D * N`` numbers per layer in every pass over memory,
+several times over in training (decays, inputs, states and their gradients); that is what
+made training the zoo's Mamba slow on CPU. Here each position is computed from the previous
+state alone, in cache-sized pieces, and only every ``checkpoint``-th state is kept. The
+backward pass walks the segments from the last, recomputes one segment's states from its
+checkpoint, and runs the adjoint recurrence within it. With ``G_t = dL/ds_t`` (total) and
+``g_t = dL/dy_t``::
+
+    G_t      = a_{t+1} * G_{t+1} + g_t[:, None] * C_t[None, :]     (G_T = dL/ds_{T-1} from outside)
+    dL/dC_t  = s_t^T g_t                 dL/dB_t = G_t^T v_t         dL/dv_t = G_t B_t
+    q_t      = G_t * s_{t-1} * a_t       (gradient of dt_t A through the decay)
+    dL/ddt_t = q_t A summed over N       dL/dA   = sum_{b,t} q_t * dt_t[:, None]
+    dL/dh0   = a_0 * G_0
+
+First derivatives only. Used by :class:`probe.mixers.mamba.Mamba` whenever no state is hooked
+or edited (plain forwards and training); the hooked path builds every state with
+:mod:`probe.scan`, and both are tested equal in values and gradients.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["selective_scan"]
+
+#: positions between two kept states (the backward recomputes at most this many states at once)
+CHECKPOINT = 16
+
+
+def _decay(dt_t: Tensor, A: Tensor, out: Tensor) -> Tensor:
+    """``exp(dt_t[:, :, None] * A)`` into ``out: [batch, D, N]``."""
+    return torch.mul(dt_t.unsqueeze(-1), A, out=out).exp_()
+
+
+def _advance(s: Tensor, a: Tensor, v_t: Tensor, B_t: Tensor) -> Tensor:
+    """In place: ``s = a * s + v_t[:, :, None] * B_t[:, None, :]``."""
+    return s.mul_(a).addcmul_(v_t.unsqueeze(-1), B_t.unsqueeze(1))
+
+
+class _SelectiveScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor, h0: Tensor, checkpoint: int):
+        dt_, B_, C_, v_ = (x.transpose(0, 1).contiguous() for x in (dt, B, C, v))  # time-major
+        T = dt_.shape[0]
+        y = dt_.new_empty(T, *dt_.shape[1:])
+        s = h0.clone()
+        a = torch.empty_like(s)
+        kept = []
+        for t in range(T):
+            if t % checkpoint == 0:
+                kept.append(s.clone())
+            _advance(s, _decay(dt_[t], A, a), v_[t], B_[t])
+            torch.bmm(s, C_[t].unsqueeze(-1), out=y[t].unsqueeze(-1))
+        ctx.save_for_backward(dt_, A, B_, C_, v_, torch.stack(kept) if kept else h0.unsqueeze(0))
+        ctx.checkpoint = checkpoint
+        return y.transpose(0, 1), s
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: Tensor, grad_last: Tensor):
+        dt_, A, B_, C_, v_, kept = ctx.saved_tensors
+        K, T = ctx.checkpoint, dt_.shape[0]
+        g_ = grad_y.transpose(0, 1).contiguous()
+        d_dt, d_v = torch.empty_like(dt_), torch.empty_like(v_)
+        d_B, d_C = torch.empty_like(B_), torch.empty_like(C_)
+        d_A = torch.zeros_like(kept[0])  # per batch element; summed at the end
+        G = grad_last.clone() if grad_last is not None else torch.zeros_like(kept[0])
+        a_next = torch.ones_like(G)  # a_{t+1}; G already holds the gradient from beyond T-1
+        a, q = torch.empty_like(G), torch.empty_like(G)
+        for seg in range((T - 1) // K, -1, -1):
+            t0, t1 = seg * K, min(T, seg * K + K)
+            states = [kept[seg]]  # states[i] = s_{t0 + i - 1}
+            s = kept[seg].clone()
+            for t in range(t0, t1):
+                states.append(_advance(s, _decay(dt_[t], A, a), v_[t], B_[t]).clone())
+            for t in range(t1 - 1, t0 - 1, -1):
+                s_t, s_prev = states[t - t0 + 1], states[t - t0]
+                G.mul_(a_next).addcmul_(g_[t].unsqueeze(-1), C_[t].unsqueeze(1))
+                torch.bmm(g_[t].unsqueeze(1), s_t, out=d_C[t].unsqueeze(1))
+                torch.bmm(v_[t].unsqueeze(1), G, out=d_B[t].unsqueeze(1))
+                torch.bmm(G, B_[t].unsqueeze(-1), out=d_v[t].unsqueeze(-1))
+                _decay(dt_[t], A, a)
+                torch.mul(G, s_prev, out=q).mul_(a)
+                torch.sum(q * A, dim=-1, out=d_dt[t])
+                d_A.addcmul_(q, dt_[t].unsqueeze(-1))
+                a_next, a = a, a_next
+        grad_h0 = G * a_next
+        back = lambda x: x.transpose(0, 1)  # noqa: E731
+        return back(d_dt), d_A.sum(0), back(d_B), back(d_C), back(d_v), grad_h0, None
+
+
+def selective_scan(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor, h0: Tensor,
+                   checkpoint: int = CHECKPOINT) -> tuple[Tensor, Tensor]:
+    """``(y [batch, T, D], s_{T-1} [batch, D, N])`` of the recurrence in the module docstring.
+
+    Args:
+        dt: step sizes ``[batch, T, D]``; A: ``[D, N]``; B, C: ``[batch, T, N]``;
+        v: ``dt * u``, ``[batch, T, D]``; h0: ``[batch, D, N]``.
+        checkpoint: positions between kept states (memory vs recomputation).
+
+    Example::
+
+        y, last = selective_scan(dt, -torch.exp(A_log), B, C, dt * u, torch.zeros(b, D, N))
+    """
+    batch, T, D = dt.shape
+    N = A.shape[-1]
+    expected = {"A": (A, (D, N)), "B": (B, (batch, T, N)), "C": (C, (batch, T, N)), "v": (v, (batch, T, D)),
+                "h0": (h0, (batch, D, N))}
+    for name, (x, shape) in expected.items():
+        if tuple(x.shape) != shape:
+            raise ValueError(f"selective_scan: {name} has shape {tuple(x.shape)}, expected {shape}")
+    if T == 0:
+        return v.new_zeros(batch, 0, D), h0.clone()
+    dtype = v.dtype
+    return _SelectiveScan.apply(dt, A.to(dtype), B.to(dtype), C.to(dtype), v, h0.to(dtype), int(checkpoint))
