@@ -71,6 +71,9 @@ def run_train(args) -> int:
     from probe.data.text_corpus import hf_corpus, text_corpus
     from probe.train import TrainConfig, Trainer
 
+    # the model's config first: a bad layout or width fails before any corpus is read
+    model_cfg = probe.ModelConfig(layout=[m.strip() for m in args.layout.split(",") if m.strip()],
+                                  d_model=args.d_model, n_heads=args.n_heads, d_mlp=args.d_mlp)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                          warmup_steps=min(args.warmup_steps, args.steps), seed=args.seed,
                          eval_every=args.eval_every, save_every=args.save_every, device=args.device, amp=args.amp)
@@ -86,8 +89,7 @@ def run_train(args) -> int:
     tasks = [t for t in args.tasks.split(",") if t]
     mix = DataMix(train, tasks, args.task_fraction)
     torch.manual_seed(args.seed)
-    model = probe.HookedLM(probe.ModelConfig(layout=[m.strip() for m in args.layout.split(",") if m.strip()],
-                                             d_model=args.d_model, n_heads=args.n_heads, d_mlp=args.d_mlp))
+    model = probe.HookedLM(model_cfg)
     print(f"{model!r}; {config.steps * config.tokens_per_step:,} tokens; out: {args.out}")
     trainer = Trainer(model, mix, config, val, args.out, resume=not args.no_resume, progress=not args.no_progress)
     result = trainer.train()
@@ -127,10 +129,23 @@ def add_zoo(sub) -> None:
     cp.set_defaults(func=run_zoo_card)
 
 
+def _zoo_dir(args) -> Path | None:
+    """``--zoo-dir`` as a path, refused when it is not a folder (``None``: the shipped zoo)."""
+    from probe.errors import ConfigError
+
+    if args.zoo_dir is None:
+        return None
+    path = Path(args.zoo_dir)
+    if not path.is_dir():
+        raise ConfigError(f"--zoo-dir {args.zoo_dir!r} is not a folder.")
+    return path
+
+
 def run_zoo_list(args) -> int:
     from probe.zoo.cards import render_table, zoo_cards
     from probe.zoo.recipes import RECIPES
 
+    _zoo_dir(args)
     cards = zoo_cards(args.zoo_dir)
     shipped = {c["name"] for c in cards}
     print(render_table(cards) if cards else "No trained zoo models in this folder yet.")
@@ -172,7 +187,7 @@ def run_zoo_card(args) -> int:
     from probe.zoo.build import ZOO_DIR
     from probe.zoo.cards import evaluate_card, read_card, render_readme, write_card, zoo_cards
 
-    zoo_dir = Path(args.zoo_dir) if args.zoo_dir else ZOO_DIR
+    zoo_dir = _zoo_dir(args) or ZOO_DIR
     if not args.no_eval:
         names = args.names or [c["name"] for c in zoo_cards(zoo_dir)]
         val, train = stdlib_stream("val"), stdlib_stream("train")
@@ -182,7 +197,7 @@ def run_zoo_card(args) -> int:
             write_card(zoo_dir / n, card)
             print(f"{n}: val bpb {card['val_bpb']:.3f} (unigram {card['unigram_bpb']:.3f}); tasks "
                   + ", ".join(f"{k} {v['pair_accuracy']:.2f}" for k, v in card["tasks"].items()))
-    (zoo_dir / "README.md").write_text(render_readme(zoo_cards(zoo_dir)))
+    (zoo_dir / "README.md").write_text(render_readme(zoo_cards(zoo_dir), zoo_dir / "results"))
     print(f"wrote {zoo_dir / 'README.md'}")
     return 0
 

@@ -107,3 +107,17 @@ def test_tiny_recipe_run_is_deterministic(tmp_path, monkeypatch):
     assert card["steps"] == 2 and card["tokens_seen"] == 2 * 2 * 32 and card["params"] == RECIPES["qrnn-hybrid"].n_params()
     assert card["train"]["lr"] == TRAIN.lr and card["data"]["tasks"] == ["agreement", "recall", "induction", "brackets"]
     assert probe.load(paths[0]).cfg.layout == ["qrnn", "qrnn", "attn", "ff"]
+
+
+def test_zoo_readme_includes_the_result_sections(tmp_path):
+    """The sections written by the zoo scripts (tuned lens, probes/patching/steering) land in the README."""
+    from probe.zoo.cards import RESULTS
+
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "lens.md").write_text("| model | layer |\n")
+    (tmp_path / "methods" / "tables.md").write_text("### Linear probes\n")
+    text = render_readme(zoo_cards(), tmp_path)
+    for title, command in RESULTS.values():
+        assert f"## {title}" in text and command in text
+    assert "| model | layer |" in text and "### Linear probes" in text
+    assert "## " + RESULTS["lens.md"][0] not in render_readme(zoo_cards(), tmp_path / "absent")
