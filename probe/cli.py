@@ -126,6 +126,8 @@ def add_zoo(sub) -> None:
     cp.add_argument("names", nargs="*", metavar="ARCH", help="models to evaluate (default: all in the folder)")
     cp.add_argument("--zoo-dir", default=None, help="a zoo folder other than the shipped one")
     cp.add_argument("--no-eval", action="store_true", help="only regenerate README.md from the existing cards")
+    cp.add_argument("--cpu-timing", action="store_true",
+                    help="measure each recipe's CPU training step (2 threads; run on an idle machine) into its card")
     cp.set_defaults(func=run_zoo_card)
 
 
@@ -188,6 +190,14 @@ def run_zoo_card(args) -> int:
     from probe.zoo.cards import evaluate_card, read_card, render_readme, write_card, zoo_cards
 
     zoo_dir = _zoo_dir(args) or ZOO_DIR
+    if args.cpu_timing:
+        from probe.zoo.cards import cpu_timing
+
+        for n in args.names or [c["name"] for c in zoo_cards(zoo_dir)]:
+            card = read_card(zoo_dir / n)
+            card["cpu_timing"] = cpu_timing(n)
+            write_card(zoo_dir / n, card)
+            print(f"{n}: {card['cpu_timing']['minutes']} min on {card['cpu_timing']['threads']} CPU threads")
     if not args.no_eval:
         names = args.names or [c["name"] for c in zoo_cards(zoo_dir)]
         val, train = stdlib_stream("val"), stdlib_stream("train")

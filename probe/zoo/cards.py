@@ -22,6 +22,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from probe.data.corpus import TokenStream, unigram_bpb
 from probe.data.minimal_pairs import evaluate_minimal_pairs
 from probe.data.tasks import TASKS, get_task
@@ -86,12 +88,27 @@ def _fmt(value, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "-"
 
 
+def cpu_timing(name: str, threads: int = 2) -> dict[str, Any]:
+    """The CPU training cost of recipe ``name``: one step's median wall time on ``threads`` threads
+    of an otherwise idle machine, times the recipe's steps (what ``probe zoo train NAME --device cpu``
+    takes), recorded in the card as ``cpu_timing``."""
+    import os
+
+    from probe.zoo.build import cpu_seconds_per_step
+    from probe.zoo.recipes import TRAIN
+
+    per_step = cpu_seconds_per_step(name, threads=threads)
+    return {"seconds_per_step": round(per_step, 3), "minutes": round(per_step * TRAIN.steps / 60, 1),
+            "threads": threads, "cores": os.cpu_count(), "torch": torch.__version__}
+
+
 def render_table(cards: list[dict[str, Any]]) -> str:
     """The markdown table of the zoo (one row per card)."""
     task_names = list(TASKS)
     head = (["model", "layout", "params", "tokens", "val bpb", "unigram bpb"]
             + [f"{t} (pair / top-1)" for t in task_names]
-            + ["minimal pairs (agreement)", "train time", "hardware", "seed", "code"])
+            + ["minimal pairs (agreement)", "train time", "hardware", "CPU time, 2 cores (measured step x steps)",
+               "seed", "code"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cards:
         layout = _compress_layout(c.get("layout", []))
@@ -101,8 +118,10 @@ def render_table(cards: list[dict[str, Any]]) -> str:
         for t in task_names:
             s = tasks.get(t, {})
             cells.append(f"{_fmt(s.get('pair_accuracy'), '.2f')} / {_fmt(s.get('top1'), '.2f')}")
+        cpu = c.get("cpu_timing", {})
+        cpu_cell = (f"{cpu['minutes']:.1f} min ({cpu['seconds_per_step']:.2f} s/step)" if cpu else "-")
         cells += [_fmt(c.get("minimal_pairs", {}).get("agreement"), ".2f"), f"{_fmt(c.get('train_seconds'), '.0f')} s",
-                  c.get("hardware", "-"), str(c.get("seed", "-")), f"`{c.get('code_version', '-')}`"]
+                  c.get("hardware", "-"), cpu_cell, str(c.get("seed", "-")), f"`{c.get('code_version', '-')}`"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -133,7 +152,9 @@ agreement n/a, recall 0.10, induction 0.04, brackets 0.33) on {examples} held-ou
 minimal pairs: share of agreement pairs ("the key to the cabinets is/are ...") where the
 good sentence has the higher log-probability (chance 0.5). Train time is the wall time of
 the optimisation steps on the hardware named (CPU runs shared a busy 2-core machine with
-other jobs, so their times are upper bounds).
+other jobs, so their times are upper bounds). The CPU time column is what retraining takes on
+2 CPU threads of an idle machine: one training step measured there (`probe zoo card
+--cpu-timing`) times the recipe's steps.
 
 """
 
