@@ -5,7 +5,7 @@ vocabulary that exposes the residual stream *and* the recurrent state at every p
 """
 from probe.cache import ActivationCache
 from probe.config import ModelConfig
-from probe.errors import CheckpointError, ConfigError, InputError, ProbeError, UnknownHookError
+from probe.errors import CheckpointError, ConfigError, InputError, NonFiniteError, ProbeError, UnknownHookError
 from probe.io.hf import from_hf
 from probe.io.transformer_lens import from_transformer_lens
 from probe.loading import load, zoo_names
@@ -16,5 +16,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationCache", "CheckpointError", "ConfigError", "HookedLM", "InputError", "ModelConfig",
-    "ModelState", "ProbeError", "UnknownHookError", "from_hf", "from_transformer_lens", "load", "zoo_names",
+    "ModelState", "NonFiniteError", "ProbeError", "UnknownHookError", "from_hf", "from_transformer_lens", "load",
+    "zoo_names",
 ]

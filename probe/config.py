@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,12 +94,21 @@ class ModelConfig:
             raise ConfigError(f"n_layers={self.n_layers} but layout has {len(self.layout)} entries; "
                               "give one of them or make them agree.")
         for name in self.layout:
+            if not isinstance(name, str):
+                raise ConfigError(f"layout lists mixer names (strings), got {name!r} ({type(name).__name__}). "
+                                  f"Known mixers: {', '.join(sorted(MIXERS))}.")
             if name not in MIXERS:
                 raise ConfigError(f"Unknown mixer {name!r} in layout.{suggest(name, MIXERS)} "
                                   f"Known mixers: {', '.join(sorted(MIXERS))}.")
-        for key in self.mixer_options:
+        if not isinstance(self.mixer_options, dict):
+            raise ConfigError("mixer_options must be a dict {mixer name: {option: value}}, got "
+                              f"{type(self.mixer_options).__name__}.")
+        for key, opts in self.mixer_options.items():
             if key not in MIXERS:
-                raise ConfigError(f"mixer_options has an entry for unknown mixer {key!r}.{suggest(key, MIXERS)}")
+                raise ConfigError(f"mixer_options has an entry for unknown mixer {key!r}.{suggest(str(key), MIXERS)}")
+            if not isinstance(opts, dict):
+                raise ConfigError(f"mixer_options[{key!r}] must be a dict of options, e.g. {{'window': 2}}; "
+                                  f"got {type(opts).__name__}.")
         _positive("vocab_size", self.vocab_size)
         _positive("d_model", self.d_model)
         _positive("n_heads", self.n_heads)
@@ -126,10 +136,11 @@ class ModelConfig:
                 raise ConfigError(f"Unknown MLP kind {kind!r} in mlp_layout.{suggest(kind, MLP_KINDS)} "
                                   f"Known: {', '.join(sorted(MLP_KINDS))}.")
         _positive("n_ctx", self.n_ctx)
-        if self.logit_soft_cap is not None and not self.logit_soft_cap > 0:
-            raise ConfigError(f"logit_soft_cap must be > 0 or None, got {self.logit_soft_cap}.")
-        if self.norm_eps <= 0:
-            raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps}.")
+        _number("norm_eps", self.norm_eps, low=0.0)
+        _number("rope_base", self.rope_base, low=0.0)
+        _number("init_std", self.init_std, low=0.0, open_low=False)
+        if self.logit_soft_cap is not None:
+            _number("logit_soft_cap", self.logit_soft_cap, low=0.0)
 
     def _default_mlp(self, mixer_cls) -> str:
         if self.d_mlp == 0 or self.mlp == "none":
@@ -182,6 +193,13 @@ class ModelConfig:
 def _positive(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _number(name: str, value: Any, low: float, open_low: bool = True) -> None:
+    """``value`` must be a finite real number ``> low`` (``>= low`` with ``open_low=False``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= low if open_low else value < low):
+        raise ConfigError(f"{name} must be a finite number {'>' if open_low else '>='} {low:g}, got {value!r}.")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

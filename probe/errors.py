@@ -30,7 +30,14 @@ class CheckpointError(ProbeError):
 
 
 class InputError(ProbeError):
-    """Tokens or text that a model cannot run on (empty, out of range, too long, wrong dtype)."""
+    """An argument a call cannot run on: tokens or text (empty, out of range, too long, wrong dtype),
+    a hook that is not a function or returns the wrong shape, a layer, position, dtype or device
+    that does not exist."""
+
+
+class NonFiniteError(ProbeError):
+    """NaN or inf where a result is read: in the weights, in an input, written by a hook, or an
+    overflowing dtype (see :mod:`probe.finite`)."""
 
 
 def suggest(name: str, candidates: Iterable[str], n: int = 3) -> str:

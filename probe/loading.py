@@ -1,11 +1,12 @@
 """``probe.load``: one entry point for zoo names, checkpoint directories and hub ids."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
-from probe.errors import CheckpointError, suggest
+from probe.errors import CheckpointError, InputError, suggest
 
 ZOO_DIR = Path(__file__).parent / "zoo"
 
@@ -22,7 +23,11 @@ def load(source: str | Path, device: str | torch.device | None = None, dtype: to
     extra) a Hugging Face hub id converted with :func:`probe.from_hf`."""
     from probe.io.checkpoint import load_model
 
+    if not isinstance(source, (str, os.PathLike)):
+        raise InputError(f"probe.load takes zoo:NAME, a checkpoint directory or a hub id, got {type(source).__name__}.")
     text = str(source)
+    if not text.strip():
+        raise CheckpointError("probe.load got an empty name: give zoo:NAME, a checkpoint directory or a hub id.")
     if text.startswith("zoo:"):
         name = text[4:]
         names = zoo_names()

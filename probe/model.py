@@ -21,6 +21,8 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +37,12 @@ from probe.cache import ActivationCache
 from probe.config import ModelConfig
 from probe.data.tokenizers import get_tokenizer
 from probe.errors import ConfigError, InputError, unknown_hook
+from probe.finite import check_finite
 from probe.norm import make_norm
 from probe.state import ModelState
 
 RETURN_TYPES = ("logits", "loss", "both", None)
+GENERATE_RETURN_TYPES = ("auto", "str", "tokens")
 
 
 class HookedLM(HookedRootModule):
@@ -105,7 +109,25 @@ class HookedLM(HookedRootModule):
     def _enable_hook(self, name, hook, dir):
         if isinstance(name, str) and name not in self.hook_dict:
             raise unknown_hook(name, self.hook_dict)
-        return super()._enable_hook(name, hook, dir)
+        return super()._enable_hook(name, checked_hook(hook) if dir == "fwd" else hook, dir)
+
+    @contextmanager
+    def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, clear_contexts: bool = False):
+        """TransformerLens's ``hooks`` context, with every ``(name, hook)`` pair checked first (a
+        malformed list or a hook that is not a function is named before anything is attached) and
+        every forward hook's return value checked (``None`` or a tensor of the activation's shape
+        and dtype). All hooks are removed on exit, also when the forward raises."""
+        fwd, bwd = hook_pairs(fwd_hooks, "fwd_hooks"), hook_pairs(bwd_hooks, "bwd_hooks")
+        with super().hooks(fwd, bwd, reset_hooks_end, clear_contexts) as model:
+            yield model
+
+    def add_hook(self, name, hook, dir="fwd", is_permanent: bool = False, level=None, prepend: bool = False):
+        """TransformerLens's ``add_hook`` with the name and the hook checked (see :meth:`hooks`)."""
+        (name, hook), = hook_pairs([(name, hook)], "add_hook")
+        if isinstance(name, str) and name not in self.hook_dict:
+            raise unknown_hook(name, self.hook_dict)
+        return super().add_hook(name, checked_hook(hook) if dir == "fwd" else hook, dir=dir,
+                                is_permanent=is_permanent, level=level, prepend=prepend)
 
     def check_hook_names(self, names: Sequence[str]) -> None:
         """Raise a clear error for any name that is not a hook point of this model."""
@@ -121,6 +143,10 @@ class HookedLM(HookedRootModule):
     def to_tokens(self, text: str | list[str], prepend_bos: bool | None = None) -> Tensor:
         """Token ids ``[batch, pos]``; a list of texts is right-padded with the pad token."""
         prepend_bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+        if not isinstance(text, (str, list, tuple)) or not all(isinstance(t, str) for t in text):
+            raise InputError(f"to_tokens takes a text or a list of texts, got {type(text).__name__}"
+                             f"{' holding non-text items' if isinstance(text, (list, tuple)) else ''}; "
+                             "token ids go to the model directly.")
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise InputError("to_tokens got an empty list of texts.")
@@ -162,7 +188,7 @@ class HookedLM(HookedRootModule):
 
     def _as_tokens(self, input, prepend_bos: bool | None) -> Tensor:
         if isinstance(input, (str, list)) and (isinstance(input, str) or all(isinstance(t, str) for t in input)):
-            return self.to_tokens(input, prepend_bos)
+            return self._check_ids(self.to_tokens(input, prepend_bos), from_text=True)
         if not isinstance(input, Tensor):
             raise InputError(f"Model input must be text, a list of texts or a token tensor, got {type(input).__name__}.")
         tokens = input
@@ -175,12 +201,17 @@ class HookedLM(HookedRootModule):
                              "or tokens.long().")
         if tokens.shape[1] == 0 or tokens.shape[0] == 0:
             raise InputError(f"Empty input: tokens have shape {tuple(tokens.shape)}; give at least one token.")
+        return self._check_ids(tokens).to(self.device, torch.long)
+
+    def _check_ids(self, tokens: Tensor, from_text: bool = False) -> Tensor:
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= self.cfg.vocab_size:
             bad = lo if lo < 0 else hi
+            why = (f"; the text gives it, so the tokenizer {self.tokenizer!r} has more ids than this model's "
+                   "embedding" if from_text else "")
             raise InputError(f"Token id {bad} is out of range for vocab_size={self.cfg.vocab_size} "
-                             f"(valid ids 0..{self.cfg.vocab_size - 1}).")
-        return tokens.to(self.device, torch.long)
+                             f"(valid ids 0..{self.cfg.vocab_size - 1}){why}.")
+        return tokens
 
     # -- forward ---------------------------------------------------------------------
     def initial_state(self, batch: int) -> ModelState:
@@ -206,12 +237,15 @@ class HookedLM(HookedRootModule):
                 ``"both"`` or ``None``.
             states: a :class:`ModelState` from a previous call: continue from it.
             return_states: also return the state after the last position (``(out, states)``).
-            stop_at_layer: return the residual stream before block ``stop_at_layer``.
+            stop_at_layer: return the residual stream before block ``stop_at_layer`` (``0 .. n_layers``;
+                negative counts from the end, as in TransformerLens: ``-1`` runs all but the last block).
         """
         if return_type not in RETURN_TYPES:
             raise InputError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}.")
         if prepend_bos is None and states is not None:
             prepend_bos = False  # a continuation never starts with BOS
+        if stop_at_layer is not None:
+            stop_at_layer = self._check_stop(stop_at_layer)
         tokens = self._as_tokens(input, prepend_bos)
         batch, T = tokens.shape
         offset = 0
@@ -248,6 +282,15 @@ class HookedLM(HookedRootModule):
             return out, ModelState(new_layers, offset + T)
         return out
 
+    def _check_stop(self, stop: int) -> int:
+        n = self.cfg.n_layers
+        if isinstance(stop, bool) or not isinstance(stop, int):
+            raise InputError(f"stop_at_layer must be an integer or None, got {type(stop).__name__}.")
+        if not -n <= stop <= n:
+            raise InputError(f"stop_at_layer={stop} is out of range for a model of {n} layers "
+                             f"(valid 0..{n}, or -{n}..-1 from the end).")
+        return stop % n if stop < 0 else stop
+
     def _check_context(self, offset: int, T: int, states: ModelState | None) -> None:
         """Learned positions need ``offset + T <= n_ctx``; attention needs its KV cache plus the
         new tokens to fit in ``n_ctx`` (a cache trimmed with ``ModelState.keep_last`` is a
@@ -281,8 +324,14 @@ class HookedLM(HookedRootModule):
         if isinstance(names_filter, str):
             self.check_hook_names([names_filter])
         elif isinstance(names_filter, (list, tuple)):
+            if not all(isinstance(n, str) for n in names_filter):
+                raise InputError("names_filter lists hook names (strings); got "
+                                 f"{[type(n).__name__ for n in names_filter if not isinstance(n, str)][0]} in it.")
             self.check_hook_names(list(names_filter))
             names_filter = list(names_filter)
+        elif names_filter is not None and not callable(names_filter):
+            raise InputError(f"names_filter must be a hook name, a list of names or a function of the name; "
+                             f"got {type(names_filter).__name__}.")
         if state_positions is None:
             out, cache = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
             return out, ActivationCache(cache, self)
@@ -296,7 +345,13 @@ class HookedLM(HookedRootModule):
 
         def save(tensor, hook):
             value = tensor.detach()
-            cache[hook.name] = value[:, positions] if "hook_state" in hook.name else value
+            if "hook_state" in hook.name:
+                try:
+                    value = value[:, positions]
+                except (IndexError, TypeError) as exc:
+                    raise InputError(f"state_positions={positions!r} does not index the {value.shape[1]} positions "
+                                     "of this input; give ints in range, a list of them or a slice.") from exc
+            cache[hook.name] = value
 
         hooks = [(name, save) for name in self.hook_dict if filt(name)]
         with self.hooks(fwd_hooks=hooks):
@@ -319,8 +374,7 @@ class HookedLM(HookedRootModule):
         mixers, the KV cache for attention). ``temperature=0`` is greedy. Returns text when
         the input is text (``return_type="auto"``) or ``"str"``, tokens ``[batch, pos + new]``
         for ``"tokens"``."""
-        if max_new_tokens < 0:
-            raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
+        _check_sampling(max_new_tokens, temperature, top_k, return_type)
         tokens = self._as_tokens(input, None)
         gen = torch.Generator(device=self.device)
         if seed is not None:
@@ -328,7 +382,8 @@ class HookedLM(HookedRootModule):
         logits, states = self(tokens, return_states=True)
         out = [tokens]
         finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=self.device)
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
+            check_finite(logits[:, -1], f"the logits at generation step {step}", self)
             nxt = self._sample(logits[:, -1], temperature, top_k, gen)
             if stop_at_eos and self.tokenizer.eos_token_id is not None:
                 nxt = torch.where(finished, torch.full_like(nxt, self.tokenizer.pad_token_id), nxt)
@@ -378,3 +433,57 @@ def _as_predicate(names_filter) -> Callable[[str], bool]:
     if callable(names_filter):
         return names_filter
     raise InputError("names_filter must be a hook name, a list of names or a function of the name.")
+
+
+def _check_sampling(max_new_tokens, temperature, top_k, return_type) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 0:
+        raise InputError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}.")
+    if isinstance(temperature, bool) or not isinstance(temperature, Real) or not 0 <= temperature < float("inf"):
+        raise InputError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}.")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 1):
+        raise InputError(f"top_k must be a positive integer or None, got {top_k!r}.")
+    if return_type not in GENERATE_RETURN_TYPES:
+        raise InputError(f"generate's return_type must be one of {GENERATE_RETURN_TYPES}, got {return_type!r}.")
+
+
+def hook_pairs(hooks, what: str) -> list[tuple]:
+    """``hooks`` as a list of ``(name or predicate, function)`` pairs, or an :class:`InputError`
+    naming the malformed entry."""
+    if isinstance(hooks, tuple) and len(hooks) == 2 and isinstance(hooks[0], str):
+        raise InputError(f"{what} is a list of (name, hook) pairs; got one pair {hooks[0]!r}: wrap it in a list.")
+    out = []
+    for i, entry in enumerate(hooks):
+        if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+            raise InputError(f"{what}[{i}] must be a (hook name, hook function) pair, got {type(entry).__name__} "
+                             f"{str(entry)[:60]!r}.")
+        name, fn = entry
+        if not isinstance(name, str) and not callable(name):
+            raise InputError(f"{what}[{i}]: the hook point must be a name or a predicate on names, "
+                             f"got {type(name).__name__}.")
+        if not callable(fn):
+            raise InputError(f"{what}[{i}]: the hook for {name!r} is a {type(fn).__name__}, not a function "
+                             "hook(tensor, hook) -> tensor or None.")
+        out.append((name, fn))
+    return out
+
+
+def checked_hook(fn: Callable) -> Callable:
+    """``fn`` with its return value checked: ``None``, or a tensor of the activation's shape and dtype
+    (anything else would surface later as a deep torch error, or silently change the output's shape)."""
+
+    def wrapped(tensor, hook):
+        out = fn(tensor, hook=hook)
+        if out is None or out is tensor or not isinstance(tensor, Tensor):
+            return out
+        if not isinstance(out, Tensor):
+            raise InputError(f"The hook on {hook.name!r} returned a {type(out).__name__}; a hook returns None or "
+                             f"a tensor like its input ({tuple(tensor.shape)}, {tensor.dtype}).")
+        if out.shape != tensor.shape or out.dtype != tensor.dtype:
+            raise InputError(f"The hook on {hook.name!r} returned shape {tuple(out.shape)} and dtype {out.dtype} "
+                             f"for an activation of shape {tuple(tensor.shape)} and dtype {tensor.dtype}; "
+                             "hooks must keep the shape and dtype.")
+        return out
+
+    wrapped.__name__ = getattr(fn, "__name__", type(fn).__name__)
+    wrapped.__wrapped__ = fn
+    return wrapped

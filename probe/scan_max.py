@@ -34,10 +34,16 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["max_scan", "max_scan_sequential", "max_scan_chunked"]
+__all__ = ["empty_log", "max_scan", "max_scan_sequential", "max_scan_chunked"]
 
 #: log of an empty memory (finite, so that arithmetic on it never produces NaN)
 EMPTY = -1e38
+
+
+def empty_log(dtype: torch.dtype) -> float:
+    """:data:`EMPTY` in ``dtype``: -1e38 where it is finite (float32, bfloat16, float64); in float16
+    (largest finite 65504) half its range, so that adding a log-decay to it stays finite too."""
+    return max(EMPTY, -torch.finfo(dtype).max / 2)
 
 
 def max_scan_sequential(g: Tensor, x: Tensor, m0: Tensor,
@@ -70,7 +76,7 @@ def max_scan_chunked(g: Tensor, x: Tensor, m0: Tensor, chunk: int = 32) -> Tenso
     pad = n * L - T
     if pad:
         g = torch.cat([g, g.new_zeros(batch, pad, *g.shape[2:])], dim=1)
-        x = torch.cat([x, x.new_full((batch, pad, *x.shape[2:]), EMPTY)], dim=1)
+        x = torch.cat([x, x.new_full((batch, pad, *x.shape[2:]), empty_log(x.dtype))], dim=1)
     g = g.reshape(batch, n, L, *g.shape[2:])
     x = x.reshape(batch, n, L, *x.shape[2:])
     G = g.cumsum(dim=2)  # decay from the chunk start through t

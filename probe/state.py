@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from probe.errors import InputError
+
 
 @dataclass
 class ModelState:
@@ -61,8 +63,8 @@ class ModelState:
     def keep_last(self, window: int) -> "ModelState":
         """The state with every attention KV cache cut to its last ``window`` positions (a sliding
         window); recurrent states are unchanged. ``position`` keeps counting absolute tokens."""
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise InputError(f"keep_last needs a window of at least 1 position, got {window!r}.")
         layers = [{part: ({k: v[:, -window:] for k, v in d.items()} if part == "mixer" and "k" in d else dict(d))
                    for part, d in layer.items()} for layer in self.layers]
         return ModelState(layers, self.position)

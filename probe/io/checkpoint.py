@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from probe.config import ModelConfig
-from probe.errors import CheckpointError, ConfigError
+from probe.errors import CheckpointError, ConfigError, InputError
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 FORMAT_VERSION = 1
@@ -66,6 +66,12 @@ def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict) or "config" not in payload:
         raise CheckpointError(f"{cfg_file} has no 'config' entry; is this a probe checkpoint?")
+    if payload.get("format", "probe") != "probe":
+        raise CheckpointError(f"{cfg_file} is a {payload['format']!r} file, not a probe checkpoint (format 'probe').")
+    version = payload.get("version", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(f"{cfg_file} has format version {version!r}; this probe reads versions 1.."
+                              f"{FORMAT_VERSION} (a newer probe wrote it? upgrade probe).")
     try:
         cfg = ModelConfig.from_dict(payload["config"])
     except ConfigError as exc:
@@ -77,6 +83,13 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
     """Load a checkpoint directory into a :class:`probe.HookedLM` (float32 by default)."""
     from probe.model import HookedLM
 
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InputError(f"Models load in a floating dtype (torch.float32, torch.bfloat16, ...), got {dtype!r}.")
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise InputError(f"Unknown device {device!r}: {exc}") from exc
     path = Path(path)
     cfg, meta = read_config(path)
     weights = path / WEIGHTS_FILE

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from probe.errors import InputError, ProbeError
+from probe.finite import check_finite
 from probe.methods import inputs
 from probe.methods import path_quadrature as pq
 from probe.methods.readout import frozen_norm_linear, norm_bias
@@ -188,6 +189,7 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
 
     with model.hooks(fwd_hooks=[(name, save) for name in names]):
         logits = model(tokens)
+    check_finite(logits[:, pos], f"the logits at position {pos}", model)
     target, contrast = _targets(model, tokens, logits, pos, target, contrast)
     f64 = torch.float64
     W_U = model.unembed_matrix.detach().to(f64)
@@ -312,6 +314,7 @@ def _embed_and_targets(model, tokens, pos, target, contrast):
 
     with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", save)]):
         logits = model(tokens)
+    check_finite(logits[:, pos], f"the logits at position {pos}", model)
     target, contrast = _targets(model, tokens, logits, pos, target, contrast)
     return found["e"], _metric(logits, pos, target, contrast), target, contrast
 
@@ -330,7 +333,7 @@ def _baseline_embedding(model, tokens: Tensor, x: Tensor, baseline) -> tuple[Ten
             raise InputError(f"Unknown baseline {baseline!r}: use 'zero', 'pad', a token id, or an embedding "
                              "tensor [pos, d_model] / [batch, pos, d_model].")
     if isinstance(baseline, int) and not isinstance(baseline, bool):
-        tid = int(inputs.resolve_target(model, baseline, 1, "baseline token")[0])
+        tid = int(inputs.resolve_target(model, baseline, 1, "baseline")[0])
         base_tokens = torch.full_like(tokens, tid)
         found = {}
 
@@ -347,6 +350,8 @@ def _baseline_embedding(model, tokens: Tensor, x: Tensor, baseline) -> tuple[Ten
         if tuple(base.shape) != tuple(x.shape):
             raise InputError(f"baseline embedding has shape {tuple(baseline.shape)}; expected {tuple(x.shape[1:])} "
                              f"or {tuple(x.shape)} ([batch, pos, d_model]).")
+        if not bool(torch.isfinite(base).all()):
+            raise InputError("The baseline embedding contains NaN or inf.")
         return base, "given embedding"
     raise InputError(f"baseline must be 'zero', 'pad', a token id or a tensor, got {type(baseline).__name__}.")
 
@@ -368,6 +373,7 @@ def _gradients(model, tokens, points: Tensor, pos, target, contrast, chunk: int)
             logits = model(tokens.repeat(k, 1))
         f = _metric(logits, pos, target.repeat(k), contrast.repeat(k) if contrast is not None else None)
         (g,) = torch.autograd.grad(f.sum(), leaf)
+        check_finite(g, "the gradient of the metric with respect to the input embeddings", model)
         grads.append(g.view(k, batch, *p.shape[2:]))
         values.append(f.detach().view(k, batch))
     return torch.cat(grads), torch.cat(values)
@@ -414,7 +420,7 @@ def _metric_at(model, tokens, points: Tensor, pos, target, contrast, chunk: int 
             logits = model(tokens.repeat(n, 1))
         t = target.repeat(n)
         c = contrast.repeat(n) if contrast is not None else None
-        out.append(_metric(logits, pos, t, c).view(n, batch))
+        out.append(check_finite(_metric(logits, pos, t, c).view(n, batch), "the metric along the path", model))
     return torch.cat(out)
 
 

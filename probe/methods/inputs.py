@@ -161,7 +161,9 @@ def token_stream(model, data) -> Tensor:
         data = data.tokens
     if isinstance(data, str):
         data = [data]
-    if isinstance(data, (list, tuple)) and data and all(isinstance(t, str) for t in data):
+    if isinstance(data, (list, tuple)) and not data:
+        raise InputError("data is empty: give some text or token ids.")
+    if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):
         sep = model.tokenizer.eos_token_id
         ids: list[int] = []
         for text in data:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probe.errors import CheckpointError, InputError
+from probe.finite import check_finite
 from probe.methods import inputs
 from probe.methods.readout import readout
 from probe.methods.result import MethodResult
@@ -178,11 +179,13 @@ def _apply_lens(model, input, layers, translate: Callable[[Tensor, int], Tensor]
     layers = inputs.check_layers(model, layers, allow_end=True)
     with torch.no_grad():
         resid, final = residual_streams(model, tokens, layers)
+        check_finite(final, "the model's logits", model)
         logp_final = F.log_softmax(final.float(), dim=-1)
         final_top = final.argmax(-1)
         kl, ce, agree, top, prob, kept = [], [], [], [], [], []
         for layer in layers:
-            logits = readout(model, translate(resid[layer], layer)).float()
+            logits = check_finite(readout(model, translate(resid[layer], layer)).float(),
+                                  f"the {kind} logits of layer {layer}", model)
             logp = F.log_softmax(logits, dim=-1)
             kl.append(kl_divergence(logp_final, logp))
             ce.append(-logp[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0])
@@ -314,13 +317,15 @@ class TunedLens(nn.Module):
             from tqdm.auto import tqdm
 
             iterator = tqdm(iterator, desc="tuned lens")
-        for _ in iterator:
+        for step in iterator:
             batch = inputs.sample_windows(stream, batch_size, seq_len, gen).to(model.device)
             with torch.no_grad():
                 resid, final = residual_streams(model, batch, layers)
+                check_finite(final, f"the model's logits at tuned-lens step {step}", model)
                 logp_final = F.log_softmax(final.float(), dim=-1)
             loss = sum(kl_divergence(logp_final, F.log_softmax(readout(model, self(resid[l], l)).float(), -1)).mean()
                        for l in layers)
+            check_finite(loss, f"the tuned-lens loss at step {step} (the model's logits are finite: a smaller lr?)")
             grads = torch.autograd.grad(loss, params)  # the model's .grad stays untouched
             for p, g in zip(params, grads):
                 p.grad = g
@@ -436,6 +441,7 @@ def compare_lenses(model, lens: TunedLens, data, seq_len: int = 128, max_windows
     with torch.no_grad():
         for chunk in windows.split(batch_size):
             resid, final = residual_streams(model, chunk, layers)
+            check_finite(final, "the model's logits", model)
             logp_final = F.log_softmax(final.float(), dim=-1)
             for i, l in enumerate(layers):
                 for j, translate in enumerate((lambda x, _: x, lens.forward)):

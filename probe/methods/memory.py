@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from probe.errors import InputError, ProbeError
+from probe.finite import check_finite
 from probe.methods import implicit, inputs
 from probe.methods.implicit import ImplicitAttention
 from probe.methods.result import MethodResult
@@ -237,6 +238,7 @@ def _implicit(model, tokens: Tensor, layers: list[int]) -> dict[int, tuple[Impli
         for i, u in unrollings.items():
             hooks = {h: found[f"blocks.{i}.mixer.hook_{h}"] for h in u.hooks}
             ia = u.build(model, i, hooks, found[f"blocks.{i}.hook_mixer_in"])
+            check_finite(ia.matrix, f"the memory map of layer {i} ({model.cfg.layout[i]})", model)
             out[i] = (ia, ia.errors(found[f"blocks.{i}.hook_mixer_out"]))
     return out
 
@@ -290,6 +292,7 @@ def gradient_influence(model, input, layer: int, probes: int | None = None, chun
             sq = g.double().pow(2).sum(-1).cpu()  # [k, s]
             G2[b].index_add_(0, t_idx, sq)
             found.clear()
+    check_finite(G2, f"the gradient influence of layer {layer} ({model.cfg.layout[layer]})", model)
     return G2.sqrt().to(model.dtype)
 
 

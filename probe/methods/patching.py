@@ -56,7 +56,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from probe.errors import InputError, ProbeError
+from probe.errors import InputError
+from probe.finite import check_finite
 from probe.methods import inputs, sites as S
 from probe.methods.result import MethodResult
 from probe.mixers.edits import mark_forced
@@ -80,18 +81,21 @@ class LogitDiff:
         return at[rows, self.answer.to(logits.device)] - at[rows, self.contrast.to(logits.device)]
 
 
-def metric_value(metric: Metric, logits: Tensor) -> Tensor:
-    """The metric as a scalar (a per-sequence metric is averaged), checked to be finite."""
+def metric_value(metric: Metric, logits: Tensor, model=None) -> Tensor:
+    """The metric as a scalar (a per-sequence metric is averaged), checked to be a finite number
+    (:class:`probe.errors.NonFiniteError` naming the model's non-finite weights if any)."""
     value = metric(logits)
     if not isinstance(value, Tensor):
-        value = torch.as_tensor(value, dtype=torch.float32)
+        try:
+            value = torch.as_tensor(value, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(f"The metric must return a number or a tensor of numbers, got "
+                             f"{type(value).__name__}.") from exc
     if not value.is_floating_point():
         value = value.float()
     if value.dim() > 0:
         value = value.mean()
-    if not bool(torch.isfinite(value)):
-        raise ProbeError(f"The metric returned {float(value)}; it must be finite.")
-    return value
+    return check_finite(value, "the metric", model)
 
 
 def answer_positions(position, batch: int, n_pos: int) -> Tensor:
@@ -176,8 +180,8 @@ def _prepare(model, clean, corrupted, answer, contrast, metric, sites, layers, p
             raise InputError("positions is empty: give at least one position (or None for all).")
     hooks = {(s, l): S.site_hooks(model, s, l) for s in sites for l in layers}
     with torch.no_grad():
-        m_clean = float(metric_value(metric, model(clean)))
-        m_corr = float(metric_value(metric, model(corrupted)))
+        m_clean = float(metric_value(metric, model(clean), model))
+        m_corr = float(metric_value(metric, model(corrupted), model))
     if normalize and abs(m_clean - m_corr) <= 1e-6 * max(1.0, abs(m_clean)):
         raise InputError(f"The clean and corrupted runs give the same metric ({m_clean:.6g}), so the normalised "
                          "score is undefined. Use inputs whose answers differ, or normalize=False.")
@@ -410,6 +414,8 @@ def activation_patching(model, clean, corrupted, answer=None, contrast=None, *, 
     """
     model = inputs.as_model(model)
     start = time.perf_counter()
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha):
+        raise InputError(f"alpha must be a finite number (1: the clean value), got {alpha!r}.")
     setup = _prepare(model, clean, corrupted, answer, contrast, metric, sites, layers, positions, answer_position,
                      normalize, prepend_bos)
     names = setup.names()
@@ -510,10 +516,18 @@ def _direct_gradients(model, setup: _Setup, names: list[str]) -> dict[str, Tenso
         return t + d
 
     with torch.enable_grad(), model.hooks(fwd_hooks=[(n, add) for n in names]):
-        value = metric_value(setup.metric, model(setup.corrupted))
+        value = _differentiable(metric_value(setup.metric, model(setup.corrupted)))
         order = list(deltas)
         grads = torch.autograd.grad(value, [deltas[n] for n in order], allow_unused=True)
     return {n: (g if g is not None else torch.zeros_like(deltas[n])).detach() for n, g in zip(order, grads)}
+
+
+def _differentiable(value: Tensor) -> Tensor:
+    if not value.requires_grad:
+        raise InputError("The metric is not differentiable (its value carries no gradient): attribution patching "
+                         "needs a metric computed from the logits with differentiable torch operations (not argmax, "
+                         ".item() or numpy). Use activation_patching for such a metric.")
+    return value
 
 
 def _forced_gradients(model, setup: _Setup, site: str, cells: list[tuple[int, list[str]]], ref, diff, raw,
@@ -555,7 +569,7 @@ def _forced_gradients(model, setup: _Setup, site: str, cells: list[tuple[int, li
             continue
         with torch.enable_grad(), model.hooks(fwd_hooks=fwd):
             logits = model(setup.corrupted.repeat(R, 1))
-            total = sum(metric_value(setup.metric, logits[r * B : (r + 1) * B]) for r in range(R))
+            total = _differentiable(sum(metric_value(setup.metric, logits[r * B : (r + 1) * B]) for r in range(R)))
             order = list(deltas)
             grads = torch.autograd.grad(total, [deltas[n] for n in order], allow_unused=True)
         passes += 1

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from probe.errors import InputError
+from probe.finite import check_finite
 from probe.methods import inputs, sites as S
 from probe.methods.result import MethodResult
 from probe.methods.sequences import as_sequences, padded_batch
@@ -180,7 +181,8 @@ def steering_vector(model, positive, negative, *, site: str = "resid_pre", layer
                          "hook_state; steer 'resid_pre' there).")
     names = sorted({h for hs in hooks.values() for h in hs})
     a, b = _read_site(model, pos, names, position), _read_site(model, neg, names, position)
-    diff = {n: (a[n] - b[n]).mean(0) for n in names}
+    diff = {n: check_finite((a[n] - b[n]).mean(0), f"the mean activation difference at {n}", model)
+            for n in names}
     vectors, parts = {}, {}
     for l, hs in hooks.items():
         parts[l] = [(h, tuple(diff[h].shape)) for h in hs]
@@ -232,11 +234,11 @@ def _vectors(model, vector, site: str | None, layers) -> tuple[str, dict[int, Te
         if site is None:
             raise InputError("A raw steering tensor needs site= (e.g. 'resid_pre' or 'state') and layers=.")
         if isinstance(vector, dict):
-            vecs = {inputs.check_layer(model, l): torch.as_tensor(v) for l, v in vector.items()}
+            vecs = {inputs.check_layer(model, l): _as_vector(v) for l, v in vector.items()}
         else:
             if layers is None:
                 raise InputError("A raw steering tensor needs layers= (the layer(s) to add it at).")
-            vecs = {l: torch.as_tensor(vector) for l in inputs.check_layers(model, layers)}
+            vecs = {l: _as_vector(vector) for l in inputs.check_layers(model, layers)}
     hooks = {}
     for l in vecs:
         hooks[l] = steering_hooks(model, site, l)
@@ -255,6 +257,16 @@ def _vectors(model, vector, site: str | None, layers) -> tuple[str, dict[int, Te
             raise InputError(f"Steering vector for layer {l} contains NaN or inf.")
         vecs[l] = v.to(model.device, model.dtype)
     return site, vecs, parts
+
+
+def _as_vector(v) -> Tensor:
+    try:
+        v = torch.as_tensor(v)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"A steering vector must be a tensor (or array) of numbers, got {type(v).__name__}.") from exc
+    if v.dtype == torch.bool or v.is_complex():
+        raise InputError(f"A steering vector must hold real numbers, got dtype {v.dtype}.")
+    return v
 
 
 def _per_position_shapes(model, names: list[str]) -> dict[str, tuple[int, ...]]:
@@ -376,7 +388,7 @@ def steer(model, input, vector, coefficients: Sequence[float] = (-1.0, 0.0, 1.0)
         raise InputError("Steered generation needs inputs of equal length (generate each text on its own).")
     value = lambda logits: float(_scalar(metric(logits))) if metric is not None else float("nan")
     with torch.no_grad():
-        base_logits = model(ids)
+        base_logits = check_finite(model(ids), "the model's logits on the input", model)
     baseline = value(base_logits)
     layer_list = sorted(vecs)
     stepwise = {l: any(S.needs_forcing(model, h) for h, _ in parts[l]) for l in layer_list}

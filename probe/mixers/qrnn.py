@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from probe.errors import ConfigError
 from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.edits import Computation, Forcing, apply_forcing
@@ -37,10 +38,13 @@ class QRNN(RecurrentMixer):
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
-        self.k = int(self.options["window"])
-        if self.k < 1:
-            raise ValueError(f"qrnn window must be >= 1, got {self.k}")
-        self.d_hidden = int(self.options["d_hidden"] or cfg.d_model)
+        window, d_hidden = self.options["window"], self.options["d_hidden"]
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ConfigError(f"qrnn option window must be an integer >= 1, got {window!r}.")
+        if d_hidden is not None and (isinstance(d_hidden, bool) or not isinstance(d_hidden, int) or d_hidden < 1):
+            raise ConfigError(f"qrnn option d_hidden must be an integer >= 1 (or None), got {d_hidden!r}.")
+        self.k = window
+        self.d_hidden = d_hidden or cfg.d_model
         # conv weight [3 * d_hidden, d_model, k]: kernel tap j reads x_{t-k+1+j}
         self.W_conv = nn.Parameter(torch.empty(3 * self.d_hidden, cfg.d_model, self.k))
         self.b_conv = nn.Parameter(torch.zeros(3 * self.d_hidden))

@@ -52,7 +52,7 @@ from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.edits import Computation, Forcing, apply_forcing
 from probe.scan import force_states, linear_scan
-from probe.scan_max import EMPTY, max_scan
+from probe.scan_max import empty_log, max_scan
 
 
 def token_shift(x: Tensor, init: Tensor, forcing: Forcing, keep: set) -> tuple[Tensor, Tensor | None]:
@@ -115,7 +115,7 @@ class RWKV(_Shifted):
 
     def initial_state(self, batch, device=None, dtype=None):
         state = super().initial_state(batch, device, dtype)
-        state["state_max"].fill_(EMPTY)
+        state["state_max"].fill_(empty_log(state["state_max"].dtype))
         return state
 
     def compute(self, x, state, forcing, keep):

@@ -44,7 +44,7 @@ from probe.errors import ConfigError
 from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.edits import Computation
-from probe.scan_max import EMPTY
+from probe.scan_max import empty_log
 
 GATES = ("i", "f", "z", "o")
 
@@ -89,7 +89,7 @@ class SLSTM(RecurrentMixer):
 
     def initial_state(self, batch, device=None, dtype=None):
         state = super().initial_state(batch, device, dtype)
-        state["state_m"].fill_(EMPTY)
+        state["state_m"].fill_(empty_log(state["state_m"].dtype))
         return state
 
     def _headwise(self, x: Tensor, W: Tensor) -> Tensor:

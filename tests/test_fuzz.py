@@ -1,0 +1,751 @@
+"""Fuzzing the public entry points with invalid input: every case is a clear probe error naming the problem.
+
+The table :data:`CASES` holds 256 cases, one row each: ``(category, name, call, error type, regex)``.
+The call must raise exactly that error type (never a bare torch ``RuntimeError`` or an
+``IndexError`` from deep inside a forward pass) with a message matching the regex, which names
+what is wrong. The categories:
+
+* ``config``: ``ModelConfig`` / ``HookedLM`` construction (names, widths, types, mixer options).
+* ``tokens``: forward inputs: wrong dtypes and shapes, out-of-range ids, empty strings and tensors,
+  carried states that do not fit, ``stop_at_layer``, context limits.
+* ``hooks``: unknown hook names, malformed hook lists, hooks that return the wrong thing,
+  ``run_with_cache`` filters, cache keys.
+* ``generate``: sampling arguments and non-finite logits while generating.
+* ``nonfinite``: NaN / inf in weights (named) and in activations written by a hook, seen by methods.
+* ``checkpoint``: malformed ``config.json``, truncated or tampered ``model.safetensors``, bad
+  ``probe.load`` arguments.
+* ``zoo``: zoo names and sources that do not exist.
+* ``tokenizer``: tokenizer and token/string conversions.
+* ``lens``, ``attribution``, ``memory``, ``patching``, ``probing``, ``steering``: every method in
+  ``probe.methods`` with bad layers, positions, targets, baselines, metrics, sites, vectors, data,
+  and probes with one class.
+* ``cli``: the ``probe`` command (exit code 2 and one line on stderr, no traceback).
+
+A plain forward pass is left to propagate NaN (as torch does; mixed-precision training needs to see
+an overflowed loss): everything that reads the numbers (generation, every method) raises
+:class:`probe.NonFiniteError` instead, naming the non-finite weights when there are any.
+Cases that share a model use tiny models built once per module; the whole table runs in seconds.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import probe
+from probe import CheckpointError, ConfigError, InputError, NonFiniteError, ProbeError, UnknownHookError
+from probe.data.tokenizers import get_tokenizer
+from probe.methods import (
+    TunedLens, activation_patching, attribution_patching, collect_activations, compare_lenses,
+    direct_logit_attribution, fit_probes, gradient_influence, gradient_x_input, implicit_attention,
+    integrated_gradients, logit_lens, memory_map, patching_agreement, state_sizes, steer, steering_vector,
+)
+from conftest import make_model, tokens
+
+
+class CLIExit(Exception):
+    """The ``probe`` command exited non-zero; ``str()`` is what it printed on stderr."""
+
+
+def cli(*argv: str) -> None:
+    """Run ``probe ARGV`` in-process; raise :class:`CLIExit` with its stderr when it fails."""
+    from probe.cli import main
+
+    err, out = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            code = main(list(argv))
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    text = err.getvalue()
+    assert "Traceback" not in text, text
+    if code:
+        assert code == 2, (code, text)
+        raise CLIExit(text)
+
+
+class Env:
+    """Tiny models, data and checkpoints shared by the cases (built on first use)."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.t, self.c = tokens(1, 6), tokens(1, 6, seed=2)
+        self._n = 0
+
+    @cached_property
+    def m(self):
+        return make_model("qrnn")
+
+    @cached_property
+    def h(self):
+        return make_model("hybrid_qrnn_attn_ff")
+
+    @cached_property
+    def attn16(self):
+        return make_model("attn", n_ctx=16)
+
+    @cached_property
+    def nan(self):
+        """A QRNN whose first conv weight holds NaN."""
+        model = make_model("qrnn")
+        with torch.no_grad():
+            model.blocks[0].mixer.W_conv[0, 0, 0] = float("nan")
+        return model
+
+    @cached_property
+    def one_class(self):
+        """Activations whose label ``y`` has one class only."""
+        seqs = [tokens(1, 8)[0].tolist(), tokens(1, 8, seed=3)[0].tolist()]
+        return collect_activations(self.m, seqs, {"y": [1, 1], "z": [0.5, 0.5]}, sites=["resid_post"], layers=[0])
+
+    @cached_property
+    def base_checkpoint(self) -> Path:
+        return self.m.save(self.tmp / "base")
+
+    def checkpoint(self, edit: Callable[[Path], None]) -> Path:
+        """A fresh copy of a saved QRNN checkpoint with ``edit(path)`` applied."""
+        self._n += 1
+        path = self.tmp / f"ck{self._n}"
+        shutil.copytree(self.base_checkpoint, path)
+        edit(path)
+        return path
+
+    def load(self, edit: Callable[[Path], None], **kwargs):
+        return probe.load(self.checkpoint(edit), **kwargs)
+
+
+# -- checkpoint editors ------------------------------------------------------------------
+def _config(change: Callable[[dict], None]):
+    def edit(path: Path):
+        payload = json.loads((path / "config.json").read_text())
+        change(payload)
+        (path / "config.json").write_text(json.dumps(payload))
+    return edit
+
+
+def _set_field(key, value):
+    return _config(lambda p: p["config"].__setitem__(key, value))
+
+
+def _write_config(text: bytes):
+    return lambda path: (path / "config.json").write_bytes(text)
+
+
+def _header(change: Callable[[dict], None]):
+    """Rewrite the safetensors JSON header (the tensor bytes stay as they are)."""
+    def edit(path: Path):
+        data = (path / "model.safetensors").read_bytes()
+        n = struct.unpack("<Q", data[:8])[0]
+        header = json.loads(data[8 : 8 + n])
+        change(header)
+        raw = json.dumps(header).encode()
+        (path / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+    return edit
+
+
+def _tensors(change: Callable[[dict], None]):
+    def edit(path: Path):
+        tensors = load_file(str(path / "model.safetensors"))
+        change(tensors)
+        save_file(tensors, str(path / "model.safetensors"))
+    return edit
+
+
+def _bytes(change: Callable[[bytes], bytes]):
+    return lambda path: (path / "model.safetensors").write_bytes(change((path / "model.safetensors").read_bytes()))
+
+
+def _nan_bytes(data: bytes) -> bytes:
+    """A float32 NaN written over the first element of W_E (the header stays valid)."""
+    n = struct.unpack("<Q", data[:8])[0]
+    start = 8 + n + json.loads(data[8 : 8 + n])["W_E"]["data_offsets"][0]
+    return data[:start] + struct.pack("<f", float("nan")) + data[start + 4 :]
+
+
+def _weights_dir(path: Path):
+    (path / "model.safetensors").unlink()
+    (path / "model.safetensors").mkdir()
+
+
+# -- hooks that write non-finite values ------------------------------------------------------
+def _nan_hook(t, hook):
+    return t * float("nan")
+
+
+def _inf_hook(t, hook):
+    return t + float("inf")
+
+
+@contextlib.contextmanager
+def _hooked(model, name, fn):
+    with model.hooks(fwd_hooks=[(name, fn)]):
+        yield model
+
+
+def _under_hook(model, name, fn, call):
+    with _hooked(model, name, fn):
+        return call(model)
+
+
+@dataclass(frozen=True)
+class Case:
+    category: str
+    name: str
+    call: Callable[[Env], object]
+    error: type[BaseException]
+    match: str
+
+
+def C(category, name, call, error, match) -> Case:
+    return Case(category, name, call, error, match)
+
+
+def cfg(**kw):
+    return lambda e: probe.HookedLM(probe.ModelConfig(**kw))
+
+
+E, I, U, K, N, P, X = ConfigError, InputError, UnknownHookError, CheckpointError, NonFiniteError, ProbeError, CLIExit
+R = "resid_pre"
+
+CASES: list[Case] = [
+    # -- config -------------------------------------------------------------------------------
+    C("config", "unknown mixer", cfg(layout=["qrnn", "lstn"]), E, "Unknown mixer 'lstn'.*Did you mean 'lstm'"),
+    C("config", "layout as a string", cfg(layout="qrnn"), E, "layout must be a list"),
+    C("config", "empty layout", cfg(layout=[]), E, "layout is empty"),
+    C("config", "layout entry not a name", cfg(layout=["qrnn", 3]), E, "layout lists mixer names.*got 3 \\(int\\)"),
+    C("config", "layout entry None", cfg(layout=[None]), E, "layout lists mixer names.*None"),
+    C("config", "d_model not divisible", cfg(d_model=30, n_heads=4), E, "d_model=30 is not divisible by n_heads=4"),
+    C("config", "n_layers disagrees", cfg(layout=["attn"], n_layers=3), E, "n_layers=3 but layout has 1"),
+    C("config", "unknown norm", cfg(norm="batchnorm"), E, "norm='batchnorm' is not one of"),
+    C("config", "unknown positional", cfg(positional="alibi"), E, "positional='alibi' is not one of rope"),
+    C("config", "unknown mlp", cfg(mlp="gelo"), E, "mlp='gelo' is not one of.*Did you mean 'gelu'"),
+    C("config", "unknown mixer option", cfg(mixer_options={"qrnn": {"widow": 2}}, layout=["qrnn"]), E,
+      "Unknown option 'widow'.*'window'"),
+    C("config", "options for unknown mixer", cfg(mixer_options={"qrnm": {}}), E, "unknown mixer 'qrnm'"),
+    C("config", "mixer_options not a dict", cfg(mixer_options=["qrnn"]), E, "mixer_options must be a dict"),
+    C("config", "mixer options not a dict", cfg(layout=["qrnn"], mixer_options={"qrnn": 3}), E,
+      "mixer_options\\['qrnn'\\] must be a dict"),
+    C("config", "qrnn window 0", cfg(layout=["qrnn"], mixer_options={"qrnn": {"window": 0}}), E,
+      "qrnn option window must be an integer >= 1, got 0"),
+    C("config", "qrnn window float", cfg(layout=["qrnn"], mixer_options={"qrnn": {"window": 2.5}}), E,
+      "qrnn option window must be an integer"),
+    C("config", "lmu order 0", cfg(layout=["lmu"], mixer_options={"lmu": {"order": 0}}), E, "lmu option order"),
+    C("config", "vocab_size 0", cfg(vocab_size=0), E, "vocab_size must be a positive integer"),
+    C("config", "vocab_size bool", cfg(vocab_size=True), E, "vocab_size must be a positive integer, got True"),
+    C("config", "d_model float", cfg(d_model=32.0), E, "d_model must be a positive integer, got 32.0"),
+    C("config", "n_heads 0", cfg(n_heads=0), E, "n_heads must be a positive integer"),
+    C("config", "n_ctx 0", cfg(n_ctx=0), E, "n_ctx must be a positive integer"),
+    C("config", "negative d_mlp", cfg(d_mlp=-1), E, "d_mlp must be >= 0"),
+    C("config", "unknown mlp_layout kind", cfg(mlp_layout=["gelu", "gelo"]), E, "Unknown MLP kind 'gelo'"),
+    C("config", "mlp_layout length", cfg(layout=["qrnn"], mlp_layout=["gelu", "gelu"]), E,
+      "mlp_layout has 2 entries for 1 layers"),
+    C("config", "norm_eps 0", cfg(norm_eps=0), E, "norm_eps must be a finite number > 0"),
+    C("config", "norm_eps string", cfg(norm_eps="small"), E, "norm_eps must be a finite number > 0, got 'small'"),
+    C("config", "rope_base negative", cfg(rope_base=-1.0), E, "rope_base must be a finite number > 0"),
+    C("config", "init_std NaN", cfg(init_std=float("nan")), E, "init_std must be a finite number >= 0, got nan"),
+    C("config", "logit_soft_cap negative", cfg(logit_soft_cap=-1.0), E, "logit_soft_cap must be a finite number > 0"),
+    C("config", "tokenizer not a tokenizer", cfg(tokenizer=5), I, "Cannot use int as a tokenizer"),
+    C("config", "config and kwargs", lambda e: probe.HookedLM(probe.ModelConfig(), d_model=8), E,
+      "either a ModelConfig or keyword arguments"),
+    C("config", "from_dict of a list", lambda e: probe.ModelConfig.from_dict([1]), E, "must be a JSON object"),
+    C("config", "from_dict unknown field", lambda e: probe.ModelConfig.from_dict({"d_modl": 8}), E,
+      "Unknown config field 'd_modl'.*Did you mean 'd_model'"),
+    C("config", "from_dict string width", lambda e: probe.ModelConfig.from_dict({"d_model": "32"}), E,
+      "d_model must be a positive integer, got '32'"),
+    # -- tokens -------------------------------------------------------------------------------
+    C("tokens", "id above vocab", lambda e: e.m(torch.tensor([[1, 300]])), I,
+      "Token id 300 is out of range for vocab_size=257"),
+    C("tokens", "negative id", lambda e: e.m(torch.tensor([[1, -1]])), I, "Token id -1 is out of range"),
+    C("tokens", "float tokens", lambda e: e.m(torch.rand(1, 4)), I, "integer ids, got dtype torch.float32"),
+    C("tokens", "bool tokens", lambda e: e.m(torch.ones(1, 3, dtype=torch.bool)), I, "integer ids, got dtype torch.bool"),
+    C("tokens", "complex tokens", lambda e: e.m(torch.ones(1, 3, dtype=torch.complex64)), I,
+      "integer ids, got dtype torch.complex64"),
+    C("tokens", "no positions", lambda e: e.m(torch.zeros(1, 0, dtype=torch.long)), I, "Empty input.*\\(1, 0\\)"),
+    C("tokens", "no sequences", lambda e: e.m(torch.zeros(0, 3, dtype=torch.long)), I, "Empty input.*\\(0, 3\\)"),
+    C("tokens", "empty text", lambda e: e.m("", prepend_bos=False), I, "The text is empty"),
+    C("tokens", "empty texts in a batch", lambda e: e.m(["", ""], prepend_bos=False), I, "The text is empty"),
+    C("tokens", "empty list", lambda e: e.m([]), I, "empty list of texts"),
+    C("tokens", "3-d tokens", lambda e: e.m(torch.zeros(1, 2, 3, dtype=torch.long)), I, "shape \\[batch, pos\\]"),
+    C("tokens", "0-d tokens", lambda e: e.m(torch.tensor(3)), I, "shape \\[batch, pos\\]; got \\(\\)"),
+    C("tokens", "a dict", lambda e: e.m({"a": 1}), I, "text, a list of texts or a token tensor, got dict"),
+    C("tokens", "a numpy array", lambda e: e.m(np.array([[1, 2]])), I, "got ndarray"),
+    C("tokens", "a list of ints", lambda e: e.m([1, 2, 3]), I, "got list"),
+    C("tokens", "unknown return_type", lambda e: e.m(tokens(1, 3), return_type="logit"), I, "return_type must be one of"),
+    C("tokens", "loss of one token", lambda e: e.m(tokens(1, 1), return_type="loss"), I, "at least two tokens"),
+    C("tokens", "stop_at_layer too large", lambda e: e.m(e.t, stop_at_layer=7), I,
+      "stop_at_layer=7 is out of range for a model of 2 layers"),
+    C("tokens", "stop_at_layer too negative", lambda e: e.m(e.t, stop_at_layer=-5), I, "stop_at_layer=-5 is out of range"),
+    C("tokens", "stop_at_layer float", lambda e: e.m(e.t, stop_at_layer=1.0), I, "stop_at_layer must be an integer"),
+    C("tokens", "text beyond a small vocab", lambda e: make_model("qrnn", vocab_size=10)("hello", prepend_bos=False), I,
+      "Token id 111 is out of range for vocab_size=10.*the text gives it"),
+    C("tokens", "longer than attention context", lambda e: e.attn16(tokens(1, 17)), I,
+      "17 tokens is longer than this model's context n_ctx=16"),
+    C("tokens", "beyond learned positions", lambda e: make_model("qrnn", positional="learned", n_ctx=8)(tokens(1, 9)),
+      I, "Position 9 is beyond this model's learned positions \\(n_ctx=8\\)"),
+    C("tokens", "states of another batch size",
+      lambda e: e.h(tokens(1, 3), states=e.h(tokens(2, 5), return_states=True)[1]), I, "batch 2, input has batch 1"),
+    C("tokens", "states not a ModelState", lambda e: e.h(tokens(2, 3), states={"not": "a state"}), I, "ModelState"),
+    C("tokens", "states of another model",
+      lambda e: e.h(tokens(2, 3), states=make_model("lstm")(tokens(2, 5), return_states=True)[1]), I,
+      "ModelState returned by this model"),
+    C("tokens", "keep_last of 0", lambda e: e.h(tokens(1, 3), return_states=True)[1].keep_last(0), I,
+      "keep_last needs a window of at least 1"),
+    # -- hooks ----------------------------------------------------------------------------------
+    C("hooks", "unknown hook in run_with_hooks",
+      lambda e: e.m.run_with_hooks(e.t, fwd_hooks=[("blocks.0.hook_resid_pree", lambda t, hook: t)]), U,
+      "Unknown hook name 'blocks.0.hook_resid_pree'.*Did you mean 'blocks.0.hook_resid_pre'"),
+    C("hooks", "unknown hook in names_filter",
+      lambda e: e.m.run_with_cache(e.t, names_filter=["blocks.1.mixer.hook_stat"]), U, "blocks.1.mixer.hook_state"),
+    C("hooks", "unknown hook as names_filter string",
+      lambda e: e.m.run_with_cache(e.t, names_filter="hook_embedd"), U, "Unknown hook name 'hook_embedd'"),
+    C("hooks", "unknown hook in hooks()", lambda e: _under_hook(e.m, "blocks.9.hook_resid_pre", _nan_hook, lambda m: 0),
+      U, "Unknown hook name 'blocks.9.hook_resid_pre'"),
+    C("hooks", "unknown hook in add_hook", lambda e: e.m.add_hook("hook_embd", lambda t, hook: None), U,
+      "Unknown hook name 'hook_embd'"),
+    C("hooks", "names_filter of a wrong type", lambda e: e.m.run_with_cache(e.t, names_filter=5), I,
+      "names_filter must be a hook name, a list of names or a function.*got int"),
+    C("hooks", "names_filter list of ints", lambda e: e.m.run_with_cache(e.t, names_filter=[1]), I,
+      "names_filter lists hook names"),
+    C("hooks", "state_positions out of range",
+      lambda e: e.m.run_with_cache(e.t, state_positions=10), I, "state_positions=\\[10\\] does not index the 6 positions"),
+    C("hooks", "hook is not a function", lambda e: e.m.run_with_hooks(e.t, fwd_hooks=[("hook_embed", 3)]), I,
+      "fwd_hooks\\[0\\]: the hook for 'hook_embed' is a int, not a function"),
+    C("hooks", "hook entry not a pair", lambda e: e.m.run_with_hooks(e.t, fwd_hooks=["hook_embed"]), I,
+      "fwd_hooks\\[0\\] must be a \\(hook name, hook function\\) pair"),
+    C("hooks", "one pair instead of a list",
+      lambda e: e.m.run_with_hooks(e.t, fwd_hooks=("hook_embed", lambda t, hook: t)), I, "wrap it in a list"),
+    C("hooks", "hook point given as a number", lambda e: e.m.run_with_hooks(e.t, fwd_hooks=[(3, lambda t, hook: t)]), I,
+      "the hook point must be a name or a predicate"),
+    C("hooks", "backward hook not a function", lambda e: e.m.run_with_hooks(e.t, bwd_hooks=[("hook_embed", None)]), I,
+      "bwd_hooks\\[0\\]: the hook for 'hook_embed' is a NoneType"),
+    C("hooks", "hook returns a string",
+      lambda e: e.m.run_with_hooks(e.t, fwd_hooks=[("blocks.0.mixer.hook_state", lambda t, hook: "x")]), I,
+      "The hook on 'blocks.0.mixer.hook_state' returned a str"),
+    C("hooks", "hook changes the dtype",
+      lambda e: e.m.run_with_hooks(e.t, fwd_hooks=[("blocks.0.hook_resid_pre", lambda t, hook: t.long())]), I,
+      "returned shape \\(1, 6, 32\\) and dtype torch.int64.*hooks must keep the shape and dtype"),
+    C("hooks", "hook changes the shape of a state",
+      lambda e: e.m.run_with_hooks(e.t, fwd_hooks=[("blocks.0.mixer.hook_state", lambda t, hook: t[:, :2])]), I,
+      "hooks must keep the shape"),
+    C("hooks", "hook changes the shape of the residual",
+      lambda e: e.m.run_with_hooks(e.t, fwd_hooks=[("blocks.0.hook_resid_pre", lambda t, hook: t[:, :2])]), I,
+      "blocks.0.hook_resid_pre' returned shape \\(1, 2, 32\\)"),
+    C("hooks", "hook by predicate returns a list",
+      lambda e: e.m.run_with_hooks(e.t, fwd_hooks=[(lambda n: n.endswith("hook_z"), lambda t, hook: [t])]), I,
+      "returned a list"),
+    C("hooks", "cache key not cached", lambda e: e.m.run_with_cache(e.t, names_filter="hook_embed")[1]["blocks.0.hook_resid_pre"],
+      U, "is a hook of the model but was not cached"),
+    C("hooks", "cache key misspelt", lambda e: e.m.run_with_cache(e.t)[1]["blocks.0.hook_resid_postt"], U,
+      "Did you mean 'blocks.0.hook_resid_post'"),
+    # -- generate -------------------------------------------------------------------------------
+    C("generate", "negative max_new_tokens", lambda e: e.m.generate(e.t, max_new_tokens=-1), I,
+      "max_new_tokens must be an integer >= 0, got -1"),
+    C("generate", "float max_new_tokens", lambda e: e.m.generate(e.t, max_new_tokens=2.5), I,
+      "max_new_tokens must be an integer >= 0, got 2.5"),
+    C("generate", "top_k 0", lambda e: e.m.generate(e.t, max_new_tokens=2, temperature=1.0, top_k=0), I,
+      "top_k must be a positive integer or None, got 0"),
+    C("generate", "NaN temperature", lambda e: e.m.generate(e.t, max_new_tokens=2, temperature=float("nan")), I,
+      "temperature must be a finite number >= 0"),
+    C("generate", "negative temperature", lambda e: e.m.generate(e.t, max_new_tokens=2, temperature=-1.0), I,
+      "temperature must be a finite number >= 0"),
+    C("generate", "unknown return_type", lambda e: e.m.generate(e.t, max_new_tokens=1, return_type="logits"), I,
+      "generate's return_type must be one of"),
+    C("generate", "beyond attention context", lambda e: e.attn16.generate(tokens(1, 14), max_new_tokens=5), I,
+      "n_ctx=16"),
+    C("generate", "float prompt", lambda e: e.m.generate(e.t.float(), max_new_tokens=1), I, "integer ids"),
+    C("generate", "NaN weights, sampled", lambda e: e.nan.generate(e.t, max_new_tokens=2, temperature=1.0), N,
+      "NaN in the logits at generation step 0: the model's weights hold NaN or inf \\(blocks.0.mixer.W_conv\\)"),
+    C("generate", "NaN weights, greedy", lambda e: e.nan.generate(e.t, max_new_tokens=2), N,
+      "NaN in the logits at generation step 0.*blocks.0.mixer.W_conv"),
+    C("generate", "inf written by a hook",
+      lambda e: _under_hook(e.m, "hook_logits", _inf_hook, lambda m: m.generate(e.t, max_new_tokens=1)), N,
+      "inf in the logits at generation step 0: the model's weights are finite, so it comes from .*a hook"),
+    # -- non-finite weights and activations, read by methods --------------------------------------
+    C("nonfinite", "logit lens, NaN weights", lambda e: logit_lens(e.nan, e.t), N,
+      "NaN in the model's logits: the model's weights hold NaN or inf \\(blocks.0.mixer.W_conv\\)"),
+    C("nonfinite", "logit lens, NaN written into the residual",
+      lambda e: _under_hook(e.m, "blocks.1.hook_resid_pre", _nan_hook, lambda m: logit_lens(m, e.t)), N,
+      "NaN in the model's logits: the model's weights are finite"),
+    C("nonfinite", "tuned lens fit, NaN weights",
+      lambda e: TunedLens(e.nan).fit(e.nan, "hello world " * 4, steps=1, seq_len=8, batch_size=1), N,
+      "NaN in the model's logits at tuned-lens step 0.*blocks.0.mixer.W_conv"),
+    C("nonfinite", "tuned lens with NaN translators",
+      lambda e: _nan_lens(e.m).run(e.m, e.t), N, "NaN in the tuned lens logits of layer 0"),
+    C("nonfinite", "compare lenses, NaN weights", lambda e: compare_lenses(e.nan, TunedLens(e.nan), "abcdefgh" * 3,
+                                                                           seq_len=8), N, "NaN in the model's logits"),
+    C("nonfinite", "DLA, NaN weights", lambda e: direct_logit_attribution(e.nan, e.t), N,
+      "NaN in the logits at position 5.*blocks.0.mixer.W_conv"),
+    C("nonfinite", "DLA, inf in an MLP output",
+      lambda e: _under_hook(e.h, "blocks.3.hook_mlp_out", _inf_hook, lambda m: direct_logit_attribution(m, e.t)), N,
+      "in the logits at position 5: the model's weights are finite"),
+    C("nonfinite", "gradient x input, NaN weights", lambda e: gradient_x_input(e.nan, e.t), N, "NaN in the logits"),
+    C("nonfinite", "integrated gradients, NaN weights", lambda e: integrated_gradients(e.nan, e.t, steps=4), N,
+      "NaN in the logits at position 5"),
+    C("nonfinite", "gradient x input, NaN baseline",
+      lambda e: gradient_x_input(e.m, e.t, baseline=torch.full((6, 32), float("nan"))), I,
+      "baseline embedding contains NaN or inf"),
+    C("nonfinite", "memory map, NaN weights", lambda e: memory_map(e.nan, e.t), N,
+      "NaN in the memory map of layer 1 \\(qrnn\\).*blocks.0.mixer.W_conv"),
+    C("nonfinite", "gradient influence, NaN weights", lambda e: gradient_influence(e.nan, e.t, 0, probes=2), N,
+      "NaN in the gradient influence of layer 0"),
+    C("nonfinite", "implicit attention, NaN in a gate",
+      lambda e: _under_hook(e.m, "blocks.1.mixer.hook_forget", _nan_hook, lambda m: implicit_attention(m, e.t, 1)), N,
+      "NaN in the memory map of layer 1 \\(qrnn\\): the model's weights are finite"),
+    C("nonfinite", "activation patching, NaN weights",
+      lambda e: activation_patching(e.nan, e.t, e.c, answer=1, contrast=2), N,
+      "NaN in the metric: the model's weights hold NaN or inf \\(blocks.0.mixer.W_conv\\)"),
+    C("nonfinite", "attribution patching, NaN weights",
+      lambda e: attribution_patching(e.nan, e.t, e.c, answer=1, contrast=2), N, "NaN in the metric"),
+    C("nonfinite", "patching, metric returning NaN",
+      lambda e: activation_patching(e.m, e.t, e.c, metric=lambda l: l[:, -1, 0] * float("nan")), N,
+      "NaN in the metric: the model's weights are finite.*a user function"),
+    C("nonfinite", "probing, NaN weights",
+      lambda e: collect_activations(e.nan, e.t, {"y": [1]}, sites=["resid_post"]), I,
+      "rows of resid_post at layer 0 hold NaN or inf"),
+    C("nonfinite", "probing, NaN labels only", lambda e: fit_probes(_with_labels(e.one_class, y=np.full(16, np.nan))), I,
+      "Label 'y' has no rows with a value \\(all NaN\\)"),
+    C("nonfinite", "steering vector, NaN weights", lambda e: steering_vector(e.nan, ["ab"], ["cd"]), N,
+      "NaN in the mean activation difference at blocks.1.hook_resid_pre.*blocks.0.mixer.W_conv"),
+    C("nonfinite", "steer, NaN weights",
+      lambda e: steer(e.nan, "ab", torch.zeros(32), site=R, layers=[0], answer=1, contrast=2), N,
+      "NaN in the model's logits on the input.*blocks.0.mixer.W_conv"),
+    C("nonfinite", "steer, NaN vector",
+      lambda e: steer(e.m, "ab", torch.full((32,), float("nan")), site=R, layers=[0], answer=1, contrast=2), I,
+      "Steering vector for layer 0 contains NaN or inf"),
+    C("nonfinite", "steer, inf coefficient",
+      lambda e: steer(e.m, "ab", torch.zeros(32), [float("inf")], site=R, layers=[0], answer=1, contrast=2), I,
+      "coefficients must be a non-empty list of finite numbers"),
+    C("nonfinite", "patching, NaN alpha", lambda e: activation_patching(e.m, e.t, e.c, answer=1, contrast=2,
+                                                                        alpha=float("nan")), I,
+      "alpha must be a finite number"),
+    # -- checkpoint -----------------------------------------------------------------------------
+    C("checkpoint", "config that does not match the weights",
+      lambda e: e.load(_config(lambda p: p["config"].update(d_model=48, d_mlp=64))), K, "has shape .* but the config"),
+    C("checkpoint", "config.json not JSON", lambda e: e.load(_write_config(b"{not json")), K, "not valid JSON"),
+    C("checkpoint", "config.json empty", lambda e: e.load(_write_config(b"")), K, "not valid JSON"),
+    C("checkpoint", "config.json binary", lambda e: e.load(_write_config(b"\xff\xfe\x00")), K,
+      "not valid JSON.*can't decode"),
+    C("checkpoint", "config.json a list", lambda e: e.load(_write_config(b"[1, 2]")), K, "has no 'config' entry"),
+    C("checkpoint", "config entry a string", lambda e: e.load(_config(lambda p: p.__setitem__("config", "x"))), K,
+      "A model config must be a JSON object, got str"),
+    C("checkpoint", "unknown config field", lambda e: e.load(_set_field("frobnicate", 1)), K,
+      "Unknown config field 'frobnicate'"),
+    C("checkpoint", "unknown mixer in the config", lambda e: e.load(_set_field("layout", ["qrnm", "qrnn"])), K,
+      "config.json: Unknown mixer 'qrnm'"),
+    C("checkpoint", "width as a string", lambda e: e.load(_set_field("d_model", "32")), K,
+      "d_model must be a positive integer, got '32'"),
+    C("checkpoint", "another format", lambda e: e.load(_config(lambda p: p.__setitem__("format", "hf"))), K,
+      "is a 'hf' file, not a probe checkpoint"),
+    C("checkpoint", "newer format version", lambda e: e.load(_config(lambda p: p.__setitem__("version", 99))), K,
+      "format version 99; this probe reads versions 1..1"),
+    C("checkpoint", "truncated weights", lambda e: e.load(_bytes(lambda d: d[: len(d) // 2])), K,
+      "not a readable safetensors file \\(truncated or tampered\\?\\)"),
+    C("checkpoint", "empty weights file", lambda e: e.load(_bytes(lambda d: b"")), K, "not a readable safetensors"),
+    C("checkpoint", "header length tampered", lambda e: e.load(_bytes(lambda d: b"\xff" * 8 + d[8:])), K,
+      "not a readable safetensors.*header"),
+    C("checkpoint", "header offsets tampered",
+      lambda e: e.load(_header(lambda h: h["W_E"]["data_offsets"].__setitem__(1, h["W_E"]["data_offsets"][1] + 4))), K,
+      "not a readable safetensors"),
+    C("checkpoint", "header shape tampered",
+      lambda e: e.load(_header(lambda h: h["W_E"].__setitem__("shape", h["W_E"]["shape"][::-1]))), K,
+      "Tensor 'W_E' .* has shape \\(32, 257\\) but the config implies \\(257, 32\\)"),
+    C("checkpoint", "header dtype tampered", lambda e: e.load(_header(lambda h: h["W_E"].__setitem__("dtype", "I32"))), K,
+      "Tensor 'W_E' .* has dtype torch.int32, expected floating point"),
+    C("checkpoint", "NaN bytes in a tensor", lambda e: e.load(_bytes(_nan_bytes)), K, "Tensor 'W_E' .* contains NaN or inf"),
+    C("checkpoint", "inf weights", lambda e: e.load(_tensors(lambda t: t["b_U"].fill_(float("inf")))), K,
+      "Tensor 'b_U' .* contains NaN or inf"),
+    C("checkpoint", "bool weights", lambda e: e.load(_tensors(lambda t: t.__setitem__("W_E", t["W_E"] > 0))), K,
+      "has dtype torch.bool, expected floating point"),
+    C("checkpoint", "extra tensor", lambda e: e.load(_tensors(lambda t: t.__setitem__("extra", torch.zeros(2)))), K,
+      "do not match its config: missing \\[\\], unexpected \\['extra'\\]"),
+    C("checkpoint", "missing tensor", lambda e: e.load(_tensors(lambda t: t.pop("W_E"))), K, "missing \\['W_E'\\]"),
+    C("checkpoint", "no weights file", lambda e: e.load(lambda p: (p / "model.safetensors").unlink()), K,
+      "has config.json but no model.safetensors"),
+    C("checkpoint", "weights file is a folder", lambda e: e.load(_weights_dir), K, "no model.safetensors"),
+    C("checkpoint", "no config.json", lambda e: e.load(lambda p: (p / "config.json").unlink()), K, "has no config.json"),
+    C("checkpoint", "load as int64", lambda e: probe.load(e.base_checkpoint, dtype=torch.int64), I,
+      "Models load in a floating dtype.*torch.int64"),
+    C("checkpoint", "load onto an unknown device", lambda e: probe.load(e.base_checkpoint, device="tpu"), I,
+      "Unknown device 'tpu'"),
+    C("checkpoint", "load a file", lambda e: probe.load(e.base_checkpoint / "config.json"), K,
+      "No checkpoint directory at"),
+    # -- zoo and sources ------------------------------------------------------------------------
+    C("zoo", "no such zoo model", lambda e: probe.load("zoo:mambo"), K, "No zoo model named 'mambo'"),
+    C("zoo", "empty zoo name", lambda e: probe.load("zoo:"), K, "No zoo model named ''"),
+    C("zoo", "nonexistent path", lambda e: probe.load(e.tmp / "nothing" / "here"), K,
+      "not a zoo name.*existing checkpoint directory"),
+    C("zoo", "empty source", lambda e: probe.load(""), K, "probe.load got an empty name"),
+    C("zoo", "not a path", lambda e: probe.load(None), I, "probe.load takes zoo:NAME, .* got NoneType"),
+    C("zoo", "zoo train of an unknown architecture", lambda e: cli("zoo", "train", "mambo"), X,
+      "Unknown zoo architecture 'mambo'. Did you mean 'mamba'"),
+    # -- tokenizer ------------------------------------------------------------------------------
+    C("tokenizer", "encode a number", lambda e: e.m.tokenizer.encode(5), I, "Expected text \\(str\\) to tokenize, got int"),
+    C("tokenizer", "token_str out of range", lambda e: e.m.tokenizer.token_str(400), I,
+      "Token id 400 is outside the byte tokenizer's range"),
+    C("tokenizer", "decode out of range", lambda e: e.m.tokenizer.decode([65, 400]), I, "Token id 400 is outside"),
+    C("tokenizer", "to_string out of range", lambda e: e.m.to_string(torch.tensor([400])), I, "Token id 400"),
+    C("tokenizer", "not a tokenizer", lambda e: get_tokenizer(5), I, "Cannot use int as a tokenizer"),
+    C("tokenizer", "to_single_token of two", lambda e: e.m.to_single_token("ab"), I, "'ab' is 2 tokens, not one"),
+    C("tokenizer", "to_single_token of none", lambda e: e.m.to_single_token(""), I, "'' is 0 tokens, not one"),
+    C("tokenizer", "to_str_tokens of a batch", lambda e: e.m.to_str_tokens(tokens(2, 3)), I,
+      "to_str_tokens takes one sequence; got a batch of 2"),
+    C("tokenizer", "to_tokens of a number", lambda e: e.m.to_tokens(5), I, "to_tokens takes a text or a list of texts, got int"),
+    C("tokenizer", "to_tokens of mixed list", lambda e: e.m.to_tokens(["a", 1]), I, "got list holding non-text items"),
+    C("tokenizer", "to_tokens of empty list", lambda e: e.m.to_tokens([]), I, "empty list of texts"),
+    # -- lens -----------------------------------------------------------------------------------
+    C("lens", "layer out of range", lambda e: logit_lens(e.m, e.t, layers=[5]), I, "layer 5 is out of range.*2 layers"),
+    C("lens", "no layers", lambda e: logit_lens(e.m, e.t, layers=[]), I, "layers is empty"),
+    C("lens", "layer as a string", lambda e: logit_lens(e.m, e.t, layers="a"), I, "layer must be an integer, got str"),
+    C("lens", "empty text", lambda e: logit_lens(e.m, "", prepend_bos=False), I, "The text is empty"),
+    C("lens", "float tokens", lambda e: logit_lens(e.m, e.t.float()), I, "integer ids"),
+    C("lens", "tuned lens of another model", lambda e: TunedLens(make_model("qrnn", d_model=16, n_heads=2)).run(e.m, e.t),
+      I, "made for a model with d_model=16.*this model has d_model=32"),
+    C("lens", "tuned lens fit of 0 steps", lambda e: TunedLens(e.m).fit(e.m, "hello world", steps=0), I,
+      "fit needs steps >= 1"),
+    C("lens", "tuned lens fit on too little text", lambda e: TunedLens(e.m).fit(e.m, "abc", steps=1, seq_len=16), I,
+      "data has only 4 tokens, fewer than one window of seq_len=16"),
+    C("lens", "tuned lens fit on float data", lambda e: TunedLens(e.m).fit(e.m, torch.rand(100), steps=1, seq_len=16), I,
+      "data token ids must be integers"),
+    C("lens", "tuned lens fit on empty data", lambda e: TunedLens(e.m).fit(e.m, [], steps=1, seq_len=4), I, "data is empty"),
+    C("lens", "tuned lens not on disk", lambda e: TunedLens.load(e.tmp / "nolens", e.m), K, "No tuned lens in"),
+    C("lens", "tuned lens load without a model", lambda e: TunedLens.load(str(e.tmp)), I, "needs the model"),
+    C("lens", "compare on too little text", lambda e: compare_lenses(e.m, TunedLens(e.m), "ab", seq_len=16), I,
+      "fewer than one window"),
+    # -- attribution ----------------------------------------------------------------------------
+    C("attribution", "position out of range", lambda e: direct_logit_attribution(e.m, e.t, position=10), I,
+      "position 10 is out of range for an input of 6 tokens"),
+    C("attribution", "target out of vocabulary", lambda e: direct_logit_attribution(e.m, e.t, target=999), I,
+      "target token id 999 is not in the vocabulary"),
+    C("attribution", "float target", lambda e: direct_logit_attribution(e.m, e.t, target=1.5), I,
+      "target ids must be integers"),
+    C("attribution", "two-token target", lambda e: direct_logit_attribution(e.m, e.t, target="ab"), I,
+      "target 'ab' is 2 tokens, not one"),
+    C("attribution", "targets for another batch", lambda e: direct_logit_attribution(e.m, e.t, target=[1, 2]), I,
+      "target has 2 ids for a batch of 1"),
+    C("attribution", "contrast out of vocabulary", lambda e: gradient_x_input(e.m, e.t, contrast=-3), I,
+      "contrast token id -3 is not in the vocabulary"),
+    C("attribution", "unknown baseline", lambda e: gradient_x_input(e.m, e.t, baseline="ones"), I,
+      "Unknown baseline 'ones'"),
+    C("attribution", "baseline of the wrong shape", lambda e: gradient_x_input(e.m, e.t, baseline=torch.zeros(3, 3)), I,
+      "baseline embedding has shape \\(3, 3\\); expected \\(6, 32\\)"),
+    C("attribution", "baseline token out of range", lambda e: gradient_x_input(e.m, e.t, baseline=300), I,
+      "baseline token id 300 is not in the vocabulary"),
+    C("attribution", "IG steps 0", lambda e: integrated_gradients(e.m, e.t, steps=0), I,
+      "steps must be a positive integer, got 0"),
+    C("attribution", "unknown quadrature", lambda e: integrated_gradients(e.m, e.t, method="simpson"), I,
+      "Unknown quadrature 'simpson'"),
+    C("attribution", "IG chunk 0", lambda e: integrated_gradients(e.m, e.t, chunk=0), I, "chunk must be a positive integer"),
+    C("attribution", "IG negative until", lambda e: integrated_gradients(e.m, e.t, until=-1), I,
+      "until must be a positive completeness error"),
+    C("attribution", "IG unknown spacing", lambda e: integrated_gradients(e.m, e.t, steps=4, spacing="log"), I,
+      "spacing must be 'auto', 'linear' or a number"),
+    # -- memory ---------------------------------------------------------------------------------
+    C("memory", "unknown method", lambda e: memory_map(e.m, e.t, method="exact"), I, "method must be one of"),
+    C("memory", "layer out of range", lambda e: memory_map(e.m, e.t, layers=[9]), I, "layer 9 is out of range"),
+    C("memory", "implicit attention of an LSTM", lambda e: implicit_attention(make_model("lstm"), e.t, 0), P,
+      "No exact implicit attention for mixer 'lstm'.*Supported: attn"),
+    C("memory", "implicit attention of layer 0.5", lambda e: implicit_attention(e.m, e.t, 0.5), I,
+      "layer must be an integer, got float"),
+    C("memory", "gradient influence probes 0", lambda e: gradient_influence(e.m, e.t, 0, probes=0), I,
+      "probes must be a positive integer or None"),
+    C("memory", "gradient influence chunk 0", lambda e: gradient_influence(e.m, e.t, 0, chunk=0), I,
+      "chunk must be a positive integer"),
+    C("memory", "state sizes of empty text", lambda e: state_sizes(e.m, "", prepend_bos=False), I, "The text is empty"),
+    # -- patching -------------------------------------------------------------------------------
+    C("patching", "inputs of different shapes",
+      lambda e: activation_patching(e.m, tokens(1, 6), tokens(1, 5), answer=1, contrast=2), I,
+      "clean \\(1, 6\\) and corrupted \\(1, 5\\) inputs must have the same shape"),
+    C("patching", "no answer", lambda e: activation_patching(e.m, e.t, e.c), I, "Give answer= and contrast="),
+    C("patching", "answer equals contrast", lambda e: activation_patching(e.m, e.t, e.c, answer=1, contrast=1), I,
+      "answer and contrast are the same token"),
+    C("patching", "identical runs", lambda e: activation_patching(e.m, e.t, e.t, answer=1, contrast=2), I,
+      "The clean and corrupted runs give the same metric"),
+    C("patching", "metric not callable", lambda e: activation_patching(e.m, e.t, e.c, metric=3), I,
+      "metric must be a callable"),
+    C("patching", "metric returning a string", lambda e: activation_patching(e.m, e.t, e.c, metric=lambda l: "x"), I,
+      "The metric must return a number or a tensor of numbers, got str"),
+    C("patching", "metric without gradient",
+      lambda e: attribution_patching(e.m, e.t, e.c, metric=lambda l: l[:, -1].argmax(-1).float()), I,
+      "The metric is not differentiable"),
+    C("patching", "unknown site", lambda e: activation_patching(e.m, e.t, e.c, answer=1, contrast=2, sites=["resid_pr"]),
+      I, "Site 'resid_pr' exists at none of layers.*Did you mean 'resid_pre'"),
+    C("patching", "unknown hook as a site",
+      lambda e: activation_patching(e.m, e.t, e.c, answer=1, contrast=2, sites=["blocks.0.hook_resid_pree"]), U,
+      "Unknown hook name 'blocks.0.hook_resid_pree'"),
+    C("patching", "no sites", lambda e: activation_patching(e.m, e.t, e.c, answer=1, contrast=2, sites=[]), I,
+      "sites is empty"),
+    C("patching", "no positions", lambda e: activation_patching(e.m, e.t, e.c, answer=1, contrast=2, positions=[]), I,
+      "positions is empty"),
+    C("patching", "position out of range",
+      lambda e: activation_patching(e.m, e.t, e.c, answer=1, contrast=2, positions=[20]), I,
+      "position 20 is out of range for an input of 6 tokens"),
+    C("patching", "max_batch 0", lambda e: activation_patching(e.m, e.t, e.c, answer=1, contrast=2, max_batch=0), I,
+      "max_batch must be a positive integer"),
+    C("patching", "attention pattern as a site",
+      lambda e: activation_patching(e.h, e.t, e.c, answer=1, contrast=2, sites=["blocks.2.mixer.hook_pattern"]), I,
+      "hook_pattern' has shape .*not \\[batch, pos, ...\\]"),
+    C("patching", "answer positions for another batch",
+      lambda e: activation_patching(e.m, e.t, e.c, answer=1, contrast=2, answer_position=[1, 2]), I,
+      "answer_position must be an int or 1 integer positions"),
+    C("patching", "sweeps without a shared site",
+      lambda e: patching_agreement(*[activation_patching(e.m, e.t, e.c, answer=1, contrast=2, sites=[s], layers=[0])
+                                     for s in ("resid_pre", "mixer_out")]), I, "The two sweeps share no site"),
+    # -- probing --------------------------------------------------------------------------------
+    C("probing", "probe with one class", lambda e: fit_probes(e.one_class, labels="y"), I,
+      "Label 'y' has a single class \\(1\\).*needs at least two"),
+    C("probing", "regression on a constant", lambda e: fit_probes(e.one_class, labels="z", task="regression"), I,
+      "Label 'z' is constant"),
+    C("probing", "text labels", lambda e: fit_probes(_with_labels(e.one_class, y=np.array(["a"] * 16))), I,
+      "Label 'y' has dtype <U1; labels must be numbers"),
+    C("probing", "unknown label", lambda e: fit_probes(e.one_class, labels="w"), I, "Unknown label 'w'"),
+    C("probing", "test_size above 1", lambda e: fit_probes(e.one_class, test_size=1.5), I,
+      "test_size must be between 0 and 1"),
+    C("probing", "unknown task", lambda e: fit_probes(e.one_class, task="cluster"), I, "task must be one of"),
+    C("probing", "not a dataset", lambda e: fit_probes({"a": 1}), I, "fit_probes takes the ActivationDataset"),
+    C("probing", "sites not collected", lambda e: fit_probes(e.one_class, sites=["state"]), I,
+      "No features match sites=\\['state'\\]"),
+    C("probing", "unknown reduction", lambda e: collect_activations(e.m, e.t, {"y": [1]}, reduce="svd"), I,
+      "reduce must be 'random', 'pca' or None"),
+    C("probing", "integer storage dtype", lambda e: collect_activations(e.m, e.t, {"y": [1]}, dtype="int8"), I,
+      "dtype must be a float type"),
+    C("probing", "unknown storage dtype", lambda e: collect_activations(e.m, e.t, {"y": [1]}, dtype="foo"), I,
+      "dtype 'foo' is not a numpy dtype"),
+    C("probing", "max_dim 0", lambda e: collect_activations(e.m, e.t, {"y": [1]}, max_dim=0), I,
+      "max_dim must be a positive integer"),
+    C("probing", "labels of the wrong length", lambda e: collect_activations(e.m, e.t, {"y": [1, 2, 3]}), I,
+      "Label 'y' has shape \\(3,\\); expected one value per sequence"),
+    C("probing", "empty dataset", lambda e: collect_activations(e.m, [], {"y": []}), I, "The dataset is empty"),
+    C("probing", "float token ids", lambda e: collect_activations(e.m, e.t.float(), {"y": [1]}), I,
+      "Token ids must be integers, got dtype float32"),
+    C("probing", "token ids out of range", lambda e: collect_activations(e.m, e.t + 300, {"y": [1]}), I,
+      "holds token id .* outside this model's vocabulary"),
+    C("probing", "positions beyond every sequence", lambda e: collect_activations(e.m, e.t, {"y": [1]}, positions=[50]),
+      I, "No positions selected"),
+    C("probing", "unknown site", lambda e: collect_activations(e.m, e.t, {"y": [1]}, sites=["stat"]), I,
+      "Site 'stat' exists at none of layers.*Did you mean 'state'"),
+    # -- steering -------------------------------------------------------------------------------
+    C("steering", "unequal contrast pairs", lambda e: steering_vector(e.m, ["ab", "cd"], ["ab"]), I,
+      "2 positive and 1 negative examples"),
+    C("steering", "unknown site", lambda e: steering_vector(e.m, ["ab"], ["cd"], site="stat"), I,
+      "Site 'stat' has nothing to steer"),
+    C("steering", "state of an attention model", lambda e: steering_vector(make_model("attn"), ["ab"], ["cd"], site="state"),
+      I, "attention and ff layers have no hook_state"),
+    C("steering", "no examples", lambda e: steering_vector(e.m, [], []), I, "positive: The dataset is empty"),
+    C("steering", "empty text", lambda e: steering_vector(e.m, [""], ["a"], prepend_bos=False), I,
+      "positive: The text is empty"),
+    C("steering", "unknown position", lambda e: steering_vector(e.m, ["ab"], ["cd"], position="first"), I,
+      "position must be -1 \\(last token\\), 'mean' or an int index"),
+    C("steering", "vector of the wrong width",
+      lambda e: steer(e.m, "ab", torch.zeros(5), site=R, layers=[0], answer=1, contrast=2), I,
+      "Steering vector for layer 0 has shape \\(5,\\), but 'resid_pre' there holds \\(32,\\)"),
+    C("steering", "vector as text", lambda e: steer(e.m, "ab", "abc", site=R, layers=[0], answer=1, contrast=2), I,
+      "A steering vector must be a tensor \\(or array\\) of numbers, got str"),
+    C("steering", "boolean vector",
+      lambda e: steer(e.m, "ab", torch.ones(32, dtype=torch.bool), site=R, layers=[0], answer=1, contrast=2), I,
+      "must hold real numbers, got dtype torch.bool"),
+    C("steering", "nothing to measure", lambda e: steer(e.m, "ab", torch.zeros(32), site=R, layers=[0]), I,
+      "Nothing to measure"),
+    C("steering", "negative steering position",
+      lambda e: steer(e.m, "ab", torch.zeros(32), site=R, layers=[0], answer=1, contrast=2, positions=[-1]), I,
+      "Steering positions must be absolute indices >= 0"),
+    C("steering", "raw tensor without a site", lambda e: steer(e.m, "ab", torch.zeros(32), layers=[0], answer=1, contrast=2),
+      I, "A raw steering tensor needs site="),
+    C("steering", "answer without contrast",
+      lambda e: steer(e.m, "ab", torch.zeros(32), site=R, layers=[0], answer=1), I, "Give both answer= and contrast="),
+    C("steering", "layer the vector lacks",
+      lambda e: steer(e.m, "ab", steering_vector(e.m, ["ab"], ["cd"], layers=[0]), layers=[1], answer=1, contrast=2), I,
+      "The steering vector has no direction for layers \\[1\\]"),
+    # -- cli ------------------------------------------------------------------------------------
+    C("cli", "unknown command", lambda e: cli("frobnicate"), X, "invalid choice: 'frobnicate'"),
+    C("cli", "zoo train without names", lambda e: cli("zoo", "train"), X, "Name the architectures to train"),
+    C("cli", "zoo list of a missing folder", lambda e: cli("zoo", "list", "--zoo-dir", str(e.tmp / "nozoo")), X,
+      "--zoo-dir '.*nozoo' is not a folder"),
+    C("cli", "zoo card of a missing folder", lambda e: cli("zoo", "card", "--no-eval", "--zoo-dir", str(e.tmp / "nozoo")),
+      X, "--zoo-dir '.*nozoo' is not a folder"),
+    C("cli", "zoo card of an unknown model", lambda e: cli("zoo", "card", "mambo", "--zoo-dir", str(e.tmp)), X,
+      "mambo' has no card.json"),
+    C("cli", "export without a folder", lambda e: cli("data", "export-stdlib"), X, "the following arguments are required: dir"),
+    C("cli", "train with an unknown mixer (checked before the corpus)",
+      lambda e: cli("train", "--layout", "qrnm", "--out", str(e.tmp / "run"), "--text", str(e.tmp / "none.txt")), X,
+      "probe: error: Unknown mixer 'qrnm' in layout. Did you mean 'qrnn'"),
+    C("cli", "train with an empty layout",
+      lambda e: cli("train", "--layout", ",", "--out", str(e.tmp / "run"), "--text", str(e.tmp / "none.txt")), X,
+      "layout is empty"),
+    C("cli", "train with indivisible width",
+      lambda e: cli("train", "--layout", "attn", "--d-model", "30", "--out", str(e.tmp / "run")), X,
+      "d_model=30 is not divisible by n_heads=4"),
+    C("cli", "train on a missing corpus",
+      lambda e: cli("train", "--layout", "qrnn", "--out", str(e.tmp / "run"), "--text", str(e.tmp / "none.txt")), X,
+      "Corpus path '.*none.txt' does not exist"),
+    C("cli", "train for 0 steps", lambda e: cli("train", "--layout", "qrnn", "--out", str(e.tmp / "run"), "--text",
+                                                 __file__, "--steps", "0"), X, "steps must be a positive integer, got 0"),
+    C("cli", "train without --out", lambda e: cli("train", "--layout", "qrnn"), X,
+      "the following arguments are required: --out"),
+    C("cli", "explore on a non-numeric port", lambda e: cli("explore", "--port", "abc"), X,
+      "argument --port: invalid int value: 'abc'"),
+]
+
+
+def _nan_lens(model):
+    lens = TunedLens(model)
+    with torch.no_grad():
+        lens.bias[0, 0] = float("nan")
+    return lens
+
+
+def _with_labels(data, **labels):
+    """A shallow copy of an ActivationDataset with some labels replaced."""
+    import copy
+
+    out = copy.copy(data)
+    out.labels = {**data.labels, **labels}
+    return out
+
+
+def _documented_count() -> int:
+    return int(re.search(r"holds (\d+) cases", __doc__).group(1))
+
+
+def _documented_categories() -> set[str]:
+    """The category names (in double backquotes) before the colon of each bullet of the module docstring."""
+    head = __doc__.split("A plain forward pass")[0]
+    return {name for bullet in re.findall(r"^\* (.*?):", head, flags=re.M) for name in re.findall(r"``(\w+)``", bullet)}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return Env(tmp_path_factory.mktemp("fuzz"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.category}: {c.name}" for c in CASES])
+def test_case(case: Case, env: Env):
+    with pytest.raises(case.error, match=case.match) as info:
+        case.call(env)
+    assert isinstance(info.value, (ProbeError, CLIExit)), type(info.value)
+
+
+def test_the_table_is_counted_and_categorised():
+    assert len(CASES) >= _documented_count()
+    assert len({(c.category, c.name) for c in CASES}) == len(CASES), "case names repeat"
+    assert {c.category for c in CASES} == _documented_categories()
+    methods_covered = {c.category for c in CASES} & {"lens", "attribution", "memory", "patching", "probing", "steering"}
+    assert len(methods_covered) == 6
+
+
+def test_the_fuzzed_models_are_left_clean(env: Env):
+    """After every case above (hooks that raised, methods that refused), no hook is left on the shared models."""
+    for model in (env.m, env.h, env.nan):
+        assert not [n for n, hp in model.hook_dict.items() if hp.fwd_hooks or hp.bwd_hooks]
+        assert model.context_level == 0
