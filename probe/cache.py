@@ -34,7 +34,18 @@ def act_name(site: str, layer: int | None = None) -> str:
 
 
 class ActivationCache:
-    """Cached activations of one forward pass (``[batch, pos, ...]`` tensors, detached)."""
+    """Cached activations of one forward pass (``[batch, pos, ...]`` tensors, detached).
+
+    Keys are full hook names or ``(site, layer)`` tuples (see :func:`act_name`); a key that was
+    not cached raises a :class:`probe.errors.UnknownHookError` naming the nearest matches.
+
+    Example::
+
+        logits, cache = model.run_with_cache("def f(x):")
+        cache["blocks.0.hook_resid_post"]     # [batch, pos, d_model]
+        cache["resid_post", 0]                # the same tensor
+        cache["state", 0]                     # blocks.0.mixer.hook_state: [batch, pos, *state shape]
+    """
 
     def __init__(self, cache: dict[str, Tensor], model=None):
         self.cache_dict = cache

@@ -12,7 +12,12 @@ ZOO_DIR = Path(__file__).parent / "zoo"
 
 
 def zoo_names() -> list[str]:
-    """Names of the models shipped in ``probe/zoo`` (each a checkpoint directory)."""
+    """Names of the models shipped in ``probe/zoo`` (each a checkpoint directory), sorted.
+
+    Example::
+
+        probe.zoo_names()        # ['lmu', 'lmu-attn', 'lstm', 'qrnn', 'qrnn-hybrid', 'transformer', ...]
+    """
     if not ZOO_DIR.is_dir():
         return []
     return sorted(p.name for p in ZOO_DIR.iterdir() if (p / "config.json").is_file())
@@ -20,7 +25,16 @@ def zoo_names() -> list[str]:
 
 def load(source: str | Path, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
     """Load a model: ``"zoo:NAME"``, a checkpoint directory, or (with network and the ``hf``
-    extra) a Hugging Face hub id converted with :func:`probe.from_hf`."""
+    extra) a Hugging Face hub id converted with :func:`probe.from_hf`.
+
+    Returns a :class:`probe.HookedLM` with its weights in ``dtype`` (the zoo's files hold float16;
+    they are cast on loading) on ``device``.
+
+    Example::
+
+        model = probe.load("zoo:qrnn").eval()
+        model = probe.load("path/to/checkpoint")          # written by model.save(path)
+    """
     from probe.io.checkpoint import load_model
 
     if not isinstance(source, (str, os.PathLike)):

@@ -46,7 +46,19 @@ GENERATE_RETURN_TYPES = ("auto", "str", "tokens")
 
 
 class HookedLM(HookedRootModule):
-    """A hooked language model of any layout. See the module docstring."""
+    """A hooked language model of any layout (see the module docstring for the hooks).
+
+    Build one from a :class:`probe.ModelConfig` (or its fields as keyword arguments), or load
+    one with :func:`probe.load`. Inputs are text, a list of texts or token ids ``[batch, pos]``;
+    logits are ``[batch, pos, vocab]``.
+
+    Example::
+
+        model = probe.HookedLM(probe.ModelConfig(d_model=64, layout=["lstm", "attn"]))
+        logits, cache = model.run_with_cache("def f(x):")
+        cache["blocks.0.mixer.hook_state"]   # [1, pos, d_model]: the LSTM cell c after every token
+        model.generate("def f(", max_new_tokens=10)
+    """
 
     def __init__(self, cfg: ModelConfig | dict | None = None, tokenizer: Any = None, **kwargs):
         super().__init__()
@@ -99,10 +111,12 @@ class HookedLM(HookedRootModule):
 
     @property
     def device(self) -> torch.device:
+        """The device of the weights (inputs are moved here)."""
         return self.W_E.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the weights (states are created in it)."""
         return self.W_E.dtype
 
     # -- hooks -----------------------------------------------------------------------
@@ -163,6 +177,7 @@ class HookedLM(HookedRootModule):
         return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device)
 
     def to_string(self, tokens: Tensor | Sequence[int] | int) -> str | list[str]:
+        """Decode one id, ids ``[pos]`` (a string) or ``[batch, pos]`` (a list of strings)."""
         if isinstance(tokens, int) or (isinstance(tokens, Tensor) and tokens.dim() == 0):
             return self.tokenizer.decode([int(tokens)])
         if isinstance(tokens, Tensor) and tokens.dim() == 2:
@@ -170,6 +185,7 @@ class HookedLM(HookedRootModule):
         return self.tokenizer.decode(tokens.tolist() if isinstance(tokens, Tensor) else tokens)
 
     def to_str_tokens(self, input: str | Tensor, prepend_bos: bool | None = None) -> list[str]:
+        """Display string of every token of one text or one sequence of ids (``[pos]`` or ``[1, pos]``)."""
         tokens = self.to_tokens(input, prepend_bos) if isinstance(input, str) else input
         if isinstance(tokens, Tensor):
             if tokens.dim() == 2:
@@ -181,6 +197,7 @@ class HookedLM(HookedRootModule):
         return [self.tokenizer.token_str(t) for t in tokens]
 
     def to_single_token(self, text: str) -> int:
+        """The id of ``text``, which must be exactly one token (``"a"`` with the byte tokenizer)."""
         ids = self.tokenizer.encode(text)
         if len(ids) != 1:
             raise InputError(f"{text!r} is {len(ids)} tokens, not one.")
@@ -215,6 +232,7 @@ class HookedLM(HookedRootModule):
 
     # -- forward ---------------------------------------------------------------------
     def initial_state(self, batch: int) -> ModelState:
+        """The memory before any token (zeros, empty KV caches) for ``batch`` sequences."""
         return ModelState([b.initial_state(batch, self.device, self.dtype) for b in self.blocks], 0)
 
     def forward(

@@ -20,6 +20,21 @@ from probe.errors import InputError
 
 @dataclass
 class ModelState:
+    """The memory of every layer after the tokens read so far: what a continuation starts from.
+
+    Attributes:
+        layers: per block ``{"mixer": {suffix: [batch, ...]}, "mlp": {...}}``: recurrent states keyed
+            like their hooks (``"state"``, ``"state_conv"``, ...), shaped like one position of
+            the hook; attention's KV cache as ``"k"`` / ``"v"`` ``[batch, cached_pos, ...]``.
+        position: the number of tokens consumed (for learned positions and context limits).
+
+    Example::
+
+        logits, st = model("def f(", return_states=True)
+        more = model("x):", states=st)        # == model("def f(x):")[:, -3:]
+        st.hook_items()                       # {"blocks.0.mixer.hook_state": [batch, ...], ...}
+    """
+
     layers: list[dict[str, dict[str, Tensor]]]
     position: int = 0
 
@@ -37,9 +52,11 @@ class ModelState:
                            for layer in self.layers], self.position)
 
     def detach(self) -> "ModelState":
+        """The state with every tensor detached from the autograd graph."""
         return self.map(lambda t: t.detach())
 
     def to(self, *args, **kwargs) -> "ModelState":
+        """The state moved / cast like ``Tensor.to`` (device, dtype)."""
         return self.map(lambda t: t.to(*args, **kwargs))
 
     def hook_items(self) -> dict[str, Tensor]:

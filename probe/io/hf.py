@@ -87,6 +87,13 @@ def from_hf(model_or_id: Any, device: str | torch.device | None = None, tokenize
     directory written by ``save_pretrained`` (loaded with ``AutoModelForCausalLM``).
     ``tokenizer``: a tokenizer object or name; by default the model's own (``name_or_path``)
     when it can be loaded, else the byte tokenizer with a warning.
+
+    Example::
+
+        from transformers import AutoModelForCausalLM
+        hf = AutoModelForCausalLM.from_pretrained("state-spaces/mamba-130m-hf")
+        model = probe.from_hf(hf)                    # same logits as hf(ids).logits
+        model.state_hook_names()                     # blocks.{i}.mixer.hook_state [batch, pos, d_inner, d_state], ...
     """
     if isinstance(model_or_id, str):
         model_or_id = _load_hub(model_or_id)

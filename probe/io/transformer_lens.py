@@ -65,7 +65,21 @@ def as_probe_model(model: Any):
 
 
 def from_transformer_lens(bridge: Any) -> "BridgeAdapter":
-    """Wrap a TransformerLens 4 ``TransformerBridge`` so probe's methods and hook names work on it."""
+    """Wrap a TransformerLens 4 ``TransformerBridge`` so probe's methods and hook names work on it.
+
+    TransformerLens computes; the adapter renames the bridge's hooks to probe's
+    (``blocks.{i}.hook_resid_post``, ``blocks.{i}.mixer.hook_pattern`` ...) and exposes the config
+    and readout parameters the methods need. An adapter given again is returned as it is.
+
+    Example::
+
+        from transformer_lens.model_bridge import TransformerBridge
+        bridge = TransformerBridge.boot_transformers("gpt2")
+        model = probe.from_transformer_lens(bridge)
+        logits, cache = model.run_with_cache("The keys to the cabinet")
+        cache["blocks.0.hook_resid_post"]             # [batch, pos, d_model]
+        probe.methods.logit_lens(model, "The keys to the cabinet").to_frame()
+    """
     if isinstance(bridge, BridgeAdapter):
         return bridge
     if not is_bridge(bridge):

@@ -165,6 +165,14 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
         contrast: optional token for a logit difference ``logit[target] - logit[contrast]``.
         position: the position whose logits are explained (default: the last).
         per_head: also split attention layers by head (from ``hook_z`` and ``W_O``).
+
+    Returns a :class:`DLAResult`: ``contributions [component, batch]`` summing to the logit.
+
+    Example::
+
+        dla = direct_logit_attribution(model, "for i in range(10): print(i")
+        dla.to_frame()            # one row per component (embed, L0 qrnn, L0 mlp, ..., bias) and its contribution
+        float(dla.rel_error[0])   # |sum of parts - logit| / |logit|: float round-off
     """
     model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)
@@ -392,6 +400,14 @@ def gradient_x_input(model, input, target=None, contrast=None, position: int = -
     ``"zero"`` (plain gradient x input), ``"pad"``, a token id, or an embedding tensor. The
     completeness error against ``f(x) - f(x')`` is reported (it is not small in general: use
     :func:`integrated_gradients` for a complete attribution).
+
+    Returns a :class:`TokenAttributionResult` (``attributions [batch, pos]``).
+
+    Example::
+
+        gxi = gradient_x_input(model, "def f(x): return x", target="x")
+        gxi.to_frame()                       # position, token, attribution
+        gxi.completeness_error               # [batch]
     """
     model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)
@@ -452,6 +468,15 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
         until: optional completeness target (e.g. ``0.01``): ``steps`` is doubled until every
             sequence's completeness error is below it or ``max_steps`` is reached (the result's
             ``steps`` says how many were used; the error is reported either way).
+
+    Returns a :class:`TokenAttributionResult`: ``attributions [batch, pos]`` with
+    ``sum_s a_s ~= f(x) - f(x')`` (``completeness_error [batch]`` says how nearly).
+
+    Example::
+
+        ig = integrated_gradients(model, "def f(x): return x", target="x", steps=64)
+        ig.to_frame()                        # position, token, attribution
+        ig.figure()                          # attribution per input token
     """
     if method not in pq.QUADRATURES:
         raise InputError(f"Unknown quadrature {method!r}; use one of {', '.join(pq.QUADRATURES)}.")

@@ -77,6 +77,7 @@ class Reducer:
 
     @property
     def label(self) -> str:
+        """The reduction's name for tables (``"random"``, ``"pca"`` or ``"none"``)."""
         return self.method or "none"
 
     def __call__(self, x: Tensor) -> Tensor | None:
@@ -139,13 +140,16 @@ class ActivationDataset:
 
     @property
     def keys(self) -> list[str]:
+        """The feature keys, one per collected (site, layer) (see :func:`feature_key`)."""
         return list(self.features)
 
     @property
     def nbytes(self) -> int:
+        """Bytes held by all feature matrices (on disk when ``path`` is set)."""
         return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in self.features.values())
 
     def feature(self, site: str, layer: int) -> np.ndarray:
+        """The ``[n_rows, dim]`` features of ``site`` at ``layer`` (an ``InputError`` lists what was collected)."""
         key = feature_key(site, layer)
         if key not in self.features:
             raise InputError(f"No features for site {site!r} at layer {layer}; collected: {', '.join(self.keys)}.")

@@ -23,6 +23,7 @@ def as_model(model):
 
 
 def is_bridge_adapter(model) -> bool:
+    """True for probe's adapter around a TransformerLens 4 bridge (see :func:`probe.from_transformer_lens`)."""
     from probe.io.transformer_lens import BridgeAdapter
 
     return isinstance(model, BridgeAdapter)

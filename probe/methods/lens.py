@@ -217,6 +217,14 @@ def logit_lens(model, input, layers=None, keep_logits: bool = False, prepend_bos
         input: text, texts or token ids ``[batch, pos]``.
         layers: lens layers ``0 .. n_layers`` (residual stream after that many blocks); all by default.
         keep_logits: also keep the ``[layer, batch, pos, vocab]`` lens logits.
+
+    Returns a :class:`LensResult` (``kl [layer, batch, pos]``, ``cross_entropy``, top tokens).
+
+    Example::
+
+        res = logit_lens(model, "def add(a, b): return a + b")
+        res.to_frame()             # per layer: mean KL to the final distribution, loss, top-1 agreement
+        res.figure()               # layer x position heatmap of the lens's top tokens
     """
     return _apply_lens(model, input, layers, lambda x, layer: x, "logit lens", keep_logits, prepend_bos)
 
@@ -429,6 +437,12 @@ def compare_lenses(model, lens: TunedLens, data, seq_len: int = 128, max_windows
     ``seq_len`` tokens are read at evenly spaced offsets across it (all of it when it holds fewer). Returns a DataFrame
     with one row per lens layer ``0 .. n_layers - 1``: ``kl_logit``, ``kl_tuned``,
     ``tuned_better`` and the relative reduction.
+
+    Example::
+
+        from probe.data.code_corpus import stdlib_stream
+        lens = TunedLens(model).fit(model, stdlib_stream("val"), steps=250)
+        compare_lenses(model, lens, stdlib_stream("test"))   # label, kl_logit, kl_tuned, tuned_better, ...
     """
     import pandas as pd
 

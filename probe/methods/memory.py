@@ -90,6 +90,7 @@ class MemoryMapResult(MethodResult):
     state_sizes: object = field(default=None, repr=False)  # pandas.DataFrame
 
     def layer(self, layer: int) -> LayerMemory:
+        """The :class:`LayerMemory` of model layer ``layer`` (an ``InputError`` when it was not analysed)."""
         for lm in self.layers:
             if lm.layer == layer:
                 return lm
@@ -208,6 +209,12 @@ def implicit_attention(model, input, layer: int, prepend_bos: bool | None = None
 
     Returns ``(ImplicitAttention, {"output": err, "signal": err})``; raises a
     :class:`probe.errors.ProbeError` naming the supported mixers for any other mixer.
+
+    Example::
+
+        ia, errors = implicit_attention(model, "def f(x):", layer=0)
+        ia.matrix                  # [batch, head, t, s]
+        errors["output"]           # relative error of the layer output rebuilt from ia: float round-off
     """
     model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)
@@ -252,6 +259,11 @@ def gradient_influence(model, input, layer: int, probes: int | None = None, chun
     replicating the sequence); with ``probes=n``, an unbiased estimate of ``G^2`` from ``n``
     Gaussian probes per position (``E ||v^T J||^2 = ||J||_F^2``), ``d_model / n`` times cheaper.
     Works for every mixer; the model runs only up to the layer.
+
+    Example::
+
+        G = gradient_influence(model, "def f(x):", layer=0)          # [1, pos, pos], zero above the diagonal
+        G = gradient_influence(model, "def f(x):", layer=0, probes=8)  # estimated, d_model / 8 times cheaper
     """
     model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)
@@ -303,6 +315,11 @@ def state_sizes(model, input, prepend_bos: bool | None = None):
 
     A TransformerLens bridge carries no probe state; for it the KV cache is counted instead
     (``2 * heads * d_head`` numbers per token and attention layer), which is what it holds.
+
+    Example::
+
+        sizes = state_sizes(model, "def f(x):")
+        sizes.pivot_table(index="position", columns="layer", values="elements")  # flat for RNNs, growing for attention
     """
     import pandas as pd
 
@@ -340,6 +357,15 @@ def memory_map(model, input, layers=None, method: str = "auto", probes: int | No
             or ``"gradient"`` (gradient influence for every mixing layer).
         probes: for gradient influence, ``None`` (exact) or a number of random probes per position.
         with_state_sizes: also measure the state size after every token (``state_sizes``).
+
+    Returns a :class:`MemoryMapResult`: one :class:`LayerMemory` per layer (``matrix
+    [batch, head, t, s]``) and the state sizes.
+
+    Example::
+
+        mm = memory_map(model, "x = [1, 2, 3]; print(x[0])")
+        mm.layer_frame()           # per layer: kind of map, reconstruction error, state elements
+        mm.figure(layer=0)         # t x s heatmap: how much position t reads position s
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}.")

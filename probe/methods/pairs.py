@@ -48,6 +48,7 @@ class PatchingPair:
 
     @property
     def length(self) -> int:
+        """Tokens in each of the two sequences (clean and corrupted have the same length)."""
         return int(self.clean.shape[0])
 
 

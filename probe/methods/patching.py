@@ -362,7 +362,13 @@ def _paired(a: PatchingResult, b: PatchingResult, site: str) -> tuple[np.ndarray
 
 def patching_agreement(approx: PatchingResult, exact: PatchingResult):
     """Per shared site: ``pearson``, ``spearman`` (NaN when either side is constant), ``mean_abs_diff``
-    and the number of compared cells."""
+    and the number of compared cells, as a DataFrame.
+
+    Example::
+
+        patching_agreement(attribution_patching(model, clean, corrupted, answer="a", contrast="i"),
+                           activation_patching(model, clean, corrupted, answer="a", contrast="i"))
+    """
     import pandas as pd
     from scipy.stats import pearsonr, spearmanr
 
@@ -411,6 +417,15 @@ def activation_patching(model, clean, corrupted, answer=None, contrast=None, *, 
 
     Cells whose clean and corrupted activations are identical (e.g. before the first differing
     token) are not run: the patch is a no-op there, so their score is exactly 0.
+
+    Returns a :class:`PatchingResult` (``scores [site, layer, position]``).
+
+    Example::
+
+        res = activation_patching(model, "the birds near the door ", "the woman near the door ",
+                                  answer="a", contrast="i", sites=["resid_pre", "state"])
+        res.to_frame()             # site, layer, position, score (1 = the clean answer restored)
+        res.figure()               # one layer x position heatmap per site
     """
     model = inputs.as_model(model)
     start = time.perf_counter()
@@ -474,6 +489,13 @@ def attribution_patching(model, clean, corrupted, answer=None, contrast=None, *,
     The metric must be differentiable. With ``compare=True`` the real sweep is run too, kept as
     ``result.reference``, and ``result.agreement()`` gives the correlation per site. Gradients are
     taken with :func:`torch.autograd.grad` (parameters' ``.grad`` are left untouched).
+
+    Returns an :class:`AttributionPatchingResult` (``scores [site, layer, position]``).
+
+    Example::
+
+        approx = attribution_patching(model, clean, corrupted, answer="a", contrast="i", compare=True)
+        approx.agreement()         # per site: pearson, spearman, mean_abs_diff against the real sweep
     """
     model = inputs.as_model(model)
     start = time.perf_counter()

@@ -48,6 +48,7 @@ FAt = Callable[[Tensor], Tensor]
 
 
 def check_steps(steps) -> int:
+    """``steps`` if it is a positive integer, else an ``InputError``."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError(f"steps must be a positive integer, got {steps!r}.")
     return steps

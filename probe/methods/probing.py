@@ -74,6 +74,15 @@ def collect_activations(model, data, labels=None, *, sites: str | Sequence[str] 
         dtype: storage dtype (``"float16"`` halves memory; ``"float32"`` for very large values).
         path: store on disk in this directory; otherwise on disk (a temporary directory, see
             ``result.path``) only when the features would exceed ``memory_limit`` bytes.
+
+    Returns an :class:`ActivationDataset`: ``features {key: [n_rows, dim]}``, ``labels {name: [n_rows]}``.
+
+    Example::
+
+        from probe.data.tasks import get_task
+        examples = get_task("agreement").examples(200, seed=1)
+        acts = collect_activations(model, [(e.tokens, {"number": e.labels["number"]}) for e in examples],
+                                   sites=["resid_post", "state"])
     """
     model = inputs.as_model(model)
     start = time.perf_counter()
@@ -232,6 +241,7 @@ class ProbeResult(MethodResult):
     seconds: float = 0.0
 
     def to_frame(self):
+        """A copy of the scores table, one row per label x site x layer (columns in the class docstring)."""
         return self.frame.copy()
 
     def summary(self):
@@ -268,7 +278,12 @@ class ProbeResult(MethodResult):
 def hidden_vs_state(results):
     """One row per (model, label): best held-out score over layers of the hidden sites and of the
     state sites, with the layer and selectivity of each, and the baseline. ``results``: probe
-    results (or their frames), e.g. one per architecture."""
+    results (or their frames), e.g. one per architecture.
+
+    Example::
+
+        hidden_vs_state([fit_probes(collect_activations(m, data), "number") for m in models])
+    """
     import pandas as pd
 
     if isinstance(results, (ProbeResult, pd.DataFrame)):
@@ -293,7 +308,12 @@ def hidden_vs_state(results):
 
 def hidden_vs_state_figure(results, label: str | None = None, **layout):
     """Grouped bars, one group per model: the best hidden and the best state score for ``label``
-    (default the first), with the baseline as a marker."""
+    (default the first), with the baseline as a marker.
+
+    Example::
+
+        hidden_vs_state_figure([res_lstm, res_transformer], "number")   # ProbeResults of two models
+    """
     import plotly.graph_objects as go
 
     table = hidden_vs_state(results)
@@ -406,6 +426,14 @@ def fit_probes(data: ActivationDataset, labels: str | Sequence[str] | None = Non
         max_train / max_test: rows sampled for fitting / scoring (``None``: all).
         n_jobs: probes fitted in parallel threads (``-1``: one per core).
         Rows whose label is NaN are left out.
+
+    Returns a :class:`ProbeResult` (one held-out score per label x site x layer).
+
+    Example::
+
+        res = fit_probes(acts, "number")           # acts from collect_activations
+        res.to_frame()[["site", "layer", "score", "selectivity"]]
+        res.figure("number")
     """
     start = time.perf_counter()
     if not isinstance(data, ActivationDataset):

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 @dataclass
 class MethodResult:
     def to_frame(self):  # -> pandas.DataFrame
+        """The numbers as a tidy ``pandas.DataFrame`` (one row per measured thing)."""
         raise NotImplementedError
 
     def figure(self, **kwargs):  # -> plotly.graph_objects.Figure
+        """The main view as a ``plotly.graph_objects.Figure``."""
         raise NotImplementedError
 
     def _repr_html_(self) -> str:

@@ -40,10 +40,12 @@ class Sequences:
 
     @property
     def lengths(self) -> np.ndarray:
+        """``[n_sequences]`` int64: tokens per sequence."""
         return np.array([len(t) for t in self.tokens], dtype=np.int64)
 
     @property
     def n_tokens(self) -> int:
+        """Tokens over all sequences."""
         return int(self.lengths.sum())
 
 

@@ -70,9 +70,11 @@ class SteeringVector:
 
     @property
     def layers(self) -> list[int]:
+        """The layers that have a direction, sorted."""
         return sorted(self.vectors)
 
     def norms(self) -> dict[int, float]:
+        """``{layer: |v_l|}``, the Euclidean norm of each layer's direction."""
         return {l: float(v.float().norm()) for l, v in self.vectors.items()}
 
     def split(self, layer: int) -> dict[str, Tensor]:
@@ -155,6 +157,13 @@ def steering_vector(model, positive, negative, *, site: str = "resid_pre", layer
         position: ``-1`` (each text's last token; lengths may differ), ``"mean"`` (average over
             each text's tokens), or an index ``p`` read in both texts of a pair (pairs must then
             have equal lengths, so that ``p`` means the same place).
+
+    Returns a :class:`SteeringVector` (``vectors {layer: direction}``, shaped like one position of the site).
+
+    Example::
+
+        vec = steering_vector(model, ["the dogs ", "the keys "], ["the dog ", "the key "], site="state")
+        vec.norms()                # {layer: |v|}
     """
     model = inputs.as_model(model)
     pos = _texts_or_tokens(model, positive, "positive", prepend_bos)
@@ -355,6 +364,13 @@ def steer(model, input, vector, coefficients: Sequence[float] = (-1.0, 0.0, 1.0)
         max_new_tokens: also generate this many tokens per (layer, coefficient), carrying the state
             (greedy by default; ``temperature``/``top_k``/``seed`` as in ``model.generate``).
         keep_logits: keep every steered run's logits in the result.
+
+    Returns a :class:`SteeringResult` (``metric [layer, coefficient]``).
+
+    Example::
+
+        res = steer(model, "the dog ", vec, coefficients=[-4, 0, 4], answer="a", contrast="i")
+        res.to_frame()             # layer, mixer, coefficient, metric, change from coefficient 0
     """
     model = inputs.as_model(model)
     start = time.perf_counter()
