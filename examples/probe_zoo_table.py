@@ -272,9 +272,9 @@ def run(args) -> dict:
         if not args.skip_probes:
             frames["probes"].append(probe_table(name, model, code, code_pos, agree, args.seq_len, args.fit_rows))
         if not args.skip_patching:
-            scores, agree = patching_table(name, model, args.pairs)
+            scores, agreement_r = patching_table(name, model, args.pairs)
             frames["patching"].append(scores)
-            frames["patching_agreement"].append(agree)
+            frames["patching_agreement"].append(agreement_r)
         if not args.skip_steering:
             frames["steering"].append(steering_table(name, model, args.pairs))
         print(f"  done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)

@@ -12,10 +12,11 @@ def test_zoo_table_script_on_tiny_random_models(tmp_path):
     spec = importlib.util.spec_from_file_location("probe_zoo_table", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    out = script.main(["--random-tiny", "qrnn-hybrid", "--code-bytes", "6000", "--sentences", "40", "--pairs", "3",
+    # two models: the second must see the same agreement data as the first (a shadowed variable broke it)
+    out = script.main(["--random-tiny", "qrnn-hybrid", "lstm", "--code-bytes", "6000", "--sentences", "40", "--pairs", "3",
                        "--fit-rows", "800", "--stride", "8", "--out", str(tmp_path)])
     summary = out["probe_summary"]
-    assert set(summary["label"]) >= {"in_string", "number"} and set(summary["model"]) == {"qrnn-hybrid"}
+    assert set(summary["label"]) >= {"in_string", "number"} and set(summary["model"]) == {"qrnn-hybrid", "lstm"}
     assert np.isfinite(summary["hidden"]).all() and np.isfinite(summary["state"]).all()
     patch = out["patching"]
     assert set(patch["task"]) == {"recall", "agreement"} and set(patch["site"]) == {"state", "resid_pre", "mixer_out"}
