@@ -10,6 +10,13 @@
    * ``mamba`` the blocked selective scan with chunked vs sequential scans inside the blocks
                (d_inner 512, d_state 16; ``auto`` is what runs: on CPU it picks the sequential
                scan inside blocks once a step's state has 8192 numbers, as here).
+   * ``mlstm (scan only)`` the mLSTM memory as the mixer runs it (gated linear attention with a
+               scalar decay per head and a ones column carrying the normaliser: 4 heads, key
+               width 32, value width 64 + 1): :func:`probe.scan_gla.gla_chunked` (chunk 64, the
+               mixer's default) vs :func:`~probe.scan_gla.gla_sequential`, and every state
+               (:func:`~probe.scan_gla.gla_states`, what a ``hook_state`` costs). The mixer has no
+               form switch, so the scan functions are timed on inputs of the mixer's shapes; its
+               projections are the same in every form.
 
 2. ``mamba_vs_hf`` rows: a 4-layer Mamba (d_model 256, d_state 16, vocab 1000) at 1024 tokens,
    the same weights in transformers' ``MambaForCausalLM`` (its CPU slow path: a Python loop
@@ -26,8 +33,6 @@ load from other processes falls on all of them alike (see :func:`compare`).
 """
 from __future__ import annotations
 
-import ctypes
-import gc
 import time
 import warnings
 
@@ -66,18 +71,8 @@ def compare(fns: dict, repeats: int = 5) -> dict:
     return best
 
 
-def _trim() -> None:
-    """Give freed memory back to the OS so resident-set peaks start from a clean level."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
 def _peak_mb(fn) -> float:
-    _trim()
-    return round(peak_memory(fn) / 2**20, 1)
+    return round(peak_memory(fn) / 2**20, 1)  # peak_memory returns freed memory to the OS first
 
 
 def _mixer(name: str, options: dict):
@@ -133,6 +128,38 @@ def scan_rows(quick: bool) -> list[dict]:
         ref = next(r for r in rows if r["mixer"] == row["mixer"] and r["T"] == row["T"]
                    and r["form"] in ("recurrent", "sequential"))
         row["speedup_vs_sequential"] = ref["seconds"] / row["seconds"]
+    return rows
+
+
+def _mlstm_inputs(T: int):
+    """q, k, v (with the ones column), log-decay ``[1, T, 4, 1]`` and h0 shaped as the mLSTM mixer's."""
+    g = torch.Generator().manual_seed(T)
+    H, K, V = 4, 32, 64
+    q, k = torch.randn(1, T, H, K, generator=g), torch.randn(1, T, H, K, generator=g) * 0.1
+    v = torch.cat([torch.randn(1, T, H, V, generator=g), torch.ones(1, T, H, 1)], dim=-1)
+    log_decay = torch.nn.functional.logsigmoid(torch.randn(1, T, H, 1, generator=g) + 4.0)
+    return q, k, v, log_decay, torch.zeros(1, H, K, V + 1)
+
+
+def mlstm_rows(quick: bool) -> list[dict]:
+    from probe.scan_gla import gla_chunked, gla_readout, gla_sequential, gla_states
+
+    rows = []
+    for T in (128,) if quick else (1024, 4096):
+        q, k, v, g, h0 = _mlstm_inputs(T)
+        scale = q.shape[-1] ** -0.5
+        calls = {
+            "chunked": lambda: gla_chunked(q, k, v, g, h0, scale, 64)[0],
+            "every state (hook_state on)": lambda: gla_readout(q, gla_states(k, v, g.exp(), h0), scale),
+            "sequential": lambda: gla_sequential(q, k, v, g, h0, scale)[0],
+        }
+        with torch.no_grad():
+            reference = calls["sequential"]()
+            seconds = compare(calls, 1 if quick else 5)
+            for form, fn in calls.items():
+                rows.append({"suite": "scan", "mixer": "mlstm (scan only)", "T": T, "form": form,
+                             "seconds": seconds[form], "max_abs_diff": float((fn() - reference).abs().max()),
+                             "speedup_vs_sequential": seconds["sequential"] / seconds[form]})
     return rows
 
 
@@ -197,7 +224,7 @@ def run(quick: bool = False) -> list[dict]:
     before = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:
-        rows = scan_rows(quick) + mamba_rows(quick)
+        rows = scan_rows(quick) + mlstm_rows(quick) + mamba_rows(quick)
     finally:
         torch.set_num_threads(before)
     for row in rows:
