@@ -1,5 +1,13 @@
-"""Methods II: patching sweep time, attribution-vs-activation patching agreement, probe collection
+"""Cost of the interpretability methods: tuned-lens training time per layer, integrated gradients
+per token, patching sweep time (and attribution-vs-activation patching agreement), probe collection
 and fitting per million tokens.
+
+* ``tuned_lens``: ``TunedLens(model).fit`` on windows of the stdlib test split (batch 8 x 128
+  tokens): seconds per layer for the run, milliseconds per layer per step, and the loss before
+  and after (KL to the final layer, per layer).
+* ``integrated_gradients``: ``integrated_gradients`` (default adaptive quadrature, 64 steps) of the
+  last position's logit over a 128-token sequence: seconds per call, milliseconds per input token,
+  and the completeness error.
 
 * ``patching``: a clean/corrupted batch (8 x 64 tokens, the corrupted tokens at 1/4 of the
   length) through activation patching over resid_pre / mixer_out / mlp_out / state x every
@@ -12,7 +20,8 @@ and fitting per million tokens.
   disk bytes per token and the peak resident memory increase.
 
 Models are random with perturbed weights (the timings do not depend on training, the correlations
-do: a trained model's will differ); d_model 128, 4 layers.
+do: a trained model's will differ); d_model 128, 4 layers. Lens and IG rows cover every registered
+mixer (``[name] * 4``) and the hybrid; patching and probing the five layouts of ``LAYOUTS``.
 """
 from __future__ import annotations
 
@@ -45,6 +54,71 @@ def _model(layout, d_model):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     return model
+
+
+def _every_layout() -> dict[str, list[str]]:
+    from probe.mixers import MIXERS
+
+    out = {("transformer" if name == "attn" else name): [name] * 4 for name in sorted(MIXERS) if name != "ff"}
+    out["qrnn-hybrid"] = LAYOUTS["qrnn-hybrid"]
+    return out
+
+
+def _corpus_tokens(n_tokens: int) -> torch.Tensor:
+    """The first ``n_tokens`` byte tokens of the stdlib test split, as one stream."""
+    from probe.data import CodeCorpus
+
+    pieces, total = [], 0
+    for toks, _ in CodeCorpus("test", max_files=200).labelled(max_bytes=n_tokens):
+        pieces.append(toks[: n_tokens - total])
+        total += len(pieces[-1])
+        if total >= n_tokens:
+            break
+    return torch.from_numpy(np.concatenate(pieces))
+
+
+def bench_lens(quick: bool) -> list[dict]:
+    from probe.methods import TunedLens
+
+    d, steps, batch, seq = (32, 3, 2, 32) if quick else (128, 40, 8, 128)
+    stream = _corpus_tokens(4_000 if quick else 200_000)
+    rows = []
+    for name, layout in _every_layout().items():
+        if quick and name != "qrnn-hybrid":
+            continue
+        model = _model(layout, d)
+        if model is None:
+            continue
+        lens = TunedLens(model).fit(model, stream, steps=steps, batch_size=batch, seq_len=seq, warmup=min(20, steps))
+        info = lens.train_info
+        rows.append({"suite": "tuned_lens", "model": name, "d_model": d, "layers": model.cfg.n_layers,
+                     "steps": steps, "batch": batch, "seq": seq, "seconds": info["seconds"],
+                     "s_per_layer": info["seconds_per_layer"],
+                     "ms_per_layer_step": 1e3 * info["seconds_per_layer"] / steps,
+                     "loss_first": info["loss_first"], "loss_last": info["loss_last"]})
+    return rows
+
+
+def bench_ig(quick: bool) -> list[dict]:
+    from probe.methods import integrated_gradients
+
+    d, T, steps = (32, 16, 8) if quick else (128, 128, 64)
+    tokens = _corpus_tokens(T)[None]
+    rows = []
+    for name, layout in _every_layout().items():
+        if quick and name != "qrnn-hybrid":
+            continue
+        model = _model(layout, d)
+        if model is None:
+            continue
+        target = int(model(tokens)[0, -1].argmax())
+        t0 = time.perf_counter()
+        res = integrated_gradients(model, tokens, target=target, position=-1, steps=steps)
+        seconds = time.perf_counter() - t0
+        rows.append({"suite": "integrated_gradients", "model": name, "d_model": d, "seq": T, "steps": res.steps,
+                     "quadrature": res.quadrature, "seconds": seconds, "ms_per_token": 1e3 * seconds / T,
+                     "completeness_error": float(res.completeness_error.max())})
+    return rows
 
 
 def bench_patching(quick: bool) -> list[dict]:
@@ -97,6 +171,7 @@ def bench_probing(quick: bool) -> list[dict]:
         if total >= n_tokens:
             break
     rows = []
+    sites = ["resid_post", "state"] if quick else ["resid_post", "mixer_out", "state"]
     for name in (["qrnn-hybrid"] if quick else ["transformer", "qrnn", "mamba"]):
         model = _model(LAYOUTS[name], d)
         if model is None:
@@ -105,14 +180,15 @@ def bench_probing(quick: bool) -> list[dict]:
             box = {}
 
             def collect():
-                box["data"] = collect_activations(model, data, sites=["resid_post", "mixer_out", "state"],
+                box["data"] = collect_activations(model, data, sites=sites,
                                                   path=f"{tmp}/acts", seq_len=256, batch_size=16)
 
             with torch.no_grad():
                 mem = peak_memory(collect)
             acts = box["data"]
             t0 = time.perf_counter()
-            res = fit_probes(acts, [k for k, v in acts.labels.items() if len(np.unique(v)) > 1])
+            labels = [k for k, v in acts.labels.items() if len(np.unique(v)) > 1]
+            res = fit_probes(acts, labels[:1] if quick else labels)
             t_fit = time.perf_counter() - t0
             frame = res.to_frame()
             rows.append({"suite": "probing", "model": name, "d_model": d, "tokens": acts.n_tokens, "rows": len(acts),
@@ -127,7 +203,14 @@ def bench_probing(quick: bool) -> list[dict]:
 
 
 def run(quick: bool = False) -> list[dict]:
-    return bench_patching(quick) + bench_probing(quick)
+    rows = []
+    for part in (bench_lens, bench_ig, bench_patching, bench_probing):
+        try:
+            rows += part(quick)
+        except Exception as exc:  # one failing method must not hide the others' numbers
+            rows.append({"suite": part.__name__.removeprefix("bench_"),
+                         "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
+    return rows
 
 
 if __name__ == "__main__":
