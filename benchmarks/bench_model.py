@@ -70,7 +70,7 @@ def measure(model: probe.HookedLM, batch: int, T: int, device: str, repeats: int
                 continue
             seconds = timeit(fn, repeats=repeats, warmup=1 if repeats > 1 else 0)
             row[f"{name}_tok_s"] = batch * T / seconds
-            row[f"{name}_peak_mb"] = peak_memory(fn, device) / 2**20
+            row[f"{name}_peak_mb"] = peak_memory(fn, device, collect=repeats > 1) / 2**20
     row["full_cache_over_plain"] = row["plain_tok_s"] / row["full_cache_tok_s"]
     row["state_cache_over_plain"] = row["plain_tok_s"] / row["state_cache_tok_s"]
     return row
@@ -102,7 +102,8 @@ def run(quick: bool = False, device: str | None = None) -> list[dict]:
         plan = [("tiny", 1, 16)]
         repeats = 1
     else:
-        plan = [("tiny", b, T) for b in (1, 8) for T in (256, 1024, 4096)]
+        # batch 1 at four lengths: the growth-with-length plot (benchmarks/scaling.png) is drawn from these
+        plan = [("tiny", b, T) for b in (1, 8) for T in ((256, 1024, 2048, 4096) if b == 1 else (256, 1024, 4096))]
         plan += [("small", 1, T) for T in (256, 1024)]
         plan += [("100M", 1, 256)] + ([("100M", b, T) for b in (1, 8) for T in (1024, 4096)] if device == "cuda" else [])
         repeats = 3

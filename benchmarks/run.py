@@ -1,25 +1,30 @@
 """Run every benchmark suite and write ``results/<device>.json`` plus a markdown table.
 
-    python -m benchmarks.run            # full mode (minutes; on a GPU machine too)
+    python -m benchmarks.run            # full mode: also writes benchmarks/README.md and scaling.png
     python -m benchmarks.run --quick    # seconds: checks the suites run and write valid output
 
 Each suite is a module ``benchmarks/bench_*.py`` with ``run(quick: bool) -> list[dict]``;
 every row carries its own reference measurement from the same run, so ratios are
 comparable even when the machine's load differs between runs. No timing is asserted.
+The README (targets met or not, tables, the growth-with-length plot, what remains) is
+built by :mod:`benchmarks.report`; ``--readme PATH`` writes it elsewhere (or in quick mode).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import time
 import traceback
 from pathlib import Path
 
 import torch
 
+from benchmarks import report
 from benchmarks.common import machine
 
 HERE = Path(__file__).parent
+#: forward passes per architecture, scan forms, reference implementations, interpretability methods
 SUITES = ["bench_model", "bench_scans", "bench_references", "bench_methods"]
 
 
@@ -28,20 +33,16 @@ def available_suites() -> list[str]:
 
 
 def run_all(quick: bool, suites: list[str] | None = None) -> dict:
-    results = {"machine": machine(), "quick": quick, "suites": {}}
+    results = {"machine": machine(), "quick": quick, "suites": {}, "seconds": {}}
     for name in suites or available_suites():
-        module = importlib.import_module(f"benchmarks.{name}")
+        start = time.perf_counter()
         try:
+            module = importlib.import_module(f"benchmarks.{name}")
             results["suites"][name] = module.run(quick=quick)
         except Exception:  # one failing suite must not hide the others' numbers
             results["suites"][name] = [{"error": traceback.format_exc(limit=3)}]
+        results["seconds"][name] = time.perf_counter() - start
     return results
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v).replace("|", "/").replace("\n", " ")
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -50,7 +51,7 @@ def markdown_table(rows: list[dict]) -> str:
         return "(no rows)"
     cols = list(dict.fromkeys(k for r in rows for k in r))
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    out += ["| " + " | ".join(report.fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(out)
 
 
@@ -69,7 +70,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
     parser.add_argument("--suite", action="append", help="run only this suite (repeatable)")
     parser.add_argument("--out", default=str(HERE / "results"), help="output directory")
+    parser.add_argument("--readme", help="write the README (targets, tables, scaling.png beside it) here; "
+                        "default: benchmarks/README.md in a full run of every suite, none otherwise")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.suite or []) - set(SUITES))
+    if unknown:
+        parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
     results = run_all(args.quick, args.suite)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,6 +84,9 @@ def main(argv: list[str] | None = None) -> Path:
     path.write_text(json.dumps(results, indent=1))
     (out / f"{tag}.md").write_text(to_markdown(results))
     print(f"wrote {path}")
+    readme = args.readme or (None if args.quick or args.suite else str(HERE / "README.md"))
+    if readme:
+        print(f"wrote {report.write(results, Path(readme), results.get('seconds'))}")
     return path
 
 
