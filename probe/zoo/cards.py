@@ -187,7 +187,7 @@ RESULTS = {
     "lens.md": ("Tuned lens vs logit lens (held-out KL to the final distribution, per layer)",
                 "python examples/lens_zoo_table.py --save --markdown probe/zoo/results/lens.md"),
     "methods/tables.md": ("Hidden vs state probes, patching and steering",
-                          "python examples/probe_zoo_table.py --out probe/zoo/results/methods"),
+                          "python examples/probe_zoo_table.py --code-bytes 100000 --fit-rows 6000 --pairs 24 --out probe/zoo/results/methods"),
 }
 
 
