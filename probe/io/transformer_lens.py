@@ -208,6 +208,7 @@ class BridgeAdapter:
     to_str_tokens = HookedLM.to_str_tokens
     to_single_token = HookedLM.to_single_token
     _as_tokens = HookedLM._as_tokens
+    _check_ids = HookedLM._check_ids
     loss = staticmethod(HookedLM.loss)
 
     # -- running -----------------------------------------------------------------------
