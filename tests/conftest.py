@@ -42,18 +42,17 @@ def make_model(arch: str, seed: int = 0, **overrides) -> probe.HookedLM:
     kwargs = dict(vocab_size=257, d_model=32, n_heads=4, layout=layout, mixer_options=opts, d_mlp=64)
     kwargs.update(overrides)
     model = probe.HookedLM(probe.ModelConfig(**kwargs))
-    _randomise(model)
+    randomise(model)
     return model.eval()
 
 
-def _randomise(model: probe.HookedLM) -> None:
-    """Larger random weights than the training init, so every path visibly matters in tests."""
+def randomise(module: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
+    """Add ``N(0, scale^2)`` noise to every parameter of ``module`` (a probe model or a reference
+    implementation): larger random weights than the training init, so every path visibly matters."""
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.add_(torch.randn_like(p) * 0.1)
-            else:
-                p.add_(torch.randn_like(p) * 0.1)
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return module
 
 
 def recurrent_archs() -> list[str]:

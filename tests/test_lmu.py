@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import probe
+from conftest import randomise
+from mixer_checks import assert_gradients_match, assert_segments_match
 from probe.errors import ConfigError
 from probe.lti import LTIMemory, zoh
 from probe.mixers.lmu import legendre_matrices, shifted_legendre
@@ -85,11 +87,7 @@ def _model(layout=("lmu", "lmu"), **opts):
     torch.manual_seed(0)
     cfg = probe.ModelConfig(vocab_size=50, d_model=16, layout=list(layout), d_mlp=32,
                             mixer_options={"lmu": {"order": 6, "theta": 12.0, **opts}})
-    model = probe.HookedLM(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    return model
+    return randomise(probe.HookedLM(cfg).eval(), 0.2)
 
 
 def test_hooks_follow_the_recurrence():
@@ -159,12 +157,7 @@ def test_state_edits_propagate_in_the_fft_regime():
 
 def test_hybrid_with_global_attention():
     model = _model(layout=("lmu", "lmu", "attn"))
-    toks = torch.randint(0, 50, (1, 70), generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        whole = model(toks)
-        first, st = model(toks[:, :50], return_states=True)
-        second = model(toks[:, 50:], states=st)
-    torch.testing.assert_close(torch.cat([first, second], 1), whole, rtol=1e-4, atol=1e-4)
+    assert_segments_match(model, torch.randint(0, 50, (1, 70), generator=torch.Generator().manual_seed(7)), 50)
 
 
 @pytest.mark.parametrize("bad", [{"order": 0}, {"order": 2.5}, {"theta": 0}, {"theta": -3.0}, {"d_u": 0}])
@@ -177,13 +170,4 @@ def test_bad_options_are_named(bad):
 def test_gradients_of_fft_and_recurrent_forms_match():
     model = _model()
     toks = torch.randint(0, 50, (2, 80), generator=torch.Generator().manual_seed(8))
-    grads = []
-    for method in ("fft", "recurrent"):
-        for b in model.blocks:
-            b.mixer.method = method
-        model.zero_grad()
-        model(toks, return_type="loss").backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    for name in grads[0]:
-        assert torch.isfinite(grads[0][name]).all(), name
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-5)
+    assert_gradients_match(model, toks, ("fft", "recurrent"))

@@ -8,6 +8,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import probe
+from conftest import randomise
+from mixer_checks import assert_gradients_match
 from probe.errors import CheckpointError, ConfigError
 from probe.io.convert_mamba import mamba_from_hf
 from probe.mixers import mamba as mamba_module
@@ -22,11 +24,7 @@ def hf_mamba(seed=0, **kw):
     torch.manual_seed(seed)
     args = dict(vocab_size=97, hidden_size=32, state_size=8, num_hidden_layers=2, conv_kernel=4, expand=2)
     args.update(kw)
-    model = MambaForCausalLM(MambaConfig(**args)).eval()
-    with torch.no_grad():  # move every weight off its init so each path matters
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
+    return randomise(MambaForCausalLM(MambaConfig(**args)).eval(), 0.05)  # every weight off its init
 
 
 def _hf_logits(hf, toks):
@@ -182,17 +180,7 @@ def test_bad_config_and_weights_are_named():
 def test_gradients_of_scan_forms_match():
     model = mamba_from_hf(hf_mamba())
     toks = torch.randint(0, 97, (2, 40), generator=torch.Generator().manual_seed(7))
-    grads = []
-    for method in ("auto", "chunked", "sequential", "loop"):  # auto = the fused selective scan
-        for b in model.blocks:
-            b.mixer.method = method
-        model.zero_grad()
-        model(toks, return_type="loss").backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    for name in grads[0]:
-        assert torch.isfinite(grads[0][name]).all(), name
-        for other in grads[1:]:
-            torch.testing.assert_close(grads[0][name], other[name], rtol=1e-3, atol=1e-5)
+    assert_gradients_match(model, toks, ("auto", "chunked", "sequential", "loop"))  # auto = the fused selective scan
 
 
 @pytest.mark.parametrize("checkpoint", [1, 5, 16, 64])

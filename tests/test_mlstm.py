@@ -5,16 +5,15 @@ import torch.nn.functional as F
 
 import probe
 import probe.mixers.mlstm as mlstm_mod
+from conftest import randomise
+from mixer_checks import assert_segments_match
 
 
 def _mixer(seed=0, **options):
     torch.manual_seed(seed)
     opts = {"chunk": 5, **options}
-    model = probe.HookedLM(probe.ModelConfig(d_model=32, n_heads=4, layout=["mlstm"], d_mlp=0,
-                                             mixer_options={"mlstm": opts}))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
+    model = randomise(probe.HookedLM(probe.ModelConfig(d_model=32, n_heads=4, layout=["mlstm"], d_mlp=0,
+                                                       mixer_options={"mlstm": opts})), 0.2)
     return model, model.blocks[0].mixer
 
 
@@ -127,12 +126,8 @@ def test_bad_widths_are_named():
 def _paper_model(seed=0, d_inner=None):
     torch.manual_seed(seed)
     opts = {"layer": "paper", "chunk": 4, "d_inner": d_inner}
-    model = probe.HookedLM(probe.ModelConfig(d_model=16, n_heads=2, layout=["mlstm", "mlstm"], d_mlp=0,
-                                             mixer_options={"mlstm": opts}))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    return model.eval()
+    return randomise(probe.HookedLM(probe.ModelConfig(d_model=16, n_heads=2, layout=["mlstm", "mlstm"], d_mlp=0,
+                                                        mixer_options={"mlstm": opts})), 0.2).eval()
 
 
 def test_paper_layer_keeps_the_contract():
@@ -140,11 +135,7 @@ def test_paper_layer_keeps_the_contract():
     model = _paper_model()
     assert model.blocks[0].mixer.state_shapes()["state_conv"] == (3, 32)
     toks = torch.randint(0, 256, (2, 19), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        whole = model(toks)
-        first, st = model(toks[:, :8], return_states=True)
-        rest = model(toks[:, 8:], states=st)
-    torch.testing.assert_close(torch.cat([first, rest], 1), whole, atol=2e-5, rtol=1e-4)
+    whole = assert_segments_match(model, toks, 8, atol=2e-5, rtol=1e-4)
     # patching every hook_state* at the end of a prefix transfers the run
     other = toks.clone()
     other[:, :8] = torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(1))
@@ -167,9 +158,7 @@ def test_paper_layer_equals_the_xlstm_package_layer():
     torch.manual_seed(0)
     layer = mLSTMLayer(mLSTMLayerConfig(embedding_dim=16, num_heads=2, conv1d_kernel_size=4, qkv_proj_blocksize=4,
                                         proj_factor=2.0, context_length=32)).eval()
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
+    randomise(layer, 0.3)
     model = _paper_model(d_inner=64)  # the package rounds the up-projection up to a multiple of 64
     mx = model.blocks[0].mixer
     sd = layer.state_dict()

@@ -3,15 +3,14 @@ import pytest
 import torch
 
 import probe
+from conftest import randomise
 
 
 def _model(seed=0, d_attn=None):
     torch.manual_seed(seed)
-    model = probe.HookedLM(probe.ModelConfig(d_model=32, layout=["rwkv"], d_mlp=48, norm="layernorm",
-                                             positional="none", mixer_options={"rwkv": {"d_attn": d_attn}}))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
+    cfg = probe.ModelConfig(d_model=32, layout=["rwkv"], d_mlp=48, norm="layernorm", positional="none",
+                            mixer_options={"rwkv": {"d_attn": d_attn}})
+    model = randomise(probe.HookedLM(cfg), 0.2)
     return model, model.blocks[0].mixer
 
 

@@ -4,15 +4,13 @@ import torch
 import torch.nn.functional as F
 
 import probe
+from conftest import randomise
 
 
 def _mixer(seed=0, conv=4):
     torch.manual_seed(seed)
-    model = probe.HookedLM(probe.ModelConfig(d_model=32, n_heads=4, layout=["slstm"], d_mlp=0,
-                                             mixer_options={"slstm": {"conv": conv}}))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
+    model = randomise(probe.HookedLM(probe.ModelConfig(d_model=32, n_heads=4, layout=["slstm"], d_mlp=0,
+                                                       mixer_options={"slstm": {"conv": conv}})), 0.2)
     return model, model.blocks[0].mixer
 
 
@@ -88,9 +86,7 @@ def test_equals_the_xlstm_package_slstm_layer():
     torch.manual_seed(0)
     layer = sLSTMLayer(sLSTMLayerConfig(embedding_dim=32, num_heads=4, conv1d_kernel_size=4, backend="vanilla",
                                         dtype="float32")).eval()
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
+    randomise(layer, 0.3)
     model = probe.from_hf(_wrap_in_lm(xl, layer))
     mx = model.blocks[0].mixer
     x = torch.randn(2, 21, 32)

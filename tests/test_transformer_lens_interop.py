@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import probe
+from conftest import randomise
 
 pytest.importorskip("transformers")
 TEXT = "w1 w2 w3 w7 w9 w4 w4 w2"
@@ -27,9 +28,7 @@ def pair(tmp_path_factory):
                                   eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=64,
                                     bos_token_id=99, eos_token_id=99)).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
+    randomise(hf, 0.2)
     d = tmp_path_factory.mktemp("tiny-gpt2")
     hf.save_pretrained(d)
     tok.save_pretrained(d)

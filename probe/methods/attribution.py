@@ -69,15 +69,39 @@ def _metric_label(model, target: Tensor, contrast: Tensor | None, b: int) -> str
     return label if contrast is None else f"{label} - logit[{name(contrast[b])}]"
 
 
+@dataclass
+class TargetedResult(MethodResult):
+    """What an attribution explains: a logit (difference) at one position of an input.
+
+    Attributes:
+        tokens / str_tokens: the input ``[batch, pos]``; ``position`` the attributed position.
+        target / contrast: ``[batch]`` token ids (``contrast`` None for a plain logit).
+        metric_label: e.g. ``"logit['a'] - logit['b']"`` per batch element.
+    """
+
+    tokens: Tensor
+    str_tokens: list[list[str]]
+    position: int
+    target: Tensor
+    contrast: Tensor | None
+    metric_label: list[str]
+
+
+def _targeted(model, tokens: Tensor, position: int, target: Tensor, contrast: Tensor | None,
+              label_prefix: str = "") -> dict:
+    """The :class:`TargetedResult` fields of a result, as keyword arguments."""
+    return dict(tokens=tokens, str_tokens=inputs.str_tokens(model, tokens), position=position, target=target,
+                contrast=contrast, metric_label=[label_prefix + _metric_label(model, target, contrast, b)
+                                                 for b in range(tokens.shape[0])])
+
+
 # -- direct logit attribution -----------------------------------------------------------
 @dataclass
-class DLAResult(MethodResult):
+class DLAResult(TargetedResult):
     """Direct logit attribution at one position.
 
     Attributes:
-        tokens / str_tokens: the input; ``position`` the attributed position.
-        target / contrast: ``[batch]`` token ids (``contrast`` None for a plain logit).
-        metric_label: e.g. ``"logit['a'] - logit['b']"`` per batch element.
+        tokens, str_tokens, position, target, contrast, metric_label: see :class:`TargetedResult`.
         components: names (``embed``, ``pos_embed``, ``L0 qrnn``, ``L0 mlp``, ..., ``bias``).
         layers: the layer of each component (-1 for embed / bias).
         contributions: ``[component, batch]`` (float64); they sum to ``total``.
@@ -87,12 +111,6 @@ class DLAResult(MethodResult):
             (``{layer: [batch]}``, the attention's output bias, zero without one) they sum to that layer's part.
     """
 
-    tokens: Tensor
-    str_tokens: list[list[str]]
-    position: int
-    target: Tensor
-    contrast: Tensor | None
-    metric_label: list[str]
     components: list[str]
     layers: list[int]
     contributions: Tensor
@@ -246,34 +264,27 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
         if gap > 1e-4 * max(1.0, float(layer_part.abs().max())):
             raise ProbeError(f"Per-head outputs of layer {i} do not sum to its mixer output (gap {gap:.1e}); "
                              "per-head attribution does not apply to this attention. Use per_head=False.")
-    return DLAResult(tokens, inputs.str_tokens(model, tokens), pos, target, contrast,
-                     [("pre-cap " if capped else "") + _metric_label(model, target, contrast, b)
-                      for b in range(tokens.shape[0])],
-                     components, layers, contrib, logit, total, abs_err,
-                     abs_err / logit.abs().clamp_min(1e-12), heads, head_bias)
+    return DLAResult(**_targeted(model, tokens, pos, target, contrast, "pre-cap " if capped else ""),
+                     components=components, layers=layers, contributions=contrib, logit=logit, total=total,
+                     abs_error=abs_err, rel_error=abs_err / logit.abs().clamp_min(1e-12), head_contributions=heads,
+                     head_bias=head_bias)
 
 
 # -- token attribution ---------------------------------------------------------------------
 @dataclass
-class TokenAttributionResult(MethodResult):
+class TokenAttributionResult(TargetedResult):
     """Attribution of a metric to the input tokens.
 
     Attributes:
+        tokens, str_tokens, position, target, contrast, metric_label: see :class:`TargetedResult`.
         method: ``"gradient x input"`` or ``"integrated gradients"``; ``steps`` / ``quadrature``
             for integrated gradients; ``baseline`` a description of the baseline.
-        tokens / str_tokens, position, target, contrast, metric_label: as in :class:`DLAResult`.
         attributions: ``[batch, pos]`` per-token attribution (summed over ``d_model``).
         metric: ``[batch]`` ``f(x)``; ``baseline_metric``: ``[batch]`` ``f(x')``.
         completeness_error: ``[batch]`` ``|sum_s a_s - (f(x) - f(x'))| / |f(x) - f(x')|``.
     """
 
     method: str
-    tokens: Tensor
-    str_tokens: list[list[str]]
-    position: int
-    target: Tensor
-    contrast: Tensor | None
-    metric_label: list[str]
     attributions: Tensor
     metric: Tensor
     baseline_metric: Tensor
@@ -417,9 +428,9 @@ def gradient_x_input(model, input, target=None, contrast=None, position: int = -
     grads, _ = _gradients(model, tokens, x.unsqueeze(0), pos, target, contrast, chunk=1)
     fb = _metric_at(model, tokens, base.unsqueeze(0), pos, target, contrast)
     attr = ((x - base) * grads[0]).sum(-1)
-    return TokenAttributionResult("gradient x input", tokens, inputs.str_tokens(model, tokens), pos, target,
-                                  contrast, [_metric_label(model, target, contrast, b) for b in range(len(tokens))],
-                                  attr.detach(), fx, fb[0], _completeness(attr, fx, fb[0]), desc)
+    return TokenAttributionResult(**_targeted(model, tokens, pos, target, contrast), method="gradient x input",
+                                  attributions=attr.detach(), metric=fx, baseline_metric=fb[0],
+                                  completeness_error=_completeness(attr, fx, fb[0]), baseline=desc)
 
 
 def _metric_at(model, tokens, points: Tensor, pos, target, contrast, chunk: int = 64) -> Tensor:
@@ -511,6 +522,6 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
         if until is None or float(err.max()) < until or 2 * steps > max_steps:
             break
         steps *= 2
-    return TokenAttributionResult("integrated gradients", tokens, inputs.str_tokens(model, tokens), pos, target,
-                                  contrast, [_metric_label(model, target, contrast, b) for b in range(len(tokens))],
-                                  attr.float(), fx, fb, err, desc, alphas.shape[0], method)
+    return TokenAttributionResult(**_targeted(model, tokens, pos, target, contrast), method="integrated gradients",
+                                  attributions=attr.float(), metric=fx, baseline_metric=fb, completeness_error=err,
+                                  baseline=desc, steps=alphas.shape[0], quadrature=method)

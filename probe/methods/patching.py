@@ -204,6 +204,15 @@ def _cache(model, tokens: Tensor, names: list[str]) -> dict[str, Tensor]:
     return found
 
 
+def _sweep_arrays(model, setup: _Setup) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
+    """What both sweeps start from: the clean and the corrupted activations of every patched hook,
+    and the raw metric ``[site, layer, position]`` float64, NaN until a cell is computed."""
+    names = setup.names()
+    src, ref = _cache(model, setup.clean, names), _cache(model, setup.corrupted, names)
+    raw = torch.full((len(setup.sites), len(setup.layers), len(setup.positions)), float("nan"), dtype=torch.float64)
+    return src, ref, raw
+
+
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -433,11 +442,9 @@ def activation_patching(model, clean, corrupted, answer=None, contrast=None, *, 
         raise InputError(f"alpha must be a finite number (1: the clean value), got {alpha!r}.")
     setup = _prepare(model, clean, corrupted, answer, contrast, metric, sites, layers, positions, answer_position,
                      normalize, prepend_bos)
-    names = setup.names()
-    src, ref = _cache(model, setup.clean, names), _cache(model, setup.corrupted, names)
+    src, ref, raw = _sweep_arrays(model, setup)
     B = setup.batch
     _check_max_batch(max_batch, B)
-    raw = torch.full((len(setup.sites), len(setup.layers), len(setup.positions)), float("nan"), dtype=torch.float64)
     passes = 2
     for i, site in enumerate(setup.sites):
         for j, layer in enumerate(setup.layers):
@@ -501,10 +508,8 @@ def attribution_patching(model, clean, corrupted, answer=None, contrast=None, *,
     start = time.perf_counter()
     setup = _prepare(model, clean, corrupted, answer, contrast, metric, sites, layers, positions, answer_position,
                      normalize, prepend_bos)
-    names = setup.names()
-    src, ref = _cache(model, setup.clean, names), _cache(model, setup.corrupted, names)
-    diff = {n: (src[n] - ref[n]) for n in names}
-    raw = torch.full((len(setup.sites), len(setup.layers), len(setup.positions)), float("nan"), dtype=torch.float64)
+    src, ref, raw = _sweep_arrays(model, setup)
+    diff = {n: (src[n] - ref[n]) for n in src}
     direct = {key: h for key, h in setup.hooks.items() if h and not any(S.needs_forcing(model, n) for n in h)}
     forced = {key: h for key, h in setup.hooks.items() if h and key not in direct}
     passes = 2

@@ -253,12 +253,7 @@ class ProbeResult(MethodResult):
         """Score vs layer, one line per site (solid) and its control task (dotted)."""
         import plotly.graph_objects as go
 
-        df = self.frame
-        labels = list(dict.fromkeys(df["label"]))
-        label = labels[0] if label is None else label
-        if label not in labels:
-            raise InputError(f"No probes for label {label!r}; labels: {labels}.")
-        part = df[df["label"] == label]
+        label, part = _rows_of_label(self.frame, label)
         fig = go.Figure()
         for site, rows in part.groupby("site", sort=False):
             rows = rows.sort_values("layer")
@@ -273,6 +268,15 @@ class ProbeResult(MethodResult):
         fig.update_layout(title=f"Linear probes for {label!r} ({self.model or 'model'}): held-out {name}",
                           xaxis_title="layer", yaxis_title=name, **layout)
         return fig
+
+
+def _rows_of_label(frame, label: str | None):
+    """``(label, rows of frame with that label)``; ``None`` picks the first label."""
+    labels = list(dict.fromkeys(frame["label"]))
+    label = labels[0] if label is None else label
+    if label not in labels:
+        raise InputError(f"No probes for label {label!r}; labels: {labels}.")
+    return label, frame[frame["label"] == label]
 
 
 def hidden_vs_state(results):
@@ -316,12 +320,7 @@ def hidden_vs_state_figure(results, label: str | None = None, **layout):
     """
     import plotly.graph_objects as go
 
-    table = hidden_vs_state(results)
-    labels = list(dict.fromkeys(table["label"]))
-    label = labels[0] if label is None else label
-    if label not in labels:
-        raise InputError(f"No probes for label {label!r}; labels: {labels}.")
-    part = table[table["label"] == label]
+    label, part = _rows_of_label(hidden_vs_state(results), label)
     fig = go.Figure()
     for kind in ("hidden", "state"):
         fig.add_trace(go.Bar(x=part["model"], y=part[kind], name=kind, text=part[f"{kind}_site"],
