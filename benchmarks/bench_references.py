@@ -191,6 +191,8 @@ def measure_mamba(size: str, batch: int, T: int, repeats: int, device: str) -> d
             row["tl_logits_max_abs_diff"] = (tl_logits - logits).abs().max().item()
             row["state_max_abs_diff"] = max((tl_states[i] - cache[name]).abs().max().item()
                                             for i, name in enumerate(state_names))
+            row["state_max_rel_diff"] = max(((tl_states[i] - cache[name]).abs().max() / cache[name].abs().max()).item()
+                                            for i, name in enumerate(state_names))  # per layer, to its largest state
             runs["tl_state_cache"] = lambda: bridge_states(bridge, toks)
         del cache, logits
         for name, seconds in interleaved(runs, repeats).items():
