@@ -1,10 +1,11 @@
 """Direct logit attribution and token attribution (gradient x input, integrated gradients).
 
-    python examples/attribution.py [zoo-name] [--out DIR]
+    python examples/attribution.py [zoo-name] [--steps N] [--out DIR]
 
 Explains the model's top next-token prediction at the end of a code snippet: which layers wrote
 it (with the final norm's scale frozen, the parts sum to the logit) and which input tokens it
-depends on (integrated gradients with the completeness error reported).
+depends on (integrated gradients with --steps quadrature points, default 64, and the
+completeness error reported).
 """
 import argparse
 from pathlib import Path
@@ -17,6 +18,7 @@ TEXT = "for i in range(10):\n    print(i"
 
 p = argparse.ArgumentParser()
 p.add_argument("model", nargs="?")
+p.add_argument("--steps", type=int, default=64, help="integrated-gradients quadrature points")
 p.add_argument("--out", default="attribution_out")
 args = p.parse_args()
 model = example_model(args.model)
@@ -30,9 +32,9 @@ print(dla.to_frame()[["component", "contribution"]].to_string(index=False))
 dla.figure(heads=True).write_html(out / "dla.html")
 
 gxi = gradient_x_input(model, TEXT, target=int(dla.target[0]))
-ig = integrated_gradients(model, TEXT, target=int(dla.target[0]), steps=64)
+ig = integrated_gradients(model, TEXT, target=int(dla.target[0]), steps=args.steps)
 print(f"gradient x input completeness error {float(gxi.completeness_error[0]):.1%}; "
-      f"integrated gradients (64 steps) {float(ig.completeness_error[0]):.2%}")
+      f"integrated gradients ({args.steps} steps) {float(ig.completeness_error[0]):.2%}")
 print(ig.to_frame()[["position", "token", "attribution"]].tail(12).to_string(index=False))
 ig.figure().write_html(out / "integrated_gradients.html")
 print(f"figures in {out}/")

@@ -6,6 +6,10 @@ The notebooks are kept as code here so that a change is reviewable as a diff; ru
 editing a cell and commit both. tests/test_notebooks.py executes every notebook.
 Each notebook runs on a zoo model when one is shipped, else on small random models (the
 numbers then mean nothing, but every call is the real one).
+
+A notebook whose run time depends on sizes (training steps, number of examples) sets them in
+one cell tagged ``parameters`` (papermill's convention) with defaults meant for a reader;
+``SMALL`` below holds the smaller values tests/test_notebooks.py injects after that cell.
 """
 from __future__ import annotations
 
@@ -38,6 +42,13 @@ def md(text: str):
 
 def code(text: str):
     return new_code_cell(text.strip("\n"))
+
+
+def parameters(text: str):
+    """The cell of sizes a test may override (tagged ``parameters``; see ``SMALL``)."""
+    cell = code(text)
+    cell.metadata["tags"] = ["parameters"]
+    return cell
 
 
 QUICKSTART = [
@@ -140,14 +151,20 @@ distribution). We compare both across the zoo (or across small random transforme
 when no zoo is shipped): how early does each architecture "know" its prediction?
 """),
     code(LOAD),
-    code('''from probe.methods import TunedLens, compare_lenses, logit_lens
+    parameters('''N_MODELS = 3          # zoo models to compare
+STEPS = 150           # tuned-lens training steps per model (8 windows of SEQ_LEN tokens each)
+SEQ_LEN = 128         # tokens per window
+HELD_OUT_WINDOWS = 16 # held-out windows per model for the comparison'''),
+    code('''from probe.data.code_corpus import stdlib_stream
+from probe.methods import TunedLens, compare_lenses, logit_lens
 
-names = probe.zoo_names()[:3]
+names = probe.zoo_names()[:N_MODELS]
 models = [load_model(n) for n in names] if names else [load_model(layout=l) for l in
-                                                      (("attn", "attn"), ("qrnn", "qrnn"), ("lstm", "lstm"))]
+                                                      (("attn", "attn"), ("qrnn", "qrnn"), ("lstm", "lstm"))][:N_MODELS]
+# the zoo trains on the stdlib "train" split: fit lenses on "val", compare them on "test"
+train, held_out = stdlib_stream("val"), stdlib_stream("test")
 [m.cfg.name for m in models]'''),
     code('''TEXT = "def add(a, b):\\n    return a + b\\n"
-corpus = TEXT * 40   # a real run would use probe.data.code_corpus or probe.data.text_corpus
 
 res = logit_lens(models[0], TEXT)
 res.to_frame()'''),
@@ -155,24 +172,26 @@ res.to_frame()'''),
     md("""
 ## Tuned lens per model
 
-A few dozen steps on a small corpus here; `lens.save()` / `TunedLens.load(model)` keep one next to the model.
+Each lens is trained on the `val` split and scored on held-out `test` windows by `compare_lenses`:
+mean `KL(final || lens)` per layer for the logit lens and the tuned lens. `lens.save()` /
+`TunedLens.load(model)` keep a lens next to its model.
 """),
     code('''import pandas as pd
 
-rows = []
+lenses, rows = {}, []
 for m in models:
-    plain = logit_lens(m, TEXT).to_frame().assign(lens="logit")
-    lens = TunedLens(m).fit(m, corpus, steps=20, seq_len=32, batch_size=4)
-    tuned = lens.run(m, TEXT).to_frame().assign(lens="tuned")
-    rows.append(pd.concat([plain, tuned]).assign(model=m.cfg.name))
+    lens = TunedLens(m).fit(m, train, steps=STEPS, seq_len=SEQ_LEN, batch_size=8)
+    lenses[m.cfg.name] = lens
+    scores = compare_lenses(m, lens, held_out, seq_len=SEQ_LEN, max_windows=HELD_OUT_WINDOWS)
+    rows.append(scores.assign(model=m.cfg.name))
 table = pd.concat(rows)
-table.head(12)'''),
-    code('''kl_col = [c for c in table.columns if "kl" in c.lower()][0]
-table.pivot_table(index=["model", "layer"], columns="lens", values=kl_col)'''),
+table.pivot_table(index=["model", "layer", "label"], values=["kl_logit", "kl_tuned"])'''),
     md("""
-`compare_lenses` scores a fitted lens against the logit lens on held-out windows:
+Where the tuned lens has the lower held-out KL (Paulo et al. 2024 report it wins on Mamba and RWKV as on
+transformers):
 """),
-    code('''compare_lenses(models[-1], lens, corpus, seq_len=32, max_windows=4)'''),
+    code('''table.groupby("model")["tuned_better"].agg(["sum", "count"])'''),
+    code('''lenses[models[0].cfg.name].run(models[0], TEXT).figure()'''),
 ]
 
 MEMORY = [
@@ -185,12 +204,13 @@ every `hook_state*` of the layer, i.e. the whole memory after the token). **Memo
 past positions each position reads from.
 """),
     code(LOAD),
+    parameters('''N_SENTENCES = 200     # agreement sentences to probe on'''),
     code('''from probe.data.tasks import get_task
 from probe.methods import collect_activations, fit_probes, hidden_vs_state, memory_map
 
 model = load_model(layout=("qrnn", "lstm"))
 task = get_task("agreement")
-examples = task.examples(40, seed=1)
+examples = task.examples(N_SENTENCES, seed=1)
 print(examples[0].text, examples[0].labels["number"][:3])'''),
     md("""
 ## Probes on hidden vs state
@@ -393,6 +413,12 @@ print("pattern", tuple(cache_a["blocks.1.mixer.hook_pattern"].shape))'''),
     code('''print("logit lens KL per layer, bridge:   ", logit_lens(adapter, TEXT).kl.mean(-1).flatten().tolist())
 print("logit lens KL per layer, converted:", logit_lens(converted, TEXT).kl.mean(-1).flatten().tolist())'''),
 ]
+
+#: smaller sizes for the tests, injected after a notebook's ``parameters`` cell
+SMALL = {
+    "02_lens.ipynb": "N_MODELS = 2\nSTEPS = 3\nSEQ_LEN = 32\nHELD_OUT_WINDOWS = 2",
+    "03_state_memory.ipynb": "N_SENTENCES = 24",
+}
 
 NOTEBOOKS = {
     "01_quickstart.ipynb": QUICKSTART,

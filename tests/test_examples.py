@@ -1,8 +1,11 @@
 """Every examples/*.py runs as a script (a subprocess, small arguments) and prints what it promises.
 
 Each entry: the arguments that keep the run short, and strings its output must contain. A new example
-must be added here (the first test fails otherwise), so none goes untested.
+must be added here (the first test fails otherwise), so none goes untested. The scripts run with one
+intra-op thread (as the rest of the suite: on a busy machine torch's threads wait on each other) and
+with ``PROBE_STDLIB_STREAMS`` pointing at stdlib splits of two files each.
 """
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +17,10 @@ EXAMPLES = ROOT / "examples"
 
 # script -> (arguments; {out} is a temporary directory, output must contain every string in expect)
 RUNS = {
-    "attribution.py": (["--out", "{out}"], ["parts sum to", "completeness error"]),
-    "logit_lens.py": (["--out", "{out}"], ["tuned lens trained in"]),
-    "memory_map.py": (["--out", "{out}"], ["reconstruction_error", "figures in"]),
+    "attribution.py": (["--steps", "8", "--out", "{out}"], ["parts sum to", "completeness error"]),
+    "logit_lens.py": (["--steps", "3", "--seq-len", "32", "--windows", "2", "--out", "{out}"],
+                      ["tuned lens trained in", "held-out KL"]),
+    "memory_map.py": (["--text", "x = [1, 2]\nx[0]", "--out", "{out}"], ["reconstruction_error", "figures in"]),
     "patching.py": (["--sites", "state", "--out", "{out}"], ["clean", "pearson", "state"]),
     "probing.py": (["--n", "24", "--out", "{out}"], ["hidden vs state", "number"]),
     "steering.py": (["--tokens", "0"], ["coefficient", "resid_pre"]),
@@ -28,6 +32,17 @@ SKIP = {
     "lens_zoo_table.py": "trains a tuned lens per zoo model and layer (minutes); lens_table is tested in test_lens.py",
     "probe_zoo_table.py": "probes every zoo model (minutes)",
 }
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """The subprocesses' environment: one thread, small stdlib splits."""
+    from probe.data.code_corpus import CodeCorpus
+
+    streams = tmp_path_factory.mktemp("streams")
+    for split in ("val", "test"):
+        CodeCorpus(split, max_files=2).stream().save(streams / f"stdlib-{split}.safetensors")
+    return dict(os.environ, PROBE_STDLIB_STREAMS=str(streams), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
 def scripts() -> list[str]:
@@ -42,12 +57,12 @@ def test_every_example_is_run_here():
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("script", [s for s in RUNS if (EXAMPLES / s).exists()])
-def test_example_runs(script, tmp_path):
+def test_example_runs(script, tmp_path, env):
     args, expect = RUNS[script]
     if script.startswith("import_"):
         pytest.importorskip("transformers")
     cmd = [sys.executable, str(EXAMPLES / script)] + [a.format(out=tmp_path / "out") for a in args]
-    run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
     assert run.returncode == 0, f"{script} failed:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}"
     for text in expect:
         assert text in run.stdout, f"{script} output lacks {text!r}:\n{run.stdout[-2000:]}"
