@@ -232,6 +232,26 @@ def markdown_steering(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def tables_markdown(out: dict) -> str:
+    """The markdown of the tables present in ``out`` (frames keyed probe_summary, patching,
+    patching_agreement, steering; e.g. concatenated from several runs' CSV files)."""
+    text = []
+    if "probe_summary" in out:
+        text += ["### Linear probes: best layer, hidden vs state (held-out score; control selectivity)", "",
+                 markdown_probes(out["probe_summary"]), ""]
+    if "patching" in out:
+        text += ["### Activation patching: share of the clean answer restored", "", markdown_patching(out["patching"]), ""]
+    if "patching_agreement" in out:
+        wide = out["patching_agreement"].pivot(index="model", columns="site", values="pearson")
+        text += ["### Attribution vs activation patching: Pearson r over the cells above, per site", "",
+                 "| model | " + " | ".join(wide.columns) + " |", "|---|" + "---:|" * len(wide.columns)]
+        text += [f"| {m} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for m, row in wide.iterrows()] + [""]
+    if "steering" in out:
+        text += ["### Steering with the agreement direction: change of logit('a') - logit('i')", "",
+                 markdown_steering(out["steering"]), ""]
+    return "\n".join(text)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="*", help="zoo:NAME or checkpoint directories (default: every zoo model)")
@@ -279,29 +299,17 @@ def run(args) -> dict:
             frames["steering"].append(steering_table(name, model, args.pairs))
         print(f"  done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     out = {k: pd.concat(v, ignore_index=True) for k, v in frames.items() if v}
-    text = []
     if "probes" in out:
         out["probe_summary"] = probe_summary(out["probes"])
-        text += ["### Linear probes: best layer, hidden vs state (held-out score; control selectivity)", "",
-                 markdown_probes(out["probe_summary"]), ""]
-    if "patching" in out:
-        text += ["### Activation patching: share of the clean answer restored", "", markdown_patching(out["patching"]), ""]
-    if "patching_agreement" in out:
-        wide = out["patching_agreement"].pivot(index="model", columns="site", values="pearson")
-        text += ["### Attribution vs activation patching: Pearson r over the cells above, per site", "",
-                 "| model | " + " | ".join(wide.columns) + " |", "|---|" + "---:|" * len(wide.columns)]
-        text += [f"| {m} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for m, row in wide.iterrows()] + [""]
-    if "steering" in out:
-        text += ["### Steering with the agreement direction: change of logit('a') - logit('i')", "",
-                 markdown_steering(out["steering"]), ""]
-    print("\n".join(text))
+    text = tables_markdown(out)
+    print(text)
     if args.out:
         path = Path(args.out)
         path.mkdir(parents=True, exist_ok=True)
         for k, df in out.items():
             df.to_csv(path / f"{k}.csv", index=False)
-        (path / "tables.md").write_text("\n".join(text))
-    out["markdown"] = "\n".join(text)
+        (path / "tables.md").write_text(text)
+    out["markdown"] = text
     return out
 
 

@@ -14,6 +14,7 @@ TEXT = "def area(radius):\n    return 3.14159 * radius ** 2\n"
 IG_KNOWN_MISSES = {
     "lstm": "0.30 at 64 steps; integrated_gradients(..., until=0.01) gets there at ~1024 steps",
     "rwkv": "7.1e-2 still at 256 steps",
+    "xlstm": "0.46 still at 256 steps",
 }
 
 

@@ -13,7 +13,7 @@ from probe.data.code_corpus import CodeCorpus, stdlib_stream
 from probe.errors import CheckpointError, ConfigError
 from probe.evaluate import evaluate_bpb
 from probe.loading import ZOO_DIR, zoo_names
-from probe.zoo.cards import EVAL_SEQ_LEN, QUICK, read_card, render_readme, task_metrics, zoo_cards
+from probe.zoo.cards import EVAL_SEQ_LEN, QUICK, not_learned, read_card, render_readme, task_metrics, zoo_cards
 from probe.zoo.recipes import PARAM_TOLERANCE, RECIPES, TARGET_PARAMS, TRAIN, get_recipe
 
 SHIPPED = zoo_names()
@@ -84,8 +84,8 @@ def test_shipped_model_loads_and_reproduces_its_card(name, val_stream):
         assert pairs[task] == pytest.approx(quick["minimal_pairs"][task], abs=0.05), task
     # it learned: far below the unigram baseline, and the tasks beyond chance
     assert card["val_bpb"] < card["unigram_bpb"] - 2.0
-    for task in ("induction", "brackets"):
-        assert card["tasks"][task]["pair_accuracy"] > 0.75, task
+    for task in ("induction", "brackets"):  # beyond chance by 3 binomial SE, the README's criterion
+        assert task not in not_learned(card), (task, card["tasks"][task])
     assert card["tasks"]["agreement"]["pair_accuracy"] > 0.55
     assert card["minimal_pairs"]["agreement"] > 0.55
 
