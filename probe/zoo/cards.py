@@ -153,8 +153,10 @@ minimal pairs: share of agreement pairs ("the key to the cabinets is/are ...") w
 good sentence has the higher log-probability (chance 0.5). Train time is the wall time of
 the optimisation steps on the hardware named (CPU runs shared a busy 2-core machine with
 other jobs, so their times are upper bounds). The CPU time column is what retraining takes on
-2 CPU threads of an idle machine: one training step measured there (`probe zoo card
---cpu-timing`) times the recipe's steps.
+2 CPU threads: one training step measured (`probe zoo card --cpu-timing`) times the recipe's
+steps; the shipped numbers were measured while another job shared the 2 cores, so they are
+upper bounds (on the idle machine at the start of that session: transformer 10.2, lstm 7.5,
+qrnn 9.9, lmu 11.4, hgrn2 17.3, rwkv 15.7, xlstm 29.4 min; mamba 52 min with the fused scan).
 
 """
 
