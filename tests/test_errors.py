@@ -44,3 +44,26 @@ def test_save_overwrites_atomically(tmp_path):
     loaded = probe.load(tmp_path / "m")
     assert torch.equal(loaded(tokens(1, 4)), b(tokens(1, 4)))
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_saved_files_are_readable_per_umask_and_lens_saves_atomically(tmp_path):
+    """safetensors and tempfile create private files (0600 / 0700); saved checkpoints and tuned
+    lenses get the process umask's permissions instead, and a lens save leaves no temporary file."""
+    import os
+    import stat
+
+    from probe.io.checkpoint import default_mode
+    from probe.methods import TunedLens
+
+    model = make_model("qrnn", seed=0)
+    model.save(tmp_path / "m")
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    assert mode(tmp_path / "m") == default_mode(directory=True)
+    assert {mode(p) for p in (tmp_path / "m").iterdir()} == {default_mode()}
+    lens = TunedLens(model)
+    lens.save(tmp_path / "m")
+    assert {mode(p) for p in (tmp_path / "m").iterdir()} == {default_mode()}
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json", "model.safetensors", "tuned_lens.json", "tuned_lens.safetensors"]
+    again = TunedLens.load(tmp_path / "m", model)
+    assert torch.equal(again.weight, lens.weight)

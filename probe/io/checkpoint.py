@@ -25,6 +25,30 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 FORMAT_VERSION = 1
 
 
+def default_mode(directory: bool = False) -> int:
+    """The permissions a new file (or directory) gets under the process umask: safetensors and
+    ``tempfile`` create private (0600 / 0700) ones, which other users could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def write_atomically(target: str | Path, write) -> Path:
+    """Call ``write(tmp_path)`` for a temporary file beside ``target``, then rename it onto
+    ``target`` (readers never see a half-written file; a failed write leaves ``target`` as it was)."""
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target
+
+
 def save_model(model, path: str | Path, dtype: torch.dtype | None = None, meta: dict[str, Any] | None = None) -> Path:
     """Save ``model`` (a HookedLM) to directory ``path``; ``dtype`` e.g. ``torch.float16`` to shrink it."""
     path = Path(path)
@@ -36,6 +60,8 @@ def save_model(model, path: str | Path, dtype: torch.dtype | None = None, meta: 
     try:
         save_file(tensors, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
+        os.chmod(tmp / WEIGHTS_FILE, default_mode())
+        os.chmod(tmp, default_mode(directory=True))
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():

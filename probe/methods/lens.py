@@ -364,6 +364,8 @@ class TunedLens(nn.Module):
         (default: the directory ``model`` was loaded from). Returns the directory."""
         from safetensors.torch import save_file
 
+        from probe.io.checkpoint import write_atomically
+
         if path is None:
             if model is None:
                 raise InputError("Give a directory (lens.save(path)) or the model to save beside (model=...).")
@@ -373,9 +375,10 @@ class TunedLens(nn.Module):
         info = {k: v for k, v in self.train_info.items() if k != "losses"}
         payload = {"format": LENS_FORMAT, "version": 1, "d_model": self.d_model, "n_layers": self.n_layers,
                    "model_fingerprint": self.fingerprint, "model_config": self.model_config, "train": info}
-        save_file({"weight": self.weight.detach().float().cpu().contiguous(),
-                   "bias": self.bias.detach().float().cpu().contiguous()}, str(path / LENS_WEIGHTS))
-        (path / LENS_CONFIG).write_text(json.dumps(payload, indent=2, sort_keys=True))
+        tensors = {"weight": self.weight.detach().float().cpu().contiguous(),
+                   "bias": self.bias.detach().float().cpu().contiguous()}
+        write_atomically(path / LENS_WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
+        write_atomically(path / LENS_CONFIG, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=True)))
         return path
 
     @classmethod
