@@ -77,24 +77,25 @@ class _SelectiveScan(torch.autograd.Function):
         d_A = torch.zeros_like(kept[0])  # per batch element; summed at the end
         G = grad_last.clone() if grad_last is not None else torch.zeros_like(kept[0])
         a_next = torch.ones_like(G)  # a_{t+1}; G already holds the gradient from beyond T-1
-        a, q = torch.empty_like(G), torch.empty_like(G)
+        q = torch.empty_like(G)
         for seg in range((T - 1) // K, -1, -1):
             t0, t1 = seg * K, min(T, seg * K + K)
             states = [kept[seg]]  # states[i] = s_{t0 + i - 1}
+            decays = []  # decays[i] = a_{t0 + i}, kept from the recomputation for the adjoint pass
             s = kept[seg].clone()
             for t in range(t0, t1):
-                states.append(_advance(s, _decay(dt_[t], A, a), v_[t], B_[t]).clone())
+                decays.append(_decay(dt_[t], A, torch.empty_like(s)))
+                states.append(_advance(s, decays[-1], v_[t], B_[t]).clone())
             for t in range(t1 - 1, t0 - 1, -1):
-                s_t, s_prev = states[t - t0 + 1], states[t - t0]
+                s_t, s_prev, a = states[t - t0 + 1], states[t - t0], decays[t - t0]
                 G.mul_(a_next).addcmul_(g_[t].unsqueeze(-1), C_[t].unsqueeze(1))
                 torch.bmm(g_[t].unsqueeze(1), s_t, out=d_C[t].unsqueeze(1))
                 torch.bmm(v_[t].unsqueeze(1), G, out=d_B[t].unsqueeze(1))
                 torch.bmm(G, B_[t].unsqueeze(-1), out=d_v[t].unsqueeze(-1))
-                _decay(dt_[t], A, a)
                 torch.mul(G, s_prev, out=q).mul_(a)
                 torch.sum(q * A, dim=-1, out=d_dt[t])
                 d_A.addcmul_(q, dt_[t].unsqueeze(-1))
-                a_next, a = a, a_next
+                a_next = a
         grad_h0 = G * a_next
         back = lambda x: x.transpose(0, 1)  # noqa: E731
         return back(d_dt), d_A.sum(0), back(d_B), back(d_C), back(d_v), grad_h0, None
