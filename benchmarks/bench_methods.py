@@ -56,6 +56,16 @@ def _model(layout, d_model):
     return model
 
 
+def _benchmarked_models(quick: bool, d_model: int):
+    """``(name, model)`` for every layout whose mixers are registered (quick mode: qrnn-hybrid only)."""
+    for name, layout in _every_layout().items():
+        if quick and name != "qrnn-hybrid":
+            continue
+        model = _model(layout, d_model)
+        if model is not None:
+            yield name, model
+
+
 def _every_layout() -> dict[str, list[str]]:
     from probe.mixers import MIXERS
 
@@ -83,12 +93,7 @@ def bench_lens(quick: bool) -> list[dict]:
     d, steps, batch, seq = (32, 3, 2, 32) if quick else (128, 40, 8, 128)
     stream = _corpus_tokens(4_000 if quick else 200_000)
     rows = []
-    for name, layout in _every_layout().items():
-        if quick and name != "qrnn-hybrid":
-            continue
-        model = _model(layout, d)
-        if model is None:
-            continue
+    for name, model in _benchmarked_models(quick, d):
         lens = TunedLens(model).fit(model, stream, steps=steps, batch_size=batch, seq_len=seq, warmup=min(20, steps))
         info = lens.train_info
         rows.append({"suite": "tuned_lens", "model": name, "d_model": d, "layers": model.cfg.n_layers,
@@ -105,12 +110,7 @@ def bench_ig(quick: bool) -> list[dict]:
     d, T, steps = (32, 16, 8) if quick else (128, 128, 64)
     tokens = _corpus_tokens(T)[None]
     rows = []
-    for name, layout in _every_layout().items():
-        if quick and name != "qrnn-hybrid":
-            continue
-        model = _model(layout, d)
-        if model is None:
-            continue
+    for name, model in _benchmarked_models(quick, d):
         target = int(model(tokens)[0, -1].argmax())
         t0 = time.perf_counter()
         res = integrated_gradients(model, tokens, target=target, position=-1, steps=steps)

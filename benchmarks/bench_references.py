@@ -122,6 +122,16 @@ def interleaved(runs: dict, repeats: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _time_runs(row: dict, runs: dict, repeats: int, tokens: int, device: str) -> None:
+    """Add each run's tokens/s and peak memory to ``row``, and the two ratios every table reports."""
+    for name, seconds in interleaved(runs, repeats).items():
+        row[f"{name}_tok_s"] = tokens / seconds
+    for name, fn in runs.items():
+        row[f"{name}_peak_mb"] = peak_memory(fn, device) / 2**20
+    row["plain_time_ratio"] = row["ref_plain_tok_s"] / row["ours_plain_tok_s"]
+    row["full_cache_over_plain"] = row["ours_plain_tok_s"] / row["ours_full_cache_tok_s"]
+
+
 def measure(arch: str, d: int, n: int, batch: int, T: int, repeats: int, device: str) -> dict:
     torch.manual_seed(0)
     ref = REFERENCES[arch](d, n).to(device).eval()
@@ -140,12 +150,7 @@ def measure(arch: str, d: int, n: int, batch: int, T: int, repeats: int, device:
         if arch == "gpt2":  # the bridge wraps (rewrites) the model it boots on: give it its own copy
             bridge = _bridge(copy.deepcopy(ref))
             runs["tl_full_cache"] = lambda: bridge.run_with_cache(toks)[0]
-        for name, seconds in interleaved(runs, repeats).items():
-            row[f"{name}_tok_s"] = batch * T / seconds
-        for name, fn in runs.items():
-            row[f"{name}_peak_mb"] = peak_memory(fn, device) / 2**20
-    row["plain_time_ratio"] = row["ref_plain_tok_s"] / row["ours_plain_tok_s"]
-    row["full_cache_over_plain"] = row["ours_plain_tok_s"] / row["ours_full_cache_tok_s"]
+        _time_runs(row, runs, repeats, batch * T, device)
     return row
 
 
@@ -232,12 +237,7 @@ def measure_lstm(d: int, batch: int, T: int, repeats: int, device: str) -> dict:
            "batch": batch, "T": T, "params": sum(p.numel() for p in mixer.parameters()), "device": device}
     with torch.no_grad():
         row["logits_max_abs_diff"] = (runs["ref_plain"]() - runs["ours_plain"]()).abs().max().item()
-        for name, seconds in interleaved(runs, repeats).items():
-            row[f"{name}_tok_s"] = batch * T / seconds
-        for name, fn in runs.items():
-            row[f"{name}_peak_mb"] = peak_memory(fn, device) / 2**20
-    row["plain_time_ratio"] = row["ref_plain_tok_s"] / row["ours_plain_tok_s"]
-    row["full_cache_over_plain"] = row["ours_plain_tok_s"] / row["ours_full_cache_tok_s"]
+        _time_runs(row, runs, repeats, batch * T, device)
     return row
 
 
