@@ -25,6 +25,10 @@ checkpoint, and runs the adjoint recurrence within it. With ``G_t = dL/ds_t`` (t
 First derivatives only. Used by :class:`probe.mixers.mamba.Mamba` whenever no state is hooked
 or edited (plain forwards and training); the hooked path builds every state with
 :mod:`probe.scan`, and both are tested equal in values and gradients.
+
+:func:`selective_scan_states` is the same step, without autograd, writing every state straight
+into the ``[batch, T, D, N]`` result: what a state cache needs, and nothing beyond it but one
+``[batch, D, N]`` decay (the blocked scan keeps a block of decays, inputs and states besides).
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["selective_scan"]
+__all__ = ["selective_scan", "selective_scan_states"]
 
 #: positions between two kept states (the backward recomputes at most this many states at once)
 CHECKPOINT = 16
@@ -125,3 +129,29 @@ def selective_scan(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor, h0: T
         return v.new_zeros(batch, 0, D), h0.clone()
     dtype = v.dtype
     return _SelectiveScan.apply(dt, A.to(dtype), B.to(dtype), C.to(dtype), v, h0.to(dtype), int(checkpoint))
+
+
+def selective_scan_states(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor,
+                          h0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y [batch, T, D], s_{T-1} [batch, D, N], states [batch, T, D, N])``, every state kept.
+
+    Arguments as :func:`selective_scan`. No gradients flow (it refuses inputs that need them):
+    state caching under ``torch.no_grad()``. Each state is computed in place in its slot of the
+    result from the previous slot, so the working memory beyond the returned states is one
+    ``[batch, D, N]`` decay.
+    """
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (dt, A, B, C, v, h0)):
+        raise RuntimeError("selective_scan_states does not track gradients; use probe.scan.linear_scan_blocked.")
+    batch, T, D = dt.shape
+    dtype = v.dtype
+    A, B, C, h0 = A.to(dtype), B.to(dtype), C.to(dtype), h0.to(dtype)
+    states = v.new_empty(batch, T, D, A.shape[-1])
+    a = torch.empty_like(h0)
+    prev = h0
+    for t in range(T):
+        s = states[:, t]
+        torch.mul(_decay(dt[:, t], A, a), prev, out=s).addcmul_(v[:, t].unsqueeze(-1), B[:, t].unsqueeze(1))
+        prev = s
+    y = torch.einsum("btdn,btn->btd", states, C)
+    last = states[:, -1].clone() if T else h0.clone()
+    return y, last, states

@@ -203,3 +203,44 @@ def test_fused_selective_scan_gradcheck_and_definition(checkpoint):
     torch.testing.assert_close(last, s[:, -1])
     with pytest.raises(ValueError, match="C has shape"):
         selective_scan(dt, A, B, C[:, :-1], v, h0)
+
+
+def test_state_writing_scan_matches_definition_and_refuses_gradients():
+    """selective_scan_states: every state and output equal to the sequential definition."""
+    from probe.selective_scan import selective_scan_states
+
+    g = torch.Generator().manual_seed(3)
+    b, T, D, N = 3, 19, 5, 4
+    dt = torch.rand(b, T, D, generator=g, dtype=torch.float64)
+    A = -torch.rand(D, N, generator=g, dtype=torch.float64)
+    B, C = (torch.randn(b, T, N, generator=g, dtype=torch.float64) for _ in range(2))
+    v, h0 = torch.randn(b, T, D, generator=g, dtype=torch.float64), torch.randn(b, D, N, generator=g, dtype=torch.float64)
+    y, last, states = selective_scan_states(dt, A, B, C, v, h0)
+    s = linear_scan_sequential(torch.exp(dt[..., None] * A), v[..., None] * B[:, :, None, :], h0)
+    torch.testing.assert_close(states, s)
+    torch.testing.assert_close(y, torch.einsum("btdn,btn->btd", s, C))
+    torch.testing.assert_close(last, s[:, -1])
+    with pytest.raises(RuntimeError, match="does not track gradients"):
+        selective_scan_states(dt.requires_grad_(), A, B, C, v, h0)
+
+
+def test_state_cache_without_gradients_equals_blocked_scan(monkeypatch):
+    """A no-grad state cache takes the state-writing scan; its states and logits equal the
+    blocked scan's (method "sequential")."""
+    import probe.mixers.mamba as mamba_module
+
+    calls = []
+    original = mamba_module.selective_scan_states
+    monkeypatch.setattr(mamba_module, "selective_scan_states", lambda *a: calls.append(1) or original(*a))
+    model = mamba_from_hf(hf_mamba()).double()
+    toks = torch.randint(0, 97, (2, 33), generator=torch.Generator().manual_seed(5))
+    names = [n for n in model.state_hook_names() if n.endswith("hook_state")]
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(toks, names_filter=names)
+        for block in model.blocks:
+            block.mixer.method = "sequential"
+        ref_logits, ref_cache = model.run_with_cache(toks, names_filter=names)
+    assert len(calls) == len(model.blocks)  # the first run only
+    torch.testing.assert_close(logits, ref_logits)
+    for name in names:
+        torch.testing.assert_close(cache[name], ref_cache[name])

@@ -25,9 +25,11 @@ Hooks, in dependency order: ``hook_state_conv``, ``hook_input`` (u, ``[b, pos, d
 Fast path (no state hook, no state edit, ``mixer.method == "auto"``): the selective scan is
 fused step by step (:func:`probe.selective_scan.selective_scan`: no ``[batch, pos, d_inner,
 d_state]`` tensor is ever built, and its backward recomputes states from checkpoints), which is
-how the zoo's Mamba trains on CPU. When ``hook_state`` is active, every state is materialised
-block by block (:func:`probe.scan.linear_scan_blocked`) and edits to it propagate through
-:func:`probe.scan.force_states`. Setting ``mixer.method`` to "chunked", "sequential" or "loop"
+how the zoo's Mamba trains on CPU. When ``hook_state`` is only read without gradients (a state
+cache), the same fused step writes every state straight into the cached tensor
+(:func:`probe.selective_scan.selective_scan_states`). When states are edited or gradients are
+needed, every state is materialised block by block (:func:`probe.scan.linear_scan_blocked`) and
+edits to it propagate through :func:`probe.scan.force_states`. Setting ``mixer.method`` to "chunked", "sequential" or "loop"
 forces the blocked path with that form of the scan (for benchmarks and tests).
 
 Options: ``d_state`` (16), ``d_conv`` (4), ``expand`` (2), ``dt_rank`` (``None``:
@@ -48,7 +50,7 @@ from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.edits import Computation, apply_forcing
 from probe.scan import force_states, linear_scan_blocked
-from probe.selective_scan import selective_scan
+from probe.selective_scan import selective_scan, selective_scan_states
 
 #: positions per block of the selective scan's fast path
 BLOCK = 128
@@ -143,9 +145,12 @@ class Mamba(RecurrentMixer):
             return torch.einsum("btdn,btn->btd", s, C[:, t0:t1])
 
         want = "state" in keep or forced is not None
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (dt, dtu, B, C, A))
         if not want and self.method == "auto":
             ys, last = selective_scan(dt, A, B, C, dtu, state["state"])
             states = None
+        elif forced is None and not needs_grad and self.method == "auto":  # a state cache: no temporaries
+            ys, last, states = selective_scan_states(dt, A, B, C, dtu, state["state"])
         else:
             ys, last, states = linear_scan_blocked(coefficients, x.shape[1], state["state"], readout,
                                                    block=BLOCK, keep_states=want, method=self.method)
