@@ -275,6 +275,9 @@ def machine_lines(results: dict, seconds: dict | None) -> list[str]:
              f"{m.get('loadavg', '?')}", f"- CPU peak memory: {m.get('cpu_memory', '?')}"]
     if seconds:
         lines.append("- suite wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    for suite, run in (results.get("runs") or {}).items():  # a results file merged suite by suite
+        lines.append(f"- {suite}: measured {run.get('date')}, probe commit {run.get('commit', '?')}, load average at "
+                     f"start {run.get('loadavg', '?')}")
     return lines
 
 

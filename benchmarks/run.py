@@ -2,6 +2,7 @@
 
     python -m benchmarks.run            # full mode: also writes benchmarks/README.md and scaling.png
     python -m benchmarks.run --quick    # seconds: checks the suites run and write valid output
+    python -m benchmarks.run --suite bench_model --merge   # re-run one suite, keep the others' rows
 
 Each suite is a module ``benchmarks/bench_*.py`` with ``run(quick: bool) -> list[dict]``;
 every row carries its own reference measurement from the same run, so ratios are
@@ -45,6 +46,15 @@ def run_all(quick: bool, suites: list[str] | None = None) -> dict:
     return results
 
 
+def merge(old: dict, new: dict) -> dict:
+    """``new``'s suites over ``old``'s: the machine and date of each suite are kept in
+    ``runs[suite]`` so a README built from a merged file says when each was measured."""
+    runs = dict(old.get("runs") or {s: old["machine"] for s in old.get("suites", {})})
+    runs.update({s: new["machine"] for s in new["suites"]})
+    return {"machine": new["machine"], "quick": new["quick"], "suites": {**old.get("suites", {}), **new["suites"]},
+            "seconds": {**old.get("seconds", {}), **new["seconds"]}, "runs": runs}
+
+
 def markdown_table(rows: list[dict]) -> str:
     """A GitHub markdown table of ``rows`` (the union of their keys as columns)."""
     if not rows:
@@ -72,19 +82,25 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", default=str(HERE / "results"), help="output directory")
     parser.add_argument("--readme", help="write the README (targets, tables, scaling.png beside it) here; "
                         "default: benchmarks/README.md in a full run of every suite, none otherwise")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other suites' rows of the existing results file (a full run done suite by "
+                        "suite); the README is rewritten from the merged results")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.suite or []) - set(SUITES))
     if unknown:
         parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
-    results = run_all(args.quick, args.suite)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = ("cuda" if torch.cuda.is_available() else "cpu") + ("-quick" if args.quick else "")
     path = out / f"{tag}.json"
+    results = run_all(args.quick, args.suite)
+    if args.merge and path.is_file():
+        results = merge(json.loads(path.read_text()), results)
     path.write_text(json.dumps(results, indent=1))
     (out / f"{tag}.md").write_text(to_markdown(results))
     print(f"wrote {path}")
-    readme = args.readme or (None if args.quick or args.suite else str(HERE / "README.md"))
+    complete = not args.suite or set(results["suites"]) >= set(available_suites())
+    readme = args.readme or (None if args.quick or not complete else str(HERE / "README.md"))
     if readme:
         print(f"wrote {report.write(results, Path(readme), results.get('seconds'))}")
     return path

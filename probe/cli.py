@@ -262,8 +262,32 @@ def run_explore(args) -> int:
     return subprocess.call(cmd)
 
 
+# -- probe bench -----------------------------------------------------------------------
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run.py)",
+                       description="Speed and memory of every architecture and method against the reference "
+                                   "implementations; the same as `python -m benchmarks.run` from the checkout. "
+                                   "Arguments after `--` go to it (e.g. probe bench -- --quick --suite bench_model).")
+    p.add_argument("bench_args", nargs="*", metavar="-- ARGS", help="passed on to benchmarks/run.py")
+    p.set_defaults(func=run_bench)
+
+
+def run_bench(args) -> int:
+    from probe.errors import ConfigError
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "run.py").is_file():
+        raise ConfigError(f"The benchmark suite is not at {root / 'benchmarks'}; it ships with the source checkout "
+                          "(run `probe bench` from an editable install: pip install -e '.[dev]').")
+    sys.path.insert(0, str(root))
+    from benchmarks import run as bench_run
+
+    print(bench_run.main(args.bench_args))
+    return 0
+
+
 #: every subcommand's parser builder, in help order
-COMMANDS = [add_train, add_zoo, add_data, add_explore]
+COMMANDS = [add_train, add_zoo, add_data, add_bench, add_explore]
 
 
 def build_parser() -> argparse.ArgumentParser:

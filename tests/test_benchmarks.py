@@ -46,3 +46,21 @@ def test_targets_are_judged_per_row():
     text = "\n".join(report.remains(results, ev))
     assert "run_with_cache within 1.5x" in text and "gpt2" in text and "mlstm" in text
     assert "4x lighter" in text and "no GPU" in text
+
+
+def test_probe_bench_cli_and_merge(tmp_path, capsys):
+    """`probe bench -- ARGS` runs benchmarks/run.py; --merge keeps the other suites' rows and says
+    when each suite was measured."""
+    from probe.cli import main
+
+    path = tmp_path / "cpu-quick.json"
+    path.write_text(json.dumps({"machine": {"date": "2026-01-01", "commit": "old"}, "quick": True,
+                                "suites": {"bench_scans": [{"suite": "scan", "mixer": "x"}]},
+                                "seconds": {"bench_scans": 1.0}}))
+    assert main(["bench", "--", "--quick", "--suite", "bench_model", "--out", str(tmp_path), "--merge"]) == 0
+    assert str(path) in capsys.readouterr().out
+    data = json.loads(path.read_text())
+    assert set(data["suites"]) == {"bench_scans", "bench_model"}
+    assert data["suites"]["bench_scans"] == [{"suite": "scan", "mixer": "x"}]
+    assert data["runs"]["bench_scans"]["commit"] == "old" and data["runs"]["bench_model"]["date"] != "2026-01-01"
+    assert "bench_scans: measured 2026-01-01" in "\n".join(report.machine_lines(data, None))
