@@ -173,7 +173,8 @@ def test_integrated_gradients_converges_and_baselines():
     errs = [integrated_gradients(model, toks, steps=s).completeness_error.item() for s in (8, 16, 64)]
     assert errs[0] > errs[1] > errs[2] and errs[2] < errs[0] / 10, errs
     # "auto" spacing packs nodes towards the zero baseline, where the pre-norm model changes fastest
-    gl = {sp: integrated_gradients(model, toks, steps=64, method="gausslegendre", spacing=sp).completeness_error.item()
+    gl = {sp: integrated_gradients(model, toks, steps=64, method="gausslegendre", spacing=sp,
+                                   baseline="zero").completeness_error.item()
           for sp in ("auto", "linear")}
     assert gl["auto"] < gl["linear"], gl
     res = integrated_gradients(model, toks, steps=32, baseline="pad", contrast=9)
@@ -185,8 +186,12 @@ def test_integrated_gradients_converges_and_baselines():
     custom = integrated_gradients(model, toks, steps=8, baseline=torch.zeros(10, model.cfg.d_model))
     zero = integrated_gradients(model, toks, steps=8, baseline="zero")
     torch.testing.assert_close(custom.attributions, zero.attributions)
+    mean = integrated_gradients(model, toks, steps=64)  # the default baseline: the mean embedding
+    assert mean.baseline.startswith("mean") and float(mean.completeness_error) < 0.01
+    torch.testing.assert_close(mean.baseline_metric, integrated_gradients(
+        model, toks, steps=8, baseline=model.W_E.detach().mean(0).expand(10, -1)).baseline_metric)
     with pytest.raises(InputError, match="Unknown baseline"):
-        integrated_gradients(model, toks, baseline="mean")
+        integrated_gradients(model, toks, baseline="median")
     with pytest.raises(InputError, match="baseline embedding has shape"):
         integrated_gradients(model, toks, baseline=torch.zeros(3, 4))
     with pytest.raises(InputError, match="steps"):
@@ -234,10 +239,27 @@ def test_token_attribution_figure_is_labelled():
 
 def test_integrated_gradients_until_refines_steps():
     model = make_model("hgrn2")
-    toks = tokens(4, 32)[:1, :16]  # a path where 64 steps are not enough on these random weights
-    res = integrated_gradients(model, toks, steps=16, until=0.01, max_steps=512, chunk=64)
+    toks = tokens(4, 32)[:1, :16]  # from zero, a path where 64 steps are not enough on these random weights
+    res = integrated_gradients(model, toks, steps=16, until=0.01, max_steps=512, chunk=64, baseline="zero")
     assert res.steps > 16 and float(res.completeness_error.max()) < 0.01, (res.steps, res.completeness_error)
     capped = integrated_gradients(model, toks, steps=8, until=1e-12, max_steps=16)
     assert capped.steps == 16
     with pytest.raises(InputError, match="until"):
         integrated_gradients(model, toks, until=0)
+
+
+def test_refine_scan_locates_a_step_far_below_the_scan_spacing():
+    """A transition 1e-6 wide between two scan points 1/64 apart: 12 rounds of bisecting the largest
+    steps pin it to an interval of 1/64 / 2^12, per sequence (two sequences, steps at different places)."""
+    from probe.methods.path_quadrature import refine_scan
+
+    where = torch.tensor([0.31377, 0.8011], dtype=torch.float64)
+    f_at = lambda u: torch.sigmoid((u - where) / 1e-6)  # u [n, 2]
+    u0 = torch.linspace(0, 1, 65, dtype=torch.float64)
+    u, f = refine_scan(f_at, u0, f_at(u0[:, None].expand(-1, 2)), rounds=12, per_round=2)
+    assert u.shape == f.shape == (65 + 24, 2)
+    assert bool((u[1:] >= u[:-1]).all())
+    torch.testing.assert_close(f, f_at(u))
+    for b in range(2):
+        i = int((f[1:, b] - f[:-1, b]).abs().argmax())
+        assert u[i, b] <= where[b] <= u[i + 1, b] and float(u[i + 1, b] - u[i, b]) <= 1 / 64 / 2 ** 12 * 1.01

@@ -9,12 +9,13 @@ from probe.methods import TunedLens, compare_lenses, direct_logit_attribution, i
 ZOO = probe.zoo_names()
 pytestmark = pytest.mark.skipif(not ZOO, reason="no zoo model shipped")
 TEXT = "def area(radius):\n    return 3.14159 * radius ** 2\n"
-#: zoo models whose IG path the adaptive rule does not resolve to 1 % within 256 steps (measured;
-#: the issue's < 1 % at 64 steps is not met for them, see the zoo README / issue notes)
+#: a second IG input (code the zoo's models saw the like of, not this exact text)
+IG_TEXT = "import os\nfor i in range(10):\n  print(i)"
+#: zoo models whose IG path needs more than 128 steps for a 1 % completeness error (measured with the
+#: default mean-embedding baseline on TEXT[:32], TEXT[8:40] and IG_TEXT; the issue's < 1 % at 64 steps
+#: is not met for them, see the issue notes)
 IG_KNOWN_MISSES = {
-    "lstm": "0.30 at 64 steps; integrated_gradients(..., until=0.01) gets there at ~1024 steps",
-    "rwkv": "7.1e-2 still at 256 steps",
-    "xlstm": "0.46 still at 256 steps",
+    "xlstm": "0.12 / 0.14 / 0.26 at 64 steps on the three inputs; until=0.01 reaches it at 512 / 128 / 1024 steps",
 }
 
 
@@ -42,23 +43,15 @@ def test_zoo_dla_and_memory_maps(name):
 
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_integrated_gradients_complete(name):
+    """< 1 % completeness at 64 steps, or (measured on mamba, qrnn and rwkv for some inputs:
+    0.012-0.086 at 64 steps) within 128 with ``until``."""
     model = probe.load(f"zoo:{name}")
-    text = TEXT[:32]
-    res = integrated_gradients(model, text, steps=64)
-    err = float(res.completeness_error.max())
-    if err >= 0.01 and name in IG_KNOWN_MISSES:
-        pytest.xfail(f"zoo {name}: completeness error {err:.2f} at 64 steps ({IG_KNOWN_MISSES[name]})")
-    if err >= 0.01:
-        res = integrated_gradients(model, text, steps=64, until=0.01, max_steps=256)
+    for text in (TEXT[:32], IG_TEXT):
+        res = integrated_gradients(model, text, steps=64)
         err = float(res.completeness_error.max())
-    assert err < 0.01, (name, res.steps, err)
-
-
-@pytest.mark.parametrize("name", ZOO)
-def test_zoo_tuned_lens_beats_the_logit_lens(name, corpus):
-    model = probe.load(f"zoo:{name}")
-    train, held_out = corpus
-    lens = TunedLens(model).fit(model, train, steps=30, batch_size=4, seq_len=64, lr=3e-3)
-    table = compare_lenses(model, lens, held_out, seq_len=64, max_windows=8)
-    assert bool(table["tuned_better"].all()), table
-    assert torch.isfinite(torch.tensor(table["kl_logit"].to_numpy())).all()
+        if err >= 0.01 and name in IG_KNOWN_MISSES:
+            pytest.xfail(f"zoo {name}: completeness error {err:.2f} at 64 steps ({IG_KNOWN_MISSES[name]})")
+        if err >= 0.01:
+            res = integrated_gradients(model, text, steps=64, until=0.01, max_steps=128)
+            err = float(res.completeness_error.max())
+        assert err < 0.01, (name, text, res.steps, err)

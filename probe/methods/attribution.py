@@ -343,13 +343,18 @@ def _baseline_embedding(model, tokens: Tensor, x: Tensor, baseline) -> tuple[Ten
     if isinstance(baseline, str):
         if baseline == "zero":
             return torch.zeros_like(x), "zero embedding"
+        if baseline == "mean":
+            W_E = getattr(model, "W_E", None)
+            if not isinstance(W_E, Tensor):
+                raise InputError("baseline='mean' needs the model's embedding matrix W_E; use 'zero' or a token id.")
+            return W_E.detach().mean(0).to(x.dtype).expand_as(x).clone(), "mean token embedding at every position"
         if baseline == "pad":
             pad = model.tokenizer.pad_token_id
             if pad is None:
                 raise InputError("baseline='pad' needs a tokenizer with a pad token; use 'zero' or a token id.")
             baseline = int(pad)
         else:
-            raise InputError(f"Unknown baseline {baseline!r}: use 'zero', 'pad', a token id, or an embedding "
+            raise InputError(f"Unknown baseline {baseline!r}: use 'mean', 'zero', 'pad', a token id, or an embedding "
                              "tensor [pos, d_model] / [batch, pos, d_model].")
     if isinstance(baseline, int) and not isinstance(baseline, bool):
         tid = int(inputs.resolve_target(model, baseline, 1, "baseline")[0])
@@ -372,7 +377,7 @@ def _baseline_embedding(model, tokens: Tensor, x: Tensor, baseline) -> tuple[Ten
         if not bool(torch.isfinite(base).all()):
             raise InputError("The baseline embedding contains NaN or inf.")
         return base, "given embedding"
-    raise InputError(f"baseline must be 'zero', 'pad', a token id or a tensor, got {type(baseline).__name__}.")
+    raise InputError(f"baseline must be 'mean', 'zero', 'pad', a token id or a tensor, got {type(baseline).__name__}.")
 
 
 def _gradients(model, tokens, points: Tensor, pos, target, contrast, chunk: int) -> tuple[Tensor, Tensor]:
@@ -457,7 +462,7 @@ def _path(base: Tensor, x: Tensor, alphas: Tensor) -> Tensor:
     return base.unsqueeze(0) + a * (x - base).unsqueeze(0)
 
 
-def integrated_gradients(model, input, target=None, contrast=None, position: int = -1, baseline="zero",
+def integrated_gradients(model, input, target=None, contrast=None, position: int = -1, baseline="mean",
                          steps: int = 64, method: str = "adaptive", spacing="auto", chunk: int = 16,
                          until: float | None = None, max_steps: int = 1024,
                          prepend_bos: bool | None = None) -> TokenAttributionResult:
@@ -465,12 +470,18 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
 
     Args:
         target / contrast / position: the metric, as in :func:`direct_logit_attribution`.
-        baseline: ``"zero"`` (default), ``"pad"`` (the pad token's embedding everywhere), a token id,
-            or an embedding tensor ``[pos, d_model]`` / ``[batch, pos, d_model]``.
+        baseline: ``"mean"`` (default: the mean of the embedding matrix's rows, the "average token",
+            at every position), ``"zero"``, ``"pad"`` (the pad token's embedding everywhere), a token
+            id, or an embedding tensor ``[pos, d_model]`` / ``[batch, pos, d_model]``. Why not zero by
+            default: a pre-norm model's first norm reads ``alpha * x``, which near a zero baseline is
+            dominated by the norm's ``eps``, so the path crosses the norm's degenerate point and the
+            metric swings steeply at tiny ``alpha``; on the ten zoo models and three inputs, the
+            worst 64-step completeness error fell from 3.4 (zero) to 0.26 (mean), and below 1% for
+            6 of 10 models (2 of 10 from zero).
         steps: gradient evaluations along the straight path from the baseline to the input.
         method: the quadrature (:mod:`probe.methods.path_quadrature`): ``"adaptive"`` (default:
             Gauss-Legendre panels placed where a forward-only scan sees ``f`` change, per sequence;
-            ``4 * steps`` extra forward passes), or a fixed rule ``gausslegendre``, ``trapezoid``,
+            ``7 * steps`` extra forward passes, no gradients), or a fixed rule ``gausslegendre``, ``trapezoid``,
             ``midpoint``, ``left``, ``right``.
         spacing: the coordinate the nodes live in: ``"auto"`` (geometric towards the baseline when
             ``f`` changes abruptly there, as pre-norm models do from a zero baseline), ``"linear"``,

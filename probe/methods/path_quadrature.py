@@ -12,7 +12,9 @@ Language models make this integrand hard in two ways, both visible from forward 
    towards 0 (uniform in ``asinh(alpha sinh A)``).
 2. **Along the path** trained models have narrow transitions (a norm whose input passes near
    zero, a gate that flips). :func:`adaptive_nodes` scans ``f`` (forward only, ``scan * steps``
-   points, per sequence) and cuts ``[0, 1]`` into panels that share the variation of ``f``
+   points, per sequence), bisects the scan's largest steps for a few rounds (:func:`refine_scan`:
+   a transition far narrower than the scan spacing is otherwise seen only as one big step), and
+   cuts ``[0, 1]`` into panels that share the variation of ``f``
    equally (with 30% of the weight spread uniformly), then puts ``panel``-point Gauss-Legendre
    rules on every panel: dense nodes where ``f`` moves, sparse where it does not.
 
@@ -43,6 +45,8 @@ PROBE_TOLERANCE = 3e-2
 PANEL_POINTS = 8
 SCAN_PER_STEP = 4
 UNIFORM_SHARE = 0.3
+#: bisection rounds of the scan's largest steps (refine_scan), each halving steps // 4 intervals
+REFINE_ROUNDS = 12
 
 FAt = Callable[[Tensor], Tensor]
 
@@ -124,24 +128,55 @@ def fixed_nodes(steps: int, method: str, stretch: float, batch: int) -> tuple[Te
     return a[:, None].expand(-1, batch), w[:, None].expand(-1, batch)
 
 
+def refine_scan(f_at: FAt, u: Tensor, f: Tensor, rounds: int, per_round: int) -> tuple[Tensor, Tensor]:
+    """Bisect, per sequence, the ``per_round`` scan intervals where ``f`` moves most, ``rounds`` times.
+
+    ``u: [M + 1]`` (shared) or ``[M + 1, batch]`` and ``f: [M + 1, batch]``, increasing in ``u``;
+    ``f_at`` takes the stretched coordinate (already composed by the caller). A transition far
+    narrower than the uniform scan's spacing (a gate that flips, a norm whose input passes near
+    zero) is invisible in its samples except as one large step; each round halves the intervals
+    holding the largest steps, so after ``k`` rounds such a step is located to ``2^-k`` of an
+    interval and the panels placed on it (:func:`adaptive_nodes`) are narrow where it is.
+    Returns the refined ``(u, f)``, ``[M + 1 + rounds * per_round, batch]`` each.
+    """
+    batch = f.shape[1]
+    u = u[:, None].expand(-1, batch) if u.dim() == 1 else u
+    for _ in range(rounds):
+        step = (f[1:] - f[:-1]).abs()  # [M, batch]
+        k = min(per_round, step.shape[0])
+        idx = step.topk(k, dim=0).indices  # [k, batch]: intervals to halve
+        mid = (u.gather(0, idx) + u.gather(0, idx + 1)) / 2
+        f_mid = f_at(mid).to(f.dtype)
+        u, order = torch.cat([u, mid]).sort(dim=0)
+        f = torch.cat([f, f_mid]).gather(0, order)
+    return u, f
+
+
 def adaptive_nodes(f_at: FAt, steps: int, stretch: float, batch: int) -> tuple[Tensor, Tensor]:
     """Composite Gauss-Legendre on panels that share the variation of ``f`` (module docstring, point 2).
 
     ``steps // p`` panels of ``p = min(8, steps)`` points each (so ``p * (steps // p)`` nodes).
-    Costs ``4 * steps + 1`` forward evaluations of ``f`` per sequence, no gradients.
+    The variation is read from a uniform forward scan of ``SCAN_PER_STEP * steps`` intervals,
+    refined by :func:`refine_scan` (``REFINE_ROUNDS`` rounds halving the ``steps // 4`` largest
+    steps). Costs ``(SCAN_PER_STEP + REFINE_ROUNDS / 4) * steps + 1`` forward evaluations of ``f``
+    per sequence, no gradients.
     """
     check_steps(steps)
     p = min(PANEL_POINTS, steps)
     n_panels = steps // p
     M = SCAN_PER_STEP * steps
-    u = torch.linspace(0, 1, M + 1, dtype=torch.float64)
-    f = f_at(stretch_map(u, stretch)[:, None].expand(-1, batch)).double()  # [M + 1, batch]
+    u0 = torch.linspace(0, 1, M + 1, dtype=torch.float64)
+    f = f_at(stretch_map(u0, stretch)[:, None].expand(-1, batch)).double()  # [M + 1, batch]
+    u, f = refine_scan(lambda uu: f_at(stretch_map(uu, stretch)).double(), u0, f, REFINE_ROUNDS,
+                       max(1, steps // 4))
+    width = u[1:] - u[:-1]
     dv = (f[1:] - f[:-1]).abs()
-    mass = (1 - UNIFORM_SHARE) * dv / dv.sum(0).clamp_min(1e-300) + UNIFORM_SHARE / M  # [M, batch]
+    mass = (1 - UNIFORM_SHARE) * dv / dv.sum(0).clamp_min(1e-300) + UNIFORM_SHARE * width  # [intervals, batch]
     cum = torch.cat([mass.new_zeros(1, batch), mass.cumsum(0)])
     cum = cum / cum[-1]
     levels = np.linspace(0.0, 1.0, n_panels + 1)
-    edges = torch.stack([torch.from_numpy(np.interp(levels, cum[:, b].numpy(), u.numpy())) for b in range(batch)], 1)
+    edges = torch.stack([torch.from_numpy(np.interp(levels, cum[:, b].numpy(), u[:, b].numpy()))
+                         for b in range(batch)], 1)
     g_nodes, g_weights = np.polynomial.legendre.leggauss(p)
     g_nodes, g_weights = torch.tensor((g_nodes + 1) / 2), torch.tensor(g_weights / 2)
     lo, width = edges[:-1], edges[1:] - edges[:-1]  # [n_panels, batch]
