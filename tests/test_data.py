@@ -198,6 +198,21 @@ def test_recall_induction_brackets_semantics():
     for e in get_task("induction").examples(50, seed=0):
         left, right = e.text.split("|")
         assert left == right and len(e.answer_positions) == len(left)
+    starts = set()
+    for e in get_task("induction", start="random").examples(200, seed=0):
+        # the copy starts at a given random letter; the one answer is the letter after it, whose
+        # position in the copy differs from its position in the string (so position alone fails)
+        left, right = e.text.split("|")
+        k = e.meta["start"]
+        starts.add(k)
+        assert right == left[k:] and len(right) >= 2 and e.answer_positions == [len(left) + 2]
+        assert e.text[e.answer_positions[0]] == left[k + 1] == e.text[e.meta["source_positions"][0]]
+        assert e.labels["copy_index"][len(left) + 2] == k and len(e.labels["copy_index"]) == len(e.tokens)
+        p = e.answer_positions[0]
+        assert e.bad[:p] == e.good[:p] and e.bad[p] != e.good[p] and e.bad[p + 1:] == e.good[p + 1:]
+    assert len(starts) > 5
+    with pytest.raises(ValueError, match="start must be"):
+        get_task("induction", start="middle")
     closer = {"(": ")", "[": "]", "{": "}"}
     for e in get_task("brackets").examples(50, seed=0):
         stack = []

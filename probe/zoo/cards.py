@@ -7,7 +7,8 @@ A card (``probe/zoo/NAME/card.json``) holds the training facts written by
   stdlib validation split; ``unigram_bpb``: the add-one unigram model of the train split on
   the same bytes (the baseline every model must clearly beat);
 * ``tasks``: per synthetic task, pair accuracy (correct vs contrast token, chance 0.5),
-  top-1 accuracy and its chance level, on :data:`EVAL_EXAMPLES` held-out examples;
+  top-1 accuracy and its chance level, on :data:`EVAL_EXAMPLES` held-out examples; also the
+  :data:`DIAGNOSTICS` (task variants not trained on, e.g. content-based induction);
 * ``minimal_pairs``: per task, the share of minimal pairs where the model gives the good
   text the higher log-probability (chance 0.5);
 * ``quick``: the same metrics on a small slice (:data:`QUICK`), which the tests recompute
@@ -37,6 +38,10 @@ EVAL_EXAMPLES = 400
 #: held-out seed for task examples (training draws from ``[train seed, step]`` generators)
 EVAL_SEED = 1_000_003
 QUICK = {"windows": 4, "examples": 24, "seed": EVAL_SEED + 1}
+#: evaluated like the tasks, not trained on: card key -> (task, options). "induction-content" starts
+#: the copy at a random given letter, so its first answer needs content-based induction, as recall
+#: does; the trained "induction" can be solved by position alone.
+DIAGNOSTICS = {"induction-content": ("induction", {"start": "random"})}
 
 
 def evaluate_card(model, val: TokenStream, train: TokenStream | None = None, windows: int = EVAL_WINDOWS,
@@ -57,8 +62,9 @@ def evaluate_card(model, val: TokenStream, train: TokenStream | None = None, win
 
 def task_metrics(model, examples: int, seed: int) -> tuple[dict[str, dict], dict[str, float]]:
     tasks, pairs = {}, {}
-    for name in TASKS:
-        task = get_task(name)
+    variants = {name: (name, {}) for name in TASKS} | DIAGNOSTICS
+    for name, (task_name, options) in variants.items():
+        task = get_task(task_name, **options)
         exs = task.examples(examples, seed)
         scores = task_scores(model, exs)
         tasks[name] = {"pair_accuracy": round(scores["pair_accuracy"], 4), "top1": round(scores["top1"], 4),
@@ -104,7 +110,7 @@ def cpu_timing(name: str, threads: int = 2) -> dict[str, Any]:
 
 def render_table(cards: list[dict[str, Any]]) -> str:
     """The markdown table of the zoo (one row per card)."""
-    task_names = list(TASKS)
+    task_names = list(TASKS) + [d for d in DIAGNOSTICS if any(d in c.get("tasks", {}) for c in cards)]
     head = (["model", "layout", "params", "tokens", "val bpb", "unigram bpb"]
             + [f"{t} (pair / top-1)" for t in task_names]
             + ["minimal pairs (agreement)", "train time", "hardware", "CPU time, 2 cores (measured step x steps)",
@@ -149,6 +155,9 @@ Columns: validation bits-per-byte on {windows} windows of 256 bytes of the stdli
 split and the unigram baseline on the same bytes; per task, pair accuracy (the correct
 answer byte scores above the contrast byte; chance 0.5) / top-1 accuracy (chance:
 agreement n/a, recall 0.10, induction 0.04, brackets 0.33) on {examples} held-out examples;
+induction-content is a diagnostic, not trained on: the copy starts at a random given letter,
+so the scored answer (the letter after it) needs content-based induction, as recall does,
+while the trained induction task can be solved by position alone (copy the byte n + 1 back);
 minimal pairs: share of agreement pairs ("the key to the cabinets is/are ...") where the
 good sentence has the higher log-probability (chance 0.5). Train time is the wall time of
 the optimisation steps on the hardware named (CPU runs shared a busy 2-core machine with
