@@ -130,6 +130,8 @@ def _time_runs(row: dict, runs: dict, repeats: int, tokens: int, device: str) ->
         row[f"{name}_peak_mb"] = peak_memory(fn, device) / 2**20
     row["plain_time_ratio"] = row["ref_plain_tok_s"] / row["ours_plain_tok_s"]
     row["full_cache_over_plain"] = row["ours_plain_tok_s"] / row["ours_full_cache_tok_s"]
+    if "ours_cache_no_state_tok_s" in row:
+        row["cache_no_state_over_plain"] = row["ours_plain_tok_s"] / row["ours_cache_no_state_tok_s"]
 
 
 def measure(arch: str, d: int, n: int, batch: int, T: int, repeats: int, device: str) -> dict:
@@ -143,6 +145,8 @@ def measure(arch: str, d: int, n: int, batch: int, T: int, repeats: int, device:
         "ours_plain": lambda: ours(toks),
         "ours_full_cache": lambda: ours.run_with_cache(toks)[0],
     }
+    if ours.state_hook_names():  # what the full cache costs beyond the per-position states
+        runs["ours_cache_no_state"] = lambda: ours.run_with_cache(toks, names_filter=lambda n: "hook_state" not in n)[0]
     row = {"bench": "references", "arch": arch, "d_model": d, "n_layers": n, "batch": batch, "T": T,
            "params": sum(p.numel() for p in ours.parameters()), "device": device}
     with torch.no_grad():

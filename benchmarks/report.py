@@ -111,7 +111,9 @@ SECTIONS = [
             [("arch", "arch"), ("d_model", "d_model"), ("n_layers", "layers"), ("batch", "batch"), ("T", "T"),
              ("logits_max_abs_diff", "max abs diff"), ("ref_plain_tok_s", "ref tok/s"),
              ("ours_plain_tok_s", "ours tok/s"), ("plain_time_ratio", "time ours / ref"),
-             ("full_cache_over_plain", "full cache / plain"), ("tl_full_cache_tok_s", "TL bridge cache tok/s"),
+             ("full_cache_over_plain", "full cache / plain"),
+             ("cache_no_state_over_plain", "cache without state hooks / plain"),
+             ("tl_full_cache_tok_s", "TL bridge cache tok/s"),
              ("ours_full_cache_tok_s", "ours cache tok/s"), ("ref_plain_peak_mb", "ref peak MB"),
              ("ours_plain_peak_mb", "ours peak MB")],
             ("plain", "cache"),
@@ -247,12 +249,23 @@ def remains(results: dict, evaluated: dict) -> list[str]:
                 f"({fmt(ours)} MB). Both return the same float32 trajectory, so the total peak cannot be 4x lighter "
                 f"while every state at every position is returned; the memory beyond the states is "
                 f"{fmt(row.get('tl_state_cache_peak_mb', 0) - cache)} MB for TL and {fmt(ours - cache)} MB for ours "
-                f"(TL / ours = {fmt(row.get('state_overhead_lighter', float('nan')))}). Ours beyond the states is "
-                "the blocked scan's working set (decays, inputs and states of one block of `mamba.BLOCK` = 128 "
-                "positions, `[batch, 128, d_inner, d_state]` each, plus the scan form's temporaries): it stops "
-                "growing past 128 tokens, while TL's (the write, state list and stacked trajectory of a whole "
-                "layer) grows with length. A 4x lighter capture needs a smaller result: "
-                "`run_with_cache(state_positions=...)` (states at chosen positions only) or a compact cache.")
+                f"(TL / ours = {fmt(row.get('state_overhead_lighter', float('nan')))}). Ours writes every state "
+                "straight into the cached tensor (`probe.selective_scan.selective_scan_states`), so what it needs "
+                "beyond the states is the plain forward's own activations. A 4x lighter capture needs a smaller "
+                "result: `run_with_cache(state_positions=...)` (states at chosen positions only) or a "
+                "names filter.")
+    cache_misses = [(r, v) for r, v, met in evaluated["cache"] if not met]
+    if any("cache_no_state_over_plain" in r for r, _ in cache_misses):
+        worst = max((r["cache_no_state_over_plain"], _where(r)) for r, _ in cache_misses if "cache_no_state_over_plain" in r)
+        items.append(f"Why the recurrent cache misses: a full cache includes the state after every position "
+                     f"(for mLSTM `[batch, pos, heads, d_qk, d_v + 1]`, 64x the hidden size per layer at d_model "
+                     f"256), which the plain forward's chunkwise scan never builds. Without the `hook_state*` hooks "
+                     f"the same cache is at most {fmt(worst[0])}x the plain forward ({worst[1]}).")
+    if any(r.get("arch") in ("gpt2", "attn") for r, _ in cache_misses):
+        items.append("Why the attention cache misses: a full cache stores every layer's attention scores and "
+                     "pattern, `[batch, heads, T, T]`, which the plain forward never builds (it calls fused "
+                     "`scaled_dot_product_attention`); TransformerLens 4's bridge pays the same (its cache tok/s "
+                     "is in the GPT-2 rows).")
     for suite, rows in results["suites"].items():
         for row in rows:
             for key in ("error", "tl_error"):
