@@ -475,9 +475,9 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
             id, or an embedding tensor ``[pos, d_model]`` / ``[batch, pos, d_model]``. Why not zero by
             default: a pre-norm model's first norm reads ``alpha * x``, which near a zero baseline is
             dominated by the norm's ``eps``, so the path crosses the norm's degenerate point and the
-            metric swings steeply at tiny ``alpha``; on the ten zoo models and three inputs, the
-            worst 64-step completeness error fell from 3.4 (zero) to 0.26 (mean), and below 1% for
-            6 of 10 models (2 of 10 from zero).
+            metric swings steeply at tiny ``alpha``. On the ten zoo models and three code inputs, the
+            worst 64-step completeness error is below 1% for 9 of 10 models from the mean (xLSTM:
+            0.063) and for 4 of 10 from zero (LSTM 0.33, RWKV 0.25, xLSTM 0.18).
         steps: gradient evaluations along the straight path from the baseline to the input.
         method: the quadrature (:mod:`probe.methods.path_quadrature`): ``"adaptive"`` (default:
             Gauss-Legendre panels placed where a forward-only scan sees ``f`` change, per sequence;
