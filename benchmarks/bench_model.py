@@ -19,9 +19,9 @@ import probe
 from probe.mixers import MIXERS
 
 try:
-    from benchmarks.common import peak_memory, timeit
+    from benchmarks.common import interleaved, peak_memory, timeit
 except ImportError:  # run as a script from benchmarks/
-    from common import peak_memory, timeit
+    from common import interleaved, peak_memory, timeit
 
 SIZES = {
     "tiny": dict(d_model=64, n_layers=2, n_heads=4),
@@ -63,13 +63,12 @@ def measure(model: probe.HookedLM, batch: int, T: int, device: str, repeats: int
         "state_cache": lambda: model.run_with_cache(toks, names_filter=state_names) if state_names else model(toks),
         "state_edit": (lambda: model.run_with_hooks(toks, fwd_hooks=[(state_names[0], edit)])) if state_names else None,
     }
+    runs = {name: fn for name, fn in runs.items() if fn is not None}
     row = {}
-    with torch.no_grad():
-        for name, fn in runs.items():
-            if fn is None:
-                continue
-            seconds = timeit(fn, repeats=repeats, warmup=1 if repeats > 1 else 0)
+    with torch.no_grad():  # round-robin, so that a change of the machine's load hits every run alike
+        for name, seconds in interleaved(runs, repeats).items():
             row[f"{name}_tok_s"] = batch * T / seconds
+        for name, fn in runs.items():
             row[f"{name}_peak_mb"] = peak_memory(fn, device, collect=repeats > 1) / 2**20
     row["full_cache_over_plain"] = row["plain_tok_s"] / row["full_cache_tok_s"]
     row["state_cache_over_plain"] = row["plain_tok_s"] / row["state_cache_tok_s"]

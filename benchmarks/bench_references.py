@@ -37,9 +37,9 @@ import torch
 import probe
 
 try:
-    from benchmarks.common import peak_memory, timeit
+    from benchmarks.common import interleaved, peak_memory
 except ImportError:  # run as a script from benchmarks/
-    from common import peak_memory, timeit
+    from common import interleaved, peak_memory
 
 VOCAB = 512
 
@@ -108,18 +108,6 @@ def bridge_states(bridge, toks):
         raise RuntimeError(f"the bridge cached {len(cache)} hook_ssm_state tensors for {len(bridge.blocks)} layers "
                            "(eager_scan not taken?)")
     return logits, {i: cache[f"blocks.{i}.mixer.hook_ssm_state"].transpose(1, 2) for i in range(len(bridge.blocks))}
-
-
-def interleaved(runs: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each run, timed round-robin (one of each per round, after a warm-up round), so
-    that a change in the machine's load hits every contender alike; the ratios are what matter."""
-    times = {name: [] for name in runs}
-    for rnd in range(repeats + 1):
-        for name, fn in runs.items():
-            seconds = timeit(fn, repeats=1, warmup=0)
-            if rnd:
-                times[name].append(seconds)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _time_runs(row: dict, runs: dict, repeats: int, tokens: int, device: str) -> None:

@@ -31,6 +31,18 @@ def timeit(fn, repeats: int = 5, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def interleaved(runs: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each run, timed round-robin (one of each per round, after a warm-up round), so
+    that a change in the machine's load hits every contender alike; the ratios are what matter."""
+    times = {name: [] for name in runs}
+    for rnd in range(repeats + 1):
+        for name, fn in runs.items():
+            seconds = timeit(fn, repeats=1, warmup=0)
+            if rnd:
+                times[name].append(seconds)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
