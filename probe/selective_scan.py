@@ -152,6 +152,6 @@ def selective_scan_states(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor
         s = states[:, t]
         torch.mul(_decay(dt[:, t], A, a), prev, out=s).addcmul_(v[:, t].unsqueeze(-1), B[:, t].unsqueeze(1))
         prev = s
-    y = torch.einsum("btdn,btn->btd", states, C)
+    y = torch.bmm(states.view(batch * T, D, -1), C.reshape(batch * T, -1, 1)).view(batch, T, D)  # no copy of states
     last = states[:, -1].clone() if T else h0.clone()
     return y, last, states
