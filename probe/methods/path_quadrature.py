@@ -128,15 +128,20 @@ def fixed_nodes(steps: int, method: str, stretch: float, batch: int) -> tuple[Te
     return a[:, None].expand(-1, batch), w[:, None].expand(-1, batch)
 
 
-def _slope_change(u: Tensor, f: Tensor) -> Tensor:
-    """Per scan interval ``[M, batch]``: half the change of slope ``|df/du|`` at each of its two ends
-    (a kink or a transition narrower than the spacing shows up as a large change of slope)."""
+def _slope_changes(u: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
+    """``(du [M, batch], change [M - 1, batch])``: the scan's interval widths and the change of its
+    slope ``|df/du|`` at each interior point (a kink, or a transition narrower than the spacing,
+    shows up as a large change of slope)."""
     du = u[1:] - u[:-1]
     slope = (f[1:] - f[:-1]) / du.clamp_min(1e-300)
-    change = (slope[1:] - slope[:-1]).abs()  # at the interior scan points
-    out = torch.zeros_like(slope)
-    out[1:] += change / 2
-    out[:-1] += change / 2
+    return du, (slope[1:] - slope[:-1]).abs()
+
+
+def _to_intervals(at_points: Tensor) -> Tensor:
+    """A quantity at the ``M - 1`` interior points, added to both intervals beside each: ``[M, batch]``."""
+    out = at_points.new_zeros(at_points.shape[0] + 1, *at_points.shape[1:])
+    out[1:] += at_points
+    out[:-1] += at_points
     return out
 
 
@@ -146,21 +151,17 @@ def refine_scan(f_at: FAt, u: Tensor, f: Tensor, rounds: int, per_round: int) ->
     ``u: [M + 1]`` (shared) or ``[M + 1, batch]`` and ``f: [M + 1, batch]``, increasing in ``u``;
     ``f_at`` takes the scan coordinate (the caller composes the stretch). An interval's score is
     how far ``f`` departs from a straight line there: the change of slope at each of its ends
-    times the shorter width beside that end, summed over the two ends. A kink, or a transition far narrower than the scan spacing (a gate
-    that flips, a norm whose input passes near zero), scores high; a steady ramp, however steep,
-    scores zero. Each round halves the highest-scoring intervals, so after ``k`` rounds such a
+    times the shorter width beside that end, summed over the two ends. A kink, or a transition
+    far narrower than the scan spacing (a gate that flips, a norm whose input passes near zero),
+    scores high; a steady ramp, however steep, scores zero. Each round halves the highest-scoring intervals, so after ``k`` rounds such a
     feature is located to ``2^-k`` of the spacing. Returns the refined ``(u, f)``,
     ``[M + 1 + rounds * per_round, batch]`` each.
     """
     batch = f.shape[1]
     u = u[:, None].expand(-1, batch) if u.dim() == 1 else u
     for _ in range(rounds):
-        du = u[1:] - u[:-1]
-        slope = (f[1:] - f[:-1]) / du.clamp_min(1e-300)
-        bend = (slope[1:] - slope[:-1]).abs() * torch.minimum(du[1:], du[:-1])  # at interior points
-        score = torch.zeros_like(slope)  # an interval scores the bends at both its ends
-        score[1:] += bend
-        score[:-1] += bend
+        du, change = _slope_changes(u, f)
+        score = _to_intervals(change * torch.minimum(du[1:], du[:-1]))
         score = torch.where(du > 1e-12, score, torch.zeros_like(score))  # stop at float resolution
         idx = score.topk(min(per_round, score.shape[0]), dim=0).indices  # [k, batch]: intervals to halve
         mid = (u.gather(0, idx) + u.gather(0, idx + 1)) / 2
@@ -194,7 +195,7 @@ def adaptive_nodes(f_at: FAt, steps: int, stretch: float, batch: int) -> tuple[T
     u, f = refine_scan(lambda uu: f_at(stretch_map(uu, stretch)).double(), u0, f, REFINE_ROUNDS,
                        max(1, steps // 4))
     width = u[1:] - u[:-1]
-    bend = _slope_change(u, f)
+    bend = _to_intervals(_slope_changes(u, f)[1] / 2)  # half of each point's change to either side
     mass = (1 - UNIFORM_SHARE) * bend / bend.sum(0).clamp_min(1e-300) + UNIFORM_SHARE * width  # [intervals, batch]
     cum = torch.cat([mass.new_zeros(1, batch), mass.cumsum(0)])
     cum = cum / cum[-1]
