@@ -54,3 +54,13 @@ def test_zoo_integrated_gradients_complete(name):
             res = integrated_gradients(model, text, steps=64, until=0.01, max_steps=128)
             err = float(res.completeness_error.max())
         assert err < 0.01, (name, text, res.steps, err)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_tuned_lens_beats_the_logit_lens(name, corpus):
+    model = probe.load(f"zoo:{name}")
+    train, held_out = corpus
+    lens = TunedLens(model).fit(model, train, steps=30, batch_size=4, seq_len=64, lr=3e-3)
+    table = compare_lenses(model, lens, held_out, seq_len=64, max_windows=8)
+    assert bool(table["tuned_better"].all()), table
+    assert torch.isfinite(torch.tensor(table["kl_logit"].to_numpy())).all()
