@@ -37,9 +37,9 @@ import torch
 import probe
 
 try:
-    from benchmarks.common import interleaved, peak_memory
+    from benchmarks.common import hf_logits, interleaved, peak_memory
 except ImportError:  # run as a script from benchmarks/
-    from common import interleaved, peak_memory
+    from common import hf_logits, interleaved, peak_memory
 
 VOCAB = 512
 
@@ -151,8 +151,6 @@ def measure_mamba(size: str, batch: int, T: int, repeats: int, device: str) -> d
     (``run_with_cache`` of ``hook_state``; also of every ``hook_state*``, conv windows included)
     vs TransformerLens 4's bridge with ``eager_scan`` caching ``hook_ssm_state`` (the same
     ``[batch, pos, d_inner, d_state]`` numbers, checked in the same run)."""
-    import warnings
-
     from probe.io.convert_mamba import mamba_from_hf
 
     d, n = MAMBA_SIZES[size]
@@ -162,13 +160,8 @@ def measure_mamba(size: str, batch: int, T: int, repeats: int, device: str) -> d
     toks = torch.randint(0, VOCAB, (batch, T), device=device)
     state_names = [f"blocks.{i}.mixer.hook_state" for i in range(n)]
 
-    def ref_plain():
-        with warnings.catch_warnings():  # "fast path not available" on every call
-            warnings.simplefilter("ignore")
-            return ref(toks, use_cache=False).logits
-
     runs = {
-        "ref_plain": ref_plain,
+        "ref_plain": lambda: hf_logits(ref, toks),
         "ours_plain": lambda: ours(toks),
         "ours_state_cache": lambda: ours.run_with_cache(toks, names_filter=state_names),
         "ours_all_states": lambda: ours.run_with_cache(toks, names_filter=ours.state_hook_names()),
@@ -177,7 +170,7 @@ def measure_mamba(size: str, batch: int, T: int, repeats: int, device: str) -> d
            "params": sum(p.numel() for p in ours.parameters()), "device": device}
     with torch.no_grad():
         logits, cache = runs["ours_state_cache"]()
-        row["logits_max_abs_diff"] = (ref_plain() - logits).abs().max().item()
+        row["logits_max_abs_diff"] = (hf_logits(ref, toks) - logits).abs().max().item()
         row["state_cache_mb"] = sum(t.nbytes for t in cache.values()) / 2**20
         try:
             bridge = mamba_bridge(ref)

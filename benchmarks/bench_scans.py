@@ -34,16 +34,15 @@ load from other processes falls on all of them alike (see :func:`compare`).
 from __future__ import annotations
 
 import time
-import warnings
 
 import torch
 
 import probe
 
 try:
-    from benchmarks.common import peak_memory
+    from benchmarks.common import hf_logits, peak_memory
 except ImportError:  # run as a script from benchmarks/
-    from common import peak_memory
+    from common import hf_logits, peak_memory
 
 D_MODEL = 256
 #: mixer -> (options, its forms; the last one is the sequential reference)
@@ -185,13 +184,8 @@ def mamba_rows(quick: bool) -> list[dict]:
     toks = torch.randint(0, 1000, (1, T), generator=torch.Generator().manual_seed(0))
     states = model.state_hook_names()
 
-    def hf_forward():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return hf(toks, use_cache=False).logits
-
     cases = {
-        "transformers slow path": hf_forward,
+        "transformers slow path": lambda: hf_logits(hf, toks),
         "probe forward": lambda: model(toks),
         "probe + every hook_state*": lambda: model.run_with_cache(toks, names_filter=states),
         "probe + states at last position": lambda: model.run_with_cache(toks, names_filter=states,
@@ -199,7 +193,7 @@ def mamba_rows(quick: bool) -> list[dict]:
     }
     rows = []
     with torch.no_grad():
-        diff = float((hf_forward() - model(toks)).abs().max())
+        diff = float((hf_logits(hf, toks) - model(toks)).abs().max())
         seconds = compare(cases, repeats)
         for case, fn in cases.items():
             row = {"suite": "mamba_vs_hf", "case": case, "layers": n_layers, "T": T, "seconds": seconds[case],

@@ -31,6 +31,16 @@ def timeit(fn, repeats: int = 5, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def hf_logits(model, toks):
+    """``model(toks).logits`` of a transformers causal LM without its KV cache, with its warnings
+    silenced (Mamba's "fast path not available" is printed on every call on CPU)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model(toks, use_cache=False).logits
+
+
 def interleaved(runs: dict, repeats: int) -> dict[str, float]:
     """Median seconds of each run, timed round-robin (one of each per round, after a warm-up round), so
     that a change in the machine's load hits every contender alike; the ratios are what matter."""

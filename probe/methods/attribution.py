@@ -354,8 +354,8 @@ def _baseline_embedding(model, tokens: Tensor, x: Tensor, baseline) -> tuple[Ten
                 raise InputError("baseline='pad' needs a tokenizer with a pad token; use 'zero' or a token id.")
             baseline = int(pad)
         else:
-            raise InputError(f"Unknown baseline {baseline!r}: use 'mean', 'zero', 'pad', a token id, or an embedding "
-                             "tensor [pos, d_model] / [batch, pos, d_model].")
+            raise InputError(f"Unknown baseline {baseline!r}: use 'mean', 'zero', 'pad', a token id, or an "
+                             "embedding tensor [pos, d_model] / [batch, pos, d_model].")
     if isinstance(baseline, int) and not isinstance(baseline, bool):
         tid = int(inputs.resolve_target(model, baseline, 1, "baseline")[0])
         base_tokens = torch.full_like(tokens, tid)
@@ -377,7 +377,8 @@ def _baseline_embedding(model, tokens: Tensor, x: Tensor, baseline) -> tuple[Ten
         if not bool(torch.isfinite(base).all()):
             raise InputError("The baseline embedding contains NaN or inf.")
         return base, "given embedding"
-    raise InputError(f"baseline must be 'mean', 'zero', 'pad', a token id or a tensor, got {type(baseline).__name__}.")
+    raise InputError(f"baseline must be 'mean', 'zero', 'pad', a token id or a tensor, "
+                     f"got {type(baseline).__name__}.")
 
 
 def _gradients(model, tokens, points: Tensor, pos, target, contrast, chunk: int) -> tuple[Tensor, Tensor]:
@@ -481,8 +482,8 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
         steps: gradient evaluations along the straight path from the baseline to the input.
         method: the quadrature (:mod:`probe.methods.path_quadrature`): ``"adaptive"`` (default:
             Gauss-Legendre panels placed where a forward-only scan sees ``f`` change, per sequence;
-            ``7 * steps`` extra forward passes, no gradients), or a fixed rule ``gausslegendre``, ``trapezoid``,
-            ``midpoint``, ``left``, ``right``.
+            ``7 * steps`` extra forward passes, no gradients), or a fixed rule ``gausslegendre``,
+            ``trapezoid``, ``midpoint``, ``left``, ``right``.
         spacing: the coordinate the nodes live in: ``"auto"`` (geometric towards the baseline when
             ``f`` changes abruptly there, as pre-norm models do from a zero baseline), ``"linear"``,
             or a stretch ``A`` (see :func:`probe.methods.path_quadrature.quadrature`).

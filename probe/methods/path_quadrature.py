@@ -153,8 +153,8 @@ def refine_scan(f_at: FAt, u: Tensor, f: Tensor, rounds: int, per_round: int) ->
     how far ``f`` departs from a straight line there: the change of slope at each of its ends
     times the shorter width beside that end, summed over the two ends. A kink, or a transition
     far narrower than the scan spacing (a gate that flips, a norm whose input passes near zero),
-    scores high; a steady ramp, however steep, scores zero. Each round halves the highest-scoring intervals, so after ``k`` rounds such a
-    feature is located to ``2^-k`` of the spacing. Returns the refined ``(u, f)``,
+    scores high; a steady ramp, however steep, scores zero. Each round halves the highest-scoring
+    intervals, so after ``k`` rounds such a feature is located to ``2^-k`` of the spacing. Returns the refined ``(u, f)``,
     ``[M + 1 + rounds * per_round, batch]`` each.
     """
     batch = f.shape[1]

@@ -29,8 +29,9 @@ how the zoo's Mamba trains on CPU. When ``hook_state`` is only read without grad
 cache), the same fused step writes every state straight into the cached tensor
 (:func:`probe.selective_scan.selective_scan_states`). When states are edited or gradients are
 needed, every state is materialised block by block (:func:`probe.scan.linear_scan_blocked`) and
-edits to it propagate through :func:`probe.scan.force_states`. Setting ``mixer.method`` to "chunked", "sequential" or "loop"
-forces the blocked path with that form of the scan (for benchmarks and tests).
+edits to it propagate through :func:`probe.scan.force_states`. Setting ``mixer.method`` to
+"chunked", "sequential" or "loop" forces the blocked path with that form of the scan (for
+benchmarks and tests).
 
 Options: ``d_state`` (16), ``d_conv`` (4), ``expand`` (2), ``dt_rank`` (``None``:
 ``ceil(d_model / 16)``), ``conv_bias`` (True), ``proj_bias`` (False), ``dt_min`` / ``dt_max``

@@ -11,7 +11,8 @@ the one answer is the letter after it: it needs *content-based* induction ("afte
 before, so predict Y"), as recall does; the zoo cards report it as a diagnostic.
 
 Labels: ``copy_index`` (index into the string, -1 outside the copy).
-Meta: ``length``, ``source_positions`` (position of the copied letter in the first half).
+Meta: ``length``, ``start`` (the string index where the copy starts: 0, or random),
+``source_positions`` (for each answer, the position of its letter in the first half).
 """
 from __future__ import annotations
 
