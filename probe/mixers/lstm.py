@@ -94,8 +94,9 @@ class LSTM(RecurrentMixer):
             mask, forced = forcing[name]
             return torch.where(mask[:, t], forced[:, t].to(value.dtype), value)
 
-        for t in range(x.shape[1]):
-            i, f, g, o = self._gates(xw[:, t] + h @ lstm.weight_hh_l0.T)
+        # unbind, not xw[:, t]: indexing would make backward allocate and add a full-size gradient per step
+        for t, xw_t in enumerate(xw.unbind(1)):
+            i, f, g, o = self._gates(xw_t + h @ lstm.weight_hh_l0.T)
             i = force("input", i, t)
             f = force("forget", f, t)
             g = force("candidate", g, t)

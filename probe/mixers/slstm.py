@@ -123,9 +123,10 @@ class SLSTM(RecurrentMixer):
             mask, forced = forcing[name]
             return torch.where(mask[:, t], forced[:, t].to(value.dtype), value)
 
-        for t in range(T):
+        # unbind, not wx[:, t]: indexing would make backward allocate and add a full-size gradient per step
+        for t, wx_t in enumerate(wx.unbind(1)):
             ry = (h.view(b, self.n_heads, 1, self.d_head) @ R_cat).view(b, self.n_heads, 4, self.d_head)
-            raw = wx[:, t] + ry.transpose(1, 2).reshape(b, 4, d)
+            raw = wx_t + ry.transpose(1, 2).reshape(b, 4, d)
             log_i = force("input", raw[:, 0], t)
             log_f = force("forget", F.logsigmoid(raw[:, 1]), t)
             z = force("candidate", torch.tanh(raw[:, 2]), t)
