@@ -26,6 +26,8 @@ RUNS = {
     "steering.py": (["--tokens", "0"], ["coefficient", "resid_pre"]),
     "import_hf.py": (["--arch", "rwkv"], ["max |probe - transformers| logit difference", "hook_state"]),
     "import_transformer_lens.py": ([], ["max |bridge - converted| logits", "logit lens"]),
+    "recall_study.py": (["--models", "lstm", "--steps", "2", "--eval-every", "1", "--examples", "8", "--batch", "2",
+                         "--seq-len", "64", "--markdown", "{out}/recall.md"], ["learned at step", "| lstm | not in 2 |"]),
 }
 # scripts that need a trained zoo or a long run; covered elsewhere (see the reason)
 SKIP = {

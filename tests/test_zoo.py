@@ -116,8 +116,9 @@ def test_zoo_readme_includes_the_result_sections(tmp_path):
     (tmp_path / "methods").mkdir()
     (tmp_path / "lens.md").write_text("| model | layer |\n")
     (tmp_path / "methods" / "tables.md").write_text("### Linear probes\n")
+    (tmp_path / "recall_study.md").write_text("| model | learned at step |\n")
     text = render_readme(zoo_cards(), tmp_path)
     for title, command in RESULTS.values():
         assert f"## {title}" in text and command in text
-    assert "| model | layer |" in text and "### Linear probes" in text
+    assert "| model | layer |" in text and "### Linear probes" in text and "| model | learned at step |" in text
     assert "## " + RESULTS["lens.md"][0] not in render_readme(zoo_cards(), tmp_path / "absent")
