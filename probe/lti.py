@@ -124,6 +124,40 @@ class LTIMemory:
         m = torch.fft.irfft(Uf.unsqueeze(-1) * Hf[:, None, :], n=n, dim=1)[:, :T]
         return m.to(u.dtype)
 
+    def convolve_readout(self, u: Tensor, W: Tensor) -> Tensor:
+        """A linear readout of the zero-initial-state part, without building the states.
+
+        ``y_t[d] = sum_{c, i} W[d, c, i] (sum_s H_{t-s} u_s)[c, i]`` for ``u [b, T, c]`` and
+        ``W [d, c, q]`` -> ``[b, T, d]``. In the frequency domain the readout folds into the
+        filter, ``Y(f) = sum_c U(f)[c] K(f)[c, d]`` with ``K(f)[c, d] = sum_i W[d, c, i] H(f)[i]``,
+        so the ``[b, T, c, q]`` states (and their gradient) never exist: what a forward pass that
+        hooks no state needs, at about half the cost of :meth:`convolve` followed by the readout.
+        """
+        T = u.shape[1]
+        n = 1 << math.ceil(math.log2(max(2 * T - 1, 1)))
+        work = torch.float64 if u.dtype == torch.float64 else torch.float32
+        Uf = torch.fft.rfft(u.to(work), n=n, dim=1)  # [b, F, c]
+        Hf = torch.fft.rfft(self.impulse_response(T, u).to(work), n=n, dim=0)  # [F, q]
+        Kf = torch.einsum("fq,dcq->fcd", Hf, W.to(Hf.dtype))  # [F, c, d]
+        Yf = torch.bmm(Uf.transpose(0, 1), Kf).transpose(0, 1)  # [b, F, d]
+        return torch.fft.irfft(Yf, n=n, dim=1)[:, :T].to(u.dtype)
+
+    def last_state(self, u: Tensor, m0: Tensor | None = None) -> Tensor:
+        """``m_{T-1} = sum_s H_{T-1-s} u_s + Abar^T m0`` alone: ``u [b, T, c]`` -> ``[b, c, q]``."""
+        T = u.shape[1]
+        m = torch.einsum("sq,bsc->bcq", self.impulse_response(T, u).flip(0), u)
+        if m0 is not None and bool(m0.ne(0).any()):
+            m = m + self.free_response(m0.to(u.dtype), T)[:, -1]
+        return m
+
+    def resolve(self, method: str, T: int) -> str:
+        """The form ``method`` stands for at length ``T`` (``"auto"``: recurrent, direct, then FFT)."""
+        if method not in METHODS:
+            raise ValueError(f"Unknown LTI method {method!r}; use one of {', '.join(METHODS)}.")
+        if method != "auto":
+            return method
+        return "recurrent" if T <= RECURRENT_UNTIL else ("direct" if T <= DIRECT_UNTIL else "fft")
+
     def free_response(self, m0: Tensor, T: int, chunk: int = 64) -> Tensor:
         """``Abar^{t+1} m0`` for ``t = 0 .. T-1``: ``m0 [b, c, q]`` -> ``[b, T, c, q]``."""
         L = max(1, min(chunk, T))
@@ -139,11 +173,8 @@ class LTIMemory:
 
     def states(self, u: Tensor, m0: Tensor | None = None, method: str = "auto") -> Tensor:
         """Every state ``[b, T, c, q]`` from inputs ``u [b, T, c]`` and initial state ``m0 [b, c, q]``."""
-        if method not in METHODS:
-            raise ValueError(f"Unknown LTI method {method!r}; use one of {', '.join(METHODS)}.")
         T = u.shape[1]
-        if method == "auto":
-            method = "recurrent" if T <= RECURRENT_UNTIL else ("direct" if T <= DIRECT_UNTIL else "fft")
+        method = self.resolve(method, T)
         if method == "recurrent":
             return self.recurrent(u, m0)
         m = self.convolve(u, method)

@@ -171,3 +171,30 @@ def test_gradients_of_fft_and_recurrent_forms_match():
     model = _model()
     toks = torch.randint(0, 50, (2, 80), generator=torch.Generator().manual_seed(8))
     assert_gradients_match(model, toks, ("fft", "recurrent"))
+
+
+def test_readout_folded_into_the_fft_equals_the_states_read_out():
+    """Without a state hook the mixer never builds its states (the readout is folded into the FFT
+    filter); outputs, the carried state and gradients equal the materialised path's."""
+    mem = LTIMemory(*zoh(*legendre_matrices(6, 20.0)))
+    g = torch.Generator().manual_seed(11)
+    u, W, m0 = torch.randn(2, 90, 3, generator=g), torch.randn(5, 3, 6, generator=g), torch.randn(2, 3, 6, generator=g)
+    states = mem.states(u, m0, "fft")
+    torch.testing.assert_close(mem.convolve_readout(u, W), torch.einsum("btcq,dcq->btd", mem.convolve(u), W),
+                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mem.last_state(u, m0), states[:, -1], rtol=1e-4, atol=1e-4)
+    model = _model()
+    toks = torch.randint(0, 50, (2, 100), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        _, st = model(toks[:, :40], return_states=True)  # a carried (nonzero) initial state
+    runs = []
+    for hooked in (False, True):
+        model.zero_grad()
+        hooks = [(f"blocks.{i}.mixer.hook_state", lambda v, hook: None) for i in range(len(model.blocks))]
+        with model.hooks(fwd_hooks=hooks if hooked else []):
+            logits, last = model(toks[:, 40:], states=st, return_states=True)
+        logits.square().mean().backward()
+        runs.append((logits.detach(), last.layers[0]["mixer"]["state"].detach(),
+                     model.blocks[0].mixer.W_m.weight.grad.clone()))
+    for fast, full in zip(*runs):
+        torch.testing.assert_close(fast, full, rtol=1e-4, atol=1e-5)

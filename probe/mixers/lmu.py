@@ -102,6 +102,14 @@ class LMU(RecurrentMixer):
 
     def compute(self, x, state, forcing, keep):
         u = apply_forcing("input", self.W_u(x), forcing)
+        if "state" not in forcing and "state" not in keep and self.memory.resolve(self.method, x.shape[1]) == "fft":
+            # no state is hooked: the readout folded into the FFT convolution, no [b, T, d_u, q] states
+            m0 = state["state"]
+            memory = self.memory.convolve_readout(u, self.W_m.weight.view(-1, self.d_u, self.order))
+            if bool(m0.ne(0).any()):
+                memory = memory + self.W_m(self.memory.free_response(m0.to(u.dtype), x.shape[1]).flatten(2))
+            y = F.gelu(memory + self.W_x(x))
+            return Computation(y, {"input": u}, {"state": self.memory.last_state(u, m0)})
         if "state" in forcing:
             m = self._forced_states(u, state["state"], *forcing["state"])
         else:
