@@ -119,6 +119,9 @@ def main(argv=None) -> None:
         rows = sorted((m for r in runs for m in r["models"]), key=lambda m: order.get(m["model"], len(order)))
         settings = runs[0]["settings"]
         return write(markdown(rows, settings), args.markdown)
+    for flag in ("steps", "eval_every", "examples", "batch", "seq_len"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     task = get_task("recall", min_pairs=args.min_pairs, max_pairs=args.max_pairs)
