@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -34,10 +33,11 @@ def any_value_share(examples) -> float:
     return float(np.mean([1 / e.meta["n_pairs"] for e in examples for _ in e.answer_positions]))
 
 
-def learned(scores: dict, floor: float, z: float = 3.0) -> bool:
-    """Pair accuracy ``z`` standard errors above 0.5 and top-1 above ``floor``."""
-    n = max(scores["answers"], 1)
-    return (scores["pair_accuracy"] - 0.5) / math.sqrt(0.25 / n) >= z and scores["top1"] > floor
+def learned(scores: dict, floor: float) -> bool:
+    """Pair accuracy 3 standard errors above 0.5 (the zoo cards' criterion) and top-1 above ``floor``."""
+    from probe.zoo.cards import above_chance
+
+    return above_chance(scores["pair_accuracy"], scores["answers"]) and scores["top1"] > floor
 
 
 def study(name: str, task, steps: int, lr: float, eval_every: int, examples: int, batch: int, seq_len: int) -> dict:

@@ -117,12 +117,20 @@ class LTIMemory:
             return torch.einsum("tsq,bsc->btcq", toeplitz, u)
         if method != "fft":
             raise ValueError(f"Unknown convolution method {method!r}; use 'direct' or 'fft'.")
-        n = 1 << math.ceil(math.log2(max(2 * T - 1, 1)))
-        work = torch.float64 if u.dtype == torch.float64 else torch.float32  # FFT needs float32/64
-        Uf = torch.fft.rfft(u.to(work), n=n, dim=1)  # [b, F, c]
-        Hf = torch.fft.rfft(H.to(work), n=n, dim=0)  # [F, q]
+        n, Uf, Hf = self._spectra(u)
         m = torch.fft.irfft(Uf.unsqueeze(-1) * Hf[:, None, :], n=n, dim=1)[:, :T]
         return m.to(u.dtype)
+
+    def _spectra(self, u: Tensor) -> tuple[int, Tensor, Tensor]:
+        """``(n, U, H)``: the FFT length ``n >= 2T - 1`` (no wrap-around) and the real FFTs of the
+        inputs ``u [b, T, c]`` -> ``[b, F, c]`` and of the impulse response -> ``[F, q]``
+        (``F = n / 2 + 1``; float32, or float64 for float64 inputs: FFT needs one of them)."""
+        T = u.shape[1]
+        n = 1 << math.ceil(math.log2(max(2 * T - 1, 1)))
+        work = torch.float64 if u.dtype == torch.float64 else torch.float32
+        Uf = torch.fft.rfft(u.to(work), n=n, dim=1)
+        Hf = torch.fft.rfft(self.impulse_response(T, u).to(work), n=n, dim=0)
+        return n, Uf, Hf
 
     def convolve_readout(self, u: Tensor, W: Tensor) -> Tensor:
         """A linear readout of the zero-initial-state part, without building the states.
@@ -133,22 +141,15 @@ class LTIMemory:
         so the ``[b, T, c, q]`` states (and their gradient) never exist: what a forward pass that
         hooks no state needs, at about half the cost of :meth:`convolve` followed by the readout.
         """
-        T = u.shape[1]
-        n = 1 << math.ceil(math.log2(max(2 * T - 1, 1)))
-        work = torch.float64 if u.dtype == torch.float64 else torch.float32
-        Uf = torch.fft.rfft(u.to(work), n=n, dim=1)  # [b, F, c]
-        Hf = torch.fft.rfft(self.impulse_response(T, u).to(work), n=n, dim=0)  # [F, q]
+        n, Uf, Hf = self._spectra(u)
         Kf = torch.einsum("fq,dcq->fcd", Hf, W.to(Hf.dtype))  # [F, c, d]
         Yf = torch.bmm(Uf.transpose(0, 1), Kf).transpose(0, 1)  # [b, F, d]
-        return torch.fft.irfft(Yf, n=n, dim=1)[:, :T].to(u.dtype)
+        return torch.fft.irfft(Yf, n=n, dim=1)[:, : u.shape[1]].to(u.dtype)
 
-    def last_state(self, u: Tensor, m0: Tensor | None = None) -> Tensor:
-        """``m_{T-1} = sum_s H_{T-1-s} u_s + Abar^T m0`` alone: ``u [b, T, c]`` -> ``[b, c, q]``."""
-        T = u.shape[1]
-        m = torch.einsum("sq,bsc->bcq", self.impulse_response(T, u).flip(0), u)
-        if m0 is not None and bool(m0.ne(0).any()):
-            m = m + self.free_response(m0.to(u.dtype), T)[:, -1]
-        return m
+    def convolve_last(self, u: Tensor) -> Tensor:
+        """The zero-initial-state part at the last position alone, ``sum_s H_{T-1-s} u_s``:
+        ``u [b, T, c]`` -> ``[b, c, q]`` (the state a segment leaves, with :meth:`free_response`)."""
+        return torch.einsum("sq,bsc->bcq", self.impulse_response(u.shape[1], u).flip(0), u)
 
     def resolve(self, method: str, T: int) -> str:
         """The form ``method`` stands for at length ``T`` (``"auto"``: recurrent, direct, then FFT)."""

@@ -100,19 +100,26 @@ class LMU(RecurrentMixer):
             pieces.append(self.memory.states(u[:, start:], m, self.method))
         return torch.cat(pieces, dim=1)
 
+    def _readout_without_states(self, u: Tensor, m0: Tensor) -> tuple[Tensor, Tensor]:
+        """``(W_m vec(m_t) [b, T, d_model], m_{T-1} [b, d_u, order])`` without building the
+        ``[b, T, d_u, order]`` states: the readout is folded into the FFT filter
+        (:meth:`probe.lti.LTIMemory.convolve_readout`); a nonzero initial state adds its free response."""
+        memory = self.memory.convolve_readout(u, self.W_m.weight.view(-1, self.d_u, self.order))
+        last = self.memory.convolve_last(u)
+        if bool(m0.ne(0).any()):
+            free = self.memory.free_response(m0.to(u.dtype), u.shape[1])
+            memory, last = memory + self.W_m(free.flatten(2)), last + free[:, -1]
+        return memory, last
+
     def compute(self, x, state, forcing, keep):
         u = apply_forcing("input", self.W_u(x), forcing)
+        values = {"input": u}
         if "state" not in forcing and "state" not in keep and self.memory.resolve(self.method, x.shape[1]) == "fft":
-            # no state is hooked: the readout folded into the FFT convolution, no [b, T, d_u, q] states
-            m0 = state["state"]
-            memory = self.memory.convolve_readout(u, self.W_m.weight.view(-1, self.d_u, self.order))
-            if bool(m0.ne(0).any()):
-                memory = memory + self.W_m(self.memory.free_response(m0.to(u.dtype), x.shape[1]).flatten(2))
-            y = F.gelu(memory + self.W_x(x))
-            return Computation(y, {"input": u}, {"state": self.memory.last_state(u, m0)})
-        if "state" in forcing:
-            m = self._forced_states(u, state["state"], *forcing["state"])
+            memory, last = self._readout_without_states(u, state["state"])  # no state hooked: none built
         else:
-            m = self.memory.states(u, state["state"], self.method)
-        y = F.gelu(self.W_m(m.flatten(2)) + self.W_x(x))
-        return Computation(y, {"input": u, "state": m}, {"state": m[:, -1]})
+            if "state" in forcing:
+                m = self._forced_states(u, state["state"], *forcing["state"])
+            else:
+                m = self.memory.states(u, state["state"], self.method)
+            memory, last, values["state"] = self.W_m(m.flatten(2)), m[:, -1], m
+        return Computation(F.gelu(memory + self.W_x(x)), values, {"state": last})

@@ -171,14 +171,15 @@ is a nonlinear recurrence run one position at a time.
 """
 
 
+def above_chance(pair_accuracy: float, answers: int, z: float = 3.0) -> bool:
+    """True when ``pair_accuracy`` over ``answers`` is ``z`` binomial standard errors above 0.5."""
+    return (pair_accuracy - 0.5) / math.sqrt(0.25 / max(int(answers), 1)) >= z
+
+
 def not_learned(card: dict[str, Any], z: float = 3.0) -> list[str]:
     """Tasks whose pair accuracy is not ``z`` binomial standard errors above chance (0.5)."""
-    out = []
-    for task, s in card.get("tasks", {}).items():
-        n = max(int(s.get("answers", 0)), 1)
-        if (s.get("pair_accuracy", 0.5) - 0.5) / math.sqrt(0.25 / n) < z:
-            out.append(task)
-    return out
+    return [task for task, s in card.get("tasks", {}).items()
+            if not above_chance(s.get("pair_accuracy", 0.5), s.get("answers", 0), z)]
 
 
 def render_limits(cards: list[dict[str, Any]]) -> str:
