@@ -36,6 +36,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from probe.kernels import native
+
 __all__ = ["selective_scan", "selective_scan_states"]
 
 #: positions between two kept states (the backward recomputes at most this many states at once)
@@ -105,14 +107,45 @@ class _SelectiveScan(torch.autograd.Function):
         return back(d_dt), d_A.sum(0), back(d_B), back(d_C), back(d_v), grad_h0, None
 
 
+class _NativeSelectiveScan(torch.autograd.Function):
+    """The same recurrence and adjoint through the compiled CPU kernel (``probe/kernels/selective_scan.cpp``),
+    which keeps one channel's state in registers over all positions; the backward recomputes states."""
+
+    @staticmethod
+    def forward(ctx, kernel, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor, h0: Tensor):
+        inputs = [x.contiguous() for x in (dt, A, B, C, v, h0)]
+        y, last = kernel.forward(*inputs)
+        ctx.kernel = kernel
+        ctx.save_for_backward(*inputs)
+        return y, last
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: Tensor, grad_last: Tensor):
+        grad_y = torch.zeros_like(ctx.saved_tensors[0]) if grad_y is None else grad_y.contiguous()
+        grads = ctx.kernel.backward(*ctx.saved_tensors, grad_y,
+                                    None if grad_last is None else grad_last.contiguous())
+        return (None, *grads)
+
+
+def _native_kernel(*tensors: Tensor):
+    """The compiled kernel when it applies to these tensors (CPU, float32/float64), else None."""
+    if not all(x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) for x in tensors):
+        return None
+    return native("selective_scan")
+
+
 def selective_scan(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor, h0: Tensor,
-                   checkpoint: int = CHECKPOINT) -> tuple[Tensor, Tensor]:
+                   checkpoint: int = CHECKPOINT, native_path: bool = True) -> tuple[Tensor, Tensor]:
     """``(y [batch, T, D], s_{T-1} [batch, D, N])`` of the recurrence in the module docstring.
 
     Args:
         dt: step sizes ``[batch, T, D]``; A: ``[D, N]``; B, C: ``[batch, T, N]``;
         v: ``dt * u``, ``[batch, T, D]``; h0: ``[batch, D, N]``.
-        checkpoint: positions between kept states (memory vs recomputation).
+        checkpoint: positions between kept states (memory vs recomputation) of the PyTorch path.
+        native_path: use the compiled CPU kernel (:mod:`probe.kernels`) for float32/float64 CPU
+            tensors when it can be built; ``False`` forces the PyTorch path (the kernel's tests
+            compare the two).
 
     Example::
 
@@ -128,7 +161,11 @@ def selective_scan(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor, h0: T
     if T == 0:
         return v.new_zeros(batch, 0, D), h0.clone()
     dtype = v.dtype
-    return _SelectiveScan.apply(dt, A.to(dtype), B.to(dtype), C.to(dtype), v, h0.to(dtype), int(checkpoint))
+    A, B, C, h0 = A.to(dtype), B.to(dtype), C.to(dtype), h0.to(dtype)
+    kernel = _native_kernel(dt, A, B, C, v, h0) if native_path else None
+    if kernel is not None:
+        return _NativeSelectiveScan.apply(kernel, dt, A, B, C, v, h0)
+    return _SelectiveScan.apply(dt, A, B, C, v, h0, int(checkpoint))
 
 
 def selective_scan_states(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor,

@@ -183,26 +183,98 @@ def test_gradients_of_scan_forms_match():
     assert_gradients_match(model, toks, ("auto", "chunked", "sequential", "loop"))  # auto = the fused selective scan
 
 
+def _scan_inputs(seed, b=2, T=23, D=3, N=4, dtype=torch.float64):
+    """Random selective-scan inputs ``(dt, A, B, C, v, h0)``, all requiring gradients."""
+    g = torch.Generator().manual_seed(seed)
+    dt = torch.rand(b, T, D, generator=g, dtype=dtype)
+    A = -torch.rand(D, N, generator=g, dtype=dtype)
+    B, C = (torch.randn(b, T, N, generator=g, dtype=dtype) for _ in range(2))
+    v, h0 = torch.randn(b, T, D, generator=g, dtype=dtype), torch.randn(b, D, N, generator=g, dtype=dtype)
+    return tuple(x.requires_grad_() for x in (dt, A, B, C, v, h0))
+
+
+def _native_scan_kernel():
+    from probe.kernels import native
+
+    kernel = native("selective_scan")
+    if kernel is None:
+        pytest.skip("the compiled selective-scan kernel cannot be built here (no C++ compiler or ninja)")
+    return kernel
+
+
 @pytest.mark.parametrize("checkpoint", [1, 5, 16, 64])
 def test_fused_selective_scan_gradcheck_and_definition(checkpoint):
-    """The fused scan's hand-written backward (every input, any checkpoint spacing) against
+    """The PyTorch fused scan's hand-written backward (every input, any checkpoint spacing) against
     finite differences, and its values against the sequential definition."""
     from probe.selective_scan import selective_scan
 
-    g = torch.Generator().manual_seed(checkpoint)
-    b, T, D, N = 2, 23, 3, 4
-    dt = torch.rand(b, T, D, generator=g, dtype=torch.float64).requires_grad_()
-    A = (-torch.rand(D, N, generator=g, dtype=torch.float64)).requires_grad_()
-    B, C = (torch.randn(b, T, N, generator=g, dtype=torch.float64).requires_grad_() for _ in range(2))
-    v = torch.randn(b, T, D, generator=g, dtype=torch.float64).requires_grad_()
-    h0 = torch.randn(b, D, N, generator=g, dtype=torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(lambda *xs: selective_scan(*xs, checkpoint=checkpoint), (dt, A, B, C, v, h0))
-    y, last = selective_scan(dt, A, B, C, v, h0, checkpoint=checkpoint)
+    dt, A, B, C, v, h0 = _scan_inputs(checkpoint)
+    scan = lambda *xs: selective_scan(*xs, checkpoint=checkpoint, native_path=False)  # noqa: E731
+    assert torch.autograd.gradcheck(scan, (dt, A, B, C, v, h0))
+    y, last = scan(dt, A, B, C, v, h0)
     s = linear_scan_sequential(torch.exp(dt[..., None] * A), v[..., None] * B[:, :, None, :], h0)
     torch.testing.assert_close(y, torch.einsum("btdn,btn->btd", s, C))
     torch.testing.assert_close(last, s[:, -1])
     with pytest.raises(ValueError, match="C has shape"):
         selective_scan(dt, A, B, C[:, :-1], v, h0)
+
+
+@pytest.mark.parametrize("T", [1, 2, 37])
+def test_compiled_selective_scan_gradcheck_and_equals_pytorch_path(T):
+    """The compiled CPU kernel (probe/kernels/selective_scan.cpp): its backward against finite
+    differences, its values against the sequential definition, and values and every gradient
+    equal to the PyTorch path, with and without a gradient reaching the last state."""
+    from probe.selective_scan import _NativeSelectiveScan, selective_scan
+
+    kernel = _native_scan_kernel()
+    dt, A, B, C, v, h0 = inputs = _scan_inputs(T, b=3, T=T, D=5, N=6)
+    assert torch.autograd.gradcheck(lambda *xs: _NativeSelectiveScan.apply(kernel, *xs), inputs)
+    y, last = selective_scan(*inputs)
+    s = linear_scan_sequential(torch.exp(dt[..., None] * A), v[..., None] * B[:, :, None, :], h0)
+    torch.testing.assert_close(y, torch.einsum("btdn,btn->btd", s, C))
+    torch.testing.assert_close(last, s[:, -1])
+    w = torch.randn_like(y)
+    for with_last in (True, False):
+        grads = []
+        for native_path in (True, False):
+            y, last = selective_scan(*inputs, native_path=native_path)
+            loss = (y * w).sum() + (last.square().sum() if with_last else 0)
+            grads.append(torch.autograd.grad(loss, inputs))
+        for got, want in zip(*grads):
+            torch.testing.assert_close(got, want)
+
+
+def test_compiled_selective_scan_float32_and_strided_inputs():
+    """float32 inputs that are views (transposed, sliced) give the PyTorch path's values and gradients."""
+    from probe.selective_scan import selective_scan
+
+    _native_scan_kernel()
+    dt, A, B, C, v, h0 = (x.detach().float() for x in _scan_inputs(11, b=4, T=50, D=16, N=8))
+    dt = (dt.transpose(1, 2).contiguous().transpose(1, 2) * 0.2).requires_grad_()  # strided view
+    wide = torch.cat([B, C], dim=-1).requires_grad_()
+    B_view, C_view = wide[..., :8], wide[..., 8:]  # non-contiguous slices
+    outs = []
+    for native_path in (True, False):
+        y, last = selective_scan(dt, A, B_view, C_view, v, h0, native_path=native_path)
+        outs.append((y, last, torch.autograd.grad(y.square().sum() + last.sum(), (dt, wide))))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-5)
+    for got, want in zip(outs[0][2], outs[1][2]):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()))
+
+
+def test_compiled_kernels_switch_off_with_environment(monkeypatch):
+    """PROBE_NATIVE=0 turns the compiled kernels off; the scan then takes the PyTorch path."""
+    import probe.selective_scan as scan_module
+    from probe.kernels import native
+
+    monkeypatch.setenv("PROBE_NATIVE", "0")
+    assert native("selective_scan") is None
+    called = []
+    monkeypatch.setattr(scan_module._SelectiveScan, "apply",
+                        lambda *a: called.append(1) or torch.autograd.Function.apply.__func__(scan_module._SelectiveScan, *a))
+    scan_module.selective_scan(*(x.detach() for x in _scan_inputs(1)))
+    assert called == [1]
 
 
 def test_state_writing_scan_matches_definition_and_refuses_gradients():

@@ -109,9 +109,23 @@ class SLSTM(RecurrentMixer):
             if W is not None:
                 values["state_conv"] = W
         wx = torch.cat([self._headwise(u, self.W_in[:2]), self._headwise(x, self.W_in[2:])], dim=2) + self.bias
-        # recurrent weights as one matmul per head: h [b, H, 1, dh] @ R_cat [H, dh, 4 dh]
-        R_cat = self.R.permute(1, 3, 0, 2).reshape(self.n_heads, self.d_head, 4 * self.d_head)
-        c, n, m, h = state["state"], state["state_n"], state["state_m"], state["state_h"]
+        # The loop runs head-major ([H, b, ...]): the recurrent product is then one bmm per step,
+        # h [H, b, dh] @ R_cat [H, dh, 4 dh] -> [H, b, 4 dh], with no copy of R per batch element
+        # (a [b, H, 1, dh] @ [H, dh, 4 dh] broadcast expands R every step) and no transpose of its result.
+        H, dh = self.n_heads, self.d_head
+        R_cat = self.R.permute(1, 3, 0, 2).reshape(H, dh, 4 * dh)  # [head, in, (gate, out)]
+        wx = wx.view(b, T, 4, H, dh).permute(1, 3, 0, 2, 4).contiguous()  # [T, H, b, 4, dh]
+
+        def head_major(v: Tensor) -> Tensor:  # [b, d] -> [H, b, dh]
+            return v.view(b, H, dh).transpose(0, 1)
+
+        def batch_major(v: Tensor) -> Tensor:  # [H, b, dh] -> [b, d]
+            return v.transpose(0, 1).reshape(b, d)
+
+        def batch_major_steps(steps: list[Tensor]) -> Tensor:  # T x [H, b, dh] -> [b, T, d]
+            return torch.stack(steps, dim=2).permute(1, 2, 0, 3).reshape(b, T, d)
+
+        c, n, m, h = (head_major(state[k]).contiguous() for k in ("state", "state_n", "state_m", "state_h"))
         names = ("input", "forget", "candidate", "output", "state_m", "state", "state_n", "state_h")
         record = [nm for nm in names if nm in keep]
         out = {nm: [] for nm in record}
@@ -121,16 +135,15 @@ class SLSTM(RecurrentMixer):
             if name not in forcing:
                 return value
             mask, forced = forcing[name]
-            return torch.where(mask[:, t], forced[:, t].to(value.dtype), value)
+            return torch.where(head_major(mask[:, t]), head_major(forced[:, t]).to(value.dtype), value)
 
-        # unbind, not wx[:, t]: indexing would make backward allocate and add a full-size gradient per step
-        for t, wx_t in enumerate(wx.unbind(1)):
-            ry = (h.view(b, self.n_heads, 1, self.d_head) @ R_cat).view(b, self.n_heads, 4, self.d_head)
-            raw = wx_t + ry.transpose(1, 2).reshape(b, 4, d)
-            log_i = force("input", raw[:, 0], t)
-            log_f = force("forget", F.logsigmoid(raw[:, 1]), t)
-            z = force("candidate", torch.tanh(raw[:, 2]), t)
-            o = force("output", torch.sigmoid(raw[:, 3]), t)
+        # unbind, not wx[t]: indexing would make backward allocate and add a full-size gradient per step
+        for t, wx_t in enumerate(wx.unbind(0)):
+            raw = wx_t + torch.bmm(h, R_cat).view(H, b, 4, dh)  # [H, b, gate, dh]
+            log_i = force("input", raw[:, :, 0], t)
+            log_f = force("forget", F.logsigmoid(raw[:, :, 1]), t)
+            z = force("candidate", torch.tanh(raw[:, :, 2]), t)
+            o = force("output", torch.sigmoid(raw[:, :, 3]), t)
             m_new = torch.maximum(m + log_f, log_i)
             f_s = torch.exp((log_f + m - m_new).clamp(max=0.0))
             i_s = torch.exp(log_i - m_new)
@@ -143,9 +156,9 @@ class SLSTM(RecurrentMixer):
                     "state_n": n, "state_h": h}
             for nm in record:
                 out[nm].append(step[nm])
-        H_all = torch.stack(hs, dim=1)  # [b, T, d]
-        values.update({nm: torch.stack(v, dim=1) for nm, v in out.items()})
+        H_all = batch_major_steps(hs)  # [b, T, d]
+        values.update({nm: batch_major_steps(v) for nm, v in out.items()})
         y = F.layer_norm(H_all.view(b, T, self.n_heads, self.d_head), (self.d_head,), eps=self.options["norm_eps"])
         y = y.reshape(b, T, d) * self.norm_w
-        final.update({"state": c, "state_n": n, "state_m": m, "state_h": h})
+        final.update({k: batch_major(v) for k, v in (("state", c), ("state_n", n), ("state_m", m), ("state_h", h))})
         return Computation(y, values, final)
