@@ -179,10 +179,41 @@ class HookedLM(HookedRootModule):
     def to_string(self, tokens: Tensor | Sequence[int] | int) -> str | list[str]:
         """Decode one id, ids ``[pos]`` (a string) or ``[batch, pos]`` (a list of strings)."""
         if isinstance(tokens, int) or (isinstance(tokens, Tensor) and tokens.dim() == 0):
-            return self.tokenizer.decode([int(tokens)])
+            return self._decode([int(tokens)])
         if isinstance(tokens, Tensor) and tokens.dim() == 2:
-            return [self.tokenizer.decode(row.tolist()) for row in tokens]
-        return self.tokenizer.decode(tokens.tolist() if isinstance(tokens, Tensor) else tokens)
+            return [self._decode(row.tolist()) for row in tokens]
+        return self._decode(tokens.tolist() if isinstance(tokens, Tensor) else tokens)
+
+    def _untokenized(self, i: int) -> bool:
+        """True for an id of this model's vocabulary that its tokenizer lacks: a vocabulary padded past
+        the tokenizer's (``vocab_size=260`` with the 257-id byte tokenizer; converted checkpoints often
+        round their vocabulary up), whose extra ids the model can still predict."""
+        known = getattr(self.tokenizer, "vocab_size", None)
+        return known is not None and known <= i < self.cfg.vocab_size
+
+    def token_str(self, token: int) -> str:
+        """The text of one token id; an id beyond the tokenizer's vocabulary but inside the model's
+        (see :meth:`_untokenized`) has no text and shows as ``"<|id|>"``."""
+        i = int(token)
+        return f"<|{i}|>" if self._untokenized(i) else self.tokenizer.token_str(i)
+
+    def _decode(self, ids) -> str:
+        """``tokenizer.decode(ids)``, with ids the tokenizer lacks but the model has shown as ``"<|id|>"``."""
+        ids = [int(i) for i in ids]
+        if not any(self._untokenized(i) for i in ids):
+            return self.tokenizer.decode(ids)
+        out, run = [], []
+        for i in ids:
+            if self._untokenized(i):
+                if run:
+                    out.append(self.tokenizer.decode(run))
+                out.append(f"<|{i}|>")
+                run = []
+            else:
+                run.append(i)
+        if run:
+            out.append(self.tokenizer.decode(run))
+        return "".join(out)
 
     def to_str_tokens(self, input: str | Tensor, prepend_bos: bool | None = None) -> list[str]:
         """Display string of every token of one text or one sequence of ids (``[pos]`` or ``[1, pos]``)."""
@@ -194,7 +225,7 @@ class HookedLM(HookedRootModule):
                                      f"{tokens.shape[0]}.")
                 tokens = tokens[0]
             tokens = tokens.tolist()
-        return [self.tokenizer.token_str(t) for t in tokens]
+        return [self.token_str(t) for t in tokens]
 
     def to_single_token(self, text: str) -> int:
         """The id of ``text``, which must be exactly one token (``"a"`` with the byte tokenizer)."""

@@ -18,6 +18,7 @@ import torch
 from app import loading, methods
 from app.context import Context, Slot, side_by_side
 from app.widgets import display_token, show_figure
+from probe.methods.inputs import token_str
 
 HOVER_K = 5
 #: keep lens logits for the hover text only below this many floats
@@ -31,7 +32,7 @@ def _hover_text(model, logits: torch.Tensor) -> np.ndarray:
     """``[layer, pos]`` strings "tok p / tok p / ..." of the top ``HOVER_K`` tokens of each cell."""
     probs = torch.softmax(logits.float(), -1)
     top = probs.topk(min(HOVER_K, probs.shape[-1]), -1)
-    tok_str = model.tokenizer.token_str
+    tok_str = lambda t: token_str(model, t)
     ids, ps = top.indices.tolist(), top.values.tolist()
     return np.array([[" · ".join(f"{display_token(tok_str(i))} {p:.2f}" for i, p in zip(cell_i, cell_p))
                       for cell_i, cell_p in zip(row_i, row_p)] for row_i, row_p in zip(ids, ps)], dtype=object)

@@ -15,6 +15,7 @@ import torch
 from app import loading
 from app.context import Context, Slot, side_by_side
 from app.widgets import clamp_position, display_token, position_picker, show_figure
+from probe.methods.inputs import token_str
 
 TITLE = "Predictions"
 TOP_K = 10
@@ -30,7 +31,7 @@ def predictions(source: str, text: str) -> dict:
     logp = torch.log_softmax(logits, -1)
     top = logp.topk(min(TOP_K, logp.shape[-1]), -1)
     loss = -logp[:-1].gather(-1, tokens[0, 1:, None])[:, 0]
-    tok_str = model.tokenizer.token_str
+    tok_str = lambda t: token_str(model, t)
     return {
         "str_tokens": [display_token(tok_str(t)) for t in tokens[0].tolist()],
         "top_tokens": [[display_token(tok_str(t)) for t in row] for row in top.indices.tolist()],

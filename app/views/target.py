@@ -12,6 +12,7 @@ import streamlit as st
 
 from app.context import Context
 from app.widgets import n_tokens
+from probe.methods.inputs import token_str
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Metric:
 def _token_text(model_slots, token_id: int) -> str:
     for slot in model_slots:
         if slot.model is not None:
-            return slot.model.tokenizer.token_str(token_id)
+            return token_str(slot.model, token_id)
     return ""
 
 

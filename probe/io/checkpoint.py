@@ -51,6 +51,8 @@ def write_atomically(target: str | Path, write) -> Path:
 
 def save_model(model, path: str | Path, dtype: torch.dtype | None = None, meta: dict[str, Any] | None = None) -> Path:
     """Save ``model`` (a HookedLM) to directory ``path``; ``dtype`` e.g. ``torch.float16`` to shrink it."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise InputError(f"Models are saved in a floating dtype (torch.float16, torch.bfloat16, ...), got {dtype!r}.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous().cpu()
@@ -141,7 +143,8 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
             raise CheckpointError(f"Tensor {k!r} in {weights} has dtype {v.dtype}, expected floating point.")
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"Tensor {k!r} in {weights} contains NaN or inf.")
-    model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()})
+    model.to(dtype)  # before loading: load_state_dict copies (and casts) into the existing parameters
+    model.load_state_dict(tensors)
     model.meta = meta
     model.checkpoint_path = str(path)
     if device is not None:

@@ -207,6 +207,9 @@ class BridgeAdapter:
     to_string = HookedLM.to_string
     to_str_tokens = HookedLM.to_str_tokens
     to_single_token = HookedLM.to_single_token
+    token_str = HookedLM.token_str
+    _untokenized = HookedLM._untokenized
+    _decode = HookedLM._decode
     _as_tokens = HookedLM._as_tokens
     _check_ids = HookedLM._check_ids
     loss = staticmethod(HookedLM.loss)

@@ -64,7 +64,7 @@ def _targets(model, tokens, logits, position, target, contrast):
 
 
 def _metric_label(model, target: Tensor, contrast: Tensor | None, b: int) -> str:
-    name = lambda t: repr(inputs.printable(model.tokenizer.token_str(int(t))))
+    name = lambda t: repr(inputs.printable(inputs.token_str(model, t)))
     label = f"logit[{name(target[b])}]"
     return label if contrast is None else f"{label} - logit[{name(contrast[b])}]"
 
@@ -195,6 +195,7 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
     model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)
     pos = inputs.check_position(position, tokens.shape[1])
+    inputs.check_not_padding(model, input, pos, prepend_bos)
     n = model.cfg.n_layers
     sites: list[tuple[str, str, int]] = [("embed", "hook_embed", -1)]
     if "hook_pos_embed" in model.hook_dict:
@@ -238,7 +239,8 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
     parts_sum = sum(found[site].to(f64) for _, site, _ in sites)
     final = found[f"blocks.{n - 1}.hook_resid_post"].to(f64)
     gap = float((parts_sum - final).abs().max() / final.abs().max().clamp_min(1e-30))
-    if gap > 1e-4:
+    tol = _sum_tolerance(found[f"blocks.{n - 1}.hook_resid_post"].dtype, len(sites))
+    if gap > tol:
         raise ProbeError(f"The residual stream of this model is not the sum of embed, mixer and MLP outputs "
                          f"(relative gap {gap:.2e}); direct logit attribution does not apply to it.")
     bias = b_U[target] - (b_U[contrast] if contrast is not None else 0)
@@ -261,13 +263,21 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
                         else torch.zeros_like(heads[i][0]))
         layer_part = contrib[components.index(f"L{i} {model.cfg.layout[i]}")]
         gap = float((heads[i].sum(0) + head_bias[i] - layer_part).abs().max())
-        if gap > 1e-4 * max(1.0, float(layer_part.abs().max())):
+        tol = _sum_tolerance(found[f"blocks.{i}.mixer.hook_z"].dtype, heads[i].shape[0] + 1)
+        if gap > tol * max(1.0, float(layer_part.abs().max())):
             raise ProbeError(f"Per-head outputs of layer {i} do not sum to its mixer output (gap {gap:.1e}); "
                              "per-head attribution does not apply to this attention. Use per_head=False.")
     return DLAResult(**_targeted(model, tokens, pos, target, contrast, "pre-cap " if capped else ""),
                      components=components, layers=layers, contributions=contrib, logit=logit, total=total,
                      abs_error=abs_err, rel_error=abs_err / logit.abs().clamp_min(1e-12), head_contributions=heads,
                      head_bias=head_bias)
+
+
+def _sum_tolerance(dtype: torch.dtype, n_terms: int) -> float:
+    """Relative tolerance for a sum of ``n_terms`` activations computed in ``dtype`` matching the
+    model's own: ``1e-4`` in float32 / float64; in float16 / bfloat16 every addition to the residual
+    stream rounds to the dtype (relative ``eps``), so the gap can reach ``n_terms * eps``."""
+    return max(1e-4, 2.0 * n_terms * torch.finfo(dtype).eps)
 
 
 # -- token attribution ---------------------------------------------------------------------
@@ -366,7 +376,7 @@ def _baseline_embedding(model, tokens: Tensor, x: Tensor, baseline) -> tuple[Ten
 
         with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", save)]):
             model(base_tokens, return_type=None)
-        return found["e"], f"token {inputs.printable(model.tokenizer.token_str(tid))!r} at every position"
+        return found["e"], f"token {inputs.printable(inputs.token_str(model, tid))!r} at every position"
     if isinstance(baseline, Tensor):
         base = baseline.to(x.device, x.dtype)
         if base.dim() == 2 and tuple(base.shape) == tuple(x.shape[1:]):
@@ -429,6 +439,7 @@ def gradient_x_input(model, input, target=None, contrast=None, position: int = -
     model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)
     pos = inputs.check_position(position, tokens.shape[1])
+    inputs.check_not_padding(model, input, pos, prepend_bos)
     x, fx, target, contrast = _embed_and_targets(model, tokens, pos, target, contrast)
     base, desc = _baseline_embedding(model, tokens, x, baseline)
     grads, _ = _gradients(model, tokens, x.unsqueeze(0), pos, target, contrast, chunk=1)
@@ -508,11 +519,14 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
         pq.quadrature(steps, method)  # validate before running anything
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise InputError(f"chunk must be a positive integer, got {chunk!r}.")
-    if until is not None and not until > 0:
+    if until is not None and (isinstance(until, bool) or not isinstance(until, (int, float)) or not until > 0):
         raise InputError(f"until must be a positive completeness error (e.g. 0.01), got {until!r}.")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise InputError(f"max_steps must be a positive integer, got {max_steps!r}.")
     model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)
     pos = inputs.check_position(position, tokens.shape[1])
+    inputs.check_not_padding(model, input, pos, prepend_bos)
     x, fx, target, contrast = _embed_and_targets(model, tokens, pos, target, contrast)
     base, desc = _baseline_embedding(model, tokens, x, baseline)
     batch = tokens.shape[0]

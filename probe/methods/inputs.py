@@ -49,6 +49,32 @@ def as_tokens(model, input, prepend_bos: bool | None = None) -> Tensor:
     return tokens
 
 
+def text_lengths(model, input, prepend_bos: bool | None = None) -> list[int] | None:
+    """Tokens of each text before padding when ``input`` is a list of texts (``to_tokens`` right-pads
+    the shorter ones with the pad token), else ``None`` (token ids are taken as given)."""
+    if not isinstance(input, (list, tuple)) or len(input) < 2 or not all(isinstance(t, str) for t in input):
+        return None
+    bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+    extra = 1 if bos and model.tokenizer.bos_token_id is not None else 0
+    return [len(model.tokenizer.encode(t)) + extra for t in input]
+
+
+def check_not_padding(model, input, positions, prepend_bos: bool | None = None, what: str = "position") -> None:
+    """Raise an :class:`InputError` when a position read for a sequence (an int for all, or one per
+    sequence, non-negative) lies in the padding of a shorter text of a list of texts: the answer
+    there would silently be about the pad token, not the text."""
+    lengths = text_lengths(model, input, prepend_bos)
+    if lengths is None:
+        return
+    if isinstance(positions, int):
+        positions = [positions] * len(lengths)
+    for b, (p, n) in enumerate(zip([int(p) for p in positions], lengths)):
+        if p >= n:
+            raise InputError(f"{what} {p} is padding for text {b} ({input[b][:30]!r} is {n} tokens; the texts are "
+                             f"{min(lengths)}..{max(lengths)} tokens, right-padded to {max(lengths)}). Pass texts of "
+                             "equal length, one text at a time, or a position inside every text.")
+
+
 def check_layer(model, layer: int, what: str = "layer", allow_end: bool = False) -> int:
     """``layer`` as a non-negative index ``0 .. n_layers - 1`` (``.. n_layers`` with ``allow_end``);
     negative indices count from the end."""
@@ -130,11 +156,18 @@ def resolve_target(model, target, batch: int, name: str = "target") -> Tensor:
     return ids.to(model.device)
 
 
+def token_str(model, token: int) -> str:
+    """The text of one token id: ``model.token_str`` (which shows ids of a vocabulary padded past the
+    tokenizer's as ``"<|id|>"``), or the tokenizer's for a model without it (a TransformerLens adapter)."""
+    fn = getattr(model, "token_str", None)
+    return fn(int(token)) if callable(fn) else model.tokenizer.token_str(int(token))
+
+
 def str_tokens(model, tokens: Tensor) -> list[list[str]]:
     """Display strings of every token, ``[batch][pos]`` (made printable for figure axes)."""
     out = []
     for row in tokens.tolist():
-        out.append([printable(model.tokenizer.token_str(t)) for t in row])
+        out.append([printable(token_str(model, t)) for t in row])
     return out
 
 

@@ -87,6 +87,8 @@ class LensResult(MethodResult):
         top1_agreement: ``[layer, batch, pos]`` bool, lens top token == final top token.
         top_tokens / top_probs: ``[layer, batch, pos]`` the lens's most likely token and its probability.
         logits: ``[layer, batch, pos, vocab]`` lens logits (only with ``keep_logits=True``).
+        lengths: tokens of each text before padding, for a list of texts (``None``: no padding); the
+            means of :meth:`to_frame` leave the padding out.
     """
 
     kind: str
@@ -101,19 +103,30 @@ class LensResult(MethodResult):
     top_probs: Tensor
     top_strs: list[list[list[str]]] = field(repr=False, default_factory=list)
     logits: Tensor | None = field(repr=False, default=None)
+    lengths: list[int] | None = None
 
     def to_frame(self):
-        """One row per lens layer: mean KL, cross-entropy and top-1 agreement over batch and positions."""
+        """One row per lens layer: mean KL, cross-entropy and top-1 agreement over batch and positions
+        (the padding of shorter texts left out)."""
         import pandas as pd
 
-        ce = self.cross_entropy
+        _, B, T = self.kl.shape
+        n = torch.tensor(self.lengths if self.lengths is not None else [T] * B)
+        valid = torch.arange(T)[None, :] < n[:, None]  # [batch, pos]: not padding
+        valid_ce = valid[:, 1:]  # cross_entropy[:, t] predicts token t + 1, which must be text too
+
+        def mean(x: Tensor, mask: Tensor) -> float:
+            if bool(mask.all()):
+                return float(x.mean()) if x.numel() else float("nan")
+            return float(x[mask.to(x.device)].mean()) if bool(mask.any()) else float("nan")
+
         rows = []
         for i, (layer, label) in enumerate(zip(self.layers, self.layer_labels)):
             rows.append({
                 "lens": self.kind, "layer": layer, "label": label,
-                "kl": float(self.kl[i].mean()),
-                "cross_entropy": float(ce[i].mean()) if ce.numel() else float("nan"),
-                "top1_agreement": float(self.top1_agreement[i].float().mean()),
+                "kl": mean(self.kl[i], valid),
+                "cross_entropy": mean(self.cross_entropy[i], valid_ce),
+                "top1_agreement": mean(self.top1_agreement[i].float(), valid),
             })
         return pd.DataFrame(rows)
 
@@ -196,12 +209,12 @@ def _apply_lens(model, input, layers, translate: Callable[[Tensor, int], Tensor]
             if keep_logits:
                 kept.append(logits)
     top_t = torch.stack(top)
-    tok_str = model.tokenizer.token_str
-    top_strs = [[[inputs.printable(tok_str(i)) for i in row] for row in layer.tolist()] for layer in top_t]
+    top_strs = [[[inputs.printable(inputs.token_str(model, i)) for i in row] for row in layer.tolist()]
+                for layer in top_t]
     return LensResult(kind, tokens, inputs.str_tokens(model, tokens), layers,
                       [layer_label(model, l) for l in layers], torch.stack(kl), torch.stack(ce),
                       torch.stack(agree), top_t, torch.stack(prob), top_strs,
-                      torch.stack(kept) if keep_logits else None)
+                      torch.stack(kept) if keep_logits else None, inputs.text_lengths(model, input, prepend_bos))
 
 
 def kl_divergence(logp: Tensor, logq: Tensor) -> Tensor:
@@ -253,7 +266,8 @@ class TunedLens(nn.Module):
     """Per-layer affine translators ``x -> x W_l^T + b_l`` for lens layers ``0 .. n_layers - 1``.
 
     ``weight [n_layers, d_model, d_model]`` starts at the identity and ``bias [n_layers, d_model]``
-    at zero, so before training the tuned lens equals the logit lens. Train with :meth:`fit`,
+    at zero, so before training the tuned lens equals the logit lens. They are float32 for a float16 /
+    bfloat16 model (the stream is translated in float32 and cast back). Train with :meth:`fit`,
     apply with :meth:`run`, persist with :meth:`save` / :meth:`load` (safetensors + JSON).
     """
 
@@ -261,9 +275,11 @@ class TunedLens(nn.Module):
         super().__init__()
         model = inputs.as_model(model)
         self.d_model, self.n_layers = model.cfg.d_model, model.cfg.n_layers
-        eye = torch.eye(self.d_model, device=model.device, dtype=model.dtype)
+        # float32 at least: Adam's eps (1e-8) and small updates vanish in float16 / bfloat16 (NaN losses)
+        dtype = torch.promote_types(model.dtype, torch.float32)
+        eye = torch.eye(self.d_model, device=model.device, dtype=dtype)
         self.weight = nn.Parameter(eye.repeat(self.n_layers, 1, 1))
-        self.bias = nn.Parameter(torch.zeros(self.n_layers, self.d_model, device=model.device, dtype=model.dtype))
+        self.bias = nn.Parameter(torch.zeros(self.n_layers, self.d_model, device=model.device, dtype=dtype))
         self.fingerprint: str | None = None  # of the model it was trained for; None until trained
         self.model_config = _config_identity(model)
         self.train_info: dict[str, Any] = {}
@@ -273,7 +289,8 @@ class TunedLens(nn.Module):
         """Translate the residual stream of lens layer ``layer`` (identity for the last layer)."""
         if layer >= self.n_layers:
             return resid
-        return resid @ self.weight[layer].T + self.bias[layer]
+        out = resid.to(self.weight.dtype) @ self.weight[layer].T + self.bias[layer]
+        return out.to(resid.dtype)
 
     def check_model(self, model) -> None:
         """Raise unless this lens fits ``model`` (same shape; same weights once trained)."""
@@ -306,9 +323,10 @@ class TunedLens(nn.Module):
         model = inputs.as_model(model)
         if (model.cfg.d_model, model.cfg.n_layers) != (self.d_model, self.n_layers):
             self.check_model(model)
-        if steps < 1 or batch_size < 1 or seq_len < 2:
-            raise InputError(f"fit needs steps >= 1, batch_size >= 1, seq_len >= 2; got {steps}, "
-                             f"{batch_size}, {seq_len}.")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (steps, batch_size, seq_len)) \
+                or steps < 1 or batch_size < 1 or seq_len < 2:
+            raise InputError(f"fit needs steps >= 1, batch_size >= 1, seq_len >= 2 (integers); got {steps!r}, "
+                             f"{batch_size!r}, {seq_len!r}.")
         limit = model.cfg.context_limit
         if limit is not None and seq_len > limit:
             raise InputError(f"seq_len={seq_len} exceeds this model's context n_ctx={limit}.")
@@ -375,8 +393,8 @@ class TunedLens(nn.Module):
         info = {k: v for k, v in self.train_info.items() if k != "losses"}
         payload = {"format": LENS_FORMAT, "version": 1, "d_model": self.d_model, "n_layers": self.n_layers,
                    "model_fingerprint": self.fingerprint, "model_config": self.model_config, "train": info}
-        tensors = {"weight": self.weight.detach().float().cpu().contiguous(),
-                   "bias": self.bias.detach().float().cpu().contiguous()}
+        tensors = {"weight": self.weight.detach().cpu().contiguous(),  # float32, or float64 for a float64 model
+                   "bias": self.bias.detach().cpu().contiguous()}
         write_atomically(path / LENS_WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
         write_atomically(path / LENS_CONFIG, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=True)))
         return path

@@ -142,6 +142,7 @@ class _Setup:
 
 def _prepare(model, clean, corrupted, answer, contrast, metric, sites, layers, positions, answer_position,
              normalize, prepend_bos) -> _Setup:
+    texts = clean, corrupted
     clean = inputs.as_tokens(model, clean, prepend_bos)
     corrupted = inputs.as_tokens(model, corrupted, prepend_bos)
     if clean.shape != corrupted.shape:
@@ -153,6 +154,8 @@ def _prepare(model, clean, corrupted, answer, contrast, metric, sites, layers, p
             raise InputError("Give answer= and contrast= token ids (the default metric is the logit difference "
                              "logit[answer] - logit[contrast] at answer_position), or a metric callable.")
         pos = answer_positions(answer_position, batch, T)
+        for given in texts:
+            inputs.check_not_padding(model, given, pos.tolist(), prepend_bos, "answer position")
         ans = inputs.resolve_target(model, answer, batch, "answer")
         con = inputs.resolve_target(model, contrast, batch, "contrast")
         if bool((ans == con).any()):

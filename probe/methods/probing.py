@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,19 +282,33 @@ def _rows_of_label(frame, label: str | None):
 def hidden_vs_state(results):
     """One row per (model, label): best held-out score over layers of the hidden sites and of the
     state sites, with the layer and selectivity of each, and the baseline. ``results``: probe
-    results (or their frames), e.g. one per architecture.
+    results (or their frames), e.g. one per architecture, as a list or as ``{model name: result}``
+    (the names then label the rows).
 
     Example::
 
         hidden_vs_state([fit_probes(collect_activations(m, data), "number") for m in models])
+        hidden_vs_state({"lstm": res_lstm, "transformer": res_transformer})
     """
     import pandas as pd
 
     if isinstance(results, (ProbeResult, pd.DataFrame)):
         results = [results]
+    if isinstance(results, Mapping):
+        named = list(results.items())
+    elif isinstance(results, (list, tuple)):
+        named = [(None, res) for res in results]
+    else:
+        raise InputError(f"results must be a ProbeResult, a list of them or {{model name: ProbeResult}}; got "
+                         f"{type(results).__name__}.")
     rows = []
-    for res in results:
+    for name, res in named:
+        if not isinstance(res, (ProbeResult, pd.DataFrame)):
+            raise InputError(f"results holds a {type(res).__name__}{f' for {name!r}' if name is not None else ''}; "
+                             "give the ProbeResults of fit_probes (or their frames).")
         df = res.frame if isinstance(res, ProbeResult) else res
+        if name is not None:
+            df = df.assign(model=str(name))
         for (model, label), part in df.groupby(["model", "label"], sort=False):
             row = {"model": model, "label": label, "score_name": part["score_name"].iloc[0],
                    "baseline": float(part["baseline"].iloc[0])}

@@ -372,8 +372,11 @@ def steer(model, input, vector, coefficients: Sequence[float] = (-1.0, 0.0, 1.0)
         res = steer(model, "the dog ", vec, coefficients=[-4, 0, 4], answer="a", contrast="i")
         res.to_frame()             # layer, mixer, coefficient, metric, change from coefficient 0
     """
+    from probe.model import _check_sampling
+
     model = inputs.as_model(model)
     start = time.perf_counter()
+    _check_sampling(max_new_tokens, temperature, top_k, "auto")  # as model.generate: clear errors up front
     site, vecs, parts = _vectors(model, vector, site, layers)
     coefficients = [float(c) for c in (coefficients if isinstance(coefficients, (list, tuple, np.ndarray, Tensor))
                                        else [coefficients])]
@@ -420,7 +423,7 @@ def steer(model, input, vector, coefficients: Sequence[float] = (-1.0, 0.0, 1.0)
                 if max_new_tokens > 0:
                     toks = _generate(model, ids, add, stepwise[layer], max_new_tokens, temperature, top_k, seed)
                     generated[layer, c] = toks
-                    generations[layer, c] = [model.tokenizer.decode(r.tolist()) for r in toks]
+                    generations[layer, c] = _decode_rows(model, toks)
             out[i, j] = value(logits)
             if kept is not None:
                 row_logits.append(logits.detach())
@@ -429,6 +432,15 @@ def steer(model, input, vector, coefficients: Sequence[float] = (-1.0, 0.0, 1.0)
     return SteeringResult(site, layer_list, coefficients, list(model.cfg.layout), out, baseline, label,
                           {l: float(vecs[l].float().norm()) for l in layer_list}, generations, generated,
                           torch.stack(kept) if kept is not None else None, time.perf_counter() - start)
+
+
+def _decode_rows(model, toks: Tensor) -> list[str]:
+    """Each row of ``toks`` as text (``model.to_string`` shows ids a padded vocabulary has beyond the
+    tokenizer's as ``"<|id|>"``; a TransformerLens adapter decodes with its tokenizer)."""
+    to_string = getattr(model, "to_string", None)
+    if callable(to_string):
+        return list(to_string(toks))
+    return [model.tokenizer.decode(r.tolist()) for r in toks]
 
 
 def _steered_mask(positions, lengths: Tensor, width: int) -> Tensor | None:
