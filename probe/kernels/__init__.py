@@ -15,6 +15,7 @@ reductions through ``#pragma omp simd``).
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -40,8 +41,10 @@ def native(name: str) -> ModuleType | None:
         if not source.is_file():
             raise FileNotFoundError(f"No kernel source {source}.")
         try:
-            from torch.utils.cpp_extension import load
+            from torch.utils.cpp_extension import get_default_build_root, load
 
+            if not any(Path(get_default_build_root()).glob(f"*/probe_{name}/probe_{name}*.so")):
+                print(f"probe: compiling the {name} CPU kernel (once; about a minute)...", file=sys.stderr, flush=True)
             _BUILT[name] = load(name=f"probe_{name}", sources=[str(source)], extra_cflags=FLAGS, verbose=False)
         except Exception as exc:  # no compiler / ninja, or a build error: the PyTorch path is used instead
             warnings.warn(f"probe: the compiled {name} kernel is unavailable ({type(exc).__name__}: "
