@@ -263,6 +263,29 @@ def test_compiled_selective_scan_float32_and_strided_inputs():
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()))
 
 
+def test_compiled_selective_scan_split_over_threads_equals_one_thread():
+    """A problem large enough to be split over threads (batch slices on std::threads) gives the
+    single-thread result exactly, and the PyTorch path's gradients."""
+    from probe.selective_scan import selective_scan
+
+    _native_scan_kernel()
+    inputs = _scan_inputs(4, b=5, T=128, D=32, N=16)  # 5 * 128 * 32 * 16 > 2^18 elements: threaded
+    previous = torch.get_num_threads()
+    runs = []
+    try:
+        for threads, native_path in ((1, True), (2, True), (2, False)):
+            torch.set_num_threads(threads)
+            y, last = selective_scan(*inputs, native_path=native_path)
+            runs.append((y, last, torch.autograd.grad(y.square().sum() + last.sum(), inputs)))
+    finally:
+        torch.set_num_threads(previous)
+    (y1, l1, g1), (y2, l2, g2), (yp, lp, gp) = runs
+    assert torch.equal(y1, y2) and torch.equal(l1, l2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
+    torch.testing.assert_close(y2, yp)
+    for got, want in zip(g2, gp):
+        torch.testing.assert_close(got, want)
+
+
 def test_compiled_kernels_switch_off_with_environment(monkeypatch):
     """PROBE_NATIVE=0 turns the compiled kernels off; the scan then takes the PyTorch path."""
     import probe.selective_scan as scan_module

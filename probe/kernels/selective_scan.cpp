@@ -17,10 +17,13 @@
 //     q_t      = G_t s_{t-1} a_t  dL/ddt_t = sum_n q_t A    dL/dA  += q_t dt_t
 //     dL/dh0   = a_0 G_0
 //
-// Rows of one batch element share dL/dB and dL/dC, so threads split the batch, never the channels.
+// Rows of one batch element share dL/dB and dL/dC, so threads split the batch, never the channels
+// (a batch of one runs on one thread).
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -115,6 +118,23 @@ void backward_rows(const scalar_t* dt, const scalar_t* A, const scalar_t* B, con
   }
 }
 
+// Runs fn(b0, b1) on contiguous slices of [0, batch) in PyTorch's intra-op thread count of std::threads
+// (at::parallel_for would need OpenMP in this build; torch ships its own OpenMP runtime, so none is linked
+// here). Small problems (generation's one position) stay on the calling thread.
+template <typename Fn>
+void split_batch(int64_t batch, int64_t work, const Fn& fn) {
+  const int64_t wanted = work < (int64_t(1) << 18) ? 1 : std::min<int64_t>(at::get_num_threads(), batch);
+  if (wanted <= 1) {
+    fn(0, batch);
+    return;
+  }
+  std::vector<std::thread> pool;
+  const int64_t per = (batch + wanted - 1) / wanted;
+  for (int64_t b0 = per; b0 < batch; b0 += per) pool.emplace_back(fn, b0, std::min(batch, b0 + per));
+  fn(0, std::min(batch, per));
+  for (auto& th : pool) th.join();
+}
+
 void check(const torch::Tensor& x, const char* name, int64_t dim) {
   TORCH_CHECK(x.device().is_cpu(), "selective_scan kernel: ", name, " must be on the CPU");
   TORCH_CHECK(x.is_contiguous(), "selective_scan kernel: ", name, " must be contiguous");
@@ -134,7 +154,7 @@ std::vector<torch::Tensor> scan_forward(torch::Tensor dt, torch::Tensor A, torch
     const auto *pdt = dt.data_ptr<scalar_t>(), *pA = A.data_ptr<scalar_t>(), *pB = B.data_ptr<scalar_t>(),
                *pC = C.data_ptr<scalar_t>(), *pv = v.data_ptr<scalar_t>(), *ph0 = h0.data_ptr<scalar_t>();
     auto *py = y.data_ptr<scalar_t>(), *plast = last.data_ptr<scalar_t>();
-    at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+    split_batch(batch, batch * T * D * N, [&](int64_t b0, int64_t b1) {
       forward_rows<scalar_t>(pdt, pA, pB, pC, pv, ph0, py, plast, b0, b1, T, D, N);
     });
   });
@@ -160,7 +180,7 @@ std::vector<torch::Tensor> scan_backward(torch::Tensor dt, torch::Tensor A, torc
     const scalar_t* pgl = has_last ? grad_last.data_ptr<scalar_t>() : nullptr;
     auto *pddt = d_dt.data_ptr<scalar_t>(), *pdA = d_A_rows.data_ptr<scalar_t>(), *pdB = d_B.data_ptr<scalar_t>(),
          *pdC = d_C.data_ptr<scalar_t>(), *pdv = d_v.data_ptr<scalar_t>(), *pdh0 = d_h0.data_ptr<scalar_t>();
-    at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+    split_batch(batch, batch * T * D * N, [&](int64_t b0, int64_t b1) {
       backward_rows<scalar_t>(pdt, pA, pB, pC, pv, ph0, pgy, pgl, pddt, pdA, pdB, pdC, pdv, pdh0, b0, b1, T, D, N);
     });
   });
