@@ -164,9 +164,12 @@ the optimisation steps on the hardware named (CPU runs shared a busy 2-core mach
 other jobs, so their times are upper bounds). The CPU time column is what retraining takes on
 2 CPU threads: one training step measured (`probe zoo card --cpu-timing`, the median of three
 steps on an idle 2-core machine) times the recipe's steps. A full CPU retrain of the LSTM took
-7.6 min against its 8.1 min here. Mamba (45.9 min) and xLSTM (21.0 min) miss the 20-minute
-target: Mamba's selective scan is sequential over positions on the CPU, and the sLSTM layer
-is a nonlinear recurrence run one position at a time.
+7.6 min against 8.1 min measured for it in an earlier run (the machine's speed varies between
+runs by up to 30%; the column comes from one run). Mamba (23.8 min) misses the 20-minute
+target: its selective scan is sequential over positions on the CPU; the column assumes the
+compiled scan kernel (`probe.kernels`, built where a C++ compiler exists), without which the
+same run measured 1.85 s/step (37 min). The sLSTM layer is a nonlinear recurrence run one
+position at a time (xLSTM 12.6 min).
 
 """
 
