@@ -121,7 +121,7 @@ class _NativeSelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kernel, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor, h0: Tensor):
         inputs = [x.contiguous() for x in (dt, A, B, C, v, h0)]
-        y, last = kernel.forward(*inputs)
+        y, last = kernel.forward(*inputs, False)
         ctx.kernel = kernel
         ctx.save_for_backward(*inputs)
         return y, last
@@ -176,19 +176,23 @@ def selective_scan(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor, h0: T
 
 
 def selective_scan_states(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor,
-                          h0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                          h0: Tensor, native_path: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """``(y [batch, T, D], s_{T-1} [batch, D, N], states [batch, T, D, N])``, every state kept.
 
     Arguments as :func:`selective_scan`. No gradients flow (it refuses inputs that need them):
     state caching under ``torch.no_grad()``. Each state is computed in place in its slot of the
     result from the previous slot, so the working memory beyond the returned states is one
-    ``[batch, D, N]`` decay.
+    ``[batch, D, N]`` decay. On the CPU the compiled kernel writes the states (``native_path``
+    as in :func:`selective_scan`).
     """
     if torch.is_grad_enabled() and any(x.requires_grad for x in (dt, A, B, C, v, h0)):
         raise RuntimeError("selective_scan_states does not track gradients; use probe.scan.linear_scan_blocked.")
     batch, T, D = dt.shape
     dtype = v.dtype
     A, B, C, h0 = A.to(dtype), B.to(dtype), C.to(dtype), h0.to(dtype)
+    kernel = _native_kernel(dt, A, B, C, v, h0) if native_path and T else None
+    if kernel is not None:
+        return tuple(kernel.forward(*(x.contiguous() for x in (dt, A, B, C, v, h0)), True))
     states = v.new_empty(batch, T, D, A.shape[-1])
     a = torch.empty_like(h0)
     prev = h0

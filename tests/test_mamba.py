@@ -300,9 +300,14 @@ def test_compiled_kernels_switch_off_with_environment(monkeypatch):
     assert called == [1]
 
 
-def test_state_writing_scan_matches_definition_and_refuses_gradients():
-    """selective_scan_states: every state and output equal to the sequential definition."""
+@pytest.mark.parametrize("native_path", [False, True])
+def test_state_writing_scan_matches_definition_and_refuses_gradients(native_path):
+    """selective_scan_states (PyTorch path, and the compiled kernel writing the states): every
+    state and output equal to the sequential definition."""
     from probe.selective_scan import selective_scan_states
+
+    if native_path:
+        _native_scan_kernel()
 
     g = torch.Generator().manual_seed(3)
     b, T, D, N = 3, 19, 5, 4
@@ -310,7 +315,7 @@ def test_state_writing_scan_matches_definition_and_refuses_gradients():
     A = -torch.rand(D, N, generator=g, dtype=torch.float64)
     B, C = (torch.randn(b, T, N, generator=g, dtype=torch.float64) for _ in range(2))
     v, h0 = torch.randn(b, T, D, generator=g, dtype=torch.float64), torch.randn(b, D, N, generator=g, dtype=torch.float64)
-    y, last, states = selective_scan_states(dt, A, B, C, v, h0)
+    y, last, states = selective_scan_states(dt, A, B, C, v, h0, native_path=native_path)
     s = linear_scan_sequential(torch.exp(dt[..., None] * A), v[..., None] * B[:, :, None, :], h0)
     torch.testing.assert_close(states, s)
     torch.testing.assert_close(y, torch.einsum("btdn,btn->btd", s, C))

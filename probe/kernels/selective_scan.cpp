@@ -28,20 +28,23 @@
 
 namespace {
 
+// Forward over rows [b0, b1) of the batch; with `states` non-null, s_t is also written to
+// states[b, t, d, :] (a state cache), otherwise it lives only in a row buffer.
 template <typename scalar_t>
 void forward_rows(const scalar_t* dt, const scalar_t* A, const scalar_t* B, const scalar_t* C, const scalar_t* v,
-                  const scalar_t* h0, scalar_t* y, scalar_t* last, int64_t b0, int64_t b1, int64_t T, int64_t D,
-                  int64_t N) {
-  std::vector<scalar_t> s(N);
+                  const scalar_t* h0, scalar_t* y, scalar_t* last, scalar_t* states, int64_t b0, int64_t b1,
+                  int64_t T, int64_t D, int64_t N) {
+  std::vector<scalar_t> row(N);
   for (int64_t b = b0; b < b1; ++b) {
     for (int64_t d = 0; d < D; ++d) {
-      const scalar_t* Ad = A + d * N;
+      const scalar_t* __restrict__ Ad = A + d * N;
+      scalar_t* __restrict__ s = row.data();
       for (int64_t n = 0; n < N; ++n) s[n] = h0[(b * D + d) * N + n];
       for (int64_t t = 0; t < T; ++t) {
         const int64_t btd = (b * T + t) * D + d;
         const scalar_t step = dt[btd], inc = v[btd];
-        const scalar_t* Bt = B + (b * T + t) * N;
-        const scalar_t* Ct = C + (b * T + t) * N;
+        const scalar_t* __restrict__ Bt = B + (b * T + t) * N;
+        const scalar_t* __restrict__ Ct = C + (b * T + t) * N;
         scalar_t acc = 0;
 #pragma omp simd reduction(+ : acc)
         for (int64_t n = 0; n < N; ++n) {
@@ -49,6 +52,10 @@ void forward_rows(const scalar_t* dt, const scalar_t* A, const scalar_t* B, cons
           acc += s[n] * Ct[n];
         }
         y[btd] = acc;
+        if (states) {
+          scalar_t* __restrict__ out = states + btd * N;
+          for (int64_t n = 0; n < N; ++n) out[n] = s[n];
+        }
       }
       for (int64_t n = 0; n < N; ++n) last[(b * D + d) * N + n] = s[n];
     }
@@ -143,21 +150,24 @@ void check(const torch::Tensor& x, const char* name, int64_t dim) {
 
 }  // namespace
 
-// (y [batch, T, D], last state [batch, D, N])
+// (y [batch, T, D], last state [batch, D, N]) and, with keep_states, every state [batch, T, D, N]
 std::vector<torch::Tensor> scan_forward(torch::Tensor dt, torch::Tensor A, torch::Tensor B, torch::Tensor C,
-                                        torch::Tensor v, torch::Tensor h0) {
+                                        torch::Tensor v, torch::Tensor h0, bool keep_states) {
   check(dt, "dt", 3); check(A, "A", 2); check(B, "B", 3); check(C, "C", 3); check(v, "v", 3); check(h0, "h0", 3);
   const int64_t batch = dt.size(0), T = dt.size(1), D = dt.size(2), N = A.size(1);
   auto y = torch::empty_like(dt);
   auto last = torch::empty_like(h0);
+  auto states = keep_states ? torch::empty({batch, T, D, N}, dt.options()) : torch::Tensor();
   AT_DISPATCH_FLOATING_TYPES(dt.scalar_type(), "selective_scan_forward", [&] {
     const auto *pdt = dt.data_ptr<scalar_t>(), *pA = A.data_ptr<scalar_t>(), *pB = B.data_ptr<scalar_t>(),
                *pC = C.data_ptr<scalar_t>(), *pv = v.data_ptr<scalar_t>(), *ph0 = h0.data_ptr<scalar_t>();
     auto *py = y.data_ptr<scalar_t>(), *plast = last.data_ptr<scalar_t>();
+    scalar_t* pstates = keep_states ? states.data_ptr<scalar_t>() : nullptr;
     split_batch(batch, batch * T * D * N, [&](int64_t b0, int64_t b1) {
-      forward_rows<scalar_t>(pdt, pA, pB, pC, pv, ph0, py, plast, b0, b1, T, D, N);
+      forward_rows<scalar_t>(pdt, pA, pB, pC, pv, ph0, py, plast, pstates, b0, b1, T, D, N);
     });
   });
+  if (keep_states) return {y, last, states};
   return {y, last};
 }
 
