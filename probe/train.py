@@ -43,6 +43,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from probe.data.corpus import TokenStream
+from probe.data.curriculum import Curriculum
 from probe.data.mix import DataMix
 from probe.errors import CheckpointError, InputError
 from probe.evaluate import evaluate_bpb
@@ -145,17 +146,18 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 
 
 class Trainer:
-    """Train ``model`` on ``data`` (a :class:`DataMix` or a :class:`TokenStream`), validating on ``val``.
+    """Train ``model`` on ``data`` (a :class:`DataMix`, a :class:`Curriculum` of mixes by step, or a
+    :class:`TokenStream`), validating on ``val``.
 
     ``out_dir`` holds checkpoints; with ``resume=True`` (the default) an existing checkpoint
     there is continued. ``meta`` is stored with the final model (model-card facts).
     """
 
-    def __init__(self, model, data: DataMix | TokenStream, config: TrainConfig, val: TokenStream | None = None,
+    def __init__(self, model, data: DataMix | Curriculum | TokenStream, config: TrainConfig, val: TokenStream | None = None,
                  out_dir: str | Path | None = None, resume: bool = True, progress: bool = True,
                  meta: dict[str, Any] | None = None):
         self.config = config
-        self.data = data if isinstance(data, DataMix) else DataMix(data)
+        self.data = data if isinstance(data, (DataMix, Curriculum)) else DataMix(data)
         self.data.check(config.seq_len)
         self.val = val
         if val is not None:
@@ -267,7 +269,7 @@ class Trainer:
     # -- training ---------------------------------------------------------------------
     def batch(self, step: int) -> torch.Tensor:
         rng = np.random.default_rng([self.config.seed, step])
-        return torch.from_numpy(self.data.batch(rng, self.config.batch_size, self.config.seq_len))
+        return torch.from_numpy(self.data.mix_at(step).batch(rng, self.config.batch_size, self.config.seq_len))
 
     def validate(self) -> float | None:
         if self.val is None:
@@ -350,7 +352,7 @@ class Trainer:
         return TrainResult(self.model, self.step, self.tokens_seen, self.history, self.train_seconds, final_val)
 
 
-def train(model, data: DataMix | TokenStream, config: TrainConfig | None = None, val: TokenStream | None = None,
+def train(model, data: DataMix | Curriculum | TokenStream, config: TrainConfig | None = None, val: TokenStream | None = None,
           out_dir: str | Path | None = None, resume: bool = True, progress: bool = True,
           stop_after: int | None = None) -> TrainResult:
     """Convenience wrapper: ``Trainer(...).train(stop_after)``."""

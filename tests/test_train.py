@@ -124,3 +124,44 @@ def test_cli_parser_lists_commands():
     assert args.names == ["qrnn"] and args.device == "cpu" and callable(args.func)
     assert math.isclose(TrainConfig().lr_at(0), TrainConfig().lr / TrainConfig().warmup_steps)
     assert Path(probe.__file__).parent.joinpath("cli.py").is_file()
+
+
+def test_curriculum_switches_mix_by_step_and_resumes_exactly(tmp_path):
+    """A Curriculum's batch at step s is the batch of the stage holding s (the same rows as that
+    mix alone would give), and an interrupted run resumed across the switch equals one straight run."""
+    from probe.data import Curriculum
+    from probe.data.tasks.recall import AssociativeRecall
+
+    data, val = _stream(), _stream(600, seed=1)
+    easy = DataMix(data, [AssociativeRecall(2, 3)], task_fraction=1.0)
+    full = DataMix(data, ["recall", "brackets"], task_fraction=0.5)
+    curriculum = Curriculum([(0, easy), (5, full)])
+    assert [curriculum.mix_at(s) is m for s, m in ((0, easy), (4, easy), (5, full), (10**6, full))] == [True] * 4
+    cfg = TrainConfig(steps=8, **CFG)
+    trainer = Trainer(_model(), curriculum, cfg, None, progress=False)
+    for step, mix in ((2, easy), (5, full), (7, full)):
+        rng = np.random.default_rng([cfg.seed, step])
+        assert torch.equal(trainer.batch(step), torch.from_numpy(mix.batch(rng, cfg.batch_size, cfg.seq_len)))
+    assert not torch.equal(trainer.batch(4), Trainer(_model(), full, cfg, None, progress=False).batch(4))
+    straight = train(_model(), curriculum, cfg, val, tmp_path / "a", progress=False)
+    train(_model(), curriculum, cfg, val, tmp_path / "b", progress=False, stop_after=3)  # interrupted before the switch
+    resumed = train(_model(seed=5), curriculum, cfg, val, tmp_path / "b", progress=False)
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("stages, match", [
+    ([], "at least one stage"),
+    ([(1, None)], "expected a DataMix"),
+    ("x", "must be a \\(first_step, DataMix\\) pair"),
+    ([(-1, "mix")], "non-negative integer"),
+    ([(2, "mix")], "start at step 0"),
+    ([(0, "mix"), (0, "mix")], "strictly increasing"),
+])
+def test_curriculum_bad_stages_are_named(stages, match):
+    from probe.data import Curriculum
+
+    mix = DataMix(_stream())
+    stages = [(first, mix if m == "mix" else m) for first, m in stages] if isinstance(stages, list) else stages
+    with pytest.raises(InputError, match=match):
+        Curriculum(stages)

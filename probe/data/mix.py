@@ -45,6 +45,11 @@ class DataMix:
         if self.task_fraction < 1.0:
             self.text.check_length(seq_len)
 
+    def mix_at(self, step: int) -> DataMix:
+        """The mix of training step ``step``: always this one (a
+        :class:`~probe.data.curriculum.Curriculum` changes with the step)."""
+        return self
+
     def batch(self, rng: np.random.Generator, batch_size: int, seq_len: int) -> np.ndarray:
         """``[batch_size, seq_len + 1]`` int64 token ids."""
         is_task = rng.random(batch_size) < self.task_fraction
