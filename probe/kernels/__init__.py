@@ -10,7 +10,9 @@ kernels off. Callers fall back to their PyTorch path on ``None``.
 
 Kernels are compiled with ``-O3 -march=native -ffast-math -fopenmp-simd`` so that the inner loops
 over a state's entries vectorise (``exp`` included, through glibc's vector math library; the
-reductions through ``#pragma omp simd``).
+reductions through ``#pragma omp simd``). ``-march=native`` builds for this machine's CPU: where
+one home directory serves machines with different CPUs, give each its own build cache
+(``TORCH_EXTENSIONS_DIR``) or set ``PROBE_NATIVE=0``.
 """
 from __future__ import annotations
 
