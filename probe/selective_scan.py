@@ -142,6 +142,25 @@ def _native_kernel(*tensors: Tensor):
     return native("selective_scan")
 
 
+def _prepare(caller: str, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor, h0: Tensor,
+             native_path: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, object]:
+    """Checks the shapes, casts ``A, B, C, h0`` to ``v``'s dtype and picks the compiled kernel
+    (None: the PyTorch path). Returns ``(A, B, C, h0, kernel)``."""
+    if dt.dim() != 3:
+        raise ValueError(f"{caller}: dt must be [batch, T, D], got shape {tuple(dt.shape)}")
+    batch, T, D = dt.shape
+    N = A.shape[-1]
+    expected = {"A": (A, (D, N)), "B": (B, (batch, T, N)), "C": (C, (batch, T, N)), "v": (v, (batch, T, D)),
+                "h0": (h0, (batch, D, N))}
+    for name, (x, shape) in expected.items():
+        if tuple(x.shape) != shape:
+            raise ValueError(f"{caller}: {name} has shape {tuple(x.shape)}, expected {shape}")
+    dtype = v.dtype
+    A, B, C, h0 = A.to(dtype), B.to(dtype), C.to(dtype), h0.to(dtype)
+    kernel = _native_kernel(dt, A, B, C, v, h0) if native_path else None
+    return A, B, C, h0, kernel
+
+
 def selective_scan(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor, h0: Tensor,
                    checkpoint: int = CHECKPOINT, native_path: bool = True) -> tuple[Tensor, Tensor]:
     """``(y [batch, T, D], s_{T-1} [batch, D, N])`` of the recurrence in the module docstring.
@@ -158,18 +177,9 @@ def selective_scan(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor, h0: T
 
         y, last = selective_scan(dt, -torch.exp(A_log), B, C, dt * u, torch.zeros(b, D, N))
     """
-    batch, T, D = dt.shape
-    N = A.shape[-1]
-    expected = {"A": (A, (D, N)), "B": (B, (batch, T, N)), "C": (C, (batch, T, N)), "v": (v, (batch, T, D)),
-                "h0": (h0, (batch, D, N))}
-    for name, (x, shape) in expected.items():
-        if tuple(x.shape) != shape:
-            raise ValueError(f"selective_scan: {name} has shape {tuple(x.shape)}, expected {shape}")
-    if T == 0:
-        return v.new_zeros(batch, 0, D), h0.clone()
-    dtype = v.dtype
-    A, B, C, h0 = A.to(dtype), B.to(dtype), C.to(dtype), h0.to(dtype)
-    kernel = _native_kernel(dt, A, B, C, v, h0) if native_path else None
+    A, B, C, h0, kernel = _prepare("selective_scan", dt, A, B, C, v, h0, native_path)
+    if dt.shape[1] == 0:
+        return v.new_zeros(dt.shape[0], 0, dt.shape[2]), h0.clone()
     if kernel is not None:
         return _NativeSelectiveScan.apply(kernel, dt, A, B, C, v, h0)
     return _SelectiveScan.apply(dt, A, B, C, v, h0, int(checkpoint))
@@ -187,11 +197,9 @@ def selective_scan_states(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor
     """
     if torch.is_grad_enabled() and any(x.requires_grad for x in (dt, A, B, C, v, h0)):
         raise RuntimeError("selective_scan_states does not track gradients; use probe.scan.linear_scan_blocked.")
+    A, B, C, h0, kernel = _prepare("selective_scan_states", dt, A, B, C, v, h0, native_path)
     batch, T, D = dt.shape
-    dtype = v.dtype
-    A, B, C, h0 = A.to(dtype), B.to(dtype), C.to(dtype), h0.to(dtype)
-    kernel = _native_kernel(dt, A, B, C, v, h0) if native_path and T else None
-    if kernel is not None:
+    if kernel is not None and T:
         return tuple(kernel.forward(*(x.contiguous() for x in (dt, A, B, C, v, h0)), True))
     states = v.new_empty(batch, T, D, A.shape[-1])
     a = torch.empty_like(h0)

@@ -28,13 +28,25 @@
 
 namespace {
 
+// One step of the recurrence for one row: cur[n] = a[n] * prev[n] + inc * Bt[n] with the decay
+// a[n] = exp(step * Ad[n]) written to `a`. `cur` may be `prev` (an in-place update).
+template <typename scalar_t>
+inline void advance_row(const scalar_t* prev, scalar_t* cur, scalar_t* __restrict__ a, const scalar_t* __restrict__ Ad,
+                        const scalar_t* __restrict__ Bt, scalar_t step, scalar_t inc, int64_t N) {
+#pragma omp simd
+  for (int64_t n = 0; n < N; ++n) {
+    a[n] = std::exp(step * Ad[n]);
+    cur[n] = a[n] * prev[n] + inc * Bt[n];
+  }
+}
+
 // Forward over rows [b0, b1) of the batch; with `states` non-null, s_t is also written to
 // states[b, t, d, :] (a state cache), otherwise it lives only in a row buffer.
 template <typename scalar_t>
 void forward_rows(const scalar_t* dt, const scalar_t* A, const scalar_t* B, const scalar_t* C, const scalar_t* v,
                   const scalar_t* h0, scalar_t* y, scalar_t* last, scalar_t* states, int64_t b0, int64_t b1,
                   int64_t T, int64_t D, int64_t N) {
-  std::vector<scalar_t> row(N);
+  std::vector<scalar_t> row(N), decay(N);
   for (int64_t b = b0; b < b1; ++b) {
     for (int64_t d = 0; d < D; ++d) {
       const scalar_t* __restrict__ Ad = A + d * N;
@@ -42,15 +54,11 @@ void forward_rows(const scalar_t* dt, const scalar_t* A, const scalar_t* B, cons
       for (int64_t n = 0; n < N; ++n) s[n] = h0[(b * D + d) * N + n];
       for (int64_t t = 0; t < T; ++t) {
         const int64_t btd = (b * T + t) * D + d;
-        const scalar_t step = dt[btd], inc = v[btd];
-        const scalar_t* __restrict__ Bt = B + (b * T + t) * N;
         const scalar_t* __restrict__ Ct = C + (b * T + t) * N;
+        advance_row(s, s, decay.data(), Ad, B + (b * T + t) * N, dt[btd], v[btd], N);
         scalar_t acc = 0;
 #pragma omp simd reduction(+ : acc)
-        for (int64_t n = 0; n < N; ++n) {
-          s[n] = std::exp(step * Ad[n]) * s[n] + inc * Bt[n];
-          acc += s[n] * Ct[n];
-        }
+        for (int64_t n = 0; n < N; ++n) acc += s[n] * Ct[n];
         y[btd] = acc;
         if (states) {
           scalar_t* __restrict__ out = states + btd * N;
@@ -80,15 +88,8 @@ void backward_rows(const scalar_t* dt, const scalar_t* A, const scalar_t* B, con
       for (int64_t n = 0; n < N; ++n) states[n] = h0[row + n];
       for (int64_t t = 0; t < T; ++t) {
         const int64_t btd = (b * T + t) * D + d;
-        const scalar_t step = dt[btd], inc = v[btd];
-        const scalar_t* __restrict__ Bt = B + (b * T + t) * N;
-        const scalar_t* __restrict__ prev = states + t * N;
-        scalar_t* __restrict__ cur = states + (t + 1) * N;
-        scalar_t* __restrict__ a = decays + (t + 1) * N;
-        for (int64_t n = 0; n < N; ++n) {
-          a[n] = std::exp(step * Ad[n]);
-          cur[n] = a[n] * prev[n] + inc * Bt[n];
-        }
+        advance_row(states + t * N, states + (t + 1) * N, decays + (t + 1) * N, Ad, B + (b * T + t) * N, dt[btd],
+                    v[btd], N);
       }
       for (int64_t n = 0; n < N; ++n) G[n] = glast ? glast[row + n] : scalar_t(0);
       scalar_t* __restrict__ dA = d_A_rows + row;
@@ -148,12 +149,17 @@ void check(const torch::Tensor& x, const char* name, int64_t dim) {
   TORCH_CHECK(x.dim() == dim, "selective_scan kernel: ", name, " must have ", dim, " dimensions");
 }
 
+void check_inputs(const torch::Tensor& dt, const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& C,
+                  const torch::Tensor& v, const torch::Tensor& h0) {
+  check(dt, "dt", 3); check(A, "A", 2); check(B, "B", 3); check(C, "C", 3); check(v, "v", 3); check(h0, "h0", 3);
+}
+
 }  // namespace
 
 // (y [batch, T, D], last state [batch, D, N]) and, with keep_states, every state [batch, T, D, N]
 std::vector<torch::Tensor> scan_forward(torch::Tensor dt, torch::Tensor A, torch::Tensor B, torch::Tensor C,
                                         torch::Tensor v, torch::Tensor h0, bool keep_states) {
-  check(dt, "dt", 3); check(A, "A", 2); check(B, "B", 3); check(C, "C", 3); check(v, "v", 3); check(h0, "h0", 3);
+  check_inputs(dt, A, B, C, v, h0);
   const int64_t batch = dt.size(0), T = dt.size(1), D = dt.size(2), N = A.size(1);
   auto y = torch::empty_like(dt);
   auto last = torch::empty_like(h0);
@@ -175,7 +181,7 @@ std::vector<torch::Tensor> scan_forward(torch::Tensor dt, torch::Tensor A, torch
 std::vector<torch::Tensor> scan_backward(torch::Tensor dt, torch::Tensor A, torch::Tensor B, torch::Tensor C,
                                          torch::Tensor v, torch::Tensor h0, torch::Tensor grad_y,
                                          torch::Tensor grad_last) {
-  check(dt, "dt", 3); check(A, "A", 2); check(B, "B", 3); check(C, "C", 3); check(v, "v", 3); check(h0, "h0", 3);
+  check_inputs(dt, A, B, C, v, h0);
   check(grad_y, "grad_y", 3);
   const bool has_last = grad_last.defined();
   if (has_last) check(grad_last, "grad_last", 3);
