@@ -178,13 +178,19 @@ def test_readout_folded_into_the_fft_equals_the_states_read_out():
     filter); outputs, the carried state and gradients equal the materialised path's."""
     mem = LTIMemory(*zoh(*legendre_matrices(6, 20.0)))
     g = torch.Generator().manual_seed(11)
-    u, W, m0 = torch.randn(2, 90, 3, generator=g), torch.randn(5, 3, 6, generator=g), torch.randn(2, 3, 6, generator=g)
+    # one path reads the states out (few sequences, small order), the other folds W into the filter
+    for order, batch, T in ((6, 2, 90), (16, 12, 40)):
+        memory = LTIMemory(*zoh(*legendre_matrices(order, 20.0)))
+        u, W = torch.randn(batch, T, 3, generator=g), torch.randn(5, 3, order, generator=g)
+        torch.testing.assert_close(memory.convolve_readout(u, W),
+                                   torch.einsum("btcq,dcq->btd", memory.convolve(u), W), rtol=1e-4, atol=1e-4)
+    u, m0 = torch.randn(2, 90, 3, generator=g), torch.randn(2, 3, 6, generator=g)
     states = mem.states(u, m0, "fft")
-    torch.testing.assert_close(mem.convolve_readout(u, W), torch.einsum("btcq,dcq->btd", mem.convolve(u), W),
-                               rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(mem.convolve_last(u) + mem.free_response(m0, 90)[:, -1], states[:, -1],
                                rtol=1e-4, atol=1e-4)
     model = _model()
+    for block in model.blocks:  # "auto" would take the Toeplitz form under gradients at this length
+        block.mixer.method = "fft"
     toks = torch.randint(0, 50, (2, 100), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         _, st = model(toks[:, :40], return_states=True)  # a carried (nonzero) initial state
@@ -199,3 +205,19 @@ def test_readout_folded_into_the_fft_equals_the_states_read_out():
                      model.blocks[0].mixer.W_m.weight.grad.clone()))
     for fast, full in zip(*runs):
         torch.testing.assert_close(fast, full, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_form_follows_length_batch_and_gradients():
+    """``"auto"``: the recurrence for a few positions; under gradients the Toeplitz form up to 256
+    positions, then the recurrence; without, FFT for few sequences or short inputs, else the recurrence."""
+    mem = LTIMemory(*zoh(*legendre_matrices(6, 20.0)))
+    assert mem.resolve("auto", 3) == "recurrent"
+    assert mem.resolve("auto", 256, 16, grad=True) == "direct"
+    assert mem.resolve("auto", 1024, 1, grad=True) == "recurrent"
+    assert mem.resolve("auto", 32, 1) == "direct"
+    assert mem.resolve("auto", 4096, 1) == "fft"
+    assert mem.resolve("auto", 256, 32) == "fft"
+    assert mem.resolve("auto", 1024, 8) == "recurrent"
+    assert mem.resolve("fft", 3, 64, grad=True) == "fft"  # an explicit form is kept
+    with pytest.raises(ValueError, match="Unknown LTI method"):
+        mem.resolve("fast", 10)

@@ -114,12 +114,14 @@ class LMU(RecurrentMixer):
     def compute(self, x, state, forcing, keep):
         u = apply_forcing("input", self.W_u(x), forcing)
         values = {"input": u}
-        if "state" not in forcing and "state" not in keep and self.memory.resolve(self.method, x.shape[1]) == "fft":
+        grad = torch.is_grad_enabled() and (u.requires_grad or x.requires_grad)
+        form = self.memory.resolve(self.method, x.shape[1], x.shape[0], grad)
+        if "state" not in forcing and "state" not in keep and form == "fft":
             memory, last = self._readout_without_states(u, state["state"])  # no state hooked: none built
         else:
             if "state" in forcing:
                 m = self._forced_states(u, state["state"], *forcing["state"])
             else:
-                m = self.memory.states(u, state["state"], self.method)
+                m = self.memory.states(u, state["state"], form)
             memory, last, values["state"] = self.W_m(m.flatten(2)), m[:, -1], m
         return Computation(F.gelu(memory + self.W_x(x)), values, {"state": last})
