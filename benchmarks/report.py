@@ -50,7 +50,7 @@ def _cache(row):
 
 SEQUENTIAL_FORMS = ("sequential", "recurrent")
 #: forms in the scan table that are not chunked scans: LMU's Toeplitz "direct" form (O(T^2), which
-#: "auto" uses only up to 32 tokens; its rows show what it would cost) and the every-state rows
+#: "auto" uses only on short inputs; its rows show what it would cost) and the every-state rows
 NOT_CHUNKED = ("direct", "every state")
 
 
@@ -144,8 +144,9 @@ SECTIONS = [
             [("mixer", "mixer"), ("T", "T"), ("form", "form"), ("seconds", "seconds"),
              ("speedup_vs_sequential", "speed-up vs sequential"), ("max_abs_diff", "max abs diff")],
             ("scan", "scan3"),
-            "Forms: LMU `fft` (chunked analogue) and `direct` (the Toeplitz product, O(T^2), used by `auto` only up "
-            "to 32 tokens, so not judged against the chunked-scan target); Mamba `auto` is the fused selective "
+            "Forms: LMU `fft` (chunked analogue) and `direct` (the Toeplitz product, O(T^2), used by `auto` up to "
+            "32 tokens, or 256 when gradients follow, so not judged against the chunked-scan target); rows are "
+            "forwards without gradients on one sequence, where `auto` takes `fft` from 33 tokens on; Mamba `auto` is the fused selective "
             "scan of the unhooked forward (`probe.selective_scan`), `chunked` / `sequential` the blocked scan "
             "that a state hook uses (on CPU its `auto` picks the loop form for states this large)."),
     Section("bench_scans", "Mamba (4 layers, d_model 256) against transformers' slow path",
