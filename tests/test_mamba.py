@@ -227,7 +227,8 @@ def test_compiled_selective_scan_gradcheck_and_equals_pytorch_path(T):
     from probe.selective_scan import _NativeSelectiveScan, selective_scan
 
     kernel = _native_scan_kernel()
-    dt, A, B, C, v, h0 = inputs = _scan_inputs(T, b=3, T=T, D=5, N=6)
+    # D = 11: one full block of 8 channels and a partial one
+    dt, A, B, C, v, h0 = inputs = _scan_inputs(T, b=3, T=T, D=11, N=6)
     assert torch.autograd.gradcheck(lambda *xs: _NativeSelectiveScan.apply(kernel, *xs), inputs)
     y, last = selective_scan(*inputs)
     s = linear_scan_sequential(torch.exp(dt[..., None] * A), v[..., None] * B[:, :, None, :], h0)

@@ -1,4 +1,4 @@
-// Mamba's selective scan on the CPU, one (batch, channel) row at a time with its state in cache.
+// Mamba's selective scan on the CPU, a block of channels of one batch element at a time, its state in cache.
 //
 // The recurrence (per batch element b and channel d; n runs over the N state entries):
 //
@@ -6,10 +6,11 @@
 //     y_t    = sum_n s_t[n] C_t[n]
 //
 // with dt, v: [batch, T, D], A: [D, N], B, C: [batch, T, N], h0: [batch, D, N].
-// Each row's N state entries stay in registers for all T steps, so the [batch, T, D, N] decays,
-// inputs and states that the tensor version streams through memory are never built.
+// Channels go in blocks of 8 (the inner loops run over the block's channels, whose dt, v and y are
+// contiguous), each block's N x 8 state staying in cache for all T steps, so the [batch, T, D, N]
+// decays, inputs and states that the tensor version streams through memory are never built.
 //
-// The backward recomputes one row's states (T x N numbers, a few kB) and runs the adjoint
+// The backward recomputes one block's states (T x N x 8 numbers) and runs the adjoint
 // recurrence backwards in time; with G_t = dL/ds_t and g_t = dL/dy_t:
 //
 //     G_t      = a_{t+1} G_{t+1} + g_t C_t                  (G_{T-1} starts from dL/ds_{T-1})
@@ -28,44 +29,79 @@
 
 namespace {
 
-// One step of the recurrence for one row: cur[n] = a[n] * prev[n] + inc * Bt[n] with the decay
-// a[n] = exp(step * Ad[n]) written to `a`. `cur` may be `prev` (an in-place update).
+// Channels are processed in blocks of up to CB consecutive d, state laid out [n][c] (c the channel
+// within the block): dt_t, v_t, y_t of a block are contiguous, and every inner loop runs over c.
+constexpr int64_t CB = 8;
+
+// One step for one channel block: cur[n][c] = a[n][c] * prev[n][c] + inc[c] * Bt[n] with the decay
+// a[n][c] = exp(step[c] * Ab[n][c]) written to `a`. `cur` may be `prev` (an in-place update).
 template <typename scalar_t>
-inline void advance_row(const scalar_t* prev, scalar_t* cur, scalar_t* __restrict__ a, const scalar_t* __restrict__ Ad,
-                        const scalar_t* __restrict__ Bt, scalar_t step, scalar_t inc, int64_t N) {
-#pragma omp simd
+inline void advance_block(const scalar_t* prev, scalar_t* cur, scalar_t* __restrict__ a, const scalar_t* __restrict__ Ab,
+                          const scalar_t* __restrict__ Bt, const scalar_t* __restrict__ step,
+                          const scalar_t* __restrict__ inc, int64_t N) {
   for (int64_t n = 0; n < N; ++n) {
-    a[n] = std::exp(step * Ad[n]);
-    cur[n] = a[n] * prev[n] + inc * Bt[n];
+    const scalar_t Bn = Bt[n];
+#pragma omp simd
+    for (int64_t c = 0; c < CB; ++c) {
+      const int64_t i = n * CB + c;
+      a[i] = std::exp(step[c] * Ab[i]);
+      cur[i] = a[i] * prev[i] + inc[c] * Bn;
+    }
   }
 }
 
+// The block's inputs at one position: step[c] = dt[b, t, d0 + c], inc[c] = v[b, t, d0 + c] (zero past D)
+template <typename scalar_t>
+inline void load_block(const scalar_t* dt, const scalar_t* v, int64_t btd0, int64_t cb, scalar_t* step, scalar_t* inc) {
+  for (int64_t c = 0; c < CB; ++c) {
+    step[c] = c < cb ? dt[btd0 + c] : scalar_t(0);
+    inc[c] = c < cb ? v[btd0 + c] : scalar_t(0);
+  }
+}
+
+// Ab[n][c] = A[d0 + c, n] and the block's initial state from h0 (zeros past D)
+template <typename scalar_t>
+inline void start_block(const scalar_t* A, const scalar_t* h0, int64_t b, int64_t d0, int64_t cb, int64_t D, int64_t N,
+                        scalar_t* Ab, scalar_t* s0) {
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < CB; ++c) {
+      Ab[n * CB + c] = c < cb ? A[(d0 + c) * N + n] : scalar_t(0);
+      s0[n * CB + c] = c < cb ? h0[(b * D + d0 + c) * N + n] : scalar_t(0);
+    }
+}
+
 // Forward over rows [b0, b1) of the batch; with `states` non-null, s_t is also written to
-// states[b, t, d, :] (a state cache), otherwise it lives only in a row buffer.
+// states[b, t, d, :] (a state cache), otherwise it lives only in a block buffer.
 template <typename scalar_t>
 void forward_rows(const scalar_t* dt, const scalar_t* A, const scalar_t* B, const scalar_t* C, const scalar_t* v,
                   const scalar_t* h0, scalar_t* y, scalar_t* last, scalar_t* states, int64_t b0, int64_t b1,
                   int64_t T, int64_t D, int64_t N) {
-  std::vector<scalar_t> row(N), decay(N);
+  std::vector<scalar_t> s_buf(N * CB), a_buf(N * CB), Ab_buf(N * CB);
+  scalar_t* __restrict__ s = s_buf.data();
+  scalar_t step[CB], inc[CB], acc[CB];
   for (int64_t b = b0; b < b1; ++b) {
-    for (int64_t d = 0; d < D; ++d) {
-      const scalar_t* __restrict__ Ad = A + d * N;
-      scalar_t* __restrict__ s = row.data();
-      for (int64_t n = 0; n < N; ++n) s[n] = h0[(b * D + d) * N + n];
+    for (int64_t d0 = 0; d0 < D; d0 += CB) {
+      const int64_t cb = std::min(CB, D - d0);
+      start_block(A, h0, b, d0, cb, D, N, Ab_buf.data(), s);
       for (int64_t t = 0; t < T; ++t) {
-        const int64_t btd = (b * T + t) * D + d;
+        const int64_t btd0 = (b * T + t) * D + d0;
         const scalar_t* __restrict__ Ct = C + (b * T + t) * N;
-        advance_row(s, s, decay.data(), Ad, B + (b * T + t) * N, dt[btd], v[btd], N);
-        scalar_t acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t n = 0; n < N; ++n) acc += s[n] * Ct[n];
-        y[btd] = acc;
+        load_block(dt, v, btd0, cb, step, inc);
+        advance_block(s, s, a_buf.data(), Ab_buf.data(), B + (b * T + t) * N, step, inc, N);
+        for (int64_t c = 0; c < CB; ++c) acc[c] = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          const scalar_t Cn = Ct[n];
+#pragma omp simd
+          for (int64_t c = 0; c < CB; ++c) acc[c] += s[n * CB + c] * Cn;
+        }
+        for (int64_t c = 0; c < cb; ++c) y[btd0 + c] = acc[c];
         if (states) {
-          scalar_t* __restrict__ out = states + btd * N;
-          for (int64_t n = 0; n < N; ++n) out[n] = s[n];
+          for (int64_t c = 0; c < cb; ++c)
+            for (int64_t n = 0; n < N; ++n) states[(btd0 + c) * N + n] = s[n * CB + c];
         }
       }
-      for (int64_t n = 0; n < N; ++n) last[(b * D + d) * N + n] = s[n];
+      for (int64_t c = 0; c < cb; ++c)
+        for (int64_t n = 0; n < N; ++n) last[(b * D + d0 + c) * N + n] = s[n * CB + c];
     }
   }
 }
@@ -75,53 +111,70 @@ void backward_rows(const scalar_t* dt, const scalar_t* A, const scalar_t* B, con
                    const scalar_t* h0, const scalar_t* gy, const scalar_t* glast, scalar_t* d_dt, scalar_t* d_A_rows,
                    scalar_t* d_B, scalar_t* d_C, scalar_t* d_v, scalar_t* d_h0, int64_t b0, int64_t b1, int64_t T,
                    int64_t D, int64_t N) {
-  // states[(t + 1) * N + n] = s_t[n], states[n] = h0; decays[(t + 1) * N + n] = a_t[n], decays[T + 1] = 1
-  std::vector<scalar_t> states_buf((T + 1) * N), decays_buf((T + 2) * N), G_buf(N);
+  // block-major buffers of N * CB numbers per position: states[t + 1] = s_t, states[0] = h0;
+  // decays[t + 1] = a_t, decays[T + 1] = 1 (no decay beyond the last position)
+  const int64_t NB = N * CB;
+  std::vector<scalar_t> states_buf((T + 1) * NB), decays_buf((T + 2) * NB), G_buf(NB), Ab_buf(NB), dA_buf(NB);
   scalar_t* __restrict__ states = states_buf.data();
   scalar_t* __restrict__ decays = decays_buf.data();
   scalar_t* __restrict__ G = G_buf.data();
-  for (int64_t n = 0; n < N; ++n) decays[(T + 1) * N + n] = 1;
+  scalar_t* __restrict__ Ab = Ab_buf.data();
+  scalar_t* __restrict__ dA = dA_buf.data();
+  scalar_t step[CB], inc[CB], g[CB], dv[CB], ddt[CB];
+  for (int64_t i = 0; i < NB; ++i) decays[(T + 1) * NB + i] = 1;
   for (int64_t b = b0; b < b1; ++b) {
-    for (int64_t d = 0; d < D; ++d) {
-      const scalar_t* __restrict__ Ad = A + d * N;
-      const int64_t row = (b * D + d) * N;
-      for (int64_t n = 0; n < N; ++n) states[n] = h0[row + n];
+    for (int64_t d0 = 0; d0 < D; d0 += CB) {
+      const int64_t cb = std::min(CB, D - d0);
+      start_block(A, h0, b, d0, cb, D, N, Ab, states);
       for (int64_t t = 0; t < T; ++t) {
-        const int64_t btd = (b * T + t) * D + d;
-        advance_row(states + t * N, states + (t + 1) * N, decays + (t + 1) * N, Ad, B + (b * T + t) * N, dt[btd],
-                    v[btd], N);
+        load_block(dt, v, (b * T + t) * D + d0, cb, step, inc);
+        advance_block(states + t * NB, states + (t + 1) * NB, decays + (t + 1) * NB, Ab, B + (b * T + t) * N, step,
+                      inc, N);
       }
-      for (int64_t n = 0; n < N; ++n) G[n] = glast ? glast[row + n] : scalar_t(0);
-      scalar_t* __restrict__ dA = d_A_rows + row;
-      for (int64_t n = 0; n < N; ++n) dA[n] = 0;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = 0; c < CB; ++c) G[n * CB + c] = glast && c < cb ? glast[(b * D + d0 + c) * N + n] : 0;
+      for (int64_t i = 0; i < NB; ++i) dA[i] = 0;
       for (int64_t t = T - 1; t >= 0; --t) {
-        const int64_t btd = (b * T + t) * D + d;
+        const int64_t btd0 = (b * T + t) * D + d0;
         const int64_t btn = (b * T + t) * N;
-        const scalar_t g = gy[btd], inc = v[btd], step = dt[btd];
-        const scalar_t* __restrict__ s_t = states + (t + 1) * N;
-        const scalar_t* __restrict__ s_prev = states + t * N;
-        const scalar_t* __restrict__ a = decays + (t + 1) * N;
-        const scalar_t* __restrict__ a_next = decays + (t + 2) * N;
-        const scalar_t* __restrict__ Bt = B + btn;
-        const scalar_t* __restrict__ Ct = C + btn;
-        scalar_t* __restrict__ dBt = d_B + btn;
-        scalar_t* __restrict__ dCt = d_C + btn;
-        scalar_t dv = 0, ddt = 0;
-#pragma omp simd reduction(+ : dv, ddt)
-        for (int64_t n = 0; n < N; ++n) {
-          const scalar_t Gn = a_next[n] * G[n] + g * Ct[n];
-          G[n] = Gn;
-          dCt[n] += g * s_t[n];
-          dBt[n] += inc * Gn;
-          dv += Gn * Bt[n];
-          const scalar_t q = Gn * s_prev[n] * a[n];
-          ddt += q * Ad[n];
-          dA[n] += q * step;
+        load_block(dt, v, btd0, cb, step, inc);
+        for (int64_t c = 0; c < CB; ++c) {
+          g[c] = c < cb ? gy[btd0 + c] : scalar_t(0);
+          dv[c] = ddt[c] = 0;
         }
-        d_v[btd] = dv;
-        d_dt[btd] = ddt;
+        const scalar_t* __restrict__ s_t = states + (t + 1) * NB;
+        const scalar_t* __restrict__ s_prev = states + t * NB;
+        const scalar_t* __restrict__ a = decays + (t + 1) * NB;
+        const scalar_t* __restrict__ a_next = decays + (t + 2) * NB;
+        for (int64_t n = 0; n < N; ++n) {
+          const scalar_t Bn = B[btn + n], Cn = C[btn + n];
+          scalar_t dC = 0, dB = 0;
+#pragma omp simd reduction(+ : dC, dB)
+          for (int64_t c = 0; c < CB; ++c) {
+            const int64_t i = n * CB + c;
+            const scalar_t Gi = a_next[i] * G[i] + g[c] * Cn;
+            G[i] = Gi;
+            dC += g[c] * s_t[i];
+            dB += inc[c] * Gi;
+            dv[c] += Gi * Bn;
+            const scalar_t q = Gi * s_prev[i] * a[i];
+            ddt[c] += q * Ab[i];
+            dA[i] += q * step[c];
+          }
+          d_C[btn + n] += dC;
+          d_B[btn + n] += dB;
+        }
+        for (int64_t c = 0; c < cb; ++c) {
+          d_v[btd0 + c] = dv[c];
+          d_dt[btd0 + c] = ddt[c];
+        }
       }
-      for (int64_t n = 0; n < N; ++n) d_h0[row + n] = decays[N + n] * G[n];
+      for (int64_t c = 0; c < cb; ++c)
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t row = (b * D + d0 + c) * N + n;
+          d_A_rows[row] = dA[n * CB + c];
+          d_h0[row] = decays[NB + n * CB + c] * G[n * CB + c];
+        }
     }
   }
 }
