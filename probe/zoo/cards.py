@@ -103,7 +103,7 @@ def cpu_timing(name: str, threads: int = 2) -> dict[str, Any]:
     from probe.zoo.build import cpu_seconds_per_step
     from probe.zoo.recipes import TRAIN
 
-    per_step = cpu_seconds_per_step(name, threads=threads)
+    per_step = cpu_seconds_per_step(name, threads=threads, steps=7)
     return {"seconds_per_step": round(per_step, 3), "minutes": round(per_step * TRAIN.steps / 60, 1),
             "threads": threads, "cores": os.cpu_count(), "torch": torch.__version__}
 
@@ -162,14 +162,15 @@ minimal pairs: share of agreement pairs ("the key to the cabinets is/are ...") w
 good sentence has the higher log-probability (chance 0.5). Train time is the wall time of
 the optimisation steps on the hardware named (CPU runs shared a busy 2-core machine with
 other jobs, so their times are upper bounds). The CPU time column is what retraining takes on
-2 CPU threads: one training step measured (`probe zoo card --cpu-timing`, the median of three
-steps on an idle 2-core machine) times the recipe's steps. A full CPU retrain of the LSTM took
-7.6 min against 8.1 min measured for it in an earlier run (the machine's speed varies between
-runs by up to 30%; the column comes from one run). Mamba (23.8 min) misses the 20-minute
-target: its selective scan is sequential over positions on the CPU; the column assumes the
-compiled scan kernel (`probe.kernels`, built where a C++ compiler exists), without which the
-same run measured 1.85 s/step (37 min). The sLSTM layer is a nonlinear recurrence run one
-position at a time (xLSTM 12.6 min).
+2 CPU threads: one training step measured (`probe zoo card --cpu-timing`, the median of seven
+steps on an idle 2-core machine) times the recipe's steps. The column comes from one run; this
+machine's speed drifts between runs (three runs within 15 minutes gave the transformer 13.8, 10.7
+and 9.4 min, Mamba 26.1, 24.7 and 24.3 min), so differences under about 30% are noise. A full CPU
+retrain of the LSTM took 7.6 min against 8.1 min measured for it in an earlier run. Mamba misses
+the 20-minute target: about a third of its step is the selective scan (a compiled kernel,
+`probe.kernels`, built where a C++ compiler exists; without it an earlier run measured 1.85 s/step,
+37 min), a quarter its matmuls, the rest the elementwise work of its 8 layers. The sLSTM layer is
+a nonlinear recurrence run one position at a time (xLSTM).
 
 """
 
