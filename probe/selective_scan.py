@@ -27,10 +27,10 @@ or edited (plain forwards and training); the hooked path builds every state with
 :mod:`probe.scan`, and both are tested equal in values and gradients.
 
 On the CPU (float32 / float64) the same recurrence and adjoint run in a compiled kernel when
-one can be built (``probe/kernels/selective_scan.cpp``, see :mod:`probe.kernels`): each
-``(batch, channel)`` row keeps its ``N`` state entries in registers over all positions and
-its backward recomputes the row's states (a few kB), so nothing of size ``T * D * N`` is
-stored; about 4x faster than the step-by-step tensor version. ``native_path=False`` forces
+one can be built (``probe/kernels/selective_scan.cpp``, see :mod:`probe.kernels`): a block of
+8 channels of one batch element keeps its ``N x 8`` state in cache over all positions and its
+backward recomputes the block's states (``T x N x 8`` numbers), so nothing of size ``T * D * N``
+is stored; about 5x faster than the step-by-step tensor version. ``native_path=False`` forces
 the tensor version (elsewhere: GPU, half precision, no compiler, ``PROBE_NATIVE=0``).
 
 :func:`selective_scan_states` is the same step, without autograd, writing every state straight
@@ -116,7 +116,7 @@ class _SelectiveScan(torch.autograd.Function):
 
 class _NativeSelectiveScan(torch.autograd.Function):
     """The same recurrence and adjoint through the compiled CPU kernel (``probe/kernels/selective_scan.cpp``),
-    which keeps one channel's state in registers over all positions; the backward recomputes states."""
+    which keeps a block of channels' state in cache over all positions; the backward recomputes states."""
 
     @staticmethod
     def forward(ctx, kernel, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor, h0: Tensor):
