@@ -138,7 +138,7 @@ class LTIMemory:
         return n, Uf, Hf
 
     def convolve_readout(self, u: Tensor, W: Tensor) -> Tensor:
-        """A linear readout of the zero-initial-state part, ``[b, T, d]``, for batches without building the states.
+        """A linear readout of the zero-initial-state part, ``[b, T, d]``, by FFT.
 
         ``y_t[d] = sum_{c, i} W[d, c, i] (sum_s H_{t-s} u_s)[c, i]`` for ``u [b, T, c]`` and
         ``W [d, c, q]`` -> ``[b, T, d]``. In the frequency domain the readout folds into the
@@ -149,7 +149,9 @@ class LTIMemory:
         Building ``K`` and applying it cost about ``2 F c d (q + 2 b)`` real operations (``F``, between
         ``T`` and ``2T``, frequencies; ``b`` sequences), reading the states out ``b T c q d``: the fold
         pays for training batches, while one long sequence is cheaper through its states (built by
-        FFT and read out; ``b T c q`` numbers, then fewer than ``K``'s ``F c d``). The cheaper is taken.
+        FFT and read out; ``b T c q`` numbers, then fewer than ``K``'s ``F c d``). The cheaper is taken
+        (:meth:`resolve` sends training batches to the Toeplitz form or the recurrence, which were
+        faster still at the zoo's sizes; this is for forwards without gradients and explicit ``"fft"``).
         """
         n, Uf, Hf = self._spectra(u)
         b, T, c = u.shape
