@@ -18,9 +18,10 @@ discretised with a zero-order hold over one token (:func:`probe.lti.zoh`). Each 
 ``u_{t-r theta} ~= sum_i P_i(2r - 1) m_t[c, i]`` for ``0 <= r <= 1``.
 
 Because the memory is linear and time-invariant, all states come from one causal
-convolution with its impulse response (FFT for long inputs, a Toeplitz contraction for
-short ones) plus the free response of the carried state, and generation uses the
-recurrence (:class:`probe.lti.LTIMemory`; all forms are tested equal). Editing ``hook_state``
+convolution with its impulse response (FFT for long inputs without gradients, a Toeplitz
+contraction for short ones and training batches) plus the free response of the carried
+state, and generation and long training inputs use the recurrence
+(:meth:`probe.lti.LTIMemory.resolve` picks; all forms are tested equal). Editing ``hook_state``
 at some positions restarts the parallel form from each edited state, so edits propagate
 exactly.
 
