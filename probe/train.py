@@ -269,7 +269,8 @@ class Trainer:
     # -- training ---------------------------------------------------------------------
     def batch(self, step: int) -> torch.Tensor:
         rng = np.random.default_rng([self.config.seed, step])
-        return torch.from_numpy(self.data.mix_at(step).batch(rng, self.config.batch_size, self.config.seq_len))
+        shape = self.data.shape_at(step, self.config.batch_size, self.config.seq_len)
+        return torch.from_numpy(self.data.mix_at(step).batch(rng, *shape))
 
     def validate(self) -> float | None:
         if self.val is None:

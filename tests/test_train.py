@@ -150,10 +150,42 @@ def test_curriculum_switches_mix_by_step_and_resumes_exactly(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_curriculum_stage_shapes_set_the_batch_and_resume_exactly(tmp_path):
+    """A stage with its own (batch_size, seq_len) gives batches of that shape (the rows its mix gives
+    at that shape); stages without one use the config's; a run resumed across the switch equals one
+    straight run, and the tokens seen count the real shapes."""
+    from probe.data import Curriculum
+
+    data, val = _stream(), _stream(600, seed=1)
+    short = DataMix(data, ["recall"], task_fraction=0.5)
+    full = DataMix(data, ["recall", "brackets"], task_fraction=0.5)
+    cfg = TrainConfig(steps=6, **CFG)
+    curriculum = Curriculum([(0, short, (2 * cfg.batch_size, cfg.seq_len // 2)), (3, full)])
+    assert curriculum.shape_at(2, cfg.batch_size, cfg.seq_len) == (2 * cfg.batch_size, cfg.seq_len // 2)
+    assert curriculum.shape_at(3, cfg.batch_size, cfg.seq_len) == (cfg.batch_size, cfg.seq_len)
+    trainer = Trainer(_model(), curriculum, cfg, None, progress=False)
+    first, later = (2 * cfg.batch_size, cfg.seq_len // 2), (cfg.batch_size, cfg.seq_len)
+    for step, mix, shape in ((1, short, first), (4, full, later)):
+        rng = np.random.default_rng([cfg.seed, step])
+        batch = trainer.batch(step)
+        assert tuple(batch.shape) == (shape[0], shape[1] + 1)
+        assert torch.equal(batch, torch.from_numpy(mix.batch(rng, *shape)))
+    straight = train(_model(), curriculum, cfg, val, tmp_path / "a", progress=False)
+    train(_model(), curriculum, cfg, val, tmp_path / "b", progress=False, stop_after=2)
+    resumed = train(_model(seed=5), curriculum, cfg, val, tmp_path / "b", progress=False)
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    per_step = [2 * cfg.batch_size * (cfg.seq_len // 2)] * 3 + [cfg.batch_size * cfg.seq_len] * 3
+    assert straight.tokens_seen == sum(per_step)
+
+
 @pytest.mark.parametrize("stages, match", [
     ([], "at least one stage"),
+    ([(0, "mix", (0, 8))], "two positive integers"),
+    ([(0, "mix", 8)], "two positive integers"),
     ([(1, None)], "expected a DataMix"),
     ("x", "must be a \\(first_step, DataMix\\) pair"),
+    ([(0, "mix", (4, 8), 1)], "must be a \\(first_step, DataMix\\) pair"),
     ([(-1, "mix")], "non-negative integer"),
     ([(2, "mix")], "start at step 0"),
     ([(0, "mix"), (0, "mix")], "strictly increasing"),
@@ -162,6 +194,7 @@ def test_curriculum_bad_stages_are_named(stages, match):
     from probe.data import Curriculum
 
     mix = DataMix(_stream())
-    stages = [(first, mix if m == "mix" else m) for first, m in stages] if isinstance(stages, list) else stages
+    stages = [(first, mix if m == "mix" else m, *rest) for first, m, *rest in stages] if isinstance(stages, list) \
+        else stages
     with pytest.raises(InputError, match=match):
         Curriculum(stages)

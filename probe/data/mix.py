@@ -50,6 +50,10 @@ class DataMix:
         :class:`~probe.data.curriculum.Curriculum` changes with the step)."""
         return self
 
+    def shape_at(self, step: int, batch_size: int, seq_len: int) -> tuple[int, int]:
+        """The batch shape of training step ``step``: always the one given (the training config's)."""
+        return batch_size, seq_len
+
     def batch(self, rng: np.random.Generator, batch_size: int, seq_len: int) -> np.ndarray:
         """``[batch_size, seq_len + 1]`` int64 token ids."""
         is_task = rng.random(batch_size) < self.task_fraction
