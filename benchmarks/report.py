@@ -146,8 +146,8 @@ SECTIONS = [
             ("scan", "scan3"),
             "Forms: LMU `fft` (chunked analogue) and `direct` (the Toeplitz product, O(T^2), used by `auto` up to "
             "32 tokens, or 256 when gradients follow, so not judged against the chunked-scan target); rows are "
-            "forwards without gradients on one sequence, where `auto` takes `fft` from 33 tokens on; Mamba `auto` is the fused selective "
-            "scan of the unhooked forward (`probe.selective_scan`), `chunked` / `sequential` the blocked scan "
+            "forwards without gradients on one sequence, where `auto` takes `fft` from 33 tokens on; Mamba "
+            "`auto` is the fused selective scan of the unhooked forward (`probe.selective_scan`), `chunked` / `sequential` the blocked scan "
             "that a state hook uses (on CPU its `auto` picks the loop form for states this large)."),
     Section("bench_scans", "Mamba (4 layers, d_model 256) against transformers' slow path",
             lambda r: r.get("suite") == "mamba_vs_hf",

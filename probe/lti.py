@@ -122,9 +122,7 @@ class LTIMemory:
             return torch.einsum("tsq,bsc->btcq", toeplitz, u)
         if method != "fft":
             raise ValueError(f"Unknown convolution method {method!r}; use 'direct' or 'fft'.")
-        n, Uf, Hf = self._spectra(u)
-        m = torch.fft.irfft(Uf.unsqueeze(-1) * Hf[:, None, :], n=n, dim=1)[:, :T]
-        return m.to(u.dtype)
+        return self._states_from_spectra(*self._spectra(u), T).to(u.dtype)
 
     def _spectra(self, u: Tensor) -> tuple[int, Tensor, Tensor]:
         """``(n, U, H)``: the FFT length ``n >= 2T - 1`` (no wrap-around) and the real FFTs of the
@@ -161,9 +159,14 @@ class LTIMemory:
         return self._readout_folded(n, Uf, Hf, W, T).to(u.dtype)
 
     @staticmethod
-    def _readout_of_states(n: int, Uf: Tensor, Hf: Tensor, W: Tensor, T: int) -> Tensor:
+    def _states_from_spectra(n: int, Uf: Tensor, Hf: Tensor, T: int) -> Tensor:
+        """The zero-initial-state part ``[b, T, c, q]`` by inverse FFT of ``U(f) H(f)`` (:meth:`_spectra`)."""
+        return torch.fft.irfft(Uf.unsqueeze(-1) * Hf[:, None, :], n=n, dim=1)[:, :T]
+
+    @classmethod
+    def _readout_of_states(cls, n: int, Uf: Tensor, Hf: Tensor, W: Tensor, T: int) -> Tensor:
         """The states by inverse FFT, ``[b, T, c, q]``, then the readout ``W [d, c, q]``."""
-        states = torch.fft.irfft(Uf.unsqueeze(-1) * Hf[:, None, :], n=n, dim=1)[:, :T]
+        states = cls._states_from_spectra(n, Uf, Hf, T)
         return states.flatten(2) @ W.reshape(W.shape[0], -1).to(states.dtype).T
 
     @staticmethod

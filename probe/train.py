@@ -153,9 +153,9 @@ class Trainer:
     there is continued. ``meta`` is stored with the final model (model-card facts).
     """
 
-    def __init__(self, model, data: DataMix | Curriculum | TokenStream, config: TrainConfig, val: TokenStream | None = None,
-                 out_dir: str | Path | None = None, resume: bool = True, progress: bool = True,
-                 meta: dict[str, Any] | None = None):
+    def __init__(self, model, data: DataMix | Curriculum | TokenStream, config: TrainConfig,
+                 val: TokenStream | None = None, out_dir: str | Path | None = None, resume: bool = True,
+                 progress: bool = True, meta: dict[str, Any] | None = None):
         self.config = config
         self.data = data if isinstance(data, (DataMix, Curriculum)) else DataMix(data)
         self.data.check(config.seq_len)
@@ -353,9 +353,9 @@ class Trainer:
         return TrainResult(self.model, self.step, self.tokens_seen, self.history, self.train_seconds, final_val)
 
 
-def train(model, data: DataMix | Curriculum | TokenStream, config: TrainConfig | None = None, val: TokenStream | None = None,
-          out_dir: str | Path | None = None, resume: bool = True, progress: bool = True,
-          stop_after: int | None = None) -> TrainResult:
+def train(model, data: DataMix | Curriculum | TokenStream, config: TrainConfig | None = None,
+          val: TokenStream | None = None, out_dir: str | Path | None = None, resume: bool = True,
+          progress: bool = True, stop_after: int | None = None) -> TrainResult:
     """Convenience wrapper: ``Trainer(...).train(stop_after)``."""
     trainer = Trainer(model, data, config or TrainConfig(), val, out_dir, resume, progress)
     return trainer.train(stop_after)

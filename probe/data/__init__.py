@@ -10,7 +10,7 @@ from probe.data.text_corpus import hf_corpus, text_corpus
 from probe.data.tokenizers import ByteTokenizer, HFTokenizer, get_tokenizer
 
 __all__ = [
-    "ByteTokenizer", "CodeCorpus", "Curriculum", "DataMix", "HFTokenizer", "MinimalPair", "TASKS", "Task", "TaskExample",
-    "TokenStream", "blimp_pairs", "byte_labels", "evaluate_minimal_pairs", "get_task", "get_tokenizer",
+    "ByteTokenizer", "CodeCorpus", "Curriculum", "DataMix", "HFTokenizer", "MinimalPair", "TASKS", "Task",
+    "TaskExample", "TokenStream", "blimp_pairs", "byte_labels", "evaluate_minimal_pairs", "get_task", "get_tokenizer",
     "hf_corpus", "pairs_from_dataset", "stdlib_stream", "text_corpus", "unigram_bpb",
 ]

@@ -86,9 +86,5 @@ class Curriculum:
         shape = self.shapes[self._stage(step)]
         return (batch_size, seq_len) if shape is None else shape
 
-    def batch(self, rng: np.random.Generator, batch_size: int, seq_len: int, step: int) -> np.ndarray:
-        """Step ``step``'s token ids, ``[batch_size, seq_len + 1]`` unless its stage sets the shape."""
-        return self.mix_at(step).batch(rng, *self.shape_at(step, batch_size, seq_len))
-
     def __repr__(self) -> str:
         return f"Curriculum(stages at steps {self.firsts})"
