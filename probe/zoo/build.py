@@ -26,21 +26,36 @@ import torch
 
 from probe.data.code_corpus import stdlib_stream
 from probe.data.corpus import TokenStream
+from probe.data.curriculum import Curriculum
 from probe.data.mix import DataMix
+from probe.data.tasks.recall import AssociativeRecall
 from probe.errors import ConfigError
-from probe.zoo.recipes import MIX, SEED, TRAIN, Recipe, get_recipe
+from probe.zoo.recipes import SEED, STAGES, TASKS, TEXT, TRAIN, Recipe, Stage, get_recipe
 
 #: where the shipped zoo lives (``probe.load("zoo:NAME")`` reads it)
 ZOO_DIR = Path(__file__).parent
 
 
-def zoo_data(seq_len: int = TRAIN.seq_len) -> tuple[DataMix, TokenStream]:
-    """The zoo's training mix and its validation stream (the stdlib val split)."""
+def stage_mix(text: TokenStream, stage: Stage) -> DataMix:
+    """The :class:`DataMix` of one curriculum stage over the ``text`` stream."""
+    tasks = [AssociativeRecall(*stage.recall_pairs) if t == "recall" else t for t in TASKS]
+    return DataMix(text, tasks, stage.task_fraction, stage.task_weights)
+
+
+def zoo_data(batch_size: int = TRAIN.batch_size, seq_len: int = TRAIN.seq_len) -> tuple[Curriculum, TokenStream]:
+    """The zoo's training data (the :data:`~probe.zoo.recipes.STAGES` curriculum over the stdlib
+    train split, for a config's ``batch_size`` and ``seq_len``) and its validation stream (the stdlib
+    val split)."""
     train = stdlib_stream("train")
     val = stdlib_stream("val")
-    mix = DataMix(train, MIX["tasks"], MIX["task_fraction"], MIX["task_weights"])
-    mix.check(seq_len)
-    return mix, val
+    data = Curriculum([(s.first_step, stage_mix(train, s), s.shape(batch_size, seq_len)) for s in STAGES])
+    data.check(seq_len)
+    return data, val
+
+
+def zoo_data_description() -> dict[str, Any]:
+    """What a card records of the training data."""
+    return {"text": TEXT, "tasks": list(TASKS), "stages": [s.to_dict() for s in STAGES]}
 
 
 def build_model(recipe: Recipe | str, seed: int = SEED):
@@ -80,9 +95,10 @@ def hardware(device: torch.device) -> str:
 
 
 def cpu_seconds_per_step(name: str, threads: int = 2, steps: int = 3) -> float:
-    """Median wall time of one training step of recipe ``name`` on the CPU with ``threads``
-    threads (after one warm-up step), on random tokens of the recipe's batch shape. Times the
-    recipe's full step count gives the CPU training time of ``probe zoo train NAME --device cpu``."""
+    """Wall time of one training step of recipe ``name`` on the CPU with ``threads`` threads: per
+    curriculum stage the median of ``steps`` steps (after one warm-up step) on random tokens of the
+    stage's batch shape, averaged with the stages' step counts as weights. Times the recipe's step
+    count gives the CPU training time of ``probe zoo train NAME --device cpu``."""
     import time
 
     from probe.train import Trainer
@@ -91,13 +107,18 @@ def cpu_seconds_per_step(name: str, threads: int = 2, steps: int = 3) -> float:
     model = build_model(name)
     stream = TokenStream(torch.randint(0, 256, (TRAIN.seq_len * 4,)).numpy(), TRAIN.seq_len * 4)
     trainer = Trainer(model, stream, replace(TRAIN, device="cpu"), progress=False)
-    tokens = torch.randint(0, 256, (TRAIN.batch_size, TRAIN.seq_len + 1))
-    times = []
-    for _ in range(steps + 1):
-        t0 = time.perf_counter()
-        trainer.train_step(tokens)
-        times.append(time.perf_counter() - t0)
-    return float(sorted(times[1:])[len(times[1:]) // 2])
+    firsts = [s.first_step for s in STAGES] + [TRAIN.steps]
+    total = 0.0
+    for stage, first, end in zip(STAGES, firsts, firsts[1:]):
+        batch_size, seq_len = stage.shape(TRAIN.batch_size, TRAIN.seq_len)
+        tokens = torch.randint(0, 256, (batch_size, seq_len + 1))
+        times = []
+        for _ in range(steps + 1):
+            t0 = time.perf_counter()
+            trainer.train_step(tokens)
+            times.append(time.perf_counter() - t0)
+        total += sorted(times[1:])[len(times[1:]) // 2] * (min(end, TRAIN.steps) - first)
+    return float(total / TRAIN.steps)
 
 
 def train_zoo_model(name: str, out_dir: str | Path = ZOO_DIR, device: str = "auto", progress: bool = True,
@@ -114,10 +135,11 @@ def train_zoo_model(name: str, out_dir: str | Path = ZOO_DIR, device: str = "aut
     recipe = get_recipe(name)
     config = replace(TRAIN, device=device, **train_overrides)
     model = build_model(recipe, config.seed)
-    mix, val = zoo_data(config.seq_len)
+    data, val = zoo_data(config.batch_size, config.seq_len)
+    text = data.mixes[0].text
     out_dir = Path(out_dir)
     run_dir = out_dir / ".runs" / name
-    trainer = Trainer(model, mix, config, val, run_dir, resume=resume, progress=progress)
+    trainer = Trainer(model, data, config, val, run_dir, resume=resume, progress=progress)
     result = trainer.train()
     n_params = sum(p.numel() for p in model.parameters())
     card: dict[str, Any] = {
@@ -130,9 +152,7 @@ def train_zoo_model(name: str, out_dir: str | Path = ZOO_DIR, device: str = "aut
         "tokens_seen": result.tokens_seen,
         "steps": result.step,
         "train": config.to_dict(),
-        "data": {"text": MIX["text"], "tasks": list(MIX["tasks"]), "task_fraction": MIX["task_fraction"],
-                 "task_weights": list(MIX["task_weights"]), "corpus_python": mix.text.meta.get("python"),
-                 "train_bytes": mix.text.n_bytes,
+        "data": {**zoo_data_description(), "corpus_python": text.meta.get("python"), "train_bytes": text.n_bytes,
                  "val_bytes": val.n_bytes},
         "train_seconds": round(result.train_seconds, 1),
         "hardware": hardware(trainer.device),
@@ -148,6 +168,6 @@ def train_zoo_model(name: str, out_dir: str | Path = ZOO_DIR, device: str = "aut
     write_card(target, card)
     if evaluate:
         shipped = load_model(target)  # evaluate the fp16 weights that ship, in float32
-        card.update(evaluate_card(shipped, val, mix.text))
+        card.update(evaluate_card(shipped, val, text))
         write_card(target, card)
     return target

@@ -2,10 +2,18 @@ r"""The model zoo's recipes: ten architectures, one data mix, one training budge
 
 Every zoo model is a byte-level (vocab 257) language model of about
 :data:`TARGET_PARAMS` parameters (within 10 %, asserted by the tests), trained with the
-same :data:`TRAIN` settings (same steps, batch and sequence length, so the same tokens
-seen) on the same :data:`MIX` (the Python standard library's train split interleaved
-with the four synthetic tasks). Widths are set per architecture to match the parameter
-count; :func:`fit_d_mlp` is the helper that chose them.
+same :data:`TRAIN` settings (same steps and tokens per step, so the same tokens seen) on the
+same data: the Python standard library's train split interleaved with the four synthetic
+tasks, in the two :data:`STAGES` of a curriculum. Widths are set per architecture to match the
+parameter count; :func:`fit_d_mlp` is the helper that chose them.
+
+The curriculum exists for associative recall. With the tasks a quarter of the rows each, in
+16 rows of 256 bytes for all 1200 steps, no zoo model learned recall (the zoo README's recall
+section): attention finds the recall circuit only with many sequences per step, and every
+architecture needs many recall rows with few pairs first. So the first 1000 steps draw 64 rows of
+64 bytes (the same 4096 tokens per step), three quarters of them task rows with recall weighted
+6 of 9 (half of all rows recall, 2-4 pairs); the last 200 steps are the full 16 x 256 rows, half
+task rows, recall weighted 3 of 6 with the evaluation's 3-8 pairs.
 
 =============  ============================================================================
 name           layout (one entry per layer)
@@ -42,10 +50,45 @@ TRAIN = TrainConfig(steps=1200, batch_size=16, seq_len=256, lr=3e-3, min_lr_rati
                     weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0, seed=SEED, eval_every=200,
                     eval_windows=32, save_every=200, log_every=20, device="auto", amp="none")
 
-#: the data mix: stdlib code rows and packed synthetic-task rows (the four tasks equally often),
-#: half and half
-MIX: dict[str, Any] = {"text": "python-stdlib/train", "tasks": ("agreement", "recall", "induction", "brackets"),
-                       "task_weights": (1.0, 1.0, 1.0, 1.0), "task_fraction": 0.5}
+#: the text corpus and the synthetic tasks of every stage
+TEXT = "python-stdlib/train"
+TASKS = ("agreement", "recall", "induction", "brackets")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the zoo's curriculum, from step ``first_step`` until the next stage.
+
+    ``task_fraction`` is the share of task rows (the rest are stdlib text windows),
+    ``task_weights`` the relative frequency of each of :data:`TASKS` in task rows,
+    ``recall_pairs`` the (min, max) key-value pairs of a recall example and ``split`` how many
+    rows each of the training config's rows becomes: batches of ``batch_size * split`` rows of
+    ``seq_len // split`` tokens, the same tokens per step (16 x 256 -> 64 x 64 with ``split=4``)."""
+
+    first_step: int
+    task_fraction: float
+    task_weights: tuple[float, ...]
+    recall_pairs: tuple[int, int] = (3, 8)
+    split: int = 1
+
+    def shape(self, batch_size: int, seq_len: int) -> tuple[int, int]:
+        """``(batch_size, seq_len)`` of this stage's batches for a config's ``batch_size, seq_len``."""
+        if seq_len % self.split:
+            raise ConfigError(f"A zoo curriculum stage splits every row into {self.split}; seq_len {seq_len} "
+                              f"is not a multiple of {self.split}.")
+        return batch_size * self.split, seq_len // self.split
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"first_step": self.first_step, "task_fraction": self.task_fraction,
+                "task_weights": list(self.task_weights), "recall_pairs": list(self.recall_pairs),
+                "split": self.split}
+
+
+#: the zoo's curriculum (see the module docstring for why); each stage keeps 4096 tokens per step
+STAGES: tuple[Stage, ...] = (
+    Stage(0, task_fraction=0.75, task_weights=(1.0, 6.0, 1.0, 1.0), recall_pairs=(2, 4), split=4),
+    Stage(1000, task_fraction=0.5, task_weights=(1.0, 3.0, 1.0, 1.0), recall_pairs=(3, 8)),
+)
 
 
 @dataclass(frozen=True)
