@@ -90,6 +90,38 @@ def test_shipped_model_loads_and_reproduces_its_card(name, val_stream):
     assert card["minimal_pairs"]["agreement"] > 0.55
 
 
+def test_zoo_curriculum_keeps_tokens_per_step_and_teaches_recall_with_few_pairs(tmp_path, monkeypatch):
+    """The zoo trains on STAGES: every stage sees TRAIN's tokens per step (so the card's tokens are
+    steps x batch x seq_len), the first in more, shorter rows with 2-4-pair recall and half of the
+    rows recall; batches are the stage mix's rows at the stage's shape, and a bad split is named."""
+    import numpy as np
+
+    from probe.data.tasks.recall import AssociativeRecall
+    from probe.zoo.build import zoo_data
+    from probe.zoo.recipes import STAGES, Stage
+
+    streams = tmp_path / "streams"
+    for split in ("train", "val"):
+        CodeCorpus(split, max_files=2).stream().save(streams / f"stdlib-{split}.safetensors")
+    monkeypatch.setenv("PROBE_STDLIB_STREAMS", str(streams))
+    data, _ = zoo_data()
+    assert data.firsts == [s.first_step for s in STAGES] and data.firsts[0] == 0 and data.firsts[-1] < TRAIN.steps
+    for i, (stage, mix) in enumerate(zip(STAGES, data.mixes)):
+        step = stage.first_step
+        b, length = data.shape_at(step, TRAIN.batch_size, TRAIN.seq_len)
+        assert b * length == TRAIN.batch_size * TRAIN.seq_len, (i, b, length)
+        recall = [t for t in mix.tasks if isinstance(t, AssociativeRecall)]
+        assert len(recall) == 1 and (recall[0].min_pairs, recall[0].max_pairs) == stage.recall_pairs
+        batch = data.mix_at(step).batch(np.random.default_rng([0, step]), b, length)
+        assert batch.shape == (b, length + 1)
+    first = STAGES[0]
+    assert data.shape_at(0, 16, 256) == (64, 64) and first.recall_pairs == (2, 4)
+    assert first.task_fraction * first.task_weights[1] / sum(first.task_weights) == pytest.approx(0.5)
+    assert data.shape_at(TRAIN.steps - 1, 16, 256) == (16, 256) and STAGES[-1].recall_pairs == (3, 8)
+    with pytest.raises(ConfigError, match="seq_len 30 is not a multiple of 4"):
+        Stage(0, 0.5, (1, 1, 1, 1), split=4).shape(2, 30)
+
+
 def test_tiny_recipe_run_is_deterministic(tmp_path, monkeypatch):
     """`probe zoo train ARCH` repeats itself: two tiny runs of a recipe give the same bytes."""
     streams = tmp_path / "streams"
