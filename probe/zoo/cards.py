@@ -146,10 +146,15 @@ def _compress_layout(layout: list[str]) -> str:
 README_HEAD = """# The probe model zoo
 
 Small byte-level language models of ten architectures, trained with one recipe
-(`probe/zoo/recipes.py`): the same data mix (the Python standard library's train split
-interleaved half and half with four synthetic tasks), the same tokens seen, parameter
-counts matched within 10 %. Load one with `probe.load("zoo:NAME")`; retrain one with
-`probe zoo train NAME`; regenerate this page with `probe zoo card`.
+(`probe/zoo/recipes.py`): the same data (the Python standard library's train split
+interleaved with four synthetic tasks, in the same two-stage curriculum), the same tokens
+seen, parameter counts matched within 10 %. The curriculum is what teaches associative
+recall at this budget: the first 1000 steps draw 64 rows of 64 bytes (4096 tokens per step,
+as after), three quarters of them task rows and half of all rows 2-4-pair recall; the last
+200 steps are 16 rows of 256 bytes, half task rows, recall weighted 3 of 6 with the
+evaluation's 3-8 pairs (why: the recall section below). Load one with
+`probe.load("zoo:NAME")`; retrain one with `probe zoo train NAME`; regenerate this page with
+`probe zoo card`.
 
 Columns: validation bits-per-byte on {windows} windows of 256 bytes of the stdlib validation
 split and the unigram baseline on the same bytes; per task, pair accuracy (the correct
@@ -160,17 +165,15 @@ so the scored answer (the letter after it) needs content-based induction, as rec
 while the trained induction task can be solved by position alone (copy the byte n + 1 back);
 minimal pairs: share of agreement pairs ("the key to the cabinets is/are ...") where the
 good sentence has the higher log-probability (chance 0.5). Train time is the wall time of
-the optimisation steps on the hardware named (CPU runs shared a busy 2-core machine with
-other jobs, so their times are upper bounds). The CPU time column is what retraining takes on
-2 CPU threads: one training step measured (`probe zoo card --cpu-timing`, the median of seven
-steps on an idle 2-core machine) times the recipe's steps. The column comes from one run; this
-machine's speed drifts between runs (three runs within 15 minutes gave the transformer 13.8, 10.7
-and 9.4 min, Mamba 26.1, 24.7 and 24.3 min), so differences under about 30% are noise. A full CPU
-retrain of the LSTM took 7.6 min against 8.1 min measured for it in an earlier run. Mamba misses
-the 20-minute target: about a third of its step is the selective scan (a compiled kernel,
-`probe.kernels`, built where a C++ compiler exists; without it an earlier run measured 1.85 s/step,
-37 min), a quarter its matmuls, the rest the elementwise work of its 8 layers. The sLSTM layer is
-a nonlinear recurrence run one position at a time (xLSTM).
+the optimisation steps on the hardware named. The CPU time column is what retraining takes
+on 2 CPU threads: per curriculum stage one training step at the stage's batch shape measured
+(`probe zoo card --cpu-timing`, the median of seven steps on an idle 2-core machine), times the
+stage's steps. This machine's speed drifts between sessions (the same transformer step measured
+0.47 s in one and 0.20 s in another), so compare the column within one run, not across runs.
+Mamba's step is the slowest: about a third of it is the selective scan (a compiled kernel,
+`probe.kernels`, built where a C++ compiler exists; the PyTorch path without it is about 1.5x
+slower per step), a quarter its matmuls, the rest the elementwise work of its 8 layers. The
+sLSTM layer is a nonlinear recurrence run one position at a time (xLSTM).
 
 """
 
