@@ -250,15 +250,15 @@ RESULT_CAPTIONS = {
         " half task rows in the first stage (a third of all rows recall) the transformer was borderline:"
         " 0.542 / 0.277 at val bpb 1.906. The LMU under the first recipe did not learn recall (0.504 /"
         " 0.091, val bpb 2.066 against 1.919), as its recall-only runs above predict. The"
-        " zoo's shipped models predate all of this; a fix means retraining all ten with such a recipe,"
-        " tuned to cost less bits-per-byte."),
+        " shipped zoo is now trained with that recipe (the table at the top): eight of ten learn recall;"
+        " the LMU does not."),
     "methods/tables.md": (
         " Scores are the held-out accuracy of logistic probes at the best layer (bracket depth and"
         " indentation clipped at 4: five classes). Selectivity (Hewitt & Liang) is mostly negative here:"
         " their control task gives each byte type a random label, a function of the current byte,"
         " which every hidden state encodes linearly, while the real labels need the context."
-        " Recall is not learned by any zoo model (see above), so the recall patching rows show where"
-        " the queried value's information flows, not a working recall circuit. State steering at the"
+        " These tables were measured on the zoo before its curriculum retrain (when no model had"
+        " learned recall) and are not yet re-run on the shipped weights. State steering at the"
         " prompt's last token cannot move RWKV's prediction at that token: RWKV reads the state left"
         " by the previous token (its wkv uses a_{t-1}, b_{t-1} plus the current token's bonus term),"
         " so the 0.00 row is the architecture, not a failure."),
