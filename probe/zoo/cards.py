@@ -250,7 +250,7 @@ RESULT_CAPTIONS = {
         " half task rows in the first stage (a third of all rows recall) the transformer was borderline:"
         " 0.542 / 0.277 at val bpb 1.906. The LMU under the first recipe did not learn recall (0.504 /"
         " 0.091, val bpb 2.066 against 1.919), as its recall-only runs above predict. The"
-        " shipped zoo is now trained with that recipe (the table at the top): eight of ten learn recall;"
+        " shipped zoo is now trained with that recipe (the table at the top): nine of ten learn recall;"
         " the LMU does not."),
     "methods/tables.md": (
         " Scores are the held-out accuracy of logistic probes at the best layer (bracket depth and"
