@@ -161,3 +161,15 @@ def test_zoo_readme_includes_the_result_sections(tmp_path):
         assert f"## {title}" in text and command in text
     assert "| model | layer |" in text and "### Linear probes" in text and "| model | learned at step |" in text
     assert "## " + RESULTS["lens.md"][0] not in render_readme(zoo_cards(), tmp_path / "absent")
+
+
+def test_curriculum_description_follows_the_stages():
+    """The zoo README's curriculum sentence is generated from ``STAGES``: a changed stage changes it."""
+    from probe.zoo.recipes import STAGES, TRAIN, Stage, describe_curriculum
+
+    text = describe_curriculum()
+    assert text.startswith("steps 0-999: 64 rows of 64 tokens, 75% task rows") and f"-{TRAIN.steps - 1}:" in text
+    assert text.count("steps ") == len(STAGES) and "50% of all rows recall, 2-4 pairs" in text
+    other = describe_curriculum((Stage(0, 0.5, (1, 1, 1, 1), (2, 3), split=2),), TRAIN)
+    assert other == (f"steps 0-{TRAIN.steps - 1}: 32 rows of 128 tokens, 50% task rows (weights agreement 1, "
+                     "recall 1, induction 1, brackets 1; 12% of all rows recall, 2-3 pairs)")

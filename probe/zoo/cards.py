@@ -30,6 +30,7 @@ from probe.data.minimal_pairs import evaluate_minimal_pairs
 from probe.data.tasks import TASKS, get_task
 from probe.errors import CheckpointError
 from probe.evaluate import evaluate_bpb, task_scores
+from probe.zoo.recipes import describe_curriculum
 
 CARD_FILE = "card.json"
 EVAL_SEQ_LEN = 256
@@ -149,10 +150,7 @@ Small byte-level language models of ten architectures, trained with one recipe
 (`probe/zoo/recipes.py`): the same data (the Python standard library's train split
 interleaved with four synthetic tasks, in the same two-stage curriculum), the same tokens
 seen, parameter counts matched within 10 %. The curriculum is what teaches associative
-recall at this budget: the first 1000 steps draw 64 rows of 64 bytes (4096 tokens per step,
-as after), three quarters of them task rows and half of all rows 2-4-pair recall; the last
-200 steps are 16 rows of 256 bytes, half task rows, recall weighted 3 of 6 with the
-evaluation's 3-8 pairs (why: the recall section below). Load one with
+recall at this budget (why: the recall section below). Its stages: {curriculum}. Load one with
 `probe.load("zoo:NAME")`; retrain one with `probe zoo train NAME`; regenerate this page with
 `probe zoo card`.
 
@@ -260,7 +258,7 @@ def render_readme(cards: list[dict[str, Any]], results_dir: str | Path | None = 
     """The zoo README: the card table, the tasks not learned, missing recipes, then the result sections."""
     from probe.zoo.recipes import RECIPES
 
-    text = (README_HEAD.format(windows=EVAL_WINDOWS, examples=EVAL_EXAMPLES) + render_table(cards) + "\n\n"
+    text = (README_HEAD.format(windows=EVAL_WINDOWS, examples=EVAL_EXAMPLES, curriculum=describe_curriculum()) + render_table(cards) + "\n\n"
             + render_limits(cards))
     missing = [n for n in RECIPES if n not in {c["name"] for c in cards}]
     if missing:

@@ -10,10 +10,10 @@ parameter count; :func:`fit_d_mlp` is the helper that chose them.
 The curriculum exists for associative recall. With the tasks a quarter of the rows each, in
 16 rows of 256 bytes for all 1200 steps, no zoo model learned recall (the zoo README's recall
 section): attention finds the recall circuit only with many sequences per step, and every
-architecture needs many recall rows with few pairs first. So the first 1000 steps draw 64 rows of
-64 bytes (the same 4096 tokens per step), three quarters of them task rows with recall weighted
-6 of 9 (half of all rows recall, 2-4 pairs); the last 200 steps are the full 16 x 256 rows, half
-task rows, recall weighted 3 of 6 with the evaluation's 3-8 pairs.
+architecture needs many recall rows with few pairs first. So the first stage draws four times
+as many rows, a quarter as long (the same tokens per step), mostly task rows with recall weighted
+up and 2-4 pairs; the last stage is the full rows with the evaluation's 3-8 pairs. The numbers
+are in :data:`STAGES`; :func:`describe_curriculum` says them in words (the zoo README quotes it).
 
 =============  ============================================================================
 name           layout (one entry per layer)
@@ -78,6 +78,15 @@ class Stage:
                               f"is not a multiple of {self.split}.")
         return batch_size * self.split, seq_len // self.split
 
+    def describe(self, last_step: int, batch_size: int, seq_len: int) -> str:
+        """This stage in words, e.g. ``"steps 0-999: 64 rows of 64 tokens, 75 % task rows, ..."``."""
+        b, L = self.shape(batch_size, seq_len)
+        recall = self.task_weights[TASKS.index("recall")] / sum(self.task_weights) * self.task_fraction
+        lo, hi = self.recall_pairs
+        return (f"steps {self.first_step}-{last_step}: {b} rows of {L} tokens, {self.task_fraction:.0%} task rows "
+                f"(weights {', '.join(f'{t} {w:g}' for t, w in zip(TASKS, self.task_weights))}; "
+                f"{recall:.0%} of all rows recall, {lo}-{hi} pairs)")
+
     def to_dict(self) -> dict[str, Any]:
         return {"first_step": self.first_step, "task_fraction": self.task_fraction,
                 "task_weights": list(self.task_weights), "recall_pairs": list(self.recall_pairs),
@@ -89,6 +98,12 @@ STAGES: tuple[Stage, ...] = (
     Stage(0, task_fraction=0.75, task_weights=(1.0, 6.0, 1.0, 1.0), recall_pairs=(2, 4), split=4),
     Stage(1000, task_fraction=0.5, task_weights=(1.0, 3.0, 1.0, 1.0), recall_pairs=(3, 8)),
 )
+
+
+def describe_curriculum(stages: tuple[Stage, ...] = STAGES, config: TrainConfig = TRAIN) -> str:
+    """Every stage of the curriculum in words, ``"; "``-separated (for the zoo README)."""
+    ends = [s.first_step - 1 for s in stages[1:]] + [config.steps - 1]
+    return "; ".join(s.describe(end, config.batch_size, config.seq_len) for s, end in zip(stages, ends))
 
 
 @dataclass(frozen=True)
