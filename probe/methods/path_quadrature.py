@@ -43,7 +43,7 @@ PROBE_DECADES = 15
 #: the smallest completeness errors at 64 steps; 1e-4 stretched too far and wasted nodes)
 PROBE_TOLERANCE = 3e-2
 #: adaptive rule: forward scan points per step
-SCAN_PER_STEP = 4
+SCAN_PER_STEP = 8
 #: bisection rounds where the scan is least linear (refine_scan), each halving steps // 4 intervals
 #: (48 rounds resolve the xLSTM's near-steps; 12 left them as single jumps the panels could not see)
 REFINE_ROUNDS = 48
