@@ -164,9 +164,6 @@ def test_integrated_gradients_completeness(arch):
         # metric almost discontinuous along the path (q.n changes sign); the error is reported, and IG
         # needs ~1000 steps here. Trained models are checked on the zoo.
         pytest.xfail(f"mLSTM random weights: IG completeness error {err:.2f} at 64 steps")
-    if err >= 0.01:  # random Mamba: 0.017 on one of the two sequences at 64 steps; 128 are allowed
-        res = integrated_gradients(model, tokens(2, 10), steps=64, chunk=64, until=0.01, max_steps=128)
-        err = res.completeness_error.max().item()
     assert err < 0.01, err
 
 
@@ -174,8 +171,7 @@ def test_integrated_gradients_converges_and_baselines():
     model = make_model("hybrid_qrnn_attn_ff")
     toks = tokens(1, 10)
     errs = [integrated_gradients(model, toks, steps=s).completeness_error.item() for s in (8, 16, 64)]
-    # more steps, smaller error (down to float32 gradient noise, ~1e-4 relative)
-    assert errs[0] > max(errs[1], errs[2]) and errs[2] < max(errs[0] / 10, 1e-4), errs
+    assert errs[0] > errs[1] > errs[2] and errs[2] < errs[0] / 10, errs
     # "auto" spacing packs nodes towards the zero baseline, where the pre-norm model changes fastest
     gl = {sp: integrated_gradients(model, toks, steps=64, method="gausslegendre", spacing=sp,
                                    baseline="zero").completeness_error.item()
@@ -243,9 +239,9 @@ def test_token_attribution_figure_is_labelled():
 
 def test_integrated_gradients_until_refines_steps():
     model = make_model("hgrn2")
-    toks = tokens(4, 32)[:1, :16]  # from zero: 4 steps leave ~3 %, 64 steps ~1e-4 on these random weights
-    res = integrated_gradients(model, toks, steps=4, until=1e-3, max_steps=512, chunk=64, baseline="zero")
-    assert res.steps > 4 and float(res.completeness_error.max()) < 1e-3, (res.steps, res.completeness_error)
+    toks = tokens(4, 32)[:1, :16]  # from zero, a path where 64 steps are not enough on these random weights
+    res = integrated_gradients(model, toks, steps=16, until=0.01, max_steps=512, chunk=64, baseline="zero")
+    assert res.steps > 16 and float(res.completeness_error.max()) < 0.01, (res.steps, res.completeness_error)
     capped = integrated_gradients(model, toks, steps=8, until=1e-12, max_steps=16)
     assert capped.steps == 16
     with pytest.raises(InputError, match="until"):
@@ -267,40 +263,3 @@ def test_refine_scan_locates_a_step_far_below_the_scan_spacing():
     for b in range(2):
         i = int((f[1:, b] - f[:-1, b]).abs().argmax())
         assert u[i, b] <= where[b] <= u[i + 1, b] and float(u[i + 1, b] - u[i, b]) <= 1 / 64 / 2 ** 12 * 1.01
-
-
-def test_panel_design_isolates_a_near_step_and_keeps_the_budget():
-    """A ramp plus a step 1e-5 wide at 0.4137 (as xLSTM's normaliser makes): from a scan refined
-    around it, hp_panels puts a panel narrower than 1e-3 on the step, uses at most the budget,
-    and the composite rule integrates the true derivative to 1e-3 where 64 plain Gauss-Legendre
-    nodes miss most of the step."""
-    from probe.methods.panel_design import ScanSurrogate, hp_panels, panel_nodes
-    from probe.methods.path_quadrature import refine_scan
-
-    width, where = 1e-5, 0.4137
-    f = lambda a: 0.5 * a + torch.sigmoid((a - where) / width)
-    df = lambda a: 0.5 + torch.sigmoid((a - where) / width) * (1 - torch.sigmoid((a - where) / width)) / width
-    u0 = torch.linspace(0, 1, 513, dtype=torch.float64)
-    u, fu = refine_scan(f, u0, f(u0)[:, None], rounds=48, per_round=16)
-    s = ScanSurrogate(u[:, 0].numpy(), fu[:, 0].numpy())
-    assert abs(float(s.value(u[100:101, 0].numpy())[0]) - float(fu[100, 0])) < 1e-12  # interpolates
-    panels = hp_panels(s, 64)
-    assert sum(p for _, _, p in panels) <= 64 and panels[0][0] == 0.0 and panels[-1][1] == 1.0
-    assert all(a[1] == b[0] for a, b in zip(panels, panels[1:]))  # contiguous
-    assert any(lo <= where <= hi and hi - lo < 1e-3 for lo, hi, _ in panels)
-    nodes, weights = panel_nodes(panels)
-    exact = float(f(torch.tensor(1.0, dtype=torch.float64)) - f(torch.tensor(0.0, dtype=torch.float64)))
-    assert abs(weights.sum() - 1) < 1e-12
-    assert abs(float((torch.from_numpy(weights) * df(torch.from_numpy(nodes))).sum()) - exact) < 1e-3 * exact
-    g, gw = quadrature(64, "gausslegendre")
-    assert abs(float((gw * df(g)).sum()) - exact) > 0.1 * exact
-
-
-def test_adaptive_nodes_pad_with_zero_weights_when_fewer_nodes_suffice():
-    """A straight line needs one panel: the other nodes get weight 0, the shape stays [steps, batch]."""
-    from probe.methods.path_quadrature import adaptive_nodes
-
-    a, w = adaptive_nodes(lambda u: 2.0 * u + 1.0, 32, 0.0, batch=3)
-    assert a.shape == w.shape == (32, 3)
-    assert torch.allclose(w.sum(0), torch.ones(3, dtype=torch.float64))
-    assert int((w[:, 0] != 0).sum()) == 8 and bool(((a >= 0) & (a <= 1)).all())
