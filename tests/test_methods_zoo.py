@@ -13,8 +13,8 @@ TEXT = "def area(radius):\n    return 3.14159 * radius ** 2\n"
 IG_TEXT = "import os\nfor i in range(10):\n  print(i)"
 #: zoo models whose IG path needs more than 64 steps for a 1 % completeness error (measured with the
 #: default mean-embedding baseline on TEXT[:32], TEXT[8:40] and IG_TEXT; the issue's < 1 % at 64 steps
-#: is not met for them, see the issue notes). Retrained zoo, the other nine: at most 0.016 at 64 steps (RWKV 0.011, Mamba 0.016 on one input each; the test then allows 128 steps).
-#: The retrained xLSTM (curriculum zoo) misses by more: 0.0010 / 0.79 / 0.25 on the three inputs; the
+#: is not met for them, see the issue notes). The other nine: at most 0.016 at 64 steps (RWKV 0.011,
+#: Mamba 0.016 on one input each; the test then allows 128 steps). xLSTM: 0.0010 / 0.79 / 0.25. Its
 #: path has near-steps 1e-6 to 1e-4 wide (float64 zoom: continuous; gradients agree with finite
 #: differences off them): where the mLSTM readout's n.q crosses zero, h = C.q / max(|n.q|, exp(-m))
 #: flips sign. Panels fitted to them reach < 1 % on these inputs but lose per-token accuracy on

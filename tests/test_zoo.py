@@ -13,7 +13,9 @@ from probe.data.code_corpus import CodeCorpus, stdlib_stream
 from probe.errors import CheckpointError, ConfigError
 from probe.evaluate import evaluate_bpb
 from probe.loading import ZOO_DIR, zoo_names
-from probe.zoo.cards import EVAL_SEQ_LEN, above_chance, QUICK, not_learned, read_card, render_readme, task_metrics, zoo_cards
+from probe.zoo.cards import (
+    EVAL_SEQ_LEN, QUICK, above_chance, not_learned, read_card, render_readme, task_metrics, zoo_cards,
+)
 from probe.zoo.recipes import PARAM_TOLERANCE, RECIPES, TARGET_PARAMS, TRAIN, get_recipe
 
 SHIPPED = zoo_names()

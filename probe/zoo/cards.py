@@ -30,7 +30,7 @@ from probe.data.minimal_pairs import evaluate_minimal_pairs
 from probe.data.tasks import TASKS, get_task
 from probe.errors import CheckpointError
 from probe.evaluate import evaluate_bpb, task_scores
-from probe.zoo.recipes import describe_curriculum
+from probe.zoo.recipes import RECIPES, TRAIN, describe_curriculum
 
 CARD_FILE = "card.json"
 EVAL_SEQ_LEN = 256
@@ -102,7 +102,6 @@ def cpu_timing(name: str, threads: int = 2) -> dict[str, Any]:
     import os
 
     from probe.zoo.build import cpu_seconds_per_step
-    from probe.zoo.recipes import TRAIN
 
     per_step = cpu_seconds_per_step(name, threads=threads, steps=7)
     return {"seconds_per_step": round(per_step, 3), "minutes": round(per_step * TRAIN.steps / 60, 1),
@@ -256,10 +255,8 @@ def render_results(results_dir: str | Path) -> str:
 
 def render_readme(cards: list[dict[str, Any]], results_dir: str | Path | None = None) -> str:
     """The zoo README: the card table, the tasks not learned, missing recipes, then the result sections."""
-    from probe.zoo.recipes import RECIPES
-
-    text = (README_HEAD.format(windows=EVAL_WINDOWS, examples=EVAL_EXAMPLES, curriculum=describe_curriculum()) + render_table(cards) + "\n\n"
-            + render_limits(cards))
+    head = README_HEAD.format(windows=EVAL_WINDOWS, examples=EVAL_EXAMPLES, curriculum=describe_curriculum())
+    text = head + render_table(cards) + "\n\n" + render_limits(cards)
     missing = [n for n in RECIPES if n not in {c["name"] for c in cards}]
     if missing:
         text += (f"\nNot shipped yet (recipe defined, no trained checkpoint): {', '.join(f'`{n}`' for n in missing)}; "
@@ -270,8 +267,6 @@ def render_readme(cards: list[dict[str, Any]], results_dir: str | Path | None = 
 
 def zoo_cards(zoo_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """The cards of every model in ``zoo_dir`` (default: the shipped zoo), in recipe order."""
-    from probe.zoo.recipes import RECIPES
-
     zoo_dir = Path(zoo_dir) if zoo_dir is not None else Path(__file__).parent
     order = {n: i for i, n in enumerate(RECIPES)}
     dirs = [p for p in zoo_dir.iterdir() if (p / CARD_FILE).is_file()] if zoo_dir.is_dir() else []
