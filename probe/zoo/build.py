@@ -20,7 +20,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -42,15 +42,23 @@ def stage_mix(text: TokenStream, stage: Stage) -> DataMix:
     return DataMix(text, tasks, stage.task_fraction, stage.task_weights)
 
 
-def zoo_data(batch_size: int = TRAIN.batch_size, seq_len: int = TRAIN.seq_len) -> tuple[Curriculum, TokenStream]:
-    """The zoo's training data (the :data:`~probe.zoo.recipes.STAGES` curriculum over the stdlib
-    train split, for a config's ``batch_size`` and ``seq_len``) and its validation stream (the stdlib
-    val split)."""
+class ZooData(NamedTuple):
+    """What a zoo model trains on: the curriculum, the text stream its text rows come from (the stdlib
+    train split) and the validation stream (the stdlib val split)."""
+
+    curriculum: Curriculum
+    train: TokenStream
+    val: TokenStream
+
+
+def zoo_data(batch_size: int = TRAIN.batch_size, seq_len: int = TRAIN.seq_len) -> ZooData:
+    """The zoo's training data: the :data:`~probe.zoo.recipes.STAGES` curriculum over the stdlib
+    train split, for a config's ``batch_size`` and ``seq_len``, with its train and val streams."""
     train = stdlib_stream("train")
     val = stdlib_stream("val")
     data = Curriculum([(s.first_step, stage_mix(train, s), s.shape(batch_size, seq_len)) for s in STAGES])
     data.check(seq_len)
-    return data, val
+    return ZooData(data, train, val)
 
 
 def zoo_data_description() -> dict[str, Any]:
@@ -135,8 +143,7 @@ def train_zoo_model(name: str, out_dir: str | Path = ZOO_DIR, device: str = "aut
     recipe = get_recipe(name)
     config = replace(TRAIN, device=device, **train_overrides)
     model = build_model(recipe, config.seed)
-    data, val = zoo_data(config.batch_size, config.seq_len)
-    text = data.mixes[0].text
+    data, text, val = zoo_data(config.batch_size, config.seq_len)
     out_dir = Path(out_dir)
     run_dir = out_dir / ".runs" / name
     trainer = Trainer(model, data, config, val, run_dir, resume=resume, progress=progress)

@@ -39,6 +39,16 @@ class Agreement(Task):
     name = "agreement"
     chance = 0.5
     description = "subject-verb agreement with 0-2 prepositional attractors"
+    #: the conditions of :meth:`condition`, in the order a table shows them
+    CONDITIONS = ("no attractor", "attractor agrees", "attractor disagrees")
+
+    def condition(self, example: TaskExample) -> str:
+        """Whether the noun nearest the verb has the subject's number: ``"no attractor"``,
+        ``"attractor agrees"`` (the nearest attractor has it) or ``"attractor disagrees"`` (a model
+        that agrees with the nearest noun scores below chance here, Linzen et al. 2016)."""
+        if not example.meta["n_attractors"]:
+            return "no attractor"
+        return "attractor disagrees" if example.meta["mismatch"] else "attractor agrees"
 
     def example(self, rng: np.random.Generator) -> TaskExample:
         plural = int(rng.integers(2))

@@ -81,6 +81,11 @@ class Task:
     def example(self, rng: np.random.Generator) -> TaskExample:
         raise NotImplementedError
 
+    def condition(self, example: TaskExample) -> str | None:
+        """The experimental condition ``example`` belongs to, for scores broken down by condition
+        (e.g. agreement with or without a mismatching attractor); ``None``: the task has none."""
+        return None
+
     def rng(self, seed: int) -> np.random.Generator:
         return np.random.default_rng([int(seed), zlib.crc32(self.name.encode())])
 
