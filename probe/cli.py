@@ -128,6 +128,8 @@ def add_zoo(sub) -> None:
     cp.add_argument("--no-eval", action="store_true", help="only regenerate README.md from the existing cards")
     cp.add_argument("--cpu-timing", action="store_true",
                     help="measure each recipe's CPU training step (2 threads; run on an idle machine) into its card")
+    cp.add_argument("--scale-to", metavar="ARCH", default=None,
+                    help="with --cpu-timing: rescale to the machine that timed ARCH's card (ARCH is re-timed now)")
     cp.set_defaults(func=run_zoo_card)
 
 
@@ -191,11 +193,15 @@ def run_zoo_card(args) -> int:
 
     zoo_dir = _zoo_dir(args) or ZOO_DIR
     if args.cpu_timing:
-        from probe.zoo.cards import cpu_timing
+        from probe.errors import ConfigError
+        from probe.zoo.cards import cpu_timing, scaled_cpu_timing
 
+        reference = read_card(zoo_dir / args.scale_to) if args.scale_to else None
+        if reference is not None and "cpu_timing" not in reference:
+            raise ConfigError(f"--scale-to {args.scale_to}: its card has no cpu_timing to scale to.")
         for n in args.names or [c["name"] for c in zoo_cards(zoo_dir)]:
             card = read_card(zoo_dir / n)
-            card["cpu_timing"] = cpu_timing(n)
+            card["cpu_timing"] = scaled_cpu_timing(n, reference) if reference is not None else cpu_timing(n)
             write_card(zoo_dir / n, card)
             print(f"{n}: {card['cpu_timing']['minutes']} min on {card['cpu_timing']['threads']} CPU threads")
     if not args.no_eval:

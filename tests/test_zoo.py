@@ -200,3 +200,19 @@ def test_agreement_scores_split_by_the_nearest_noun():
     header = render_conditions([stored]).splitlines()[2]
     assert [h.strip().removesuffix(" (n)") for h in header.strip("|").split("|")][1:] == list(task.CONDITIONS)
     assert render_conditions([{"name": "m", "tasks": {"agreement": {"pair_accuracy": 0.5}}}]) == ""
+
+
+def test_cpu_timing_rescaled_by_a_reference_timed_in_the_same_run(monkeypatch):
+    """A model re-timed on another machine is scaled by the reference recipe timed now and in its card:
+    own_now x reference_then / reference_now; the table cell says so."""
+    from probe.zoo import cards
+
+    now = {"transformer": 0.6, "lmu": 0.9}
+    monkeypatch.setattr(cards, "cpu_timing", lambda name, threads=2: {
+        "seconds_per_step": now[name], "minutes": now[name] * TRAIN.steps / 60, "threads": threads})
+    reference = {"name": "transformer", "cpu_timing": {"seconds_per_step": 0.2}}
+    timing = cards.scaled_cpu_timing("lmu", reference)
+    assert timing["seconds_per_step"] == pytest.approx(0.3) and timing["minutes"] == pytest.approx(0.3 * TRAIN.steps / 60, abs=0.05)
+    assert timing["scaled_by"] == {"model": "transformer", "reference_then": 0.2, "reference_now": 0.6, "measured_now": 0.9}
+    row = cards.render_table([{"name": "lmu", "cpu_timing": timing}]).splitlines()[-1]
+    assert "0.30 s/step" in row and "scaled: 0.90 s/step measured with `transformer` at 0.60 (its column: 0.20)" in row
