@@ -144,10 +144,11 @@ class Recipe:
 
 #: the zoo LMUs' memory: a window of 32 bytes held in 32 Legendre coefficients per channel. With the
 #: mixer's default (64 bytes in 16 coefficients, 4 bytes per coefficient) the memory blurs which value
-#: followed which key, and the LMU did not learn recall (pair / top-1 0.504 / 0.091 in the zoo mix;
-#: with this memory 0.602 / 0.374, and in recall-only training 0.714 / 0.580 at 600 steps against
-#: 0.502 / 0.109 at 200). 48 bytes in 48 coefficients (16 channels) learned recall as well (0.598 /
-#: 0.348) with a worse bits-per-byte (2.068 against 2.052).
+#: followed which key, and the LMU did not learn recall (pair / top-1 0.504 / 0.091 in the zoo mix, not
+#: within 600 steps of recall rows alone); with this memory 0.602 / 0.374 in the zoo mix and learned at
+#: step 250 of recall rows alone (the zoo README's recall study), at a cost in induction (0.98 -> 0.81).
+#: 48 bytes in 48 coefficients (16 channels) learned recall as well (0.598 / 0.348) with a worse
+#: bits-per-byte (2.068 against 2.052) and induction (0.75).
 LMU_MEMORY = {"theta": 32, "order": 32}
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
