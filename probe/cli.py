@@ -191,9 +191,12 @@ def run_zoo_card(args) -> int:
     from probe.zoo.build import ZOO_DIR
     from probe.zoo.cards import evaluate_card, read_card, render_readme, write_card, zoo_cards
 
+    from probe.errors import ConfigError
+
     zoo_dir = _zoo_dir(args) or ZOO_DIR
+    if args.scale_to and not args.cpu_timing:
+        raise ConfigError("--scale-to rescales CPU timings: use it with --cpu-timing.")
     if args.cpu_timing:
-        from probe.errors import ConfigError
         from probe.zoo.cards import cpu_timing, scaled_cpu_timing
 
         reference = read_card(zoo_dir / args.scale_to) if args.scale_to else None

@@ -216,3 +216,4 @@ def test_cpu_timing_rescaled_by_a_reference_timed_in_the_same_run(monkeypatch):
     assert timing["scaled_by"] == {"model": "transformer", "reference_then": 0.2, "reference_now": 0.6, "measured_now": 0.9}
     row = cards.render_table([{"name": "lmu", "cpu_timing": timing}]).splitlines()[-1]
     assert "0.30 s/step" in row and "scaled: 0.90 s/step measured with `transformer` at 0.60 (its column: 0.20)" in row
+    assert main(["zoo", "card", "--scale-to", "transformer", "--no-eval"]) == 2  # --scale-to needs --cpu-timing

@@ -87,12 +87,17 @@ def condition_scores(model, task, examples) -> dict[str, dict[str, float]]:
         label = task.condition(e)
         if label is not None:
             groups.setdefault(label, []).append(e)
-    order = list(getattr(task, "CONDITIONS", ())) + sorted(set(groups) - set(getattr(task, "CONDITIONS", ())))
     out = {}
-    for label in (c for c in order if c in groups):
+    for label in condition_order(task, groups):
         scores = task_scores(model, groups[label])
         out[label] = {"pair_accuracy": round(scores["pair_accuracy"], 4), "answers": scores["answers"]}
     return out
+
+
+def condition_order(task, labels) -> list[str]:
+    """``labels`` in the order a table shows them: the task's ``CONDITIONS`` first, then any other sorted."""
+    known = [c for c in getattr(task, "CONDITIONS", ()) if c in labels]
+    return known + sorted(set(labels) - set(known))
 
 
 def write_card(directory: str | Path, card: dict[str, Any]) -> Path:
@@ -180,9 +185,7 @@ def render_conditions(cards: list[dict[str, Any]]) -> str:
                 if c.get("tasks", {}).get(task, {}).get("by_condition")]
         if not rows:
             continue
-        known = list(getattr(get_task(task), "CONDITIONS", ()))  # the task's order (cards store keys sorted)
-        conditions = list(dict.fromkeys(known + [k for _, by in rows for k in by]))
-        conditions = [k for k in conditions if any(k in by for _, by in rows)]
+        conditions = condition_order(get_task(task), {k for _, by in rows for k in by})  # cards store keys sorted
         head = ["model"] + [f"{k} (n)" for k in conditions]
         lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * len(conditions)]
         for name, by in rows:
