@@ -17,6 +17,17 @@ Language models make this integrand hard in two ways, both visible from forward 
    cuts ``[0, 1]`` into panels that share the variation of ``f'`` (the change of the scan's
    slope) equally (with 30% of the weight spread uniformly), then puts ``panel``-point Gauss-Legendre
    rules on every panel: dense nodes where ``f'`` changes, sparse where ``f`` is near linear.
+3. **Rough paths.** Some metrics are rough below any scan's spacing: the zoo's xLSTM, whose mLSTM
+   readout ``C q / max(|n.q|, 1)`` flips sign wherever ``n.q`` crosses zero, has dips and steps
+   1e-4 wide and wiggles between them, and the panels of point 2 then miss by up to 80 %. Because
+   ``int_a^b f' = f(b) - f(a)`` is known from forward passes, a plan can be judged before any
+   gradient: :func:`probe.methods.panel_plan.predicted_error` applies it to the derivative of an
+   interpolant of the scan. Where the plan of point 2 is predicted to miss by more than
+   ``PLAN_TOLERANCE``, :func:`probe.methods.panel_plan.optimal_panels` chooses the 4-point panels that
+   minimise the predicted error (edges, which cost no gradient, go where ``f'`` is rough), ``f`` is
+   evaluated at their nodes and the plan re-chosen (up to ``VERIFY_ROUNDS`` times), and it replaces the
+   panel plan if it is predicted to do better. On smooth paths nothing changes, so per-token accuracy
+   is kept (completeness checks only the sum; a plan fitted to the sum can get single tokens wrong).
 
 All functions return ``(alphas, weights)``, both ``[n, batch]`` (a sequence may get its own
 nodes), weights summing to 1 per sequence, for ``int_0^1 g(alpha) d alpha ~ sum_i w_i g(alpha_i)``.
@@ -31,6 +42,7 @@ import torch
 from torch import Tensor
 
 from probe.errors import InputError
+from probe.methods import panel_plan
 
 FIXED = ("gausslegendre", "trapezoid", "midpoint", "left", "right")
 QUADRATURES = ("adaptive", *FIXED)
@@ -47,6 +59,13 @@ SCAN_PER_STEP = 4
 UNIFORM_SHARE = 0.3
 #: bisection rounds where the scan is least linear (refine_scan), each halving steps // 4 intervals
 REFINE_ROUNDS = 12
+#: a panel plan predicted (from the scan) to miss completeness by more than this is re-planned
+PLAN_TOLERANCE = 1e-3
+#: the re-planned rule: 4-point panels (twice as many edges, which cost no gradient) at most 1/4 long,
+#: chosen by panel_plan.optimal_panels, checked against f at their own nodes up to 4 times
+ROUGH_PANEL_POINTS = 4
+ROUGH_PANEL_WIDTH = 0.25
+VERIFY_ROUNDS = 4
 
 FAt = Callable[[Tensor], Tensor]
 
@@ -184,7 +203,8 @@ def adaptive_nodes(f_at: FAt, steps: int, stretch: float, batch: int) -> tuple[T
     itself spent the panels on steep ramps: on the zoo's xLSTM, whose metric along the path is a
     sawtooth of ramps and sudden drops, the 64-step completeness error was 0.26 that way.)
     Costs ``(SCAN_PER_STEP + REFINE_ROUNDS / 4) * steps + 1`` forward evaluations of ``f`` per
-    sequence, no gradients.
+    sequence, no gradients; a sequence whose plan is predicted to miss (module docstring, point 3) is
+    re-planned with up to ``VERIFY_ROUNDS * steps`` more.
     """
     check_steps(steps)
     p = min(PANEL_POINTS, steps)
@@ -202,9 +222,57 @@ def adaptive_nodes(f_at: FAt, steps: int, stretch: float, batch: int) -> tuple[T
     levels = np.linspace(0.0, 1.0, n_panels + 1)
     edges = torch.stack([torch.from_numpy(np.interp(levels, cum[:, b].numpy(), u[:, b].numpy()))
                          for b in range(batch)], 1)
-    g_nodes, g_weights = np.polynomial.legendre.leggauss(p)
-    g_nodes, g_weights = torch.tensor((g_nodes + 1) / 2), torch.tensor(g_weights / 2)
-    lo, width = edges[:-1], edges[1:] - edges[:-1]  # [n_panels, batch]
-    un = (lo[:, None] + width[:, None] * g_nodes[None, :, None]).reshape(-1, batch)  # [n_panels * p, batch]
-    wn = (width[:, None] * g_weights[None, :, None]).reshape(-1, batch) * stretch_slope(un, stretch)
-    return stretch_map(un, stretch), wn
+    plans = [(edges[:, b].numpy(), p) for b in range(batch)]
+    rough = [b for b in range(batch) if panel_plan.predicted_error(u[:, b].numpy(), f[:, b].numpy(), plans[b][0], p)
+             > PLAN_TOLERANCE]
+    n_nodes = p * n_panels
+    if rough and n_nodes % ROUGH_PANEL_POINTS == 0 and n_nodes >= 2 * ROUGH_PANEL_POINTS:
+        scan = lambda uu: f_at(stretch_map(uu, stretch)).double()
+        for b, plan in _rough_path_plans(scan, u, f, plans, rough, n_nodes // ROUGH_PANEL_POINTS).items():
+            plans[b] = plan
+    un, wn = zip(*(_panel_nodes(torch.from_numpy(e), points) for e, points in plans))
+    un, wn = torch.stack(un, 1), torch.stack(wn, 1)  # [nodes, batch]
+    return stretch_map(un, stretch), wn * stretch_slope(un, stretch)
+
+
+def _panel_nodes(edges: Tensor, points: int) -> tuple[Tensor, Tensor]:
+    """Composite ``points``-point Gauss-Legendre nodes and weights on the panels between ``edges``."""
+    x, w = np.polynomial.legendre.leggauss(points)
+    x, w = torch.tensor((x + 1) / 2, dtype=edges.dtype), torch.tensor(w / 2, dtype=edges.dtype)
+    lo, width = edges[:-1], edges[1:] - edges[:-1]
+    return (lo[:, None] + width[:, None] * x).reshape(-1), (width[:, None] * w).reshape(-1)
+
+
+def _rough_path_plans(scan: FAt, u: Tensor, f: Tensor, plans: list, rough: list[int], n_panels: int) -> dict:
+    """Better plans for the sequences whose panel plan is predicted to miss (module docstring, point 3).
+
+    For each sequence in ``rough``: :func:`panel_plan.optimal_panels` on its scan, then up to
+    ``VERIFY_ROUNDS`` times: ``f`` at the plan's nodes is added to the scan (the plan is judged where
+    it will sample) and the plan re-chosen, the better of the two kept. The result replaces the panel
+    plan only where its predicted error, on the final scan, is lower. Returns ``{sequence: (edges,
+    points)}``; ``scan(u [n, batch])`` evaluates ``f`` forward only.
+    """
+    P, width = ROUGH_PANEL_POINTS, max(ROUGH_PANEL_WIDTH, 1.0 / n_panels)
+    scans = {b: (u[:, b].numpy(), f[:, b].numpy()) for b in rough}
+    best = {b: panel_plan.optimal_panels(*scans[b], n_panels, P, width) for b in rough}
+    todo = list(rough)
+    for _ in range(VERIFY_ROUNDS):
+        if not todo:
+            break
+        nodes = {b: _panel_nodes(torch.from_numpy(best[b]), P)[0] for b in todo}
+        probe_at = torch.stack([nodes.get(b, nodes[todo[0]]) for b in range(u.shape[1])], 1)
+        values = scan(probe_at)
+        for b in todo:
+            su, sf = np.concatenate([scans[b][0], nodes[b].numpy()]), np.concatenate([scans[b][1], values[:, b].numpy()])
+            order = np.argsort(su, kind="stable")
+            scans[b] = (su[order], sf[order])
+            new = panel_plan.optimal_panels(*scans[b], n_panels, P, width)
+            if panel_plan.predicted_error(*scans[b], new, P) < panel_plan.predicted_error(*scans[b], best[b], P):
+                best[b] = new
+        todo = [b for b in todo if panel_plan.predicted_error(*scans[b], best[b], P) > PLAN_TOLERANCE]
+    out = {}
+    for b in rough:
+        edges, points = plans[b]
+        if panel_plan.predicted_error(*scans[b], best[b], P) < panel_plan.predicted_error(*scans[b], edges, points):
+            out[b] = (best[b], P)
+    return out
