@@ -65,7 +65,9 @@ def test_zoo_integrated_gradients_per_token_match_a_fine_reference(name):
     steps every token's attribution is within 1 % (of the largest) of a 512-point Gauss-Legendre
     reference on a smooth path. (A quadrature that meets completeness with low-order panels where
     ``f`` looks linear can miss this by 20-40 %: the per-token integrands vary where their sum
-    does not. Measured with the adaptive rule: at most 0.3 % on these models and inputs.)"""
+    does not. Measured with the adaptive rule: at most 0.5 %, except Mamba on IG_TEXT, 0.98 %: its
+    path is one the rule re-plans (the panel plan alone missed completeness by 1.5 % there, with
+    0.4 % per token), and the re-planned rule, fitted to the sum, is less accurate per token.)"""
     model = probe.load(f"zoo:{name}")
     for text in (TEXT[:32], IG_TEXT):
         ref = integrated_gradients(model, text, steps=512, method="gausslegendre", spacing="linear").attributions

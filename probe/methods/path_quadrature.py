@@ -23,10 +23,11 @@ Language models make this integrand hard in two ways, both visible from forward 
    ``int_a^b f' = f(b) - f(a)`` is known from forward passes, a plan can be judged before any
    gradient: :func:`probe.methods.panel_plan.predicted_error` applies it to the derivative of an
    interpolant of the scan. Where the plan of point 2 is predicted to miss by more than
-   ``PLAN_TOLERANCE``, :func:`probe.methods.panel_plan.optimal_panels` chooses the 4-point panels that
-   minimise the predicted error (edges, which cost no gradient, go where ``f'`` is rough), ``f`` is
-   evaluated at their nodes and the plan re-chosen (up to ``VERIFY_ROUNDS`` times), and it replaces the
-   panel plan if it is predicted to do better. On smooth paths nothing changes, so per-token accuracy
+   ``PLAN_TOLERANCE`` (by both a PCHIP and a cubic-spline interpolant),
+   :func:`probe.methods.panel_plan.optimal_panels` chooses the 4-point panels that minimise the
+   predicted error (edges, which cost no gradient, go where ``f'`` is rough), ``f`` is evaluated at
+   their nodes and the plan re-chosen (up to ``VERIFY_ROUNDS`` times), and it replaces the panel
+   plan if it is predicted to do better. On smooth paths nothing changes, so per-token accuracy
    is kept (completeness checks only the sum; a plan fitted to the sum can get single tokens wrong).
 
 All functions return ``(alphas, weights)``, both ``[n, batch]`` (a sequence may get its own
@@ -223,8 +224,9 @@ def adaptive_nodes(f_at: FAt, steps: int, stretch: float, batch: int) -> tuple[T
     edges = torch.stack([torch.from_numpy(np.interp(levels, cum[:, b].numpy(), u[:, b].numpy()))
                          for b in range(batch)], 1)
     plans = [(edges[:, b].numpy(), p) for b in range(batch)]
-    rough = [b for b in range(batch) if panel_plan.predicted_error(u[:, b].numpy(), f[:, b].numpy(), plans[b][0], p)
-             > PLAN_TOLERANCE]
+    rough = [b for b in range(batch)  # predicted to miss by both interpolants (the spline is exact-er where smooth)
+             if min(panel_plan.predicted_error(u[:, b].numpy(), f[:, b].numpy(), plans[b][0], p, kind)
+                    for kind in ("pchip", "spline")) > PLAN_TOLERANCE]
     n_nodes = p * n_panels
     if rough and n_nodes % ROUGH_PANEL_POINTS == 0 and n_nodes >= 2 * ROUGH_PANEL_POINTS:
         scan = lambda uu: f_at(stretch_map(uu, stretch)).double()
