@@ -34,7 +34,8 @@ ROUGHNESS_WEIGHT = 0.3
 MAX_CANDIDATES = 1024
 
 
-def _gauss(points: int) -> tuple[np.ndarray, np.ndarray]:
+def gauss_legendre(points: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``points``-point Gauss-Legendre nodes and weights on [0, 1] (weights sum to 1)."""
     x, w = np.polynomial.legendre.leggauss(points)
     return (x + 1) / 2, w / 2
 
@@ -51,7 +52,7 @@ def _interpolant(u: np.ndarray, f: np.ndarray, kind: str = "pchip"):
 
 def _panel_errors(F: PchipInterpolator, a: np.ndarray, b: np.ndarray, points: int) -> np.ndarray:
     """Signed predicted error of the ``points``-point rule on each panel ``[a_k, b_k]``."""
-    x, w = _gauss(points)
+    x, w = gauss_legendre(points)
     nodes = a[:, None] + (b - a)[:, None] * x[None]
     return (b - a) * (F.derivative()(nodes) * w).sum(1) - (F(b) - F(a))
 
@@ -103,7 +104,7 @@ def optimal_panels(u: np.ndarray, f: np.ndarray, n_panels: int, points: int, max
     change = np.abs(np.diff(slope))
     rough[1:] = change
     rough[:-1] = np.maximum(rough[:-1], change)
-    x, w = _gauss(points)
+    x, w = gauss_legendre(points)
     nodes = a[:, None] + (b - a)[:, None] * x[None]
     where = np.clip(np.searchsorted(u, nodes, side="right") - 1, 0, len(slope) - 1)
     cost += ROUGHNESS_WEIGHT * (b - a) * (rough[where] * w).sum(1)

@@ -87,8 +87,7 @@ def quadrature(steps: int, method: str = "gausslegendre", stretch: float = 0.0) 
     """
     check_steps(steps)
     if method == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(steps)
-        u, w = torch.tensor((nodes + 1) / 2), torch.tensor(weights / 2)
+        u, w = map(torch.tensor, panel_plan.gauss_legendre(steps))
     elif method == "trapezoid":
         if steps < 2:
             raise InputError("The trapezoid rule needs steps >= 2.")
@@ -239,8 +238,7 @@ def adaptive_nodes(f_at: FAt, steps: int, stretch: float, batch: int) -> tuple[T
 
 def _panel_nodes(edges: Tensor, points: int) -> tuple[Tensor, Tensor]:
     """Composite ``points``-point Gauss-Legendre nodes and weights on the panels between ``edges``."""
-    x, w = np.polynomial.legendre.leggauss(points)
-    x, w = torch.tensor((x + 1) / 2, dtype=edges.dtype), torch.tensor(w / 2, dtype=edges.dtype)
+    x, w = (torch.tensor(v, dtype=edges.dtype) for v in panel_plan.gauss_legendre(points))
     lo, width = edges[:-1], edges[1:] - edges[:-1]
     return (lo[:, None] + width[:, None] * x).reshape(-1), (width[:, None] * w).reshape(-1)
 
