@@ -20,6 +20,7 @@ Example::
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from numbers import Integral, Real
@@ -52,6 +53,13 @@ class HookedLM(HookedRootModule):
     one with :func:`probe.load`. Inputs are text, a list of texts or token ids ``[batch, pos]``;
     logits are ``[batch, pos, vocab]``.
 
+    Threads: hooks live on the model's shared ``HookPoint`` modules, so every forward and every
+    ``hooks()`` context (hence ``run_with_hooks``, ``run_with_cache`` and every method) holds the
+    model's re-entrant lock ``_run_lock`` for its whole duration: runs from several threads are
+    serialised and each sees only its own hooks. A hook may call the model again in its own
+    thread; a hook that waits on another thread running the same model would deadlock. Permanent
+    hooks (``add_hook(..., is_permanent=True)``) are model-wide by design.
+
     Example::
 
         model = probe.HookedLM(probe.ModelConfig(d_model=64, layout=["lstm", "attn"]))
@@ -62,6 +70,7 @@ class HookedLM(HookedRootModule):
 
     def __init__(self, cfg: ModelConfig | dict | None = None, tokenizer: Any = None, **kwargs):
         super().__init__()
+        self._run_lock = threading.RLock()
         if cfg is None:
             cfg = ModelConfig(**kwargs)
         elif isinstance(cfg, dict):
@@ -119,6 +128,14 @@ class HookedLM(HookedRootModule):
         """The dtype of the weights (states are created in it)."""
         return self.W_E.dtype
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        return {k: v for k, v in state.items() if k != "_run_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._run_lock = threading.RLock()
+
     # -- hooks -----------------------------------------------------------------------
     def _enable_hook(self, name, hook, dir):
         if isinstance(name, str) and name not in self.hook_dict:
@@ -132,7 +149,7 @@ class HookedLM(HookedRootModule):
         every forward hook's return value checked (``None`` or a tensor of the activation's shape
         and dtype). All hooks are removed on exit, also when the forward raises."""
         fwd, bwd = hook_pairs(fwd_hooks, "fwd_hooks"), hook_pairs(bwd_hooks, "bwd_hooks")
-        with super().hooks(fwd, bwd, reset_hooks_end, clear_contexts) as model:
+        with self._run_lock, super().hooks(fwd, bwd, reset_hooks_end, clear_contexts) as model:
             yield model
 
     def add_hook(self, name, hook, dir="fwd", is_permanent: bool = False, level=None, prepend: bool = False):
@@ -266,7 +283,12 @@ class HookedLM(HookedRootModule):
         """The memory before any token (zeros, empty KV caches) for ``batch`` sequences."""
         return ModelState([b.initial_state(batch, self.device, self.dtype) for b in self.blocks], 0)
 
-    def forward(
+    def forward(self, *args, **kwargs):
+        """Run the model (see :meth:`_forward` for the arguments), holding the model's lock (class docstring)."""
+        with self._run_lock:
+            return self._forward(*args, **kwargs)
+
+    def _forward(
         self,
         input: str | list[str] | Tensor,
         return_type: str | None = "logits",
