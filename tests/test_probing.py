@@ -76,16 +76,16 @@ def _synthetic(n_seq=60, T=20, vocab=40, seed=0):
 
 
 def test_control_task_selectivity():
-    """Hewitt & Liang: the control task (a random label per token type) is easy for a representation
-    that holds token identity, so a probe there has low selectivity whatever it predicts; on a
-    representation without token identity the control stays near chance and a contextual label
-    is decoded with high selectivity."""
+    """The control task (each sequence takes another sequence's labels) is not readable from the token
+    at the probed position: it stays near the majority baseline on a representation that holds token
+    identity (a control drawn per token type would score ~1 there), so a contextual label decoded from
+    either representation has high selectivity."""
     frame = fit_probes(_synthetic()).to_frame().set_index(["label", "site"])
     tok, ctx = frame.loc[("contextual", "token")], frame.loc[("contextual", "context")]
-    assert tok["score"] > 0.9 and tok["control_score"] > 0.9 and abs(tok["selectivity"]) < 0.1
-    assert ctx["score"] > 0.95 and ctx["control_score"] < 0.7 and ctx["selectivity"] > 0.3
+    assert tok["score"] > 0.9 and tok["control_score"] < 0.65 and tok["selectivity"] > 0.3
+    assert ctx["score"] > 0.95 and ctx["control_score"] < 0.65 and ctx["selectivity"] > 0.3
     lex = frame.loc[("lexical", "token")]
-    assert lex["score"] > 0.95 and lex["control_score"] > 0.9
+    assert lex["score"] > 0.95 and lex["control_score"] < 0.5 and lex["selectivity"] > 0.45  # 3 classes
     assert frame.loc[("lexical", "context"), "score"] < 0.5  # token identity is not in the context features
     assert 0.4 < ctx["baseline"] < 0.65
     threaded = fit_probes(_synthetic(), n_jobs=2).to_frame().set_index(["label", "site"])

@@ -17,9 +17,15 @@ as float16 ``.npy`` memory maps on disk, so a million tokens never sit in RAM at
 on standardised features (fitted on the training rows): multinomial logistic regression for
 class labels (score: accuracy), ridge regression for continuous ones (score: R^2). Rows
 are split into train and test *by sequence*, so a test row never shares a sequence with a
-training row. Each probe is refitted on a **control task** (Hewitt & Liang 2019): every
-token type gets a random label drawn from the empirical label distribution, which a probe
-can only fit by memorising token identity; ``selectivity = score - control score``.
+training row. Each probe is refitted on a **control task**: every sequence takes the label
+sequence of another sequence (a random derangement of the sequences, aligned by rank within
+the sequence). The control labels keep the label's distribution and its shape along a
+sequence (runs, dependence on position) but have nothing to do with the text, so a probe
+scores above the majority baseline on them only by reading position or label frequency;
+``selectivity = score - control score`` is what the representation holds about *this* text
+beyond that. (A control drawn per token type, as in Hewitt & Liang 2019, is a function of
+the token at the probed position, which every residual stream holds: it scores about 1
+everywhere and says nothing about contextual labels.)
 
 Example::
 
@@ -376,10 +382,23 @@ def _subsample(rows: np.ndarray, limit: int | None, rng: np.random.Generator) ->
     return np.sort(rows)
 
 
-def _control_labels(token: np.ndarray, y_train: np.ndarray, rng: np.random.Generator) -> dict[int, float]:
-    """Hewitt & Liang control task: each token type gets a label drawn from the training labels' distribution."""
-    types = np.unique(token)
-    return dict(zip(types.tolist(), rng.choice(y_train, size=len(types), replace=True).tolist()))
+def _control_labels(sequence: np.ndarray, y: np.ndarray, rows: np.ndarray,
+                    rng: np.random.Generator) -> np.ndarray | None:
+    """The control task's label of every row in ``rows`` (``[len(rows)]``, in the order of ``rows``).
+
+    The sequences of ``rows`` are put in a random order and each takes the labels of the next one
+    (a derangement: no sequence keeps its own labels); its ``k``-th row gets the donor's
+    ``k mod n_donor``-th label. ``None`` when ``rows`` span a single sequence (nothing to swap)."""
+    order = rows[np.argsort(sequence[rows], kind="stable")]
+    groups = np.split(order, np.flatnonzero(np.diff(sequence[order])) + 1)
+    if len(groups) < 2:
+        return None
+    shuffled = rng.permutation(len(groups))
+    control = {}
+    for i, g in enumerate(shuffled):
+        donor = y[groups[shuffled[(i + 1) % len(groups)]]]
+        control.update(zip(groups[g].tolist(), donor[np.arange(len(groups[g])) % len(donor)].tolist()))
+    return np.array([control[r] for r in rows.tolist()], dtype=y.dtype)
 
 
 def _fit_one(task: str, X_tr, y_tr, X_te, y_te, C: float, alpha: float, max_iter: int):
@@ -499,12 +518,16 @@ def fit_probes(data: ActivationDataset, labels: str | Sequence[str] | None = Non
                 raise InputError(f"Label {name!r} is constant ({y_tr[0]}) on the training rows; nothing to regress.")
             baseline = float(1 - np.sum((y_te - y_tr.mean()) ** 2) / max(np.sum((y_te - y_te.mean()) ** 2), 1e-300))
             score_name = "R^2"
+        c_tr = c_te = None
         if control:
-            table = _control_labels(data.token[np.concatenate([train, test])], y_tr, rng)
-            c_tr = np.array([table[t] for t in data.token[train].tolist()], dtype=y_tr.dtype)
-            c_te = np.array([table[t] for t in data.token[test].tolist()], dtype=y_tr.dtype)
-            if kind == "classification" and len(np.unique(c_tr)) < 2:
-                c_tr = None  # a single token type: the control task is constant
+            c_all = _control_labels(data.sequence, y_all, valid, rng)
+            if c_all is not None:
+                lookup = dict(zip(valid.tolist(), c_all.tolist()))
+                c_tr = np.array([lookup[r] for r in train.tolist()], dtype=y_tr.dtype)
+                c_te = np.array([lookup[r] for r in test.tolist()], dtype=y_tr.dtype)
+                if (kind == "classification" and len(np.unique(c_tr)) < 2) or \
+                        (kind == "regression" and np.ptp(c_tr) == 0):
+                    c_tr = None  # a constant control task: nothing to fit
         common = {"model": data.model, "label": name, "task": kind, "score_name": score_name, "n_train": len(train),
                   "n_test": len(test), "baseline": baseline}
         fit = lambda key: _probe_key(data, key, train, test, kind, y_tr, y_te, c_tr if control else None,
