@@ -264,3 +264,43 @@ def test_probe_explore_runs_streamlit_on_the_app(monkeypatch):
     cmd = calls[0]
     assert cmd[1:4] == ["-m", "streamlit", "run"] and Path(cmd[4]) == Path(APP)
     assert cmd[cmd.index("--server.port") + 1] == "8599" and cmd[-2:] == ["--theme.base", "dark"]
+
+
+@pytest.mark.skipif(not {"transformer", "lstm", "qrnn-hybrid"} <= set(probe.zoo_names()), reason="needs the zoo")
+@pytest.mark.parametrize("models", [("zoo:transformer", "zoo:qrnn-hybrid"), ("zoo:lstm", "zoo:transformer")])
+def test_default_steering_moves_the_metric_the_stated_way_on_the_zoo(models):
+    """The Steering tab's defaults (plural minus singular subject, residual stream, coefficient +4) raise
+    logit[a] - logit[i] after "the dog " at every layer of the sweep and at the layer used for generation,
+    as the tab's caption and the README say. The first pair is the explorer's default models. Layer 0's
+    residual stream is the embedding of the last token, a space in every text: its vector is zero."""
+    from probe.data.contrast import NUMBER
+
+    at = explorer(models, view="Steering")
+    assert not problems(at), problems(at)
+    assert at.selectbox(key="steer_preset").value == NUMBER.description
+    assert at.radio(key="steer_site").value == "resid_pre" and at.slider(key="steer_coefficient").value == 4.0
+    for fig in figures(at)[:2]:
+        assert fig.data[0].name.startswith("layer 0") and np.ptp(array(fig.data[0].y)) < 1e-4  # see below
+        for line in fig.data[1:]:  # one line per layer: metric against the coefficient
+            x, y = list(array(line.x)), array(line.y)
+            assert y[x.index(4.0)] > y[x.index(0.0)] + 0.1, (fig.layout.title.text, line.name)
+    unsteered = [float(m.split("logit difference ")[1].rstrip(")")) for m in texts(at.markdown) if "Unsteered" in m]
+    steered = [float(m.split("logit difference ")[1].rstrip(")")) for m in texts(at.markdown) if "Steered, " in m]
+    assert len(unsteered) == len(steered) == 2 and all(s > u for u, s in zip(unsteered, steered))
+
+
+def test_readme_notebooks_and_explorer_take_the_steering_pairs_from_one_source():
+    """The contrast pairs are written once (probe.data.contrast); the README and notebook 04 import them."""
+    import json
+
+    from app.views.steering import PRESETS
+    from probe.data.contrast import NUMBER
+
+    assert NUMBER in PRESETS.values() and all(t.endswith(" ") for t in NUMBER.positive + NUMBER.negative)
+    readme = (ROOT / "README.md").read_text()
+    cells = json.loads((ROOT / "notebooks" / "04_patching_steering.ipynb").read_text())["cells"]
+    notebook = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    for source in (readme, notebook):
+        assert "from probe.data.contrast import NUMBER" in source and "steering_vector(model, NUMBER.positive" in source \
+            or "steering_vector(model, plural, singular" in source
+        assert 'f"the {p}' not in source and "f\"the {s}" not in source

@@ -8,56 +8,31 @@ while the state is carried token by token.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import streamlit as st
 
 from app import loading, methods
 from app.context import Context, Slot, side_by_side
 from app.widgets import show_figure
+from probe.data.contrast import NUMBER, PAIRS, ContrastPairs
 
 TITLE = "Steering"
 SWEEP = (-8.0, -4.0, 0.0, 4.0, 8.0)
 SITES = {"resid_pre": "residual stream (CAA)", "state": "recurrent state (state steering)"}
 
 
-@dataclass(frozen=True)
-class Preset:
-    """Contrast pairs (``positive[i]`` vs ``negative[i]``), a prompt and the metric's two tokens."""
-
-    positive: tuple[str, ...]
-    negative: tuple[str, ...]
-    prompt: str
-    answer: str
-    contrast: str
-
-
-def _agreement_preset() -> Preset:
-    from probe.data.tasks.agreement import NOUNS
-
-    return Preset(tuple(f"the {p}" for _, p in NOUNS), tuple(f"the {s}" for s, _ in NOUNS),
-                  "the key to the cabinet ", "a", "i")
-
-
-PRESETS = {
-    "plural vs singular subject (is/are)": _agreement_preset,
-    "code vs prose": lambda: Preset(
-        ("def f(x):\n    return", "for i in range(n):", "import os\nimport sys", "class A(object):", "if x is None:"),
-        ("the cat sat on the mat", "it was a cold morning", "she walked to the shop", "we read the letter",
-         "the sky is blue today"),
-        "the ", "(", "a"),
-}
+#: the explorer's presets: the shared contrast pairs of probe.data.contrast (the README and notebooks use them too)
+PRESETS = {pairs.description: pairs for pairs in PAIRS.values()}
 CUSTOM = "your own pairs"
 
 
 @st.cache_resource(show_spinner="Computing the steering vector...", max_entries=16)
-def vector(source: str, preset: Preset, site: str):
+def vector(source: str, preset: ContrastPairs, site: str):
     model = loading.load_model(source)
     return methods.get("steering_vector")(model, list(preset.positive), list(preset.negative), site=site)
 
 
 @st.cache_data(show_spinner="Steering...", max_entries=32)
-def sweep(source: str, preset: Preset, site: str) -> dict:
+def sweep(source: str, preset: ContrastPairs, site: str) -> dict:
     model = loading.load_model(source)
     loading.check_text(model, preset.prompt)
     res = methods.get("steer")(model, preset.prompt, vector(source, preset, site), coefficients=list(SWEEP),
@@ -66,7 +41,7 @@ def sweep(source: str, preset: Preset, site: str) -> dict:
 
 
 @st.cache_data(show_spinner="Generating with and without steering...", max_entries=64)
-def generate(source: str, preset: Preset, site: str, layer: int, coefficient: float, n: int) -> dict:
+def generate(source: str, preset: ContrastPairs, site: str, layer: int, coefficient: float, n: int) -> dict:
     model = loading.load_model(source)
     res = methods.get("steer")(model, preset.prompt, vector(source, preset, site), coefficients=[0.0, coefficient],
                                layers=[layer], max_new_tokens=n, answer=preset.answer, contrast=preset.contrast)
@@ -74,28 +49,30 @@ def generate(source: str, preset: Preset, site: str, layer: int, coefficient: fl
     return {"plain": plain, "steered": steered, "metric": res.metric[0].tolist()}
 
 
-def _pick_preset() -> Preset | None:
+def _pick_preset() -> ContrastPairs | None:
     name = st.selectbox("Contrast pairs", list(PRESETS) + [CUSTOM], key="steer_preset")
     if name != CUSTOM:
-        preset = PRESETS[name]()
+        preset = PRESETS[name]
         st.caption(f"{len(preset.positive)} pairs, e.g. {preset.positive[0]!r} vs {preset.negative[0]!r}.")
         return preset
     a, b = st.columns(2)
-    pos = a.text_area("Positive texts (one per line)", "the keys\nthe dogs\nthe boxes", key="steer_pos")
-    neg = b.text_area("Negative texts (one per line)", "the key\nthe dog\nthe box", key="steer_neg")
-    prompt = a.text_input("Prompt", "the key to the cabinet ", key="steer_prompt")
+    st.caption("One text per line; a line's spaces are kept (end a subject with a space when the next token "
+               "is the verb's first letter).")
+    pos = a.text_area("Positive texts (one per line)", "\n".join(NUMBER.positive[:3]), key="steer_pos")
+    neg = b.text_area("Negative texts (one per line)", "\n".join(NUMBER.negative[:3]), key="steer_neg")
+    prompt = a.text_input("Prompt", NUMBER.prompt, key="steer_prompt")
     c1, c2 = b.columns(2)
-    answer = c1.text_input("Answer token", "a", key="steer_answer")
-    contrast = c2.text_input("Contrast token", "i", key="steer_contrast")
-    positive = tuple(line for line in pos.splitlines() if line.strip())
-    negative = tuple(line for line in neg.splitlines() if line.strip())
+    answer = c1.text_input("Answer token", NUMBER.answer, key="steer_answer")
+    contrast = c2.text_input("Contrast token", NUMBER.contrast, key="steer_contrast")
+    positive = tuple(line for line in pos.split("\n") if line.strip())
+    negative = tuple(line for line in neg.split("\n") if line.strip())
     if not (positive and negative and prompt and answer and contrast):
         st.warning("Give positive and negative texts, a prompt and the two tokens of the metric.")
         return None
-    return Preset(positive, negative, prompt, answer, contrast)
+    return ContrastPairs(positive, negative, prompt, answer, contrast, CUSTOM)
 
 
-def _column(slot: Slot, preset: Preset, site: str, coefficient: float, n_new: int) -> None:
+def _column(slot: Slot, preset: ContrastPairs, site: str, coefficient: float, n_new: int) -> None:
     model = slot.model
     if site == "state" and not model.state_hook_names():
         st.info("This model has no recurrent state to steer (attention only); use the residual stream.")
@@ -117,7 +94,10 @@ def render(ctx: Context) -> None:
     st.subheader("Steering")
     st.caption("Add coefficient x v at one layer, v = mean activation difference over contrast pairs (last "
                "token). The curve: logit[answer] - logit[contrast] after the prompt against the coefficient, "
-               "one line per layer; below, greedy generation without and with steering.")
+               "one line per layer; below, greedy generation without and with steering. With the default "
+               "pairs (plural minus singular subject, from `probe.data.contrast`, as in the README) a positive "
+               "coefficient on the residual stream raises logit[a] - logit[i] (are over is) at every layer after "
+               "the embedding of the zoo models (layer 0 sees the same last token, a space, in every pair).")
     if not methods.available("steering_vector", "steer"):
         return
     preset = _pick_preset()
