@@ -93,6 +93,38 @@ def apply_forcing(name: str, value: Tensor, forcing: Forcing) -> Tensor:
     return torch.where(mask, forced.to(value.dtype), value)
 
 
+def owned_copy(value: Tensor, inputs: list[Tensor]) -> Tensor:
+    """``value`` itself when a hook may edit it in place safely, else a contiguous copy.
+
+    Safe means the tensor owns its memory: not a view (a conv window built with ``unfold`` is an
+    overlapping view, where writing window ``t`` rewrites windows ``t-1, t-2``; a slice or
+    ``expand`` of a parameter would write the weights), contiguous, and not sharing memory with
+    the mixer's ``inputs`` (its input ``x`` and carried state). Inference tensors are always
+    copied: they carry no version counter, so the untouched original is what an in-place edit is
+    detected against.
+    """
+    shared = {t.untyped_storage().data_ptr() for t in inputs}
+    if (value._base is None and value.is_contiguous() and not value.is_inference()
+            and value.untyped_storage().data_ptr() not in shared):
+        return value
+    return value.clone(memory_format=torch.contiguous_format)
+
+
+def _fire(hook_point, clean: Tensor, inputs: list[Tensor]) -> tuple[Tensor, bool]:
+    """Fire ``hook_point`` on (a copy of) ``clean``. Returns ``(tensor after the hook, whether
+    it may differ from clean)``; ``clean`` itself is never written when a copy was handed out."""
+    given = owned_copy(clean, inputs)
+    version = None if given.is_inference() else given._version
+    edited = hook_point(given)
+    if edited is None:  # a hook that returns None keeps the value
+        edited = given
+    if edited is not given:
+        return edited, True
+    if version is not None:
+        return edited, given._version != version
+    return edited, True  # an inference tensor: compared with clean below
+
+
 def run_hooked(
     compute: Callable[[Tensor, dict, Forcing, set], Computation],
     hook_points: dict,
@@ -101,7 +133,9 @@ def run_hooked(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Run ``compute`` with hooks fired once each and edits propagated. Returns ``(y, final_state)``.
 
-    ``hook_points`` maps quantity names, in dependency order, to their ``HookPoint``.
+    ``hook_points`` maps quantity names, in dependency order, to their ``HookPoint``. Each hook
+    receives a tensor it owns (:func:`owned_copy`), so an in-place edit means exactly what
+    returning the edited copy means; this holds under ``torch.inference_mode()`` too.
     """
     active = [name for name, hp in hook_points.items() if hp.has_hooks()]
     if not active:
@@ -109,14 +143,12 @@ def run_hooked(
         return out.y, out.final_state
     keep = set(active)
     forcing: Forcing = {}
+    inputs = [x, *state.values()]
     out = compute(x, state, forcing, keep)
     for name in active:
         clean = out.values[name]
-        version = clean._version
-        edited = hook_points[name](clean)
-        if edited is None:  # a hook that returns None keeps the value
-            edited = clean
-        if edited is clean and clean._version == version:
+        edited, maybe_changed = _fire(hook_points[name], clean, inputs)
+        if not maybe_changed:
             continue
         reference = clean if edited is not clean else compute(x, state, forcing, {name}).values[name]
         mask = changed_elements(edited, reference)
