@@ -172,7 +172,12 @@ class HookedLM(HookedRootModule):
 
     # -- tokens ----------------------------------------------------------------------
     def to_tokens(self, text: str | list[str], prepend_bos: bool | None = None) -> Tensor:
-        """Token ids ``[batch, pos]``; a list of texts is right-padded with the pad token."""
+        """Token ids ``[batch, pos]``; a list of texts is right-padded with the pad token (the
+        model's own entry points keep track of the pads: see :meth:`forward`, :meth:`generate`)."""
+        return self._tokenize(text, prepend_bos)[0]
+
+    def _tokenize(self, text: str | list[str], prepend_bos: bool | None) -> tuple[Tensor, list[int]]:
+        """``(tokens [batch, pos] right-padded, length of every text in tokens)``."""
         prepend_bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
         if not isinstance(text, (str, list, tuple)) or not all(isinstance(t, str) for t in text):
             raise InputError(f"to_tokens takes a text or a list of texts, got {type(text).__name__}"
@@ -191,7 +196,8 @@ class HookedLM(HookedRootModule):
         if width == 0:
             raise InputError("The text is empty: give at least one character (or prepend_bos=True).")
         pad = self.tokenizer.pad_token_id or 0
-        return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device)
+        tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device)
+        return tokens, [len(r) for r in rows]
 
     def to_string(self, tokens: Tensor | Sequence[int] | int) -> str | list[str]:
         """Decode one id, ids ``[pos]`` (a string) or ``[batch, pos]`` (a list of strings)."""
@@ -252,8 +258,17 @@ class HookedLM(HookedRootModule):
         return ids[0]
 
     def _as_tokens(self, input, prepend_bos: bool | None) -> Tensor:
+        return self._tokens_and_lengths(input, prepend_bos)[0]
+
+    def _tokens_and_lengths(self, input, prepend_bos: bool | None) -> tuple[Tensor, Tensor | None]:
+        """``(tokens [batch, pos], lengths [batch] or None)``: ``lengths`` counts the tokens of each text
+        when ``input`` is a list of texts of different lengths (the rest of its row is padding), else
+        ``None`` (every row is all tokens; token ids are taken as given)."""
         if isinstance(input, (str, list)) and (isinstance(input, str) or all(isinstance(t, str) for t in input)):
-            return self._check_ids(self.to_tokens(input, prepend_bos), from_text=True)
+            tokens, lengths = self._tokenize(input, prepend_bos)
+            ragged = min(lengths) != max(lengths)
+            lengths = torch.tensor(lengths, device=self.device) if ragged else None
+            return self._check_ids(tokens, from_text=True), lengths
         if not isinstance(input, Tensor):
             raise InputError(f"Model input must be text, a list of texts or a token tensor, got {type(input).__name__}.")
         tokens = input
@@ -266,7 +281,7 @@ class HookedLM(HookedRootModule):
                              "or tokens.long().")
         if tokens.shape[1] == 0 or tokens.shape[0] == 0:
             raise InputError(f"Empty input: tokens have shape {tuple(tokens.shape)}; give at least one token.")
-        return self._check_ids(tokens).to(self.device, torch.long)
+        return self._check_ids(tokens).to(self.device, torch.long), None
 
     def _check_ids(self, tokens: Tensor, from_text: bool = False) -> Tensor:
         lo, hi = int(tokens.min()), int(tokens.max())
@@ -305,9 +320,14 @@ class HookedLM(HookedRootModule):
             input: text, list of texts, or token ids ``[batch, pos]`` (``[pos]`` is accepted).
             return_type: ``"logits"`` ``[batch, pos, vocab]``, ``"loss"`` (mean next-token
                 cross-entropy, or per token ``[batch, pos-1]`` with ``loss_per_token``),
-                ``"both"`` or ``None``.
+                ``"both"`` or ``None``. For a list of texts of different lengths (right-padded)
+                the loss counts each text's own tokens only: the mean is over every real
+                prediction and a per-token loss is NaN where it would predict a pad. The logits
+                of a padded row past its text are about the pads.
             states: a :class:`ModelState` from a previous call: continue from it.
-            return_states: also return the state after the last position (``(out, states)``).
+            return_states: also return the state after the last position (``(out, states)``);
+                refused for texts of different lengths (a shorter text's state would have read
+                the pads).
             stop_at_layer: return the residual stream before block ``stop_at_layer`` (``0 .. n_layers``;
                 negative counts from the end, as in TransformerLens: ``-1`` runs all but the last block).
         """
@@ -317,7 +337,11 @@ class HookedLM(HookedRootModule):
             prepend_bos = False  # a continuation never starts with BOS
         if stop_at_layer is not None:
             stop_at_layer = self._check_stop(stop_at_layer)
-        tokens = self._as_tokens(input, prepend_bos)
+        tokens, lengths = self._tokens_and_lengths(input, prepend_bos)
+        if lengths is not None and return_states:
+            raise InputError(f"return_states=True with texts of different lengths ({int(lengths.min())}.."
+                             f"{int(lengths.max())} tokens): the shorter texts are right-padded, so their state "
+                             "would have read the pads. Run texts of equal length together, or one at a time.")
         batch, T = tokens.shape
         offset = 0
         if states is not None:
@@ -347,7 +371,7 @@ class HookedLM(HookedRootModule):
         elif return_type is None:
             out = None
         else:
-            loss = self.loss(logits, tokens, per_token=loss_per_token)
+            loss = self.loss(logits, tokens, per_token=loss_per_token, lengths=lengths)
             out = loss if return_type == "loss" else (logits, loss)
         if return_states:
             return out, ModelState(new_layers, offset + T)
@@ -378,12 +402,19 @@ class HookedLM(HookedRootModule):
                                  "probe.long_context with a sliding window.")
 
     @staticmethod
-    def loss(logits: Tensor, tokens: Tensor, per_token: bool = False) -> Tensor:
-        """Next-token cross-entropy of ``logits [b, pos, vocab]`` on ``tokens [b, pos]``."""
+    def loss(logits: Tensor, tokens: Tensor, per_token: bool = False, lengths: Tensor | None = None) -> Tensor:
+        """Next-token cross-entropy of ``logits [b, pos, vocab]`` on ``tokens [b, pos]``.
+
+        ``lengths [b]``: row ``i`` holds ``lengths[i]`` real tokens, then padding. Only predictions
+        of real tokens (position ``t`` with ``t + 1 < lengths[i]``) count: the mean is over those,
+        and the per-token loss ``[b, pos-1]`` is NaN elsewhere."""
         if tokens.shape[1] < 2:
             raise InputError("The loss needs at least two tokens (it predicts each next token).")
         lp = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:], reduction="none")
-        return lp if per_token else lp.mean()
+        if lengths is None:
+            return lp if per_token else lp.mean()
+        real = torch.arange(lp.shape[1], device=lp.device)[None] < (lengths.to(lp.device) - 1)[:, None]
+        return lp.masked_fill(~real, float("nan")) if per_token else lp[real].mean()
 
     def run_with_cache(self, *model_args, names_filter=None, state_positions=None, **kwargs):
         """Run and cache activations: ``(output, ActivationCache)``.
@@ -444,9 +475,16 @@ class HookedLM(HookedRootModule):
         """Sample ``max_new_tokens`` tokens, carrying the state (O(1) per token for recurrent
         mixers, the KV cache for attention). ``temperature=0`` is greedy. Returns text when
         the input is text (``return_type="auto"``) or ``"str"``, tokens ``[batch, pos + new]``
-        for ``"tokens"``."""
+        for ``"tokens"``.
+
+        A list of texts of different lengths runs as one batch per length (each prompt continues
+        from its own last token, never from padding), every batch sampled from ``seed``; its
+        tokens would be ragged, so ``return_type="tokens"`` is refused for it."""
         _check_sampling(max_new_tokens, temperature, top_k, return_type)
-        tokens = self._as_tokens(input, None)
+        tokens, lengths = self._tokens_and_lengths(input, None)
+        if lengths is not None:
+            return self._generate_by_length(input, lengths.tolist(), return_type, max_new_tokens=max_new_tokens,
+                                            temperature=temperature, top_k=top_k, seed=seed, stop_at_eos=stop_at_eos)
         gen = torch.Generator(device=self.device)
         if seed is not None:
             gen.manual_seed(seed)
@@ -470,6 +508,19 @@ class HookedLM(HookedRootModule):
         texts = self.to_string(result)
         return texts[0] if isinstance(input, str) else texts
 
+    def _generate_by_length(self, texts: list[str], lengths: list[int], return_type: str, **kwargs) -> list[str]:
+        """:meth:`generate` for texts of different lengths: one batch per length, results in input order."""
+        if return_type == "tokens":
+            raise InputError(f"generate(return_type='tokens') with texts of different lengths ({min(lengths)}.."
+                             f"{max(lengths)} tokens) would return ragged rows; use return_type='str', or give "
+                             "texts of equal length (or one at a time).")
+        out: list[str] = [""] * len(texts)
+        for n in sorted(set(lengths)):
+            rows = [i for i, m in enumerate(lengths) if m == n]
+            for i, text in zip(rows, self.generate([texts[i] for i in rows], return_type="str", **kwargs)):
+                out[i] = text
+        return out
+
     @staticmethod
     def _sample(logits: Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> Tensor:
         if temperature <= 0:
@@ -481,11 +532,12 @@ class HookedLM(HookedRootModule):
         return torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
 
     # -- persistence -----------------------------------------------------------------
-    def save(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` to directory ``path`` (atomically)."""
+    def save(self, path: str | Path, dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` to directory ``path`` (atomically; other files
+        there are kept, see :mod:`probe.io.checkpoint`)."""
         from probe.io.checkpoint import save_model
 
-        return save_model(self, path, dtype=dtype)
+        return save_model(self, path, dtype=dtype, overwrite=overwrite)
 
     def __repr__(self) -> str:
         c = self.cfg
@@ -534,16 +586,49 @@ def hook_pairs(hooks, what: str) -> list[tuple]:
         if not callable(fn):
             raise InputError(f"{what}[{i}]: the hook for {name!r} is a {type(fn).__name__}, not a function "
                              "hook(tensor, hook) -> tensor or None.")
+        check_hook_signature(fn, f"{what}[{i}]: the hook for {name!r}")
         out.append((name, fn))
     return out
 
 
+def check_hook_signature(fn: Callable, what: str) -> None:
+    """An :class:`InputError` unless ``fn`` can be called as ``fn(tensor, hook=hook)`` (the way
+    hooks are called); a ``lambda t: t`` would otherwise fail mid-forward with a TypeError."""
+    import inspect
+
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return
+    try:
+        signature.bind(None, hook=None)
+    except TypeError:
+        raise InputError(f"{what} has the signature {getattr(fn, '__name__', type(fn).__name__)}{signature}; hooks "
+                         "are called as hook(tensor, hook=hook): write `def fn(tensor, hook): ...` "
+                         "(or `lambda t, hook: ...`).") from None
+
+
 def checked_hook(fn: Callable) -> Callable:
     """``fn`` with its return value checked: ``None``, or a tensor of the activation's shape and dtype
-    (anything else would surface later as a deep torch error, or silently change the output's shape)."""
+    (anything else would surface later as a deep torch error, or silently change the output's shape),
+    and with a hook that runs its own model back into itself refused (an endless recursion)."""
+
+    import threading
+
+    running: set[int] = set()  # threads inside this hook right now
 
     def wrapped(tensor, hook):
-        out = fn(tensor, hook=hook)
+        me = threading.get_ident()
+        if me in running:
+            raise InputError(f"The hook on {hook.name!r} ran the model it hooks (a forward, run_with_hooks or "
+                             "run_with_cache inside the hook), which reached this hook again: that recursion "
+                             "never ends. Run the second pass before or after the hooked run, or on a copy "
+                             "(copy.deepcopy(model)).")
+        running.add(me)
+        try:
+            out = fn(tensor, hook=hook)
+        finally:
+            running.discard(me)
         if out is None or out is tensor or not isinstance(tensor, Tensor):
             return out
         if not isinstance(out, Tensor):

@@ -12,6 +12,18 @@ from typing import Any
 from probe.errors import InputError
 
 
+def utf8(text: str) -> bytes:
+    """``text`` as UTF-8, or an :class:`InputError` for a lone surrogate (U+D800..U+DFFF, e.g. from bytes
+    decoded with ``errors="surrogateescape"``), which is not valid Unicode and has no UTF-8 bytes.
+    Refused rather than replaced: a silent replacement would change what the model reads."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"The text holds a lone surrogate {text[exc.start]!r} at character {exc.start}: it is not "
+                         "valid Unicode and has no UTF-8 encoding. Read files with errors='replace' (or "
+                         "text.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')).") from None
+
+
 class ByteTokenizer:
     """UTF-8 bytes as ids 0..255 plus one special ``<|endoftext|>`` (id 256) used as BOS/EOS/PAD."""
 
@@ -22,7 +34,7 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise InputError(f"Expected text (str) to tokenize, got {type(text).__name__}.")
-        return list(text.encode("utf-8"))
+        return list(utf8(text))
 
     def decode(self, ids) -> str:
         out, run = [], []
@@ -62,6 +74,7 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise InputError(f"Expected text (str) to tokenize, got {type(text).__name__}.")
+        utf8(text)
         return list(self.tok.encode(text, add_special_tokens=False))
 
     def decode(self, ids) -> str:

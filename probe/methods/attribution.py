@@ -218,6 +218,11 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
         logits = model(tokens)
     check_finite(logits[:, pos], f"the logits at position {pos}", model)
     target, contrast = _targets(model, tokens, logits, pos, target, contrast)
+    if contrast is not None and bool((target == contrast).any()):
+        row = int((target == contrast).nonzero()[0, 0])
+        raise InputError(f"target and contrast are the same token ({int(target[row])}) in sequence {row}: the logit "
+                         "difference is 0 and so is every contribution. Choose a different contrast= (or none, "
+                         "for the plain logit).")
     f64 = torch.float64
     W_U = model.unembed_matrix.detach().to(f64)
     direction = W_U[:, target].T - (W_U[:, contrast].T if contrast is not None else 0)  # [batch, d_model]

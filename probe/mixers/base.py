@@ -28,12 +28,31 @@ from probe.errors import InputError
 from probe.mixers.edits import Computation, Forcing, run_hooked
 
 
+def check_state_tensors(layer: int, mixer: str, state: dict, x: Tensor) -> None:
+    """Every entry of a carried ``state`` is a floating tensor on ``x``'s device, or an
+    :class:`InputError` naming it (an integer state would be truncated, one on another device
+    would fail deep inside the mixer)."""
+    for k, v in state.items():
+        where = f"Layer {layer} ({mixer}) state {k!r}"
+        if not isinstance(v, Tensor):
+            raise InputError(f"{where} is a {type(v).__name__}, not a tensor; pass the states returned by a "
+                             "previous run of the same model.")
+        if not v.is_floating_point():
+            raise InputError(f"{where} has dtype {v.dtype}; states hold real numbers (a floating dtype such as "
+                             f"{x.dtype}): converting would truncate them. Pass the states as returned, or "
+                             "`.to(torch.float32)` them first.")
+        if v.device != x.device:
+            raise InputError(f"{where} is on {v.device} but the model runs on {x.device}; move the states with "
+                             f"`states.to({str(x.device)!r})` (or the model with `model.to(...)`).")
+
+
 class Mixer(nn.Module):
     """Base class: a sequence mixer of one block.
 
     Class attributes:
         NAME: the layout name (``"qrnn"``).
-        OPTIONS: option names and defaults, settable through ``ModelConfig.mixer_options``.
+        OPTIONS: ``{name: Option}`` (:mod:`probe.mixers.options`): each option's default and the
+            values it accepts, settable through ``ModelConfig.mixer_options``.
         default_mlp: the MLP kind this mixer's block uses unless the config says otherwise
             (``None``: the config's ``mlp``).
         recurrent: True when the mixer carries a fixed-size state (not attention / ff).
@@ -72,6 +91,7 @@ class Mixer(nn.Module):
             raise InputError(f"Layer {self.layer} ({self.NAME}) expects a state with entries "
                              f"{sorted(expected)}, got {got}. Pass the states returned by a previous run "
                              "of the same model.")
+        check_state_tensors(self.layer, self.NAME, state, x)
         for k, shape in expected.items():
             if tuple(state[k].shape) != (x.shape[0], *shape):
                 raise InputError(f"Layer {self.layer} ({self.NAME}) state {k!r} has shape "

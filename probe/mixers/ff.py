@@ -12,12 +12,13 @@ Hooks: ``mlp.hook_pre`` and ``mlp.hook_post`` (before/after the activation), i.e
 from __future__ import annotations
 
 from probe.mixers.base import Mixer
-from probe.mlp import MLP
+from probe.mixers.options import Choice, Int
+from probe.mlp import ACTIVATIONS, GATED, MLP
 
 
 class FeedForward(Mixer):
     NAME = "ff"
-    OPTIONS = {"d_hidden": None, "act": "gelu"}
+    OPTIONS = {"d_hidden": Int(None), "act": Choice("gelu", choices=(*ACTIVATIONS, *GATED))}
     recurrent = False
 
     def __init__(self, cfg, layer: int):

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from probe.errors import ConfigError
 from probe.mixers.base import RecurrentMixer
+from probe.mixers.options import Int
 from probe.mixers.edits import Computation, apply_forcing
 from probe.norm import RMSNorm
 from probe.scan_gla import gla_chunked, gla_readout, gla_sequential, gla_states
@@ -62,7 +63,7 @@ def forget_log(f_pre: Tensor, lower_bound: Tensor) -> Tensor:
 
 class HGRN2(RecurrentMixer):
     NAME = "hgrn2"
-    OPTIONS = {"expand_ratio": None}
+    OPTIONS = {"expand_ratio": Int(None)}
     HOOKED = ("q", "lower_bound", "forget", "input", "value", "state")
 
     def __init__(self, cfg, layer: int):

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from probe.errors import ConfigError
 from probe.lti import LTIMemory, zoh
 from probe.mixers.base import RecurrentMixer
+from probe.mixers.options import Int, Real
 from probe.mixers.edits import Computation, apply_forcing
 
 
@@ -65,7 +66,7 @@ def shifted_legendre(order: int, r: Tensor) -> Tensor:
 
 class LMU(RecurrentMixer):
     NAME = "lmu"
-    OPTIONS = {"order": 16, "theta": 64.0, "d_u": None}
+    OPTIONS = {"order": Int(16), "theta": Real(64.0), "d_u": Int(None)}
     HOOKED = ("input", "state")
 
     def __init__(self, cfg, layer: int):

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from probe.errors import ConfigError
 from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
+from probe.mixers.options import Flag, Int, Real
 from probe.mixers.edits import Computation, apply_forcing
 from probe.scan import force_states, linear_scan_blocked
 from probe.selective_scan import selective_scan, selective_scan_states
@@ -59,8 +60,8 @@ BLOCK = 128
 
 class Mamba(RecurrentMixer):
     NAME = "mamba"
-    OPTIONS = {"d_state": 16, "d_conv": 4, "expand": 2, "dt_rank": None, "conv_bias": True,
-               "proj_bias": False, "dt_min": 0.001, "dt_max": 0.1}
+    OPTIONS = {"d_state": Int(16), "d_conv": Int(4), "expand": Int(2), "dt_rank": Int(None), "conv_bias": Flag(True),
+               "proj_bias": Flag(False), "dt_min": Real(0.001), "dt_max": Real(0.1)}
     HOOKED = ("state_conv", "input", "dt", "B", "C", "output", "state")
 
     def __init__(self, cfg, layer: int):

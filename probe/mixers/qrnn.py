@@ -27,13 +27,14 @@ from torch import Tensor, nn
 from probe.errors import ConfigError
 from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
+from probe.mixers.options import Int
 from probe.mixers.edits import Computation, Forcing, apply_forcing
 from probe.scan import force_states, linear_scan
 
 
 class QRNN(RecurrentMixer):
     NAME = "qrnn"
-    OPTIONS = {"window": 2, "d_hidden": None}
+    OPTIONS = {"window": Int(2), "d_hidden": Int(None)}
     HOOKED = ("state_conv", "z", "forget", "output", "state")
 
     def __init__(self, cfg, layer: int):

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
+from probe.mixers.options import Int
 from probe.mixers.edits import Computation, Forcing, apply_forcing
 from probe.scan import force_states, linear_scan
 from probe.scan_max import empty_log, max_scan
@@ -83,7 +84,7 @@ class _Shifted(RecurrentMixer):
 
 class RWKV(_Shifted):
     NAME = "rwkv"
-    OPTIONS = {"d_attn": None}
+    OPTIONS = {"d_attn": Int(None)}
     HOOKED = ("state_shift", "r", "k", "v", "decay", "state_max", "state_num", "state_den")
     default_mlp = "rwkv_channel_mix"
 

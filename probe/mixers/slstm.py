@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from probe.errors import ConfigError
 from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
+from probe.mixers.options import Int, Real
 from probe.mixers.edits import Computation
 from probe.scan_max import empty_log
 
@@ -51,7 +52,7 @@ GATES = ("i", "f", "z", "o")
 
 class SLSTM(RecurrentMixer):
     NAME = "slstm"
-    OPTIONS = {"conv": 4, "norm_eps": 1e-5, "heads": None}
+    OPTIONS = {"conv": Int(4, low=0, optional=True), "norm_eps": Real(1e-5), "heads": Int(None)}
     HOOKED = ("state_conv", "input", "forget", "candidate", "output", "state_m", "state", "state_n", "state_h")
 
     def __init__(self, cfg, layer: int):
