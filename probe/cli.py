@@ -12,15 +12,38 @@ r"""The ``probe`` command.
 
 Adding a subcommand: write ``add_NAME(subparsers)`` that builds its parser and sets
 ``func`` to a ``run_NAME(args) -> int`` function, and list ``add_NAME`` in :data:`COMMANDS`.
-Errors of type :class:`probe.ProbeError` are printed as one line (exit code 2), not a traceback.
+Errors of type :class:`probe.ProbeError` (and file-system errors) are printed as one line (exit
+code 2), not a traceback; numeric flags refuse ``nan`` / ``inf``, output folders refuse files.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from probe.errors import ProbeError
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan`` / ``inf`` would train a NaN model without a word)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def out_dir(path: str, flag: str) -> Path:
+    """``path`` as an output folder: refused (one line, exit 2) when it exists and is not a folder."""
+    from probe.errors import ConfigError
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag} {path!r} is a file, not a folder; give a folder (it is created if missing).")
+    return out
 
 
 # -- probe train ---------------------------------------------------------------------
@@ -35,10 +58,10 @@ def add_train(sub) -> None:
     src.add_argument("--text", help="a UTF-8 text file or a folder of text files")
     src.add_argument("--hf", help="a Hugging Face dataset name (needs network), e.g. wikitext:wikitext-2-raw-v1")
     p.add_argument("--text-field", default="text", help="column of the HF dataset holding the text")
-    p.add_argument("--val-fraction", type=float, default=0.05,
+    p.add_argument("--val-fraction", type=finite_float, default=0.05,
                    help="tail share of --text / --hf held out for validation (the stdlib has its own split)")
     p.add_argument("--tasks", default="", help="comma-separated synthetic tasks to mix in (agreement,recall,...)")
-    p.add_argument("--task-fraction", type=float, default=0.0)
+    p.add_argument("--task-fraction", type=finite_float, default=0.0)
     _add_train_options(p)
     p.add_argument("--out", required=True, help="output directory (checkpoints, final model)")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
@@ -52,7 +75,7 @@ def _add_train_options(p, defaults=None) -> None:
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seq-len", type=int, default=d.seq_len)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr", type=finite_float, default=d.lr)
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--eval-every", type=int, default=d.eval_every)
@@ -71,7 +94,8 @@ def run_train(args) -> int:
     from probe.data.text_corpus import hf_corpus, text_corpus
     from probe.train import TrainConfig, Trainer
 
-    # the model's config first: a bad layout or width fails before any corpus is read
+    # the model's config and the output folder first: they fail before any corpus is read
+    out_dir(args.out, "--out")
     model_cfg = probe.ModelConfig(layout=[m.strip() for m in args.layout.split(",") if m.strip()],
                                   d_model=args.d_model, n_heads=args.n_heads, d_mlp=args.d_mlp)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
@@ -169,7 +193,7 @@ def run_zoo_train(args) -> int:
         raise ConfigError("Name the architectures to train (see `probe zoo list`) or pass --all.")
     for n in names:
         get_recipe(n)  # unknown names fail before anything runs
-    out = Path(args.out) if args.out else Path("zoo-runs")
+    out = out_dir(args.out, "--out") if args.out else Path("zoo-runs")
     extra = {"steps": args.steps} if args.steps else {}
     if len(names) > 1 and args.jobs > 1:
         from probe.zoo.train_all import train_many
@@ -235,6 +259,7 @@ def add_data(sub) -> None:
 def run_data_export(args) -> int:
     from probe.data.code_corpus import SPLITS, CodeCorpus
 
+    out_dir(args.dir, "export-stdlib DIR")
     for split in SPLITS:
         corpus = CodeCorpus(split)
         path = corpus.stream().save(Path(args.dir) / f"stdlib-{split}.safetensors")
@@ -312,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ProbeError as exc:
+    except (ProbeError, OSError) as exc:  # bad input, or a file-system refusal (permissions, disk full)
         print(f"probe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,7 +8,8 @@ mixer of every block, so a hybrid is just a layout::
 
 Per-mixer options live in ``mixer_options`` keyed by mixer name, e.g.
 ``mixer_options={"qrnn": {"window": 2}}``; each mixer declares its options and their
-defaults in its ``OPTIONS`` class attribute and unknown keys are rejected.
+defaults and accepted values in its ``OPTIONS`` class attribute (:mod:`probe.mixers.options`);
+unknown keys and malformed values are a :class:`ConfigError` naming the mixer and the option.
 """
 from __future__ import annotations
 
@@ -80,11 +81,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         from probe.mixers import MIXERS, MLP_KINDS  # late import: mixers import config
 
+        self._check_types()
         if self.layout is None:
             self.layout = ["attn"] * (self.n_layers if self.n_layers is not None else 2)
-        if isinstance(self.layout, str):
-            raise ConfigError(f"layout must be a list of mixer names, got the string {self.layout!r}; "
-                              f"write layout=[{self.layout!r}] * n_layers.")
         self.layout = list(self.layout)
         if not self.layout:
             raise ConfigError("layout is empty: a model needs at least one layer.")
@@ -132,6 +131,9 @@ class ModelConfig:
             if len(self.mlp_layout) != self.n_layers:
                 raise ConfigError(f"mlp_layout has {len(self.mlp_layout)} entries for {self.n_layers} layers.")
         for kind in self.mlp_layout:
+            if not isinstance(kind, str):
+                raise ConfigError(f"mlp_layout lists MLP kinds (strings), got {kind!r} ({type(kind).__name__}). "
+                                  f"Known: {', '.join(sorted(MLP_KINDS))}.")
             if kind not in MLP_KINDS:
                 raise ConfigError(f"Unknown MLP kind {kind!r} in mlp_layout.{suggest(kind, MLP_KINDS)} "
                                   f"Known: {', '.join(sorted(MLP_KINDS))}.")
@@ -142,23 +144,40 @@ class ModelConfig:
         if self.logit_soft_cap is not None:
             _number("logit_soft_cap", self.logit_soft_cap, low=0.0)
 
+    def _check_types(self) -> None:
+        """Every field of the right type before anything is derived from it (``"2"`` layers, an
+        8.5-wide MLP, ``"false"`` as a boolean (truthy!) are a :class:`ConfigError` naming the field)."""
+        if isinstance(self.layout, str):
+            raise ConfigError(f"layout must be a list of mixer names, got the string {self.layout!r}; "
+                              f"write layout=[{self.layout!r}] * n_layers.")
+        _sequence("layout", self.layout)
+        _sequence("mlp_layout", self.mlp_layout)
+        if self.n_layers is not None:
+            _positive("n_layers", self.n_layers)
+        if self.d_head is not None:
+            _positive("d_head", self.d_head)
+        if self.d_mlp is not None and (not isinstance(self.d_mlp, int) or isinstance(self.d_mlp, bool)):
+            raise ConfigError(f"d_mlp must be an integer >= 0 (0 removes the MLP) or None, got {self.d_mlp!r}.")
+        for name in ("tie_embeddings", "default_prepend_bos"):
+            _flag(name, getattr(self, name))
+        for name in ("mlp", "norm", "positional", "tokenizer", "name"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r} "
+                                  f"({type(getattr(self, name)).__name__}).")
+
     def _default_mlp(self, mixer_cls) -> str:
         if self.d_mlp == 0 or self.mlp == "none":
             return "none"
         return getattr(mixer_cls, "default_mlp", None) or self.mlp
 
     def options(self, mixer_name: str) -> dict[str, Any]:
-        """The options of mixer ``mixer_name``: its declared defaults updated with ``mixer_options``."""
+        """The options of mixer ``mixer_name``: its declared defaults updated with ``mixer_options``,
+        every given value checked against the mixer's declaration (:mod:`probe.mixers.options`)."""
         from probe.mixers import MIXERS
 
-        cls = MIXERS[mixer_name]
-        given = dict(self.mixer_options.get(mixer_name, {}))
-        unknown = set(given) - set(cls.OPTIONS)
-        if unknown:
-            bad = sorted(unknown)[0]
-            raise ConfigError(f"Unknown option {bad!r} for mixer {mixer_name!r}.{suggest(bad, cls.OPTIONS)} "
-                              f"Options of {mixer_name!r}: {', '.join(sorted(cls.OPTIONS)) or 'none'}.")
-        return {**cls.OPTIONS, **given}
+        from probe.mixers.options import resolve
+
+        return resolve(mixer_name, MIXERS[mixer_name].OPTIONS, self.mixer_options.get(mixer_name, {}))
 
     @property
     def has_attention(self) -> bool:
@@ -193,6 +212,18 @@ class ModelConfig:
 def _positive(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _flag(name: str, value: Any) -> None:
+    """``value`` must be a real bool: ``bool("false")`` is True, so strings and numbers are refused."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")
+
+
+def _sequence(name: str, value: Any) -> None:
+    """``value`` must be ``None`` or a list (or tuple) of names."""
+    if value is not None and not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{name} must be a list of names, got {type(value).__name__} {value!r}.")
 
 
 def _number(name: str, value: Any, low: float, open_low: bool = True) -> None:

@@ -457,9 +457,15 @@ def _steered_mask(positions, lengths: Tensor, width: int) -> Tensor | None:
     items = [positions] if isinstance(positions, int) else list(positions)
     if not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) and p >= 0 for p in items):
         raise InputError(f"Steering positions must be absolute indices >= 0 (or 'last'), got {positions!r}.")
-    for p in items:
-        if p < width:
-            mask[:, int(p)] = True
+    if not items:
+        raise InputError("positions is empty: nothing would be steered. Give None (every position), 'last' "
+                         "or absolute indices.")
+    beyond = sorted(int(p) for p in items if p >= width)
+    if beyond:
+        raise InputError(f"Steering positions {beyond} are beyond the input: the longest input has "
+                         f"{int(lengths.max())} tokens and {width - int(lengths.max())} are generated, so positions "
+                         f"0..{width - 1} exist; nothing would be steered there.")
+    mask[:, items] = True
     return mask
 
 

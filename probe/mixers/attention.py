@@ -18,7 +18,8 @@ Hooks: ``hook_q``, ``hook_k``, ``hook_v`` (before RoPE), ``hook_rot_q``, ``hook_
 over the cached positions too), ``hook_z`` (``[batch, pos, head, d_head]``).
 Option ``bias`` (default False): biases on the q/k/v/output projections (GPT-2).
 ``torch.nn.functional.scaled_dot_product_attention`` is used when neither the scores nor
-the pattern is hooked.
+the pattern is hooked, without a dense ``T x T`` mask (:func:`causal_sdpa`): 100k tokens need
+no 10 GB mask. Hooking the scores or the pattern materialises them (``[batch, head, T, P + T]``).
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from probe.errors import InputError
-from probe.mixers.base import Mixer
+from probe.mixers.base import Mixer, check_state_tensors
+from probe.mixers.options import Flag
 
 
 def rope(x: Tensor, start: int, base: float) -> Tensor:
@@ -46,9 +48,43 @@ def rope(x: Tensor, start: int, base: float) -> Tensor:
     return torch.cat([rotated, x[..., 2 * half :]], dim=-1) if d % 2 else rotated
 
 
+#: the most entries of a boolean causal mask built at once (16 MB); longer inputs are split by queries
+MASK_ENTRIES = 1 << 24
+
+
+def causal_mask(P: int, start: int, stop: int, device=None) -> Tensor:
+    """``[stop - start, P + stop]`` bool: query ``i`` (absolute position ``P + i``) sees key ``j`` iff
+    ``j <= P + i``, for the queries ``start <= i < stop`` after ``P`` cached positions."""
+    queries = torch.arange(P + start, P + stop, device=device)
+    return torch.arange(P + stop, device=device)[None, :] <= queries[:, None]
+
+
+def causal_sdpa(qh: Tensor, kh: Tensor, vh: Tensor, P: int) -> Tensor:
+    """Causal ``scaled_dot_product_attention`` of ``T`` new queries ``qh [b, head, T, d]`` over
+    ``P + T`` keys / values ``kh, vh [b, head, P + T, d]`` (``P`` cached positions first).
+
+    No dense ``T x (P + T)`` mask is built: without a cache SDPA applies its own causal mask
+    (``is_causal``), a single query sees every key, and otherwise the queries run in chunks whose
+    masks hold at most :data:`MASK_ENTRIES` entries (query ``i`` reads keys ``0 .. P + i``).
+    """
+    T = qh.shape[-2]
+    if P == 0:
+        return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)
+    if T == 1:
+        return F.scaled_dot_product_attention(qh, kh, vh)
+    rows = max(1, MASK_ENTRIES // (P + T))
+    out = []
+    for start in range(0, T, rows):
+        stop = min(T, start + rows)
+        mask = causal_mask(P, start, stop, qh.device)
+        out.append(F.scaled_dot_product_attention(qh[..., start:stop, :], kh[..., : P + stop, :],
+                                                  vh[..., : P + stop, :], attn_mask=mask))
+    return torch.cat(out, dim=-2)
+
+
 class Attention(Mixer):
     NAME = "attn"
-    OPTIONS = {"bias": False}
+    OPTIONS = {"bias": Flag(False)}
     recurrent = False
 
     def __init__(self, cfg, layer: int):
@@ -80,6 +116,7 @@ class Attention(Mixer):
         if not isinstance(state, dict) or set(state) != {"k", "v"}:
             raise InputError(f"Layer {self.layer} (attn) expects a KV-cache state {{'k', 'v'}}, got "
                              f"{sorted(state) if isinstance(state, dict) else type(state).__name__}.")
+        check_state_tensors(self.layer, "attn", state, x)
         want = (x.shape[0], self.n_heads, self.d_head)
         for key in ("k", "v"):
             s = tuple(state[key].shape)
@@ -102,15 +139,13 @@ class Attention(Mixer):
         k_all = torch.cat([state["k"], k], dim=1)
         v_all = torch.cat([state["v"], v], dim=1)
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k_all, v_all))  # [b, head, pos, d]
-        causal = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
         if self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
             scores = qh @ kh.transpose(-1, -2) / math.sqrt(self.d_head)
-            scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
+            scores = self.hook_attn_scores(scores.masked_fill(~causal_mask(P, 0, T, x.device), float("-inf")))
             pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
             z = pattern @ vh
         else:
-            z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=None if P == 0 else causal,
-                                               is_causal=P == 0)
+            z = causal_sdpa(qh, kh, vh, P)
         z = self.hook_z(z.transpose(1, 2))  # [b, pos, head, d_head]
         y = self.W_o(z.reshape(b, T, -1))
         return y, {"k": k_all, "v": v_all}
