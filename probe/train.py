@@ -31,9 +31,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +110,8 @@ class TrainConfig:
 
 #: fields that may differ between an interrupted run and its resumption
 _RESUME_FREE = {"device", "log_every", "save_every", "eval_every", "eval_windows"}
+#: written last into a checkpoint folder: its presence marks the folder complete
+TRAINER_FILE = "trainer.json"
 
 
 @dataclass
@@ -181,7 +182,7 @@ class Trainer:
         self.tokens_seen = 0
         self.history: list[dict[str, float]] = []
         self.train_seconds = 0.0
-        if resume and self.checkpoint_dir is not None and (self.checkpoint_dir / "trainer.json").is_file():
+        if resume and self.out_dir is not None and self.out_dir.is_dir() and self._settle_checkpoints():
             self.load_checkpoint(self.checkpoint_dir)
 
     # -- checkpoints ------------------------------------------------------------------
@@ -189,18 +190,40 @@ class Trainer:
     def checkpoint_dir(self) -> Path | None:
         return self.out_dir / "checkpoint" if self.out_dir is not None else None
 
+    def _settle_checkpoints(self) -> bool:
+        """Recover ``out_dir/checkpoint`` from a save that was killed; True when one is there."""
+        from probe.io.atomic import directory_lock, settle_directory
+
+        final = self.checkpoint_dir
+        interrupted = (self.out_dir / f".{final.name}.tmp").exists()
+        with directory_lock(self.out_dir):
+            complete = settle_directory(self.out_dir, final.name, TRAINER_FILE)
+        if final.exists() and not complete:
+            raise CheckpointError(f"{str(final)!r} holds no {TRAINER_FILE}, so it is not a complete checkpoint; "
+                                  "move it away to start over, or pass resume=False.")
+        if interrupted and not complete:
+            warnings.warn(f"The first checkpoint save in {str(self.out_dir)!r} was interrupted before it "
+                          "completed; training starts at step 0.", stacklevel=3)
+        return complete
+
     def save_checkpoint(self) -> Path:
-        """Write model, optimizer and trainer state atomically to ``out_dir/checkpoint``."""
-        from probe.io.checkpoint import save_model
+        """Write model, optimizer and trainer state to ``out_dir/checkpoint``, replacing the one
+        there as a whole: a process killed at any point leaves the newest complete checkpoint
+        for ``resume=True`` (see :func:`probe.io.atomic.replace_directory`)."""
+        from probe.io.atomic import directory_lock, replace_directory
 
         if self.out_dir is None:
             raise InputError("save_checkpoint needs out_dir.")
-        final = self.checkpoint_dir
-        tmp = self.out_dir / ".checkpoint.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        save_model(self.model, tmp / "model")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with directory_lock(self.out_dir):
+            return replace_directory(self.out_dir, self.checkpoint_dir.name, TRAINER_FILE, self._write_checkpoint)
+
+    def _write_checkpoint(self, folder: Path) -> None:
+        """The checkpoint's files in ``folder``, ``trainer.json`` last (it marks the folder complete)."""
+        from probe.io.atomic import write_atomically
+        from probe.io.checkpoint import save_model
+
+        save_model(self.model, folder / "model")
         state = self.optimizer.state_dict()
         tensors: dict[str, torch.Tensor] = {}
         for idx, entry in state["state"].items():
@@ -213,20 +236,11 @@ class Trainer:
                 tensors[f"rng.cuda.{i}"] = s
         if self.scaler is not None:
             tensors["scaler.scale"] = torch.tensor(float(self.scaler.get_scale()))
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        write_atomically(folder / "optimizer.safetensors", lambda tmp: save_file(tensors, str(tmp)))
         info = {"step": self.step, "tokens_seen": self.tokens_seen, "history": self.history,
                 "train_seconds": self.train_seconds, "config": self.config.to_dict(),
                 "param_groups": state["param_groups"], "meta": self.meta}
-        (tmp / "trainer.json").write_text(json.dumps(info, indent=1, sort_keys=True))
-        old = self.out_dir / ".checkpoint.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old.exists():
-            shutil.rmtree(old)
-        return final
+        write_atomically(folder / TRAINER_FILE, lambda tmp: tmp.write_text(json.dumps(info, indent=1, sort_keys=True)))
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore model, optimizer, RNG and counters from a checkpoint directory."""
@@ -234,7 +248,7 @@ class Trainer:
 
         path = Path(path)
         try:
-            info = json.loads((path / "trainer.json").read_text())
+            info = json.loads((path / TRAINER_FILE).read_text())
             tensors = load_file(str(path / "optimizer.safetensors"))
         except (OSError, json.JSONDecodeError, ValueError) as exc:
             raise CheckpointError(f"Cannot resume from {str(path)!r}: {exc}") from exc

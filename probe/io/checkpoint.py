@@ -1,87 +1,167 @@
 r"""Checkpoints: a directory with ``config.json`` and ``model.safetensors`` (no pickle).
 
 ``config.json`` holds ``{"format": "probe", "version": 1, "config": {...ModelConfig...}}``
-plus optional ``"meta"`` (training facts shown in model cards). Saving writes to a
-temporary directory and renames it into place, so an interrupted save never leaves a
-half-written checkpoint; loading checks every tensor's name and shape against the config.
+plus optional ``"meta"`` (training facts shown in model cards) and ``"weights_id"``, the
+random id of the save that wrote it; ``model.safetensors`` carries the same id in its header
+metadata (``probe_save_id``), so the two files of one save are never mixed with another's.
+
+Saving replaces only these two files and keeps everything else in the folder (notes, a tuned
+lens saved beside the model, a model card). One save, under an exclusive lock on the folder:
+
+1. write the weights to ``.model.safetensors.<id>`` (a name no reader uses yet) and fsync;
+2. replace ``config.json`` atomically with one naming ``<id>``: **the commit point**;
+3. rename ``.model.safetensors.<id>`` onto ``model.safetensors``.
+
+A process killed before step 2 leaves the old checkpoint (plus a stray pending file); after
+it, the new one: a reader whose ``model.safetensors`` has another id takes the pending file
+named by ``config.json``, and the next save or load renames it into place (step 3) and
+deletes stray temporaries. Weights without an id (older probe, other tools) are accepted.
+
+Saving refuses a path that is a file, and a non-empty folder that holds no probe checkpoint
+unless ``overwrite=True`` (which writes the two files into it and still keeps the rest).
+Saving through a symlink writes into the folder it points to.
+
+Loading checks every tensor's name and shape in the safetensors header against the config
+*before* the model is allocated, so a crafted config cannot make the loader allocate more
+than its weight file justifies. float8 weights (``float8_e4m3fn``, ``float8_e5m2``) load,
+cast up to the model's dtype.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 
 from probe.config import ModelConfig
 from probe.errors import CheckpointError, ConfigError, InputError
+from probe.io.atomic import (default_mode, directory_lock, fsync_path, temp_prefix, write_atomically,  # noqa: F401
+                             write_new_file)
+from probe.io.bounded_build import build_bounded
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 FORMAT_VERSION = 1
+SAVE_ID = "probe_save_id"  # key of the save id in the safetensors header metadata
+#: elements a config may allocate beyond its weight file's while being checked (init temporaries)
+BUILD_SLACK = 1 << 24
 
 
-def default_mode(directory: bool = False) -> int:
-    """The permissions a new file (or directory) gets under the process umask: safetensors and
-    ``tempfile`` create private (0600 / 0700) ones, which other users could not read."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
+# -- saving ---------------------------------------------------------------------------------
+def save_model(model, path: str | Path, dtype: torch.dtype | None = None, meta: dict[str, Any] | None = None,
+               overwrite: bool = False) -> Path:
+    """Save ``model`` (a HookedLM) to directory ``path``; ``dtype`` e.g. ``torch.float16`` to shrink it.
 
-
-def write_atomically(target: str | Path, write) -> Path:
-    """Call ``write(tmp_path)`` for a temporary file beside ``target``, then rename it onto
-    ``target`` (readers never see a half-written file; a failed write leaves ``target`` as it was)."""
-    target = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return target
-
-
-def save_model(model, path: str | Path, dtype: torch.dtype | None = None, meta: dict[str, Any] | None = None) -> Path:
-    """Save ``model`` (a HookedLM) to directory ``path``; ``dtype`` e.g. ``torch.float16`` to shrink it."""
+    Only ``config.json`` and ``model.safetensors`` are replaced (atomically, see the module
+    docstring); other files in ``path`` stay. ``overwrite=True`` allows a non-empty folder
+    that holds no probe checkpoint."""
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise InputError(f"Models are saved in a floating dtype (torch.float16, torch.bfloat16, ...), got {dtype!r}.")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _check_target(path, overwrite)
+    save_id = uuid.uuid4().hex
     tensors = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous().cpu()
                for k, v in model.state_dict().items()}
-    payload = {"format": "probe", "version": FORMAT_VERSION, "config": model.cfg.to_dict(), "meta": meta or {}}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        save_file(tensors, str(tmp / WEIGHTS_FILE))
-        (tmp / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
-        os.chmod(tmp / WEIGHTS_FILE, default_mode())
-        os.chmod(tmp, default_mode(directory=True))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    data = safetensors_bytes(tensors, metadata={SAVE_ID: save_id})
+    payload = {"format": "probe", "version": FORMAT_VERSION, "config": model.cfg.to_dict(), "meta": meta or {},
+               "weights_id": save_id}
+    if not path.is_dir():
+        path.mkdir(parents=True)
+        os.chmod(path, default_mode(directory=True))
+    with directory_lock(path):
+        settle(path)
+        _commit(path, data, payload, save_id)
     return path
 
 
+def _check_target(path: Path, overwrite: bool) -> None:
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{str(path)!r} is a broken symbolic link; point it at a folder or save elsewhere.")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{str(path)!r} is a file, not a folder; a checkpoint is a folder (config.json + "
+                         f"{WEIGHTS_FILE}). Give a folder path.")
+    if overwrite or not path.is_dir() or _holds_checkpoint(path):
+        return
+    foreign = sorted(n for n in os.listdir(path) if not _is_temporary(n))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise InputError(f"{str(path)!r} holds {shown} but no probe checkpoint; save into a new or empty folder, "
+                         f"or pass overwrite=True to write {CONFIG_FILE} and {WEIGHTS_FILE} into it (other files "
+                         "are kept).")
+
+
+def _holds_checkpoint(path: Path) -> bool:
+    try:
+        payload = json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(payload, dict) and "config" in payload and payload.get("format", "probe") == "probe"
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith((temp_prefix(CONFIG_FILE), temp_prefix(WEIGHTS_FILE)))
+
+
+def _pending(path: Path, save_id: str) -> Path:
+    return path / f"{temp_prefix(WEIGHTS_FILE)}{save_id}"
+
+
+def _commit(path: Path, data: bytes, payload: dict, save_id: str) -> None:
+    pending = write_new_file(_pending(path, save_id), data)
+    write_atomically(path / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=True)))
+    os.replace(pending, path / WEIGHTS_FILE)
+    fsync_path(path)
+
+
+def settle(path: str | Path) -> None:
+    """Finish or discard what a killed save left in checkpoint folder ``path``: rename the
+    committed pending weights into place and delete every other temporary. Call with the
+    folder's :func:`~probe.io.atomic.directory_lock` held."""
+    path = Path(path)
+    committed = _committed_id(path)
+    pending = _pending(path, committed) if committed else None
+    if pending is not None and pending.is_file():
+        os.replace(pending, path / WEIGHTS_FILE)
+        fsync_path(path)
+    for name in os.listdir(path):
+        if _is_temporary(name) and (path / name).is_file():
+            os.remove(path / name)
+
+
+def _committed_id(path: Path) -> str | None:
+    try:
+        payload = json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    wid = payload.get("weights_id") if isinstance(payload, dict) else None
+    return wid if isinstance(wid, str) and wid.isalnum() else None
+
+
+def _settle_if_needed(path: Path) -> None:
+    """Best effort before a load: settle ``path`` when a killed save left something and nobody
+    is saving (a read-only folder or a busy lock just leaves it for the next save)."""
+    try:
+        if not any(_is_temporary(n) for n in os.listdir(path)):
+            return
+        with directory_lock(path, wait=False) as locked:
+            if locked:
+                settle(path)
+    except OSError:
+        pass
+
+
+# -- reading --------------------------------------------------------------------------------
 def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
     """``(config, meta)`` of checkpoint directory ``path``, with clear errors for bad files."""
     path = Path(path)
+    return _parse(_read_payload(path), path / CONFIG_FILE)
+
+
+def _read_payload(path: Path) -> dict:
     if not path.is_dir():
         raise CheckpointError(f"No checkpoint directory at {str(path)!r}.")
     cfg_file = path / CONFIG_FILE
@@ -94,6 +174,10 @@ def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict) or "config" not in payload:
         raise CheckpointError(f"{cfg_file} has no 'config' entry; is this a probe checkpoint?")
+    return payload
+
+
+def _parse(payload: dict, cfg_file: Path) -> tuple[ModelConfig, dict[str, Any]]:
     if payload.get("format", "probe") != "probe":
         raise CheckpointError(f"{cfg_file} is a {payload['format']!r} file, not a probe checkpoint (format 'probe').")
     version = payload.get("version", FORMAT_VERSION)
@@ -107,10 +191,46 @@ def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
     return cfg, payload.get("meta", {})
 
 
+def _header_id(weights: Path) -> str | None:
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return (f.metadata() or {}).get(SAVE_ID)
+    except (SafetensorError, OSError, ValueError):
+        return None
+
+
+def weights_file(path: str | Path, payload: dict) -> Path:
+    """The weight file that belongs to ``config.json`` ``payload`` of checkpoint ``path``:
+    ``model.safetensors``, or the pending file of a save killed after its commit point."""
+    path = Path(path)
+    main, wid = path / WEIGHTS_FILE, payload.get("weights_id")
+    if isinstance(wid, str) and wid.isalnum():
+        found = _header_id(main) if main.is_file() else None
+        if found != wid and _pending(path, wid).is_file():
+            return _pending(path, wid)
+        if found not in (wid, None):
+            raise CheckpointError(f"{main} was written by another save than {path / CONFIG_FILE} (save ids "
+                                  f"{found} and {wid}); the folder mixes two checkpoints. Save the model again.")
+    if not main.is_file():
+        raise CheckpointError(f"{str(path)!r} has {CONFIG_FILE} but no {WEIGHTS_FILE}.")
+    return main
+
+
+def _locate(path: Path) -> tuple[dict, Path]:
+    """``(payload, weights)``; reads ``config.json`` again if a concurrent save switched files."""
+    payload = _read_payload(path)
+    try:
+        return payload, weights_file(path, payload)
+    except CheckpointError:
+        again = _read_payload(path)
+        if again == payload:
+            raise
+        return again, weights_file(path, again)
+
+
+# -- loading --------------------------------------------------------------------------------
 def load_model(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
     """Load a checkpoint directory into a :class:`probe.HookedLM` (float32 by default)."""
-    from probe.model import HookedLM
-
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise InputError(f"Models load in a floating dtype (torch.float32, torch.bfloat16, ...), got {dtype!r}.")
     if device is not None:
@@ -119,30 +239,11 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
         except (RuntimeError, TypeError) as exc:
             raise InputError(f"Unknown device {device!r}: {exc}") from exc
     path = Path(path)
-    cfg, meta = read_config(path)
-    weights = path / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"{str(path)!r} has {CONFIG_FILE} but no {WEIGHTS_FILE}.")
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights} is not a readable safetensors file (truncated or tampered?): {exc}") from exc
-    model = HookedLM(cfg)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"Weights in {weights} do not match its config: missing {missing[:5]}"
-                              f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                              f"{'...' if len(unexpected) > 5 else ''}.")
-    for k, v in tensors.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise CheckpointError(f"Tensor {k!r} in {weights} has shape {tuple(v.shape)} but the config implies "
-                                  f"{tuple(expected[k].shape)}.")
-        if not v.is_floating_point() and expected[k].is_floating_point():
-            raise CheckpointError(f"Tensor {k!r} in {weights} has dtype {v.dtype}, expected floating point.")
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            raise CheckpointError(f"Tensor {k!r} in {weights} contains NaN or inf.")
+    if path.is_dir():
+        _settle_if_needed(path)
+    payload, weights = _locate(path)
+    cfg, meta = _parse(payload, path / CONFIG_FILE)
+    model, tensors = _read_checked(cfg, weights)
     model.to(dtype)  # before loading: load_state_dict copies (and casts) into the existing parameters
     model.load_state_dict(tensors)
     model.meta = meta
@@ -150,3 +251,49 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
     if device is not None:
         model.to(device)
     return model
+
+
+def _read_checked(cfg: ModelConfig, weights: Path):
+    """``(model, tensors)`` after checking the header's names and shapes against ``cfg`` (before
+    allocating the model) and every tensor's dtype and values."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            model = _model_for(cfg, shapes, weights)
+            expected = model.state_dict()
+            tensors = {k: _checked_tensor(k, f.get_tensor(k), expected[k], weights) for k in shapes}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{weights} is not a readable safetensors file (truncated or tampered?): {exc}") from exc
+    return model, tensors
+
+
+def _model_for(cfg: ModelConfig, shapes: dict[str, tuple[int, ...]], weights: Path):
+    """The model ``cfg`` builds, once its state dict's names and shapes are those in ``shapes``."""
+    from probe.model import HookedLM
+
+    budget = 4 * sum(int(torch.Size(s).numel()) for s in shapes.values()) + BUILD_SLACK
+    model, spilled = build_bounded(lambda: HookedLM(cfg), budget)
+    if model is None:
+        raise CheckpointError(f"The config in {weights.parent} builds a model of more than {spilled:,} elements, far "
+                              f"more than {weights.name} holds; the config does not belong to these weights.")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"Weights in {weights} do not match its config: missing {missing[:5]}"
+                              f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                              f"{'...' if len(unexpected) > 5 else ''}.")
+    for k, shape in shapes.items():
+        if shape != expected[k]:
+            raise CheckpointError(f"Tensor {k!r} in {weights} has shape {shape} but the config implies "
+                                  f"{expected[k]}.")
+    return HookedLM(cfg) if spilled else model  # the shapes match the file, so the full build is bounded
+
+
+def _checked_tensor(name: str, v: torch.Tensor, expected: torch.Tensor, weights: Path) -> torch.Tensor:
+    if not v.is_floating_point() and expected.is_floating_point():
+        raise CheckpointError(f"Tensor {name!r} in {weights} has dtype {v.dtype}, expected floating point.")
+    if v.is_floating_point() and v.element_size() == 1:
+        v = v.to(torch.float32)  # float8 storage: torch has no isfinite for it
+    if v.is_floating_point() and not torch.isfinite(v).all():
+        raise CheckpointError(f"Tensor {name!r} in {weights} contains NaN or inf.")
+    return v
