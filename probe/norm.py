@@ -4,7 +4,10 @@ RMSNorm::    y = x / sqrt(mean(x^2) + eps) * w
 LayerNorm::  y = (x - mean(x)) / sqrt(var(x) + eps) * w + b
 
 Hooks: ``hook_scale`` (the divisor ``sqrt(... + eps)``, ``[batch, pos, 1]``) and
-``hook_normalized`` (the output). Direct logit attribution freezes ``hook_scale`` of the
+``hook_normalized`` (the output).
+
+Half precision: the statistics and the division run in float32 (``x^2`` overflows float16
+past 256) and the output and ``hook_scale`` come back in the input's dtype. Direct logit attribution freezes ``hook_scale`` of the
 final norm so the output is linear in the residual stream.
 """
 from __future__ import annotations
@@ -27,8 +30,7 @@ class RMSNorm(nn.Module):
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale * self.w)
+        return self.hook_normalized(_scaled(self, self.centre(_wide(x)), x.dtype))
 
 
 class LayerNorm(nn.Module):
@@ -44,9 +46,19 @@ class LayerNorm(nn.Module):
         return x - x.mean(-1, keepdim=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.centre(x)
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale * self.w + self.b)
+        return self.hook_normalized((_scaled(self, self.centre(_wide(x)), x.dtype) + self.b).to(x.dtype))
+
+
+def _wide(x: Tensor) -> Tensor:
+    """``x`` in at least float32 (float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _scaled(norm: nn.Module, xc: Tensor, dtype: torch.dtype) -> Tensor:
+    """``xc / sqrt(mean(xc^2) + eps) * w`` with ``xc`` wide (float32+), the scale hooked in ``dtype``
+    and the result in ``dtype``."""
+    scale = norm.hook_scale((xc.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt().to(dtype))
+    return (xc / scale.to(xc.dtype) * norm.w).to(dtype)
 
 
 def make_norm(cfg) -> nn.Module:
