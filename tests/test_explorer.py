@@ -304,3 +304,49 @@ def test_readme_notebooks_and_explorer_take_the_steering_pairs_from_one_source()
         assert "from probe.data.contrast import NUMBER" in source and "steering_vector(model, NUMBER.positive" in source \
             or "steering_vector(model, plural, singular" in source
         assert 'f"the {p}' not in source and "f\"the {s}" not in source
+
+
+def test_side_by_side_heatmaps_share_one_colour_scale_and_show_it():
+    """The same colour means the same value in both columns: a probability on [0, 1], KL from 0 to the larger
+    maximum of the two models, patching scores on one symmetric range; the range is written under each figure."""
+    at = explorer(view="Logit lens")
+    assert not problems(at), problems(at)
+    a, b = (fig.data[0] for fig in figures(at) if fig.data[0].type == "heatmap")
+    assert (a.zmin, a.zmax) == (b.zmin, b.zmax) == (0.0, 1.0)
+    assert sum("the same in both columns" in c for c in texts(at.caption)) == 2
+    at.radio(key="logit_lens_color").set_value("kl").run()
+    a, b = (fig.data[0] for fig in figures(at) if fig.data[0].type == "heatmap")
+    top = max(array(a.z).max(), array(b.z).max())
+    assert a.zmin == b.zmin == 0.0 and a.zmax == b.zmax == pytest.approx(top)
+    assert min(array(a.z).max(), array(b.z).max()) < 0.9 * top  # the two models do differ: one scale matters
+
+    at = explorer(view="Patching")
+    assert not problems(at), problems(at)
+    ranges = {(t.zmin, t.zmax) for fig in figures(at) for t in fig.data if t.type == "heatmap"}
+    assert len(ranges) == 1
+    (lo, hi), = ranges
+    assert lo == -hi and hi >= 1.0
+
+
+def test_lens_heatmap_of_a_long_input_shows_a_position_window():
+    """At 512 tokens the heatmap shows a window of positions (a range slider) and labels its cells only when
+    the window is narrow enough to read them; the hover keeps the top tokens of every cell."""
+    text = "for i in range(10):\n    total += i * i\n" * 13  # 507 tokens with the BOS
+    at = explorer(view="Logit lens", **{TEXT_KEY: text})
+    assert not problems(at), problems(at)
+    fig = next(fig.data[0] for fig in figures(at) if fig.data[0].type == "heatmap")
+    assert array(fig.z).shape == (3, 64) and fig.texttemplate == "" and list(fig.x)[0].startswith("0:")
+    assert array(fig.customdata).shape == (3, 64)
+    at.slider(key="logit_lens_window").set_value((100, 119)).run()
+    assert not problems(at), problems(at)
+    for trace in (fig.data[0] for fig in figures(at) if fig.data[0].type == "heatmap"):
+        assert array(trace.z).shape == (3, 20) and list(trace.x)[0].startswith("100:")
+        assert trace.texttemplate != "" and len(trace.text[0]) == 20
+
+
+def test_every_figure_and_table_has_a_download_button():
+    at = explorer(view="Patching")
+    assert not problems(at), problems(at)
+    labels = [d.proto.label for d in at.get("download_button")]
+    assert labels.count("Table (CSV)") == 2  # one per model
+    assert labels.count("Figure (HTML)") + labels.count("Figure (PNG)") == len(at.get("plotly_chart"))

@@ -14,7 +14,7 @@ import streamlit as st
 
 from app import loading
 from app.context import Context, Slot, side_by_side
-from app.widgets import n_tokens, show_figure
+from app.widgets import n_tokens, show_figure, show_table
 
 TITLE = "Architecture"
 COLORS = {"attn": "#4c78a8", "ff": "#bab0ac", "lstm": "#f58518", "qrnn": "#e45756", "lmu": "#72b7b2",
@@ -95,7 +95,7 @@ def _column(slot: Slot, n_tok: int | None) -> None:
     c1.metric("Parameters", f"{loading.n_params(model):,}")
     c2.metric("Fixed state", f"{fixed:,}")
     c3.metric("KV per token", f"{grows:,}")
-    st.dataframe(table, hide_index=True)
+    show_table(table, key=f"architecture-{slot.name}")
 
 
 def render(ctx: Context) -> None:

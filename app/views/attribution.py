@@ -8,7 +8,7 @@ import streamlit as st
 from app import loading, methods
 from app.context import Context, Slot, side_by_side
 from app.views.target import Metric, metric_picker
-from app.widgets import clamp_position, show_figure
+from app.widgets import clamp_position, show_figure, show_table
 
 TITLE = "Attribution"
 
@@ -30,7 +30,7 @@ def _column(slot: Slot, text: str, metric: Metric, per_head: bool) -> None:
     st.caption(f"{out['label']} = {out['logit']:.3f}; the parts sum to it within relative error "
                f"{out['rel_error']:.1e}.")
     with st.expander("Table"):
-        st.dataframe(out["frame"], hide_index=True)
+        show_table(out["frame"], key=f"dla-{slot.name}")
 
 
 def render(ctx: Context) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from app import loading, methods
 from app.context import Context, Slot, side_by_side
-from app.widgets import display_token, show_figure
+from app.widgets import ColorScale, display_token, position_window, show_figure, show_table, window_heatmap
 from probe.methods.inputs import token_str
 
 HOVER_K = 5
@@ -116,36 +116,54 @@ def tuned_lens_figures(source: str, text: str, steps: int | None) -> dict | None
             "metrics": res.metric_figure(), "frame": res.to_frame(), "desc": desc}
 
 
-def _show(slot: Slot, figs: dict, color: str, kind: str) -> None:
+def color_scale(color: str) -> ColorScale:
+    """Both columns' lens heatmaps on one range: a probability on [0, 1], KL from 0 to the larger maximum."""
+    if color == "prob":
+        return ColorScale("(top-1 probability)", 0.0, 1.0)
+    return ColorScale("(KL to the final distribution, nats)", lo=0.0)
+
+
+def _show(slot: Slot, figs: dict, color: str, kind: str, window: tuple[int, int] | None = None,
+          scale: ColorScale | None = None) -> None:
     if "desc" in figs:
         st.caption(f"Tuned lens {figs['desc']}.")
-    show_figure(figs[color], key=f"{kind}-{slot.name}", height=max(380, 200 + 45 * len(figs["frame"])))
+    fig = window_heatmap(figs[color], window)
+    n_layers = len(fig.data[0].y)
+    show_figure(fig, key=f"{kind}-{slot.name}", height=max(380, 200 + 45 * n_layers), scale=scale)
     with st.expander("By layer: KL, loss, top-1 agreement"):
         show_figure(figs["metrics"], key=f"{kind}-metrics-{slot.name}", height=300)
-        st.dataframe(figs["frame"], hide_index=True)
+        show_table(figs["frame"], key=f"{kind}-{slot.name}")
 
 
 def render_logit(ctx: Context) -> None:
     st.subheader("Logit lens")
-    st.caption("Each residual stream read out with the final norm and unembedding. Cell text: the top "
-               "next-token prediction after that layer; hover for the top tokens and probabilities.")
+    st.caption("Each residual stream read out with the final norm and unembedding. Cell text (when the window "
+               "is narrow enough to read it): the top next-token prediction after that layer; hover for the top "
+               "tokens and probabilities. Both columns share one colour scale.")
     color = st.radio("Colour", ["prob", "kl"], horizontal=True, key="logit_lens_color",
                      format_func={"prob": "top-1 probability", "kl": "KL to the final distribution"}.get)
-    side_by_side(ctx, lambda slot: _show(slot, logit_lens_figures(slot.source, ctx.text), color, "logit-lens"))
+    window = position_window(ctx, "logit_lens_window")
+    scale = color_scale(color)
+    side_by_side(ctx, lambda slot: _show(slot, logit_lens_figures(slot.source, ctx.text), color, "logit-lens",
+                                         window, scale))
+    scale.draw()
 
 
-def _tuned_column(slot: Slot, text: str, color: str, steps: int) -> None:
+def _tuned_column(slot: Slot, text: str, color: str, steps: int, window, scale: ColorScale) -> None:
     fit_key = f"tuned_fit::{slot.source}"
     if saved_tuned_lens(slot.source) is None and st.session_state.get(fit_key) is None:
-        st.info("No tuned lens is saved beside this model.")
-        if st.button(f"Fit a tuned lens now ({steps} steps)", key=f"fit-{slot.name}"):
-            with st.spinner(f"Fitting the tuned lens of model {slot.name} ({steps} steps on the code corpus)..."):
-                fitted_tuned_lens(slot.source, steps)
-            st.session_state[fit_key] = steps
-        else:
+        offer = st.empty()  # the offer and its button, replaced by the result once fitted
+        with offer.container():
+            st.info("No tuned lens is saved beside this model.")
+            clicked = st.button(f"Fit a tuned lens now ({steps} steps)", key=f"fit-{slot.name}")
+        if not clicked:
             return
+        offer.empty()
+        with st.spinner(f"Fitting the tuned lens of model {slot.name} ({steps} steps on the code corpus)..."):
+            fitted_tuned_lens(slot.source, steps)
+        st.session_state[fit_key] = steps
     figs = tuned_lens_figures(slot.source, text, st.session_state.get(fit_key))
-    _show(slot, figs, color, "tuned-lens")
+    _show(slot, figs, color, "tuned-lens", window, scale)
 
 
 def render_tuned(ctx: Context) -> None:
@@ -157,4 +175,7 @@ def render_tuned(ctx: Context) -> None:
                        format_func={"prob": "top-1 probability", "kl": "KL to the final distribution"}.get)
     steps = right.select_slider("Steps when fitting here", [5, 10, 20, 50, 100, 200, 500], value=20,
                                 key="tuned_steps", help="Each step: 4 windows of 64 tokens of the stdlib corpus.")
-    side_by_side(ctx, lambda slot: _tuned_column(slot, ctx.text, color, int(steps)))
+    window = position_window(ctx, "tuned_lens_window")
+    scale = color_scale(color)
+    side_by_side(ctx, lambda slot: _tuned_column(slot, ctx.text, color, int(steps), window, scale))
+    scale.draw()

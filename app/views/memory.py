@@ -13,7 +13,7 @@ import torch
 
 from app import loading, methods
 from app.context import Context, Slot, side_by_side
-from app.widgets import show_figure
+from app.widgets import ColorScale, show_figure, show_table
 
 TITLE = "Memory"
 #: random probes per position for the gradient influence unless "exact" is on (exact costs
@@ -58,7 +58,7 @@ def _short(name: str) -> str:
     return name.replace("blocks.", "L").replace(".mixer.hook_", " ").replace(".mlp.hook_", " mlp ")
 
 
-def _column(slot: Slot, text: str, method: str, exact: bool, normalize: bool) -> None:
+def _column(slot: Slot, text: str, method: str, exact: bool, normalize: bool, scale: ColorScale | None) -> None:
     model = slot.model
     res = memory(slot.source, text, method, exact)
     with_map = [lm for lm in res.layers if lm.matrix is not None]
@@ -73,7 +73,8 @@ def _column(slot: Slot, text: str, method: str, exact: bool, normalize: bool) ->
         head_options = [None] + list(range(heads)) if heads > 1 else [None]
         head = c2.selectbox(lm.head_label.capitalize() or "Head", head_options, key=f"mem_head_{slot.name}",
                             format_func=lambda h: "mean |A| over all" if h is None else str(h))
-        show_figure(res.figure(layer=layer, head=head, normalize=normalize), key=f"mem-{slot.name}", height=480)
+        show_figure(res.figure(layer=layer, head=head, normalize=normalize), key=f"mem-{slot.name}", height=480,
+                    scale=scale)
         err = f"; rebuilds the mixer output within {lm.reconstruction_error:.1e}" \
             if lm.reconstruction_error is not None else ""
         st.caption(f"{lm.description}{err}")
@@ -86,7 +87,7 @@ def _column(slot: Slot, text: str, method: str, exact: bool, normalize: bool) ->
         st.info("No recurrent state: attention keeps a KV cache that grows with position.")
     show_figure(state_size_figure(slot.source, text), key=f"sizes-{slot.name}", height=320)
     with st.expander("Per layer"):
-        st.dataframe(res.layer_frame(), hide_index=True)
+        show_table(res.layer_frame(), key=f"memory-{slot.name}")
 
 
 def render(ctx: Context) -> None:
@@ -103,4 +104,9 @@ def render(ctx: Context) -> None:
                         help=f"LSTM maps (and 'gradient influence (all)') are estimated with {PROBES} random "
                         "probes per position unless this is on (exact is d_model / 8 times slower).")
     normalize = c3.checkbox("Scale rows to max 1", value=True, key="mem_normalize")
-    side_by_side(ctx, lambda slot: _column(slot, ctx.text, method, exact, normalize))
+    # row-scaled maps mean the same thing in both columns (each row's largest read is 1): one colour scale;
+    # unscaled ones are in each mixer's own units (attention weight, gradient norm), each on its own
+    scale = ColorScale("(row-scaled: each row's largest read is 1)", 0.0, 1.0) if normalize else None
+    side_by_side(ctx, lambda slot: _column(slot, ctx.text, method, exact, normalize, scale))
+    if scale is not None:
+        scale.draw()

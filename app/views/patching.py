@@ -16,7 +16,7 @@ import streamlit as st
 import probe
 from app import examples, loading, methods
 from app.context import Context, Slot, side_by_side
-from app.widgets import display_token, show_figure
+from app.widgets import ColorScale, display_token, show_figure, show_table
 
 TITLE = "Patching"
 SITES = ("resid_pre", "mixer_out", "mlp_out", "state")
@@ -128,13 +128,13 @@ def _pick_pair(ctx: Context) -> PairChoice | None:
     return c2.selectbox("Pair", choices, format_func=label, key=f"patch_pair_{task}")
 
 
-def _column(slot: Slot, choice: PairChoice, method: str, sites: tuple[str, ...]) -> None:
+def _column(slot: Slot, choice: PairChoice, method: str, sites: tuple[str, ...], scale: ColorScale) -> None:
     out = patching(slot.source, choice, method, sites)
-    show_figure(out["figure"], key=f"patch-{slot.name}")
+    show_figure(out["figure"], key=f"patch-{slot.name}", scale=scale)
     st.caption(f"Logit difference: clean {out['clean']:.3f}, corrupted {out['corrupted']:.3f}. "
                f"{out['passes']} forward passes, {out['seconds']:.1f} s.")
     with st.expander("Table"):
-        st.dataframe(out["frame"], hide_index=True)
+        show_table(out["frame"], key=f"patch-{slot.name}")
 
 
 def render(ctx: Context) -> None:
@@ -158,4 +158,6 @@ def render(ctx: Context) -> None:
     if not sites:
         st.warning("Pick at least one site.")
         return
-    side_by_side(ctx, lambda slot: _column(slot, choice, method, tuple(sites)))
+    scale = ColorScale("(score; 1 restores the clean answer)", symmetric=True, floor=1.0)
+    side_by_side(ctx, lambda slot: _column(slot, choice, method, tuple(sites), scale))
+    scale.draw()

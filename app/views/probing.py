@@ -23,7 +23,7 @@ import streamlit as st
 import probe
 from app import loading, methods
 from app.context import Context, Slot, side_by_side
-from app.widgets import show_figure
+from app.widgets import show_figure, show_table
 
 TITLE = "Probes"
 RESULTS_FILES = ("probes.csv", "probes.json")
@@ -135,7 +135,7 @@ def _show(slot: Slot, frame: pd.DataFrame, key: str, caption: str) -> None:
     show_figure(res.figure(label), key=f"probe-{key}-{slot.name}", height=380)
     st.caption(caption)
     summary = res.summary()
-    st.dataframe(summary[summary["label"] == label], hide_index=True)
+    show_table(summary[summary["label"] == label], key=f"probe-{key}-{slot.name}")
 
 
 def _column(slot: Slot, dataset: str, size: int, sites: tuple[str, ...]) -> None:
@@ -189,4 +189,4 @@ def _architectures() -> None:
     summary = hidden_vs_state(results)
     label = st.selectbox("Label", list(dict.fromkeys(summary["label"])), key="probe_arch_label")
     show_figure(hidden_vs_state_figure(results, label), key="probe-architectures", height=380)
-    st.dataframe(summary[summary["label"] == label], hide_index=True)
+    show_table(summary[summary["label"] == label], key="probe-architectures")

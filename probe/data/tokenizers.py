@@ -54,7 +54,9 @@ class ByteTokenizer:
             return "<|endoftext|>"
         if not 0 <= i < 256:
             raise InputError(f"Token id {i} is outside the byte tokenizer's range 0..256.")
-        return bytes([i]).decode("latin-1")
+        # a byte past ASCII is part of a multi-byte character: shown as its escape (\xe8), never as the
+        # Latin-1 letter it would spell on its own ("计" is \xe8 \xae \xa1, not "è®¡")
+        return chr(i) if i < 128 else f"\\x{i:02x}"
 
     def __repr__(self) -> str:
         return "ByteTokenizer()"
