@@ -41,6 +41,7 @@ from probe.errors import InputError, ProbeError
 from probe.finite import check_finite
 from probe.methods import inputs
 from probe.methods import path_quadrature as pq
+from probe.methods.gradients_on import needs_gradients
 from probe.methods.readout import frozen_norm_linear, norm_bias
 from probe.methods.result import MethodResult
 
@@ -424,6 +425,7 @@ def _completeness(attr: Tensor, fx: Tensor, fb: Tensor) -> Tensor:
     return (attr.double().sum(-1) - delta).abs() / delta.abs().clamp_min(1e-12)
 
 
+@needs_gradients
 def gradient_x_input(model, input, target=None, contrast=None, position: int = -1, baseline="zero",
                      prepend_bos: bool | None = None) -> TokenAttributionResult:
     """Gradient x input over the input embeddings: ``a_s = (x_s - x'_s) . grad f(x)_s``.
@@ -479,6 +481,7 @@ def _path(base: Tensor, x: Tensor, alphas: Tensor) -> Tensor:
     return base.unsqueeze(0) + a * (x - base).unsqueeze(0)
 
 
+@needs_gradients
 def integrated_gradients(model, input, target=None, contrast=None, position: int = -1, baseline="mean",
                          steps: int = 64, method: str = "adaptive", spacing="auto", chunk: int = 16,
                          until: float | None = None, max_steps: int = 1024,

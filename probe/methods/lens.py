@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from probe.errors import CheckpointError, InputError
 from probe.finite import check_finite
 from probe.methods import inputs
+from probe.methods.gradients_on import needs_gradients
 from probe.methods.readout import readout
 from probe.methods.result import MethodResult
 
@@ -310,6 +311,7 @@ class TunedLens(nn.Module):
         return _apply_lens(model, input, layers, self.forward, "tuned lens", keep_logits, prepend_bos)
 
     # -- training ---------------------------------------------------------------------
+    @needs_gradients
     def fit(self, model, data, steps: int = 250, batch_size: int = 8, seq_len: int = 128, lr: float = 1e-3,
             warmup: int = 20, seed: int = 0, progress: bool = False) -> "TunedLens":
         """Train the translators to minimise ``sum_l KL(final || lens_l)`` on ``data``.

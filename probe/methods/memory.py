@@ -36,6 +36,7 @@ from torch import Tensor
 from probe.errors import InputError, ProbeError
 from probe.finite import check_finite
 from probe.methods import implicit, inputs
+from probe.methods.gradients_on import needs_gradients
 from probe.methods.implicit import ImplicitAttention
 from probe.methods.result import MethodResult
 
@@ -250,6 +251,7 @@ def _implicit(model, tokens: Tensor, layers: list[int]) -> dict[int, tuple[Impli
     return out
 
 
+@needs_gradients
 def gradient_influence(model, input, layer: int, probes: int | None = None, chunk: int = 256,
                        seed: int = 0, prepend_bos: bool | None = None) -> Tensor:
     """``G [batch, t, s] = ||d y_t / d x_s||_F``: the Jacobian norm of layer ``layer``'s mixer output at

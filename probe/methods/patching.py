@@ -59,6 +59,7 @@ from torch import Tensor
 from probe.errors import InputError
 from probe.finite import check_finite
 from probe.methods import inputs, sites as S
+from probe.methods.gradients_on import needs_gradients
 from probe.methods.result import MethodResult
 from probe.mixers.edits import mark_forced
 
@@ -489,6 +490,7 @@ def _patch_hook(source: Tensor, target: Tensor, rows: Tensor, cols: Tensor, batc
 
 
 # -- attribution patching ----------------------------------------------------------------
+@needs_gradients
 def attribution_patching(model, clean, corrupted, answer=None, contrast=None, *, metric: Metric | None = None,
                          sites: str | Sequence[str] = S.DEFAULT_PATCH_SITES, layers: Sequence[int] | int | None = None,
                          positions: Sequence[int] | int | None = None, answer_position=-1, normalize: bool = True,
