@@ -1,7 +1,9 @@
 """Cached model loading for the explorer: zoo names, demo models, checkpoint paths, hub ids.
 
 A model is named by its *source string* and cached under it (``st.cache_resource``), so
-every view and every cached result (``st.cache_data``) hashes the string, never the model:
+every view and every cached result (``st.cache_data``) hashes the string, never the model. A
+checkpoint directory (or zoo model) is cached under its files' version too
+(:func:`checkpoint_version`), so a checkpoint overwritten by ``model.save`` loads again:
 
 =====================  ==================================================================
 source                 model
@@ -101,9 +103,32 @@ def _hf_model(hub_id: str) -> probe.HookedLM:
     return from_hf(hub_id).eval()
 
 
-@st.cache_resource(show_spinner="Loading model...", max_entries=8)
+def checkpoint_version(source: str) -> tuple:
+    """What identifies the files behind ``source`` now: ``(name, mtime_ns, size, inode)`` of
+    ``config.json`` and ``model.safetensors`` for a checkpoint directory or zoo model, ``()``
+    for other sources. ``model.save`` replaces both files by renaming, so every save changes it."""
+    if source.startswith(("demo:", "hf:")):
+        return ()
+    path = probe.loading.ZOO_DIR / source[4:] if source.startswith("zoo:") else os.path.expanduser(source)
+    version = []
+    for name in ("config.json", "model.safetensors"):
+        try:
+            st_ = os.stat(os.path.join(path, name))
+        except OSError:
+            continue
+        version.append((name, st_.st_mtime_ns, st_.st_size, st_.st_ino))
+    return tuple(version)
+
+
 def load_model(source: str) -> probe.HookedLM:
-    """The model named by ``source`` (see the module docstring), in eval mode, cached."""
+    """The model named by ``source`` (see the module docstring), in eval mode, cached under the
+    source and its checkpoint files' version."""
+    return _cached_model(source, checkpoint_version(source))
+
+
+@st.cache_resource(show_spinner="Loading model...", max_entries=8)
+def _cached_model(source: str, version: tuple) -> probe.HookedLM:
+    """The model behind ``source``; ``version`` is only part of the cache key."""
     if source.startswith("demo:"):
         return _demo_model(source[5:])
     if source.startswith("hf:"):
