@@ -13,7 +13,8 @@ State: ``state`` = c_t and ``state_h`` = h_t, each ``[batch, d_model]`` (per pos
 
 Three paths, equal to float rounding (tested):
 
-* no hook active: ``torch.nn.LSTM`` alone;
+* no hook active: ``torch.nn.LSTM`` alone (without cuDNN in eval mode when autograd is on:
+  cuDNN's RNN backward needs training mode);
 * hooks that only read: ``torch.nn.LSTM`` gives every ``h_t``; all gates then follow in one
   batched matmul (``W_ih x_t + W_hh h_{t-1}``) and ``c`` from the *linear* recurrence
   ``c_t = f_t c_{t-1} + i_t g_t`` (:func:`probe.scan.linear_scan`), so caching costs little;
@@ -56,7 +57,7 @@ class LSTM(RecurrentMixer):
 
     def compute(self, x, state, forcing, keep):
         c0, h0 = state["state"], state["state_h"]
-        h_all, (hT, cT) = self.lstm(x, (h0.unsqueeze(0).contiguous(), c0.unsqueeze(0).contiguous()))
+        h_all, (hT, cT) = self._torch_lstm(x, h0, c0)
         if not forcing and not keep:
             return Computation(h_all, {}, {"state": cT[0], "state_h": hT[0]})
         values = self._reconstruct(x, h_all, c0, h0)
@@ -68,6 +69,20 @@ class LSTM(RecurrentMixer):
         tail = self._loop(x[:, start:], c0, h0, {k: (m[:, start:], v[:, start:]) for k, (m, v) in forcing.items()})
         values = {k: torch.cat([values[k][:, :start], tail[k]], dim=1) for k in NAMES}
         return Computation(values["state_h"], values, {"state": values["state"][:, -1], "state_h": values["state_h"][:, -1]})
+
+    def _torch_lstm(self, x, h0, c0):
+        """``torch.nn.LSTM`` from ``(h0, c0)``. In eval mode with autograd on it runs without cuDNN:
+        cuDNN's RNN backward exists only in training mode, PyTorch's own LSTM kernel differentiates
+        in both (the gradient methods run the model in eval mode)."""
+        state = (h0.unsqueeze(0).contiguous(), c0.unsqueeze(0).contiguous())
+        if not x.is_cuda or self.training or not torch.is_grad_enabled():
+            return self.lstm(x, state)
+        cudnn = torch.backends.cudnn.enabled
+        torch.backends.cudnn.enabled = False  # this flag alone: benchmark / deterministic / TF32 stay the user's
+        try:
+            return self.lstm(x, state)
+        finally:
+            torch.backends.cudnn.enabled = cudnn
 
     def _gates(self, pre):
         i, f, g, o = pre.chunk(4, dim=-1)
