@@ -194,6 +194,7 @@ def test_tuned_lens_is_fitted_on_request():
     assert len(at.get("plotly_chart")) == 0
     at.button(key="fit-A").click().run()
     assert not problems(at), problems(at)
+    assert [b.key for b in at.button] == ["fit-B"]  # model A's offer gave way to its tuned lens
     figs = figures(at)
     assert "Tuned lens" in figs[0].layout.title.text
     assert any("fitted here: 5 steps" in c for c in texts(at.caption))
@@ -201,9 +202,11 @@ def test_tuned_lens_is_fitted_on_request():
 
 def test_probes_are_fitted_on_request_hidden_and_state():
     at = explorer(view="Probes", probe_examples=30, probe_sites=["resid_post", "state"])
-    assert len(at.get("plotly_chart")) == 0
+    before = len(at.get("plotly_chart"))  # the shipped zoo's table of every architecture, when present
     at.button(key="probe-fit-B").click().run()
     assert not problems(at), problems(at)
+    assert len(at.get("plotly_chart")) == before + 1
+    assert [b.key for b in at.button] == ["probe-fit-A"]  # model B's button gave way to its result
     fig = figures(at)[0]
     assert "Linear probes for 'number'" in fig.layout.title.text
     assert {t.name for t in fig.data} >= {"resid_post (hidden)", "state (state)"}
@@ -237,6 +240,19 @@ def test_precomputed_probe_results_are_shown(tmp_path, monkeypatch):
     assert list(figs[1].data[0].x) == ["transformer", "lstm"] and list(array(figs[1].data[1].y)) == [0.7, 0.85]
     assert "##### Every architecture (precomputed)" in texts(at.markdown)
     assert texts(at.caption).count("No precomputed probe results for this model.") == 1
+
+
+@pytest.mark.skipif(not {"transformer", "lstm"} <= set(probe.zoo_names()), reason="needs the zoo")
+def test_shipped_zoo_probe_results_are_found_and_explained():
+    """probe/zoo/results/methods/probes.csv holds every zoo model's probes: the tab shows them (no "No
+    precomputed" message), with the fit button below them, and explains control task and selectivity."""
+    at = explorer(("zoo:transformer", "zoo:lstm"), view="Probes")
+    assert not problems(at), problems(at)
+    assert "No precomputed probe results for this model." not in texts(at.caption)
+    assert texts(at.caption).count("Precomputed results shipped with the model.") == 2
+    assert len(at.get("plotly_chart")) == 3  # model A, model B, every architecture
+    assert "##### Every architecture (precomputed)" in texts(at.markdown)
+    assert any("Negative" in m and "Control task" in m for m in texts(at.markdown))
 
 
 def test_state_steering_coefficient_changes_the_steered_generation():

@@ -2,8 +2,9 @@
 
 Precomputed results are read when present: a ``probes.csv`` (or ``probes.json``, records) holding
 ``ProbeResult.to_frame()`` rows, as ``examples/probe_zoo_table.py --out DIR`` writes them,
-found beside the model's checkpoint, in ``probe/zoo/``, ``probe/zoo/results/`` or the folder
-``$PROBE_RESULTS``; rows are matched to a model by its ``model`` column (``qrnn`` or
+found beside the model's checkpoint, in ``probe/zoo/``, ``probe/zoo/results/``,
+``probe/zoo/results/methods/`` (where the shipped zoo's results are) or the folder
+``$PROBE_RESULTS`` (searched before the zoo's); rows are matched to a model by its ``model`` column (``qrnn`` or
 ``zoo:qrnn``; a file beside a checkpoint may omit it). When a shared file covers several
 models, a table compares the best hidden and best state score of every architecture.
 
@@ -39,6 +40,26 @@ DATASETS = {
     "code: token type": ("code", "token_type", "Python tokenize type of each byte"),
 }
 SITES = ("resid_post", "mixer_out", "state")
+CONTROL_HELP = """\
+**Baseline**: the score of always answering the most frequent label (accuracy), or 0 (R²).
+A probe at the baseline has found nothing.
+
+**Control task** (dotted lines, `control_score`): the same probe fitted on labels that have nothing to
+do with the text: each sequence takes the label sequence of another sequence. The control keeps how
+often each label occurs and how labels run along a sequence, so a probe beats the baseline on it only
+by reading the position or the label frequency.
+
+**Selectivity** = score − control score: what the activations hold about *this* text beyond that.
+Near 0: the probe's score is explained by position and frequency alone. **Negative**: the probe does
+worse on the real labels than on the control, i.e. the label is not linearly readable there (the
+real probe sits near the baseline while the control fits some positional pattern).
+
+A control that gives every token type its own random label (Hewitt & Liang 2019) is a function of the
+token at the probed position, which every residual stream holds: it scores about 1.0 at every layer,
+so a contextual label (inside a string, bracket depth) always shows a negative selectivity, whatever
+the model knows. Results computed with that control (a `control_score` near 1.0 everywhere) should be
+refitted (`examples/probe_zoo_table.py`) before reading their selectivity.
+"""
 #: on-the-fly probes: features reduced to MAX_DIM columns (random projection), MAX_TRAIN training rows
 MAX_DIM, MAX_TRAIN = 128, 2000
 
@@ -60,9 +81,11 @@ def _read_file(name: str, mtime: float) -> pd.DataFrame | None:
 
 
 def _result_files(checkpoint: str | None) -> list[Path]:
-    folders = ([Path(checkpoint)] if checkpoint else []) + [ZOO_DIR, ZOO_DIR / "results"]
+    """Results files in search order: beside the checkpoint, ``$PROBE_RESULTS``, then the shipped zoo's."""
+    folders = [Path(checkpoint)] if checkpoint else []
     if os.environ.get("PROBE_RESULTS"):
         folders.append(Path(os.environ["PROBE_RESULTS"]))
+    folders += [ZOO_DIR, ZOO_DIR / "results", ZOO_DIR / "results" / "methods"]
     return [d / f for d in folders for f in RESULTS_FILES if (d / f).is_file()]
 
 
@@ -146,13 +169,15 @@ def _column(slot: Slot, dataset: str, size: int, sites: tuple[str, ...]) -> None
         st.caption("No precomputed probe results for this model.")
     flag = f"probes_fitted::{slot.source}::{dataset}::{size}::{sites}"
     if not st.session_state.get(flag):
-        if not st.button(f"Fit probes on '{dataset}' now", key=f"probe-fit-{slot.name}"):
+        offer = st.empty()  # the button, below any saved results, replaced by the fitted ones once clicked
+        if not offer.button(f"Fit probes on '{dataset}' now", key=f"probe-fit-{slot.name}"):
             return
+        offer.empty()
         st.session_state[flag] = True
     with st.spinner(f"Collecting activations and fitting probes for model {slot.name}..."):
         frame = fit_here(slot.source, dataset, size, sites)
     _show(slot, frame, "here", f"Fitted here on {dataset} ({size} {'bytes' if 'code' in dataset else 'examples'}); "
-                              "dotted: control task (random label per token type).")
+                              "dotted: control task (another sequence's labels).")
 
 
 def render(ctx: Context) -> None:
@@ -160,6 +185,8 @@ def render(ctx: Context) -> None:
     st.caption("Linear probes read a label from each layer's residual stream (hidden: resid_post, mixer_out) "
                "and from its recurrent state (attention: the key and value written at the token); held-out "
                "score against layer.")
+    with st.expander("Control task and selectivity: how to read them"):
+        st.markdown(CONTROL_HELP)
     if not methods.available("fit_probes", "collect_activations"):
         return
     c1, c2, c3 = st.columns([2, 1, 2])
