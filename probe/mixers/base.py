@@ -56,12 +56,16 @@ class Mixer(nn.Module):
         default_mlp: the MLP kind this mixer's block uses unless the config says otherwise
             (``None``: the config's ``mlp``).
         recurrent: True when the mixer carries a fixed-size state (not attention / ff).
+        WIDE_STATES: state entries kept in at least float32 when the model runs in float16 /
+            bfloat16 (the memory a long recurrence accumulates into, as the reference kernels
+            keep it); the other entries follow the input's dtype.
     """
 
     NAME: ClassVar[str] = ""
     OPTIONS: ClassVar[dict[str, Any]] = {}
     default_mlp: ClassVar[str | None] = None
     recurrent: ClassVar[bool] = True
+    WIDE_STATES: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg, layer: int):
         super().__init__()
@@ -79,7 +83,12 @@ class Mixer(nn.Module):
         p = next(self.parameters(), None)
         device = device if device is not None else (p.device if p is not None else None)
         dtype = dtype if dtype is not None else (p.dtype if p is not None else torch.float32)
-        return {k: torch.zeros(batch, *s, device=device, dtype=dtype) for k, s in self.state_shapes().items()}
+        return {k: torch.zeros(batch, *s, device=device, dtype=self.state_dtype(k, dtype))
+                for k, s in self.state_shapes().items()}
+
+    def state_dtype(self, name: str, dtype: torch.dtype) -> torch.dtype:
+        """The dtype state entry ``name`` is kept in for inputs of ``dtype`` (see ``WIDE_STATES``)."""
+        return torch.promote_types(dtype, torch.float32) if name in self.WIDE_STATES else dtype
 
     def check_state(self, state: dict[str, Tensor] | None, x: Tensor) -> dict[str, Tensor]:
         """Validate a carried state against this mixer; ``None`` gives the initial state."""
@@ -97,7 +106,7 @@ class Mixer(nn.Module):
                 raise InputError(f"Layer {self.layer} ({self.NAME}) state {k!r} has shape "
                                  f"{tuple(state[k].shape)}, expected {(x.shape[0], *shape)} "
                                  "([batch, ...]); was it produced with another batch size or model?")
-        return {k: v.to(x.dtype) for k, v in state.items()}
+        return {k: v.to(self.state_dtype(k, x.dtype)) for k, v in state.items()}
 
     def init_special(self) -> None:
         """Re-initialise parameters that need more than the model's default normal init (gate biases...)."""

@@ -33,6 +33,10 @@ edits to it propagate through :func:`probe.scan.force_states`. Setting ``mixer.m
 "chunked", "sequential" or "loop" forces the blocked path with that form of the scan (for
 benchmarks and tests).
 
+Half precision: the scan (decays, increments, states ``s_t`` and ``y``) runs in float32 and the
+carried ``state`` stays float32 (``WIDE_STATES``), as in the reference kernels; the block's
+output returns in the input's dtype.
+
 Options: ``d_state`` (16), ``d_conv`` (4), ``expand`` (2), ``dt_rank`` (``None``:
 ``ceil(d_model / 16)``), ``conv_bias`` (True), ``proj_bias`` (False), ``dt_min`` / ``dt_max``
 (initial time-step range, 0.001 / 0.1). A Mamba block in transformers has no MLP: the
@@ -63,6 +67,7 @@ class Mamba(RecurrentMixer):
     OPTIONS = {"d_state": Int(16), "d_conv": Int(4), "expand": Int(2), "dt_rank": Int(None), "conv_bias": Flag(True),
                "proj_bias": Flag(False), "dt_min": Real(0.001), "dt_max": Real(0.1)}
     HOOKED = ("state_conv", "input", "dt", "B", "C", "output", "state")
+    WIDE_STATES = ("state",)
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
@@ -132,31 +137,33 @@ class Mamba(RecurrentMixer):
         B = apply_forcing("B", B, forcing)
         C = apply_forcing("C", C, forcing)
         gate = apply_forcing("output", F.silu(z), forcing)
-        A = -torch.exp(self.A_log.to(x.dtype))
-        dtu = dt * u
+        wide = self.state_dtype("state", x.dtype)
+        A = -torch.exp(self.A_log.to(wide))
+        dtu = dt.to(wide) * u.to(wide)
+        dt_w, B_w, C_w = dt.to(wide), B.to(wide), C.to(wide)
         forced = forcing.get("state")
 
         def coefficients(t0, t1):
-            a = torch.exp(dt[:, t0:t1, :, None] * A)  # [b, l, di, N]
-            inc = dtu[:, t0:t1, :, None] * B[:, t0:t1, None, :]
+            a = torch.exp(dt_w[:, t0:t1, :, None] * A)  # [b, l, di, N]
+            inc = dtu[:, t0:t1, :, None] * B_w[:, t0:t1, None, :]
             if forced is not None:
                 a, inc = force_states(a, inc, forced[0][:, t0:t1], forced[1][:, t0:t1])
             return a, inc
 
         def readout(t0, t1, s):
-            return torch.einsum("btdn,btn->btd", s, C[:, t0:t1])
+            return torch.einsum("btdn,btn->btd", s, C_w[:, t0:t1])
 
         want = "state" in keep or forced is not None
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (dt, dtu, B, C, A))
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (dt_w, dtu, B_w, C_w, A))
         if not want and self.method == "auto":
-            ys, last = selective_scan(dt, A, B, C, dtu, state["state"])
+            ys, last = selective_scan(dt_w, A, B_w, C_w, dtu, state["state"])
             states = None
         elif forced is None and not needs_grad and self.method == "auto":  # a state cache: no temporaries
-            ys, last, states = selective_scan_states(dt, A, B, C, dtu, state["state"])
+            ys, last, states = selective_scan_states(dt_w, A, B_w, C_w, dtu, state["state"])
         else:
             ys, last, states = linear_scan_blocked(coefficients, x.shape[1], state["state"], readout,
                                                    block=BLOCK, keep_states=want, method=self.method)
-        y = (ys + self.D * u) * gate
+        y = ((ys + self.D * u.to(wide)) * gate.to(wide)).to(x.dtype)
         values = {"input": u, "dt": dt, "B": B, "C": C, "output": gate}
         if states is not None:
             values["state"] = states

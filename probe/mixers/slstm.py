@@ -31,6 +31,10 @@ Hooks (dependency order): ``hook_state_conv``, ``hook_input`` (log i), ``hook_fo
 ``t + 1`` (``c~_t``, ``n~_t`` keep their scale). Gate hooks after an edited state see pre-edit
 values (see :mod:`probe.mixers.edits`).
 
+Half precision: the gates and the cell (``c~, n~, m``, kept float32 between calls:
+``WIDE_STATES``) run in float32, as in the reference kernels, so their hooks show float32;
+``h`` (what the next step's recurrent product reads) and the output follow the input's dtype.
+
 Options: ``conv`` (kernel width k, default 4; 0 or 1 disables the conv), ``norm_eps`` (1e-5),
 ``heads`` (default ``n_heads``).
 """
@@ -54,6 +58,7 @@ class SLSTM(RecurrentMixer):
     NAME = "slstm"
     OPTIONS = {"conv": Int(4, low=0, optional=True), "norm_eps": Real(1e-5), "heads": Int(None)}
     HOOKED = ("state_conv", "input", "forget", "candidate", "output", "state_m", "state", "state_n", "state_h")
+    WIDE_STATES = ("state", "state_n", "state_m")
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
@@ -140,7 +145,7 @@ class SLSTM(RecurrentMixer):
 
         # unbind, not wx[t]: indexing would make backward allocate and add a full-size gradient per step
         for t, wx_t in enumerate(wx.unbind(0)):
-            raw = wx_t + torch.bmm(h, R_cat).view(H, b, 4, dh)  # [H, b, gate, dh]
+            raw = (wx_t + torch.bmm(h, R_cat).view(H, b, 4, dh)).to(c.dtype)  # [H, b, gate, dh], wide
             log_i = force("input", raw[:, :, 0], t)
             log_f = force("forget", F.logsigmoid(raw[:, :, 1]), t)
             z = force("candidate", torch.tanh(raw[:, :, 2]), t)
@@ -151,7 +156,7 @@ class SLSTM(RecurrentMixer):
             m = force("state_m", m_new, t)
             c = force("state", f_s * c + i_s * z, t)
             n = force("state_n", f_s * n + i_s, t)
-            h = force("state_h", o * c / n, t)
+            h = force("state_h", (o * c / n).to(x.dtype), t)
             hs.append(h)
             step = {"input": log_i, "forget": log_f, "candidate": z, "output": o, "state_m": m, "state": c,
                     "state_n": n, "state_h": h}
