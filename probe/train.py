@@ -21,6 +21,13 @@ Checkpoint layout (no pickle anywhere)::
     OUT/checkpoint/trainer.json      step, tokens seen, history, train config, AdamW param groups
     OUT/model/                       the final model (written when training ends)
 
+A save writes the whole checkpoint into ``OUT/.checkpoint.tmp`` (``trainer.json`` last: it marks
+it complete), moves the previous one aside to ``OUT/.checkpoint.old``, renames the new one in
+and deletes the old one. A run killed at any step leaves the newest complete copy, which
+``resume=True`` (and the next save) renames back into place
+(:func:`probe.io.atomic.settle_directory`); complete checkpoints are deleted only once a newer
+complete one is in place.
+
 Example::
 
     model = probe.HookedLM(probe.ModelConfig(d_model=64, layout=["qrnn"] * 2))
