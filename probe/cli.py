@@ -8,7 +8,9 @@ r"""The ``probe`` command.
     probe zoo train --all --jobs 4       # every available architecture, 4 at a time
     probe zoo card                       # re-evaluate the zoo, rewrite cards and README
     probe data export-stdlib DIR         # this Python's stdlib corpus as token streams
-    probe explore [--port 8502]          # the Streamlit explorer (app/explorer.py)
+    probe explore [--port 8502]          # the Streamlit explorer (app/explorer.py), on this machine only
+    probe bench --quick                  # a smoke run of the benchmark suites
+    probe --version
 
 Adding a subcommand: write ``add_NAME(subparsers)`` that builds its parser and sets
 ``func`` to a ``run_NAME(args) -> int`` function, and list ``add_NAME`` in :data:`COMMANDS`.
@@ -51,8 +53,8 @@ def add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model on text, the stdlib corpus or a HF dataset",
                        description="Train a HookedLM of any layout; checkpoints go to --out (resumable).")
     p.add_argument("--layout", default="attn,attn", help="comma-separated mixer names, e.g. qrnn,qrnn,attn,ff")
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--d-model", type=int, default=64, help="residual stream width (default 64)")
+    p.add_argument("--n-heads", type=int, default=4, help="attention heads (default 4)")
     p.add_argument("--d-mlp", type=int, default=None, help="MLP width (default 4 * d_model; 0 removes the MLP)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", help="a UTF-8 text file or a folder of text files")
@@ -61,7 +63,8 @@ def add_train(sub) -> None:
     p.add_argument("--val-fraction", type=finite_float, default=0.05,
                    help="tail share of --text / --hf held out for validation (the stdlib has its own split)")
     p.add_argument("--tasks", default="", help="comma-separated synthetic tasks to mix in (agreement,recall,...)")
-    p.add_argument("--task-fraction", type=finite_float, default=0.0)
+    p.add_argument("--task-fraction", type=finite_float, default=0.0,
+                   help="share of training windows drawn from --tasks (default 0)")
     _add_train_options(p)
     p.add_argument("--out", required=True, help="output directory (checkpoints, final model)")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
@@ -72,16 +75,20 @@ def _add_train_options(p, defaults=None) -> None:
     from probe.train import TrainConfig
 
     d = defaults or TrainConfig()
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--seq-len", type=int, default=d.seq_len)
-    p.add_argument("--lr", type=finite_float, default=d.lr)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--save-every", type=int, default=d.save_every)
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"windows per step (default {d.batch_size})")
+    p.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per window (default {d.seq_len})")
+    p.add_argument("--lr", type=finite_float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help=f"linear warm-up steps (default {d.warmup_steps})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the weights and data order (default {d.seed})")
+    p.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help=f"steps between validations, 0: only at the end (default {d.eval_every})")
+    p.add_argument("--save-every", type=int, default=d.save_every,
+                   help=f"steps between checkpoints, 0: only at the end (default {d.save_every})")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
-    p.add_argument("--amp", default=d.amp, choices=["auto", "none", "bf16", "fp16"])
+    p.add_argument("--amp", default=d.amp, choices=["auto", "none", "bf16", "fp16"],
+                   help="mixed precision: auto (bf16 on CUDA, none on CPU), none, bf16, fp16")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -130,6 +137,8 @@ def add_zoo(sub) -> None:
 
     lp = zsub.add_parser("list", help="print the zoo table")
     lp.add_argument("--zoo-dir", default=None, help="a zoo folder other than the shipped one")
+    lp.add_argument("--markdown", action="store_true",
+                    help="the full table of the zoo README (every metric, wide lines) instead of the summary")
     lp.set_defaults(func=run_zoo_list)
 
     from probe.zoo.recipes import TRAIN
@@ -142,8 +151,8 @@ def add_zoo(sub) -> None:
     tp.add_argument("--jobs", type=int, default=1, help="architectures trained at the same time")
     tp.add_argument("--steps", type=int, default=None, help=f"override the recipe's {TRAIN.steps} steps (tests)")
     tp.add_argument("--no-eval", action="store_true", help="skip the card metrics")
-    tp.add_argument("--no-progress", action="store_true")
-    tp.add_argument("--no-resume", action="store_true")
+    tp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tp.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
     tp.set_defaults(func=run_zoo_train)
 
     cp = zsub.add_parser("card", help="evaluate zoo models, rewrite their cards and the zoo README")
@@ -176,11 +185,34 @@ def run_zoo_list(args) -> int:
     _zoo_dir(args)
     cards = zoo_cards(args.zoo_dir)
     shipped = {c["name"] for c in cards}
-    print(render_table(cards) if cards else "No trained zoo models in this folder yet.")
+    if not cards:
+        print("No trained zoo models in this folder yet.")
+    else:
+        print(render_table(cards) if args.markdown else zoo_summary(cards))
     rest = [n for n in RECIPES if n not in shipped]
     if rest:
         print(f"\nRecipes without a trained model here: {', '.join(rest)} (train with `probe zoo train NAME`).")
     return 0
+
+
+def zoo_summary(cards: list[dict]) -> str:
+    """The zoo as a fixed-width table of about 100 characters a line: name, layout, parameters, validation
+    bits per byte, the context the model was trained on, and the pair accuracy of each synthetic task."""
+    tasks = list(dict.fromkeys(t for c in cards for t in c.get("tasks", {}) if "-" not in t))
+    head = ["model", "layout", "params", "val bpb", "context"] + [t[:9] for t in tasks]
+    rows = []
+    for c in cards:
+        layout = c.get("layout", [])
+        short = f"{layout[0]}x{len(layout)}" if layout and len(set(layout)) == 1 else ",".join(layout)
+        seq = c.get("train", {}).get("seq_len")
+        rows.append([c["name"], short, f"{c.get('params', 0) / 1e6:.2f}M", f"{c.get('val_bpb', float('nan')):.3f}",
+                     f"{seq} B" if seq else "?"]
+                    + [f"{c['tasks'][t]['pair_accuracy']:.2f}" if t in c.get("tasks", {}) else "" for t in tasks])
+    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+    line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()
+    notes = ("context: the window length it was trained on (bytes); past it the loss rises.\n"
+             "Task columns: pair accuracy. Every metric: probe zoo list --markdown (or probe/zoo/README.md).")
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows] + ["", notes])
 
 
 def run_zoo_train(args) -> int:
@@ -233,9 +265,10 @@ def run_zoo_card(args) -> int:
             print(f"{n}: {card['cpu_timing']['minutes']} min on {card['cpu_timing']['threads']} CPU threads")
     if not args.no_eval:
         names = args.names or [c["name"] for c in zoo_cards(zoo_dir)]
+        cards = {n: read_card(zoo_dir / n) for n in names}  # a missing card is refused before the corpus is built
         val, train = stdlib_stream("val"), stdlib_stream("train")
         for n in names:
-            card = read_card(zoo_dir / n)
+            card = cards[n]
             card.update(evaluate_card(load_model(zoo_dir / n), val, train))
             write_card(zoo_dir / n, card)
             print(f"{n}: val bpb {card['val_bpb']:.3f} (unigram {card['unigram_bpb']:.3f}); tasks "
@@ -252,7 +285,7 @@ def add_data(sub) -> None:
     dsub.required = True
     ep = dsub.add_parser("export-stdlib", help="write this Python's stdlib train/val/test token streams to DIR "
                                                "(use them elsewhere with PROBE_STDLIB_STREAMS=DIR)")
-    ep.add_argument("dir")
+    ep.add_argument("dir", help="output folder (stdlib-train/val/test.safetensors)")
     ep.set_defaults(func=run_data_export)
 
 
@@ -272,8 +305,10 @@ def add_explore(sub) -> None:
     p = sub.add_parser("explore", help="start the Streamlit explorer (two models side by side)",
                        description="Run `streamlit run app/explorer.py`; arguments after `--` go to streamlit "
                                    "(e.g. probe explore -- --theme.base dark).")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     p.add_argument("--address", default="localhost", help="interface to serve on (default: this machine only)")
+    p.add_argument("--network", action="store_true",
+                   help="serve on every network interface (--address 0.0.0.0): others on the network can open it")
     p.add_argument("streamlit_args", nargs="*", metavar="-- STREAMLIT_ARGS", help="passed on to `streamlit run`")
     p.set_defaults(func=run_explore)
 
@@ -291,8 +326,9 @@ def run_explore(args) -> int:
         import streamlit  # noqa: F401
     except ImportError as exc:
         raise ConfigError("The explorer needs streamlit: pip install -e '.[app]'.") from exc
+    address = "0.0.0.0" if args.network else args.address
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true", "--server.port",
-           str(args.port), "--server.address", args.address, *args.streamlit_args]
+           str(args.port), "--server.address", address, "--browser.gatherUsageStats", "false", *args.streamlit_args]
     return subprocess.call(cmd)
 
 
@@ -301,8 +337,10 @@ def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run.py)",
                        description="Speed and memory of every architecture and method against the reference "
                                    "implementations; the same as `python -m benchmarks.run` from the checkout. "
-                                   "Arguments after `--` go to it (e.g. probe bench -- --quick --suite bench_model).")
-    p.add_argument("bench_args", nargs="*", metavar="-- ARGS", help="passed on to benchmarks/run.py")
+                                   "Every argument goes to it (e.g. probe bench --quick --suite bench_model); "
+                                   "--quick is a smoke run of every suite (minutes on 2 cores), one line per suite.")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="passed on to benchmarks/run.py: --quick, --suite NAME, --out DIR, --readme PATH, --merge")
     p.set_defaults(func=run_bench)
 
 
@@ -316,7 +354,8 @@ def run_bench(args) -> int:
     sys.path.insert(0, str(root))
     from benchmarks import run as bench_run
 
-    print(bench_run.main(args.bench_args))
+    bench_args = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
+    print(bench_run.main(bench_args))
     return 0
 
 
@@ -324,17 +363,49 @@ def run_bench(args) -> int:
 COMMANDS = [add_train, add_zoo, add_data, add_bench, add_explore]
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Listed(Exception):
+    """Raised by :class:`_ListOnly` to stop an ``add_NAME`` function once its command is listed."""
+
+
+class _ListOnly:
+    """The subparsers as an ``add_NAME`` function of a command that is not being run sees them: its first
+    call (``add_parser(name, help=...)``) lists the command, then :class:`_Listed` stops the function
+    before it builds options (whose defaults import torch and the training code)."""
+
+    def __init__(self, sub):
+        self.sub = sub
+
+    def add_parser(self, name: str, **kwargs):
+        self.sub.add_parser(name, help=kwargs.get("help"), description=kwargs.get("description"))
+        raise _Listed
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``probe`` parser. ``only``: build the options of that command alone and list the others by
+    name and help (``""``: list every command; ``probe --help`` then imports nothing heavy); ``None``:
+    build everything."""
+    from probe import __version__
+
     parser = argparse.ArgumentParser(prog="probe", description="Interpretability for recurrent vs transformer LMs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in COMMANDS:
-        add(sub)
+        try:
+            add(sub if only is None or add.__name__ == f"add_{only}" else _ListOnly(sub))
+        except _Listed:
+            pass
     return parser
 
 
+def _command(argv: list[str]) -> str:
+    """The subcommand named in ``argv`` (its first word that is not an option), or ``""``."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_command(argv)).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ProbeError, OSError) as exc:  # bad input, or a file-system refusal (permissions, disk full)

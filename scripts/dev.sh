@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a local virtualenv (.venv) and run one of the project's jobs.
 #   bash scripts/dev.sh explore   install + start the Streamlit explorer on the shipped zoo
-#   bash scripts/dev.sh test      install + run the whole test suite
+#   bash scripts/dev.sh test      install + run the whole test suite (numerical targets under every
+#                                 CPU vector path); extra args run pytest once with them instead
 # torch is installed first and pinned (torch==2.13.0, a CPU build) so that no CUDA build is pulled in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,19 @@ case "$job" in
   test)
     "$PY" -m pip install -q -e ".[dev]"
     # one process per core (tests set torch to one thread each)
-    exec "$PY" -m pytest -q -p no:cacheprovider -n "${PROBE_TEST_WORKERS:-2}" "$@"
+    run_tests() { "$PY" -m pytest -q -p no:cacheprovider -n "${PROBE_TEST_WORKERS:-2}" "$@"; }
+    if [ "$#" -gt 0 ]; then
+      run_tests "$@"
+      exit
+    fi
+    # Floating-point results differ between CPUs (vector widths pick other summation orders), so
+    # the tests that assert a numerical target (marker "numerical") run under each of PyTorch's
+    # x86-64 vector paths; the rest run once.
+    run_tests -m "not numerical"
+    for capability in default avx2 avx512; do
+      echo "== tests of numerical targets under ATEN_CPU_CAPABILITY=$capability"
+      ATEN_CPU_CAPABILITY="$capability" run_tests -m numerical
+    done
     ;;
   explore)
     "$PY" -m pip install -q -e ".[app]"
