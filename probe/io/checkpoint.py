@@ -64,8 +64,8 @@ def save_model(model, path: str | Path, dtype: torch.dtype | None = None, meta: 
     path = Path(path)
     _check_target(path, overwrite)
     save_id = uuid.uuid4().hex
-    tensors = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous().cpu()
-               for k, v in model.state_dict().items()}
+    cast = lambda v: v.to(dtype) if dtype is not None and v.is_floating_point() else v  # noqa: E731
+    tensors = {k: cast(v.detach()).contiguous().cpu() for k, v in model.state_dict().items()}
     data = safetensors_bytes(tensors, metadata={SAVE_ID: save_id})
     payload = {"format": "probe", "version": FORMAT_VERSION, "config": model.cfg.to_dict(), "meta": meta or {},
                "weights_id": save_id}
