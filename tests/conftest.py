@@ -5,6 +5,8 @@ so a new mixer is held to the same contract (segments, generation, state patchin
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -14,6 +16,10 @@ from probe.mixers import MIXERS
 # Tiny models gain nothing from intra-op threads, and on a small shared machine threads wait
 # on each other (30-80x slowdowns measured); the suite runs in parallel processes instead.
 torch.set_num_threads(1)
+
+#: the device of the device-parametrised tests (the mixer contract, one test per method):
+#: ``PROBE_TEST_DEVICE`` (default ``cpu``); ``scripts/gpu_check.sh`` runs them with ``cuda``
+DEVICE = torch.device(os.environ.get("PROBE_TEST_DEVICE", "cpu"))
 
 #: per-mixer options used by the contract tests (exercise the interesting paths)
 TEST_OPTIONS = {"qrnn": {"window": 3}, "mlstm": {"chunk": 4}}
@@ -35,7 +41,8 @@ def layouts() -> dict[str, list[str]]:
 ARCHS = sorted(layouts())
 
 
-def make_model(arch: str, seed: int = 0, **overrides) -> probe.HookedLM:
+def make_model(arch: str, seed: int = 0, device: str | torch.device = "cpu", **overrides) -> probe.HookedLM:
+    """A tiny random model of ``arch`` (weights drawn on the CPU, so equal on every ``device``)."""
     torch.manual_seed(seed)
     layout = layouts()[arch]
     opts = {k: v for k, v in TEST_OPTIONS.items() if k in layout}
@@ -43,7 +50,7 @@ def make_model(arch: str, seed: int = 0, **overrides) -> probe.HookedLM:
     kwargs.update(overrides)
     model = probe.HookedLM(probe.ModelConfig(**kwargs))
     randomise(model)
-    return model.eval()
+    return model.to(device).eval()
 
 
 def randomise(module: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
@@ -64,9 +71,10 @@ def arch(request):
     return request.param
 
 
-def tokens(batch: int = 2, T: int = 24, seed: int = 1, vocab: int = 256) -> torch.Tensor:
+def tokens(batch: int = 2, T: int = 24, seed: int = 1, vocab: int = 256,
+           device: str | torch.device = "cpu") -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (batch, T), generator=g)
+    return torch.randint(0, vocab, (batch, T), generator=g).to(device)
 
 
 @pytest.fixture(autouse=True)

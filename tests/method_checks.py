@@ -1,11 +1,18 @@
 """Checks shared by the method tests: a method leaves no hook behind and changes no weight,
-even when it raises."""
+even when it raises; one run of every public method (``METHOD_RUNS``) and the tensors a result reports."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 
 import torch
+
+from conftest import tokens
+from probe.methods import (TunedLens, activation_patching, attribution_patching, direct_logit_attribution,
+                           gradient_x_input, integrated_gradients, logit_lens, memory_map, steer,
+                           steering_vector)
+
+TEXT = "def f(x): return x"
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
@@ -62,3 +69,53 @@ def failing_hook(model, name: str):
     finally:
         handle.hook.remove()
         hp.fwd_hooks = [h for h in hp.fwd_hooks if h is not handle]
+
+
+def numbers(result, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors a result reports, also inside its lists, dicts and dataclasses (one level)."""
+    if isinstance(result, torch.Tensor):
+        return {prefix: result}
+    if isinstance(result, dict):
+        items = result.items()
+    elif isinstance(result, list):
+        items = enumerate(result)
+    elif hasattr(result, "__dict__"):
+        items = vars(result).items()
+    else:
+        return {}
+    out = {}
+    for k, v in items:
+        if isinstance(v, (torch.Tensor, dict, list)) or (hasattr(v, "__dict__") and prefix.count(".") < 2):
+            out.update(numbers(v, f"{prefix}.{k}"))
+    return out
+
+
+def _pairs():
+    clean = tokens(1, 10, seed=1)
+    corrupted = clean.clone()
+    corrupted[0, 3] = (corrupted[0, 3] + 1) % 256
+    return clean, corrupted, 1, 2  # answer and contrast token ids
+
+
+def _tuned_lens(model):
+    torch.manual_seed(0)
+    return TunedLens(model).fit(model, tokens(1, 64, seed=3)[0], steps=2, batch_size=2, seq_len=16)
+
+
+def _steering(model):
+    vec = steering_vector(model, ["def f(x):"], ["x = [1, 2]"])
+    return steer(model, TEXT, vec, coefficients=(0.0, 2.0), answer=" ", contrast="x")
+
+
+#: one run of every public method on a model (shared by the grad-mode and device tests)
+METHOD_RUNS = {
+    "gradient_x_input": lambda m: gradient_x_input(m, TEXT, target=" "),
+    "integrated_gradients": lambda m: integrated_gradients(m, TEXT, target=" ", method="gausslegendre", steps=8),
+    "memory_map": lambda m: memory_map(m, TEXT, with_state_sizes=False),
+    "logit_lens": lambda m: logit_lens(m, TEXT),
+    "tuned_lens_fit": lambda m: {k: p.detach() for k, p in _tuned_lens(m).state_dict().items()},
+    "direct_logit_attribution": lambda m: direct_logit_attribution(m, TEXT, target=" "),
+    "activation_patching": lambda m: activation_patching(m, *_pairs()),
+    "attribution_patching": lambda m: attribution_patching(m, *_pairs()),
+    "steering": _steering,
+}

@@ -9,7 +9,7 @@ through it rewrites windows ``t-1``, ``t-2``.
 import pytest
 import torch
 
-from conftest import ARCHS, make_model, tokens
+from conftest import ARCHS, DEVICE, make_model, tokens
 
 T = 13  # no other axis of any hooked tensor has this size, so the position axis is found by size
 EDIT = 7
@@ -35,8 +35,8 @@ def halve_at(position: int, inplace: bool):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_inplace_edit_equals_returned_copy_at_every_hook(arch):
-    model = make_model(arch)
-    toks = tokens(1, T)
+    model = make_model(arch, device=DEVICE)
+    toks = tokens(1, T, device=DEVICE)
     with torch.no_grad():
         clean = model(toks)
         unchanged = []

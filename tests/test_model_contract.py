@@ -1,4 +1,5 @@
-"""The contract every architecture keeps (parametrised over every registered mixer and hybrids).
+"""The contract every architecture keeps (parametrised over every registered mixer and hybrids),
+on the device ``PROBE_TEST_DEVICE`` names (``conftest.DEVICE``, default cpu).
 
 Segmented == whole, generation == full recomputation, state patching transfers the whole
 memory, edits to any state hook propagate as if the recurrence had carried them, caches
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 import probe
-from conftest import ARCHS, layouts, make_model, recurrent_archs, tokens
+from conftest import ARCHS, DEVICE, layouts, make_model, recurrent_archs, tokens
 
 ATOL = 2e-5
 
@@ -19,8 +20,8 @@ def _close(a, b, atol=ATOL):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_cache_names_and_shapes(arch):
-    model = make_model(arch)
-    toks = tokens(2, 12)
+    model = make_model(arch, device=DEVICE)
+    toks = tokens(2, 12, device=DEVICE)
     logits, cache = model.run_with_cache(toks)
     assert logits.shape == (2, 12, 257)
     d = model.cfg.d_model
@@ -44,8 +45,8 @@ def test_cache_names_and_shapes(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_cached_intermediates_are_what_the_forward_used(arch):
-    model = make_model(arch)
-    toks = tokens(2, 10)
+    model = make_model(arch, device=DEVICE)
+    toks = tokens(2, 10, device=DEVICE)
     logits, cache = model.run_with_cache(toks)
     with torch.no_grad():
         for i, block in enumerate(model.blocks):
@@ -62,8 +63,8 @@ def test_cached_intermediates_are_what_the_forward_used(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_hooks_fire_once_and_ablation_changes_logits(arch):
-    model = make_model(arch)
-    toks = tokens(1, 10)
+    model = make_model(arch, device=DEVICE)
+    toks = tokens(1, 10, device=DEVICE)
     clean = model(toks)
     counts = {}
 
@@ -82,8 +83,8 @@ def test_hooks_fire_once_and_ablation_changes_logits(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_segmented_equals_whole(arch):
-    model = make_model(arch)
-    toks = tokens(2, 20)
+    model = make_model(arch, device=DEVICE)
+    toks = tokens(2, 20, device=DEVICE)
     with torch.no_grad():
         whole = model(toks)
         first, st = model(toks[:, :7], return_states=True)
@@ -95,8 +96,8 @@ def test_segmented_equals_whole(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_generation_with_carried_state_equals_recomputation(arch):
-    model = make_model(arch)
-    prompt = tokens(2, 6)
+    model = make_model(arch, device=DEVICE)
+    prompt = tokens(2, 6, device=DEVICE)
     out = model.generate(prompt, max_new_tokens=8, return_type="tokens")
     assert out.shape == (2, 14)
     with torch.no_grad():
@@ -131,9 +132,9 @@ def memory_hooks(model, source_cache, position):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_patching_all_state_at_prefix_end_transfers_the_run(arch):
-    model = make_model(arch)
+    model = make_model(arch, device=DEVICE)
     P = 9
-    source, target = tokens(2, 16, seed=1), tokens(2, 16, seed=2)
+    source, target = tokens(2, 16, seed=1, device=DEVICE), tokens(2, 16, seed=2, device=DEVICE)
     target[:, P:] = source[:, P:]  # shared suffix, different prefixes
     src_logits, src_cache = model.run_with_cache(source)
     patched = model.run_with_hooks(target, fwd_hooks=memory_hooks(model, src_cache, P - 1))
@@ -153,7 +154,7 @@ def _edit_hooks(names, positions, inplace, offset=0):
         for p in positions:
             if 0 <= p < t.shape[1]:
                 g = torch.Generator().manual_seed(offset + p)
-                t[:, p] = 0.5 * torch.rand(t[:, p].shape, generator=g).to(t.dtype)
+                t[:, p] = 0.5 * torch.rand(t[:, p].shape, generator=g).to(t.device, t.dtype)
         return None if inplace else t
 
     return [(n, edit) for n in names]
@@ -169,8 +170,8 @@ def _memory_names(model, layer):
 def test_state_edits_propagate_like_carried_state(arch, inplace):
     """Editing state at positions t1 < t2 in one run equals running three segments with the edit
     applied at each segment's last position and the state carried across."""
-    model = make_model(arch)
-    toks = tokens(2, 18)
+    model = make_model(arch, device=DEVICE)
+    toks = tokens(2, 18, device=DEVICE)
     layer = next(i for i, m in enumerate(model.cfg.layout) if m != "ff")
     for name in _memory_names(model, layer):
         t1, t2 = 4, 11
@@ -189,8 +190,8 @@ def test_state_edits_propagate_like_carried_state(arch, inplace):
 @pytest.mark.parametrize("arch", recurrent_archs())
 def test_edited_state_is_the_state_carried(arch):
     """After editing hook_state* at the last position, the returned state holds the edited value."""
-    model = make_model(arch)
-    toks = tokens(1, 8)
+    model = make_model(arch, device=DEVICE)
+    toks = tokens(1, 8, device=DEVICE)
     layer = next(i for i, m in enumerate(model.cfg.layout) if model.blocks[i].mixer.recurrent)
     for name in _memory_names(model, layer):
         key = name.rsplit("hook_", 1)[1]
@@ -198,16 +199,16 @@ def test_edited_state_is_the_state_carried(arch):
         _, cache = model.run_with_cache(toks, names_filter=[name])
         with model.hooks(fwd_hooks=_edit_hooks([name], [7], False)):
             _, st = model(toks, return_states=True)
-        expected = 0.5 * torch.rand(cache[name][:, 7].shape, generator=torch.Generator().manual_seed(7))
+        expected = 0.5 * torch.rand(cache[name][:, 7].shape, generator=torch.Generator().manual_seed(7)).to(DEVICE)
         _close(st.layers[layer][part][key], expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_save_load_roundtrip(arch, tmp_path):
-    model = make_model(arch)
-    toks = tokens(2, 9)
+    model = make_model(arch, device=DEVICE)
+    toks = tokens(2, 9, device=DEVICE)
     model.save(tmp_path / "m")
-    loaded = probe.load(tmp_path / "m")
+    loaded = probe.load(tmp_path / "m").to(DEVICE)
     assert loaded.cfg == model.cfg
     with torch.no_grad():
         assert torch.equal(model(toks), loaded(toks))
@@ -215,8 +216,8 @@ def test_save_load_roundtrip(arch, tmp_path):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_state_positions_keeps_only_those(arch):
-    model = make_model(arch)
-    toks = tokens(1, 10)
+    model = make_model(arch, device=DEVICE)
+    toks = tokens(1, 10, device=DEVICE)
     _, full = model.run_with_cache(toks)
     _, part = model.run_with_cache(toks, state_positions=[3, 9])
     for name in full.state_names():

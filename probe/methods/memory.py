@@ -301,7 +301,7 @@ def gradient_influence(model, input, layer: int, probes: int | None = None, chun
             with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
                 model(tokens[b : b + 1].repeat(k, 1), return_type=None, stop_at_layer=layer + 1)
             cot = torch.zeros(k, T, d, device=model.device, dtype=model.dtype)
-            cot[torch.arange(k), t_idx.to(model.device)] = v
+            cot[torch.arange(k, device=model.device), t_idx.to(model.device)] = v  # both indices on one device
             (g,) = torch.autograd.grad(found["y"], found["x"], grad_outputs=cot)
             sq = g.double().pow(2).sum(-1).cpu()  # [k, s]
             G2[b].index_add_(0, t_idx, sq)
