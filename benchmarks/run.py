@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -35,7 +36,9 @@ def available_suites() -> list[str]:
 
 def run_all(quick: bool, suites: list[str] | None = None) -> dict:
     results = {"machine": machine(), "quick": quick, "suites": {}, "seconds": {}}
-    for name in suites or available_suites():
+    names = suites or available_suites()
+    for i, name in enumerate(names, start=1):
+        print(f"[{i}/{len(names)}] {name}...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         try:
             module = importlib.import_module(f"benchmarks.{name}")
@@ -43,6 +46,7 @@ def run_all(quick: bool, suites: list[str] | None = None) -> dict:
         except Exception:  # one failing suite must not hide the others' numbers
             results["suites"][name] = [{"error": traceback.format_exc(limit=3)}]
         results["seconds"][name] = time.perf_counter() - start
+        print(f"[{i}/{len(names)}] {name}: {results['seconds'][name]:.1f} s", file=sys.stderr, flush=True)
     return results
 
 

@@ -339,7 +339,7 @@ def add_bench(sub) -> None:
                                    "implementations; the same as `python -m benchmarks.run` from the checkout. "
                                    "Every argument goes to it (e.g. probe bench --quick --suite bench_model); "
                                    "--quick is a smoke run of every suite (minutes on 2 cores), one line per suite.")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS",
+    p.add_argument("bench_args", nargs="*", metavar="ARGS",
                    help="passed on to benchmarks/run.py: --quick, --suite NAME, --out DIR, --readme PATH, --merge")
     p.set_defaults(func=run_bench)
 
@@ -354,8 +354,7 @@ def run_bench(args) -> int:
     sys.path.insert(0, str(root))
     from benchmarks import run as bench_run
 
-    bench_args = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
-    print(bench_run.main(bench_args))
+    print(bench_run.main(args.bench_args))
     return 0
 
 
@@ -403,9 +402,22 @@ def _command(argv: list[str]) -> str:
     return next((a for a in argv if not a.startswith("-")), "")
 
 
+def _parse_bench(argv: list[str]) -> argparse.Namespace:
+    """``probe bench ARGS``: every word after ``bench`` (a leading ``--`` dropped) goes to the suite as it
+    is, options included (argparse would refuse ``--quick`` as one of its own); ``-h`` alone is the help."""
+    i = argv.index("bench")
+    rest = argv[i + 1:]
+    if rest in (["-h"], ["--help"]):
+        return build_parser("bench").parse_args(argv)
+    args = build_parser("bench").parse_args(argv[: i + 1])
+    args.bench_args = rest[1:] if rest[:1] == ["--"] else rest
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(_command(argv)).parse_args(argv)
+    command = _command(argv)
+    args = _parse_bench(argv) if command == "bench" else build_parser(command).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ProbeError, OSError) as exc:  # bad input, or a file-system refusal (permissions, disk full)
