@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a local virtualenv (.venv) and run one of the project's jobs.
-#   bash scripts/dev.sh explore   install + start the Streamlit explorer on the shipped zoo
+#   bash scripts/dev.sh explore   install + start the Streamlit explorer on the shipped zoo (localhost;
+#                                 add --network to serve on every interface)
 #   bash scripts/dev.sh test      install + run the whole test suite (numerical targets under every
 #                                 CPU vector path); extra args run pytest once with them instead
 # torch is installed first and pinned (torch==2.13.0, a CPU build) so that no CUDA build is pulled in.
@@ -35,7 +36,11 @@ case "$job" in
     ;;
   explore)
     "$PY" -m pip install -q -e ".[app]"
-    exec "$PY" -m streamlit run app/explorer.py --server.headless true "$@"
+    # this machine only and no usage statistics (also in .streamlit/config.toml); --network serves on every interface
+    address=localhost
+    if [ "${1:-}" = "--network" ]; then address=0.0.0.0; shift; fi
+    exec "$PY" -m streamlit run app/explorer.py --server.headless true --server.address "$address" \
+      --browser.gatherUsageStats false "$@"
     ;;
   *)
     echo "usage: bash scripts/dev.sh {explore|test} [extra args]" >&2

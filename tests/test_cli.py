@@ -96,3 +96,18 @@ def test_explore_serves_locally_without_usage_statistics_unless_asked(monkeypatc
     cmd = calls[0]
     assert cmd[cmd.index("--server.address") + 1] == address
     assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "false"
+
+
+def test_streamlit_project_config_and_dev_script_serve_locally_without_usage_statistics():
+    """Streamlit reads .streamlit/config.toml from the repository root (where dev.sh and probe explore run it):
+    localhost only and no usage statistics; dev.sh passes the same flags, --network opens it to the network."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "localhost" and config["browser"]["gatherUsageStats"] is False
+    out = subprocess.run([sys.executable, "-m", "streamlit", "config", "show"], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    assert 'address = "localhost"' in out and "gatherUsageStats = false" in out
+    dev = (ROOT / "scripts" / "dev.sh").read_text()
+    assert '--server.address "$address"' in dev and "--browser.gatherUsageStats false" in dev
+    assert 'if [ "${1:-}" = "--network" ]; then address=0.0.0.0' in dev
