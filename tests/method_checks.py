@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 
+import numpy as np
 import torch
 
 from conftest import tokens
-from probe.methods import (TunedLens, activation_patching, attribution_patching, direct_logit_attribution,
-                           gradient_x_input, integrated_gradients, logit_lens, memory_map, steer,
-                           steering_vector)
+from probe.methods import (TunedLens, activation_patching, attribution_patching, collect_activations,
+                           direct_logit_attribution, gradient_x_input, integrated_gradients, logit_lens,
+                           memory_map, steer, steering_vector)
 
 TEXT = "def f(x): return x"
 
@@ -102,6 +103,11 @@ def _tuned_lens(model):
     return TunedLens(model).fit(model, tokens(1, 64, seed=3)[0], steps=2, batch_size=2, seq_len=16)
 
 
+def _features(model) -> dict[str, torch.Tensor]:
+    data = collect_activations(model, tokens(3, 8, seed=4), seq_len=None, dtype="float32")
+    return {k: torch.from_numpy(np.asarray(v)) for k, v in data.features.items()}
+
+
 def _steering(model):
     vec = steering_vector(model, ["def f(x):"], ["x = [1, 2]"])
     return steer(model, TEXT, vec, coefficients=(0.0, 2.0), answer=" ", contrast="x")
@@ -111,11 +117,12 @@ def _steering(model):
 METHOD_RUNS = {
     "gradient_x_input": lambda m: gradient_x_input(m, TEXT, target=" "),
     "integrated_gradients": lambda m: integrated_gradients(m, TEXT, target=" ", method="gausslegendre", steps=8),
-    "memory_map": lambda m: memory_map(m, TEXT, with_state_sizes=False),
+    "memory_map": lambda m: memory_map(m, TEXT),
     "logit_lens": lambda m: logit_lens(m, TEXT),
     "tuned_lens_fit": lambda m: {k: p.detach() for k, p in _tuned_lens(m).state_dict().items()},
     "direct_logit_attribution": lambda m: direct_logit_attribution(m, TEXT, target=" "),
     "activation_patching": lambda m: activation_patching(m, *_pairs()),
     "attribution_patching": lambda m: attribution_patching(m, *_pairs()),
     "steering": _steering,
+    "collect_activations": lambda m: _features(m),
 }
