@@ -15,6 +15,7 @@ from probe.mixers.lstm import LSTM
 from probe.mixers.mamba import Mamba
 from probe.mixers.mlstm import MLSTM
 from probe.mixers.qrnn import QRNN
+from probe.mixers.rglru import RGLRU
 from probe.mixers.rwkv import RWKV, RWKVChannelMix
 from probe.mixers.slstm import SLSTM
 from probe.mlp import MLP
@@ -22,6 +23,7 @@ from probe.mlp import MLP
 MIXERS: dict[str, type[Mixer]] = {cls.NAME: cls for cls in (Attention, FeedForward, LSTM, QRNN, LMU, HGRN2, Mamba)}
 MIXERS[MLSTM.NAME] = MLSTM
 MIXERS[RWKV.NAME] = RWKV
+MIXERS[RGLRU.NAME] = RGLRU
 MIXERS[SLSTM.NAME] = SLSTM
 
 
