@@ -13,6 +13,7 @@ from probe.mixers.hgrn2 import HGRN2
 from probe.mixers.lmu import LMU
 from probe.mixers.lstm import LSTM
 from probe.mixers.mamba import Mamba
+from probe.mixers.mamba2 import Mamba2
 from probe.mixers.mlstm import MLSTM
 from probe.mixers.qrnn import QRNN
 from probe.mixers.rglru import RGLRU
@@ -25,6 +26,7 @@ MIXERS[MLSTM.NAME] = MLSTM
 MIXERS[RWKV.NAME] = RWKV
 MIXERS[RGLRU.NAME] = RGLRU
 MIXERS[SLSTM.NAME] = SLSTM
+MIXERS[Mamba2.NAME] = Mamba2
 
 
 def _plain_mlp(act):
