@@ -13,17 +13,18 @@ With ``W = lru_width`` channels in ``H`` heads of width ``W / H`` and a conv of 
     out_t = W_out (g_t * s_t) + b_out                               (linear_out)
 
 State (the memory after token ``t``):
-    ``state``        s_t, ``[batch, W]`` (``hook_state``: ``[batch, pos, W]``); float32 in a
-                     half-precision model (``WIDE_STATES``), as transformers keeps it.
-    ``state_conv``   the last ``k - 1`` conv inputs v, ``[batch, k - 1, W]``.
-    ``state_reset``  ``[batch, 1]``: 1 when the next token starts a document (the RG-LRU resets:
-                     decay 0, no ``sqrt(1 - a^2)`` normalisation), 0 otherwise. The initial state
-                     holds 1 (transformers resets at ``position_ids == 0``); every token writes 0.
-                     Writing 1 at position t makes token t + 1 start afresh.
+    ``state``          s_t, ``[batch, W]`` (``hook_state``: ``[batch, pos, W]``); float32 in a
+                       half-precision model (``WIDE_STATES``), as transformers keeps it.
+    ``state_conv``     the last ``k - 1`` conv inputs v, ``[batch, k - 1, W]``.
+    ``state_started``  ``[batch, 1]``: 1 once a token has been read (the next token continues the
+                       document), 0 in the initial state: the next token starts a document and the
+                       RG-LRU resets there (decay 0, no ``sqrt(1 - a^2)`` normalisation), as
+                       transformers does at ``position_ids == 0``. Every token writes 1; writing 0 at
+                       position t makes token t + 1 start afresh. The zero state is a fresh start.
 Memory per position when every state is cached: ``W * k + 1`` numbers (recurrentgemma-2b: 2560 * 4
 + 1 = 10,241 per recurrent layer, 40 KiB in float32).
 
-Hooks, in dependency order: ``hook_state_conv``, ``hook_state_reset``, ``hook_input`` (x, the conv
+Hooks, in dependency order: ``hook_state_conv``, ``hook_state_started``, ``hook_input`` (x, the conv
 output, ``[b, pos, W]``), ``hook_input_gate`` (i), ``hook_recurrent_gate`` (r), ``hook_decay`` (a),
 ``hook_output`` (the gate branch g), ``hook_state`` (s). TransformerLens 4 wraps RecurrentGemma
 layers with residual hooks only (``hook_resid_pre`` / ``hook_resid_post``): it has no RG-LRU state;
@@ -55,7 +56,7 @@ from probe.ops.rglru import block_diagonal, decay, rglru_scan
 class RGLRU(RecurrentMixer):
     NAME = "rglru"
     OPTIONS = {"lru_width": Int(None), "n_heads": Int(None), "d_conv": Int(4, low=2), "c": Real(8.0)}
-    HOOKED = ("state_conv", "state_reset", "input", "input_gate", "recurrent_gate", "decay", "output", "state")
+    HOOKED = ("state_conv", "state_started", "input", "input_gate", "recurrent_gate", "decay", "output", "state")
     WIDE_STATES = ("state",)
 
     def __init__(self, cfg, layer: int):
@@ -94,18 +95,13 @@ class RGLRU(RecurrentMixer):
             self.recurrent_param.copy_(torch.log(u.rsqrt() - 1))  # softplus(p) = -log(u) / 2
 
     def state_shapes(self):
-        return {"state": (self.width,), "state_conv": (self.d_conv - 1, self.width), "state_reset": (1,)}
-
-    def initial_state(self, batch: int, device=None, dtype=None) -> dict[str, Tensor]:
-        state = super().initial_state(batch, device, dtype)
-        state["state_reset"].fill_(1.0)
-        return state
+        return {"state": (self.width,), "state_conv": (self.d_conv - 1, self.width), "state_started": (1,)}
 
     def _resets(self, x: Tensor, state: dict, forcing) -> tuple[Tensor, Tensor]:
-        """``(flags after each token [b, T, 1], the reset flag each token reads [b, T, 1])``."""
-        after = apply_forcing("state_reset", x.new_zeros(x.shape[0], x.shape[1], 1), forcing)
-        read = torch.cat([state["state_reset"].to(after.dtype).unsqueeze(1), after[:, :-1]], dim=1)
-        return after, read
+        """``(started flags after each token [b, T, 1], the reset flag each token reads [b, T, 1])``."""
+        after = apply_forcing("state_started", x.new_ones(x.shape[0], x.shape[1], 1), forcing)
+        before = torch.cat([state["state_started"].to(after.dtype).unsqueeze(1), after[:, :-1]], dim=1)
+        return after, 1 - before
 
     def compute(self, x, state, forcing, keep):
         pre, windows, conv_state = conv_window.depthwise_conv(self.linear_x(x), state["state_conv"],
@@ -122,9 +118,9 @@ class RGLRU(RecurrentMixer):
         states = rglru_scan(u.to(wide), i.to(wide), a.to(wide), reset.to(wide), state["state"],
                             force=forcing.get("state"))
         y = self.linear_out(states.to(x.dtype) * gate)
-        values = {"state_reset": after, "input": u, "input_gate": i, "recurrent_gate": r, "decay": a,
+        values = {"state_started": after, "input": u, "input_gate": i, "recurrent_gate": r, "decay": a,
                   "output": gate, "state": states}
         if windows is not None:
             values["state_conv"] = windows
-        final = {"state": states[:, -1], "state_conv": conv_state, "state_reset": after[:, -1]}
+        final = {"state": states[:, -1], "state_conv": conv_state, "state_started": after[:, -1]}
         return Computation(y, values, final)
