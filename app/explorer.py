@@ -23,6 +23,7 @@ st.title("probe explorer")
 # the title and a spinner show while it does
 with st.spinner("Loading probe..."):
     from app.context import guarded
+    from app.limits import fit_to_limits
     from app.sidebar import sidebar
     from app.views import VIEWS
     from app.widgets import n_tokens
@@ -31,6 +32,7 @@ ctx = sidebar()
 if not ctx.text.strip():
     st.warning("Enter some text to analyse (or pick an example in the sidebar).")
     st.stop()
+ctx = fit_to_limits(ctx)
 n = n_tokens(ctx)
 st.caption(f"Input: {len(ctx.text)} characters" + (f", {n} tokens" if n is not None else "")
            + " · model A on the left, model B on the right.")

@@ -12,7 +12,8 @@ source                 model
 ``demo:NAME``          a small *untrained* model of a fixed layout, seeded (used when no
                        zoo is installed, and by the tests)
 ``/some/dir``          a checkpoint directory written by ``model.save``
-``hf:owner/name``      a Hugging Face hub id converted with ``probe.from_hf`` (network)
+``hf:owner/name``      a Hugging Face hub id (``owner/name`` or a bare name such as ``gpt2``)
+                       converted with ``probe.from_hf`` (network)
 ``/some/hf_dir``       a transformers ``save_pretrained`` folder, converted the same way
 =====================  ==================================================================
 
@@ -20,14 +21,18 @@ Every failure is a :class:`probe.ProbeError` with a message for the page.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
+from pathlib import Path
 
 import streamlit as st
 import torch
 
 import probe
 from probe.errors import CheckpointError
+from probe.loading import is_transformers_dir
 
 #: untrained demo models: layout of each (d_model 64, byte tokenizer, seed 0)
 DEMO_LAYOUTS: dict[str, list[str]] = {
@@ -39,6 +44,8 @@ DEMO_LAYOUTS: dict[str, list[str]] = {
 #: the longest input (in tokens) the explorer analyses; longer texts get a message
 MAX_TOKENS = 512
 HF_HOST = ("huggingface.co", 443)
+#: a hub id: ``name`` or ``owner/name`` (letters, digits, ``-``, ``_``, ``.``)
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 
 # Small models gain nothing from intra-op threads, and on a small shared machine threads wait on each
 # other (tens of times slower); PROBE_THREADS=N gives big (Hugging Face) models more.
@@ -88,9 +95,9 @@ def _demo_model(name: str) -> probe.HookedLM:
 
 def _hf_model(hub_id: str) -> probe.HookedLM:
     hub_id = hub_id.strip()
-    if hub_id.count("/") != 1 or any(not part for part in hub_id.split("/")):
-        raise CheckpointError(f"{hub_id!r} is not a Hugging Face id; write it as owner/name, "
-                              "e.g. openai-community/gpt2.")
+    if not HUB_ID.fullmatch(hub_id):
+        raise CheckpointError(f"{hub_id!r} is not a Hugging Face id; write it as owner/name or name, "
+                              "e.g. openai-community/gpt2 or gpt2.")
     if not network_available():
         raise CheckpointError(f"No network: the Hugging Face hub ({HF_HOST[0]}) cannot be reached, so "
                               f"{hub_id!r} cannot be downloaded. Pick a zoo model or a local checkpoint "
@@ -129,6 +136,12 @@ def load_model(source: str) -> probe.HookedLM:
 @st.cache_resource(show_spinner="Loading model...", max_entries=8)
 def _cached_model(source: str, version: tuple) -> probe.HookedLM:
     """The model behind ``source``; ``version`` is only part of the cache key."""
+    model = _load(source)
+    prepare_kernels(model)
+    return model
+
+
+def _load(source: str) -> probe.HookedLM:
     if source.startswith("demo:"):
         return _demo_model(source[5:])
     if source.startswith("hf:"):
@@ -140,21 +153,27 @@ def _cached_model(source: str, version: tuple) -> probe.HookedLM:
         if not os.path.isdir(path):
             raise CheckpointError(f"No checkpoint directory at {source!r}: give a folder holding config.json and "
                                   "model.safetensors (written by model.save), or pick a zoo model.")
-        if _is_transformers_dir(path):
+        if is_transformers_dir(path):
             return _converted(path)
     return probe.load(source).eval()
 
 
-def _is_transformers_dir(path: str) -> bool:
-    """A folder written by transformers' ``save_pretrained`` (its config.json names a ``model_type``)."""
-    import json
+def prepare_kernels(model: probe.HookedLM) -> None:
+    """Build the compiled CPU kernel a model's mixers use (Mamba: the selective scan) now, under a
+    message: the first build takes about a minute and would otherwise stall the first view silently."""
+    from probe.kernels import native_enabled
 
-    try:
-        with open(os.path.join(path, "config.json")) as f:
-            config = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and "model_type" in config and "config" not in config
+    if "mamba" in model.cfg.layout and native_enabled():
+        selective_scan_kernel()
+
+
+@st.cache_resource(show_spinner="Preparing the Mamba CPU kernel: compiled once on this machine (about a minute "
+                                "the first time, cached on disk afterwards)...")
+def selective_scan_kernel() -> bool:
+    """Whether the compiled selective-scan kernel is available (built on the first call of this server)."""
+    from probe.kernels import native
+
+    return native("selective_scan") is not None
 
 
 def _converted(path: str) -> probe.HookedLM:
@@ -170,11 +189,44 @@ def n_params(model: probe.HookedLM) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def trained_context(model: probe.HookedLM) -> int | None:
+    """The window length (tokens) a model was trained on, from the ``card.json`` beside its checkpoint
+    (``train.seq_len``; the zoo's: 256 bytes), or None when unknown."""
+    path = getattr(model, "checkpoint_path", None)
+    if not path:
+        return None
+    try:
+        card = json.loads((Path(path) / "card.json").read_text())
+    except (OSError, ValueError):
+        return None
+    seq_len = card.get("train", {}).get("seq_len") if isinstance(card, dict) else None
+    return int(seq_len) if isinstance(seq_len, int) else None
+
+
 def describe(model: probe.HookedLM) -> str:
-    """One line: layout, width, parameters."""
+    """One line: layout, width, parameters, and the context it was trained on when known."""
     cfg = model.cfg
     layout = ", ".join(cfg.layout)
-    return f"layout [{layout}] · d_model {cfg.d_model} · {n_params(model):,} parameters"
+    trained = trained_context(model)
+    context = f" · trained on {trained}-token windows" if trained else ""
+    return f"layout [{layout}] · d_model {cfg.d_model} · {n_params(model):,} parameters{context}"
+
+
+def truncate_text(model: probe.HookedLM, text: str, n: int = MAX_TOKENS) -> str:
+    """The longest start of ``text`` that ``model`` tokenises into at most ``n`` tokens (BOS included);
+    a character split by the cut is dropped, never shown as a replacement character."""
+    ids = model.to_tokens(text)[0].tolist()
+    if len(ids) <= n:
+        return text
+    bos = len(ids) == len(model.tokenizer.encode(text)) + 1  # to_tokens prepended the BOS token
+    body = ids[1:] if bos else ids
+    k = n - 1 if bos else n
+    while k > 0:
+        cut = model.tokenizer.decode(body[:k]).rstrip("\ufffd")
+        if model.to_tokens(cut).shape[1] <= n:
+            return cut
+        k -= 1
+    return ""
 
 
 def check_text(model: probe.HookedLM, text: str) -> torch.Tensor:

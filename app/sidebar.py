@@ -73,7 +73,8 @@ def pick_input() -> tuple[str, examples.Example | None]:
         example = examples.task_examples(task, 50)[int(index)]
     default = example.text if example is not None else DEFAULT_TEXT
     key = f"text::{example.label}" if example is not None else "text::own"
-    text = st.text_area("Text", default, height=160, max_chars=20_000, key=key)
+    text = st.text_area("Text", default, height=160, key=key,
+                        help=f"Any length; the explorer analyses the first {loading.MAX_TOKENS} tokens.")
     return text, example
 
 

@@ -23,6 +23,18 @@ def zoo_names() -> list[str]:
     return sorted(p.name for p in ZOO_DIR.iterdir() if (p / "config.json").is_file())
 
 
+def is_transformers_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by transformers' ``save_pretrained``: its config.json names a
+    ``model_type`` and has no probe ``config`` entry."""
+    import json
+
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model_type" in config and "config" not in config
+
+
 def load(source: str | Path, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
     """Load a model: ``"zoo:NAME"``, a checkpoint directory, or (with network and the ``hf``
     extra) a Hugging Face hub id converted with :func:`probe.from_hf`.
@@ -50,6 +62,9 @@ def load(source: str | Path, device: str | torch.device | None = None, dtype: to
                                   f"Shipped: {', '.join(names) or 'none yet'}.")
         return load_model(ZOO_DIR / name, device=device, dtype=dtype)
     path = Path(text).expanduser()
+    if is_transformers_dir(path):
+        raise CheckpointError(f"{text!r} is a transformers folder (save_pretrained), not a probe checkpoint: "
+                              f"convert it with probe.from_hf({text!r}).")
     if path.exists():
         return load_model(path, device=device, dtype=dtype)
     if "/" in text and not text.startswith((".", "/", "~")):

@@ -150,9 +150,31 @@ def test_text_longer_than_the_model_allows_is_a_message(tmp_path):
     assert not problems(at)
     assert any("longer than this model's context of 16 tokens" in e for e in texts(at.error))
 
-    at = explorer(**{TEXT_KEY: "x = 1\n" * 100})  # 601 tokens: over the explorer's own limit
+    at = explorer(truncate=False, **{TEXT_KEY: "x = 1\n" * 100})  # 601 tokens: over the explorer's own limit
     assert not problems(at)
     assert sum("the explorer analyses at most 512 tokens" in e for e in texts(at.error)) == 2
+
+
+def test_a_long_text_is_cut_to_the_first_512_tokens_and_the_page_says_so():
+    """A pasted text past the limit is analysed from its start (the box's default) with a message saying how
+    much; no character limit drops the paste; a character split by the cut is left out."""
+    at = explorer(**{TEXT_KEY: "计算 = 1\n" * 200})  # 2,401 tokens: 3-byte characters
+    assert not problems(at), problems(at)
+    assert not at.text_area[0].max_chars  # no limit (0): a long paste is not dropped
+    assert any("the explorer analyses at most 512" in i and "its first" in i for i in texts(at.info))
+    caption = next(c for c in texts(at.caption) if c.startswith("Input:"))
+    assert 510 <= int(caption.split(" tokens")[0].split()[-1]) <= 512  # up to 2 bytes of a split character
+    assert len(at.get("plotly_chart")) == 4 and not at.error
+    assert "\ufffd" not in "".join(array(figures(at)[0].data[0].y).astype(str))
+
+
+@pytest.mark.skipif("transformer" not in probe.zoo_names(), reason="needs the zoo")
+def test_past_a_zoo_models_trained_context_the_page_warns():
+    at = explorer(("zoo:transformer", RECURRENT), **{TEXT_KEY: "x = a + b\n" * 30})  # 301 tokens
+    assert not problems(at), problems(at)
+    assert any("trained on 256-token windows" in c for c in texts(at.caption))  # the model's description
+    warnings = [w for w in texts(at.warning) if "trained on 256-token windows" in w]
+    assert len(warnings) == 1 and warnings[0].startswith("Model A") and "301 tokens" in warnings[0]
 
 
 def test_hugging_face_id_without_network_is_a_message(monkeypatch):
@@ -160,7 +182,9 @@ def test_hugging_face_id_without_network_is_a_message(monkeypatch):
     at = explorer(("Hugging Face id...", RECURRENT), hub_A="openai-community/gpt2")
     assert not problems(at)
     assert any("No network" in e and "openai-community/gpt2" in e for e in texts(at.error))
-    at = explorer(("Hugging Face id...", RECURRENT), hub_A="gpt2")
+    at = explorer(("Hugging Face id...", RECURRENT), hub_A="gpt2")  # a bare name is a hub id too
+    assert any("No network" in e and "'gpt2'" in e for e in texts(at.error))
+    at = explorer(("Hugging Face id...", RECURRENT), hub_A="a/b/c")
     assert any("not a Hugging Face id" in e for e in texts(at.error))
 
 

@@ -122,14 +122,29 @@ def _load_hub(name: str):
                               f"(offline, unknown id or unsupported architecture?): {exc}") from exc
 
 
+#: files of which a transformers folder needs one to rebuild its tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model",
+                   "vocab.txt")
+
+
 def resolve_tokenizer(cfg, tokenizer: Any, name_or_path: str):
     """The tokenizer to attach: ``tokenizer`` if given, else the model's own by name, else bytes.
 
+    A local folder without tokenizer files (:data:`TOKENIZER_FILES`) and a tokenizer that turns text
+    into no tokens are errors: every text would silently become the BOS token alone.
     Sets ``cfg.tokenizer`` to the name when one is used, so a saved model reloads it."""
+    import os
+
     from probe.data.tokenizers import get_tokenizer
 
     if tokenizer is None and not name_or_path:
         return get_tokenizer("byte")
+    if tokenizer is None and os.path.isdir(name_or_path) and \
+            not any(os.path.isfile(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES):
+        raise CheckpointError(f"{name_or_path!r} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}), so "
+                              "text cannot be tokenized for it. Save the tokenizer beside the model "
+                              "(tokenizer.save_pretrained(folder)) or name one: probe.from_hf(folder, "
+                              "tokenizer='openai-community/gpt2').")
     try:
         tok = get_tokenizer(tokenizer if tokenizer is not None else name_or_path)
     except InputError:
@@ -138,6 +153,9 @@ def resolve_tokenizer(cfg, tokenizer: Any, name_or_path: str):
         warnings.warn(f"Could not load the tokenizer of {name_or_path!r}; using the byte tokenizer. "
                       "Pass tokenizer=... to from_hf to choose one.", stacklevel=3)
         return get_tokenizer("byte")
+    if not tok.encode("hello world"):
+        raise CheckpointError(f"The tokenizer of {tokenizer if tokenizer is not None else name_or_path!r} turns "
+                              "'hello world' into no tokens; pass a working one: from_hf(..., tokenizer=...).")
     if isinstance(tokenizer, str) or tokenizer is None:
         cfg.tokenizer = tokenizer or name_or_path
     return tok
