@@ -9,6 +9,7 @@ from __future__ import annotations
 from probe.mixers.attention import Attention
 from probe.mixers.base import Mixer, RecurrentMixer
 from probe.mixers.ff import FeedForward
+from probe.mixers.gdn import GatedDeltaNet
 from probe.mixers.hgrn2 import HGRN2
 from probe.mixers.lmu import LMU
 from probe.mixers.lstm import LSTM
@@ -27,6 +28,7 @@ MIXERS[RWKV.NAME] = RWKV
 MIXERS[RGLRU.NAME] = RGLRU
 MIXERS[SLSTM.NAME] = SLSTM
 MIXERS[Mamba2.NAME] = Mamba2
+MIXERS[GatedDeltaNet.NAME] = GatedDeltaNet
 
 
 def _plain_mlp(act):
