@@ -49,6 +49,8 @@ class ModelConfig:
             only models have no limit.
         tie_embeddings: unembed with the transpose of the embedding matrix.
         logit_soft_cap: if set, logits are ``cap * tanh(logits / cap)`` (xLSTM-7B uses 30).
+        embed_scale: if set, token embeddings are multiplied by it before ``hook_embed``
+            (Gemma / RecurrentGemma scale by ``sqrt(d_model)``); the unembedding is not scaled.
         mixer_options: per-mixer-name option overrides.
         init_std: std of the normal initialisation of linear and embedding weights.
         tokenizer: ``"byte"`` or the name/path of a Hugging Face tokenizer.
@@ -72,6 +74,7 @@ class ModelConfig:
     n_ctx: int = 2048
     tie_embeddings: bool = False
     logit_soft_cap: float | None = None
+    embed_scale: float | None = None
     mixer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     init_std: float = 0.02
     tokenizer: str = "byte"
@@ -143,6 +146,8 @@ class ModelConfig:
         _number("init_std", self.init_std, low=0.0, open_low=False)
         if self.logit_soft_cap is not None:
             _number("logit_soft_cap", self.logit_soft_cap, low=0.0)
+        if self.embed_scale is not None:
+            _number("embed_scale", self.embed_scale, low=0.0)
 
     def _check_types(self) -> None:
         """Every field of the right type before anything is derived from it (``"2"`` layers, an

@@ -2,6 +2,8 @@ r"""Position-wise MLPs used in the MLP slot of a block (and by the ``ff`` mixer)
 
 ``gelu`` / ``gelu_tanh`` / ``relu``::  y = W_out act(W_in x + b_in) + b_out
 ``swiglu`` / ``geglu``::               y = W_out (act(W_gate x) * (W_in x))     (act = silu / gelu)
+``geglu_tanh``::                        the same with tanh-approximated GELU; ``geglu_tanh_bias`` adds a
+                                        bias to all three maps (RecurrentGemma's MLP)
 
 ``gelu`` is the exact (erf) GELU, ``gelu_tanh`` its tanh approximation (GPT-2's ``gelu_new``).
 
@@ -18,21 +20,22 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
-GATED = {"swiglu": F.silu, "geglu": F.gelu}
+GATED = {"swiglu": F.silu, "geglu": F.gelu, "geglu_tanh": ACTIVATIONS["gelu_tanh"]}
 
 
 class MLP(nn.Module):
     recurrent = False
 
-    def __init__(self, d_model: int, d_hidden: int, act: str = "gelu"):
+    def __init__(self, d_model: int, d_hidden: int, act: str = "gelu", bias: bool | None = None):
         super().__init__()
         if act not in (*ACTIVATIONS, *GATED):
             raise ValueError(f"Unknown MLP activation {act!r}; use one of {', '.join((*ACTIVATIONS, *GATED))}.")
         self.act = act
         gated = act in GATED
-        self.W_in = nn.Linear(d_model, d_hidden, bias=not gated)
-        self.W_gate = nn.Linear(d_model, d_hidden, bias=False) if gated else None
-        self.W_out = nn.Linear(d_hidden, d_model, bias=not gated)
+        bias = not gated if bias is None else bias  # default: biases on ungated MLPs only
+        self.W_in = nn.Linear(d_model, d_hidden, bias=bias)
+        self.W_gate = nn.Linear(d_model, d_hidden, bias=bias) if gated else None
+        self.W_out = nn.Linear(d_hidden, d_model, bias=bias)
         self.hook_pre = HookPoint()
         self.hook_post = HookPoint()
 

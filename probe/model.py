@@ -351,7 +351,10 @@ class HookedLM(HookedRootModule):
                 raise InputError(f"states were computed for batch {states.batch_size}, input has batch {batch}.")
             offset = states.position
         self._check_context(offset, T, states)
-        x = self.hook_embed(self.W_E[tokens])
+        x = self.W_E[tokens]
+        if self.cfg.embed_scale is not None:
+            x = x * self.cfg.embed_scale
+        x = self.hook_embed(x)
         if self.cfg.positional == "learned":
             x = x + self.hook_pos_embed(self.W_pos[offset : offset + T].unsqueeze(0).expand(batch, -1, -1))
         new_layers = []

@@ -19,6 +19,9 @@ model_type         transformers class                     converter
 ``mamba``          ``MambaForCausalLM``                   :mod:`probe.io.convert_mamba`
 =================  =====================================  ==================================
 
+``recurrent_gemma`` (``RecurrentGemmaForCausalLM`` whose layers are all recurrent, Hawk):
+:mod:`probe.io.convert_recurrentgemma`.
+
 Converted logits equal the reference's to float rounding (tests: max abs diff < 1e-4 in
 float32 on tiny random configs built in memory).
 """
@@ -61,10 +64,17 @@ def _mamba(model, **kw):
     return mamba_from_hf(model, **kw)
 
 
+def _recurrent_gemma(model, **kw):
+    from probe.io.convert_recurrentgemma import recurrentgemma_from_hf
+    return recurrentgemma_from_hf(model, **kw)
+
+
 CONVERTERS: dict[str, Callable] = {"gpt2": _gpt2, "rwkv": _rwkv, "xlstm": _xlstm, "mamba": _mamba,
                                    "xlstm-package": _xlstm_package}
 SUPPORTED = ("GPT2LMHeadModel (gpt2)", "RwkvForCausalLM (rwkv)", "xLSTMForCausalLM (xlstm)",
              "MambaForCausalLM (mamba)", "xlstm.xLSTMLMModel (mLSTM/sLSTM blocks)")
+CONVERTERS["recurrent_gemma"] = _recurrent_gemma
+SUPPORTED += ("RecurrentGemmaForCausalLM (recurrent_gemma, recurrent layers only)",)
 
 
 def model_kind(model: Any) -> str:

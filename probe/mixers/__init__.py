@@ -35,7 +35,8 @@ def _plain_mlp(act):
     return lambda cfg, layer: MLP(cfg.d_model, cfg.d_mlp, act)
 
 
-MLP_KINDS = {kind: _plain_mlp(kind) for kind in ("gelu", "gelu_tanh", "relu", "swiglu", "geglu")}
+MLP_KINDS = {kind: _plain_mlp(kind) for kind in ("gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh")}
+MLP_KINDS["geglu_tanh_bias"] = lambda cfg, layer: MLP(cfg.d_model, cfg.d_mlp, "geglu_tanh", bias=True)
 MLP_KINDS["none"] = None
 MLP_KINDS["rwkv_channel_mix"] = RWKVChannelMix  # called as (cfg, layer)
 
