@@ -1,30 +1,29 @@
-"""Completeness error of integrated gradients on the shipped zoo, on held-out code (issue 6's target:
-< 1 % at 64 steps).
+"""Integrated gradients on the shipped zoo, per token, on held-out code (issue 27's table).
 
-For each model: the worst completeness error of the zoo test's three inputs, and the errors on
-``--windows`` random ``--length``-byte windows of the stdlib ``test`` split per ``--seeds`` seed,
-with the adaptive rule as shipped and, with ``--compare``, with the re-planning of rough paths off
-(``path_quadrature.PLAN_TOLERANCE = inf``: the panel rule alone). Prints a markdown table.
+For each model and ``--windows`` random ``--length``-byte windows of the stdlib ``test`` split
+(seed ``--seed``): the default ``integrated_gradients`` call against a converged reference (the
+same adaptive rule at ``until=--reference``): the worst per-token error as a share of the largest
+reference attribution, the reported completeness error, the reported per-token error estimate
+(largest ``attribution_error`` over the largest attribution) and whether it bounds the true error,
+the gradient evaluations used and the seconds per call. Prints a markdown table.
 
-    python -m benchmarks.ig_zoo_completeness                       # every zoo model, seeds 0 1 2
-    python -m benchmarks.ig_zoo_completeness --models xlstm mamba --compare
+    python -m benchmarks.ig_zoo_completeness                       # every zoo model
+    python -m benchmarks.ig_zoo_completeness --models xlstm mamba --windows 2
 """
 from __future__ import annotations
 
 import argparse
+import time
 
 import numpy as np
 import torch
 
 import probe
 from probe.methods import integrated_gradients
-from probe.methods import path_quadrature as pq
-
-TEXT = "def area(radius):\n    return 3.14159 * radius ** 2\n"
-TEST_INPUTS = (TEXT[:32], TEXT[8:40], "import os\nfor i in range(10):\n  print(i)")  # tests/test_methods_zoo.py
 
 
 def held_out_windows(seed: int, n: int, length: int) -> list[str]:
+    """``n`` random ``length``-byte windows of the stdlib test split (bytes decoded, bad ones replaced)."""
     from probe.data.code_corpus import stdlib_stream
 
     tokens = stdlib_stream("test").tokens
@@ -32,39 +31,45 @@ def held_out_windows(seed: int, n: int, length: int) -> list[str]:
     return [bytes(tokens[s : s + length].tolist()).decode("utf-8", "replace") for s in starts]
 
 
-def errors(model, texts, steps: int, replan: bool) -> list[float]:
-    saved = pq.PLAN_TOLERANCE
-    pq.PLAN_TOLERANCE = saved if replan else float("inf")
-    try:
-        return [float(integrated_gradients(model, t, steps=steps).completeness_error.max()) for t in texts]
-    finally:
-        pq.PLAN_TOLERANCE = saved
+def measure(model, text: str, reference: float) -> dict:
+    """One window: the default call against the reference."""
+    start = time.perf_counter()
+    res = integrated_gradients(model, text)
+    seconds = time.perf_counter() - start
+    ref = integrated_gradients(model, text, until=reference, max_steps=100_000)
+    top = float(ref.attributions.abs().max())
+    true = float((res.attributions - ref.attributions).abs().max()) / top
+    return {"true": true, "estimate": float(res.error_share()[0]), "completeness": float(res.completeness_error[0]),
+            "steps": res.steps, "seconds": seconds, "converged": bool(res.converged[0]),
+            "bounded": bool(((res.attributions - ref.attributions).abs() <= res.attribution_error
+                             + ref.attribution_error).all()),
+            "reference_estimate": float(ref.error_share()[0])}
 
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="*", default=None, help="zoo names (default: every shipped model)")
-    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    p.add_argument("--windows", type=int, default=8, help="held-out windows per seed")
-    p.add_argument("--length", type=int, default=40, help="bytes per window")
-    p.add_argument("--steps", type=int, default=64)
-    p.add_argument("--compare", action="store_true", help="also measure the panel rule without re-planning")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--windows", type=int, default=3, help="held-out windows per model")
+    p.add_argument("--length", type=int, default=32, help="bytes per window")
+    p.add_argument("--reference", type=float, default=1e-3, help="the reference's until")
     args = p.parse_args(argv)
-    print(f"{args.steps} steps, mean baseline; held out: {args.windows} windows of {args.length} bytes per seed "
-          f"{args.seeds}; torch threads: {torch.get_num_threads()}\n")
-    print("| model | rule | worst of the 3 test inputs | held out below 1 % | held-out median | held-out worst |")
-    print("|---|---|---:|---:|---:|---:|", flush=True)
-    held = [t for s in args.seeds for t in held_out_windows(s, args.windows, args.length)]
+    torch.set_num_threads(1)
+    print(f"default integrated_gradients vs until={args.reference}; {args.windows} windows of {args.length} bytes "
+          f"(seed {args.seed}); torch threads: {torch.get_num_threads()}\n")
+    print("| model | worst per-token error, % of largest | reported estimate, % | estimate bounds it | "
+          "completeness, % | gradient evaluations | s per call | converged |")
+    print("|---|---|---|---|---|---|---|---|", flush=True)
+    texts = held_out_windows(args.seed, args.windows, args.length)
     rows = []
     for name in args.models or probe.zoo_names():
         model = probe.load(f"zoo:{name}")
-        for rule, replan in (("adaptive", True), ("panel rule only", False))[: 2 if args.compare else 1]:
-            test, out = errors(model, TEST_INPUTS, args.steps, replan), errors(model, held, args.steps, replan)
-            rows.append({"model": name, "rule": rule, "test_worst": max(test), "held_out_below_1pct": sum(e < 0.01 for e in out),
-                         "held_out": len(out), "held_out_median": float(np.median(out)), "held_out_worst": max(out)})
-            r = rows[-1]
-            print(f"| {name} | {rule} | {r['test_worst']:.4f} | {r['held_out_below_1pct']} of {r['held_out']} | "
-                  f"{r['held_out_median']:.4f} | {r['held_out_worst']:.4f} |", flush=True)
+        out = [measure(model, t, args.reference) for t in texts]
+        rows.append({"model": name, "windows": out})
+        col = lambda key, fmt: ", ".join(fmt.format(o[key]) for o in out)
+        print(f"| {name} | {col('true', '{:.2%}')} | {col('estimate', '{:.2%}')} | "
+              f"{sum(o['bounded'] for o in out)}/{len(out)} | {col('completeness', '{:.3%}')} | {col('steps', '{}')} | "
+              f"{col('seconds', '{:.1f}')} | {sum(o['converged'] for o in out)}/{len(out)} |", flush=True)
     return rows
 
 

@@ -1,90 +1,112 @@
-"""Panel plans judged by a forward scan (probe.methods.panel_plan) and their use by the adaptive
-integrated-gradients rule (probe.methods.path_quadrature.adaptive_nodes)."""
+"""The quadrature of integrated gradients (probe.methods.path_quadrature) on analytic integrands:
+the Gauss-Kronrod pair, and the adaptive rule on vector integrands with known integrals."""
 import numpy as np
 import pytest
 import torch
 
-from probe.methods import panel_plan
 from probe.methods import path_quadrature as pq
 
-
-def composite_error(df, edges, points):
-    """The true error of a composite Gauss-Legendre rule on int f' (df: the exact derivative)."""
-    x, w = np.polynomial.legendre.leggauss(points)
-    x, w = (x + 1) / 2, w / 2
-    a, b = edges[:-1], edges[1:]
-    return float(((b - a) * (df(a[:, None] + (b - a)[:, None] * x) * w).sum(1)).sum())
+WIDTH = 2e-4  # a spike / step this narrow falls between all nodes of the first panels
 
 
-def smooth(u):
-    return np.sin(7 * u) + u ** 2
+def spiky(centre: float):
+    """A 4-token integrand and its antiderivative: a smooth oscillation, a polynomial, a Gaussian
+    spike of width WIDTH at ``centre`` and a sigmoid step of width WIDTH at ``1 - centre``."""
+    from math import erf, sqrt, pi
+
+    def g(a):  # [m] -> [m, 4]
+        s = torch.sigmoid((a - (1 - centre)) / WIDTH)
+        return torch.stack([torch.cos(3 * a), 5 * a ** 4, -0.8 * torch.exp(-((a - centre) / WIDTH) ** 2),
+                            s * (1 - s) / WIDTH], -1)
+
+    def exact():
+        spike = -0.8 * WIDTH * sqrt(pi) / 2 * (erf((1 - centre) / WIDTH) + erf(centre / WIDTH))
+        step = float(torch.sigmoid(torch.tensor(centre / WIDTH)) - torch.sigmoid(torch.tensor(-(1 - centre) / WIDTH)))
+        return torch.tensor([np.sin(3) / 3, 1.0, spike, step], dtype=torch.float64)
+
+    def f(a):  # the metric: the sum of the antiderivatives (f(0) = 0 up to the step's tail)
+        return (torch.sin(3 * a) / 3 + a ** 5
+                - 0.8 * WIDTH * np.sqrt(np.pi) / 2 * (torch.erf((a - centre) / WIDTH) + float(erf(centre / WIDTH)))
+                + torch.sigmoid((a - (1 - centre)) / WIDTH))
+    return g, f, exact()
 
 
-def smooth_slope(u):
-    return 7 * np.cos(7 * u) + 2 * u
+def batch_of(*centres):
+    """``integrand(seq, alpha)`` and ``value(seq, alpha)`` for one ``spiky`` sequence per centre."""
+    parts = [spiky(c) for c in centres]
+    calls = []
+
+    def integrand(seq, alpha):
+        calls.append(len(seq))
+        return torch.stack([parts[int(s)][0](a[None])[0] for s, a in zip(seq, alpha)])
+
+    def value(seq, alpha):
+        return torch.stack([parts[int(s)][1](a) for s, a in zip(seq, alpha)])
+    return integrand, value, torch.stack([p[2] for p in parts]), calls
 
 
-def rough(u):
-    """A ramp with a narrow dip (width 2e-3) and a sharp step (width 1e-3), as the zoo xLSTM's metric
-    along its path has."""
-    z = np.clip(-(u - 0.71) / 1e-3, -700, 700)
-    return 0.5 * u - 0.8 * np.exp(-((u - 0.3) / 2e-3) ** 2) + 1 / (1 + np.exp(z))
+def test_gauss_kronrod_pair_is_exact_on_polynomials():
+    x, wk, wg = pq.gauss_kronrod()
+    assert bool((x[1:] > x[:-1]).all()) and int((wg != 0).sum()) == 7
+    for degree in range(24):
+        exact = 1 / (degree + 1)
+        assert abs(float((wk * x ** degree).sum()) - exact) < 1e-14, degree  # Kronrod: degree <= 22 (and odd 23)
+        if degree <= 13:
+            assert abs(float((wg * x ** degree).sum()) - exact) < 1e-14, degree  # Gauss 7: degree <= 13
+    assert abs(float((wg * x ** 14).sum()) - 1 / 15) > 1e-9  # and no higher
 
 
-def rough_slope(u):
-    s = 1 / (1 + np.exp(np.clip(-(u - 0.71) / 1e-3, -700, 700)))
-    return 0.5 + 1.6 * (u - 0.3) / 2e-3 ** 2 * np.exp(-((u - 0.3) / 2e-3) ** 2) + s * (1 - s) / 1e-3
+@pytest.mark.numerical
+def test_adaptive_rule_is_right_per_token_with_spikes_between_the_nodes():
+    """Two sequences with a spike and a step 2e-4 wide at different places: every token's integral
+    within the target, each token's error estimate bounds its true error, the spikes found."""
+    integrand, value, exact, calls = batch_of(0.3137, 0.5551)
+    res = pq.adaptive_integral(integrand, value, batch=2, tol=1e-3)
+    true = (res.estimate - exact).abs()
+    assert bool(res.converged.all()) and bool((true <= res.error).all()), (true, res.error)
+    assert float((true.amax(-1) / exact.abs().amax(-1)).max()) < 1e-3
+    assert bool((res.mismatch < 1e-3).all())
+    assert bool((res.evaluations % 15 == 0).all()) and bool((res.evaluations > 15 * 4).all())
+    # the gradient evaluations are batched: both sequences' panels of a round go in one call
+    assert len(calls) < int(res.evaluations.sum()) // 30, calls
 
 
-@pytest.mark.parametrize("edges, points", [(np.array([0, 0.2, 0.7, 1.0]), 4), (np.array([0.0, 1.0]), 2)])
-def test_predicted_error_is_the_rules_error_on_a_resolved_scan(edges, points):
-    u = np.linspace(0, 1, 2001)
-    total = smooth(1.0) - smooth(0.0)
-    actual = abs(composite_error(smooth_slope, edges, points) - total) / abs(total)
-    predicted = panel_plan.predicted_error(u, smooth(u), edges, points)
-    assert abs(predicted - actual) < 1e-4 + 1e-3 * actual, (predicted, actual)
+@pytest.mark.numerical
+def test_the_completeness_mismatch_is_what_sees_a_spike_between_all_nodes():
+    """Without the f(b) - f(a) term a spike that no node touches is invisible: K and G agree on a wrong
+    value (the spike's token misses most of its integral) and the rule stops at once."""
+    integrand, value, exact, _ = batch_of(0.3137)
+    blind = lambda seq, alpha: torch.zeros(len(seq), dtype=torch.float64)  # f constant: no mismatch seen
+
+    fooled = pq.adaptive_integral(integrand, blind, batch=1, tol=1e-2)
+    assert float((fooled.estimate - exact).abs()[0, 2]) > 0.2 * abs(float(exact[0, 2]))
+    right = pq.adaptive_integral(integrand, value, batch=1, tol=1e-2)
+    assert float((right.estimate - exact).abs().max()) < 1e-2 * float(exact.abs().max())
 
 
-def test_optimal_panels_isolate_narrow_features():
-    """On a refined scan of a ramp with a dip and a step, the chosen 16 panels of 4 points integrate
-    f' 100x better than 16 even panels; edges run from 0 to 1, no panel wider than asked."""
-    u = np.unique(np.concatenate([np.linspace(0, 1, 257), np.linspace(0.29, 0.31, 201), np.linspace(0.70, 0.72, 201)]))
-    edges = panel_plan.optimal_panels(u, rough(u), 16, 4, 0.25)
-    assert edges.shape == (17,) and edges[0] == 0 and edges[-1] == 1 and bool((np.diff(edges) > 0).all())
-    assert float(np.diff(edges).max()) <= 0.25 + 1e-12
-    total = rough(1.0) - rough(0.0)
-    chosen = abs(composite_error(rough_slope, edges, 4) - total) / total
-    even = abs(composite_error(rough_slope, np.linspace(0, 1, 17), 4) - total) / total
-    assert chosen < 1e-3 and even > 100 * chosen, (chosen, even)
-    assert panel_plan.predicted_error(u, rough(u), edges, 4) < 1e-3
+def test_adaptive_rule_reports_an_exhausted_budget_honestly():
+    integrand, value, exact, _ = batch_of(0.3137)
+    res = pq.adaptive_integral(integrand, value, batch=1, tol=1e-8, initial_panels=2, max_evaluations=120)
+    assert int(res.evaluations[0]) <= 120 and not bool(res.converged[0])
+    assert bool(((res.estimate - exact).abs() <= res.error).all())  # still an upper bound where it stopped
+    assert float(res.error.amax()) > 1e-8 * float(res.estimate.abs().amax())
 
 
-def test_optimal_panels_reject_a_plan_that_cannot_cover_the_path():
-    u = np.linspace(0, 1, 65)
-    with pytest.raises(ValueError, match="cannot cover"):
-        panel_plan.optimal_panels(u, smooth(u), 3, 4, 0.25)
+def test_quadrature_bookkeeping_is_float64_on_the_cpu_whatever_the_values_are():
+    """The rule hands CPU float64 points to the model's functions and takes their values whatever their
+    dtype (a float32 model), so nothing it creates meets a tensor of another device."""
+    integrand, value, exact, _ = batch_of(0.3137)
+    seen = []
 
+    def f32_integrand(seq, alpha):
+        seen.append((seq.device, alpha.device, alpha.dtype))
+        return integrand(seq, alpha).float()
 
-def _adaptive_error(f, df, monkeypatch, tolerance):
-    monkeypatch.setattr(pq, "PLAN_TOLERANCE", tolerance)
-    alphas, weights = pq.adaptive_nodes(lambda a: torch.as_tensor(f(a.numpy())), 64, 0.0, batch=2)
-    assert alphas.shape == weights.shape == (64, 2)
-    torch.testing.assert_close(weights.sum(0), torch.ones(2, dtype=torch.float64))
-    total = f(1.0) - f(0.0)
-    return [abs(float((weights[:, b] * torch.as_tensor(df(alphas[:, b].numpy()))).sum()) - total) / abs(total)
-            for b in range(2)], alphas
+    def f32_value(seq, alpha):
+        seen.append((seq.device, alpha.device, alpha.dtype))
+        return value(seq, alpha).float()
 
-
-def test_adaptive_nodes_replan_a_rough_path(monkeypatch):
-    """The panel rule alone misses the rough path's integral by > 5 %; re-planned from the scan, < 0.1 %."""
-    alone, _ = _adaptive_error(rough, rough_slope, monkeypatch, float("inf"))
-    replanned, _ = _adaptive_error(rough, rough_slope, monkeypatch, 1e-3)
-    assert min(alone) > 0.05 and max(replanned) < 1e-3, (alone, replanned)
-
-
-def test_adaptive_nodes_keep_the_panel_rule_on_a_smooth_path(monkeypatch):
-    """Where the panel rule is predicted to be accurate nothing is re-planned (the nodes are the same)."""
-    errors, alphas = _adaptive_error(smooth, smooth_slope, monkeypatch, 1e-3)
-    _, alone = _adaptive_error(smooth, smooth_slope, monkeypatch, float("inf"))
-    torch.testing.assert_close(alphas, alone)
-    assert max(errors) < 1e-6
+    res = pq.adaptive_integral(f32_integrand, f32_value, batch=1, tol=1e-2)
+    assert pq.path_stretch(f32_value, 1) == 0.0
+    assert set(seen) == {(torch.device("cpu"), torch.device("cpu"), torch.float64)}
+    assert res.estimate.dtype == res.error.dtype == torch.float64 and res.estimate.device.type == "cpu"

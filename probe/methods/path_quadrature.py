@@ -1,41 +1,44 @@
-r"""Where integrated gradients samples its path: quadrature rules for ``int_0^1 f'(alpha) d alpha``.
+r"""How integrated gradients integrates along its path: fixed rules and an adaptive Gauss-Kronrod rule.
 
-Integrated gradients needs ``int_0^1 grad f(x' + alpha (x - x')) d alpha``; its completeness error
-is the error of the same rule applied to ``f'(alpha)``, whose integral ``f(1) - f(0)`` is known.
-Language models make this integrand hard in two ways, both visible from forward passes alone:
+Integrated gradients needs, per token ``s``, ``a_s = int_0^1 g_s(alpha) d alpha`` with the
+vector-valued integrand ``g_s(alpha) = (x_s - x'_s) . dF/dx_s (x' + alpha (x - x'))``. Its sum over
+tokens is ``f'(alpha)`` (``f``: the metric along the path), so on any panel ``[a, b]``
+``sum_s int_a^b g_s = f(b) - f(a)``, which forward passes give exactly.
 
-1. **Near a zero baseline** a pre-norm model is degenerate: the first norm reads a zero vector at
-   ``alpha = 0`` and jumps to its full output while ``alpha`` is still tiny (below ``sqrt(eps)``
-   over the stream's gain), so ``f`` has steps near 0 that are smooth in ``log alpha``.
-   :func:`path_stretch` detects this by probing ``f`` at ``alpha = 10^-1 .. 10^-15`` and returns
-   a stretch ``A``: nodes are placed in ``u`` with ``alpha = sinh(A u) / sinh(A)``, geometric
-   towards 0 (uniform in ``asinh(alpha sinh A)``).
-2. **Along the path** trained models have narrow transitions (a norm whose input passes near
-   zero, a gate that flips). :func:`adaptive_nodes` scans ``f`` (forward only, ``scan * steps``
-   points, per sequence), bisects it where it is least linear for a few rounds (:func:`refine_scan`:
-   a transition far narrower than the scan spacing is otherwise seen only as one big step), and
-   cuts ``[0, 1]`` into panels that share the variation of ``f'`` (the change of the scan's
-   slope) equally (with 30% of the weight spread uniformly), then puts ``panel``-point Gauss-Legendre
-   rules on every panel: dense nodes where ``f'`` changes, sparse where ``f`` is near linear.
-3. **Rough paths.** Some metrics are rough below any scan's spacing: the zoo's xLSTM, whose mLSTM
-   readout ``C q / max(|n.q|, 1)`` flips sign wherever ``n.q`` crosses zero, has dips and steps
-   1e-4 wide and wiggles between them, and the panels of point 2 then miss by up to 80 %. Because
-   ``int_a^b f' = f(b) - f(a)`` is known from forward passes, a plan can be judged before any
-   gradient: :func:`probe.methods.panel_plan.predicted_error` applies it to the derivative of an
-   interpolant of the scan. Where the plan of point 2 is predicted to miss by more than
-   ``PLAN_TOLERANCE`` (by both a PCHIP and a cubic-spline interpolant),
-   :func:`probe.methods.panel_plan.optimal_panels` chooses the 4-point panels that minimise the
-   predicted error (edges, which cost no gradient, go where ``f'`` is rough), ``f`` is evaluated at
-   their nodes and the plan re-chosen (up to ``VERIFY_ROUNDS`` times), and it replaces the panel
-   plan if it is predicted to do better. On smooth paths nothing changes, so per-token accuracy
-   is kept (completeness checks only the sum; a plan fitted to the sum can get single tokens wrong).
+**Stretch near a zero baseline.** A pre-norm model's first norm reads a zero vector at ``alpha = 0``
+and jumps to its full output while ``alpha`` is still tiny, so ``f`` has steps near 0 that are smooth
+in ``log alpha``. :func:`path_stretch` probes ``f`` at ``alpha = 10^-1 .. 10^-15`` and returns a
+stretch ``A``; every rule then integrates in ``u`` with ``alpha = sinh(A u) / sinh(A)`` (geometric
+towards 0), ``int g d alpha = int g(alpha(u)) alpha'(u) du``.
 
-All functions return ``(alphas, weights)``, both ``[n, batch]`` (a sequence may get its own
-nodes), weights summing to 1 per sequence, for ``int_0^1 g(alpha) d alpha ~ sum_i w_i g(alpha_i)``.
-``f_at(alphas [n, batch]) -> [n, batch]`` evaluates the metric along the path (forward only).
+**Fixed rules** (:func:`quadrature`): Gauss-Legendre, trapezoid, midpoint, left, right in ``u``.
+
+**The adaptive rule** (:func:`adaptive_integral`), a vector-valued form of QUADPACK's ``qag``.
+Each panel ``[a, b]`` (in ``u``) carries the 15-point Gauss-Kronrod estimate ``K_s`` of every
+token's integral and the 7-point Gauss estimate ``G_s`` (its nodes are among the 15), and a
+per-token error estimate::
+
+    e_s = |K_s - G_s|  +  |sum_t K_t - (f(b) - f(a))|
+
+The first term is the classic embedded estimate (an overestimate of K15's error where the
+integrand is smooth: it is G7's error). The second, the panel's *completeness mismatch*, sees what
+falls between all 15 nodes: a spike or step of ``f`` narrower than the node spacing (the zoo's
+xLSTM has 1.9-logit changes within 2.4e-4 of ``alpha``) leaves ``K`` and ``G`` agreeing on a wrong
+value, but ``f(b) - f(a)`` does not miss it. It is added to every token, since which tokens the
+missed part belongs to is unknown. A sequence's estimate is ``A_s = sum_panels K_s`` with error
+estimate ``E_s = sum_panels e_s``; it is accepted when ``max_s E_s <= tol max_s |A_s|``.
+Otherwise each panel whose ``max_s e_s`` exceeds ``tol max_s |A_s| / n_panels`` is bisected (if
+every panel were below that share, the sum would meet the target), all chosen panels of all
+sequences in one batch of gradient evaluations, until every sequence is accepted or its budget of
+gradient evaluations is spent (its estimate is reported either way).
+
+Everything here is bookkeeping in float64 on the CPU: the functions it is given may compute on any
+device and return values on it; they are brought to the CPU once, here, and the nodes handed to them
+are CPU tensors (the caller moves them to the model's device).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -43,7 +46,6 @@ import torch
 from torch import Tensor
 
 from probe.errors import InputError
-from probe.methods import panel_plan
 
 FIXED = ("gausslegendre", "trapezoid", "midpoint", "left", "right")
 QUADRATURES = ("adaptive", *FIXED)
@@ -54,21 +56,34 @@ PROBE_DECADES = 15
 #: (chosen on random, default-initialised and briefly trained models of every architecture: 3e-2 gave
 #: the smallest completeness errors at 64 steps; 1e-4 stretched too far and wasted nodes)
 PROBE_TOLERANCE = 3e-2
-#: adaptive rule: Gauss-Legendre points per panel, forward scan points per step, uniform share of the mass
-PANEL_POINTS = 8
-SCAN_PER_STEP = 4
-UNIFORM_SHARE = 0.3
-#: bisection rounds where the scan is least linear (refine_scan), each halving steps // 4 intervals
-REFINE_ROUNDS = 12
-#: a panel plan predicted (from the scan) to miss completeness by more than this is re-planned
-PLAN_TOLERANCE = 1e-3
-#: the re-planned rule: 4-point panels (twice as many edges, which cost no gradient) at most 1/4 long,
-#: chosen by panel_plan.optimal_panels, checked against f at their own nodes up to 4 times
-ROUGH_PANEL_POINTS = 4
-ROUGH_PANEL_WIDTH = 0.25
-VERIFY_ROUNDS = 4
+#: the adaptive rule's default target: every token's error estimate below 1 % of the largest attribution
+TOLERANCE = 0.01
+#: panels narrower than this (in u) are not bisected further (float64 resolution of their nodes)
+MIN_PANEL_WIDTH = 1e-12
 
-FAt = Callable[[Tensor], Tensor]
+#: 15-point Kronrod nodes on [-1, 1] (non-negative half, descending) and weights; the 7-point Gauss
+#: rule uses the odd-indexed nodes (QUADPACK qk15)
+_XK = (0.991455371120812639206854697526329, 0.949107912342758524526189684047851,
+       0.864864423359769072789712788640926, 0.741531185599394439863864773280788,
+       0.586087235467691130294144845693013, 0.405845151377397166906606412076961,
+       0.207784955007898467600689403773245, 0.0)
+_WK = (0.022935322010529224963732008058970, 0.063092092629978553290700663189204,
+       0.104790010322250183839876322541518, 0.140653259715525918745189590510238,
+       0.169004726639267902826583426598550, 0.190350578064785409913256402421014,
+       0.204432940075298892414161999234649, 0.209482141084727828012999174891714)
+_WG = (0.129484966168869693270611432679082, 0.279705391489276667901467771423780,
+       0.381830050505118944950369775488975, 0.417959183673469387755102040816327)
+KRONROD_POINTS = 15
+
+#: ``value(seq [m], alpha [m]) -> f [m]``: the metric of sequence ``seq[i]`` at ``alpha[i]`` (forward only)
+Value = Callable[[Tensor, Tensor], Tensor]
+#: ``integrand(seq [m], alpha [m]) -> g [m, pos]``: the per-token integrand ``g_s`` at those points
+Integrand = Callable[[Tensor, Tensor], Tensor]
+
+
+def _host(t: Tensor) -> Tensor:
+    """A value computed on any device, as a CPU float64 tensor (the one place values cross devices)."""
+    return t.detach().to("cpu", torch.float64)
 
 
 def check_steps(steps) -> int:
@@ -76,6 +91,23 @@ def check_steps(steps) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError(f"steps must be a positive integer, got {steps!r}.")
     return steps
+
+
+def gauss_legendre(points: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``points``-point Gauss-Legendre nodes and weights on [0, 1] (weights sum to 1)."""
+    x, w = np.polynomial.legendre.leggauss(points)
+    return (x + 1) / 2, w / 2
+
+
+def gauss_kronrod() -> tuple[Tensor, Tensor, Tensor]:
+    """The 15-point Kronrod nodes on [0, 1] (ascending), their weights, and the embedded 7-point
+    Gauss weights at the same nodes (zero at the 8 Kronrod-only nodes); both weight sets sum to 1."""
+    xk = torch.tensor(_XK, dtype=torch.float64)
+    wk = torch.tensor(_WK, dtype=torch.float64)
+    wg = torch.zeros(8, dtype=torch.float64)
+    wg[1::2] = torch.tensor(_WG, dtype=torch.float64)
+    x = torch.cat([-xk[:-1], xk.flip(0)])
+    return (x + 1) / 2, torch.cat([wk[:-1], wk.flip(0)]) / 2, torch.cat([wg[:-1], wg.flip(0)]) / 2
 
 
 def quadrature(steps: int, method: str = "gausslegendre", stretch: float = 0.0) -> tuple[Tensor, Tensor]:
@@ -87,7 +119,7 @@ def quadrature(steps: int, method: str = "gausslegendre", stretch: float = 0.0) 
     """
     check_steps(steps)
     if method == "gausslegendre":
-        u, w = map(torch.tensor, panel_plan.gauss_legendre(steps))
+        u, w = map(torch.tensor, gauss_legendre(steps))
     elif method == "trapezoid":
         if steps < 2:
             raise InputError("The trapezoid rule needs steps >= 2.")
@@ -113,8 +145,8 @@ def stretch_slope(u: Tensor, A: float) -> Tensor:
     return torch.ones_like(u) if A <= 0 else A * torch.cosh(A * u) / np.sinh(A)
 
 
-def path_stretch(f_at: FAt, batch: int, spacing="auto") -> float:
-    """The stretch ``A`` for a path (see the module docstring, point 1).
+def path_stretch(value: Value, batch: int, spacing="auto") -> float:
+    """The stretch ``A`` for a path (see the module docstring).
 
     ``"auto"`` probes ``f`` at ``alpha = 0, 1, 10^-1 .. 10^-15``; if ``f`` changes anomalously fast
     near the baseline (``|f(alpha) - f(0)| > 10 alpha |f(1) - f(0)|`` for some probe) the nodes are
@@ -131,7 +163,8 @@ def path_stretch(f_at: FAt, batch: int, spacing="auto") -> float:
     if spacing != "auto":
         raise InputError(f"spacing must be 'auto', 'linear' or a number >= 0, got {spacing!r}.")
     alphas = torch.tensor([0.0, 1.0] + [10.0 ** -k for k in range(1, PROBE_DECADES + 1)], dtype=torch.float64)
-    f = f_at(alphas[:, None].expand(-1, batch)).double()
+    seq = torch.arange(batch).repeat(len(alphas))
+    f = _host(value(seq, alphas.repeat_interleave(batch))).view(len(alphas), batch)
     share = ((f[2:] - f[0]).abs() / (f[1] - f[0]).abs().clamp_min(1e-30)).max(-1).values  # worst sequence
     probes = alphas[2:]
     if bool((share <= 10 * probes).all()):
@@ -147,132 +180,109 @@ def fixed_nodes(steps: int, method: str, stretch: float, batch: int) -> tuple[Te
     return a[:, None].expand(-1, batch), w[:, None].expand(-1, batch)
 
 
-def _slope_changes(u: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
-    """``(du [M, batch], change [M - 1, batch])``: the scan's interval widths and the change of its
-    slope ``|df/du|`` at each interior point (a kink, or a transition narrower than the spacing,
-    shows up as a large change of slope)."""
-    du = u[1:] - u[:-1]
-    slope = (f[1:] - f[:-1]) / du.clamp_min(1e-300)
-    return du, (slope[1:] - slope[:-1]).abs()
+@dataclass
+class AdaptiveIntegral:
+    """The adaptive rule's result for ``batch`` sequences of ``pos`` tokens.
 
-
-def _to_intervals(at_points: Tensor) -> Tensor:
-    """A quantity at the ``M - 1`` interior points, added to both intervals beside each: ``[M, batch]``."""
-    out = at_points.new_zeros(at_points.shape[0] + 1, *at_points.shape[1:])
-    out[1:] += at_points
-    out[:-1] += at_points
-    return out
-
-
-def refine_scan(f_at: FAt, u: Tensor, f: Tensor, rounds: int, per_round: int) -> tuple[Tensor, Tensor]:
-    """Bisect, per sequence, the ``per_round`` scan intervals where ``f`` is least linear, ``rounds`` times.
-
-    ``u: [M + 1]`` (shared) or ``[M + 1, batch]`` and ``f: [M + 1, batch]``, increasing in ``u``;
-    ``f_at`` takes the scan coordinate (the caller composes the stretch). An interval's score is
-    how far ``f`` departs from a straight line there: the change of slope at each of its ends
-    times the shorter width beside that end, summed over the two ends. A kink, or a transition
-    far narrower than the scan spacing (a gate that flips, a norm whose input passes near zero),
-    scores high; a steady ramp, however steep, scores zero. Each round halves the highest-scoring
-    intervals, so after ``k`` rounds such a feature is located to ``2^-k`` of the spacing. Returns the refined ``(u, f)``,
-    ``[M + 1 + rounds * per_round, batch]`` each.
+    Attributes:
+        estimate: ``[batch, pos]`` float64, ``A_s``; error: ``[batch, pos]``, its estimate ``E_s``.
+        mismatch: ``[batch]``, ``|sum_s A_s - (f(1) - f(0))|`` (the completeness gap of the estimate).
+        evaluations: ``[batch]`` gradient evaluations used; panels: ``[batch]`` panels at the end.
+        converged: ``[batch]`` bool, ``max_s E_s <= tol max_s |A_s|``.
     """
-    batch = f.shape[1]
-    u = u[:, None].expand(-1, batch) if u.dim() == 1 else u
-    for _ in range(rounds):
-        du, change = _slope_changes(u, f)
-        score = _to_intervals(change * torch.minimum(du[1:], du[:-1]))
-        score = torch.where(du > 1e-12, score, torch.zeros_like(score))  # stop at float resolution
-        idx = score.topk(min(per_round, score.shape[0]), dim=0).indices  # [k, batch]: intervals to halve
-        mid = (u.gather(0, idx) + u.gather(0, idx + 1)) / 2
-        f_mid = f_at(mid).to(f.dtype)
-        u, order = torch.cat([u, mid]).sort(dim=0)
-        f = torch.cat([f, f_mid]).gather(0, order)
-    return u, f
+
+    estimate: Tensor
+    error: Tensor
+    mismatch: Tensor
+    evaluations: Tensor
+    panels: Tensor
+    converged: Tensor
 
 
-def adaptive_nodes(f_at: FAt, steps: int, stretch: float, batch: int) -> tuple[Tensor, Tensor]:
-    """Composite Gauss-Legendre on panels that share the variation of ``f'`` (module docstring, point 2).
+class _Panels:
+    """Every sequence's panels, flat: sequence index, ends in ``u``, and per-panel estimates."""
 
-    ``steps // p`` panels of ``p = min(8, steps)`` points each (so ``p * (steps // p)`` nodes).
-    ``f`` is read from a uniform forward scan of ``SCAN_PER_STEP * steps`` intervals, refined by
-    :func:`refine_scan` (``REFINE_ROUNDS`` rounds halving ``steps // 4`` intervals). The panels
-    share the total change of the scan's slope (an estimate of the variation of ``f'``; 70 %) and
-    the length of ``[0, 1]`` (30 %): panel edges crowd where ``f'`` changes (kinks, narrow
-    transitions), and each panel holds a smooth piece that Gauss-Legendre integrates well; a
-    steady ramp, which any rule integrates exactly, gets few. (Sharing the variation of ``f``
-    itself spent the panels on steep ramps: on the zoo's xLSTM, whose metric along the path is a
-    sawtooth of ramps and sudden drops, the 64-step completeness error was 0.26 that way.)
-    Costs ``(SCAN_PER_STEP + REFINE_ROUNDS / 4) * steps + 1`` forward evaluations of ``f`` per
-    sequence, no gradients; a sequence whose plan is predicted to miss (module docstring, point 3) is
-    re-planned with up to ``VERIFY_ROUNDS * steps`` more.
+    def __init__(self, seq: Tensor, lo: Tensor, hi: Tensor, f_lo: Tensor, f_hi: Tensor):
+        self.seq, self.lo, self.hi, self.f_lo, self.f_hi = seq, lo, hi, f_lo, f_hi
+        self.K = self.err = None
+
+    def evaluate(self, integrand: Integrand, stretch: float) -> None:
+        """``K``, ``G`` and the error estimate ``e`` (module docstring) of every panel: 15 gradient
+        evaluations per panel, all in one call of ``integrand``."""
+        x, wk, wg = gauss_kronrod()
+        width = (self.hi - self.lo)[:, None]
+        u = self.lo[:, None] + width * x  # [P, 15]
+        g = _host(integrand(self.seq.repeat_interleave(KRONROD_POINTS), stretch_map(u, stretch).reshape(-1)))
+        g = g.view(*u.shape, -1) * (width * stretch_slope(u, stretch))[..., None]  # [P, 15, pos]
+        self.K = torch.einsum("pnt,n->pt", g, wk)
+        G = torch.einsum("pnt,n->pt", g, wg)
+        self.err = (self.K - G).abs() + (self.K.sum(-1) - (self.f_hi - self.f_lo)).abs()[:, None]
+
+    def keep(self, mask: Tensor) -> "_Panels":
+        out = _Panels(self.seq[mask], self.lo[mask], self.hi[mask], self.f_lo[mask], self.f_hi[mask])
+        out.K, out.err = self.K[mask], self.err[mask]
+        return out
+
+    def extend(self, other: "_Panels") -> None:
+        for name in ("seq", "lo", "hi", "f_lo", "f_hi", "K", "err"):
+            setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
+
+    def per_sequence(self, values: Tensor, batch: int) -> Tensor:
+        """Sum ``values [P, ...]`` over each sequence's panels: ``[batch, ...]``."""
+        return values.new_zeros(batch, *values.shape[1:]).index_add_(0, self.seq, values)
+
+
+def _choose(panels: _Panels, batch: int, tol: float, budget: Tensor) -> Tensor:
+    """A mask of the panels to bisect this round (module docstring): in every sequence whose
+    estimate is not accepted, the panels whose largest per-token error exceeds their share of the
+    target, worst first, as many as its remaining ``budget`` (gradient evaluations) pays for."""
+    estimate, error = panels.per_sequence(panels.K, batch), panels.per_sequence(panels.err, batch)
+    target = tol * estimate.abs().amax(-1)  # [batch]
+    count = torch.bincount(panels.seq, minlength=batch).double()
+    score = panels.err.amax(-1)
+    wide = (panels.hi - panels.lo) > MIN_PANEL_WIDTH
+    open_ = (error.amax(-1) > target)[panels.seq]
+    chosen = open_ & wide & (score > (target / count)[panels.seq])
+    affordable = (budget // (2 * KRONROD_POINTS)).clamp_min(0)  # [batch] panels each sequence can split
+    order = torch.argsort(torch.where(chosen, score, torch.full_like(score, -1.0)), descending=True)
+    rank = torch.zeros_like(panels.seq)
+    for b in range(batch):  # rank of each chosen panel among its sequence's chosen panels
+        mine = order[panels.seq[order] == b]
+        rank[mine] = torch.arange(len(mine))
+    return chosen & (rank < affordable[panels.seq])
+
+
+def adaptive_integral(integrand: Integrand, value: Value, batch: int, stretch: float = 0.0, tol: float = 0.01,
+                      initial_panels: int = 4, max_evaluations: int = 4096) -> AdaptiveIntegral:
+    """The adaptive Gauss-Kronrod rule of the module docstring on ``int_0^1 g_s(alpha) d alpha``.
+
+    ``integrand`` and ``value`` take flat ``(seq [m], alpha [m])`` points (CPU, ``alpha`` float64)
+    and may return on any device. Every sequence starts from ``initial_panels`` equal panels in ``u``
+    (``alpha = stretch_map(u, stretch)``) and gets at most ``max_evaluations`` gradient evaluations
+    (at least one panel's 15); forward passes: one per panel edge.
     """
-    check_steps(steps)
-    p = min(PANEL_POINTS, steps)
-    n_panels = steps // p
-    M = SCAN_PER_STEP * steps
-    u0 = torch.linspace(0, 1, M + 1, dtype=torch.float64)
-    f = f_at(stretch_map(u0, stretch)[:, None].expand(-1, batch)).double()  # [M + 1, batch]
-    u, f = refine_scan(lambda uu: f_at(stretch_map(uu, stretch)).double(), u0, f, REFINE_ROUNDS,
-                       max(1, steps // 4))
-    width = u[1:] - u[:-1]
-    bend = _to_intervals(_slope_changes(u, f)[1] / 2)  # half of each point's change to either side
-    mass = (1 - UNIFORM_SHARE) * bend / bend.sum(0).clamp_min(1e-300) + UNIFORM_SHARE * width  # [intervals, batch]
-    cum = torch.cat([mass.new_zeros(1, batch), mass.cumsum(0)])
-    cum = cum / cum[-1]
-    levels = np.linspace(0.0, 1.0, n_panels + 1)
-    edges = torch.stack([torch.from_numpy(np.interp(levels, cum[:, b].numpy(), u[:, b].numpy()))
-                         for b in range(batch)], 1)
-    plans = [(edges[:, b].numpy(), p) for b in range(batch)]
-    rough = [b for b in range(batch)  # predicted to miss by both interpolants (the spline is exact-er where smooth)
-             if min(panel_plan.predicted_error(u[:, b].numpy(), f[:, b].numpy(), plans[b][0], p, kind)
-                    for kind in ("pchip", "spline")) > PLAN_TOLERANCE]
-    n_nodes = p * n_panels
-    if rough and n_nodes % ROUGH_PANEL_POINTS == 0 and n_nodes >= 2 * ROUGH_PANEL_POINTS:
-        scan = lambda uu: f_at(stretch_map(uu, stretch)).double()
-        for b, plan in _rough_path_plans(scan, u, f, plans, rough, n_nodes // ROUGH_PANEL_POINTS).items():
-            plans[b] = plan
-    un, wn = zip(*(_panel_nodes(torch.from_numpy(e), points) for e, points in plans))
-    un, wn = torch.stack(un, 1), torch.stack(wn, 1)  # [nodes, batch]
-    return stretch_map(un, stretch), wn * stretch_slope(un, stretch)
-
-
-def _panel_nodes(edges: Tensor, points: int) -> tuple[Tensor, Tensor]:
-    """Composite ``points``-point Gauss-Legendre nodes and weights on the panels between ``edges``."""
-    x, w = (torch.tensor(v, dtype=edges.dtype) for v in panel_plan.gauss_legendre(points))
-    lo, width = edges[:-1], edges[1:] - edges[:-1]
-    return (lo[:, None] + width[:, None] * x).reshape(-1), (width[:, None] * w).reshape(-1)
-
-
-def _rough_path_plans(scan: FAt, u: Tensor, f: Tensor, plans: list, rough: list[int], n_panels: int) -> dict:
-    """Better plans for the sequences whose panel plan is predicted to miss (module docstring, point 3).
-
-    For each sequence in ``rough``: :func:`panel_plan.optimal_panels` on its scan, then up to
-    ``VERIFY_ROUNDS`` times: ``f`` at the plan's nodes is added to the scan (the plan is judged where
-    it will sample) and the plan re-chosen, the better of the two kept. The result replaces the panel
-    plan only where its predicted error, on the final scan, is lower. Returns ``{sequence: (edges,
-    points)}``; ``scan(u [n, batch])`` evaluates ``f`` forward only.
-    """
-    P, width = ROUGH_PANEL_POINTS, max(ROUGH_PANEL_WIDTH, 1.0 / n_panels)
-    scans = {b: (u[:, b].numpy(), f[:, b].numpy()) for b in rough}
-    best = {b: panel_plan.optimal_panels(*scans[b], n_panels, P, width) for b in rough}
-    todo = list(rough)
-    for _ in range(VERIFY_ROUNDS):
-        if not todo:
+    u = torch.linspace(0, 1, initial_panels + 1, dtype=torch.float64)
+    seq = torch.arange(batch).repeat_interleave(initial_panels + 1)
+    f_edge = _host(value(seq, stretch_map(u, stretch).repeat(batch))).view(batch, -1)
+    panels = _Panels(torch.arange(batch).repeat_interleave(initial_panels), u[:-1].repeat(batch),
+                     u[1:].repeat(batch), f_edge[:, :-1].reshape(-1), f_edge[:, 1:].reshape(-1))
+    panels.evaluate(integrand, stretch)
+    used = torch.full((batch,), KRONROD_POINTS * initial_panels, dtype=torch.long)
+    while True:
+        split = _choose(panels, batch, tol, max_evaluations - used)
+        if not bool(split.any()):
             break
-        nodes = {b: _panel_nodes(torch.from_numpy(best[b]), P)[0] for b in todo}
-        probe_at = torch.stack([nodes.get(b, nodes[todo[0]]) for b in range(u.shape[1])], 1)
-        values = scan(probe_at)
-        for b in todo:
-            su, sf = np.concatenate([scans[b][0], nodes[b].numpy()]), np.concatenate([scans[b][1], values[:, b].numpy()])
-            order = np.argsort(su, kind="stable")
-            scans[b] = (su[order], sf[order])
-            new = panel_plan.optimal_panels(*scans[b], n_panels, P, width)
-            if panel_plan.predicted_error(*scans[b], new, P) < panel_plan.predicted_error(*scans[b], best[b], P):
-                best[b] = new
-        todo = [b for b in todo if panel_plan.predicted_error(*scans[b], best[b], P) > PLAN_TOLERANCE]
-    out = {}
-    for b in rough:
-        edges, points = plans[b]
-        if panel_plan.predicted_error(*scans[b], best[b], P) < panel_plan.predicted_error(*scans[b], edges, points):
-            out[b] = (best[b], P)
-    return out
+        old = panels.keep(split)
+        mid = (old.lo + old.hi) / 2
+        f_mid = _host(value(old.seq, stretch_map(mid, stretch)))
+        children = _Panels(old.seq.repeat(2), torch.cat([old.lo, mid]), torch.cat([mid, old.hi]),
+                           torch.cat([old.f_lo, f_mid]), torch.cat([f_mid, old.f_hi]))
+        children.evaluate(integrand, stretch)
+        used += 2 * KRONROD_POINTS * torch.bincount(old.seq, minlength=batch)
+        panels = panels.keep(~split)
+        panels.extend(children)
+    estimate, error = panels.per_sequence(panels.K, batch), panels.per_sequence(panels.err, batch)
+    delta = f_edge[:, -1] - f_edge[:, 0]
+    return AdaptiveIntegral(estimate=estimate, error=error, mismatch=(estimate.sum(-1) - delta).abs(),
+                            evaluations=used, panels=torch.bincount(panels.seq, minlength=batch),
+                            converged=error.amax(-1) <= tol * estimate.abs().amax(-1))
