@@ -17,6 +17,7 @@ model_type         transformers class                     converter
 ``xlstm``          ``xLSTMForCausalLM`` (mLSTM, 7B design) :mod:`probe.io.convert_xlstm`
 ``xlstm-package``  ``xlstm.xLSTMLMModel`` (paper blocks)   :mod:`probe.io.convert_xlstm`
 ``mamba``          ``MambaForCausalLM``                   :mod:`probe.io.convert_mamba`
+``mamba2``         ``Mamba2ForCausalLM`` (Mamba-2 / SSD)   :mod:`probe.io.convert_mamba2`
 =================  =====================================  ==================================
 
 ``recurrent_gemma`` (``RecurrentGemmaForCausalLM`` whose layers are all recurrent, Hawk):
@@ -64,15 +65,20 @@ def _mamba(model, **kw):
     return mamba_from_hf(model, **kw)
 
 
+def _mamba2(model, **kw):
+    from probe.io.convert_mamba2 import mamba2_from_hf
+    return mamba2_from_hf(model, **kw)
+
+
 def _recurrent_gemma(model, **kw):
     from probe.io.convert_recurrentgemma import recurrentgemma_from_hf
     return recurrentgemma_from_hf(model, **kw)
 
 
 CONVERTERS: dict[str, Callable] = {"gpt2": _gpt2, "rwkv": _rwkv, "xlstm": _xlstm, "mamba": _mamba,
-                                   "xlstm-package": _xlstm_package}
+                                   "mamba2": _mamba2, "xlstm-package": _xlstm_package}
 SUPPORTED = ("GPT2LMHeadModel (gpt2)", "RwkvForCausalLM (rwkv)", "xLSTMForCausalLM (xlstm)",
-             "MambaForCausalLM (mamba)", "xlstm.xLSTMLMModel (mLSTM/sLSTM blocks)")
+             "MambaForCausalLM (mamba)", "Mamba2ForCausalLM (mamba2)", "xlstm.xLSTMLMModel (mLSTM/sLSTM blocks)")
 CONVERTERS["recurrent_gemma"] = _recurrent_gemma
 SUPPORTED += ("RecurrentGemmaForCausalLM (recurrent_gemma, recurrent layers only)",)
 
