@@ -17,6 +17,7 @@ must add its row (the test checks this table covers ``probe.mixers.MIXERS``)::
     lmu     2e-3     8.5e-4       2e-2      7.7e-3
     lstm    4e-3     1.3e-3       3e-2      1.1e-2
     mamba   3e-3     1.1e-3       2e-2      8.0e-3
+    mamba2  2.5e-3   9.4e-4       2e-2      8.1e-3
     mlstm   1.2e-2   4.8e-3       4e-2      1.5e-2
     qrnn    3e-3     1.2e-3       3e-2      1.0e-2
     rglru   3.5e-3   1.4e-3       2e-2      7.3e-3
@@ -56,6 +57,7 @@ TOLERANCE = {
     "lstm": (4e-3, 3e-2), "mamba": (3e-3, 2e-2), "mlstm": (1.2e-2, 4e-2), "qrnn": (3e-3, 3e-2),
     "rwkv": (3e-3, 2.5e-2), "slstm": (8e-3, 5e-2),
     "rglru": (3.5e-3, 2e-2),
+    "mamba2": (2.5e-3, 2e-2),
 }
 DTYPES = {"float16": (torch.float16, 0), "bfloat16": (torch.bfloat16, 1)}
 LONG = 8192
