@@ -13,6 +13,8 @@ from app.context import Context, Slot
 LOCAL, HUB = "Local checkpoint...", "Hugging Face id..."
 DEFAULT_TEXT = "def add(a, b):\n    return a + b\n"
 INPUT_MODES = ("Your text", "Code corpus", "Synthetic task")
+#: the longest typed text kept in the page's address (query parameter ``text::own``)
+MAX_URL_TEXT = 2000
 
 
 def _label(option: str) -> str:
@@ -27,14 +29,15 @@ def pick_model(name: str, default: str) -> Slot:
     """One model picker; the model is loaded (cached) and any failure becomes ``slot.error``."""
     options = loading.zoo_sources() + loading.demo_sources() + [LOCAL, HUB]
     index = options.index(default) if default in options else 0
-    choice = st.selectbox(f"Model {name}", options, index=index, format_func=_label, key=f"model_{name}")
+    choice = st.selectbox(f"Model {name}", options, index=index, format_func=_label, key=f"model_{name}",
+                          bind="query-params")
     if choice == LOCAL:
-        source = st.text_input(f"Model {name}: checkpoint directory", key=f"path_{name}",
+        source = st.text_input(f"Model {name}: checkpoint directory", key=f"path_{name}", bind="query-params",
                                placeholder="runs/mine/model  (config.json + model.safetensors)").strip()
         if not source:
             return Slot(name, "", error=f"Model {name}: type the path of a checkpoint directory in the sidebar.")
     elif choice == HUB:
-        hub_id = st.text_input(f"Model {name}: Hugging Face id", key=f"hub_{name}",
+        hub_id = st.text_input(f"Model {name}: Hugging Face id", key=f"hub_{name}", bind="query-params",
                                placeholder="openai-community/gpt2").strip()
         st.caption("Needs a network connection and `pip install -e '.[hf]'` (gpt2, rwkv, mamba, xlstm).")
         if not hub_id:
@@ -57,7 +60,7 @@ def pick_input() -> tuple[str, examples.Example | None]:
 
     The text box is keyed by the example, so picking another example resets it while edits to
     the current one are kept."""
-    mode = st.radio("Input", INPUT_MODES, horizontal=True, key="input_mode")
+    mode = st.radio("Input", INPUT_MODES, horizontal=True, key="input_mode", bind="query-params")
     example = None
     if mode == "Code corpus":
         choices = examples.code_examples()
@@ -67,13 +70,18 @@ def pick_input() -> tuple[str, examples.Example | None]:
         else:
             st.warning("No code snippets found in this Python's standard library.")
     elif mode == "Synthetic task":
-        task = st.selectbox("Task", examples.task_names(), key="task_name")
+        task = st.selectbox("Task", examples.task_names(), key="task_name", bind="query-params")
         st.caption(examples.task_description(task))
-        index = st.number_input("Example", min_value=0, max_value=49, value=0, step=1, key="task_index")
+        index = st.number_input("Example", min_value=0, max_value=49, value=0, step=1, key="task_index",
+                                bind="query-params")
         example = examples.task_examples(task, 50)[int(index)]
     default = example.text if example is not None else DEFAULT_TEXT
     key = f"text::{example.label}" if example is not None else "text::own"
-    text = st.text_area("Text", default, height=160, key=key,
+    # your own text goes into the page's address (a shareable view) while it is short enough for a URL
+    own_short = example is None and len(st.session_state.get(key, default)) <= MAX_URL_TEXT
+    if example is None and not own_short:
+        st.query_params.pop(key, None)  # a stale short text in the address would come back on reload
+    text = st.text_area("Text", default, height=160, key=key, bind="query-params" if own_short else None,
                         help=f"Any length; the explorer analyses the first {loading.MAX_TOKENS} tokens.")
     return text, example
 

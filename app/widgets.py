@@ -177,7 +177,8 @@ def download_figure(fig, key: str) -> None:
     else:
         st.download_button("Figure (HTML)", lambda: fig.to_html(include_plotlyjs="cdn"), f"{name}.html", "text/html",
                            key=f"dl-fig-{key}", on_click="ignore",
-                           help="An interactive HTML file; PNG export needs plotly's static export: pip install kaleido.")
+                           help="An interactive HTML file; PNG export needs plotly's static export: "
+                                "pip install kaleido.")
 
 
 def static_export_available() -> bool:

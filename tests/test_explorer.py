@@ -341,8 +341,8 @@ def test_readme_notebooks_and_explorer_take_the_steering_pairs_from_one_source()
     cells = json.loads((ROOT / "notebooks" / "04_patching_steering.ipynb").read_text())["cells"]
     notebook = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     for source in (readme, notebook):
-        assert "from probe.data.contrast import NUMBER" in source and "steering_vector(model, NUMBER.positive" in source \
-            or "steering_vector(model, plural, singular" in source
+        assert "from probe.data.contrast import NUMBER" in source
+        assert "steering_vector(model, NUMBER.positive" in source or "steering_vector(model, plural, singular" in source
         assert 'f"the {p}' not in source and "f\"the {s}" not in source
 
 
@@ -390,3 +390,19 @@ def test_every_figure_and_table_has_a_download_button():
     labels = [d.proto.label for d in at.get("download_button")]
     assert labels.count("Table (CSV)") == 2  # one per model
     assert labels.count("Figure (HTML)") + labels.count("Figure (PNG)") == len(at.get("plotly_chart"))
+
+
+def test_the_view_is_restored_from_the_address():
+    """Models, input, tab and options live in the URL's query parameters, so a shared address opens the same
+    view: a page opened with them shows what they name (a choice is written as its label, as Streamlit does)."""
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.query_params.update({"model_A": "demo: lstm (untrained)", "model_B": "demo: transformer (untrained)",
+                            "view": "Logit lens", "logit_lens_color": "KL to the final distribution",
+                            TEXT_KEY: "y = 2 * x\n"})
+    at.run()
+    assert not problems(at), problems(at)
+    assert [t for t in texts(at.markdown) if t.startswith("##### ")] == ["##### Model A: demo:lstm",
+                                                                       "##### Model B: demo:transformer"]
+    assert at.text_area[0].value == "y = 2 * x\n" and texts(at.subheader) == ["Logit lens"]
+    assert at.radio(key="logit_lens_color").value == "kl"
+    assert "KL" in figures(at)[0].data[0].colorbar.title.text

@@ -38,5 +38,5 @@ def render(ctx: Context) -> None:
     st.caption("logit = sum over the residual stream's parts (embedding, each mixer, each MLP) of their "
                "projection through the frozen final norm and the unembedding, plus the biases.")
     metric = metric_picker(ctx, "dla")
-    per_head = st.checkbox("Split attention layers by head", value=False, key="dla_heads")
+    per_head = st.checkbox("Split attention layers by head", value=False, key="dla_heads", bind="query-params")
     side_by_side(ctx, lambda slot: _column(slot, ctx.text, metric, per_head))

@@ -140,7 +140,7 @@ def render_logit(ctx: Context) -> None:
     st.caption("Each residual stream read out with the final norm and unembedding. Cell text (when the window "
                "is narrow enough to read it): the top next-token prediction after that layer; hover for the top "
                "tokens and probabilities. Both columns share one colour scale.")
-    color = st.radio("Colour", ["prob", "kl"], horizontal=True, key="logit_lens_color",
+    color = st.radio("Colour", ["prob", "kl"], horizontal=True, key="logit_lens_color", bind="query-params",
                      format_func={"prob": "top-1 probability", "kl": "KL to the final distribution"}.get)
     window = position_window(ctx, "logit_lens_window")
     scale = color_scale(color)
@@ -171,7 +171,7 @@ def render_tuned(ctx: Context) -> None:
     st.caption("Each residual stream mapped by a learned affine translator before the readout "
                "(Belrose et al. 2023); compare with the logit lens tab.")
     left, right = st.columns(2)
-    color = left.radio("Colour", ["prob", "kl"], horizontal=True, key="tuned_lens_color",
+    color = left.radio("Colour", ["prob", "kl"], horizontal=True, key="tuned_lens_color", bind="query-params",
                        format_func={"prob": "top-1 probability", "kl": "KL to the final distribution"}.get)
     steps = right.select_slider("Steps when fitting here", [5, 10, 20, 50, 100, 200, 500], value=20,
                                 key="tuned_steps", help="Each step: 4 windows of 64 tokens of the stdlib corpus.")

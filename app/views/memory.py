@@ -98,12 +98,12 @@ def render(ctx: Context) -> None:
     if not methods.available("memory_map", "state_sizes"):
         return
     c1, c2, c3 = st.columns(3)
-    method = c1.radio("Map", ["auto", "gradient"], horizontal=True, key="mem_method",
+    method = c1.radio("Map", ["auto", "gradient"], horizontal=True, key="mem_method", bind="query-params",
                       format_func={"auto": "native (pattern / implicit)", "gradient": "gradient influence (all)"}.get)
     exact = c2.checkbox("Exact gradient influence", value=False, key="mem_exact",
                         help=f"LSTM maps (and 'gradient influence (all)') are estimated with {PROBES} random "
                         "probes per position unless this is on (exact is d_model / 8 times slower).")
-    normalize = c3.checkbox("Scale rows to max 1", value=True, key="mem_normalize")
+    normalize = c3.checkbox("Scale rows to max 1", value=True, key="mem_normalize", bind="query-params")
     # row-scaled maps mean the same thing in both columns (each row's largest read is 1): one colour scale;
     # unscaled ones are in each mixer's own units (attention weight, gradient norm), each on its own
     scale = ColorScale("(row-scaled: each row's largest read is 1)", 0.0, 1.0) if normalize else None

@@ -102,7 +102,8 @@ def _pick_pair(ctx: Context) -> PairChoice | None:
         current = None
     options = tasks + [CUSTOM]
     c1, c2 = st.columns([1, 2])
-    task = c1.selectbox("Pairs from", options, index=options.index(current.task) if current else 0, key="patch_task")
+    task = c1.selectbox("Pairs from", options, index=options.index(current.task) if current else 0, key="patch_task",
+                        bind="query-params")
     if task == CUSTOM:
         a, b = st.columns(2)
         choice = PairChoice(clean=a.text_input("Clean text", "g1 i3 d1|d", key="patch_clean"),
@@ -151,7 +152,7 @@ def render(ctx: Context) -> None:
     st.markdown(f"clean `{d['clean']}` → **{d['answer']}** · corrupted `{d['corrupted']}` → **{d['contrast']}**"
                 + (f" · positions: {roles}" if roles else ""))
     c1, c2 = st.columns(2)
-    method = c1.radio("Method", ["activation", "attribution"], horizontal=True, key="patch_method",
+    method = c1.radio("Method", ["activation", "attribution"], horizontal=True, key="patch_method", bind="query-params",
                       format_func={"activation": "activation patching",
                                    "attribution": "attribution patching (gradient estimate)"}.get)
     sites = c2.multiselect("Sites", SITES, default=list(SITES), key="patch_sites")

@@ -190,7 +190,7 @@ def render(ctx: Context) -> None:
     if not methods.available("fit_probes", "collect_activations"):
         return
     c1, c2, c3 = st.columns([2, 1, 2])
-    dataset = c1.selectbox("Fit on", list(DATASETS), key="probe_dataset",
+    dataset = c1.selectbox("Fit on", list(DATASETS), key="probe_dataset", bind="query-params",
                            help="; ".join(f"{k}: {v[2]}" for k, v in DATASETS.items()))
     if DATASETS[dataset][0] == "code":
         size = c2.select_slider("Bytes", [5_000, 10_000, 20_000, 50_000], value=10_000, key="probe_bytes")

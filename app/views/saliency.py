@@ -41,8 +41,8 @@ def render(ctx: Context) -> None:
                "straight path from a baseline embedding (Sundararajan et al. 2017).")
     metric = metric_picker(ctx, "ig")
     c1, c2 = st.columns(2)
-    steps = c1.select_slider("Integration steps", [8, 16, 32, 64], value=16, key="ig_steps")
-    baseline = c2.radio("Baseline", ["mean", "zero", "pad"], horizontal=True, key="ig_baseline",
+    steps = c1.select_slider("Integration steps", [8, 16, 32, 64], value=16, key="ig_steps", bind="query-params")
+    baseline = c2.radio("Baseline", ["mean", "zero", "pad"], horizontal=True, key="ig_baseline", bind="query-params",
                         format_func={"mean": "mean embedding", "zero": "zero embedding",
                                      "pad": "pad token everywhere"}.get)
     side_by_side(ctx, lambda slot: _column(slot, ctx.text, metric, int(steps), baseline))

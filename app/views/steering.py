@@ -50,7 +50,7 @@ def generate(source: str, preset: ContrastPairs, site: str, layer: int, coeffici
 
 
 def _pick_preset() -> ContrastPairs | None:
-    name = st.selectbox("Contrast pairs", list(PRESETS) + [CUSTOM], key="steer_preset")
+    name = st.selectbox("Contrast pairs", list(PRESETS) + [CUSTOM], key="steer_preset", bind="query-params")
     if name != CUSTOM:
         preset = PRESETS[name]
         st.caption(f"{len(preset.positive)} pairs, e.g. {preset.positive[0]!r} vs {preset.negative[0]!r}.")
@@ -104,8 +104,8 @@ def render(ctx: Context) -> None:
     if preset is None:
         return
     c1, c2, c3 = st.columns([2, 3, 1])
-    site = c1.radio("Steer", list(SITES), format_func=SITES.get, key="steer_site")
-    coefficient = c2.slider("Coefficient", -8.0, 8.0, 4.0, step=0.5, key="steer_coefficient")
+    site = c1.radio("Steer", list(SITES), format_func=SITES.get, key="steer_site", bind="query-params")
+    coefficient = c2.slider("Coefficient", -8.0, 8.0, 4.0, step=0.5, key="steer_coefficient", bind="query-params")
     n_new = c3.number_input("New tokens", 1, 200, 24, key="steer_tokens")
     st.markdown(f"Prompt `{preset.prompt}` · metric logit[`{preset.answer}`] - logit[`{preset.contrast}`]")
     side_by_side(ctx, lambda slot: _column(slot, preset, site, float(coefficient), int(n_new)))
