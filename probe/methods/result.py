@@ -51,7 +51,8 @@ class MethodResult:
             raise InputError(f"Cannot save a result as {path.name!r}: use one of "
                              f"{', '.join(TABLE_SUFFIXES + FIGURE_SUFFIXES)} (table or figure).")
         if path.is_dir():
-            raise InputError(f"{str(path)!r} is a folder; give a file name such as {str(path / ('result' + suffix))!r}.")
+            raise InputError(f"{str(path)!r} is a folder; give a file name such as "
+                             f"{str(path / ('result' + suffix))!r}.")
         path.parent.mkdir(parents=True, exist_ok=True)
         if suffix in TABLE_SUFFIXES:
             frame = self.to_frame()
