@@ -17,6 +17,8 @@ model_type         transformers class                     converter
 ``xlstm``          ``xLSTMForCausalLM`` (mLSTM, 7B design) :mod:`probe.io.convert_xlstm`
 ``xlstm-package``  ``xlstm.xLSTMLMModel`` (paper blocks)   :mod:`probe.io.convert_xlstm`
 ``mamba``          ``MambaForCausalLM``                   :mod:`probe.io.convert_mamba`
+``qwen3_next``     ``Qwen3NextForCausalLM`` (all layers    :mod:`probe.io.convert_gdn`
+                   Gated DeltaNet, dense MLPs)
 ``mamba2``         ``Mamba2ForCausalLM`` (Mamba-2 / SSD)   :mod:`probe.io.convert_mamba2`
 =================  =====================================  ==================================
 
@@ -70,6 +72,11 @@ def _mamba2(model, **kw):
     return mamba2_from_hf(model, **kw)
 
 
+def _qwen3_next(model, **kw):
+    from probe.io.convert_gdn import qwen3_next_from_hf
+    return qwen3_next_from_hf(model, **kw)
+
+
 def _recurrent_gemma(model, **kw):
     from probe.io.convert_recurrentgemma import recurrentgemma_from_hf
     return recurrentgemma_from_hf(model, **kw)
@@ -77,10 +84,12 @@ def _recurrent_gemma(model, **kw):
 
 CONVERTERS: dict[str, Callable] = {"gpt2": _gpt2, "rwkv": _rwkv, "xlstm": _xlstm, "mamba": _mamba,
                                    "mamba2": _mamba2, "xlstm-package": _xlstm_package}
+CONVERTERS["qwen3_next"] = _qwen3_next
 SUPPORTED = ("GPT2LMHeadModel (gpt2)", "RwkvForCausalLM (rwkv)", "xLSTMForCausalLM (xlstm)",
              "MambaForCausalLM (mamba)", "Mamba2ForCausalLM (mamba2)", "xlstm.xLSTMLMModel (mLSTM/sLSTM blocks)")
 CONVERTERS["recurrent_gemma"] = _recurrent_gemma
 SUPPORTED += ("RecurrentGemmaForCausalLM (recurrent_gemma, recurrent layers only)",)
+SUPPORTED += ("Qwen3NextForCausalLM (qwen3_next, Gated DeltaNet layers only)",)
 
 
 def model_kind(model: Any) -> str:

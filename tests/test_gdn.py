@@ -1,0 +1,220 @@
+"""Gated DeltaNet: the delta-rule kernel (chunked WY form and all-states form against the
+sequential definition, float64), the implicit attention against the product formula, and parity
+with transformers' Qwen3-Next Gated DeltaNet (one layer: output, recurrent and conv state, one-token
+decode; a whole all-linear model: logits, every layer's final state, greedy generation)."""
+import pytest
+import torch
+
+import probe
+from conftest import randomise
+from probe.errors import CheckpointError, ConfigError
+from probe.methods import implicit_attention
+from probe.ops.delta_rule import (dplr_sequential, gated_delta_rule_chunked, gated_delta_rule_sequential,
+                                  gated_delta_rule_states)
+
+transformers = pytest.importorskip("transformers")
+from probe.io.convert_gdn import gdn_mixer_from_hf, qwen3_next_from_hf  # noqa: E402
+
+# -- the kernel --------------------------------------------------------------------------------------
+
+
+def _inputs(T, gates="uniform", seed=0, b=2, H=3, K=4, V=5):
+    g = torch.Generator().manual_seed(seed)
+    d = dict(dtype=torch.float64)
+    q = torch.randn(b, T, H, K, generator=g, **d)
+    k = torch.nn.functional.normalize(torch.randn(b, T, H, K, generator=g, **d), dim=-1)
+    v = torch.randn(b, T, H, V, generator=g, **d)
+    a = torch.rand(b, T, H, generator=g, **d)
+    if gates == "exact0and1":
+        a = (a > 0.5).to(a.dtype)
+    elif gates == "near1":
+        a = 1 - 1e-3 * a
+    beta = torch.rand(b, T, H, generator=g, **d)
+    return q, k, v, a.log(), beta, torch.randn(b, H, K, V, generator=g, **d)
+
+
+def test_sequential_is_the_matrix_recurrence():
+    """S_t = a_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T, o_t = scale S_t^T q_t, written as matrices."""
+    q, k, v, g, beta, h0 = _inputs(6)
+    S, outs = h0.clone(), []
+    eye = torch.eye(4, dtype=torch.float64)
+    for t in range(6):
+        kk = k[:, t, :, :, None] * k[:, t, :, None, :]
+        S = g[:, t].exp()[..., None, None] * (eye - beta[:, t, :, None, None] * kk) @ S \
+            + beta[:, t, :, None, None] * k[:, t, :, :, None] * v[:, t, :, None, :]
+        outs.append(0.5 * S.transpose(-1, -2) @ q[:, t, :, :, None])
+    o, hT = gated_delta_rule_sequential(q, k, v, g, beta, h0, scale=0.5)
+    torch.testing.assert_close(o, torch.stack(outs, 1)[..., 0])
+    torch.testing.assert_close(hT, S)
+
+
+@pytest.mark.parametrize("gates", ["uniform", "exact0and1", "near1"])
+@pytest.mark.parametrize("T", [1, 15, 16, 17, 50])
+def test_chunked_and_states_equal_sequential(T, gates):
+    q, k, v, g, beta, h0 = _inputs(T, gates)
+    o_ref, h_ref = gated_delta_rule_sequential(q, k, v, g, beta, h0, scale=0.5)
+    for chunk in (1, 7, 16):
+        o, h = gated_delta_rule_chunked(q, k, v, g, beta, h0, scale=0.5, chunk=chunk)
+        torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-10)
+    S = gated_delta_rule_states(k, v, g, beta, h0, chunk=7)
+    torch.testing.assert_close(0.5 * torch.einsum("bthkv,bthk->bthv", S, q), o_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(S[:, -1], h_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_forced_state_restarts_the_rule():
+    q, k, v, g, beta, h0 = _inputs(20)
+    mask = torch.zeros(2, 20, 3, 4, 5, dtype=torch.bool)
+    mask[0, 9, 1] = True  # one sequence, one head
+    values = torch.full((2, 20, 3, 4, 5), 3.0, dtype=torch.float64)
+    S = gated_delta_rule_states(k, v, g, beta, h0, force=(mask, values), chunk=4)
+    assert torch.equal(S[0, 9, 1], values[0, 9, 1])
+    clean = gated_delta_rule_states(k, v, g, beta, h0)
+    torch.testing.assert_close(S[1], clean[1])  # the other sequence is untouched
+    torch.testing.assert_close(S[:, :9], clean[:, :9])
+    _, after = gated_delta_rule_sequential(q[:, 10:], k[:, 10:], v[:, 10:], g[:, 10:], beta[:, 10:], S[:, 9])
+    torch.testing.assert_close(S[:, -1], after, rtol=1e-10, atol=1e-10)
+
+
+def test_generalised_rule_contains_the_gated_delta_rule():
+    """dplr with w = a 1, a = -a beta k, b = k and key beta k is the gated delta rule (RWKV-7 reuses dplr)."""
+    q, k, v, g, beta, h0 = _inputs(9)
+    o_ref, h_ref = gated_delta_rule_sequential(q, k, v, g, beta, h0)
+    a = -(g.exp() * beta)[..., None] * k
+    o, h = dplr_sequential(q, beta[..., None] * k, v, g[..., None].expand_as(k), a, k, h0)
+    torch.testing.assert_close(o, o_ref)
+    torch.testing.assert_close(h, h_ref)
+
+
+def test_kernel_refuses_mismatched_shapes():
+    q, k, v, g, beta, h0 = _inputs(5)
+    with pytest.raises(ValueError, match="log_decay and beta"):
+        gated_delta_rule_chunked(q, k, v, g[..., None], beta)
+    with pytest.raises(ValueError, match="h0"):
+        gated_delta_rule_chunked(q, k, v, g, beta, h0[:, :1])
+
+
+# -- implicit attention --------------------------------------------------------------------------------
+
+
+def _tiny(**options):
+    torch.manual_seed(0)
+    opts = {"n_k_heads": 2, "n_v_heads": 4, "d_k": 8, "d_v": 4, **options}
+    cfg = probe.ModelConfig(vocab_size=257, d_model=32, n_heads=2, layout=["gdn", "gdn"], mlp="swiglu", d_mlp=64,
+                            positional="none", mixer_options={"gdn": opts})
+    return randomise(probe.HookedLM(cfg)).eval()
+
+
+def test_implicit_attention_is_the_product_formula():
+    """A[h, t, s] = K^-1/2 beta_s q_t^T prod_{s<r<=t} a_r (I - beta_r k_r k_r^T) k_s, with grouped heads."""
+    model, toks = _tiny(), torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(3))
+    ia, errors = implicit_attention(model, toks, 1)
+    assert errors["output"] < 1e-5 and errors["signal"] < 1e-5
+    _, cache = model.run_with_cache(toks)
+    hook = lambda n: cache[f"blocks.1.mixer.hook_{n}"][0]
+    mixer = model.blocks[1].mixer
+    q, k = (mixer.expand_heads(torch.nn.functional.normalize(hook(n)[None], dim=-1, eps=0))[0] for n in "qk")
+    a, beta = hook("log_decay").exp(), hook("beta")
+    for h in (0, 3):
+        for t, s in ((0, 0), (5, 2), (8, 0), (8, 8)):
+            P = torch.eye(8)
+            for r in range(s + 1, t + 1):
+                P = a[r, h] * (torch.eye(8) - beta[r, h] * torch.outer(k[r, h], k[r, h])) @ P
+            want = 8 ** -0.5 * beta[s, h] * q[t, h] @ P @ k[s, h]
+            torch.testing.assert_close(ia.matrix[0, h, t, s], want, rtol=1e-3, atol=1e-5)
+
+
+# -- parity with transformers' Qwen3-Next ----------------------------------------------------------------
+
+
+def _qwen3_next(layer_types=("linear_attention",) * 2, **overrides):
+    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=len(layer_types),
+              layer_types=list(layer_types), num_experts=0, linear_num_key_heads=2, linear_num_value_heads=4,
+              linear_key_head_dim=8, linear_value_head_dim=4, linear_conv_kernel_dim=4, num_attention_heads=2,
+              num_key_value_heads=1, head_dim=16, tie_word_embeddings=False)
+    kw.update(overrides)
+    return randomise(Qwen3NextForCausalLM(Qwen3NextConfig(**kw)), 0.3).eval()
+
+
+def _relative_error(got, want):
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def _hf_layer_states(hf, ids):
+    """Each linear layer's final (recurrent, conv) state from transformers' own cache code: the layer's
+    input is captured in a cache-free forward, then the layer is run on it with a DynamicCache."""
+    from transformers import DynamicCache
+
+    inputs = {}
+    handles = [layer.linear_attn.register_forward_hook(
+        lambda mod, args, kwargs, out, i=i: inputs.__setitem__(i, kwargs["hidden_states"]), with_kwargs=True)
+        for i, layer in enumerate(hf.model.layers)]
+    try:
+        hf(ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    states = {}
+    for i, layer in enumerate(hf.model.layers):
+        cache = DynamicCache(config=hf.config)
+        layer.linear_attn(hidden_states=inputs[i], cache=cache)
+        states[i] = (cache.layers[i].recurrent_states[0], cache.layers[i].conv_states[0])
+    return states
+
+
+@pytest.mark.numerical
+def test_layer_parity_output_state_and_decode():
+    from transformers import DynamicCache
+
+    hf = _qwen3_next()
+    module = hf.model.layers[0].linear_attn
+    mixer = gdn_mixer_from_hf(module)
+    x = torch.randn(2, 37, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        cache = DynamicCache(config=hf.config)
+        want = module(hidden_states=x[:, :36], cache=cache)
+        y, state = mixer(x[:, :36])
+        assert float((y - want).abs().max()) < 1e-5
+        torch.testing.assert_close(state["state"], cache.layers[0].recurrent_states[0], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(state["state_conv"], cache.layers[0].conv_states[0][..., 1:].transpose(1, 2))
+        step_want = module(hidden_states=x[:, 36:], cache=cache)  # transformers' one-token recurrent path
+        step, after = mixer(x[:, 36:], state)
+        assert float((step - step_want).abs().max()) < 1e-5
+        torch.testing.assert_close(after["state"], cache.layers[0].recurrent_states[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.numerical
+def test_model_parity_logits_states_generation():
+    hf = _qwen3_next()
+    model = probe.from_hf(hf, tokenizer="byte")
+    ids = torch.randint(0, 100, (2, 40), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = hf(ids, use_cache=False).logits
+        logits, states = model(ids, return_states=True)
+        assert float((logits - want).abs().max()) <= 1e-4
+        for i, (rec, conv) in _hf_layer_states(hf, ids).items():
+            ours = states.layers[i]["mixer"]
+            # layer 1 reads a residual stream that already differs by float rounding (~1e-5 of its size)
+            assert _relative_error(ours["state"], rec) < 1e-4, i
+            assert _relative_error(ours["state_conv"], conv[..., 1:].transpose(1, 2)) < 1e-4, i
+        prompt = ids[:1, :6]
+        hf_tokens = hf.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=False)
+        ours = model.generate(prompt, max_new_tokens=5, temperature=0.0, return_type="tokens")
+    assert torch.equal(ours, hf_tokens)
+
+
+def test_whole_model_conversion_refuses_what_probe_cannot_express():
+    with pytest.raises(ConfigError, match="layer 1 is 'full_attention'"):
+        qwen3_next_from_hf(_qwen3_next(("linear_attention", "full_attention")))
+    with pytest.raises(ConfigError, match="mixture-of-experts"):
+        qwen3_next_from_hf(_qwen3_next(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                       shared_expert_intermediate_size=16))
+    hf = _qwen3_next()
+    hf.model.layers[0].linear_attn.register_buffer("extra", torch.zeros(3))
+    with pytest.raises(CheckpointError, match="extra"):
+        qwen3_next_from_hf(hf)
+    with pytest.raises(ConfigError, match="Qwen3NextGatedDeltaNet"):
+        gdn_mixer_from_hf(hf.model.layers[0].mlp)
