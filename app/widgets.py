@@ -195,9 +195,10 @@ def show_table(frame, key: str, **kwargs) -> None:
                        key=f"dl-csv-{key}", on_click="ignore")
 
 
-def colored_tokens(str_tokens: list[str], values: list[float], title: str = "") -> str:
-    """HTML of the tokens with a red (negative) / blue (positive) background scaled by ``|value|``."""
-    top = max((abs(v) for v in values), default=0.0) or 1.0
+def colored_tokens(str_tokens: list[str], values: list[float], title: str = "", top: float | None = None) -> str:
+    """HTML of the tokens with a red (negative) / blue (positive) background scaled by ``|value| / top``
+    (``top``: the largest ``|value|`` unless given, e.g. shared by both columns)."""
+    top = top or max((abs(v) for v in values), default=0.0) or 1.0
     spans = []
     for tok, v in zip(str_tokens, values):
         a = min(1.0, abs(v) / top)

@@ -406,3 +406,17 @@ def test_the_view_is_restored_from_the_address():
     assert at.text_area[0].value == "y = 2 * x\n" and texts(at.subheader) == ["Logit lens"]
     assert at.radio(key="logit_lens_color").value == "kl"
     assert "KL" in figures(at)[0].data[0].colorbar.title.text
+
+
+def test_saliency_texts_share_one_colour_scale():
+    """The saliency backgrounds of both models are scaled by the larger |attribution| of the two: the model
+    with the smaller attributions is paler, and the shared range is written under each."""
+    import re
+
+    at = explorer(view="Saliency")
+    assert not problems(at), problems(at)
+    scales = [c for c in texts(at.caption) if c.startswith("Colour scale: |attribution|")]
+    assert len(scales) == 2 and len({c.split(",")[0] for c in scales}) == 1
+    html = [m for m in texts(at.markdown) if "<span title=" in m]
+    strongest = [max(float(a) for a in re.findall(r"rgba\([\d,]+,([\d.]+)\)", h)) for h in html]
+    assert len(strongest) == 2 and max(strongest) == 1.0 and min(strongest) < 1.0

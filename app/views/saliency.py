@@ -22,14 +22,33 @@ def saliency(source: str, text: str, metric: Metric, steps: int, baseline: str) 
     res = ig(model, tokens, target=metric.target, contrast=metric.contrast, position=pos, baseline=baseline,
              steps=steps)
     shown = res.str_tokens[0][: pos + 1]
-    return {"figure": res.figure(), "html": colored_tokens(shown, res.attributions[0, : pos + 1].tolist(),
-                                                           f"{res.metric_label[0]} at position {pos}"),
+    values = res.attributions[0, : pos + 1].tolist()
+    return {"figure": res.figure(), "tokens": shown, "values": values,
+            "title": f"{res.metric_label[0]} at position {pos}",
             "completeness": float(res.completeness_error[0]), "delta": float(res.metric[0] - res.baseline_metric[0])}
 
 
-def _column(slot: Slot, text: str, metric: Metric, steps: int, baseline: str) -> None:
+def shared_top(ctx: Context, metric: Metric, steps: int, baseline: str) -> float | None:
+    """The largest ``|attribution|`` over both models: one colour scale for the two texts (None if neither
+    computes; each column then reports its own error)."""
+    tops = []
+    for slot in ctx.slots:
+        if slot.model is not None:
+            try:
+                tops.append(max((abs(v) for v in saliency(slot.source, ctx.text, metric, steps, baseline)["values"]),
+                                default=0.0))
+            except Exception:  # noqa: BLE001 - shown in the model's column by side_by_side
+                continue
+    return max(tops, default=0.0) or None
+
+
+def _column(slot: Slot, text: str, metric: Metric, steps: int, baseline: str, top: float | None) -> None:
     out = saliency(slot.source, text, metric, steps, baseline)
-    st.markdown(out["html"], unsafe_allow_html=True)
+    st.markdown(colored_tokens(out["tokens"], out["values"], out["title"], top), unsafe_allow_html=True)
+    if top:
+        own = max((abs(v) for v in out["values"]), default=0.0)
+        st.caption(f"Colour scale: |attribution| from 0 to {top:.3g}, the same in both columns; this model's "
+                   f"largest {own:.3g}.")
     st.caption(f"Attributions sum to f(x) - f(baseline) = {out['delta']:.3f} within "
                f"{100 * out['completeness']:.2f}% (quadrature error).")
     show_figure(out["figure"], key=f"ig-{slot.name}", height=360)
@@ -45,4 +64,5 @@ def render(ctx: Context) -> None:
     baseline = c2.radio("Baseline", ["mean", "zero", "pad"], horizontal=True, key="ig_baseline", bind="query-params",
                         format_func={"mean": "mean embedding", "zero": "zero embedding",
                                      "pad": "pad token everywhere"}.get)
-    side_by_side(ctx, lambda slot: _column(slot, ctx.text, metric, int(steps), baseline))
+    top = shared_top(ctx, metric, int(steps), baseline)
+    side_by_side(ctx, lambda slot: _column(slot, ctx.text, metric, int(steps), baseline, top))
