@@ -34,6 +34,12 @@ see the model, so each layer holds its own row of those *values* as the paramete
 ``lower_bound [d_model]`` (clamped to [0, 1] when used); :mod:`probe.io.convert_hgrn2` computes
 them from fla's matrix. The default, ``layer / n_layers``, is exactly what fla's zero-initialised
 matrix gives. Options: ``expand_ratio`` (e, default ``d_head``).
+
+Half precision: the gates (``lb``, ``g``, ``f``, ``k``), the recurrence and ``o`` run in float32 and the
+carried ``state`` stays float32 (``WIDE_STATES``), as fla's kernels accumulate: in bfloat16 a forget
+gate above ``1 - 2^-9`` rounds to exactly 1, so ``k = 1 - f`` is 0 and a slow memory stores nothing.
+Those hooks show float32 (``q`` and ``v`` the input's dtype); ``o`` is rounded to the input's dtype
+before ``g_norm``, and the output is in the input's dtype.
 """
 from __future__ import annotations
 
@@ -65,6 +71,7 @@ class HGRN2(RecurrentMixer):
     NAME = "hgrn2"
     OPTIONS = {"expand_ratio": Int(None)}
     HOOKED = ("q", "lower_bound", "forget", "input", "value", "state")
+    WIDE_STATES = ("state",)
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
@@ -96,10 +103,11 @@ class HGRN2(RecurrentMixer):
     def compute(self, x, state, forcing, keep):
         b, T, _ = x.shape
         q = apply_forcing("q", self._heads(F.silu(self.q_proj(x))), forcing)
-        lb = self._heads(self.lower_bound.clamp(0.0, 1.0).to(x.dtype)).expand(b, T, -1, -1)
+        wide = self.state_dtype("state", x.dtype)
+        lb = self._heads(self.lower_bound.clamp(0.0, 1.0).to(wide)).expand(b, T, -1, -1)
         if "lower_bound" in forcing or "lower_bound" in keep:
             lb = apply_forcing("lower_bound", lb.clone(), forcing)
-        g = forget_log(self._heads(self.f_proj(x)), lb)
+        g = forget_log(self._heads(self.f_proj(x)).to(wide), lb)
         f = g.exp()
         if "forget" in forcing:
             f = apply_forcing("forget", f, forcing)
@@ -110,6 +118,7 @@ class HGRN2(RecurrentMixer):
         values = {"q": q, "forget": f, "input": k, "value": v}
         if "lower_bound" in keep:
             values["lower_bound"] = lb
+        q, v = q.to(wide), v.to(wide)
         if "state" in keep or "state" in forcing:
             S = gla_states(k, v, f, state["state"], forcing.get("state"))
             o, last = gla_readout(q, S, scale), S[:, -1]
@@ -118,5 +127,5 @@ class HGRN2(RecurrentMixer):
             o, last = gla_sequential(q, k, v, g, state["state"], scale)
         else:
             o, last = gla_chunked(q, k, v, g, state["state"], scale)
-        y = self.o_proj(self.g_norm(o.flatten(2)))
+        y = self.o_proj(self.g_norm(o.flatten(2).to(x.dtype)))
         return Computation(y, values, {"state": last})

@@ -30,6 +30,11 @@ State: ``state`` = m_t, ``[batch, d_u, order]`` (``hook_state``: ``[batch, pos, 
 ``hook_state``. Options: ``order`` (q, default 16), ``theta`` (window in tokens, default 64),
 ``d_u`` (default ``d_model // 4``). ``mixer.method`` ("auto", "recurrent", "direct", "fft")
 picks the form (for benchmarks and tests).
+
+Half precision: the memory (every form of :class:`probe.lti.LTIMemory`, the readout ``W_m vec(m_t)``
+and the gelu) runs in float32 and the carried ``state`` stays float32 (``WIDE_STATES``): a
+float16/bfloat16 recurrence rounds ``m_t`` at every step, an error that grows with the window.
+``hook_input`` shows the input's dtype, ``hook_state`` float32; the output returns in the input's dtype.
 """
 from __future__ import annotations
 
@@ -68,6 +73,7 @@ class LMU(RecurrentMixer):
     NAME = "lmu"
     OPTIONS = {"order": Int(16), "theta": Real(64.0), "d_u": Int(None)}
     HOOKED = ("input", "state")
+    WIDE_STATES = ("state",)
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
@@ -110,12 +116,13 @@ class LMU(RecurrentMixer):
         last = self.memory.convolve_last(u)
         if bool(m0.ne(0).any()):
             free = self.memory.free_response(m0.to(u.dtype), u.shape[1])
-            memory, last = memory + self.W_m(free.flatten(2)), last + free[:, -1]
+            memory, last = memory + self._read(free.flatten(2)), last + free[:, -1]
         return memory, last
 
     def compute(self, x, state, forcing, keep):
         u = apply_forcing("input", self.W_u(x), forcing)
         values = {"input": u}
+        u = u.to(self.state_dtype("state", x.dtype))
         grad = torch.is_grad_enabled() and (u.requires_grad or x.requires_grad)
         form = self.memory.resolve(self.method, x.shape[1], x.shape[0], grad)
         if "state" not in forcing and "state" not in keep and form == "fft":
@@ -125,5 +132,9 @@ class LMU(RecurrentMixer):
                 m = self._forced_states(u, state["state"], *forcing["state"])
             else:
                 m = self.memory.states(u, state["state"], form)
-            memory, last, values["state"] = self.W_m(m.flatten(2)), m[:, -1], m
-        return Computation(F.gelu(memory + self.W_x(x)), values, {"state": last})
+            memory, last, values["state"] = self._read(m.flatten(2)), m[:, -1], m
+        return Computation(F.gelu(memory + self.W_x(x)).to(x.dtype), values, {"state": last})
+
+    def _read(self, m: Tensor) -> Tensor:
+        """``W_m vec(m)`` in ``m``'s dtype (float32 in a half-precision model): ``[..., d_u q] -> [..., d_model]``."""
+        return F.linear(m, self.W_m.weight.to(m.dtype))

@@ -56,6 +56,11 @@ Options: ``layer`` (``"large"`` / ``"paper"``), ``heads`` (default ``n_heads``),
 ``norm_eps`` (1e-6), ``bias`` (biases on the projections and the head norm), ``chunk`` (64);
 large: ``qk_factor`` (0.5), ``v_factor`` (1.0), ``gate_soft_cap`` (15.0, ``None`` for none);
 paper: ``d_inner`` (default ``2 d_model``), ``conv`` (4), ``qkv_blocksize`` (4).
+
+Half precision: the stabiliser scan, the memory (``C~``, ``n~``) and its readout ``h_t`` run in
+float32 and the carried ``state``, ``state_n``, ``state_m`` stay float32 (``WIDE_STATES``), as the
+xLSTM kernels accumulate; their hooks show float32. The projections, gates (``hook_q`` ..
+``hook_output``), the head norm and the output keep the input's dtype.
 """
 from __future__ import annotations
 
@@ -85,6 +90,7 @@ class MLSTM(RecurrentMixer):
                "conv": Int(4, low=0, optional=True), "qkv_blocksize": Int(4)}
     HOOKED = ("state_conv", "q", "k", "v", "input", "forget", "output", "state_m", "state", "state_n")
     LAYERS = ("large", "paper")
+    WIDE_STATES = ("state", "state_n", "state_m")
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
@@ -212,15 +218,17 @@ class MLSTM(RecurrentMixer):
         H, V = self.n_heads, self.d_v
         inputs = self._inputs_paper if self.paper else self._inputs_large
         q, k, v, log_i, log_f, o, extra, final_extra = inputs(x, state, forcing, keep)
+        wide = self.state_dtype("state", x.dtype)
+        q_w, k_w, v_w, log_i_w, log_f_w = (t.to(wide) for t in (q, k, v, log_i, log_f))
 
         m0 = state["state_m"]
-        m, m_step = max_scan(log_f, log_i, m0, forcing.get("state_m"))
+        m, m_step = max_scan(log_f_w, log_i_w, m0, forcing.get("state_m"))
         m_prev = torch.cat([m0.unsqueeze(1), m[:, :-1]], dim=1)
-        log_decay = (log_f + m_prev - m_step).clamp(max=0.0)
-        k_in = k * torch.exp(log_i - m_step).unsqueeze(-1)
-        out, S, final = self._memory(q, k_in, v, log_decay, state, forcing, keep)
+        log_decay = (log_f_w + m_prev - m_step).clamp(max=0.0)
+        k_in = k_w * torch.exp(log_i_w - m_step).unsqueeze(-1)
+        out, S, final = self._memory(q_w, k_in, v_w, log_decay, state, forcing, keep)
         num, den = out[..., :V], out[..., V]
-        h = num / (torch.maximum(den.abs(), torch.exp(-m)) + self.options["eps"]).unsqueeze(-1)
+        h = (num / (torch.maximum(den.abs(), torch.exp(-m)) + self.options["eps"]).unsqueeze(-1)).to(x.dtype)
         hn = F.layer_norm(h, (V,), eps=self.options["norm_eps"]).reshape(b, T, H * V) * self.head_norm_w
         if self.head_norm_b is not None:
             hn = hn + self.head_norm_b

@@ -16,6 +16,11 @@ State (the memory after token ``t``):
     ``state_conv``  the last ``k - 1`` inputs, ``[batch, k-1, d_model]`` (only when ``k > 1``)
 
 Hooks: ``hook_state_conv``, ``hook_z``, ``hook_forget``, ``hook_output``, ``hook_state``.
+
+Half precision: the gates (from the convolution's output), the scan and ``c`` run in float32 and
+the carried ``state`` stays float32 (``WIDE_STATES``), as a reference kernel keeps its
+accumulator: a float16/bfloat16 ``f`` near 1 and a ``c`` that adds ``(1 - f) z`` to itself lose
+a slow memory's increments. Their hooks show float32; the output returns in the input's dtype.
 Options: ``window`` (k, default 2), ``d_hidden`` (default ``d_model``).
 """
 from __future__ import annotations
@@ -36,6 +41,7 @@ class QRNN(RecurrentMixer):
     NAME = "qrnn"
     OPTIONS = {"window": Int(2), "d_hidden": Int(None)}
     HOOKED = ("state_conv", "z", "forget", "output", "state")
+    WIDE_STATES = ("state",)
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
@@ -83,7 +89,7 @@ class QRNN(RecurrentMixer):
 
     def compute(self, x, state, forcing, keep):
         pre, W, final = self._gate_inputs(x, state, forcing, keep)
-        z_pre, f_pre, o_pre = pre.split(self.d_hidden, dim=-1)
+        z_pre, f_pre, o_pre = pre.to(self.state_dtype("state", x.dtype)).split(self.d_hidden, dim=-1)
         z = apply_forcing("z", torch.tanh(z_pre), forcing)
         f = apply_forcing("forget", torch.sigmoid(f_pre), forcing)
         o = apply_forcing("output", torch.sigmoid(o_pre), forcing)
@@ -91,7 +97,7 @@ class QRNN(RecurrentMixer):
         if "state" in forcing:
             a, b = force_states(a, b, *forcing["state"])
         c = linear_scan(a, b, state["state"])
-        y = self.out_proj(o * c)
+        y = self.out_proj((o * c).to(x.dtype))
         values = {"z": z, "forget": f, "output": o, "state": c}
         if W is not None:
             values["state_conv"] = W

@@ -42,6 +42,11 @@ stabiliser carried to the next step; ``num``/``den`` keep the scale they were co
 
 with its own shift state, hooked as ``blocks.{i}.mlp.hook_state_shift``, plus ``mlp.hook_r``
 and ``mlp.hook_k``. Options (mixer ``rwkv``): ``d_attn`` (default ``d_model``).
+
+Half precision: the decay, the max-scan, ``num``/``den`` and ``wkv`` run in float32 and the carried
+``state_num``, ``state_den``, ``state_max`` stay float32 (``WIDE_STATES``), as RWKV-4's CUDA kernel
+accumulates ``wkv`` in float32 whatever the input's dtype. Their hooks (and ``hook_decay``) show
+float32; ``r``, ``k``, ``v``, the shift states and the output keep the input's dtype.
 """
 from __future__ import annotations
 
@@ -86,6 +91,7 @@ class RWKV(_Shifted):
     NAME = "rwkv"
     OPTIONS = {"d_attn": Int(None)}
     HOOKED = ("state_shift", "r", "k", "v", "decay", "state_max", "state_num", "state_den")
+    WIDE_STATES = ("state_num", "state_den", "state_max")
     default_mlp = "rwkv_channel_mix"
 
     def __init__(self, cfg, layer: int):
@@ -125,7 +131,9 @@ class RWKV(_Shifted):
         r = apply_forcing("r", torch.sigmoid(self.W_r(_mix(x, prev, self.mix_r))), forcing)
         k = apply_forcing("k", self.W_k(_mix(x, prev, self.mix_k)), forcing)
         v = apply_forcing("v", self.W_v(_mix(x, prev, self.mix_v)), forcing)
-        w = torch.exp(self.time_decay)
+        wide = self.state_dtype("state_num", x.dtype)
+        k_w, v_w = k.to(wide), v.to(wide)
+        w = torch.exp(self.time_decay.to(wide))
         g = -w.expand(b, T, -1)  # log decay per step
         decay = None
         if "decay" in keep or "decay" in forcing:
@@ -135,11 +143,11 @@ class RWKV(_Shifted):
                 g = torch.where(mask, torch.log(decay), g)
 
         p0, num0, den0 = state["state_max"], state["state_num"], state["state_den"]
-        p, p_step = max_scan(g, k, p0, forcing.get("state_max"))
+        p, p_step = max_scan(g, k_w, p0, forcing.get("state_max"))
         p_prev = torch.cat([p0.unsqueeze(1), p[:, :-1]], dim=1)
         carry = torch.exp((p_prev + g - p_step).clamp(max=0.0)).unsqueeze(-1)  # [b, T, D, 1]
-        new = torch.exp(k - p_step)
-        inc = torch.stack([new * v, new], dim=-1)  # [b, T, D, 2]: (num, den) increments
+        new = torch.exp(k_w - p_step)
+        inc = torch.stack([new * v_w, new], dim=-1)  # [b, T, D, 2]: (num, den) increments
         if "state_num" in forcing or "state_den" in forcing:
             carry, inc = force_states(carry, inc, *_stack_forcing(forcing, inc))
         nd = linear_scan(carry, inc, torch.stack([num0, den0], dim=-1).to(inc.dtype))
@@ -147,11 +155,11 @@ class RWKV(_Shifted):
 
         num_prev = torch.cat([num0.unsqueeze(1), num[:, :-1]], dim=1)
         den_prev = torch.cat([den0.unsqueeze(1), den[:, :-1]], dim=1)
-        uk = self.time_first + k
+        uk = self.time_first.to(wide) + k_w
         top = torch.maximum(p_prev, uk)
         e1, e2 = torch.exp(p_prev - top), torch.exp(uk - top)
-        wkv = (e1 * num_prev + e2 * v) / (e1 * den_prev + e2)
-        y = self.W_o(r * wkv)
+        wkv = (e1 * num_prev + e2 * v_w) / (e1 * den_prev + e2)
+        y = self.W_o((r * wkv).to(x.dtype))
         values = {"r": r, "k": k, "v": v, "state_max": p, "state_num": num, "state_den": den}
         if decay is not None:
             values["decay"] = decay
