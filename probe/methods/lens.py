@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probe.errors import CheckpointError, InputError
+from probe.io.atomic import directory_lock, fsync_path, temp_prefix, write_atomically, write_new_file
 from probe.finite import check_finite
 from probe.methods import inputs
 from probe.methods.gradients_on import needs_gradients
@@ -381,10 +383,17 @@ class TunedLens(nn.Module):
 
     def save(self, path: str | Path | None = None, model=None) -> Path:
         """Write ``tuned_lens.safetensors`` and ``tuned_lens.json`` into directory ``path``
-        (default: the directory ``model`` was loaded from). Returns the directory."""
-        from safetensors.torch import save_file
+        (default: the directory ``model`` was loaded from). Returns the directory.
 
-        from probe.io.checkpoint import write_atomically
+        Crash-safe, as :mod:`probe.io.checkpoint` saves a model, under the folder's
+        :func:`~probe.io.atomic.directory_lock`: the weights go to ``.tuned_lens.safetensors.<id>``,
+        ``tuned_lens.json`` naming ``<id>`` replaces the old one atomically (the commit point), then the
+        weights are renamed into place. Killed before the commit, the old lens stays; after it, the new
+        one loads. Temporaries a killed save left are deleted by the next save or load; no other file
+        in the folder (the model's checkpoint, notes) is touched."""
+        import uuid
+
+        from safetensors.torch import save as safetensors_bytes
 
         if path is None:
             if model is None:
@@ -392,13 +401,20 @@ class TunedLens(nn.Module):
             path = self.default_path(model)
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        save_id = uuid.uuid4().hex
         info = {k: v for k, v in self.train_info.items() if k != "losses"}
         payload = {"format": LENS_FORMAT, "version": 1, "d_model": self.d_model, "n_layers": self.n_layers,
-                   "model_fingerprint": self.fingerprint, "model_config": self.model_config, "train": info}
+                   "model_fingerprint": self.fingerprint, "model_config": self.model_config, "train": info,
+                   "weights_id": save_id}
         tensors = {"weight": self.weight.detach().cpu().contiguous(),  # float32, or float64 for a float64 model
                    "bias": self.bias.detach().cpu().contiguous()}
-        write_atomically(path / LENS_WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
-        write_atomically(path / LENS_CONFIG, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=True)))
+        with directory_lock(path):
+            _settle_lens(path)
+            pending = write_new_file(_pending_weights(path, save_id), safetensors_bytes(tensors))
+            write_atomically(path / LENS_CONFIG, lambda tmp: tmp.write_text(json.dumps(payload, indent=2,
+                                                                                         sort_keys=True)))
+            os.replace(pending, path / LENS_WEIGHTS)
+            fsync_path(path)
         return path
 
     @classmethod
@@ -414,7 +430,8 @@ class TunedLens(nn.Module):
             model, path = path_or_model, cls.default_path(path_or_model)
         else:
             path = Path(path_or_model)
-        cfg_file, w_file = path / LENS_CONFIG, path / LENS_WEIGHTS
+        _settle_lens_if_free(path)
+        cfg_file, w_file = path / LENS_CONFIG, _committed_weights(path)
         if not cfg_file.is_file() or not w_file.is_file():
             raise CheckpointError(f"No tuned lens in {str(path)!r}: expected {LENS_CONFIG} and {LENS_WEIGHTS} "
                                   "(written by TunedLens.save). Train one with TunedLens(model).fit(data).")
@@ -440,6 +457,51 @@ class TunedLens(nn.Module):
         lens.train_info = payload.get("train", {})
         lens.check_model(model)
         return lens
+
+
+def _pending_weights(path: Path, save_id: str) -> Path:
+    """Where save ``save_id`` writes its weights before its commit point: ``.tuned_lens.safetensors.<id>``."""
+    return path / f"{temp_prefix(LENS_WEIGHTS)}{save_id}"
+
+
+def _committed_weights(path: Path) -> Path:
+    """The weights ``tuned_lens.json`` commits to: the pending file it names when a save was killed
+    (or is running) between its commit and the rename, else ``tuned_lens.safetensors``."""
+    try:
+        wid = json.loads((path / LENS_CONFIG).read_text()).get("weights_id")
+    except (OSError, ValueError, AttributeError):
+        wid = None
+    pending = _pending_weights(path, wid) if isinstance(wid, str) and wid.isalnum() else None
+    return pending if pending is not None and pending.is_file() else path / LENS_WEIGHTS
+
+
+def _settle_lens(path: Path) -> None:
+    """Finish or discard what a killed :meth:`TunedLens.save` left in ``path``: the committed pending
+    weights renamed into place, every other ``.tuned_lens.*`` temporary deleted (nothing else).
+    Hold the folder's :func:`~probe.io.atomic.directory_lock`."""
+    committed = _committed_weights(path)
+    if committed != path / LENS_WEIGHTS:
+        os.replace(committed, path / LENS_WEIGHTS)
+        fsync_path(path)
+    for name in os.listdir(path):
+        if _is_lens_temporary(name) and (path / name).is_file():
+            os.remove(path / name)
+
+
+def _is_lens_temporary(name: str) -> bool:
+    return name.startswith((temp_prefix(LENS_WEIGHTS), temp_prefix(LENS_CONFIG)))
+
+
+def _settle_lens_if_free(path: Path) -> None:
+    """:func:`_settle_lens` before a load when nobody is saving (a busy lock or a read-only folder
+    leaves it to the next save; the load reads the committed weights either way)."""
+    try:
+        if path.is_dir() and any(_is_lens_temporary(n) for n in os.listdir(path)):
+            with directory_lock(path, wait=False) as locked:
+                if locked:
+                    _settle_lens(path)
+    except OSError:
+        pass
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:
