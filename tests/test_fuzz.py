@@ -1,11 +1,23 @@
-"""Fuzzing the public entry points with invalid input: every case is a clear probe error naming the problem.
+"""Fuzzing the public entry points: every case has one expected outcome, a clear error or a working call.
 
-The table :data:`CASES` holds 256 cases, one row each: ``(category, name, call, error type, regex)``.
-The call must raise exactly that error type (never a bare torch ``RuntimeError`` or an
+The table :data:`CASES` holds 731 cases, one row each, of two kinds (``Case.expect``).
+A "clear error" case (:func:`C`) is ``(category, name, call, error type, regex)``: the call must
+raise exactly that error type (never a bare torch ``RuntimeError``, a ``TypeError`` or an
 ``IndexError`` from deep inside a forward pass) with a message matching the regex, which names
-what is wrong. The categories:
+what is wrong. A "works" case (:func:`W`) is ``(category, name, call, check)``: the call must
+return and ``check(result, env)`` must hold; these sit next to the invalid values, so a check
+cannot pass by refusing everything.
+
+The last test prints the table's counts per category (cases, clear errors, works, passed). The
+categories:
 
 * ``config``: ``ModelConfig`` / ``HookedLM`` construction (names, widths, types, mixer options).
+* ``options``: every option of every mixer (generated from its ``OPTIONS`` declaration): wrong
+  types, out of range, NaN / inf where numeric (a clear error naming mixer, option and range), and
+  a valid non-default value of each (works: a finite forward pass).
+* ``fields``: every ``ModelConfig`` field: a value of the wrong type (``"2"`` layers, an 8.5-wide
+  MLP, ``"false"`` as a boolean) and a valid non-default value (works, with its effect checked).
+* ``states``: carried states of an integer dtype or on another device.
 * ``tokens``: forward inputs: wrong dtypes and shapes, out-of-range ids, empty strings and tensors,
   carried states that do not fit, ``stop_at_layer``, context limits.
 * ``hooks``: unknown hook names, malformed hook lists, hooks that return the wrong thing,
@@ -47,6 +59,8 @@ from safetensors.torch import load_file, save_file
 import probe
 from probe import CheckpointError, ConfigError, InputError, NonFiniteError, ProbeError, UnknownHookError
 from probe.data.tokenizers import get_tokenizer
+from probe.mixers import MIXERS
+from probe.mixers.options import Choice, Flag, Int, Real
 from probe.methods import (
     TunedLens, activation_patching, attribution_patching, collect_activations, compare_lenses,
     direct_logit_attribution, fit_probes, gradient_influence, gradient_x_input, implicit_attention,
@@ -199,17 +213,34 @@ def _under_hook(model, name, fn, call):
         return call(model)
 
 
+CLEAR_ERROR, WORKS = "clear error", "works"
+
+
 @dataclass(frozen=True)
 class Case:
+    """One row: ``call(env)`` must raise ``error`` matching ``match`` (``expect == "clear error"``),
+    or return a result for which ``check(result, env)`` holds (``expect == "works"``)."""
+
     category: str
     name: str
     call: Callable[[Env], object]
-    error: type[BaseException]
-    match: str
+    error: type[BaseException] | None = None
+    match: str = ""
+    check: Callable[[object, Env], bool] | None = None
+
+    @property
+    def expect(self) -> str:
+        return WORKS if self.error is None else CLEAR_ERROR
 
 
 def C(category, name, call, error, match) -> Case:
+    """A case whose expected outcome is a clear error of type ``error`` matching ``match``."""
     return Case(category, name, call, error, match)
+
+
+def W(category, name, call, check) -> Case:
+    """A case whose expected outcome is a working call with ``check(result, env)`` true."""
+    return Case(category, name, call, check=check)
 
 
 def cfg(**kw):
@@ -256,7 +287,7 @@ CASES: list[Case] = [
     C("config", "rope_base negative", cfg(rope_base=-1.0), E, "rope_base must be a finite number > 0"),
     C("config", "init_std NaN", cfg(init_std=float("nan")), E, "init_std must be a finite number >= 0, got nan"),
     C("config", "logit_soft_cap negative", cfg(logit_soft_cap=-1.0), E, "logit_soft_cap must be a finite number > 0"),
-    C("config", "tokenizer not a tokenizer", cfg(tokenizer=5), I, "Cannot use int as a tokenizer"),
+    C("config", "tokenizer not a name", cfg(tokenizer=5), E, "tokenizer must be a string, got 5 \\(int\\)"),
     C("config", "config and kwargs", lambda e: probe.HookedLM(probe.ModelConfig(), d_model=8), E,
       "either a ModelConfig or keyword arguments"),
     C("config", "from_dict of a list", lambda e: probe.ModelConfig.from_dict([1]), E, "must be a JSON object"),
@@ -563,7 +594,7 @@ CASES: list[Case] = [
     C("attribution", "IG chunk 0",
       lambda e: integrated_gradients(e.m, e.t, chunk=0), I, "chunk must be a positive integer"),
     C("attribution", "IG negative until", lambda e: integrated_gradients(e.m, e.t, until=-1), I,
-      "until must be a positive completeness error"),
+      "until must be a positive"),
     C("attribution", "IG unknown spacing", lambda e: integrated_gradients(e.m, e.t, steps=4, spacing="log"), I,
       "spacing must be 'auto', 'linear' or a number"),
     # -- memory ---------------------------------------------------------------------------------
@@ -735,6 +766,270 @@ def _with_labels(data, **labels):
     return out
 
 
+# -- options: every option of every mixer, generated from its declaration ----------------------
+def _one_layer(mixer: str, options: dict) -> probe.HookedLM:
+    """A tiny one-layer model of ``mixer`` with ``options``."""
+    return probe.HookedLM(probe.ModelConfig(d_model=32, n_heads=4, d_mlp=32, layout=[mixer],
+                                            mixer_options={mixer: options}))
+
+
+#: a valid non-default value of every option of every mixer (d_model 32, 4 heads): the "works" half
+VALID_OPTIONS = {
+    "attn": {"bias": True},
+    "ff": {"d_hidden": 16, "act": "swiglu"},
+    "qrnn": {"window": 1, "d_hidden": 16},
+    "lmu": {"order": 4, "theta": 8.0, "d_u": 4},
+    "hgrn2": {"expand_ratio": 4},
+    "mamba": {"d_state": 4, "d_conv": 1, "expand": 1, "dt_rank": 2, "conv_bias": False, "proj_bias": True,
+              "dt_min": 0.01, "dt_max": 0.05},
+    "mlstm": {"layer": "paper", "heads": 2, "eps": 1e-5, "norm_eps": 1e-5, "bias": True, "chunk": 8,
+              "qk_factor": 0.25, "v_factor": 0.5, "gate_soft_cap": None, "d_inner": 32, "conv": 2, "qkv_blocksize": 2},
+    "rwkv": {"d_attn": 16},
+    "slstm": {"conv": 0, "norm_eps": 1e-3, "heads": 2},
+    "mamba2": {"d_state": 8, "d_conv": 2, "expand": 1, "head_dim": 8, "n_groups": 2, "chunk": 4, "conv_bias": False,
+               "proj_bias": True, "dt_min": 0.01, "dt_max": 0.05, "dt_limit_min": 0.001, "dt_limit_max": 10.0},
+    "rglru": {"lru_width": 16, "n_heads": 2, "d_conv": 2, "c": 4.0},
+    "gdn": {"n_k_heads": 2, "n_v_heads": 4, "d_k": 8, "d_v": 8, "d_conv": 2, "norm_eps": 1e-5, "chunk": 4},
+}
+
+
+def _bad_values(spec) -> list[tuple[str, object, str]]:
+    """``(label, value, regex)`` for values the declaration ``spec`` refuses: wrong types, out of
+    range, NaN and inf."""
+    nan, inf = float("nan"), float("inf")
+    if isinstance(spec, Int):
+        rule = f"must be an integer >= {spec.low}"
+        values = [("a string", "2"), ("a float", 2.5), ("a bool", True), ("NaN", nan), ("inf", inf),
+                  (f"{spec.low - 1} (below the range)", spec.low - 1)]
+    elif isinstance(spec, Real):
+        rule = f"must be a finite number {'>' if spec.open_low else '>='} {spec.low:g}"
+        values = [("a string", "0.1"), ("a bool", True), ("NaN", nan), ("inf", inf), ("-inf", -inf),
+                  ("-1 (below the range)", -1.0)] + ([("0 (the open bound)", 0.0)] if spec.open_low else [])
+    elif isinstance(spec, Flag):
+        rule = "must be True or False"
+        values = [("the string 'false'", "false"), ("the number 0", 0), ("the number 1", 1), ("None", None)]
+    else:
+        rule = "=.* is not one of " + ", ".join(spec.choices)
+        values = [("an unknown name", "nope"), ("a number", 3), ("None", None)]
+    return [(label, value, rule) for label, value in values]
+
+
+def option_cases() -> list[Case]:
+    cases = []
+    for mixer, cls in sorted(MIXERS.items()):
+        for name, spec in cls.OPTIONS.items():
+            for label, value, rule in _bad_values(spec):
+                cases.append(C("options", f"{mixer} {name}: {label}",
+                               lambda e, m=mixer, o={name: value}: _one_layer(m, o), E,
+                               f"{mixer} option {name} ?{rule}"))
+            if name not in VALID_OPTIONS.get(mixer, {}):
+                continue  # test_every_option_and_field_is_fuzzed names it
+            good = VALID_OPTIONS[mixer][name]
+            cases.append(W("options", f"{mixer} {name} = {good!r}", lambda e, m=mixer, o={name: good}: _one_layer(m, o),
+                           lambda model, e, n=name, v=good: (model.blocks[0].mixer.options[n] == v
+                                                             and bool(torch.isfinite(model(e.t)).all()))))
+    return cases
+
+
+# -- fields: every ModelConfig field -----------------------------------------------------------
+def _with(**kw) -> Callable[[Env], probe.HookedLM]:
+    """A call building a tiny 2-layer qrnn+attn model with the field values ``kw``."""
+    base = dict(d_model=32, n_heads=4, d_mlp=32, layout=["qrnn", "attn"])
+    return lambda e: probe.HookedLM(probe.ModelConfig(**{**base, **kw}))
+
+
+def _runs(model) -> bool:
+    return bool(torch.isfinite(model(torch.tensor([[1, 2, 3, 4]]))).all())
+
+
+#: (field, a value of the wrong type, regex): every field at least once
+FIELD_ERRORS = [
+    ("vocab_size", "257", "vocab_size must be a positive integer, got '257'"),
+    ("d_model", 32.5, "d_model must be a positive integer, got 32.5"),
+    ("layout", {"qrnn": 1}, "layout must be a list of names, got dict"),
+    ("n_layers", "2", "n_layers must be a positive integer, got '2'"),
+    ("n_layers", 2.0, "n_layers must be a positive integer, got 2.0"),
+    ("n_heads", "4", "n_heads must be a positive integer, got '4'"),
+    ("d_head", 8.5, "d_head must be a positive integer, got 8.5"),
+    ("d_mlp", 8.5, "d_mlp must be an integer >= 0 \\(0 removes the MLP\\) or None, got 8.5"),
+    ("d_mlp", "64", "d_mlp must be an integer >= 0.*got '64'"),
+    ("d_mlp", True, "d_mlp must be an integer >= 0.*got True"),
+    ("mlp", ["gelu"], "mlp must be a string, got \\['gelu'\\] \\(list\\)"),
+    ("mlp_layout", [1, 1], "mlp_layout lists MLP kinds \\(strings\\), got 1 \\(int\\)"),
+    ("mlp_layout", "gelu", "mlp_layout must be a list of names, got str 'gelu'"),
+    ("norm", 1, "norm must be a string, got 1"),
+    ("norm_eps", float("inf"), "norm_eps must be a finite number > 0, got inf"),
+    ("positional", None, "positional must be a string, got None"),
+    ("rope_base", "1e4", "rope_base must be a finite number > 0, got '1e4'"),
+    ("rope_base", float("nan"), "rope_base must be a finite number > 0, got nan"),
+    ("n_ctx", 2.5, "n_ctx must be a positive integer, got 2.5"),
+    ("tie_embeddings", "no", "tie_embeddings must be True or False, got 'no' \\(str\\)"),
+    ("tie_embeddings", 1, "tie_embeddings must be True or False, got 1 \\(int\\)"),
+    ("logit_soft_cap", float("inf"), "logit_soft_cap must be a finite number > 0, got inf"),
+    ("logit_soft_cap", "30", "logit_soft_cap must be a finite number > 0, got '30'"),
+    ("mixer_options", [("qrnn", {})], "mixer_options must be a dict"),
+    ("mixer_options", {"qrnn": {"window": "2"}}, "qrnn option window must be an integer >= 1, got '2' \\(a str\\)"),
+    ("init_std", "0.02", "init_std must be a finite number >= 0, got '0.02'"),
+    ("tokenizer", None, "tokenizer must be a string, got None"),
+    ("default_prepend_bos", "false", "default_prepend_bos must be True or False, got 'false' \\(str\\)"),
+    ("default_prepend_bos", 0, "default_prepend_bos must be True or False, got 0 \\(int\\)"),
+    ("name", 3, "name must be a string, got 3 \\(int\\)"),
+    ("embed_scale", "2", "embed_scale must be a finite number > 0, got '2'"),
+    ("embed_scale", float("nan"), "embed_scale must be a finite number > 0, got nan"),
+]
+
+#: (field, a valid non-default value, check of its effect on the built model)
+FIELD_WORKS = [
+    ("vocab_size", 100, lambda m: m.W_E.shape[0] == 100),
+    ("d_model", 16, lambda m: m.W_E.shape[1] == 16),
+    ("layout", ("attn", "qrnn"), lambda m: m.cfg.layout == ["attn", "qrnn"]),
+    ("n_layers", 2, lambda m: len(m.blocks) == 2),
+    ("n_heads", 2, lambda m: m.blocks[1].mixer.n_heads == 2 and m.blocks[1].mixer.d_head == 16),
+    ("d_head", 4, lambda m: m.blocks[1].mixer.d_head == 4),
+    ("d_mlp", 0, lambda m: all(b.mlp is None for b in m.blocks)),
+    ("mlp", "relu", lambda m: all(b.mlp.act == "relu" for b in m.blocks)),
+    ("mlp_layout", ["none", "swiglu"], lambda m: m.blocks[0].mlp is None and m.blocks[1].mlp.act == "swiglu"),
+    ("norm", "layernorm", lambda m: type(m.ln_final).__name__ == "LayerNorm"),
+    ("norm_eps", 1e-3, lambda m: m.cfg.norm_eps == 1e-3),
+    ("positional", "learned", lambda m: m.W_pos.shape == (m.cfg.n_ctx, 32)),
+    ("rope_base", 500.0, lambda m: m.cfg.rope_base == 500.0),
+    ("n_ctx", 64, lambda m: m.cfg.context_limit == 64),
+    ("tie_embeddings", True, lambda m: not hasattr(m, "W_U") and m.unembed_matrix.shape == (32, 257)),
+    ("logit_soft_cap", 0.5, lambda m: float(m(torch.tensor([[1, 2, 3]])).detach().abs().max()) <= 0.5),
+    ("mixer_options", {"qrnn": {"window": 3}}, lambda m: m.blocks[0].mixer.options["window"] == 3),
+    ("init_std", 0.0, lambda m: float(m.W_E.detach().abs().max()) == 0.0),
+    ("tokenizer", "byte", lambda m: m.tokenizer.name == "byte"),
+    ("default_prepend_bos", False, lambda m: m.to_tokens("ab").tolist() == [[97, 98]]),
+    ("name", "fuzzed", lambda m: m.cfg.name == "fuzzed"),
+    ("embed_scale", 2.0, lambda m: m.cfg.embed_scale == 2.0),
+]
+
+
+def field_cases() -> list[Case]:
+    cases = [C("fields", f"{field} = {value!r}", _with(**{field: value}), E, regex)
+             for field, value, regex in FIELD_ERRORS]
+    cases += [W("fields", f"{field} = {value!r} (valid)", _with(**{field: value}),
+                lambda m, e, check=check: check(m) and _runs(m)) for field, value, check in FIELD_WORKS]
+    return cases
+
+
+# -- the items of issue 24 that are neither options nor fields -----------------------------------
+def _states(model, e, **kw):
+    return model(e.t, return_states=True, **kw)[1]
+
+
+def _continues(model, e, states) -> bool:
+    """Running ``e.c`` from ``states`` equals running ``e.t + e.c`` at once (float32 tolerance)."""
+    whole = model(torch.cat([e.t, e.c], dim=1))[:, e.t.shape[1]:]
+    return torch.allclose(model(e.c, states=states), whole, atol=1e-4)
+
+
+def _nested(model, run):
+    """``model`` run with a hook on ``blocks.0.hook_resid_pre`` that runs the model again (``run(model)``)."""
+    def hook(t, hook):
+        run(model)
+    return model.run_with_hooks(tokens(1, 4), fwd_hooks=[("blocks.0.hook_resid_pre", hook)])
+
+
+def _other_model_in_hook(e):
+    seen = []
+
+    def hook(t, hook):
+        seen.append(e.h(tokens(1, 3)).shape)
+    e.m.run_with_hooks(e.t, fwd_hooks=[("blocks.0.hook_resid_pre", hook)])
+    return seen
+
+
+def _afile(e) -> str:
+    path = e.tmp / "a-file"
+    path.write_text("not a folder\n")
+    return str(path)
+
+
+ISSUE_CASES = [
+    # carried states
+    C("states", "integer states", lambda e: e.m(e.c, states=_states(e.m, e).map(lambda v: v.long())), I,
+      "Layer 0 \\(qrnn\\) state '.*' has dtype torch.int64; states hold real numbers"),
+    C("states", "integer KV cache", lambda e: e.attn16(e.c, states=_states(e.attn16, e).map(lambda v: v.int())), I,
+      "Layer 0 \\(attn\\) state 'k' has dtype torch.int32"),
+    C("states", "boolean states", lambda e: e.m(e.c, states=_states(e.m, e).map(lambda v: v > 0)), I,
+      "has dtype torch.bool"),
+    C("states", "states on another device", lambda e: e.m(e.c, states=_states(e.m, e).to("meta")), I,
+      "state '.*' is on meta but the model runs on cpu; move the states"),
+    C("states", "KV cache on another device", lambda e: e.attn16(e.c, states=_states(e.attn16, e).to("meta")), I,
+      "Layer 0 \\(attn\\) state 'k' is on meta but the model runs on cpu"),
+    W("states", "states as returned", lambda e: _states(e.h, e), lambda st, e: _continues(e.h, e, st)),
+    W("states", "float64 states", lambda e: _states(e.h, e).to(torch.float64), lambda st, e: _continues(e.h, e, st)),
+    # hooks
+    C("hooks", "hook taking only the tensor",
+      lambda e: e.m.run_with_hooks(e.t, fwd_hooks=[("hook_embed", lambda t: t)]), I,
+      "the hook for 'hook_embed' has the signature <lambda>\\(t\\); hooks are called as hook\\(tensor, hook=hook\\)"),
+    C("hooks", "hook whose second argument is not named hook",
+      lambda e: e.m.run_with_hooks(e.t, fwd_hooks=[("hook_embed", lambda t, h: t)]), I,
+      "hooks are called as hook\\(tensor, hook=hook\\)"),
+    C("hooks", "add_hook of a one-argument function", lambda e: e.m.add_hook("hook_embed", lambda t: t), I,
+      "add_hook\\[0\\]: the hook for 'hook_embed' has the signature"),
+    C("hooks", "run_with_hooks inside a hook",
+      lambda e: _nested(e.m, lambda m: m.run_with_hooks(tokens(1, 4), fwd_hooks=[("hook_embed", _nan_hook)])), I,
+      "The hook on 'blocks.0.hook_resid_pre' ran the model it hooks"),
+    C("hooks", "run_with_cache inside a hook", lambda e: _nested(e.m, lambda m: m.run_with_cache(tokens(1, 4))), I,
+      "ran the model it hooks.*recursion never ends"),
+    C("hooks", "forward inside a hook", lambda e: _nested(e.m, lambda m: m(tokens(1, 4))), I,
+      "ran the model it hooks"),
+    W("hooks", "hook running another model", _other_model_in_hook, lambda seen, e: seen == [(1, 3, 257)]),
+    W("hooks", "hook with hook as a keyword and extras",
+      lambda e: e.m.run_with_hooks(e.t, fwd_hooks=[("hook_embed", lambda t, hook=None, **kw: t * 1.0)]),
+      lambda out, e: torch.allclose(out, e.m(e.t))),
+    # steering, attribution
+    C("steering", "position beyond the input",
+      lambda e: steer(e.m, "ab", torch.zeros(32), site=R, layers=[0], answer=1, contrast=2, positions=[100]), I,
+      "Steering positions \\[100\\] are beyond the input: the longest input has 3 tokens"),
+    C("steering", "position beyond the generated tokens",
+      lambda e: steer(e.m, "ab", torch.zeros(32), site=R, layers=[0], answer=1, contrast=2, positions=[2, 5],
+                      max_new_tokens=2), I, "Steering positions \\[5\\] are beyond the input.*positions 0..4 exist"),
+    C("steering", "empty positions",
+      lambda e: steer(e.m, "ab", torch.zeros(32), site=R, layers=[0], answer=1, contrast=2, positions=[]), I,
+      "positions is empty: nothing would be steered"),
+    W("steering", "position in the generated part",
+      lambda e: steer(e.m, "ab", torch.ones(32), [0.0, 4.0], site=R, layers=[0], positions=[4], max_new_tokens=2,
+                      answer=1, contrast=2), lambda r, e: r is not None),
+    C("attribution", "DLA target equals contrast",
+      lambda e: direct_logit_attribution(e.m, e.t, target=5, contrast=5), I,
+      "target and contrast are the same token \\(5\\) in sequence 0: the logit difference is 0"),
+    C("attribution", "DLA target equals contrast in one row",
+      lambda e: direct_logit_attribution(e.m, tokens(2, 4), target=[5, 6], contrast=[7, 6]), I,
+      "same token \\(6\\) in sequence 1"),
+    W("attribution", "DLA with a contrast", lambda e: direct_logit_attribution(e.m, e.t, target=5, contrast=6),
+      lambda r, e: float(r.rel_error.max()) < 1e-6),
+    # text
+    C("tokenizer", "lone surrogate in text", lambda e: e.m("ab\ud800c"), I,
+      "The text holds a lone surrogate '\\\\ud800' at character 2: it is not valid Unicode"),
+    C("tokenizer", "lone surrogate in to_tokens", lambda e: e.m.to_tokens(["ok", "\udcff"]), I, "lone surrogate"),
+    C("tokenizer", "lone surrogate in a probing dataset",
+      lambda e: collect_activations(e.m, ["ab\udc80"], {"y": [1]}), I, "lone surrogate"),
+    W("tokenizer", "astral characters", lambda e: e.m.to_tokens("a\U0001F600", prepend_bos=False),
+      lambda ids, e: ids.tolist() == [[97, 240, 159, 152, 128]]),
+    # the command line
+    C("cli", "train with lr nan", lambda e: cli("train", "--layout", "qrnn", "--out", str(e.tmp / "run"), "--lr", "nan"),
+      X, "argument --lr: must be a finite number, got 'nan'"),
+    C("cli", "train with lr inf", lambda e: cli("train", "--layout", "qrnn", "--out", str(e.tmp / "run"), "--lr", "inf"),
+      X, "argument --lr: must be a finite number, got 'inf'"),
+    C("cli", "train with lr text", lambda e: cli("train", "--layout", "qrnn", "--out", str(e.tmp / "run"), "--lr", "x"),
+      X, "argument --lr: must be a number, got 'x'"),
+    C("cli", "train with val-fraction nan",
+      lambda e: cli("train", "--layout", "qrnn", "--out", str(e.tmp / "run"), "--val-fraction", "nan"), X,
+      "argument --val-fraction: must be a finite number"),
+    C("cli", "train into a file", lambda e: cli("train", "--layout", "qrnn", "--out", _afile(e)), X,
+      "--out '.*a-file' is a file, not a folder"),
+    C("cli", "zoo train into a file", lambda e: cli("zoo", "train", "qrnn", "--out", _afile(e)), X,
+      "--out '.*a-file' is a file, not a folder"),
+    C("cli", "export the stdlib into a file", lambda e: cli("data", "export-stdlib", _afile(e)), X,
+      "export-stdlib DIR '.*a-file' is a file, not a folder"),
+]
+
+CASES += option_cases() + field_cases() + ISSUE_CASES
+
+
 def _documented_count() -> int:
     return int(re.search(r"holds (\d+) cases", __doc__).group(1))
 
@@ -750,19 +1045,69 @@ def env(tmp_path_factory):
     return Env(tmp_path_factory.mktemp("fuzz"))
 
 
+#: (category, name) of every case that met its expected outcome in this session (for the printed table)
+PASSED: set[tuple[str, str]] = set()
+
+
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.category}: {c.name}" for c in CASES])
 def test_case(case: Case, env: Env):
-    with pytest.raises(case.error, match=case.match) as info:
-        case.call(env)
-    assert isinstance(info.value, (ProbeError, CLIExit)), type(info.value)
+    if case.expect == WORKS:
+        result = case.call(env)
+        assert case.check(result, env), f"{case.name}: the call worked but its result is wrong"
+    else:
+        with pytest.raises(case.error, match=case.match) as info:
+            case.call(env)
+        assert isinstance(info.value, (ProbeError, CLIExit)), type(info.value)
+    PASSED.add((case.category, case.name))
 
 
 def test_the_table_is_counted_and_categorised():
     assert len(CASES) >= _documented_count()
     assert len({(c.category, c.name) for c in CASES}) == len(CASES), "case names repeat"
     assert {c.category for c in CASES} == _documented_categories()
+    assert all(issubclass(c.error, (ProbeError, CLIExit)) for c in CASES if c.expect == CLEAR_ERROR)
     methods_covered = {c.category for c in CASES} & {"lens", "attribution", "memory", "patching", "probing", "steering"}
     assert len(methods_covered) == 6
+
+
+def test_every_option_and_field_is_fuzzed():
+    """Every declared option of every mixer has invalid cases and a working one; every ModelConfig
+    field has a wrong-typed case and a working one (a new option or field must join the table)."""
+    import dataclasses
+
+    names = {c.name for c in CASES if c.category == "options"}
+    for mixer, cls in MIXERS.items():
+        assert set(VALID_OPTIONS.get(mixer, {})) == set(cls.OPTIONS), (
+            f"VALID_OPTIONS[{mixer!r}] must list a valid non-default value of each option of {mixer!r}")
+        for option, spec in cls.OPTIONS.items():
+            assert isinstance(spec, (Int, Real, Flag, Choice)), (mixer, option)
+            assert sum(n.startswith(f"{mixer} {option}:") for n in names) >= 3, (mixer, option)
+    fields = {f.name for f in dataclasses.fields(probe.ModelConfig)}
+    assert {f for f, _, _ in FIELD_ERRORS} == fields == {f for f, _, _ in FIELD_WORKS}, (
+        "FIELD_ERRORS and FIELD_WORKS must each hold every ModelConfig field")
+
+
+def table() -> str:
+    """The fuzz table's counts per category: cases, expected clear errors, expected works, passed."""
+    rows = [("category", "cases", "clear errors", "works", "passed")]
+    for category in sorted({c.category for c in CASES}):
+        mine = [c for c in CASES if c.category == category]
+        rows.append((category, len(mine), sum(c.expect == CLEAR_ERROR for c in mine),
+                     sum(c.expect == WORKS for c in mine), sum((c.category, c.name) in PASSED for c in mine)))
+    rows.append(("total", len(CASES), sum(c.expect == CLEAR_ERROR for c in CASES),
+                 sum(c.expect == WORKS for c in CASES), len(PASSED)))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
+def test_print_the_table(capsys):
+    """Print the table (shown with -q too); "passed" counts the cases of this session that met their
+    expected outcome (all of them when the whole file ran and passed)."""
+    text = table()
+    with capsys.disabled():
+        print(f"\n\nfuzz table ({len(CASES)} cases):\n{text}\n")
+    assert text.splitlines()[-1].split()[1] == str(len(CASES))
 
 
 def test_the_fuzzed_models_are_left_clean(env: Env):
