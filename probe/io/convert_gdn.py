@@ -136,8 +136,9 @@ def qwen3_next_config_from_hf(hf_config: Any) -> ModelConfig:
     others = [f"layer {i} is {t!r}" for i, t in enumerate(types) if t != "linear_attention"]
     if len(types) != n or others:
         found = others[0] if others else f"layer_types has {len(types)} entries for {n} layers"
-        raise ConfigError(f"Qwen3-Next {found}: probe converts whole Qwen3-Next models only when every layer is 'linear_attention' (it has "
-                          "no Qwen3-Next gated attention block). Convert the Gated DeltaNet layers one by one with "
+        raise ConfigError(f"Qwen3-Next {found}: probe converts whole Qwen3-Next models only when every layer is "
+                          "'linear_attention' (it has no Qwen3-Next gated attention block). Convert the Gated "
+                          "DeltaNet layers one by one with "
                           "probe.io.convert_gdn.gdn_mixer_from_hf(model.model.layers[i].linear_attn).")
     experts = int(getattr(hf_config, "num_experts", 0) or 0)
     dense_only = set(getattr(hf_config, "mlp_only_layers", []) or [])
@@ -189,7 +190,8 @@ def qwen3_next_from_hf(hf_model: Any, tokenizer: Any = None, dtype: torch.dtype 
     logits (tested: max abs diff < 1e-4 in float32 on tiny random configs); other Qwen3-Next models
     are refused with the reason (module docstring)."""
     if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
-        raise ConfigError(f"qwen3_next_from_hf expects a transformers Qwen3NextForCausalLM, got {type(hf_model).__name__}.")
+        raise ConfigError("qwen3_next_from_hf expects a transformers Qwen3NextForCausalLM, got "
+                          f"{type(hf_model).__name__}.")
     cfg = qwen3_next_config_from_hf(hf_model.config)
     sd = source_dict(hf_model)
     if "model.embed_tokens.weight" not in sd and "embed_tokens.weight" in sd:  # a bare Qwen3NextModel
