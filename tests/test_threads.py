@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 
+import probe
 from tests.conftest import make_model
 
 THREADS, RUNS = 8, 10
@@ -115,3 +117,49 @@ def test_model_with_its_lock_deep_copies():
     tokens = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(4))
     assert torch.equal(model(tokens), twin(tokens))
     assert twin._run_lock is not model._run_lock
+
+
+@pytest.fixture(scope="module")
+def bridge(tmp_path_factory):
+    """A TransformerLens TransformerBridge of a tiny random GPT-2, built offline (tests/tl_bridge.py)."""
+    pytest.importorskip("transformers")
+    from tests.tl_bridge import boot, tiny_gpt2
+
+    d = tmp_path_factory.mktemp("tiny-gpt2")
+    return boot(d, tiny_gpt2(d)[0])
+
+
+def test_bridge_adapter_run_with_hooks_from_threads_equals_serial(bridge):
+    """The adapter's hooks live on the bridge's shared HookPoints: two adapters over one bridge share
+    its lock, so threads using either see only their own hooks."""
+    adapters = [probe.from_transformer_lens(bridge) for _ in range(2)]
+    tokens = torch.randint(0, 99, (1, 12), generator=torch.Generator().manual_seed(0))
+
+    def work(i, j):
+        def add(t, hook):
+            return t + (i + 1) * 0.5
+
+        return adapters[i % 2].run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_post", add)])
+
+    serial = {(i, j): work(i, j) for i in range(THREADS) for j in range(RUNS)}
+    threaded = _run_threads(work)
+    wrong = [k for k in serial if not torch.equal(serial[k], threaded[k])]
+    assert not wrong, f"{len(wrong)} of {len(serial)} threaded results differ from the serial ones"
+    assert not torch.equal(serial[(0, 0)], serial[(1, 0)])  # the hooks do change the output
+
+
+def test_bridge_adapter_run_with_cache_from_threads_keeps_caches_apart(bridge):
+    model = probe.from_transformer_lens(bridge)
+    gen = torch.Generator().manual_seed(1)
+    inputs = [torch.randint(0, 99, (1, 10), generator=gen) for _ in range(THREADS)]
+
+    def work(i, j):
+        if j % 2:  # plain forwards in between: not hooked by another thread's cache hooks either
+            return {"logits": model(inputs[i])}
+        _, cache = model.run_with_cache(inputs[i], names_filter=["blocks.0.hook_resid_post", "ln_final.hook_scale"])
+        return {k: v.clone() for k, v in cache.items()}
+
+    serial = {(i, j): work(i, j) for i in range(THREADS) for j in range(2)}
+    threaded = _run_threads(work)
+    wrong = [k for k, c in threaded.items() if any(not torch.equal(c[n], serial[(k[0], k[1] % 2)][n]) for n in c)]
+    assert not wrong, f"{len(wrong)} of {len(threaded)} results hold another thread's activations or hooks"

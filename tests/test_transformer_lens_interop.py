@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import probe
-from conftest import randomise
+from tl_bridge import boot, tiny_gpt2
 
 pytest.importorskip("transformers")
 TEXT = "w1 w2 w3 w7 w9 w4 w4 w2"
@@ -12,28 +12,12 @@ TEXT = "w1 w2 w3 w7 w9 w4 w4 w2"
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    """(adapter over a TransformerBridge, HookedLM converted with from_hf) of one tiny random GPT-2.
-
-    Offline, boot_transformers needs the model and a tokenizer saved in a directory (else it fetches one);
-    a small WordLevel tokenizer is enough. from_hf runs first: booting rewrites the HF model's modules."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-    from transformer_lens.model_bridge import TransformerBridge
-
-    torch.manual_seed(0)
-    vocab = {f"w{i}": i for i in range(98)} | {"<unk>": 98, "<|endoftext|>": 99}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<|endoftext|>",
-                                  eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=64,
-                                    bos_token_id=99, eos_token_id=99)).eval()
-    randomise(hf, 0.2)
+    """(adapter over a TransformerBridge, HookedLM converted with from_hf) of one tiny random GPT-2
+    (tests/tl_bridge.py); from_hf runs first: booting rewrites the HF model's modules."""
     d = tmp_path_factory.mktemp("tiny-gpt2")
-    hf.save_pretrained(d)
-    tok.save_pretrained(d)
+    hf, tok = tiny_gpt2(d)
     ours = probe.from_hf(hf, tokenizer=tok)
-    bridge = TransformerBridge.boot_transformers(str(d), hf_model=hf, device="cpu")
+    bridge = boot(d, hf)
     return probe.from_transformer_lens(bridge), ours
 
 

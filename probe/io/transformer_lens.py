@@ -36,6 +36,8 @@ with a clear error. There is no carried state (``states=`` / ``return_states``).
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from typing import Any
 
 import torch
@@ -88,6 +90,26 @@ def from_transformer_lens(bridge: Any) -> "BridgeAdapter":
     return BridgeAdapter(bridge)
 
 
+#: one lock per bridge, shared by every adapter over it (held weakly: the bridge is not kept alive)
+_BRIDGE_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_BRIDGE_LOCKS_GUARD = threading.Lock()
+
+
+def bridge_lock(bridge: Any) -> threading.RLock:
+    """The re-entrant lock of ``bridge``: what :class:`probe.HookedLM`'s ``_run_lock`` is to a HookedLM.
+
+    The adapter's hooks live on the bridge's shared ``HookPoint`` modules, so every adapter forward
+    and every ``hooks()`` context (``run_with_hooks``, ``run_with_cache``, every method) holds it for
+    its whole duration: runs from several threads, through one adapter or several over the same
+    bridge, are serialised and each sees only its own hooks. Kept beside the bridge, not on it, so
+    the user's bridge still deep-copies and pickles."""
+    with _BRIDGE_LOCKS_GUARD:
+        lock = _BRIDGE_LOCKS.get(bridge)
+        if lock is None:
+            lock = _BRIDGE_LOCKS[bridge] = threading.RLock()
+        return lock
+
+
 class _Renamed:
     """The bridge's hook object with ``name`` replaced by the probe name."""
 
@@ -106,6 +128,7 @@ class BridgeAdapter:
         from probe.norm import LayerNorm, RMSNorm
 
         self.bridge = bridge
+        self._run_lock = bridge_lock(bridge)
         c = bridge.cfg
         n = int(c.n_layers)
         names = set(bridge.hook_dict)
@@ -211,6 +234,8 @@ class BridgeAdapter:
     _untokenized = HookedLM._untokenized
     _decode = HookedLM._decode
     _as_tokens = HookedLM._as_tokens
+    _tokens_and_lengths = HookedLM._tokens_and_lengths
+    _tokenize = HookedLM._tokenize
     _check_ids = HookedLM._check_ids
     loss = staticmethod(HookedLM.loss)
 
@@ -218,8 +243,13 @@ class BridgeAdapter:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
-    def forward(self, input, return_type: str | None = "logits", *, states=None, return_states: bool = False,
-                loss_per_token: bool = False, stop_at_layer: int | None = None, prepend_bos: bool | None = None):
+    def forward(self, *args, **kwargs):
+        """Run the bridge (see :meth:`_forward`), holding the bridge's lock (:func:`bridge_lock`)."""
+        with self._run_lock:
+            return self._forward(*args, **kwargs)
+
+    def _forward(self, input, return_type: str | None = "logits", *, states=None, return_states: bool = False,
+                 loss_per_token: bool = False, stop_at_layer: int | None = None, prepend_bos: bool | None = None):
         """Like :meth:`probe.HookedLM.forward` (no carried state: a bridge has no ``states``)."""
         if states is not None or return_states:
             raise InputError("A TransformerBridge adapter has no carried state; run the whole sequence at once.")
@@ -258,8 +288,9 @@ class BridgeAdapter:
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, clear_contexts: bool = False):
-        """Temporarily attach hooks given with probe names (names or predicates on names)."""
-        with self.bridge.hooks(fwd_hooks=self._translate(fwd_hooks), bwd_hooks=self._translate(bwd_hooks),
+        """Temporarily attach hooks given with probe names (names or predicates on names), holding the
+        bridge's lock (:func:`bridge_lock`) until they are removed."""
+        with self._run_lock, self.bridge.hooks(fwd_hooks=self._translate(fwd_hooks), bwd_hooks=self._translate(bwd_hooks),
                                reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
             yield self
 
@@ -291,8 +322,9 @@ class BridgeAdapter:
         return out, ActivationCache(cache, self)
 
     def generate(self, *args, **kwargs):
-        """TransformerLens's own generation (``TransformerBridge.generate``)."""
-        return self.bridge.generate(*args, **kwargs)
+        """TransformerLens's own generation (``TransformerBridge.generate``), holding the bridge's lock."""
+        with self._run_lock:
+            return self.bridge.generate(*args, **kwargs)
 
     def __repr__(self) -> str:
         c = self.cfg
