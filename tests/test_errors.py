@@ -67,3 +67,62 @@ def test_saved_files_are_readable_per_umask_and_lens_saves_atomically(tmp_path):
         "config.json", "model.safetensors", "tuned_lens.json", "tuned_lens.safetensors"]
     again = TunedLens.load(tmp_path / "m", model)
     assert torch.equal(again.weight, lens.weight)
+
+
+def test_declared_option_defaults_are_valid_and_resolved():
+    """Every mixer declares each option with a check its own default passes, and
+    ``ModelConfig.options`` gives the defaults updated with the given values."""
+    from probe.mixers import MIXERS
+    from probe.mixers.options import Option, defaults
+
+    for mixer, cls in MIXERS.items():
+        for name, spec in cls.OPTIONS.items():
+            assert isinstance(spec, Option), (mixer, name)
+            spec.check(mixer, name, spec.default)
+    cfg = probe.ModelConfig(layout=["qrnn"], mixer_options={"qrnn": {"window": 3}})
+    assert cfg.options("qrnn") == {**defaults(MIXERS["qrnn"].OPTIONS), "window": 3}
+    assert cfg.options("qrnn")["d_hidden"] is None
+
+
+def test_a_hook_may_run_its_model_when_it_does_not_recurse():
+    """Only a run that reaches the running hook again is refused: a hook on the logits may run the
+    model up to layer 1, and the model is clean and usable after a refused recursion."""
+    model, x = make_model("qrnn"), tokens(1, 5)
+    seen = []
+
+    def partial_rerun(t, hook):
+        seen.append(model(x, stop_at_layer=1).shape)
+
+    out = model.run_with_hooks(x, fwd_hooks=[("hook_logits", partial_rerun)])
+    assert seen == [(1, 5, 32)] and torch.equal(out, model(x))
+
+    def full_rerun(t, hook):
+        model(x)
+
+    with pytest.raises(probe.InputError, match="ran the model it hooks"):
+        model.run_with_hooks(x, fwd_hooks=[("hook_logits", full_rerun)])
+    assert not any(hp.has_hooks() for hp in model.hook_dict.values()) and model.context_level == 0
+    assert torch.equal(model(x), out)
+
+
+def test_the_recursion_check_is_per_thread():
+    """One hook (permanent, so shared) run by several threads at once is no recursion."""
+    import threading
+
+    model, x = make_model("qrnn"), tokens(1, 5)
+    calls, errors = [], []
+    model.add_hook("blocks.0.hook_resid_pre", lambda t, hook: calls.append(1), is_permanent=True)
+
+    def run():
+        try:
+            model(x)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    model.reset_hooks(including_permanent=True)
+    assert errors == [] and len(calls) == 4
