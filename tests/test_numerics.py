@@ -13,6 +13,7 @@ must add its row (the test checks this table covers ``probe.mixers.MIXERS``)::
     mixer   float16  (measured)   bfloat16  (measured)
     attn    2e-3     7.1e-4       1.2e-2    4.4e-3
     ff      2e-3     6.4e-4       1.5e-2    5.3e-3
+    gdn     8e-3     3.1e-3       4.5e-2    1.7e-2
     hgrn2   6e-3     2.5e-3       3e-2      1.1e-2
     lmu     2e-3     8.5e-4       2e-2      7.7e-3
     lstm    4e-3     1.3e-3       3e-2      1.1e-2
@@ -58,6 +59,7 @@ TOLERANCE = {
     "rwkv": (3e-3, 2.5e-2), "slstm": (8e-3, 5e-2),
     "rglru": (3.5e-3, 2e-2),
     "mamba2": (2.5e-3, 2e-2),
+    "gdn": (8e-3, 4.5e-2),
 }
 DTYPES = {"float16": (torch.float16, 0), "bfloat16": (torch.bfloat16, 1)}
 LONG = 8192
