@@ -306,6 +306,7 @@ def test_probe_explore_runs_streamlit_on_the_app(monkeypatch):
     assert cmd[cmd.index("--server.port") + 1] == "8599" and cmd[-2:] == ["--theme.base", "dark"]
 
 
+@pytest.mark.numerical
 @pytest.mark.skipif(not {"transformer", "lstm", "qrnn-hybrid"} <= set(probe.zoo_names()), reason="needs the zoo")
 @pytest.mark.parametrize("models", [("zoo:transformer", "zoo:qrnn-hybrid"), ("zoo:lstm", "zoo:transformer")])
 def test_default_steering_moves_the_metric_the_stated_way_on_the_zoo(models):
@@ -323,7 +324,7 @@ def test_default_steering_moves_the_metric_the_stated_way_on_the_zoo(models):
         assert fig.data[0].name.startswith("layer 0") and np.ptp(array(fig.data[0].y)) < 1e-4  # see below
         for line in fig.data[1:]:  # one line per layer: metric against the coefficient
             x, y = list(array(line.x)), array(line.y)
-            assert y[x.index(4.0)] > y[x.index(0.0)] + 0.1, (fig.layout.title.text, line.name)
+            assert y[x.index(4.0)] > y[x.index(0.0)] + 0.05, (fig.layout.title.text, line.name)  # smallest: +0.13
     unsteered = [float(m.split("logit difference ")[1].rstrip(")")) for m in texts(at.markdown) if "Unsteered" in m]
     steered = [float(m.split("logit difference ")[1].rstrip(")")) for m in texts(at.markdown) if "Steered, " in m]
     assert len(unsteered) == len(steered) == 2 and all(s > u for u, s in zip(unsteered, steered))

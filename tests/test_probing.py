@@ -75,6 +75,7 @@ def _synthetic(n_seq=60, T=20, vocab=40, seed=0):
                              np.repeat(np.arange(n_seq), T), np.tile(np.arange(T), n_seq), "synthetic", ["attn"])
 
 
+@pytest.mark.numerical
 def test_control_task_selectivity():
     """The control task (each sequence takes another sequence's labels) is not readable from the token
     at the probed position: it stays near the majority baseline on a representation that holds token
