@@ -15,6 +15,15 @@ position ``s``:
   mixer, for a like-for-like comparison;
 * ``ff`` layers read nothing from the past (no map).
 
+A term that reads only the current position is kept out of the matrix and shown apart
+(``LayerMemory.skip``): Mamba's gated ``D`` skip, so that Mamba's map is Ali et al.'s hidden
+attention ``alpha`` (times the output gate), not dominated by its diagonal.
+``LayerMemory.with_skip()`` adds it back on the diagonal.
+
+The maps are quadratic in the length (``[batch, head, T, T]`` per layer): :func:`memory_map`
+sizes the work before building anything (:func:`memory_estimate`) and refuses past
+``memory_limit`` bytes (4 GiB by default) with a message naming the budget and what to change.
+
 It also measures the **state size versus position**: the numbers a model carries after
 each token (``ModelState``), constant for recurrent layers and growing linearly with the
 KV cache of attention layers.
@@ -57,8 +66,10 @@ class LayerMemory:
         matrix: ``[batch, head, t, s]`` (``None`` for ``"none"``); gradient influence has one "head".
         head_label: what the head axis indexes (``"head"``, ``"channel"``, ``"Legendre order"``).
         reconstruction_error: relative max-abs error of the mixer output rebuilt from ``matrix``
-            (attention and implicit attention; ``None`` otherwise).
+            and ``skip`` (attention and implicit attention; ``None`` otherwise).
         description: the formula of the map.
+        skip: ``[batch, head, t]`` or ``None``: the weight with which position ``t`` reads its own
+            input *outside* the recurrence (Mamba's gated ``D`` skip), not included in ``matrix``.
     """
 
     layer: int
@@ -68,6 +79,13 @@ class LayerMemory:
     head_label: str = ""
     reconstruction_error: float | None = None
     description: str = ""
+    skip: Tensor | None = None
+
+    def with_skip(self) -> Tensor | None:
+        """``matrix`` with ``skip`` added on the diagonal: the whole linear map of the layer."""
+        if self.matrix is None or self.skip is None:
+            return self.matrix
+        return self.matrix + torch.diag_embed(self.skip)
 
     def summary(self) -> Tensor | None:
         """``[batch, t, s]``: the mean over heads of ``|matrix|`` (attention weights are already >= 0)."""
@@ -133,12 +151,14 @@ class MemoryMapResult(MethodResult):
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def figure(self, layer: int | None = None, batch: int = 0, head: int | None = None, normalize: bool = True):
+    def figure(self, layer: int | None = None, batch: int = 0, head: int | None = None, normalize: bool = True,
+               with_skip: bool = False):
         """Heatmap(s) of query x key with the tokens on both axes.
 
         ``layer=None`` draws every analysed layer side by side; ``head`` picks one head /
         channel (default: the mean of ``|A|`` over heads); ``normalize`` scales each row to
-        a maximum of 1 so that rows are comparable.
+        a maximum of 1 so that rows are comparable. A layer with a skip term (Mamba's ``D``)
+        is drawn without it (its title says "skip apart") unless ``with_skip``.
         """
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
@@ -157,16 +177,19 @@ class MemoryMapResult(MethodResult):
             fig.update_layout(title="Memory maps", xaxis_visible=False, yaxis_visible=False)
             return fig
         labels = inputs.axis_labels(self.str_tokens[b])
+        skip_note = " (with its skip)" if with_skip else " (skip apart)"
         fig = make_subplots(rows=1, cols=len(chosen), horizontal_spacing=0.04,
-                            subplot_titles=[f"L{lm.layer} {lm.mixer}: {lm.kind}" for lm in chosen])
+                            subplot_titles=[f"L{lm.layer} {lm.mixer}: {lm.kind}"
+                                            + (skip_note if lm.skip is not None else "") for lm in chosen])
         for col, lm in enumerate(chosen, start=1):
+            matrix = lm.with_skip() if with_skip else lm.matrix
             if head is None:
-                z = lm.summary()[b]
+                z = matrix.abs().mean(1)[b]
             else:
-                if not 0 <= head < lm.matrix.shape[1]:
+                if not 0 <= head < matrix.shape[1]:
                     raise InputError(f"head {head} is out of range for layer {lm.layer} "
-                                     f"({lm.matrix.shape[1]} {lm.head_label}s).")
-                z = lm.matrix[b, head]
+                                     f"({matrix.shape[1]} {lm.head_label}s).")
+                z = matrix[b, head]
             z = z.double()
             if normalize:
                 z = z / z.abs().amax(-1, keepdim=True).clamp_min(1e-30)
@@ -204,12 +227,56 @@ class MemoryMapResult(MethodResult):
         return fig
 
 
+# -- sizing ------------------------------------------------------------------------------
+#: bytes a memory map may take by default (its kept maps plus the largest build's scratch)
+MEMORY_LIMIT = 4 * 2**30
+
+
+def memory_estimate(model, layers: list[int], method: str, batch: int, T: int) -> dict[int, tuple[int, int]]:
+    """Bytes per analysed layer, ``{layer: (kept, scratch)}``: the ``[batch, head, T, T]`` map it keeps
+    and the most its build holds besides (from each unrolling's declared ``size``; gradient influence
+    sums in float64). Position-wise layers take nothing."""
+    item = torch.finfo(model.dtype).bits // 8
+    pairs = batch * T * T
+    out = {}
+    for i in layers:
+        name = model.cfg.layout[i]
+        if name in POSITIONWISE:
+            continue
+        if method == "auto" and name in implicit.REGISTRY:
+            kept, scratch = implicit.REGISTRY[name].size(model, i)
+            out[i] = (kept * pairs * item, scratch * pairs * item)
+        else:
+            out[i] = (pairs * item, 2 * pairs * 8)
+    return out
+
+
+def check_memory(model, layers: list[int], method: str, batch: int, T: int, memory_limit: float) -> None:
+    """An ``InputError`` naming the budget and the ways out when the maps would pass ``memory_limit`` bytes."""
+    if isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, float)) or not memory_limit > 0:
+        raise InputError(f"memory_limit must be a positive number of bytes, got {memory_limit!r}.")
+    sizes = memory_estimate(model, layers, method, batch, T)
+    need = sum(k for k, _ in sizes.values()) + max((s for _, s in sizes.values()), default=0)
+    if need <= memory_limit:
+        return
+    worst = max(sizes, key=lambda i: sum(sizes[i]))
+    gib = lambda n: f"{n / 2**30:.1f} GiB"
+    raise InputError(
+        f"This memory map would take about {gib(need)} ({batch} x {T} tokens; each layer keeps a "
+        f"[batch, head, {T}, {T}] map, the largest layer {worst} ({model.cfg.layout[worst]}) "
+        f"{gib(sum(sizes[worst]))} with its build), above memory_limit={gib(memory_limit)}. The size grows "
+        "with the square of the length: pass a shorter input, fewer layers (layers=[...]) or one "
+        "sequence at a time, or raise memory_limit= (bytes) if the machine has the memory.")
+
+
 # -- per-layer maps ----------------------------------------------------------------------
-def implicit_attention(model, input, layer: int, prepend_bos: bool | None = None) -> tuple[ImplicitAttention, dict]:
+def implicit_attention(model, input, layer: int, prepend_bos: bool | None = None,
+                       memory_limit: float = MEMORY_LIMIT) -> tuple[ImplicitAttention, dict]:
     """The exact memory map of one attention / linear-recurrence layer and its reconstruction errors.
 
     Returns ``(ImplicitAttention, {"output": err, "signal": err})``; raises a
-    :class:`probe.errors.ProbeError` naming the supported mixers for any other mixer.
+    :class:`probe.errors.ProbeError` naming the supported mixers for any other mixer, and an
+    ``InputError`` when the matrix would pass ``memory_limit`` bytes (see :func:`check_memory`).
 
     Example::
 
@@ -220,6 +287,8 @@ def implicit_attention(model, input, layer: int, prepend_bos: bool | None = None
     model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)
     layer = inputs.check_layer(model, layer)
+    implicit.unrolling(model.cfg.layout[layer])  # an unsupported mixer is named before sizing
+    check_memory(model, [layer], "auto", *tokens.shape, memory_limit)
     return _implicit(model, tokens, [layer])[layer]
 
 
@@ -349,7 +418,8 @@ def state_sizes(model, input, prepend_bos: bool | None = None):
 
 
 def memory_map(model, input, layers=None, method: str = "auto", probes: int | None = None,
-               with_state_sizes: bool = True, prepend_bos: bool | None = None) -> MemoryMapResult:
+               with_state_sizes: bool = True, memory_limit: float = MEMORY_LIMIT,
+               prepend_bos: bool | None = None) -> MemoryMapResult:
     """What each position reads from the past, layer by layer (see the module docstring).
 
     Args:
@@ -359,6 +429,8 @@ def memory_map(model, input, layers=None, method: str = "auto", probes: int | No
             or ``"gradient"`` (gradient influence for every mixing layer).
         probes: for gradient influence, ``None`` (exact) or a number of random probes per position.
         with_state_sizes: also measure the state size after every token (``state_sizes``).
+        memory_limit: bytes the maps may take (default 4 GiB); past it an ``InputError`` says how
+            much they would take and how to shrink them, before anything is built.
 
     Returns a :class:`MemoryMapResult`: one :class:`LayerMemory` per layer (``matrix
     [batch, head, t, s]``) and the state sizes.
@@ -380,6 +452,7 @@ def memory_map(model, input, layers=None, method: str = "auto", probes: int | No
                and layout[i] not in NONLINEAR and layout[i] not in POSITIONWISE]
     if unknown:
         implicit.unrolling(layout[unknown[0]])  # raises, naming what is supported
+    check_memory(model, layers, method, *tokens.shape, memory_limit)
     built = _implicit(model, tokens, exact) if exact else {}
     result = []
     for i in layers:
@@ -389,7 +462,8 @@ def memory_map(model, input, layers=None, method: str = "auto", probes: int | No
         elif i in built:
             ia, errs = built[i]
             kind = "attention" if name == "attn" else "implicit attention"
-            result.append(LayerMemory(i, name, kind, ia.matrix, ia.head_label, errs["output"], ia.description))
+            result.append(LayerMemory(i, name, kind, ia.matrix, ia.head_label, errs["output"], ia.description,
+                                      ia.skip))
         else:
             G = gradient_influence(model, tokens, i, probes=probes)
             result.append(LayerMemory(i, name, "gradient influence", G.unsqueeze(1), "map",

@@ -1,10 +1,12 @@
 r"""Implicit attention of linear-recurrence mixers: one small module per mixer kind.
 
-``REGISTRY`` maps a mixer ``NAME`` to an :class:`Unrolling`: the mixer hooks it reads and a
+``REGISTRY`` maps a mixer ``NAME`` to an :class:`Unrolling`: the mixer hooks it reads, a
+function ``size(model, layer) -> (kept, scratch)`` (numbers per ``(batch, t, s)`` pair: the matrix's
+head count, and the most its build holds besides, so a memory map is sized before it is built) and a
 function ``build(model, layer, hooks, x) -> ImplicitAttention`` (``hooks``: ``{suffix: [batch, pos, ...]}``
 cached from ``blocks.{layer}.mixer.hook_<suffix>``; ``x``: the mixer's input, ``hook_mixer_in``; the
 mixer's parameters are ``model.blocks[layer].mixer``'s).
-A new linear mixer gets a file here with ``@register("name", hooks=(...))``.
+A new linear mixer gets a file here with ``@register("name", hooks=(...), size=...)``.
 
 Attention is registered too (its pattern is its "implicit" attention, exactly). Mixers with no
 unrolling (nonlinear recurrences: LSTM, sLSTM) get a clear error from :func:`unrolling`;
@@ -24,15 +26,17 @@ class Unrolling:
     name: str
     hooks: tuple[str, ...]
     build: Callable[..., ImplicitAttention]
+    size: Callable[..., tuple[int, int]]
 
 
 REGISTRY: dict[str, Unrolling] = {}
 
 
-def register(name: str, hooks: tuple[str, ...]):
-    """Decorator: register ``build`` as the unrolling of mixer ``name``, reading mixer ``hooks``."""
+def register(name: str, hooks: tuple[str, ...], size: Callable[..., tuple[int, int]]):
+    """Decorator: register ``build`` as the unrolling of mixer ``name``, reading mixer ``hooks``;
+    ``size(model, layer) -> (kept, scratch)`` numbers per ``(batch, t, s)`` pair."""
     def wrap(fn):
-        REGISTRY[name] = Unrolling(name, tuple(hooks), fn)
+        REGISTRY[name] = Unrolling(name, tuple(hooks), fn, size)
         return fn
     return wrap
 

@@ -12,7 +12,8 @@ from probe.methods.implicit.base import ImplicitAttention
 from probe.methods.inputs import attention_output
 
 
-@register("attn", hooks=("pattern", "v", "z"))
+@register("attn", hooks=("pattern", "v", "z"),
+          size=lambda model, layer: (model.cfg.n_heads, 3 * model.cfg.n_heads))  # scores, pattern, mask
 def build(model, layer, hooks, x) -> ImplicitAttention:
     W_O, b_O = attention_output(model, layer)
 

@@ -63,6 +63,10 @@ class ImplicitAttention:
         project: maps the signal to the mixer's output ``[batch, t, d_model]``.
         head_label / value_label: names for figures (``"channel"``, ``"z (candidate)"``).
         description: one line of math, shown in figures and frames.
+        skip: ``[batch, head, t]`` or ``None``: a term that reads only the current position and is
+            kept out of ``matrix`` (Mamba's gated ``D`` skip), so that ``matrix`` is the recurrence's
+            own reading of the past; :meth:`with_skip` puts it on the diagonal.
+        skip_signal: the skip's contribution to the signal (layout of :meth:`mix`'s result).
     """
 
     matrix: Tensor
@@ -73,10 +77,17 @@ class ImplicitAttention:
     head_label: str
     value_label: str
     description: str
+    skip: Tensor | None = None
+    skip_signal: Tensor | None = None
 
     def mix(self) -> Tensor:
-        """``sum_s A[t, s] value_s``: the signal rebuilt from the matrix."""
-        return torch.einsum(self.equation, self.matrix, self.values)
+        """``sum_s A[t, s] value_s`` (plus the skip term): the signal rebuilt from the matrix."""
+        mixed = torch.einsum(self.equation, self.matrix, self.values)
+        return mixed if self.skip_signal is None else mixed + self.skip_signal
+
+    def with_skip(self) -> Tensor:
+        """``matrix`` with the skip term on its diagonal (``matrix`` when there is none)."""
+        return self.matrix if self.skip is None else self.matrix + torch.diag_embed(self.skip)
 
     def reconstruct(self) -> Tensor:
         """The mixer output ``[batch, t, d_model]`` rebuilt from the matrix."""

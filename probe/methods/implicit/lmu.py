@@ -18,7 +18,8 @@ from probe.methods.implicit import register
 from probe.methods.implicit.base import ImplicitAttention, causal_mask
 
 
-@register("lmu", hooks=("input", "state"))
+@register("lmu", hooks=("input", "state"),
+          size=lambda model, layer: (model.blocks[layer].mixer.order, 3 * model.blocks[layer].mixer.order))
 def build(model, layer, hooks, x) -> ImplicitAttention:
     mixer = model.blocks[layer].mixer
     import torch.nn.functional as F

@@ -27,7 +27,8 @@ from probe.methods.implicit import register
 from probe.methods.implicit.base import ImplicitAttention, causal_mask, segment_sums
 
 
-@register("mlstm", hooks=("q", "k", "v", "input", "forget", "state_m", "output"))
+@register("mlstm", hooks=("q", "k", "v", "input", "forget", "state_m", "output"),
+          size=lambda model, layer: (model.blocks[layer].mixer.n_heads, 6 * model.blocks[layer].mixer.n_heads))
 def build(model, layer, hooks, x) -> ImplicitAttention:
     mixer = model.blocks[layer].mixer
     q, k, v = hooks["q"], hooks["k"], hooks["v"]  # [b, T, H, K|V]

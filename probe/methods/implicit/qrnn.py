@@ -13,7 +13,8 @@ from probe.methods.implicit import register
 from probe.methods.implicit.base import ImplicitAttention, decay_products
 
 
-@register("qrnn", hooks=("z", "forget", "output", "state"))
+@register("qrnn", hooks=("z", "forget", "output", "state"),
+          size=lambda model, layer: (model.blocks[layer].mixer.d_hidden, 4 * model.blocks[layer].mixer.d_hidden))
 def build(model, layer, hooks, x) -> ImplicitAttention:
     mixer = model.blocks[layer].mixer
     z, f, o = hooks["z"], hooks["forget"], hooks["output"]  # [b, T, C]

@@ -20,7 +20,8 @@ from probe.methods.implicit import register
 from probe.methods.implicit.base import ImplicitAttention, causal_mask, segment_sums
 
 
-@register("rwkv", hooks=("r", "k", "v", "decay"))
+@register("rwkv", hooks=("r", "k", "v", "decay"),
+          size=lambda model, layer: (model.blocks[layer].mixer.d_attn, 6 * model.blocks[layer].mixer.d_attn))
 def build(model, layer, hooks, x) -> ImplicitAttention:
     mixer = model.blocks[layer].mixer
     r, k, v, d = hooks["r"], hooks["k"], hooks["v"], hooks["decay"]  # [b, T, D]
