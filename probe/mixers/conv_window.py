@@ -19,7 +19,11 @@ from torch import Tensor
 
 
 def windows(u: Tensor, init: Tensor) -> Tensor:
-    """All windows ``W_t`` for ``t = 0 .. T-1``: ``u [batch, T, d]``, ``init [batch, w, d]`` -> ``[batch, T, w, d]``."""
+    """All windows ``W_t`` for ``t = 0 .. T-1``: ``u [batch, T, d]``, ``init [batch, w, d]`` -> ``[batch, T, w, d]``.
+
+    An overlapping view of one ``[batch, w + T, d]`` buffer (no copy): writing ``W_t`` through it
+    would rewrite ``W_{t+1} .. W_{t+w-1}``. Hooks never see it: :func:`probe.mixers.edits.run_hooked`
+    hands them a copy (:func:`probe.mixers.edits.owned_copy`)."""
     w = init.shape[1]
     padded = torch.cat([init.to(u.dtype), u], dim=1)  # [batch, w + T, d]
     return padded.unfold(1, w, 1)[:, 1:].transpose(-1, -2)  # window ending at t (inclusive)
