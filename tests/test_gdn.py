@@ -136,7 +136,7 @@ def _qwen3_next(layer_types=("linear_attention",) * 2, **overrides):
               linear_key_head_dim=8, linear_value_head_dim=4, linear_conv_kernel_dim=4, num_attention_heads=2,
               num_key_value_heads=1, head_dim=16, tie_word_embeddings=False)
     kw.update(overrides)
-    return randomise(Qwen3NextForCausalLM(Qwen3NextConfig(**kw)), 0.3).eval()
+    return randomise(Qwen3NextForCausalLM(Qwen3NextConfig(**kw)), 0.15).eval()
 
 
 def _relative_error(got, want):

@@ -72,6 +72,7 @@ from probe.errors import ConfigError
 from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Choice, Flag, Int, Real
+from probe.mixers.options import Choice, Flag, Int, Real
 from probe.mixers.edits import Computation, Forcing, apply_forcing
 from probe.scan_gla import gla_chunked, gla_readout, gla_states
 from probe.scan_max import max_scan
@@ -84,10 +85,10 @@ def soft_cap(x: Tensor, cap: float | None) -> Tensor:
 
 class MLSTM(RecurrentMixer):
     NAME = "mlstm"
-    OPTIONS = {"layer": Choice("large", choices=("large", "paper")), "heads": Int(None), "eps": Real(1e-6),
-               "norm_eps": Real(1e-6), "bias": Flag(False), "chunk": Int(64), "qk_factor": Real(0.5),
-               "v_factor": Real(1.0), "gate_soft_cap": Real(15.0, optional=True), "d_inner": Int(None),
-               "conv": Int(4, low=0, optional=True), "qkv_blocksize": Int(4)}
+    OPTIONS = {"layer": Choice("large", choices=("large", "paper")), "heads": Int(None),
+               "eps": Real(1e-6, open_low=False), "norm_eps": Real(1e-6), "bias": Flag(False), "chunk": Int(64),
+               "qk_factor": Real(0.5), "v_factor": Real(1.0), "gate_soft_cap": Real(15.0, optional=True),
+               "d_inner": Int(None), "conv": Int(4, low=0, optional=True), "qkv_blocksize": Int(4)}
     HOOKED = ("state_conv", "q", "k", "v", "input", "forget", "output", "state_m", "state", "state_n")
     LAYERS = ("large", "paper")
     WIDE_STATES = ("state", "state_n", "state_m")
