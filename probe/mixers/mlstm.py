@@ -72,7 +72,6 @@ from probe.errors import ConfigError
 from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Choice, Flag, Int, Real
-from probe.mixers.options import Choice, Flag, Int, Real
 from probe.mixers.edits import Computation, Forcing, apply_forcing
 from probe.scan_gla import gla_chunked, gla_readout, gla_states
 from probe.scan_max import max_scan
