@@ -32,6 +32,8 @@ import math
 import torch
 from torch import Tensor
 
+from probe.scan import widen
+
 METHODS = ("auto", "recurrent", "direct", "fft")
 #: "auto" (see :meth:`LTIMemory.resolve`): the recurrence up to this length; the Toeplitz form up to
 #: DIRECT_UNTIL without gradients, up to TRAIN_DIRECT_UNTIL with them; FFT only without gradients,
@@ -227,6 +229,7 @@ class LTIMemory:
     def states(self, u: Tensor, m0: Tensor | None = None, method: str = "auto") -> Tensor:
         """Every state ``[b, T, c, q]`` from inputs ``u [b, T, c]`` and initial state ``m0 [b, c, q]``."""
         T = u.shape[1]
+        u, = widen(m0, u)  # a float32 state of a half-precision model: the memory runs in float32
         method = self.resolve(method, T, u.shape[0], torch.is_grad_enabled() and u.requires_grad)
         if method == "recurrent":
             return self.recurrent(u, m0)

@@ -31,6 +31,9 @@ building ``a`` and ``b`` for one block at a time and handing each block's states
 :func:`force_states` turns "the state at some (position, element) is overwritten with a
 given value" into the same recurrence (``a = 0, b = value`` there), which is how edited
 states propagate through a scan.
+
+Precision: every scan accumulates in the wider of its inputs' and its initial state's dtype
+(:func:`widen`), so the float32 state a half-precision model carries is never rounded down.
 """
 from __future__ import annotations
 
@@ -39,7 +42,16 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["linear_scan", "linear_scan_sequential", "linear_scan_chunked", "linear_scan_blocked", "force_states"]
+__all__ = ["linear_scan", "linear_scan_sequential", "linear_scan_chunked", "linear_scan_blocked", "force_states",
+           "widen"]
+
+
+def widen(state: Tensor | None, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """``tensors`` cast to the wider of their dtype and ``state``'s (unchanged for ``state=None`` or a
+    state no wider): a recurrence carried in float32 by a bfloat16 model accumulates in float32."""
+    if state is None:
+        return tensors
+    return tuple(t.to(torch.promote_types(t.dtype, state.dtype)) for t in tensors)
 
 
 def _check(a: Tensor, b: Tensor, h0: Tensor | None) -> None:
@@ -57,6 +69,7 @@ def _check(a: Tensor, b: Tensor, h0: Tensor | None) -> None:
 def linear_scan_sequential(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
     """Reference form: ``h_t = a_t * h_{t-1} + b_t`` one position at a time. Returns ``[batch, T, *state]``."""
     _check(a, b, h0)
+    a, b = widen(h0, a, b)
     h = torch.zeros_like(b[:, 0]) if h0 is None else h0.to(b.dtype)
     out = []
     # unbind, not a[:, t]: indexing would make backward allocate a full-size gradient per step
@@ -69,6 +82,7 @@ def linear_scan_sequential(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Te
 def linear_scan_chunked(a: Tensor, b: Tensor, h0: Tensor | None = None, chunk: int | None = None) -> Tensor:
     """Chunked form of the same recurrence (see the module docstring). Returns ``[batch, T, *state]``."""
     _check(a, b, h0)
+    a, b = widen(h0, a, b)
     batch, T = b.shape[:2]
     if T == 0:
         return b.clone()

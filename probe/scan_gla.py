@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probe.scan import force_states, linear_scan, linear_scan_blocked
+from probe.scan import force_states, linear_scan, linear_scan_blocked, widen
 
 __all__ = ["gla_chunked", "gla_sequential", "gla_states", "gla_readout"]
 
@@ -82,6 +82,7 @@ def gla_sequential(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, h0: Tenso
                    scale: float = 1.0) -> tuple[Tensor, Tensor]:
     """Reference: ``S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t``, ``o_t = scale q_t S_t``, one step at a time."""
     _check(q, k, v, log_decay, h0)
+    q, k, v, log_decay = widen(h0, q, k, v, log_decay)  # accumulate in a wider state's dtype
     b, T, H, K = q.shape
     S = q.new_zeros(b, H, K, v.shape[-1]) if h0 is None else h0.to(q.dtype)
     decay = log_decay.exp()
@@ -97,6 +98,7 @@ def gla_chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, h0: Tensor |
                 scale: float = 1.0, chunk: int = 16) -> tuple[Tensor, Tensor]:
     """Chunked form of the same recurrence (see the module docstring). Returns ``(o, h_T)``."""
     _check(q, k, v, log_decay, h0)
+    q, k, v, log_decay = widen(h0, q, k, v, log_decay)  # accumulate in a wider state's dtype
     b, T, H, K = q.shape
     V = v.shape[-1]
     if h0 is None:
@@ -154,6 +156,7 @@ def gla_states(k: Tensor, v: Tensor, decay: Tensor, h0: Tensor | None = None,
     Runs block by block (:func:`probe.scan.linear_scan_blocked`): the outer products
     ``k^T v`` exist for one block at a time and each block's states go straight into the result.
     """
+    k, v, decay = widen(h0, k, v, decay)  # accumulate in a wider state's dtype
     b, T, H, K = k.shape
     if h0 is None:
         h0 = k.new_zeros(b, H, K, v.shape[-1])

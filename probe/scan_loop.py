@@ -68,9 +68,10 @@ def linear_scan_loop(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
     Equal to :func:`probe.scan.linear_scan_sequential` in values and gradients (tested,
     including ``gradcheck``); several times faster to train through on CPU.
     """
-    from probe.scan import _check
+    from probe.scan import _check, widen
 
     _check(a, b, h0)
+    a, b = widen(h0, a, b)
     if b.shape[1] == 0:
         return b.clone()
     if a.dim() != b.dim():

@@ -34,6 +34,8 @@ import math
 import torch
 from torch import Tensor
 
+from probe.scan import widen
+
 __all__ = ["empty_log", "max_scan", "max_scan_sequential", "max_scan_chunked"]
 
 #: log of an empty memory (finite, so that arithmetic on it never produces NaN)
@@ -95,6 +97,7 @@ def max_scan(g: Tensor, x: Tensor, m0: Tensor, force: tuple[Tensor, Tensor] | No
     """``(m, m_step)`` by the chunked form when possible, else the sequential one (edits, ``g = -inf``)."""
     if method not in ("auto", "chunked", "sequential"):
         raise ValueError(f"Unknown scan method {method!r}; use 'auto', 'chunked' or 'sequential'.")
+    g, x = widen(m0, g, x)  # a float32 stabiliser is never rounded down to the inputs' dtype
     if method == "sequential" or force is not None or not bool(torch.isfinite(g).all()):
         return max_scan_sequential(g, x, m0, force)
     m = max_scan_chunked(g, x, m0)

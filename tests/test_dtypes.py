@@ -162,3 +162,37 @@ def test_bfloat16_segments_continue_from_the_float32_state(arch):
         wide = set(block.mixer.WIDE_STATES)
         assert wide and {k for k, v in layer["mixer"].items() if v.dtype == torch.float32} == wide
     assert torch.equal(rest, whole[:, 10:])
+
+
+@pytest.mark.parametrize("form", ["linear_chunked", "linear_sequential", "linear_loop", "gla_chunked",
+                                  "gla_sequential", "gla_states", "max", "lti"])
+def test_scans_accumulate_in_a_wider_initial_state(form):
+    """Every scan given bfloat16 inputs and a float32 initial state runs in float32: exactly what the
+    float32 copies of the same inputs give (a bfloat16 accumulator drops each 1e-3 step added to 1)."""
+    from probe.lti import LTIMemory, zoh
+    from probe.mixers.lmu import legendre_matrices
+    from probe.scan import linear_scan
+    from probe.scan_gla import gla_chunked, gla_sequential, gla_states
+    from probe.scan_max import max_scan
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.ones(1, 64, 4).bfloat16(), torch.full((1, 64, 4), 1e-3).bfloat16()
+    q, k, v = (torch.rand(1, 64, 2, 3, generator=g).bfloat16() * 0.05 for _ in range(3))
+    runs = {
+        "linear_chunked": lambda *t: linear_scan(*t, torch.ones(1, 4), method="chunked"),
+        "linear_sequential": lambda *t: linear_scan(*t, torch.ones(1, 4), method="sequential"),
+        "linear_loop": lambda *t: linear_scan(*t, torch.ones(1, 4), method="loop"),
+        "gla_chunked": lambda *t: gla_chunked(*t, torch.zeros(1, 64, 2, 1), torch.ones(1, 2, 3, 3))[0],
+        "gla_sequential": lambda *t: gla_sequential(*t, torch.zeros(1, 64, 2, 1), torch.ones(1, 2, 3, 3))[0],
+        "gla_states": lambda *t: gla_states(*t[1:], torch.ones(1, 64, 2, 1), torch.ones(1, 2, 3, 3)),
+        "max": lambda *t: max_scan(torch.zeros(1, 64, 4), t[0], torch.full((1, 4), 1000.5))[0],
+        "lti": lambda *t: LTIMemory(*zoh(*legendre_matrices(4, 8.0))).states(t[0], torch.ones(1, 4, 4), "recurrent"),
+    }
+    inputs = {"linear": (a, b), "gla": (q, k, v), "max": (b,), "lti": (b,)}[form.split("_")[0]]
+    out = runs[form](*inputs)
+    ref = runs[form](*(t.float() for t in inputs))
+    assert out.dtype == torch.float32 and torch.allclose(out, ref, rtol=1e-6, atol=0)
+    if form.startswith("linear"):
+        assert out[0, -1, 0].item() > 1.06  # 64 steps of ~1e-3 kept (a bfloat16 sum stays at 1.0)
+    if form == "max":
+        assert out[0, -1, 0].item() == 1000.5  # bfloat16 would round the stabiliser to 1000
