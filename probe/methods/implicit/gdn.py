@@ -27,7 +27,14 @@ from probe.mixers.gdn import l2_normalise
 from probe.ops.delta_rule import gated_delta_rule_chunked
 
 
-@register("gdn", hooks=("q", "k", "v", "beta", "log_decay", "gate_input", "recurrence_out"))
+def _size(model, layer) -> tuple[int, int]:
+    """Numbers per (batch, t, s) pair: the matrix, and besides it the one-hot values, the rule's
+    ``W_v`` and its output (``[b, Hv, t, s]`` each)."""
+    heads = model.blocks[layer].mixer.Hv
+    return heads, 3 * heads
+
+
+@register("gdn", hooks=("q", "k", "v", "beta", "log_decay", "gate_input", "recurrence_out"), size=_size)
 def build(model, layer, hooks, x) -> ImplicitAttention:
     mixer = model.blocks[layer].mixer
     wide = torch.promote_types(hooks["v"].dtype, torch.float32)

@@ -20,7 +20,12 @@ from probe.methods.implicit.base import ImplicitAttention, decay_products
 from probe.ops.rglru import coefficients
 
 
-@register("rglru", hooks=("state_started", "input", "input_gate", "decay", "output"))
+def size(model, layer) -> tuple[int, int]:
+    width = model.blocks[layer].mixer.width
+    return width, 6 * width  # decay products (rows, cumsum, exp, mask), the gated product
+
+
+@register("rglru", hooks=("state_started", "input", "input_gate", "decay", "output"), size=size)
 def build(model, layer, hooks, x) -> ImplicitAttention:
     mixer = model.blocks[layer].mixer
     started, u, i, a, gate = (hooks[k] for k in ("state_started", "input", "input_gate", "decay", "output"))
