@@ -2,6 +2,8 @@
 # Set up a local virtualenv (.venv) and run one of the project's jobs.
 #   bash scripts/dev.sh explore   install + start the Streamlit explorer on the shipped zoo (localhost;
 #                                 add --network to serve on every interface)
+#   bash scripts/dev.sh docs      install + build the API reference from the docstrings (mkdocs, warnings are
+#                                 errors) into build/site/
 #   bash scripts/dev.sh test      install + run the whole test suite (numerical targets under every
 #                                 CPU vector path); extra args run pytest once with them instead
 # torch is installed first and pinned (torch==2.13.0, a CPU build) so that no CUDA build is pulled in.
@@ -34,6 +36,10 @@ case "$job" in
       ATEN_CPU_CAPABILITY="$capability" run_tests -m numerical
     done
     ;;
+  docs)
+    "$PY" -m pip install -q -e ".[docs]"
+    exec "$PY" -m mkdocs build --strict "$@"
+    ;;
   explore)
     "$PY" -m pip install -q -e ".[app]"
     # this machine only and no usage statistics (also in .streamlit/config.toml); --network serves on every interface
@@ -43,7 +49,7 @@ case "$job" in
       --browser.gatherUsageStats false "$@"
     ;;
   *)
-    echo "usage: bash scripts/dev.sh {explore|test} [extra args]" >&2
+    echo "usage: bash scripts/dev.sh {docs|explore|test} [extra args]" >&2
     exit 2
     ;;
 esac

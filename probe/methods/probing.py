@@ -457,7 +457,8 @@ def fit_probes(data: ActivationDataset, labels: str | Sequence[str] | None = Non
         C / alpha: inverse L2 strength of logistic regression / ridge penalty.
         max_train / max_test: rows sampled for fitting / scoring (``None``: all).
         n_jobs: probes fitted in parallel threads (``-1``: one per core).
-        Rows whose label is NaN are left out.
+
+    Rows whose label is NaN are left out.
 
     Returns a :class:`ProbeResult` (one held-out score per label x site x layer).
 
