@@ -13,7 +13,7 @@ from probe.methods.inputs import attention_output
 
 
 @register("attn", hooks=("pattern", "v", "z"),
-          size=lambda model, layer: (model.cfg.n_heads, 3 * model.cfg.n_heads))  # scores, pattern, mask
+          size=lambda model, layer: (model.cfg.n_heads, 6 * model.cfg.n_heads))  # the forward's scores, mask, softmax
 def build(model, layer, hooks, x) -> ImplicitAttention:
     W_O, b_O = attention_output(model, layer)
 

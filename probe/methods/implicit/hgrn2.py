@@ -18,7 +18,7 @@ from probe.methods.implicit.base import ImplicitAttention, decay_products
 
 @register("hgrn2", hooks=("q", "forget", "input", "value"),
           size=lambda model, layer: (model.blocks[layer].mixer.heads, 2 * model.blocks[layer].mixer.heads
-                                     + 4 * model.blocks[layer].mixer.e))  # one head's [b, e, t, s] at a time
+                                     + 11 * model.blocks[layer].mixer.e))  # one head's [b, e, t, s] at a time
 def build(model, layer, hooks, x) -> ImplicitAttention:
     mixer = model.blocks[layer].mixer
     q, f, k, v = hooks["q"], hooks["forget"], hooks["input"], hooks["value"]  # [b, T, H, e]

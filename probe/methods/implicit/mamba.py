@@ -29,7 +29,7 @@ CHANNEL_BLOCK = 64
 def size(model, layer) -> tuple[int, int]:
     mixer = model.blocks[layer].mixer
     di, N = mixer.d_inner, mixer.d_state
-    return di, 4 * di + N + 2 * CHANNEL_BLOCK * N  # seg, blocks, cat, where; CB; one block's decay
+    return di, 5 * di + N + 3 * CHANNEL_BLOCK * N  # seg, blocks, cat, where, gate; CB; one block's decay terms
 
 
 @register("mamba", hooks=("input", "dt", "B", "C", "output"), size=size)
