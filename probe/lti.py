@@ -32,7 +32,7 @@ import math
 import torch
 from torch import Tensor
 
-from probe.scan import widen
+from probe.ops.checks import widen
 
 METHODS = ("auto", "recurrent", "direct", "fft")
 #: "auto" (see :meth:`LTIMemory.resolve`): the recurrence up to this length; the Toeplitz form up to

@@ -33,7 +33,7 @@ cumulative log-decay from the chunk start) and ``seg(t, s) = sum_{s<r<=t} g_r``:
 
 The first term is one matmul per chunk, the second an ``L x L`` intra-chunk "attention"
 matrix, and the chunk-boundary states ``c`` follow the elementwise recurrence above, run
-with :func:`probe.scan.linear_scan` (a scan over ``T / L`` chunks). Every ``exp(...)`` is a
+with :func:`probe.ops.linear_scan.linear_scan` (a scan over ``T / L`` chunks). Every ``exp(...)`` is a
 product of decays over a forward range (``exp(seg(t, s)) = prod_{s<r<=t} a_r``, built by
 cumulative products, never by dividing or subtracting cumulative sums), so every factor is
 in ``[0, 1]``: decays of exactly 0 or 1 and long sequences are exact, with no overflow and
@@ -48,8 +48,8 @@ A normaliser state ``n_t = diag(exp(g_t)) n_{t-1} + k_t`` (mLSTM) is the same re
 with a column of ones appended to ``v`` (``V + 1``): its last output column is ``q_t n_t``.
 
 **All states** (:func:`gla_states`): when a state hook is active the states themselves are
-wanted; they come from the elementwise scan of :mod:`probe.scan` on ``a = decay`` and
-``b = k^T v`` (with :func:`probe.scan.force_states` for edited states), and
+wanted; they come from the elementwise scan of :mod:`probe.ops.linear_scan` on ``a = decay`` and
+``b = k^T v`` (with :func:`probe.ops.linear_scan.force_states` for edited states), and
 :func:`gla_readout` gives ``o`` from them.
 """
 from __future__ import annotations
@@ -60,7 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probe.scan import force_states, linear_scan, linear_scan_blocked, widen
+from probe.ops.checks import widen
+from probe.ops.linear_scan import force_states, linear_scan, linear_scan_blocked
 
 __all__ = ["gla_chunked", "gla_sequential", "gla_states", "gla_readout"]
 
@@ -153,7 +154,7 @@ def gla_states(k: Tensor, v: Tensor, decay: Tensor, h0: Tensor | None = None,
                force: tuple[Tensor, Tensor] | None = None, method: str = "auto", block: int = 128) -> Tensor:
     """The state after every position, ``[b, T, H, K, V]``, via the elementwise scan (edits honoured).
 
-    Runs block by block (:func:`probe.scan.linear_scan_blocked`): the outer products
+    Runs block by block (:func:`probe.ops.linear_scan.linear_scan_blocked`): the outer products
     ``k^T v`` exist for one block at a time and each block's states go straight into the result.
     """
     k, v, decay = widen(h0, k, v, decay)  # accumulate in a wider state's dtype

@@ -34,7 +34,7 @@ import math
 import torch
 from torch import Tensor
 
-from probe.scan import widen
+from probe.ops.checks import widen
 
 __all__ = ["empty_log", "max_scan", "max_scan_sequential", "max_scan_chunked"]
 

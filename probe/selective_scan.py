@@ -24,7 +24,7 @@ checkpoint, and runs the adjoint recurrence within it. With ``G_t = dL/ds_t`` (t
 
 First derivatives only. Used by :class:`probe.mixers.mamba.Mamba` whenever no state is hooked
 or edited (plain forwards and training); the hooked path builds every state with
-:mod:`probe.scan`, and both are tested equal in values and gradients.
+:mod:`probe.ops.linear_scan`, and both are tested equal in values and gradients.
 
 On the CPU (float32 / float64) the same recurrence and adjoint run in a compiled kernel when
 one can be built (``probe/kernels/selective_scan.cpp``, see :mod:`probe.kernels`): a block of
@@ -196,7 +196,8 @@ def selective_scan_states(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor
     as in :func:`selective_scan`).
     """
     if torch.is_grad_enabled() and any(x.requires_grad for x in (dt, A, B, C, v, h0)):
-        raise RuntimeError("selective_scan_states does not track gradients; use probe.scan.linear_scan_blocked.")
+        raise RuntimeError("selective_scan_states does not track gradients; "
+                           "use probe.ops.linear_scan.linear_scan_blocked.")
     A, B, C, h0, kernel = _prepare("selective_scan_states", dt, A, B, C, v, h0, native_path)
     batch, T, D = dt.shape
     if kernel is not None and T:

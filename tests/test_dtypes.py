@@ -171,7 +171,7 @@ def test_scans_accumulate_in_a_wider_initial_state(form):
     float32 copies of the same inputs give (a bfloat16 accumulator drops each 1e-3 step added to 1)."""
     from probe.lti import LTIMemory, zoh
     from probe.mixers.lmu import legendre_matrices
-    from probe.scan import linear_scan
+    from probe.ops.linear_scan import linear_scan
     from probe.scan_gla import gla_chunked, gla_sequential, gla_states
     from probe.scan_max import max_scan
 

@@ -13,7 +13,7 @@ from mixer_checks import assert_gradients_match
 from probe.errors import CheckpointError, ConfigError
 from probe.io.convert_mamba import mamba_from_hf
 from probe.mixers import mamba as mamba_module
-from probe.scan import linear_scan_sequential
+from probe.ops.linear_scan import linear_scan_sequential
 
 transformers = pytest.importorskip("transformers")
 

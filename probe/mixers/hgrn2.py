@@ -25,7 +25,7 @@ normalisation is ``g_norm.hook_scale`` / ``g_norm.hook_normalized``.
 Fast path (no state hook, no state edit): the chunked form :func:`probe.scan_gla.gla_chunked`
 (``mixer.method = "sequential"`` selects the step-by-step reference instead). With a state hook,
 every state is built by the elementwise scan (edits propagate through
-:func:`probe.scan.force_states`).
+:func:`probe.ops.linear_scan.force_states`).
 
 The lower bound: fla keeps one trainable matrix ``model.lower_bounds [n_layers, d_model]`` at
 model level and gives layer ``l`` the row ``(softmax(lower_bounds, 0).cumsum(0) -

@@ -17,7 +17,7 @@ Three paths, equal to float rounding (tested):
   cuDNN's RNN backward needs training mode);
 * hooks that only read: ``torch.nn.LSTM`` gives every ``h_t``; all gates then follow in one
   batched matmul (``W_ih x_t + W_hh h_{t-1}``) and ``c`` from the *linear* recurrence
-  ``c_t = f_t c_{t-1} + i_t g_t`` (:func:`probe.scan.linear_scan`), so caching costs little;
+  ``c_t = f_t c_{t-1} + i_t g_t`` (:func:`probe.ops.linear_scan.linear_scan`), so caching costs little;
 * an edit of any gate or state: a Python loop from the first edited position on, starting
   from the unedited states before it, that honours every edit (see
   :mod:`probe.mixers.edits` for the nonlinear-recurrence caveat).
@@ -34,7 +34,7 @@ from torch import nn
 
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.edits import Computation
-from probe.scan import linear_scan
+from probe.ops.linear_scan import linear_scan
 
 NAMES = ("input", "forget", "candidate", "output", "state", "state_h")
 

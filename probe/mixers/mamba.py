@@ -28,8 +28,8 @@ d_state]`` tensor is ever built, and its backward recomputes states from checkpo
 how the zoo's Mamba trains on CPU. When ``hook_state`` is only read without gradients (a state
 cache), the same fused step writes every state straight into the cached tensor
 (:func:`probe.selective_scan.selective_scan_states`). When states are edited or gradients are
-needed, every state is materialised block by block (:func:`probe.scan.linear_scan_blocked`) and
-edits to it propagate through :func:`probe.scan.force_states`. Setting ``mixer.method`` to
+needed, every state is materialised block by block (:func:`probe.ops.linear_scan.linear_scan_blocked`) and
+edits to it propagate through :func:`probe.ops.linear_scan.force_states`. Setting ``mixer.method`` to
 "chunked", "sequential" or "loop" forces the blocked path with that form of the scan (for
 benchmarks and tests).
 
@@ -55,7 +55,7 @@ from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Flag, Int, Real
 from probe.mixers.edits import Computation, apply_forcing
-from probe.scan import force_states, linear_scan_blocked
+from probe.ops.linear_scan import force_states, linear_scan_blocked
 from probe.selective_scan import selective_scan, selective_scan_states
 
 #: positions per block of the selective scan's fast path

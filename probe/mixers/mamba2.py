@@ -36,8 +36,8 @@ and ``hook_C`` are the three parts of its ``conv1d.hook_out``; ``hook_y`` is its
 Fast path (no state hook, no state edit, ``mixer.method == "auto"``): the chunked SSD form
 :func:`probe.ops.ssd.ssd_chunked` (chunks of ``chunk`` positions; no per-position state is
 built). When states are read or edited, every state is built block by block
-(:func:`probe.scan.linear_scan_blocked`, the decay ``exp(dt A)`` broadcast over ``[P, N]``) and
-edits propagate through :func:`probe.scan.force_states`; ``mixer.method`` = "chunked",
+(:func:`probe.ops.linear_scan.linear_scan_blocked`, the decay ``exp(dt A)`` broadcast over ``[P, N]``) and
+edits propagate through :func:`probe.ops.linear_scan.force_states`; ``mixer.method`` = "chunked",
 "sequential" or "loop" forces that path with that form of the scan.
 
 Half precision: the scan (decays, increments, states, y) and the gated norm run in float32 and
@@ -65,7 +65,7 @@ from probe.mixers.base import RecurrentMixer
 from probe.mixers.edits import Computation, apply_forcing
 from probe.mixers.options import Flag, Int, Real
 from probe.ops.ssd import expand_groups, ssd_chunked
-from probe.scan import force_states, linear_scan_blocked
+from probe.ops.linear_scan import force_states, linear_scan_blocked
 
 #: positions per block when every state is built
 BLOCK = 64

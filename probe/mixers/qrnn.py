@@ -5,7 +5,7 @@ A causal convolution of width ``k`` over the input gives, for every position at 
     [z_t; f_t; o_t] = sum_{j=0}^{k-1} W_j x_{t-k+1+j} + b
     z_t = tanh(z_t),  f_t = sigmoid(f_t),  o_t = sigmoid(o_t)
 
-then fo-pooling, a linear recurrence run with :mod:`probe.scan`::
+then fo-pooling, a linear recurrence run with :mod:`probe.ops.linear_scan`::
 
     c_t = f_t * c_{t-1} + (1 - f_t) * z_t
     h_t = o_t * c_t
@@ -34,7 +34,7 @@ from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Int
 from probe.mixers.edits import Computation, Forcing, apply_forcing
-from probe.scan import force_states, linear_scan
+from probe.ops.linear_scan import force_states, linear_scan
 
 
 class QRNN(RecurrentMixer):

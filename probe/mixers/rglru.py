@@ -31,7 +31,7 @@ layers with residual hooks only (``hook_resid_pre`` / ``hook_resid_post``): it h
 ``hook_state`` is what its Mamba bridge calls ``hook_ssm_state``, ``hook_state_conv`` its conv state.
 
 The recurrence runs through :func:`probe.ops.rglru.rglru_scan` (the shared chunked linear scan);
-edits of ``hook_state`` propagate through :func:`probe.scan.force_states`. The block owns no
+edits of ``hook_state`` propagate through :func:`probe.ops.linear_scan.force_states`. The block owns no
 norms: its block's ``ln1`` is RecurrentGemma's ``temporal_pre_norm``.
 
 Options: ``lru_width`` (``None``: ``d_model``), ``n_heads`` (``None``: the model's ``n_heads``),

@@ -25,7 +25,7 @@ The exponentials overflow, so the memory is stored stabilised (:mod:`probe.scan_
 an empty memory has ``num = den = 0`` and ``p = -1e38`` (log 0, kept finite). Every exponent
 is ``<= 0``: long sequences are stable. The forward pass is parallel: the max-scan gives
 ``p`` at every position, then ``num`` and ``den`` are one elementwise linear scan
-(:mod:`probe.scan`) and ``wkv`` an elementwise formula; a single token (generation) is the
+(:mod:`probe.ops.linear_scan`) and ``wkv`` an elementwise formula; a single token (generation) is the
 same computation with ``T = 1``, i.e. the recurrent step.
 
 State of the time mixing (after token ``t``): ``state_shift`` ``[b, 1, d_model]``,
@@ -57,7 +57,7 @@ from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Int
 from probe.mixers.edits import Computation, Forcing, apply_forcing
-from probe.scan import force_states, linear_scan
+from probe.ops.linear_scan import force_states, linear_scan
 from probe.scan_max import empty_log, max_scan
 
 

@@ -19,7 +19,7 @@ With a reset flag ``rho_t`` in {0, 1} both cases are one linear recurrence
     beta_t  = (rho_t + (1 - rho_t) sqrt(1 - a_t^2)) i_t x_t
 
 :func:`coefficients` builds ``(alpha, beta)``; the fast form runs them through the shared
-linear scan (:func:`probe.scan.linear_scan`, chunked or looped). :func:`rglru_sequential` is
+linear scan (:func:`probe.ops.linear_scan.linear_scan`, chunked or looped). :func:`rglru_sequential` is
 the reference, one position at a time, written as the two cases above.
 
 The gates are block-diagonal linear maps per head (:func:`block_diagonal`): channel block
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probe.scan import force_states, linear_scan
+from probe.ops.linear_scan import force_states, linear_scan
 
 __all__ = ["block_diagonal", "coefficients", "decay", "rglru_scan", "rglru_sequential"]
 

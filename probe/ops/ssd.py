@@ -18,12 +18,12 @@ Two forms, tested against each other:
   ``y_t = sum_{s<=t} (C_t . B_s) exp(sum_{s<r<=t} log a_r) dt_s x_s`` (one matmul); each chunk's
   own contribution to the state at its end is another matmul; the true states at chunk
   boundaries follow from ``S_end(c) = (prod_chunk a) S_end(c-1) + local_c``, the linear scan of
-  :mod:`probe.scan` over chunks; and every position adds ``exp(sum_{r<=t} log a_r) C_t S_start``.
+  :mod:`probe.ops.linear_scan` over chunks; and every position adds ``exp(sum_{r<=t} log a_r) C_t S_start``.
   Decay products are exponentials of *segment sums* built by a cumulative sum that never
   subtracts two large numbers (:func:`segment_sums`), so extreme decays stay exact. It returns
   the output and the final state only (no ``[batch, T, H, P, N]`` tensor).
 
-Per-position states with edits go through :func:`probe.scan.linear_scan_blocked` with
+Per-position states with edits go through :func:`probe.ops.linear_scan.linear_scan_blocked` with
 ``a = a_t[h]`` broadcast over ``[P, N]``: see :mod:`probe.mixers.mamba2`.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ import math
 import torch
 from torch import Tensor
 
-from probe.scan import linear_scan_sequential
+from probe.ops.linear_scan import linear_scan_sequential
 
 __all__ = ["expand_groups", "segment_sums", "ssd_chunked", "ssd_sequential"]
 

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from probe.scan import force_states, linear_scan, linear_scan_chunked, linear_scan_sequential
+from probe.ops.linear_scan import (force_states, linear_scan, linear_scan_chunked, linear_scan_loop,
+                                    linear_scan_sequential)
 
 DECAYS = {"near0": (0.0, 1e-4), "near1": (0.999, 1.0), "exact0and1": None, "uniform": (0.0, 1.0)}
 
@@ -62,8 +63,6 @@ def test_gradients_match(method):
 def test_loop_gradients_pass_gradcheck(a_shape):
     """The hand-written backward of the loop form (decay, input and initial state; broadcast
     decays included) against finite differences in float64."""
-    from probe.scan_loop import linear_scan_loop
-
     g = torch.Generator().manual_seed(1)
     a = torch.rand(a_shape, generator=g, dtype=torch.float64).requires_grad_()
     b = torch.randn(2, 30, 3, 4, generator=g, dtype=torch.float64).requires_grad_()
@@ -74,8 +73,6 @@ def test_loop_gradients_pass_gradcheck(a_shape):
 
 @pytest.mark.parametrize("kind", list(DECAYS))
 def test_loop_equals_sequential_on_long_inputs(kind):
-    from probe.scan_loop import linear_scan_loop
-
     g = torch.Generator().manual_seed(2)
     a = _decays(kind, (2, 2048, 8), g)
     b = torch.randn(2, 2048, 8, generator=g)
