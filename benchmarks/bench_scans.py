@@ -12,9 +12,9 @@
                scan inside blocks once a step's state has 8192 numbers, as here).
    * ``mlstm (scan only)`` the mLSTM memory as the mixer runs it (gated linear attention with a
                scalar decay per head and a ones column carrying the normaliser: 4 heads, key
-               width 32, value width 64 + 1): :func:`probe.scan_gla.gla_chunked` (chunk 64, the
-               mixer's default) vs :func:`~probe.scan_gla.gla_sequential`, and every state
-               (:func:`~probe.scan_gla.gla_states`, what a ``hook_state`` costs). The mixer has no
+               width 32, value width 64 + 1): :func:`probe.ops.gla.gla_chunked` (chunk 64, the
+               mixer's default) vs :func:`~probe.ops.gla.gla_sequential`, and every state
+               (:func:`~probe.ops.gla.gla_states`, what a ``hook_state`` costs). The mixer has no
                form switch, so the scan functions are timed on inputs of the mixer's shapes; its
                projections are the same in every form.
 
@@ -141,7 +141,7 @@ def _mlstm_inputs(T: int):
 
 
 def mlstm_rows(quick: bool) -> list[dict]:
-    from probe.scan_gla import gla_chunked, gla_readout, gla_sequential, gla_states
+    from probe.ops.gla import gla_chunked, gla_readout, gla_sequential, gla_states
 
     rows = []
     for T in (128,) if quick else (1024, 4096):

@@ -172,7 +172,7 @@ def test_scans_accumulate_in_a_wider_initial_state(form):
     from probe.lti import LTIMemory, zoh
     from probe.mixers.lmu import legendre_matrices
     from probe.ops.linear_scan import linear_scan
-    from probe.scan_gla import gla_chunked, gla_sequential, gla_states
+    from probe.ops.gla import gla_chunked, gla_sequential, gla_states
     from probe.scan_max import max_scan
 
     g = torch.Generator().manual_seed(0)

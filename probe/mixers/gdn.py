@@ -62,7 +62,7 @@ from probe.mixers.edits import Computation, apply_forcing
 from probe.mixers.options import Int, Real
 from probe.norm import RMSNorm
 from probe.ops.delta_rule import gated_delta_rule_chunked, gated_delta_rule_sequential, gated_delta_rule_states
-from probe.scan_gla import gla_readout
+from probe.ops.gla import gla_readout
 
 #: the epsilon of the q / k l2 norm (transformers' and fla's ``l2norm``)
 L2_EPS = 1e-6

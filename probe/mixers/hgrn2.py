@@ -13,7 +13,7 @@ bound ``lb in [0, 1)^{d_model}`` on the forget gate, larger in deeper layers::
     o_t = e^{-1/2} q_t S_t                                per head, concatenated to [d_model]
     y_t = W_o RMSNorm_{eps=1e-5}(o_t)                     (g_norm: affine, eps fixed at 1e-5)
 
-This is the gated linear attention of :mod:`probe.scan_gla` with ``log_decay = g``.
+This is the gated linear attention of :mod:`probe.ops.gla` with ``log_decay = g``.
 
 State: ``state`` = S_t, ``[batch, heads, e, e]`` (``hook_state``: ``[batch, pos, heads, e, e]``);
 ``d_model * e`` numbers per position and layer. Hooks, in dependency order: ``hook_q``
@@ -22,7 +22,7 @@ State: ``state`` = S_t, ``[batch, heads, e, e]`` (``hook_state``: ``[batch, pos,
 ``hook_forget`` (f), ``hook_input`` (k = 1 - f), ``hook_value`` (v), ``hook_state`` (S); the
 normalisation is ``g_norm.hook_scale`` / ``g_norm.hook_normalized``.
 
-Fast path (no state hook, no state edit): the chunked form :func:`probe.scan_gla.gla_chunked`
+Fast path (no state hook, no state edit): the chunked form :func:`probe.ops.gla.gla_chunked`
 (``mixer.method = "sequential"`` selects the step-by-step reference instead). With a state hook,
 every state is built by the elementwise scan (edits propagate through
 :func:`probe.ops.linear_scan.force_states`).
@@ -52,7 +52,7 @@ from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Int
 from probe.mixers.edits import Computation, apply_forcing
 from probe.norm import RMSNorm
-from probe.scan_gla import gla_chunked, gla_readout, gla_sequential, gla_states
+from probe.ops.gla import gla_chunked, gla_readout, gla_sequential, gla_states
 
 #: fla's g_norm uses this epsilon whatever the model's norm_eps
 G_NORM_EPS = 1e-5

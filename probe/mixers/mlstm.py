@@ -45,7 +45,7 @@ Hooks (dependency order): ``hook_state_conv`` (paper), ``hook_q``, ``hook_k`` ``
 
 Computation: with the stabiliser known at every position (a cheap max-scan over
 ``[b, T, H]``), the stabilised memory is gated linear attention with a scalar decay per head
-(:mod:`probe.scan_gla`): keys ``k_t exp(i~_t - m_t)``, log-decay ``log f_t + m_{t-1} - m_t``
+(:mod:`probe.ops.gla`): keys ``k_t exp(i~_t - m_t)``, log-decay ``log f_t + m_{t-1} - m_t``
 and values ``[v_t, 1]`` (the extra column carries ``n~``). Without a state hook the chunked
 form runs and per-position ``C`` is never built; with one, every state comes from the
 elementwise scan and edits to ``C``, ``n`` or ``m`` propagate. An edited ``m_t`` is the
@@ -73,7 +73,7 @@ from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Choice, Flag, Int, Real
 from probe.mixers.edits import Computation, Forcing, apply_forcing
-from probe.scan_gla import gla_chunked, gla_readout, gla_states
+from probe.ops.gla import gla_chunked, gla_readout, gla_states
 from probe.scan_max import max_scan
 
 

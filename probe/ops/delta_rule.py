@@ -70,6 +70,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from probe.ops.checks import check_initial_state
+
 __all__ = ["dplr_sequential", "gated_delta_rule_chunked", "gated_delta_rule_sequential",
            "gated_delta_rule_states"]
 
@@ -84,9 +86,7 @@ def _check(k: Tensor, v: Tensor, gates: tuple[Tensor, ...], h0: Tensor | None, q
         if tuple(gate.shape) != tuple(k.shape[:3]):
             raise ValueError(f"log_decay and beta must be [batch, T, heads] = {tuple(k.shape[:3])}; "
                              f"got {tuple(gate.shape)}")
-    expected = (k.shape[0], k.shape[2], k.shape[3], v.shape[3])
-    if h0 is not None and tuple(h0.shape) != expected:
-        raise ValueError(f"initial state h0 has shape {tuple(h0.shape)}, expected {expected} ([batch, heads, K, V])")
+    check_initial_state(h0, (k.shape[0], k.shape[2], k.shape[3], v.shape[3]), "[batch, heads, K, V]")
 
 
 def _start(k: Tensor, v: Tensor, h0: Tensor | None) -> Tensor:

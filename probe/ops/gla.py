@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probe.ops.checks import widen
+from probe.ops.checks import check_initial_state, widen
 from probe.ops.linear_scan import force_states, linear_scan, linear_scan_blocked
 
 __all__ = ["gla_chunked", "gla_sequential", "gla_states", "gla_readout"]
@@ -74,9 +74,7 @@ def _check(q: Tensor, k: Tensor, v: Tensor, g: Tensor, h0: Tensor | None) -> Non
     if g.shape[:3] != q.shape[:3] or g.shape[3] not in (1, q.shape[3]):
         raise ValueError(f"log_decay must be [batch, T, heads, K] or [batch, T, heads, 1]; got {tuple(g.shape)} "
                          f"for q {tuple(q.shape)}")
-    if h0 is not None and tuple(h0.shape) != (q.shape[0], q.shape[2], q.shape[3], v.shape[3]):
-        raise ValueError(f"initial state h0 has shape {tuple(h0.shape)}, expected "
-                         f"{(q.shape[0], q.shape[2], q.shape[3], v.shape[3])} ([batch, heads, K, V])")
+    check_initial_state(h0, (q.shape[0], q.shape[2], q.shape[3], v.shape[3]), "[batch, heads, K, V]")
 
 
 def gla_sequential(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, h0: Tensor | None = None,
