@@ -8,6 +8,7 @@ r"""The ``probe`` command.
     probe zoo train --all --jobs 4       # every available architecture, 4 at a time
     probe zoo card                       # re-evaluate the zoo, rewrite cards and README
     probe data export-stdlib DIR         # this Python's stdlib corpus as token streams
+    probe harvest zoo:qrnn stdlib:val --out acts/ [--ray --workers 4 | --address auto]
     probe explore [--port 8502]          # the Streamlit explorer (app/explorer.py), on this machine only
     probe bench --quick                  # a smoke run of the benchmark suites
     probe --version
@@ -300,6 +301,62 @@ def run_data_export(args) -> int:
     return 0
 
 
+# -- probe harvest ---------------------------------------------------------------------
+def add_harvest(sub) -> None:
+    p = sub.add_parser("harvest", help="write activations and states over a corpus as Parquet shards (local or Ray)",
+                       description="Run MODEL over CORPUS and store the chosen sites as Parquet shards with a "
+                                   "manifest in --out (probe.harvest); rerun the same command to resume.")
+    p.add_argument("model", help="zoo:NAME or a checkpoint directory")
+    p.add_argument("corpus", help="stdlib[:train|val|test], a text file or folder, or a saved dataset folder")
+    p.add_argument("--out", required=True, help="output folder (created; an unfinished harvest there resumes)")
+    p.add_argument("--sites", default="resid_post,mixer_out,state", help="comma-separated sites (default %(default)s)")
+    p.add_argument("--layers", default=None, help="comma-separated layers (default: every layer)")
+    p.add_argument("--positions", default="all", help="all, last, or comma-separated positions (negative: from the end)")
+    p.add_argument("--pool", choices=["none", "mean"], default="none", help="mean: one row per sequence")
+    p.add_argument("--max-dim", type=int, default=None, help="project wider features to this many columns")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="storage dtype")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence window (default 256)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward (default 16)")
+    p.add_argument("--shard-size", type=int, default=64, help="sequences per shard (default 64)")
+    p.add_argument("--max-tokens", type=int, default=None, help="harvest only the first sequences up to this many tokens")
+    p.add_argument("--text-field", default="text", help="column of a saved dataset holding the text")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (local runs)")
+    p.add_argument("--ray", action="store_true", help="run on Ray: a local cluster started here unless --address")
+    p.add_argument("--workers", type=int, default=1, help="Ray workers, one model replica each (default 1)")
+    p.add_argument("--address", default=None, help="an existing Ray cluster (auto, ray://host:10001); implies --ray")
+    p.add_argument("--gpus-per-worker", type=finite_float, default=0.0, help="GPUs per Ray worker (default 0: CPU)")
+    p.add_argument("--overwrite", action="store_true", help="start over in a folder holding another harvest")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_harvest)
+
+
+def run_harvest(args) -> int:
+    import probe
+    from probe.harvest import harvest
+
+    def ints(text):
+        try:
+            return [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise probe.ConfigError(f"expected comma-separated integers, got {text!r}") from None
+
+    out_dir(args.out, "--out")
+    positions = {"all": None, "last": "last"}.get(args.positions) or ints(args.positions)
+    model = probe.load(args.model, device=args.device).eval()
+    h = harvest(model, args.corpus, args.out, sites=[s for s in args.sites.split(",") if s],
+                layers=ints(args.layers) if args.layers else None, positions=positions,
+                pool=None if args.pool == "none" else args.pool, max_dim=args.max_dim, dtype=args.dtype,
+                seq_len=args.seq_len, batch_size=args.batch_size, shard_size=args.shard_size,
+                max_tokens=args.max_tokens, text_field=args.text_field, ray=args.ray or args.address is not None,
+                workers=args.workers, address=args.address, num_gpus=args.gpus_per_worker,
+                overwrite=args.overwrite, progress=not args.no_progress)
+    m = h.manifest
+    print(f"{h!r}\n{m['corpus']['tokens']:,} tokens in {m['seconds']:.1f} s "
+          f"({m['corpus']['tokens'] / max(m['seconds'], 1e-9):,.0f} tokens/s); bytes per token: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in m["bytes_per_token"].items() if k in h.features))
+    return 0
+
+
 # -- probe explore ---------------------------------------------------------------------
 def add_explore(sub) -> None:
     p = sub.add_parser("explore", help="start the Streamlit explorer (two models side by side)",
@@ -359,7 +416,7 @@ def run_bench(args) -> int:
 
 
 #: every subcommand's parser builder, in help order
-COMMANDS = [add_train, add_zoo, add_data, add_bench, add_explore]
+COMMANDS = [add_train, add_zoo, add_data, add_harvest, add_bench, add_explore]
 
 
 class _Listed(Exception):

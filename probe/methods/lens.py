@@ -259,9 +259,17 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
+#: ModelConfig fields added after tuned lenses were first saved, left out of the fingerprint while at
+#: their default so that a lens saved before the field existed still matches its model
+_LATER_FIELDS = {"embed_scale": None}
+
+
 def _config_identity(model) -> dict:
     cfg = model.cfg.to_dict()
     cfg.pop("name", None)
+    for field, default in _LATER_FIELDS.items():
+        if cfg.get(field, default) == default:
+            cfg.pop(field, None)
     return cfg
 
 
@@ -321,7 +329,10 @@ class TunedLens(nn.Module):
         The model is frozen and unchanged (gradients are taken with respect to the lens only).
         ``data``: a corpus (text, token ids or a TokenStream, see
         :func:`probe.methods.inputs.token_stream`); windows of ``seq_len`` tokens are drawn at
-        random offsets, ``batch_size`` per step. Adam with linear warm-up and cosine decay.
+        random offsets, ``batch_size`` per step. ``data`` may also be a harvest folder holding
+        ``resid_pre`` and ``resid_post`` at every layer (:mod:`probe.harvest`): each step then takes
+        ``batch_size * seq_len`` harvested positions, streamed shard by shard, without running the
+        model. Adam with linear warm-up and cosine decay.
         Records the loss curve and the wall time in ``train_info``.
         """
         model = inputs.as_model(model)
@@ -334,7 +345,15 @@ class TunedLens(nn.Module):
         limit = model.cfg.context_limit
         if limit is not None and seq_len > limit:
             raise InputError(f"seq_len={seq_len} exceeds this model's context n_ctx={limit}.")
-        stream = inputs.token_stream(model, data)
+        from probe.harvest.reader import is_harvest  # a harvest folder streams (probe.harvest.consumers)
+
+        harvested = None
+        if is_harvest(data):
+            from probe.harvest.consumers import lens_batches
+
+            harvested = lens_batches(model, data, batch_size * seq_len, seed)
+        else:
+            stream = inputs.token_stream(model, data)
         gen = torch.Generator().manual_seed(seed)
         layers = list(range(self.n_layers))
         params = list(self.parameters())
@@ -348,9 +367,12 @@ class TunedLens(nn.Module):
 
             iterator = tqdm(iterator, desc="tuned lens")
         for step in iterator:
-            batch = inputs.sample_windows(stream, batch_size, seq_len, gen).to(model.device)
             with torch.no_grad():
-                resid, final = residual_streams(model, batch, layers)
+                if harvested is not None:  # batch_size * seq_len harvested positions
+                    resid, final = next(harvested)
+                else:
+                    batch = inputs.sample_windows(stream, batch_size, seq_len, gen).to(model.device)
+                    resid, final = residual_streams(model, batch, layers)
                 check_finite(final, f"the model's logits at tuned-lens step {step}", model)
                 logp_final = F.log_softmax(final.float(), dim=-1)
             loss = sum(kl_divergence(logp_final, F.log_softmax(readout(model, self(resid[l], l)).float(), -1)).mean()

@@ -442,12 +442,15 @@ def _probe_key(data: ActivationDataset, key: str, train, test, kind, y_tr, y_te,
             "selectivity": score - c_score, "converged": converged, "seconds": time.perf_counter() - t0}
 
 
-def fit_probes(data: ActivationDataset, labels: str | Sequence[str] | None = None, *,
+def fit_probes(data: "ActivationDataset | str | Path", labels: str | Sequence[str] | None = None, *,
                sites: Sequence[str] | None = None, layers: Sequence[int] | None = None, task: str = "auto",
                test_size: float = 0.2, control: bool = True, standardize: bool = True, C: float = 1.0,
                alpha: float = 1.0, max_train: int | None = 10_000, max_test: int | None = 10_000,
                max_iter: int = 500, max_classes: int = 64, seed: int = 0, n_jobs: int = 1) -> ProbeResult:
     """Fit a linear probe for every label x (site, layer) of ``data`` and score it on held-out sequences.
+
+    ``data``: an :class:`ActivationDataset`, or a harvest folder (:mod:`probe.harvest`) read lazily:
+    only the sampled rows of each feature are loaded, one shard at a time.
 
     Args:
         labels: label names (default all); task: ``"auto"`` (integer labels with at most
@@ -469,6 +472,10 @@ def fit_probes(data: ActivationDataset, labels: str | Sequence[str] | None = Non
         res.figure("number")
     """
     start = time.perf_counter()
+    from probe.harvest.reader import is_harvest, open_harvest  # a harvest folder streams (bounds in its docstring)
+
+    if is_harvest(data):
+        data = open_harvest(data).activations()
     if not isinstance(data, ActivationDataset):
         raise InputError("fit_probes takes the ActivationDataset returned by collect_activations (or "
                          "ActivationDataset.load(path)).")

@@ -150,7 +150,8 @@ def steering_vector(model, positive, negative, *, site: str = "resid_pre", layer
 
     Args:
         positive, negative: the same number of texts or token sequences (pair ``i`` is
-            ``(positive[i], negative[i])``).
+            ``(positive[i], negative[i])``), or two harvest folders (:mod:`probe.harvest`): the
+            difference of their mean features, streamed (their kept positions replace ``position``).
         site: ``"resid_pre"`` (CAA), any block site, ``"state"`` (the layer's whole memory: every
             ``hook_state*``), a mixer hook suffix (``"state_num"``...) or a full hook name. Layers
             lacking the site are skipped.
@@ -166,6 +167,12 @@ def steering_vector(model, positive, negative, *, site: str = "resid_pre", layer
         vec.norms()                # {layer: |v|}
     """
     model = inputs.as_model(model)
+    from probe.harvest.reader import is_harvest  # two harvest folders stream (probe.harvest.consumers)
+
+    if is_harvest(positive) and is_harvest(negative):
+        from probe.harvest.consumers import steering_from_harvests
+
+        return steering_from_harvests(model, positive, negative, site, layers)
     pos = _texts_or_tokens(model, positive, "positive", prepend_bos)
     neg = _texts_or_tokens(model, negative, "negative", prepend_bos)
     if len(pos) != len(neg):
