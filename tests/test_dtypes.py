@@ -173,7 +173,7 @@ def test_scans_accumulate_in_a_wider_initial_state(form):
     from probe.mixers.lmu import legendre_matrices
     from probe.ops.linear_scan import linear_scan
     from probe.ops.gla import gla_chunked, gla_sequential, gla_states
-    from probe.scan_max import max_scan
+    from probe.ops.max_scan import max_scan
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.ones(1, 64, 4).bfloat16(), torch.full((1, 64, 4), 1e-3).bfloat16()

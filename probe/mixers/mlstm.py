@@ -7,7 +7,7 @@ r"""mLSTM: the matrix-memory cell of xLSTM (Beck et al. 2024), in two layer desi
 
 with an exponential input gate ``i_t = exp(i~_t)`` and a sigmoid forget gate (``log f_t =
 logsigmoid(f~_t)``). ``i_t`` is unbounded, so the memory is stored stabilised (see
-:mod:`probe.scan_max`): with ``m_t = max(m_{t-1} + log f_t, i~_t)`` the state holds
+:mod:`probe.ops.max_scan`): with ``m_t = max(m_{t-1} + log f_t, i~_t)`` the state holds
 ``C~_t = C_t exp(-m_t)``, ``n~_t = n_t exp(-m_t)`` and ``m_t``, updated by::
 
     C~_t = exp(log f_t + m_{t-1} - m_t) C~_{t-1} + exp(i~_t - m_t) k_t v_t^T      (n~ alike with v = 1)
@@ -50,7 +50,7 @@ and values ``[v_t, 1]`` (the extra column carries ``n~``). Without a state hook 
 form runs and per-position ``C`` is never built; with one, every state comes from the
 elementwise scan and edits to ``C``, ``n`` or ``m`` propagate. An edited ``m_t`` is the
 stabiliser *carried* to step ``t + 1`` (and used by the readout at ``t``); ``C~_t`` and
-``n~_t`` keep the scale they were computed with (see :mod:`probe.scan_max`).
+``n~_t`` keep the scale they were computed with (see :mod:`probe.ops.max_scan`).
 
 Options: ``layer`` (``"large"`` / ``"paper"``), ``heads`` (default ``n_heads``), ``eps`` (1e-6),
 ``norm_eps`` (1e-6), ``bias`` (biases on the projections and the head norm), ``chunk`` (64);
@@ -74,7 +74,7 @@ from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Choice, Flag, Int, Real
 from probe.mixers.edits import Computation, Forcing, apply_forcing
 from probe.ops.gla import gla_chunked, gla_readout, gla_states
-from probe.scan_max import max_scan
+from probe.ops.max_scan import max_scan
 
 
 def soft_cap(x: Tensor, cap: float | None) -> Tensor:

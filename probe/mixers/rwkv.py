@@ -15,7 +15,7 @@ at the start)::
     a_t = d a_{t-1} + e^{k_t} v_t,     b_t = d b_{t-1} + e^{k_t}
     y_t = W_out (r_t * wkv_t)
 
-The exponentials overflow, so the memory is stored stabilised (:mod:`probe.scan_max`):
+The exponentials overflow, so the memory is stored stabilised (:mod:`probe.ops.max_scan`):
 ``p_t = max(p_{t-1} - w, k_t)`` and ``num_t = a_t e^{-p_t}``, ``den_t = b_t e^{-p_t}``::
 
     num_t = e^{p_{t-1} - w - p_t} num_{t-1} + e^{k_t - p_t} v_t        (den_t alike with v = 1)
@@ -58,7 +58,7 @@ from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Int
 from probe.mixers.edits import Computation, Forcing, apply_forcing
 from probe.ops.linear_scan import force_states, linear_scan
-from probe.scan_max import empty_log, max_scan
+from probe.ops.max_scan import empty_log, max_scan
 
 
 def token_shift(x: Tensor, init: Tensor, forcing: Forcing, keep: set) -> tuple[Tensor, Tensor | None]:

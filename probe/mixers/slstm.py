@@ -13,7 +13,7 @@ r"""sLSTM: the scalar-memory cell of xLSTM (Beck et al. 2024), in the layer desi
     c_t = f_t c_{t-1} + i_t z_t,      n_t = f_t n_{t-1} + i_t,      h_t = o_t c_t / n_t
     y_t = groupnorm(h_t)              # LayerNorm over each head's dh channels, weight only
 
-stored stabilised (:mod:`probe.scan_max`): ``m_t = max(m_{t-1} + log f_t, log i_t)``,
+stored stabilised (:mod:`probe.ops.max_scan`): ``m_t = max(m_{t-1} + log f_t, log i_t)``,
 ``c~_t = exp(log f_t + m_{t-1} - m_t) c~_{t-1} + exp(log i_t - m_t) z_t`` (``n~`` alike with
 ``z = 1``), ``h_t = o_t c~_t / n~_t``. An empty memory has ``c = n = 0`` and ``m = -1e38``
 (log 0, kept finite), so ``n~_t >= 1`` after the first token.
@@ -49,7 +49,7 @@ from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Int, Real
 from probe.mixers.edits import Computation
-from probe.scan_max import empty_log
+from probe.ops.max_scan import empty_log
 
 GATES = ("i", "f", "z", "o")
 
