@@ -9,48 +9,56 @@ from app import loading, methods
 from app.context import Context, Slot, side_by_side
 from app.views.target import Metric, metric_picker
 from app.widgets import clamp_position, colored_tokens, show_figure
+from probe.methods.path_quadrature import TOLERANCE
 
 TITLE = "Saliency"
+#: per-token error targets offered (the library's default, path_quadrature.TOLERANCE, among them)
+UNTIL = sorted({0.05, 0.02, TOLERANCE, 0.005})
 
 
 @st.cache_data(show_spinner="Integrating gradients...", max_entries=64)
-def saliency(source: str, text: str, metric: Metric, steps: int, baseline: str) -> dict:
+def saliency(source: str, text: str, metric: Metric, until: float, baseline: str) -> dict:
     model = loading.load_model(source)
     tokens = loading.check_text(model, text)
     pos = clamp_position(metric.position, tokens.shape[1])
     ig = methods.get("integrated_gradients")
     res = ig(model, tokens, target=metric.target, contrast=metric.contrast, position=pos, baseline=baseline,
-             steps=steps)
+             until=until)
     shown = res.str_tokens[0][: pos + 1]
     values = res.attributions[0, : pos + 1].tolist()
     return {"figure": res.figure(), "tokens": shown, "values": values,
             "title": f"{res.metric_label[0]} at position {pos}",
-            "completeness": float(res.completeness_error[0]), "delta": float(res.metric[0] - res.baseline_metric[0])}
+            "completeness": float(res.completeness_error[0]), "delta": float(res.metric[0] - res.baseline_metric[0]),
+            "token_error": float(res.error_share()[0]), "converged": bool(res.converged[0]), "steps": res.steps}
 
 
-def shared_top(ctx: Context, metric: Metric, steps: int, baseline: str) -> float | None:
+def shared_top(ctx: Context, metric: Metric, until: float, baseline: str) -> float | None:
     """The largest ``|attribution|`` over both models: one colour scale for the two texts (None if neither
     computes; each column then reports its own error)."""
     tops = []
     for slot in ctx.slots:
         if slot.model is not None:
             try:
-                tops.append(max((abs(v) for v in saliency(slot.source, ctx.text, metric, steps, baseline)["values"]),
+                tops.append(max((abs(v) for v in saliency(slot.source, ctx.text, metric, until, baseline)["values"]),
                                 default=0.0))
             except Exception:  # noqa: BLE001 - shown in the model's column by side_by_side
                 continue
     return max(tops, default=0.0) or None
 
 
-def _column(slot: Slot, text: str, metric: Metric, steps: int, baseline: str, top: float | None) -> None:
-    out = saliency(slot.source, text, metric, steps, baseline)
+def _column(slot: Slot, text: str, metric: Metric, until: float, baseline: str, top: float | None) -> None:
+    out = saliency(slot.source, text, metric, until, baseline)
     st.markdown(colored_tokens(out["tokens"], out["values"], out["title"], top), unsafe_allow_html=True)
     if top:
         own = max((abs(v) for v in out["values"]), default=0.0)
         st.caption(f"Colour scale: |attribution| from 0 to {top:.3g}, the same in both columns; this model's "
                    f"largest {own:.3g}.")
     st.caption(f"Attributions sum to f(x) - f(baseline) = {out['delta']:.3f} within "
-               f"{100 * out['completeness']:.2f}% (quadrature error).")
+               f"{100 * out['completeness']:.2f}%; each token's estimated quadrature error is at most "
+               f"{100 * out['token_error']:.2f}% of the largest attribution ({out['steps']} gradient evaluations).")
+    if not out["converged"]:
+        st.warning("The gradient budget ran out before the error target was met: read the attributions with "
+                   "the error estimate above.")
     show_figure(out["figure"], key=f"ig-{slot.name}", height=360)
 
 
@@ -60,9 +68,10 @@ def render(ctx: Context) -> None:
                "straight path from a baseline embedding (Sundararajan et al. 2017).")
     metric = metric_picker(ctx, "ig")
     c1, c2 = st.columns(2)
-    steps = c1.select_slider("Integration steps", [8, 16, 32, 64], value=16, key="ig_steps", bind="query-params")
+    until = c1.select_slider("Per-token error target (share of the largest attribution)", UNTIL, value=TOLERANCE,
+                             format_func=lambda v: f"{100 * v:g}%", key="ig_until", bind="query-params")
     baseline = c2.radio("Baseline", ["mean", "zero", "pad"], horizontal=True, key="ig_baseline", bind="query-params",
                         format_func={"mean": "mean embedding", "zero": "zero embedding",
                                      "pad": "pad token everywhere"}.get)
-    top = shared_top(ctx, metric, int(steps), baseline)
-    side_by_side(ctx, lambda slot: _column(slot, ctx.text, metric, int(steps), baseline, top))
+    top = shared_top(ctx, metric, float(until), baseline)
+    side_by_side(ctx, lambda slot: _column(slot, ctx.text, metric, float(until), baseline, top))
