@@ -197,6 +197,19 @@ def test_integrated_gradients_converges_and_baselines():
     assert model.W_E.grad is None
 
 
+def test_mean_baseline_is_the_mean_of_what_hook_embed_sees():
+    """With an embedding scale (Gemma's sqrt(d_model)) the "mean" baseline is the mean token as the
+    embedding hook sees it: the same as a model whose W_E carries the scale and no embed_scale."""
+    scaled = make_model("qrnn", embed_scale=4.0)
+    folded = make_model("qrnn")
+    with torch.no_grad():
+        folded.W_E.copy_(scaled.W_E * 4.0)
+    toks = tokens(1, 8)
+    a, b = (integrated_gradients(m, toks, steps=16, method="gausslegendre") for m in (scaled, folded))
+    torch.testing.assert_close(a.baseline_metric, b.baseline_metric, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.attributions, b.attributions, rtol=1e-4, atol=1e-5)
+
+
 def test_quadrature_rules_integrate_polynomials():
     f = lambda a: 3 * a ** 2 + 1  # integral over [0, 1] is 2
     for method, steps, tol in (("gausslegendre", 4, 1e-12), ("trapezoid", 201, 1e-4), ("midpoint", 200, 1e-4)):

@@ -385,7 +385,9 @@ def _baseline_embedding(model, tokens: Tensor, x: Tensor, baseline) -> tuple[Ten
             W_E = getattr(model, "W_E", None)
             if not isinstance(W_E, Tensor):
                 raise InputError("baseline='mean' needs the model's embedding matrix W_E; use 'zero' or a token id.")
-            return W_E.detach().mean(0).to(x.dtype).expand_as(x).clone(), "mean token embedding at every position"
+            scale = getattr(getattr(model, "cfg", None), "embed_scale", None) or 1.0  # hook_embed sees W_E[t] * scale
+            mean = W_E.detach().mean(0) * scale
+            return mean.to(x.dtype).expand_as(x).clone(), "mean token embedding at every position"
         if baseline == "pad":
             pad = model.tokenizer.pad_token_id
             if pad is None:
