@@ -161,7 +161,7 @@ def _load(source: str) -> probe.HookedLM:
 def prepare_kernels(model: probe.HookedLM) -> None:
     """Build the compiled CPU kernel a model's mixers use (Mamba: the selective scan) now, under a
     message: the first build takes about a minute and would otherwise stall the first view silently."""
-    from probe.kernels import native_enabled
+    from probe.ops.native import native_enabled
 
     if "mamba" in model.cfg.layout and native_enabled():
         selective_scan_kernel()
@@ -171,7 +171,7 @@ def prepare_kernels(model: probe.HookedLM) -> None:
                                 "the first time, cached on disk afterwards)...")
 def selective_scan_kernel() -> bool:
     """Whether the compiled selective-scan kernel is available (built on the first call of this server)."""
-    from probe.kernels import native
+    from probe.ops.native import native
 
     return native("selective_scan") is not None
 

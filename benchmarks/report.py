@@ -147,7 +147,7 @@ SECTIONS = [
             "Forms: LMU `fft` (chunked analogue) and `direct` (the Toeplitz product, O(T^2), used by `auto` up to "
             "32 tokens, or 256 when gradients follow, so not judged against the chunked-scan target); rows are "
             "forwards without gradients on one sequence, where `auto` takes `fft` from 33 tokens on; Mamba "
-            "`auto` is the fused selective scan of the unhooked forward (`probe.selective_scan`), `chunked` / `sequential` the blocked scan "
+            "`auto` is the fused selective scan of the unhooked forward (`probe.ops.selective_scan`), `chunked` / `sequential` the blocked scan "
             "that a state hook uses (on CPU its `auto` picks the loop form for states this large)."),
     Section("bench_scans", "Mamba (4 layers, d_model 256) against transformers' slow path",
             lambda r: r.get("suite") == "mamba_vs_hf",
@@ -258,7 +258,7 @@ def remains(results: dict, evaluated: dict) -> list[str]:
                 f"while every state at every position is returned; the memory beyond the states is "
                 f"{fmt(row.get('tl_state_cache_peak_mb', 0) - cache)} MB for TL and {fmt(ours - cache)} MB for ours "
                 f"(TL / ours = {fmt(row.get('state_overhead_lighter', float('nan')))}). Ours writes every state "
-                "straight into the cached tensor (`probe.selective_scan.selective_scan_states`), so what it needs "
+                "straight into the cached tensor (`probe.ops.selective_scan.selective_scan_states`), so what it needs "
                 "beyond the states is the plain forward's own activations. A 4x lighter capture needs a smaller "
                 "result: `run_with_cache(state_positions=...)` (states at chosen positions only) or a "
                 "names filter.")

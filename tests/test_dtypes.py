@@ -15,7 +15,7 @@ import torch
 
 import probe
 from probe.norm import LayerNorm, RMSNorm
-from probe.selective_scan import selective_scan
+from probe.ops.selective_scan import selective_scan
 from tests.conftest import make_model
 
 

@@ -23,11 +23,11 @@ Hooks, in dependency order: ``hook_state_conv``, ``hook_input`` (u, ``[b, pos, d
 ``hook_output`` (the gate silu(z), ``[b, pos, d_inner]``), ``hook_state``.
 
 Fast path (no state hook, no state edit, ``mixer.method == "auto"``): the selective scan is
-fused step by step (:func:`probe.selective_scan.selective_scan`: no ``[batch, pos, d_inner,
+fused step by step (:func:`probe.ops.selective_scan.selective_scan`: no ``[batch, pos, d_inner,
 d_state]`` tensor is ever built, and its backward recomputes states from checkpoints), which is
 how the zoo's Mamba trains on CPU. When ``hook_state`` is only read without gradients (a state
 cache), the same fused step writes every state straight into the cached tensor
-(:func:`probe.selective_scan.selective_scan_states`). When states are edited or gradients are
+(:func:`probe.ops.selective_scan.selective_scan_states`). When states are edited or gradients are
 needed, every state is materialised block by block (:func:`probe.ops.linear_scan.linear_scan_blocked`) and
 edits to it propagate through :func:`probe.ops.linear_scan.force_states`. Setting ``mixer.method`` to
 "chunked", "sequential" or "loop" forces the blocked path with that form of the scan (for
@@ -56,7 +56,7 @@ from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Flag, Int, Real
 from probe.mixers.edits import Computation, apply_forcing
 from probe.ops.linear_scan import force_states, linear_scan_blocked
-from probe.selective_scan import selective_scan, selective_scan_states
+from probe.ops.selective_scan import selective_scan, selective_scan_states
 
 #: positions per block of the selective scan's fast path
 BLOCK = 128

@@ -231,7 +231,7 @@ on 2 CPU threads: per curriculum stage one training step at the stage's batch sh
 stage's steps. This machine's speed drifts between sessions (the same transformer step measured
 0.47 s in one and 0.20 s in another), so compare the column within one run, not across runs.
 Mamba's step is the slowest: about a third of it is the selective scan (a compiled kernel,
-`probe.kernels`, built where a C++ compiler exists; the PyTorch path without it is about 1.5x
+`probe.ops.native`, built where a C++ compiler exists; the PyTorch path without it is about 1.5x
 slower per step), a quarter its matmuls, the rest the elementwise work of its 8 layers. The
 sLSTM layer is a nonlinear recurrence run one position at a time (xLSTM).
 

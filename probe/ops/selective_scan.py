@@ -27,7 +27,7 @@ or edited (plain forwards and training); the hooked path builds every state with
 :mod:`probe.ops.linear_scan`, and both are tested equal in values and gradients.
 
 On the CPU (float32 / float64) the same recurrence and adjoint run in a compiled kernel when
-one can be built (``probe/kernels/selective_scan.cpp``, see :mod:`probe.kernels`): a block of
+one can be built (``probe/ops/native/selective_scan.cpp``, see :mod:`probe.ops.native`): a block of
 8 channels of one batch element keeps its ``N x 8`` state in cache over all positions and its
 backward recomputes the block's states (``T x N x 8`` numbers), so nothing of size ``T * D * N``
 is stored; about 5x faster than the step-by-step tensor version. ``native_path=False`` forces
@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from probe.kernels import native
+from probe.ops.native import native
 
 __all__ = ["selective_scan", "selective_scan_states"]
 
@@ -115,7 +115,7 @@ class _SelectiveScan(torch.autograd.Function):
 
 
 class _NativeSelectiveScan(torch.autograd.Function):
-    """The same recurrence and adjoint through the compiled CPU kernel (``probe/kernels/selective_scan.cpp``),
+    """The same recurrence and adjoint through the compiled CPU kernel (``probe/ops/native/selective_scan.cpp``),
     which keeps a block of channels' state in cache over all positions; the backward recomputes states."""
 
     @staticmethod
@@ -169,7 +169,7 @@ def selective_scan(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, v: Tensor, h0: T
         dt: step sizes ``[batch, T, D]``; A: ``[D, N]``; B, C: ``[batch, T, N]``;
         v: ``dt * u``, ``[batch, T, D]``; h0: ``[batch, D, N]``.
         checkpoint: positions between kept states (memory vs recomputation) of the PyTorch path.
-        native_path: use the compiled CPU kernel (:mod:`probe.kernels`) for float32/float64 CPU
+        native_path: use the compiled CPU kernel (:mod:`probe.ops.native`) for float32/float64 CPU
             tensors when it can be built; ``False`` forces the PyTorch path (the kernel's tests
             compare the two).
 

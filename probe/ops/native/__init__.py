@@ -35,7 +35,7 @@ def native_enabled() -> bool:
 
 
 def native(name: str) -> ModuleType | None:
-    """The compiled kernel ``probe/kernels/<name>.cpp`` (built once per process), or ``None``."""
+    """The compiled kernel ``probe/ops/native/<name>.cpp`` (built once per process), or ``None``."""
     if not native_enabled():
         return None
     if name not in _BUILT:
