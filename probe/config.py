@@ -179,7 +179,6 @@ class ModelConfig:
         """The options of mixer ``mixer_name``: its declared defaults updated with ``mixer_options``,
         every given value checked against the mixer's declaration (:mod:`probe.mixers.options`)."""
         from probe.mixers import MIXERS
-
         from probe.mixers.options import resolve
 
         return resolve(mixer_name, MIXERS[mixer_name].OPTIONS, self.mixer_options.get(mixer_name, {}))

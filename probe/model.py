@@ -615,9 +615,6 @@ def checked_hook(fn: Callable) -> Callable:
     """``fn`` with its return value checked: ``None``, or a tensor of the activation's shape and dtype
     (anything else would surface later as a deep torch error, or silently change the output's shape),
     and with a hook that runs its own model back into itself refused (an endless recursion)."""
-
-    import threading
-
     running: set[int] = set()  # threads inside this hook right now
 
     def wrapped(tensor, hook):
