@@ -128,9 +128,9 @@ class Harvest:
 
     def check_model(self, model) -> None:
         """Refuse a model other than the one harvested (weights fingerprint)."""
-        from probe.methods.lens import model_fingerprint
+        from probe.harvest.run import model_identity
 
-        if model_fingerprint(model) != self.manifest["model"]["fingerprint"]:
+        if model_identity(model) != self.manifest["model"]["fingerprint"]:
             raise InputError(f"{str(self.path)!r} was harvested from another model ({self.manifest['model']['name']!r}, "
                              f"layout {self.manifest['model']['layout']}); pass that model, or harvest this one.")
 

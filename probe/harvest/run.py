@@ -79,13 +79,27 @@ def harvest(model, corpus, out, *, sites=DEFAULT_SITES, layers=None, positions=N
     return Harvest(out)
 
 
-def make_spec(model, windows: Windows, plan: Plan, compression: str) -> dict:
-    """The harvest's identity, compared on resume (``spec.json``)."""
+def model_identity(model) -> str:
+    """The weights fingerprint of :func:`probe.methods.lens.model_fingerprint`; for a model whose device
+    map offloads weights to disk (their tensors are on the 'meta' device here), a hash of the config
+    and of each weight's name, shape and device instead."""
+    import hashlib
+
     from probe.methods.lens import model_fingerprint
 
+    if not any(p.is_meta for p in model.parameters()):
+        return model_fingerprint(model)
+    h = hashlib.sha256(model.cfg.to_json().encode())
+    for name, p in sorted(model.state_dict().items()):
+        h.update(f"{name}{tuple(p.shape)}{p.device.type}".encode())
+    return "offloaded-" + h.hexdigest()[:16]
+
+
+def make_spec(model, windows: Windows, plan: Plan, compression: str) -> dict:
+    """The harvest's identity, compared on resume (``spec.json``)."""
     return {"format": folder.FORMAT, "version": 1,
             "model": {"name": model.cfg.name, "layout": list(model.cfg.layout), "d_model": model.cfg.d_model,
-                      "fingerprint": model_fingerprint(model)},
+                      "fingerprint": model_identity(model)},
             "corpus": {"name": windows.name, "sequences": len(windows), "tokens": windows.n_tokens,
                        "digest": windows.digest(), "shards": windows.n_shards(plan.shard_size),
                        "labels": {k: str(v.dtype) for k, v in windows.labels.items()}},
