@@ -33,6 +33,7 @@ def halve_at(position: int, inplace: bool):
     return edit
 
 
+@pytest.mark.numerical  # positions before the edit: a recomputed path vs the clean one (the bug moved them 3e-3)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_inplace_edit_equals_returned_copy_at_every_hook(arch):
     model = make_model(arch, device=DEVICE)
@@ -44,7 +45,7 @@ def test_inplace_edit_equals_returned_copy_at_every_hook(arch):
             inplace = model.run_with_hooks(toks, fwd_hooks=[(name, halve_at(EDIT, True))])
             copied = model.run_with_hooks(toks, fwd_hooks=[(name, halve_at(EDIT, False))])
             assert torch.equal(inplace, copied), f"{name}: an in-place edit differs from the returned copy"
-            torch.testing.assert_close(inplace[:, :EDIT], clean[:, :EDIT], atol=1e-6, rtol=1e-6,
+            torch.testing.assert_close(inplace[:, :EDIT], clean[:, :EDIT], atol=2e-5, rtol=1e-5,
                                        msg=lambda m, name=name: f"{name}: positions before the edit moved. {m}")
             if torch.equal(inplace, clean):
                 unchanged.append(name)

@@ -1,11 +1,13 @@
 """Mamba's memory map is Ali et al.'s hidden attention (times the output gate), with the D skip
 shown apart, checked against the recurrence unrolled one step at a time in float64."""
+import pytest
 import torch
 
 from conftest import make_model, tokens
 from probe.methods import memory_map
 
 
+@pytest.mark.numerical
 def test_mamba_map_excludes_the_d_skip_and_shows_it_apart():
     model = make_model("mamba").double()
     toks = tokens(1, 6)
