@@ -267,3 +267,16 @@ def test_probe_harvest_command(tmp_path, capsys):
     assert len(h) == -(-n // 64) and (h.column("position") == [63] * (n // 64) + [n % 64 - 1]).all()
     assert main(argv[:-1] + ["--layers", "7", "--out", str(tmp_path / "h2")]) == 2
     assert "layer" in capsys.readouterr().err
+
+
+def test_explorer_probe_tab_fits_a_harvest_folder(tmp_path):
+    pytest.importorskip("streamlit")
+    from app.views import probing as tab
+
+    h = harvest(tiny(), labelled(n_seq=8), tmp_path / "h", sites=["state"], progress=False)
+    frame = tab.fit_harvest(str(h.path))
+    ref = probe.methods.fit_probes(h.path, max_train=tab.MAX_TRAIN, max_test=tab.MAX_TRAIN // 2).to_frame()
+    assert list(frame["layer"]) == [0, 1] and frame["label"].eq("even").all()
+    np.testing.assert_allclose(frame["score"], ref["score"])
+    with pytest.raises(InputError, match="or a harvest folder"):
+        tab.fit_harvest(str(tmp_path))

@@ -197,11 +197,45 @@ def render(ctx: Context) -> None:
     else:
         size = c2.select_slider("Examples", [30, 100, 200, 400], value=100, key="probe_examples")
     sites = c3.multiselect("Sites", SITES, default=list(SITES), key="probe_sites")
+    folder = st.text_input("...or fit on a harvest folder", key="probe_harvest",
+                           help="A folder written by `probe harvest` (or probe.harvest.harvest): the probes stream "
+                                "its shards and fit every label it holds.")
+    if folder.strip():
+        _harvested(folder.strip())
+        return
     if not sites:
         st.warning("Pick at least one site.")
         return
     side_by_side(ctx, lambda slot: _column(slot, dataset, int(size), tuple(sites)))
     _architectures()
+
+
+def fit_harvest(folder: str) -> pd.DataFrame:
+    """Probe results fitted on a harvest folder (streamed shard by shard), cached until its manifest changes."""
+    manifest = Path(folder) / "manifest.json"
+    return _fit_harvest(folder, manifest.stat().st_mtime if manifest.is_file() else 0.0)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _fit_harvest(folder: str, mtime: float) -> pd.DataFrame:
+    return methods.get("fit_probes")(folder, max_train=MAX_TRAIN, max_test=MAX_TRAIN // 2).to_frame()
+
+
+def _harvested(folder: str) -> None:
+    from probe.methods import ProbeResult
+
+    try:
+        with st.spinner(f"Fitting probes on the harvest in {folder}..."):
+            frame = fit_harvest(folder)
+    except probe.ProbeError as exc:
+        st.error(str(exc))
+        return
+    res = ProbeResult(frame, model=str(frame["model"].iloc[0]))
+    labels = list(dict.fromkeys(frame["label"]))
+    label = st.selectbox("Label", labels, key="probe_harvest_label")
+    show_figure(res.figure(label), key="probe-harvest", height=380)
+    summary = res.summary()
+    show_table(summary[summary["label"] == label], key="probe-harvest")
 
 
 def _architectures() -> None:

@@ -10,7 +10,8 @@ r"""Harvests of activations and states over large corpora, sharded to Parquet, l
 This package sits above :mod:`probe.methods` (it uses sites, reductions and the model identity
 from there); nothing below imports it at module level.
 """
+from probe.harvest.devices import dispatch
 from probe.harvest.reader import Harvest, LazyFeature, is_harvest, open_harvest
 from probe.harvest.run import harvest
 
-__all__ = ["Harvest", "LazyFeature", "harvest", "is_harvest", "open_harvest"]
+__all__ = ["Harvest", "LazyFeature", "dispatch", "harvest", "is_harvest", "open_harvest"]

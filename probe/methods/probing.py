@@ -478,7 +478,8 @@ def fit_probes(data: "ActivationDataset | str | Path", labels: str | Sequence[st
         data = open_harvest(data).activations()
     if not isinstance(data, ActivationDataset):
         raise InputError("fit_probes takes the ActivationDataset returned by collect_activations (or "
-                         "ActivationDataset.load(path)).")
+                         "ActivationDataset.load(path)), or a harvest folder (probe.harvest); got "
+                         f"{str(data)[:80]!r}.")
     if task not in TASKS:
         raise InputError(f"task must be one of {TASKS}, got {task!r}.")
     if not 0 < test_size < 1:
