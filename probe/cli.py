@@ -311,14 +311,16 @@ def add_harvest(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (created; an unfinished harvest there resumes)")
     p.add_argument("--sites", default="resid_post,mixer_out,state", help="comma-separated sites (default %(default)s)")
     p.add_argument("--layers", default=None, help="comma-separated layers (default: every layer)")
-    p.add_argument("--positions", default="all", help="all, last, or comma-separated positions (negative: from the end)")
+    p.add_argument("--positions", default="all",
+                   help="all, last, or comma-separated positions (negative: from the end)")
     p.add_argument("--pool", choices=["none", "mean"], default="none", help="mean: one row per sequence")
     p.add_argument("--max-dim", type=int, default=None, help="project wider features to this many columns")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="storage dtype")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence window (default 256)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward (default 16)")
     p.add_argument("--shard-size", type=int, default=64, help="sequences per shard (default 64)")
-    p.add_argument("--max-tokens", type=int, default=None, help="harvest only the first sequences up to this many tokens")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="harvest only the first sequences up to this many tokens")
     p.add_argument("--text-field", default="text", help="column of a saved dataset holding the text")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (local runs)")
     p.add_argument("--ray", action="store_true", help="run on Ray: a local cluster started here unless --address")

@@ -59,7 +59,7 @@ def test_every_option_has_help_text():
 def test_a_command_builds_only_its_own_options_and_lists_the_others():
     parser = cli.build_parser("explore")
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert list(sub.choices) == ["train", "zoo", "data", "bench", "explore"]
+    assert list(sub.choices) == ["train", "zoo", "data", "harvest", "bench", "explore"]
     assert "--network" in sub.choices["explore"]._option_string_actions
     assert "--steps" not in sub.choices["train"]._option_string_actions  # listed only: its defaults import torch
 

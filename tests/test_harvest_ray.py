@@ -32,4 +32,5 @@ def test_one_and_two_ray_workers_write_the_local_harvest(cluster, tmp_path):
         for shard in local.shards:
             assert (on_ray.path / shard["file"]).read_bytes() == (local.path / shard["file"]).read_bytes()
     assert ray.is_initialized()  # a cluster the caller started is left running for the caller
-    np.testing.assert_array_equal(on_ray.activations().features["1-state"][:], local.activations().features["1-state"][:])
+    np.testing.assert_array_equal(on_ray.activations().features["1-state"][:],
+                                  local.activations().features["1-state"][:])

@@ -131,8 +131,9 @@ class Harvest:
         from probe.harvest.run import model_identity
 
         if model_identity(model) != self.manifest["model"]["fingerprint"]:
-            raise InputError(f"{str(self.path)!r} was harvested from another model ({self.manifest['model']['name']!r}, "
-                             f"layout {self.manifest['model']['layout']}); pass that model, or harvest this one.")
+            m = self.manifest["model"]
+            raise InputError(f"{str(self.path)!r} was harvested from another model ({m['name']!r}, layout "
+                             f"{m['layout']}); pass that model, or harvest this one.")
 
 
 class LazyFeature:
