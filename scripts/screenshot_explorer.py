@@ -60,6 +60,24 @@ JS_STATE = r"""(() => {
     headings: q('h1, h2, h3, h4, h5').map(e => e.innerText.trim()).filter(Boolean),
     tabs: q('[role="tab"]').map(e => ({label: e.innerText.trim(), selected: e.getAttribute('aria-selected') === 'true'})),
     exceptions: q('[data-testid="stException"]').map(e => e.innerText.slice(0, 300)),
+    captions: q('[data-testid="stCaptionContainer"]', panel).map(e => e.innerText.trim()),
+    sliders: q('[data-testid="stSlider"]', panel).map(e => e.innerText.trim()),
+    buttons: q('button', panel).map(e => ({label: e.innerText.trim(), top: e.getBoundingClientRect().top}))
+      .filter(b => b.label),
+    text: (panel.innerText || '').slice(0, 20000),
+    figures: charts.map(e => {
+      const plot = e.querySelector('.js-plotly-plot');
+      const traces = (plot && plot._fullData) || [];
+      return {
+        top: e.getBoundingClientRect().top,
+        title: (plot && plot._fullLayout && plot._fullLayout.title && plot._fullLayout.title.text) || '',
+        traces: traces.map(t => ({type: t.type, name: t.name, zmin: t.zmin, zmax: t.zmax,
+                                  columns: t.type === 'heatmap' && t.z && t.z[0] ? t.z[0].length : null,
+                                  labelled: t.type === 'heatmap' ? !!t.texttemplate : null,
+                                  x: t.type === 'scatter' ? Array.from(t.x || []) : null,
+                                  y: t.type === 'scatter' ? Array.from(t.y || []) : null})),
+      };
+    }),
     errors: q('[data-testid="stAlertContentError"]').map(e => e.innerText.slice(0, 300)),
   };
 })()"""
@@ -231,12 +249,16 @@ def check_view(label: str, state: dict) -> list[str]:
 
 
 def run(views: list[str], out: Path, width: int = 1400, height: int = 1000, timeout: float = 180.0,
-        first_name: str = "explorer.png") -> dict[str, dict]:
-    """Screenshot every view (the first as ``out/first_name``, the others as ``out/explorer-<view>.png``).
+        first_name: str = "explorer.png", query: dict[str, str] | None = None, prefix: str = "explorer") \
+        -> dict[str, dict]:
+    """Screenshot every view (the first as ``out/first_name``, the others as ``out/<prefix>-<view>.png``),
+    after opening the page with ``query`` in its address (the explorer's shareable state, e.g. the text).
     Returns ``{view: {"state": ..., "problems": [...], "path": ...}}``."""
+    from urllib.parse import urlencode
+
     report: dict[str, dict] = {}
     with explorer_server(free_port()) as url, Browser(width, height) as browser:
-        browser.goto(url + "/")
+        browser.goto(url + "/" + (f"?{urlencode(query)}" if query else ""))
         for i, label in enumerate(views):
             if i > 0 or label != "Predictions":
                 if not wait_rendered(browser, 0, timeout).get("tabs"):
@@ -246,7 +268,7 @@ def run(views: list[str], out: Path, width: int = 1400, height: int = 1000, time
                     continue
                 time.sleep(0.5)
             state = wait_rendered(browser, EXPECTED.get(label, (label, 0))[1], timeout)
-            name = first_name if i == 0 else f"explorer-{label.lower().replace(' ', '-')}.png"
+            name = first_name if i == 0 else f"{prefix}-{label.lower().replace(' ', '-')}.png"
             path = out / name
             browser.screenshot(path)
             report[label] = {"state": state, "problems": check_view(label, state), "path": str(path)}
