@@ -6,7 +6,14 @@ for the logit lens and the tuned lens. Prints a markdown table and a plain state
 the tuned lens wins; ``--csv`` / ``--markdown`` also write them to files; ``--save`` writes each
 trained lens beside its model (``tuned_lens.safetensors`` + ``tuned_lens.json``).
 
-    python examples/lens_zoo_table.py                      # every zoo model
+The full study (every zoo model, 250 steps, 64 held-out windows: the table of ``probe/zoo/results/lens.md``):
+
+    python examples/lens_zoo_table.py --full --markdown probe/zoo/results/lens.md
+
+By default a quick run (about a minute): the transformer and the LSTM, 30 steps, 16 held-out
+windows; any option given overrides its preset.
+
+    python examples/lens_zoo_table.py                      # the quick run
     python examples/lens_zoo_table.py --models transformer mamba --steps 300
     python examples/lens_zoo_table.py --tiny               # a tiny random model, synthetic text (smoke test)
 """
@@ -18,6 +25,11 @@ import time
 from pathlib import Path
 
 import torch
+from _sizes import add_full_flag, apply
+
+#: the quick run's sizes and the full study's (``--full``); ``models=None``: every zoo model
+QUICK = {"models": ["transformer", "lstm"], "steps": 30, "max_windows": 16}
+FULL = {"models": None, "steps": 250, "max_windows": 64}
 
 
 def markdown(df) -> str:
@@ -60,11 +72,11 @@ def _tiny():
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="*", help="zoo names or checkpoint directories (default: every zoo model)")
-    p.add_argument("--steps", type=int, default=250)
+    p.add_argument("--models", nargs="*", help="zoo names or checkpoint directories")
+    p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--max-windows", type=int, default=64, help="held-out windows of seq-len tokens")
+    p.add_argument("--max-windows", type=int, help="held-out windows of seq-len tokens")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--train-split", default="val")
     p.add_argument("--eval-split", default="test")
@@ -72,7 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("--csv", help="also write the table as CSV here")
     p.add_argument("--markdown", help="also write the markdown table and verdict here")
     p.add_argument("--tiny", action="store_true", help="tiny random models and synthetic text (a smoke test)")
-    args = p.parse_args(argv)
+    add_full_flag(p, QUICK, FULL)
+    args = apply(p.parse_args(argv), QUICK, FULL)
 
     import probe
     from probe.methods.lens import lens_table

@@ -23,7 +23,14 @@ Three tables, one row per model:
    "are" preference ``logit('a') - logit('i')`` on held-out is/are prompts at coefficients
    -2 and +2.
 
-    python examples/probe_zoo_table.py                          # every zoo model
+The full study (every zoo model at the sizes of ``probe/zoo/results/methods``: about two hours on 2 cores):
+
+    python examples/probe_zoo_table.py --full --out probe/zoo/results/methods
+
+By default a quick run (about a minute): the transformer and the LSTM, 20,000 bytes of code,
+120 agreement sentences, 6 patching / steering pairs per task; any option given overrides its preset.
+
+    python examples/probe_zoo_table.py                          # the quick run
     python examples/probe_zoo_table.py --models zoo:qrnn zoo:transformer --out results/
     python examples/probe_zoo_table.py --random-tiny            # tiny random models of every zoo layout
 """
@@ -41,6 +48,14 @@ import torch
 import probe
 from probe.methods import activation_patching, attribution_patching, collect_activations, fit_probes, hidden_vs_state, steer, steering_vector
 from probe.methods.pairs import task_pairs
+
+sys.path.insert(0, str(Path(__file__).parent))  # the examples' helpers, also when imported by a test
+from _sizes import add_full_flag, apply  # noqa: E402
+
+#: the quick run's sizes and the full study's (``--full``); ``models=None``: every zoo model
+QUICK = {"models": ["zoo:transformer", "zoo:lstm"], "code_bytes": 20_000, "fit_rows": 2000, "sentences": 120,
+         "pairs": 6}
+FULL = {"models": None, "code_bytes": 200_000, "fit_rows": 10_000, "sentences": 600, "pairs": 40}
 
 CODE_LABELS = ("in_string", "bracket_depth", "indent")
 CLIP = 4
@@ -254,21 +269,22 @@ def tables_markdown(out: dict) -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="*", help="zoo:NAME or checkpoint directories (default: every zoo model)")
+    p.add_argument("--models", nargs="*", help="zoo:NAME or checkpoint directories")
     p.add_argument("--random-tiny", nargs="*", metavar="RECIPE",
                    help="tiny random models with these zoo layouts (all when none named): a test of the script")
-    p.add_argument("--code-bytes", type=int, default=200_000, help="stdlib test-split bytes to probe on")
+    p.add_argument("--code-bytes", type=int, help="stdlib test-split bytes to probe on")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--stride", type=int, default=4, help="probe every stride-th position of a window")
     p.add_argument("--skip", type=int, default=32, help="positions skipped at the start of each window")
-    p.add_argument("--fit-rows", type=int, default=10_000, help="training rows per probe")
-    p.add_argument("--sentences", type=int, default=600, help="agreement sentences for the number probe")
-    p.add_argument("--pairs", type=int, default=40, help="patching / steering pairs per task")
+    p.add_argument("--fit-rows", type=int, help="training rows per probe")
+    p.add_argument("--sentences", type=int, help="agreement sentences for the number probe")
+    p.add_argument("--pairs", type=int, help="patching / steering pairs per task")
     p.add_argument("--out", help="directory for the CSV files and tables.md")
     p.add_argument("--skip-probes", action="store_true")
     p.add_argument("--skip-patching", action="store_true")
     p.add_argument("--skip-steering", action="store_true")
-    args = p.parse_args(argv)
+    add_full_flag(p, QUICK, FULL)
+    args = apply(p.parse_args(argv), QUICK, FULL)
     with torch.no_grad():  # the methods turn gradients on where they need them (attribution patching)
         return run(args)
 

@@ -11,7 +11,14 @@ chance 0.5) is 3 binomial standard errors above chance *and* top-1 accuracy is a
 a model gets by naming any value of the context (``1 / pairs``, averaged over the examples),
 i.e. the model picks the value of the queried key, not just some value it saw.
 
-    python examples/recall_study.py                                  # every zoo recipe, 600 steps
+The full study (every zoo recipe, 600 steps of 16 x 256 bytes: about two hours on 2 cores):
+
+    python examples/recall_study.py --full --markdown probe/zoo/results/recall_study.md
+
+By default a quick run (about a minute): the QRNN alone, 200 steps of 8 x 128 bytes, 100 held-out
+examples; any option given overrides its preset.
+
+    python examples/recall_study.py                                  # the quick run
     python examples/recall_study.py --models transformer lstm --steps 300
     python examples/recall_study.py --markdown probe/zoo/results/recall_study.md --json out.json
     python examples/recall_study.py --render a.json b.json --markdown table.md   # merge runs, no training
@@ -26,6 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _sizes import add_full_flag, apply
+
+#: the quick run's sizes and the full study's (``--full``); ``models=None``: every zoo recipe
+QUICK = {"models": ["qrnn"], "steps": 200, "eval_every": 50, "examples": 100, "batch": 8, "seq_len": 128}
+FULL = {"models": None, "steps": 600, "eval_every": 50, "examples": 300, "batch": 16, "seq_len": 256}
 
 
 def any_value_share(examples) -> float:
@@ -96,21 +108,23 @@ def main(argv=None) -> None:
     from probe.zoo.recipes import available_recipes
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=available_recipes())
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--models", nargs="+", help="zoo recipes to train")
+    parser.add_argument("--steps", type=int)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--min-pairs", type=int, default=2)
     parser.add_argument("--max-pairs", type=int, default=4)
-    parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--examples", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--eval-every", type=int)
+    parser.add_argument("--examples", type=int)
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--seq-len", type=int)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     parser.add_argument("--json", type=Path, help="also write every curve here")
     parser.add_argument("--render", nargs="+", type=Path, metavar="JSON",
                         help="train nothing: merge the --json files of earlier runs (same settings) into one table")
-    args = parser.parse_args(argv)
+    add_full_flag(parser, QUICK, FULL)
+    args = apply(parser.parse_args(argv), QUICK, FULL)
+    args.models = args.models or available_recipes()
     if args.render:
         runs = [json.loads(p.read_text()) for p in args.render]
         if any(r["settings"] != runs[0]["settings"] for r in runs):

@@ -29,11 +29,13 @@ RUNS = {
     "recall_study.py": (["--models", "lstm", "--steps", "2", "--eval-every", "1", "--examples", "8", "--batch", "2",
                          "--seq-len", "64", "--markdown", "{out}/recall.md"], ["learned at step", "| lstm | not in 2 |"]),
 }
-# scripts that need a trained zoo or a long run; covered elsewhere (see the reason)
+# scripts run by another test on tiny random models (see the reason)
 SKIP = {
-    "lens_zoo_table.py": "trains a tuned lens per zoo model and layer (minutes); lens_table is tested in test_lens.py",
-    "probe_zoo_table.py": "probes every zoo model (minutes)",
+    "lens_zoo_table.py": "tests/test_lens.py runs it with --tiny",
+    "probe_zoo_table.py": "tests/test_probe_zoo_table.py runs it with --random-tiny",
 }
+#: the zoo-wide studies: a quick run by default, the full study with --full (examples/_sizes.py)
+STUDIES = ["lens_zoo_table.py", "probe_zoo_table.py", "recall_study.py"]
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,40 @@ def env(tmp_path_factory):
 
 def scripts() -> list[str]:
     return sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
+
+
+def _sizes_module():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import _sizes
+    finally:
+        sys.path.pop(0)
+    return _sizes
+
+
+def test_presets_fill_only_unset_options():
+    import argparse
+
+    sizes = _sizes_module()
+    quick, full = {"steps": 30, "models": ["lstm"]}, {"steps": 250, "models": None}
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--models", nargs="*")
+    sizes.add_full_flag(parser, quick, full)
+    assert vars(sizes.apply(parser.parse_args([]), quick, full)) == {"steps": 30, "models": ["lstm"], "full": False}
+    assert vars(sizes.apply(parser.parse_args(["--full"]), quick, full)) == {"steps": 250, "models": None, "full": True}
+    assert sizes.apply(parser.parse_args(["--full", "--steps", "7"]), quick, full).steps == 7
+
+
+@pytest.mark.parametrize("script", STUDIES)
+def test_zoo_study_says_how_to_run_the_full_study(script, env):
+    """The docstring's first paragraphs name the --full command, and --help lists both presets."""
+    head = (EXAMPLES / script).read_text().split("from __future__")[0]
+    assert f"python examples/{script} --full" in head, f"{script}: say at the top how to run the full study"
+    run = subprocess.run([sys.executable, str(EXAMPLES / script), "--help"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "--full" in run.stdout and "instead of the quick one" in " ".join(run.stdout.split())
 
 
 def test_every_example_is_run_here():
