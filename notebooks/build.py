@@ -1,15 +1,20 @@
-"""Write the tutorial notebooks (outputs empty) from the cell sources below.
+"""Write the tutorial notebooks from the cell sources below, run them and store their outputs.
 
-    python notebooks/build.py          # rewrites notebooks/0*.ipynb
+    python notebooks/build.py                # rewrites notebooks/0*.ipynb, executed, figures as PNG
+    python notebooks/build.py --no-execute   # sources only (outputs empty), e.g. to review a diff
 
 The notebooks are kept as code here so that a change is reviewable as a diff; run this after
-editing a cell and commit both. tests/test_notebooks.py executes every notebook.
-Each notebook runs on a zoo model when one is shipped, else on small random models (the
-numbers then mean nothing, but every call is the real one).
+editing a cell and commit both. The build executes every notebook at its default sizes (nbclient,
+this interpreter's kernel) and keeps the outputs, so they render on GitHub: each plotly figure is
+stored as a PNG drawn by plotly's static export (kaleido and Chromium: ``pip install -e ".[docs]"``).
+tests/test_notebooks.py checks that the committed sources equal this build's (outputs aside), that
+every code cell has its output stored, and executes every notebook again with small sizes.
+The notebooks run on the zoo models shipped in ``probe/zoo``, each named where it is loaded.
 
-A notebook whose run time depends on sizes (training steps, number of examples) sets them in
-one cell tagged ``parameters`` (papermill's convention) with defaults meant for a reader;
-``SMALL`` below holds the smaller values tests/test_notebooks.py injects after that cell.
+A notebook whose run time depends on sizes (number of models, windows, examples) sets them in
+one cell tagged ``parameters`` (papermill's convention) with defaults meant for a reader (each
+notebook runs in under two minutes on 2 cores); ``SMALL`` below holds the smaller values
+tests/test_notebooks.py injects after that cell.
 """
 from __future__ import annotations
 
@@ -19,22 +24,6 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).parent
-
-# the model-loading cell shared by the notebooks: a zoo model, or a random one offline
-LOAD = '''import torch
-import probe
-
-def load_model(name=None, layout=("qrnn", "lstm", "attn")):
-    """zoo:<name> (default: the first zoo model); a small random model when no zoo is shipped."""
-    names = probe.zoo_names()
-    if names:
-        return probe.load(f"zoo:{name or names[0]}").eval()
-    torch.manual_seed(0)
-    cfg = probe.ModelConfig(d_model=32, layout=list(layout), name="random-" + "-".join(layout))
-    return probe.HookedLM(cfg).eval()
-
-print("zoo:", probe.zoo_names() or "none shipped: using random models")'''
-
 
 def md(text: str):
     return new_markdown_cell(text.strip("\n"))
@@ -59,9 +48,13 @@ QUICKSTART = [
 **one hook vocabulary**: the residual stream, the mixer's internals and, for recurrent layers,
 the **state at every position**. This notebook loads a model, lists its hooks, caches a run,
 reads the state, and edits it with hooks (an edit of the state propagates through the recurrence).
+The model is the zoo's QRNN (`probe/zoo`: ten small byte-level models of ten architectures, trained
+with one recipe on Python code; `probe.zoo_names()` lists them).
 """),
-    code(LOAD),
-    code('''model = load_model()
+    code('''import torch
+import probe
+
+model = probe.load("zoo:qrnn").eval()   # 4 QRNN layers, d_model 128, bytes as tokens
 model'''),
     md("""
 ## Hook names
@@ -145,53 +138,78 @@ LENS = [
     md("""
 # 02 · Transformer vs RNN through the lens
 
-The **logit lens** reads the residual stream after every layer through the final norm and the unembedding;
-the **tuned lens** first applies a learned affine translator per layer (trained to match the final
-distribution). We compare both across the zoo (or across small random transformer / QRNN / LSTM models
-when no zoo is shipped): how early does each architecture "know" its prediction?
-"""),
-    code(LOAD),
-    parameters('''N_MODELS = 3          # zoo models to compare
-STEPS = 150           # tuned-lens training steps per model (8 windows of SEQ_LEN tokens each)
-SEQ_LEN = 128         # tokens per window
-HELD_OUT_WINDOWS = 16 # held-out windows per model for the comparison'''),
-    code('''from probe.data.code_corpus import stdlib_stream
-from probe.methods import TunedLens, compare_lenses, logit_lens
-
-names = probe.zoo_names()[:N_MODELS]
-models = [load_model(n) for n in names] if names else [load_model(layout=l) for l in
-                                                      (("attn", "attn"), ("qrnn", "qrnn"), ("lstm", "lstm"))][:N_MODELS]
-# the zoo trains on the stdlib "train" split: fit lenses on "val", compare them on "test"
-train, held_out = stdlib_stream("val"), stdlib_stream("test")
-[m.cfg.name for m in models]'''),
-    code('''TEXT = "def add(a, b):\\n    return a + b\\n"
-
-res = logit_lens(models[0], TEXT)
-res.to_frame()'''),
-    code('''res.figure()   # layer x position: the lens' top token, coloured by KL to the final distribution'''),
-    md("""
-## Tuned lens per model
-
-Each lens is trained on the `val` split and scored on held-out `test` windows by `compare_lenses`:
-mean `KL(final || lens)` per layer for the logit lens and the tuned lens. `lens.save()` /
-`TunedLens.load(model)` keep a lens next to its model.
+The **logit lens** reads the residual stream after every layer through the final norm and the
+unembedding; the **tuned lens** first applies a learned affine translator per layer (trained to match
+the final distribution). Both are transformer tools. Do they read recurrent models too, and how early
+does each architecture "know" its prediction? We compare the zoo's **transformer** with two recurrent
+models, an **LSTM** and **RWKV**, all trained on the same Python code with the same recipe.
 """),
     code('''import pandas as pd
-
-lenses, rows = {}, []
-for m in models:
-    lens = TunedLens(m).fit(m, train, steps=STEPS, seq_len=SEQ_LEN, batch_size=8)
-    lenses[m.cfg.name] = lens
-    scores = compare_lenses(m, lens, held_out, seq_len=SEQ_LEN, max_windows=HELD_OUT_WINDOWS)
-    rows.append(scores.assign(model=m.cfg.name))
-table = pd.concat(rows)
-table.pivot_table(index=["model", "layer", "label"], values=["kl_logit", "kl_tuned"])'''),
+import plotly.express as px
+import probe
+from probe.data.code_corpus import stdlib_stream
+from probe.methods import TunedLens, compare_lenses, logit_lens'''),
+    parameters('''MODELS = ["transformer", "lstm", "rwkv"]  # zoo names: the transformer, then recurrent models
+SEQ_LEN = 256            # tokens per held-out window (the zoo's training context)
+HELD_OUT_WINDOWS = 16    # windows of the standard library's test split per model'''),
+    code('''models = {name: probe.load(f"zoo:{name}").eval() for name in MODELS}
+# the zoo trains on the stdlib "train" split and fitted its tuned lenses on "val": compare on "test"
+held_out = stdlib_stream("test")
+{name: " ".join(m.cfg.layout) for name, m in models.items()}'''),
     md("""
-Where the tuned lens has the lower held-out KL (Paulo et al. 2024 report it wins on Mamba and RWKV as on
-transformers):
+## The logit lens on one input
+
+Layer x position: the top token the lens reads from the residual stream after each layer, coloured by the
+KL divergence from the model's final distribution (0: the lens already reads the output). The transformer
+first, then the LSTM on the same text.
 """),
-    code('''table.groupby("model")["tuned_better"].agg(["sum", "count"])'''),
-    code('''lenses[models[0].cfg.name].run(models[0], TEXT).figure()'''),
+    code('''TEXT = "def add(a, b):\\n    return a + b\\n"
+
+logit_lens(models["transformer"], TEXT).figure()'''),
+    code('''logit_lens(models["lstm"], TEXT).figure()'''),
+    md("""
+## Logit lens vs tuned lens, per layer, on held-out code
+
+Every zoo model ships the tuned lens fitted for it (`TunedLens.load(model)` reads it from beside the
+checkpoint). `compare_lenses` measures the mean `KL(final || lens)` per layer on held-out windows for
+both lenses, for the embedding and the residual stream after every block but the last (after the last
+block, the lens *is* the output: KL 0). Depth is the number of blocks read over the model's number of
+blocks, so models of different depths share one axis.
+"""),
+    code('''rows = []
+for name, m in models.items():
+    lens = TunedLens.load(m)
+    scores = compare_lenses(m, lens, held_out, seq_len=SEQ_LEN, max_windows=HELD_OUT_WINDOWS)
+    rows.append(scores.assign(model=name, depth=scores["layer"] / m.cfg.n_layers))
+table = pd.concat(rows, ignore_index=True)
+table[["model", "label", "kl_logit", "kl_tuned", "reduction"]].round(3)'''),
+    code('''long = table.melt(id_vars=["model", "depth"], value_vars=["kl_logit", "kl_tuned"], var_name="lens",
+                  value_name="KL")
+long["lens"] = long["lens"].map({"kl_logit": "logit lens", "kl_tuned": "tuned lens"})
+px.line(long, x="depth", y="KL", color="model", line_dash="lens", markers=True,
+        labels={"depth": "blocks read / number of blocks (0: the embedding)", "KL": "KL(final || lens), nats"},
+        title="How far each layer is from the model's output, transformer vs RNNs")'''),
+    md("""
+The number of layers where the tuned lens reads closer to the output than the logit lens, and its mean
+relative reduction of the KL (Belrose et al. 2023 for transformers; Paulo et al.
+2024 find the same on Mamba and RWKV):
+"""),
+    code('''table.groupby("model", sort=False).agg(tuned_better=("tuned_better", "sum"), layers=("label", "size"),
+                                          mean_reduction=("reduction", "mean")).round(2)'''),
+    md("""
+Both lenses read the recurrent models as they read the transformer: the KL falls block by block towards
+the output in every model, and the tuned lens closes most of the gap at every layer. On this code the
+transformer's residual stream is the farthest from its own output before its last block.
+"""),
+    md("""
+The tuned lens of the RNN on the same text as above:
+"""),
+    code('''TunedLens.load(models["lstm"]).run(models["lstm"], TEXT).figure()'''),
+    md("""
+To fit a lens yourself (a minute or two per model on a CPU):
+`TunedLens(model).fit(model, stdlib_stream("val"), steps=250)`, then `lens.save()` to keep it beside the
+model. `examples/lens_zoo_table.py --full` refits and scores every zoo model.
+"""),
 ]
 
 MEMORY = [
@@ -201,14 +219,13 @@ MEMORY = [
 Linear **probes** read a label from the activations of each site and layer. For a recurrent model the
 interesting comparison is the hidden output (`resid_post`, `mixer_out`) against the **state** (`state`:
 every `hook_state*` of the layer, i.e. the whole memory after the token). **Memory maps** show which
-past positions each position reads from.
+past positions each position reads from. The model is the zoo's QRNN.
 """),
-    code(LOAD),
+    code('''import probe
+from probe.data.tasks import get_task
+from probe.methods import collect_activations, fit_probes, hidden_vs_state, memory_map'''),
     parameters('''N_SENTENCES = 200     # agreement sentences to probe on'''),
-    code('''from probe.data.tasks import get_task
-from probe.methods import collect_activations, fit_probes, hidden_vs_state, memory_map
-
-model = load_model(layout=("qrnn", "lstm"))
+    code('''model = probe.load("zoo:qrnn").eval()
 task = get_task("agreement")
 examples = task.examples(N_SENTENCES, seed=1)
 print(examples[0].text, examples[0].labels["number"][:3])'''),
@@ -221,7 +238,19 @@ print(examples[0].text, examples[0].labels["number"][:3])'''),
     code('''data = [(e.tokens, {"number": e.labels["number"]}) for e in examples]
 acts = collect_activations(model, data, sites=["resid_post", "mixer_out", "state"], max_dim=64)
 probes = fit_probes(acts, "number", max_iter=100)
-probes.to_frame()'''),
+probes.to_frame()[["site", "layer", "score", "baseline", "control_score", "selectivity"]].round(3)'''),
+    md("""
+Each probe is also refitted on a **control task** (`control_score`): every sentence takes the label
+sequence of another sentence, so the control keeps how often each label occurs and how labels run along
+a sentence, but has nothing to do with the text. A probe beats the majority baseline on it only by
+reading the position or the label frequency. **Selectivity** = score - control score is what the
+activations hold about *this* sentence beyond that: near 0, the score is explained by position and
+frequency alone; **negative**, the real label is not linearly readable there (the probe sits near the
+baseline while the control fits a positional pattern). A control that gives every token type its own
+label (Hewitt & Liang 2019) would be a poor one here: it is a function of the token at the probed
+position, which every residual stream holds, so it scores about 1.0 everywhere and makes any contextual
+label look negative.
+"""),
     code('''hidden_vs_state([probes])'''),
     code('''probes.figure("number")'''),
     md("""
@@ -248,12 +277,14 @@ stream or to the state.
 
 Pairs come from the synthetic tasks in `probe.data.tasks`: associative recall and subject-verb agreement.
 """),
-    code(LOAD),
-    code('''from probe.data.tasks import get_task
+    code('''import probe
+from probe.data.contrast import NUMBER            # the pairs the README and the explorer use
+from probe.data.tasks import get_task
 from probe.data.tasks.agreement import NOUNS
 from probe.methods import activation_patching, attribution_patching, steer, steering_vector
 
-model = load_model(layout=("qrnn", "attn"))'''),
+model = probe.load("zoo:qrnn-hybrid").eval()      # two QRNN layers, attention, a feed-forward layer
+" ".join(model.cfg.layout)'''),
     md("""
 ## Pairs that differ in the context
 
@@ -279,8 +310,8 @@ print(f"clean {patch.clean_metric:.3f}  corrupted {patch.corrupted_metric:.3f}  
 patch.to_frame().sort_values("score", ascending=False).head(8)'''),
     code('''patch.figure()'''),
     md("""
-With random weights the clean and corrupted metrics can be close, so the normalised scores are noisy;
-on a zoo model trained on recall the `state` row lights up from the changed value onward.
+A score is the share of the clean answer a patched site restores (1: all of it); the `state` rows
+show where the recurrent memory carries the changed value to the query.
 Attribution patching gives the same table from two forward and a few backward passes; `compare=True`
 also runs the real sweep and reports the correlation per site.
 """),
@@ -313,14 +344,14 @@ A steering vector is the mean difference of a site between positive and negative
 With `site="state"` it covers the whole memory of each recurrent layer, and the addition runs through
 the recurrence as it would in token-by-token generation.
 """),
-    code('''singular = [f"the {s} " for s, _ in NOUNS[:8]]
-plural = [f"the {p} " for _, p in NOUNS[:8]]
+    code('''plural, singular = NUMBER.positive, NUMBER.negative
 vec = steering_vector(model, plural, singular)                 # residual stream (resid_pre)
-out = steer(model, "the dog ", vec, coefficients=[-4, 0, 4], answer="a", contrast="i")
+out = steer(model, NUMBER.prompt, vec, coefficients=[-4, 0, 4], answer=NUMBER.answer, contrast=NUMBER.contrast)
 out.to_frame()'''),
     code('''state_vec = steering_vector(model, plural, singular, site="state")
 print(state_vec)
-out = steer(model, "the dog ", state_vec, coefficients=[-4, 0, 4], answer="a", contrast="i", max_new_tokens=4)
+out = steer(model, NUMBER.prompt, state_vec, coefficients=[-4, 0, 4], answer=NUMBER.answer, contrast=NUMBER.contrast,
+            max_new_tokens=4)
 out.to_frame()'''),
 ]
 
@@ -416,7 +447,7 @@ print("logit lens KL per layer, converted:", logit_lens(converted, TEXT).kl.mean
 
 #: smaller sizes for the tests, injected after a notebook's ``parameters`` cell
 SMALL = {
-    "02_lens.ipynb": "N_MODELS = 2\nSTEPS = 3\nSEQ_LEN = 32\nHELD_OUT_WINDOWS = 2",
+    "02_lens.ipynb": 'MODELS = ["transformer", "lstm"]\nSEQ_LEN = 64\nHELD_OUT_WINDOWS = 2',
     "03_state_memory.ipynb": "N_SENTENCES = 24",
 }
 
@@ -429,14 +460,88 @@ NOTEBOOKS = {
 }
 
 
-def build(out_dir: Path = HERE) -> list[Path]:
+def notebook(name: str):
+    """The notebook ``name`` as written from its cells (no outputs), with stable cell ids."""
+    nb = new_notebook(cells=[nbformat.from_dict(c) for c in NOTEBOOKS[name]],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                                "language_info": {"name": "python"}})
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"{name[:2]}-{i:02d}"  # stable ids: rebuilding gives the same sources
+    return nb
+
+
+def kernel_name() -> str:
+    """A Jupyter kernel running this interpreter (registered on the fly when there is none)."""
+    import sys
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    for name, spec in KernelSpecManager().get_all_specs().items():
+        argv = spec["spec"]["argv"]
+        if argv and Path(argv[0]).absolute() == Path(sys.executable).absolute():
+            return name
+    from ipykernel.kernelspec import install
+
+    install(prefix=sys.prefix, kernel_name="probe-venv", display_name="probe venv")
+    return "probe-venv"
+
+
+PLOTLY = "application/vnd.plotly.v1+json"
+
+
+def execute(nb, timeout: int = 600) -> float:
+    """Run ``nb`` in place in a fresh kernel (in notebooks/, figures kept as plotly JSON); seconds taken."""
+    import os
+    import time
+
+    import nbclient
+
+    env = dict(os.environ, PLOTLY_RENDERER="plotly_mimetype")
+    client = nbclient.NotebookClient(nb, kernel_name=kernel_name(), timeout=timeout, record_timing=False,
+                                     resources={"metadata": {"path": str(HERE)}})
+    t0 = time.perf_counter()
+    with client.setup_kernel(env=env, cwd=str(HERE)):
+        for index, cell in enumerate(nb.cells):
+            client.execute_cell(cell, index)
+    return time.perf_counter() - t0
+
+
+def static_figures(nb, attempts: int = 3) -> int:
+    """Replace every plotly figure among ``nb``'s outputs by a PNG of it (GitHub draws no plotly JSON);
+    returns how many. The export drives a headless browser, which can fail on a busy machine: retried."""
+    import base64
+    import json
+
+    import plotly.io as pio
+
+    count = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            spec = out.get("data", {}).pop(PLOTLY, None)
+            if spec is None:
+                continue
+            fig = pio.from_json(json.dumps(spec))
+            for attempt in range(attempts):
+                try:
+                    png = fig.to_image(format="png")  # at the layout's size (plotly's default 700 x 500)
+                    break
+                except Exception:
+                    if attempt == attempts - 1:
+                        raise
+            out["data"]["image/png"] = base64.b64encode(png).decode()
+            count += 1
+    return count
+
+
+def build(out_dir: Path = HERE, run: bool = True) -> list[Path]:
+    """Write every notebook to ``out_dir`` (executed, with outputs, when ``run``)."""
     paths = []
-    for name, cells in NOTEBOOKS.items():
-        nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                                "language": "python"},
-                                                 "language_info": {"name": "python"}})
-        for i, cell in enumerate(nb.cells):
-            cell.id = f"{name[:2]}-{i:02d}"  # stable ids: rebuilding gives the same file
+    for name in NOTEBOOKS:
+        nb = notebook(name)
+        if run:
+            print(f"running {name} ...", flush=True)
+            seconds = execute(nb)
+            print(f"  {seconds:.0f} s to run, {static_figures(nb)} figures drawn as PNG", flush=True)
         path = out_dir / name
         nbformat.write(nb, path)
         paths.append(path)
@@ -444,5 +549,13 @@ def build(out_dir: Path = HERE) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for p in build():
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write (and run) the tutorial notebooks.")
+    parser.add_argument("--no-execute", action="store_true", help="write the sources only, outputs empty")
+    parser.add_argument("--only", nargs="+", choices=sorted(NOTEBOOKS), help="these notebooks only")
+    args = parser.parse_args()
+    if args.only:
+        NOTEBOOKS = {n: NOTEBOOKS[n] for n in args.only}
+    for p in build(run=not args.no_execute):
         print("wrote", p)

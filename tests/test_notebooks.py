@@ -1,5 +1,6 @@
 """Every tutorial notebook runs top to bottom without a cell error (nbclient, the venv's kernel), and
-the committed notebooks are exactly what notebooks/build.py writes, with no stored outputs.
+the committed notebooks are what notebooks/build.py writes: the same cells, executed, with every code
+cell's output stored (figures as PNG, so they render on GitHub) and no error among them.
 
 Kept fast in three ways, none of which changes what the notebooks do for a reader:
 
@@ -36,16 +37,22 @@ def _build_module():
     return build
 
 
-def test_notebooks_exist_and_are_built_stripped(tmp_path):
+def test_notebooks_are_the_build_with_outputs():
     build = _build_module()
     assert [p.name for p in NOTEBOOKS] == sorted(build.NOTEBOOKS), "run python notebooks/build.py"
-    for fresh in build.build(tmp_path):
-        committed = ROOT / "notebooks" / fresh.name
-        assert committed.read_text() == fresh.read_text(), f"{fresh.name} is stale: run python notebooks/build.py"
-        nb = nbformat.read(committed, as_version=4)
-        for cell in nb.cells:
-            if cell.cell_type == "code":
-                assert cell.outputs == [] and cell.execution_count is None, f"{fresh.name} has stored outputs"
+    for name in build.NOTEBOOKS:
+        committed = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+        fresh = build.notebook(name)
+        stale = f"{name} is stale: run python notebooks/build.py"
+        assert [(c.id, c.cell_type, c.source, c.metadata.get("tags")) for c in committed.cells] == \
+               [(c.id, c.cell_type, c.source, c.metadata.get("tags")) for c in fresh.cells], stale
+        code = [c for c in committed.cells if c.cell_type == "code"]
+        assert all(c.execution_count is not None for c in code), f"{name} is stored without its outputs: {stale}"
+        outputs = [o for c in code for o in c.outputs]
+        assert not [o for o in outputs if o.output_type == "error"], f"{name} stores an error"
+        figures = sum("image/png" in o.get("data", {}) for o in outputs)
+        drawn = sum(".figure(" in c.source or "px." in c.source for c in code)
+        assert figures >= drawn, f"{name}: {drawn} cells draw a figure, {figures} PNG figures stored"
 
 
 def test_small_sizes_override_a_parameters_cell():
@@ -60,21 +67,6 @@ def test_small_sizes_override_a_parameters_cell():
         assert assigned and assigned <= defined, f"{name}: SMALL sets {assigned - defined}, not parameters"
 
 
-def _kernel_name() -> str:
-    """A kernel running this interpreter (registered on the fly when the venv has none)."""
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    specs = KernelSpecManager().get_all_specs()
-    for name, spec in specs.items():
-        argv = spec["spec"]["argv"]
-        if argv and Path(argv[0]).absolute() == Path(sys.executable).absolute():
-            return name
-    from ipykernel.kernelspec import install
-
-    install(prefix=sys.prefix, kernel_name="probe-venv", display_name="probe venv")
-    return "probe-venv"
-
-
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
     """One started kernel (in notebooks/, one thread, small stdlib splits) shared by the notebooks."""
@@ -86,7 +78,7 @@ def kernel(tmp_path_factory):
     for split in ("val", "test"):
         CodeCorpus(split, max_files=2).stream().save(streams / f"stdlib-{split}.safetensors")
     env = dict(os.environ, PROBE_STDLIB_STREAMS=str(streams), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    owner = nbclient.NotebookClient(nbformat.v4.new_notebook(), kernel_name=_kernel_name())
+    owner = nbclient.NotebookClient(nbformat.v4.new_notebook(), kernel_name=_build_module().kernel_name())
     owner.km = owner.create_kernel_manager()
     owner.start_new_kernel(cwd=str(ROOT / "notebooks"), env=env)
     yield owner.km
