@@ -1,6 +1,6 @@
 """Direct logit attribution and token attribution (gradient x input, integrated gradients).
 
-    python examples/attribution.py [zoo-name] [--until E] [--out DIR]
+    python examples/attribution.py [zoo-name (default qrnn-hybrid)] [--until E] [--out DIR]
 
 Explains the model's top next-token prediction at the end of a code snippet: which layers wrote
 it (with the final norm's scale frozen, the parts sum to the logit) and which input tokens it

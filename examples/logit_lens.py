@@ -1,6 +1,6 @@
 """Logit lens and tuned lens: what the residual stream predicts after every layer.
 
-    python examples/logit_lens.py [zoo-name] [--steps N] [--seq-len T] [--windows W] [--out DIR]
+    python examples/logit_lens.py [zoo-name (default qrnn-hybrid)] [--steps N] [--seq-len T] [--windows W] [--out DIR]
 
 Prints the per-layer KL / loss / top-1 agreement of the logit lens on a snippet, trains a tuned
 lens for --steps steps (default 150) on the Python stdlib's ``val`` split, compares both lenses on

@@ -1,6 +1,6 @@
 """Memory maps: what each position reads from the past, in every layer, and the state size.
 
-    python examples/memory_map.py [zoo-name] [--text TEXT] [--out DIR]
+    python examples/memory_map.py [zoo-name (default qrnn-hybrid)] [--text TEXT] [--out DIR]
 
 Attention layers show their pattern; linear recurrences their exact implicit attention (checked
 by rebuilding the layer's output from it); LSTM / sLSTM the gradient influence of each earlier

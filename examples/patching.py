@@ -1,6 +1,6 @@
 """Activation patching and attribution patching on an associative-recall pair.
 
-    python examples/patching.py [zoo-name] [--seed N] [--sites S ...] [--out DIR]
+    python examples/patching.py [zoo-name (default qrnn-hybrid)] [--seed N] [--sites S ...] [--out DIR]
 
 Builds a clean / corrupted pair from probe.data's recall task (the value stored under the queried key
 is changed in the corrupted context), patches every (site, layer, position) of the clean run into the

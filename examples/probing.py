@@ -1,6 +1,6 @@
 """Linear probes on the hidden stream vs the recurrent state (subject number in agreement sentences).
 
-    python examples/probing.py [zoo-name] [--n N] [--out DIR]
+    python examples/probing.py [zoo-name (default qrnn-hybrid)] [--n N] [--out DIR]
 
 Collects resid_post / mixer_out / state features at every token of N agreement sentences, fits a
 logistic probe per (site, layer) for the subject's number with a control task, prints accuracy and

@@ -20,7 +20,7 @@ examples; any option given overrides its preset.
 
     python examples/recall_study.py                                  # the quick run
     python examples/recall_study.py --models transformer lstm --steps 300
-    python examples/recall_study.py --markdown probe/zoo/results/recall_study.md --json out.json
+    python examples/recall_study.py --full --markdown probe/zoo/results/recall_study.md --json out.json
     python examples/recall_study.py --render a.json b.json --markdown table.md   # merge runs, no training
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Steering with a difference-of-means vector, in the residual stream and in the recurrent state.
 
-    python examples/steering.py [zoo-name] [--tokens N]
+    python examples/steering.py [zoo-name (default qrnn-hybrid)] [--tokens N]
 
 The vector is mean(plural subjects) - mean(singular subjects) at the last token; adding it should
 push "the dog " towards "are" ('a') over "is" ('i'). site="state" steers the whole memory of each

@@ -272,11 +272,11 @@ def render_limits(cards: list[dict[str, Any]]) -> str:
 #: result sections of the zoo README: file under ``probe/zoo/results/`` -> (title, the command writing it)
 RESULTS = {
     "lens.md": ("Tuned lens vs logit lens (held-out KL to the final distribution, per layer)",
-                "python examples/lens_zoo_table.py --save --markdown probe/zoo/results/lens.md"),
+                "python examples/lens_zoo_table.py --full --save --markdown probe/zoo/results/lens.md"),
     "recall_study.md": ("Associative recall on its own: how many steps each architecture needs",
-                        "python examples/recall_study.py --markdown probe/zoo/results/recall_study.md"),
+                        "python examples/recall_study.py --full --markdown probe/zoo/results/recall_study.md"),
     "methods/tables.md": ("Hidden vs state probes, patching and steering",
-                          "python examples/probe_zoo_table.py --code-bytes 100000 --fit-rows 6000 --pairs 24 --out probe/zoo/results/methods"),
+                          "python examples/probe_zoo_table.py --full --code-bytes 100000 --fit-rows 6000 --pairs 24 --out probe/zoo/results/methods"),
 }
 
 
