@@ -169,7 +169,7 @@ def test_bfloat16_segments_continue_from_the_float32_state(arch):
 def test_scans_accumulate_in_a_wider_initial_state(form):
     """Every scan given bfloat16 inputs and a float32 initial state runs in float32: exactly what the
     float32 copies of the same inputs give (a bfloat16 accumulator drops each 1e-3 step added to 1)."""
-    from probe.lti import LTIMemory, zoh
+    from probe.ops.lti import LTIMemory, zoh
     from probe.mixers.lmu import legendre_matrices
     from probe.ops.linear_scan import linear_scan
     from probe.ops.gla import gla_chunked, gla_sequential, gla_states

@@ -7,7 +7,7 @@ The memory is the LTI system that best remembers a sliding window of ``theta`` t
     theta dm/dt = A m + B u,     A_ij = (2i+1) * (-1 if i < j else (-1)^(i-j+1)),
                                  B_i  = (2i+1) * (-1)^i,         i, j = 0 .. q-1
 
-discretised with a zero-order hold over one token (:func:`probe.lti.zoh`). Each of the
+discretised with a zero-order hold over one token (:func:`probe.ops.lti.zoh`). Each of the
 ``d_u`` input channels drives its own memory::
 
     u_t = W_u x_t + b_u                                   ([d_u])
@@ -21,7 +21,7 @@ Because the memory is linear and time-invariant, all states come from one causal
 convolution with its impulse response (FFT for long inputs without gradients, a Toeplitz
 contraction for short ones and training batches) plus the free response of the carried
 state, and generation and long training inputs use the recurrence
-(:meth:`probe.lti.LTIMemory.resolve` picks; all forms are tested equal). Editing ``hook_state``
+(:meth:`probe.ops.lti.LTIMemory.resolve` picks; all forms are tested equal). Editing ``hook_state``
 at some positions restarts the parallel form from each edited state, so edits propagate
 exactly.
 
@@ -31,7 +31,7 @@ State: ``state`` = m_t, ``[batch, d_u, order]`` (``hook_state``: ``[batch, pos, 
 ``d_u`` (default ``d_model // 4``). ``mixer.method`` ("auto", "recurrent", "direct", "fft")
 picks the form (for benchmarks and tests).
 
-Half precision: the memory (every form of :class:`probe.lti.LTIMemory`, the readout ``W_m vec(m_t)``
+Half precision: the memory (every form of :class:`probe.ops.lti.LTIMemory`, the readout ``W_m vec(m_t)``
 and the gelu) runs in float32 and the carried ``state`` stays float32 (``WIDE_STATES``): a
 float16/bfloat16 recurrence rounds ``m_t`` at every step, an error that grows with the window.
 ``hook_input`` shows the input's dtype, ``hook_state`` float32; the output returns in the input's dtype.
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probe.errors import ConfigError
-from probe.lti import LTIMemory, zoh
+from probe.ops.lti import LTIMemory, zoh
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Int, Real
 from probe.mixers.edits import Computation, apply_forcing
@@ -111,7 +111,7 @@ class LMU(RecurrentMixer):
     def _readout_without_states(self, u: Tensor, m0: Tensor) -> tuple[Tensor, Tensor]:
         """``(W_m vec(m_t) [b, T, d_model], m_{T-1} [b, d_u, order])`` without building the
         ``[b, T, d_u, order]`` states: the readout is folded into the FFT filter
-        (:meth:`probe.lti.LTIMemory.convolve_readout`); a nonzero initial state adds its free response."""
+        (:meth:`probe.ops.lti.LTIMemory.convolve_readout`); a nonzero initial state adds its free response."""
         memory = self.memory.convolve_readout(u, self.W_m.weight.view(-1, self.d_u, self.order))
         last = self.memory.convolve_last(u)
         if bool(m0.ne(0).any()):
