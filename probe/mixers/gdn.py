@@ -56,11 +56,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probe.errors import ConfigError
-from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.edits import Computation, apply_forcing
 from probe.mixers.options import Int, Real
 from probe.norm import RMSNorm
+from probe.ops import conv_window
 from probe.ops.delta_rule import gated_delta_rule_chunked, gated_delta_rule_sequential, gated_delta_rule_states
 from probe.ops.gla import gla_readout
 

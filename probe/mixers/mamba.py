@@ -51,10 +51,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probe.errors import ConfigError
-from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Flag, Int, Real
 from probe.mixers.edits import Computation, apply_forcing
+from probe.ops import conv_window
 from probe.ops.linear_scan import force_states, linear_scan_blocked
 from probe.ops.selective_scan import selective_scan, selective_scan_states
 

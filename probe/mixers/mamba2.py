@@ -60,10 +60,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probe.errors import ConfigError
-from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.edits import Computation, apply_forcing
 from probe.mixers.options import Flag, Int, Real
+from probe.ops import conv_window
 from probe.ops.ssd import expand_groups, ssd_chunked
 from probe.ops.linear_scan import force_states, linear_scan_blocked
 

@@ -69,10 +69,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probe.errors import ConfigError
-from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Choice, Flag, Int, Real
 from probe.mixers.edits import Computation, Forcing, apply_forcing
+from probe.ops import conv_window
 from probe.ops.gla import gla_chunked, gla_readout, gla_states
 from probe.ops.max_scan import max_scan
 

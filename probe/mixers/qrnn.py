@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probe.errors import ConfigError
-from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Int
 from probe.mixers.edits import Computation, Forcing, apply_forcing
+from probe.ops import conv_window
 from probe.ops.linear_scan import force_states, linear_scan
 
 

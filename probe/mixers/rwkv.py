@@ -1,7 +1,7 @@
 r"""RWKV-4 (Peng et al. 2023): time mixing as the mixer, channel mixing in the block's MLP slot.
 
 **Token shift.** Both halves read the previous token's input ``x_{t-1}`` through a width-2
-causal window (:mod:`probe.mixers.conv_window` with ``k = 2``), so each carries a shift state
+causal window (:mod:`probe.ops.conv_window` with ``k = 2``), so each carries a shift state
 ``S_t = x_t`` (``state_shift``, ``[batch, 1, d_model]``; ``x_{-1}`` is the carried value, zeros
 at the start)::
 
@@ -53,10 +53,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Int
 from probe.mixers.edits import Computation, Forcing, apply_forcing
+from probe.ops import conv_window
 from probe.ops.linear_scan import force_states, linear_scan
 from probe.ops.max_scan import empty_log, max_scan
 

@@ -45,10 +45,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probe.errors import ConfigError
-from probe.mixers import conv_window
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Int, Real
 from probe.mixers.edits import Computation
+from probe.ops import conv_window
 from probe.ops.max_scan import empty_log
 
 GATES = ("i", "f", "z", "o")
