@@ -16,8 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from probe.mixers import MIXERS
-from probe.mlp import make_mlp
+from probe.mixers import MIXERS, make_mlp
 from probe.norm import make_norm
 
 

@@ -52,11 +52,3 @@ class MLP(nn.Module):
         else:
             post = ACTIVATIONS[self.act](pre)
         return self.W_out(self.hook_post(post)), {}
-
-
-def make_mlp(kind: str, cfg, layer: int) -> nn.Module | None:
-    """The MLP of layer ``layer`` for MLP kind ``kind`` (``None`` for ``"none"``)."""
-    from probe.mixers import MLP_KINDS
-
-    factory = MLP_KINDS[kind]
-    return None if factory is None else factory(cfg, layer)

@@ -1,7 +1,8 @@
 """Sequence mixers, one file each, and the registries that name them.
 
 ``MIXERS`` maps layout names to mixer classes; ``MLP_KINDS`` maps MLP kinds (the block's
-MLP slot) to factories ``(cfg, layer) -> module`` (``None`` for no MLP). A new mixer is one
+MLP slot) to factories ``(cfg, layer) -> module`` (``None`` for no MLP): the plain MLPs of
+:mod:`probe.mlp` and RWKV's channel mixing, built by :func:`make_mlp`. A new mixer is one
 file with a :class:`~probe.mixers.base.Mixer` subclass, registered here.
 """
 from __future__ import annotations
@@ -41,10 +42,16 @@ MLP_KINDS["none"] = None
 MLP_KINDS["rwkv_channel_mix"] = RWKVChannelMix  # called as (cfg, layer)
 
 
+def make_mlp(kind: str, cfg, layer: int):
+    """The MLP-slot module of layer ``layer`` for MLP kind ``kind`` (``None`` for ``"none"``)."""
+    factory = MLP_KINDS[kind]
+    return None if factory is None else factory(cfg, layer)
+
+
 def register_mixer(cls: type[Mixer]) -> type[Mixer]:
     """Add a mixer class to ``MIXERS`` under its ``NAME`` (usable as a decorator)."""
     MIXERS[cls.NAME] = cls
     return cls
 
 
-__all__ = ["MIXERS", "MLP_KINDS", "Mixer", "RecurrentMixer", "register_mixer"]
+__all__ = ["MIXERS", "MLP_KINDS", "Mixer", "RecurrentMixer", "make_mlp", "register_mixer"]
