@@ -46,19 +46,22 @@ def expand_groups(t: Tensor, heads: int) -> Tensor:
     return t.repeat_interleave(heads // groups, dim=2)
 
 
-def segment_sums(a: Tensor) -> Tensor:
-    """``S[..., t, s] = sum_{s < r <= t} a[..., r]`` for ``s <= t`` and ``-inf`` above the diagonal.
+def segment_sums(a: Tensor, above: float = -math.inf) -> Tensor:
+    """``S[..., t, s] = sum_{s < r <= t} a[..., r]`` for ``s <= t`` (0 on the diagonal), ``above`` for ``s > t``.
 
-    ``a [..., L] -> [..., L, L]``; ``exp`` of it is the causal decay-product matrix. Built by a
-    cumulative sum down masked rows (never ``cumsum_t - cumsum_s``, which loses every digit when
-    both are large).
+    ``a [..., L] -> [..., L, L]``. With ``above = -inf`` (the default) ``exp`` of it is the causal
+    decay-product matrix; ``above = 0`` keeps every entry finite for callers that scale the sums
+    before masking (``-inf`` entries of ``a`` are allowed either way). Built by a cumulative sum down
+    masked rows (never ``cumsum_t - cumsum_s``, which loses every digit when both are large).
     """
     L = a.shape[-1]
     strict = torch.ones(L, L, dtype=torch.bool, device=a.device).tril(-1)  # r > s, indexed [r, s]
     rows = torch.where(strict, a.unsqueeze(-1), a.new_zeros(()))
-    sums = rows.cumsum(dim=-2)
+    sums = rows.cumsum(dim=-2)  # [..., t, s]: sum over s < r <= t, 0 above the diagonal
+    if above == 0:
+        return sums
     causal = torch.ones(L, L, dtype=torch.bool, device=a.device).tril()
-    return sums.masked_fill(~causal, -math.inf)
+    return sums.masked_fill(~causal, above)
 
 
 def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:

@@ -23,17 +23,16 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from probe.ops.ssd import segment_sums as ops_segment_sums
+
 
 def segment_sums(x: Tensor) -> Tensor:
     """``S[..., t, s] = sum_{s < r <= t} x[..., r]`` for ``t >= s`` (0 on the diagonal), 0 above it.
 
-    ``x [..., T] -> [..., T, T]``. Entries above the diagonal (``s > t``) are 0 and must be
-    masked by the caller (see :func:`causal_mask`); ``-inf`` entries of ``x`` are allowed.
+    ``x [..., T] -> [..., T, T]``: :func:`probe.ops.ssd.segment_sums` with finite entries above the
+    diagonal, which the caller masks (see :func:`causal_mask`); ``-inf`` entries of ``x`` are allowed.
     """
-    T = x.shape[-1]
-    strict = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(-1)  # r > s, indexed [r, s]
-    rows = torch.where(strict, x.unsqueeze(-1), x.new_zeros(()))  # [..., r, s]: x_r where r > s
-    return rows.cumsum(dim=-2)  # [..., t, s]: sum over s < r <= t
+    return ops_segment_sums(x, above=0.0)
 
 
 def causal_mask(T: int, device=None) -> Tensor:
