@@ -16,6 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
+from probe.hooks import ATTENTION_ALIAS, MLP_SITES, RESIDUAL_SITES
 from probe.mixers import MIXERS, make_mlp
 from probe.norm import make_norm
 
@@ -29,12 +30,9 @@ class Block(nn.Module):
         self.mixer = MIXERS[self.mixer_name](cfg, layer)
         self.mlp = make_mlp(cfg.mlp_layout[layer], cfg, layer)
         self.ln2 = make_norm(cfg) if self.mlp is not None else None
-        for name in ("resid_pre", "mixer_in", "mixer_out", "resid_mid", "resid_post"):
+        sites = RESIDUAL_SITES + ((ATTENTION_ALIAS,) if self.mixer.is_attention else ())
+        for name in sites + (MLP_SITES if self.mlp is not None else ()):
             setattr(self, f"hook_{name}", HookPoint())
-        if self.mixer_name == "attn":
-            self.hook_attn_out = HookPoint()  # alias of hook_mixer_out, TransformerLens name
-        if self.mlp is not None:
-            self.hook_mlp_in, self.hook_mlp_out = HookPoint(), HookPoint()
 
     def initial_state(self, batch: int, device=None, dtype=None) -> dict:
         return {
@@ -47,7 +45,7 @@ class Block(nn.Module):
         resid = self.hook_resid_pre(resid)
         out, mixer_state = self.mixer(self.hook_mixer_in(self.ln1(resid)), state.get("mixer"))
         out = self.hook_mixer_out(out)
-        if self.mixer_name == "attn":
+        if self.mixer.is_attention:
             out = self.hook_attn_out(out)
         resid = self.hook_resid_mid(resid + out)
         mlp_state = {}

@@ -13,30 +13,13 @@ import torch
 from torch import Tensor
 
 from probe.errors import unknown_hook
-
-BLOCK_SITES = {"resid_pre", "resid_mid", "resid_post", "mixer_in", "mixer_out", "attn_out", "mlp_in", "mlp_out"}
-MIXER_PREFIX = ("state", "q", "k", "v", "z", "pattern", "attn_scores", "rot_q", "rot_k")
-
-
-def act_name(site: str, layer: int | None = None) -> str:
-    """Full hook name for a short site name: ``act_name("resid_post", 2)`` -> ``blocks.2.hook_resid_post``.
-
-    Block sites (``resid_pre/mid/post``, ``mixer_in/out``, ``attn_out``, ``mlp_in/out``) live on
-    the block; anything else (``state``, ``state_conv``, ``forget``, ``pattern``...) on its mixer.
-    Names that already contain a dot are returned unchanged.
-    """
-    if layer is None:
-        return site
-    site = site.removeprefix("hook_")
-    if site in BLOCK_SITES:
-        return f"blocks.{layer}.hook_{site}"
-    return f"blocks.{layer}.mixer.hook_{site}"
+from probe.hooks import act_name, is_state_hook
 
 
 class ActivationCache:
     """Cached activations of one forward pass (``[batch, pos, ...]`` tensors, detached).
 
-    Keys are full hook names or ``(site, layer)`` tuples (see :func:`act_name`); a key that was
+    Keys are full hook names or ``(site, layer)`` tuples (see :func:`probe.hooks.act_name`); a key that was
     not cached raises a :class:`probe.errors.UnknownHookError` naming the nearest matches.
 
     Example::
@@ -99,12 +82,12 @@ class ActivationCache:
     def state_names(self, layer: int | None = None) -> list[str]:
         """Cached ``hook_state*`` names (optionally of one layer): the recurrent memory."""
         prefix = f"blocks.{layer}." if layer is not None else ""
-        return [k for k in self.cache_dict if "hook_state" in k and k.startswith(prefix)]
+        return [k for k in self.cache_dict if is_state_hook(k) and k.startswith(prefix)]
 
     def states(self, position: int | None = None) -> dict[str, Tensor]:
         """Every cached state tensor, optionally at one position: ``{name: [batch, ...]}``."""
         return {k: (v if position is None else v[:, position]) for k, v in self.cache_dict.items()
-                if "hook_state" in k}
+                if is_state_hook(k)}
 
     def nbytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.cache_dict.values())

@@ -24,7 +24,7 @@ def iter_segments(model, tokens: Tensor, segment_length: int = 1024, sliding_win
     """Yield ``(start, logits [batch, seg, vocab])`` for consecutive segments, state carried."""
     if segment_length < 1:
         raise InputError(f"segment_length must be >= 1, got {segment_length}.")
-    tokens = model._as_tokens(tokens, False)
+    tokens = model.as_tokens(tokens, False)
     if sliding_window is not None:
         if model.cfg.positional == "learned":
             raise InputError("A sliding window needs relative positions (rope/none); this model has learned positions.")
@@ -43,7 +43,7 @@ def iter_segments(model, tokens: Tensor, segment_length: int = 1024, sliding_win
 def segmented_loss(model, tokens: Tensor, segment_length: int = 1024, sliding_window: int | None = None) -> Tensor:
     """Per-token next-token cross-entropy ``[batch, pos-1]`` over an arbitrarily long input,
     keeping only one segment's logits in memory at a time."""
-    tokens = model._as_tokens(tokens, False)
+    tokens = model.as_tokens(tokens, False)
     losses, previous_last = [], None
     for start, logits in iter_segments(model, tokens, segment_length, sliding_window):
         seg = tokens[:, start : start + logits.shape[1]]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +35,15 @@ from transformer_lens.hook_points import HookPoint
 from probe.block import Block
 from probe.cache import ActivationCache
 from probe.config import ModelConfig
-from probe.data.tokenizers import get_tokenizer
 from probe.errors import ConfigError, InputError, unknown_hook
 from probe.finite import check_finite
+from probe.hooks import is_state_hook
 from probe.norm import make_norm
+from probe.sampling import check_sampling, sample
 from probe.state import ModelState
+from probe.tokenizers import get_tokenizer
 
 RETURN_TYPES = ("logits", "loss", "both", None)
-GENERATE_RETURN_TYPES = ("auto", "str", "tokens")
 
 
 class HookedLM(HookedRootModule):
@@ -168,7 +168,7 @@ class HookedLM(HookedRootModule):
 
     def state_hook_names(self) -> list[str]:
         """Every ``hook_state*`` of the model: together, the whole recurrent memory."""
-        return [n for n in self.hook_dict if "hook_state" in n]
+        return [n for n in self.hook_dict if is_state_hook(n)]
 
     # -- tokens ----------------------------------------------------------------------
     def to_tokens(self, text: str | list[str], prepend_bos: bool | None = None) -> Tensor:
@@ -257,8 +257,24 @@ class HookedLM(HookedRootModule):
             raise InputError(f"{text!r} is {len(ids)} tokens, not one.")
         return ids[0]
 
-    def _as_tokens(self, input, prepend_bos: bool | None) -> Tensor:
+    def as_tokens(self, input, prepend_bos: bool | None = None) -> Tensor:
+        """Token ids ``[batch, pos]`` on the model's device for text, a list of texts (right-padded) or ids
+        ``[batch, pos]`` / ``[pos]``, checked against the vocabulary."""
         return self._tokens_and_lengths(input, prepend_bos)[0]
+
+
+    # -- structure the methods read (probe.interface) -----------------------------------
+    carries_state = True
+
+    def layer_carries_state(self, layer: int) -> bool:
+        """True when layer ``layer``'s mixer is a recurrence (its memory is its ``hook_state*``)."""
+        return bool(self.blocks[layer].mixer.recurrent)
+
+    def attention_output(self, layer: int) -> tuple[Tensor, Tensor | None]:
+        """``(W_O [head, d_head, d_model], b_O [d_model] or None)`` of attention layer ``layer``: its
+        output is ``sum_h z_h W_O[h] + b_O``."""
+        mixer = self.blocks[layer].mixer
+        return mixer.W_O, mixer.W_o.bias
 
     def _tokens_and_lengths(self, input, prepend_bos: bool | None) -> tuple[Tensor, Tensor | None]:
         """``(tokens [batch, pos], lengths [batch] or None)``: ``lengths`` counts the tokens of each text
@@ -450,7 +466,7 @@ class HookedLM(HookedRootModule):
 
         def save(tensor, hook):
             value = tensor.detach()
-            if "hook_state" in hook.name:
+            if is_state_hook(hook.name):
                 try:
                     value = value[:, positions]
                 except (IndexError, TypeError) as exc:
@@ -483,7 +499,7 @@ class HookedLM(HookedRootModule):
         A list of texts of different lengths runs as one batch per length (each prompt continues
         from its own last token, never from padding), every batch sampled from ``seed``; its
         tokens would be ragged, so ``return_type="tokens"`` is refused for it."""
-        _check_sampling(max_new_tokens, temperature, top_k, return_type)
+        check_sampling(max_new_tokens, temperature, top_k, return_type)
         tokens, lengths = self._tokens_and_lengths(input, None)
         if lengths is not None:
             return self._generate_by_length(input, lengths.tolist(), return_type, max_new_tokens=max_new_tokens,
@@ -496,7 +512,7 @@ class HookedLM(HookedRootModule):
         finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=self.device)
         for step in range(max_new_tokens):
             check_finite(logits[:, -1], f"the logits at generation step {step}", self)
-            nxt = self._sample(logits[:, -1], temperature, top_k, gen)
+            nxt = self.sample(logits[:, -1], temperature, top_k, gen)
             if stop_at_eos and self.tokenizer.eos_token_id is not None:
                 nxt = torch.where(finished, torch.full_like(nxt, self.tokenizer.pad_token_id), nxt)
                 finished |= nxt == self.tokenizer.eos_token_id
@@ -524,15 +540,7 @@ class HookedLM(HookedRootModule):
                 out[i] = text
         return out
 
-    @staticmethod
-    def _sample(logits: Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> Tensor:
-        if temperature <= 0:
-            return logits.argmax(-1)
-        logits = logits.float() / temperature
-        if top_k is not None:
-            kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        return torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
+    sample = staticmethod(sample)
 
     # -- persistence -----------------------------------------------------------------
     def save(self, path: str | Path, dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
@@ -559,17 +567,6 @@ def _as_predicate(names_filter) -> Callable[[str], bool]:
     if callable(names_filter):
         return names_filter
     raise InputError("names_filter must be a hook name, a list of names or a function of the name.")
-
-
-def _check_sampling(max_new_tokens, temperature, top_k, return_type) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 0:
-        raise InputError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}.")
-    if isinstance(temperature, bool) or not isinstance(temperature, Real) or not 0 <= temperature < float("inf"):
-        raise InputError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}.")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 1):
-        raise InputError(f"top_k must be a positive integer or None, got {top_k!r}.")
-    if return_type not in GENERATE_RETURN_TYPES:
-        raise InputError(f"generate's return_type must be one of {GENERATE_RETURN_TYPES}, got {return_type!r}.")
 
 
 def hook_pairs(hooks, what: str) -> list[tuple]:

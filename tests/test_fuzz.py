@@ -59,7 +59,7 @@ from safetensors.torch import load_file, save_file
 
 import probe
 from probe import CheckpointError, ConfigError, InputError, NonFiniteError, ProbeError, UnknownHookError
-from probe.data.tokenizers import get_tokenizer
+from probe.tokenizers import get_tokenizer
 from probe.mixers import MIXERS
 from probe.mixers.options import Choice, Flag, Int, Real
 from probe.methods import (

@@ -8,16 +8,25 @@ from method_checks import assert_untouched, failing_hook, snapshot
 from probe.errors import InputError, ProbeError
 from probe.methods import MemoryMapResult, gradient_influence, implicit_attention, memory_map
 from probe.methods.implicit import REGISTRY, decay_products, segment_sums, supported, unrolling
-from probe.methods.memory import NONLINEAR, POSITIONWISE
 from probe.mixers import MIXERS
 
 EXACT = sorted(name for name in MIXERS if name in REGISTRY)
 
 
 def test_every_registered_mixer_has_a_memory_map():
-    """A new mixer must get an unrolling (linear), or be declared nonlinear / position-wise."""
-    missing = [m for m in MIXERS if m not in REGISTRY and m not in NONLINEAR and m not in POSITIONWISE]
+    """A new mixer must get an unrolling (linear), or declare itself nonlinear / position-wise."""
+    missing = [m for m, cls in MIXERS.items() if m not in REGISTRY and not cls.nonlinear_state
+               and cls.mixes_positions]
     assert not missing, f"mixers with no memory map: {missing}; add probe/methods/implicit/<name>.py"
+
+
+
+def test_capability_flags_say_what_each_mixer_is():
+    """The flags methods read instead of names: attention, position-wise, nonlinear state."""
+    assert [m for m, cls in MIXERS.items() if cls.is_attention] == ["attn"]
+    assert [m for m, cls in MIXERS.items() if not cls.mixes_positions] == ["ff"]
+    assert sorted(m for m, cls in MIXERS.items() if cls.nonlinear_state) == ["lstm", "slstm"]
+    assert not any(cls.nonlinear_state and name in REGISTRY for name, cls in MIXERS.items())
 
 
 @pytest.mark.parametrize("name", EXACT)
@@ -98,14 +107,14 @@ def test_memory_map_every_architecture(arch):
     assert isinstance(res, MemoryMapResult) and [lm.layer for lm in res.layers] == list(range(model.cfg.n_layers))
     for lm, name in zip(res.layers, layouts()[arch]):
         assert lm.mixer == name
-        if name in POSITIONWISE:
+        if not MIXERS[name].mixes_positions:
             assert lm.kind == "none" and lm.matrix is None
             continue
         assert lm.matrix.shape[0] == 1 and lm.matrix.shape[-2:] == (10, 10)
         if name == "attn":
             assert lm.kind == "attention"
             torch.testing.assert_close(lm.matrix.sum(-1), torch.ones_like(lm.matrix.sum(-1)))
-        elif name in NONLINEAR:
+        elif MIXERS[name].nonlinear_state:
             assert lm.kind == "gradient influence" and lm.reconstruction_error is None
         else:
             assert lm.kind == "implicit attention" and lm.reconstruction_error < 1e-4

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import probe
-from probe.data.tokenizers import ByteTokenizer, HFTokenizer, get_tokenizer
+from probe.tokenizers import ByteTokenizer, HFTokenizer, get_tokenizer
 from conftest import make_model
 
 

@@ -84,3 +84,23 @@ def test_bad_input_is_refused_clearly(pair):
             probe.from_transformer_lens(bridge)
     finally:
         bridge.cfg.parallel_attn_mlp = False
+
+
+def test_both_models_implement_the_model_interface(pair):
+    """HookedLM and the adapter answer the interface the methods use, with the same answers."""
+    from probe.interface import LanguageModel
+    from probe.methods.inputs import as_model
+
+    adapter, ours = pair
+    assert isinstance(adapter, LanguageModel) and isinstance(ours, LanguageModel)
+    assert as_model(adapter) is adapter and as_model(ours) is ours and as_model(adapter.bridge) is not adapter.bridge
+    assert torch.equal(adapter.as_tokens(TEXT), ours.as_tokens(TEXT))
+    assert ours.carries_state and not adapter.carries_state
+    assert not any(m.layer_carries_state(i) for m in pair for i in range(2))
+    for i in range(2):
+        (W_a, b_a), (W_o, b_o) = adapter.attention_output(i), ours.attention_output(i)
+        torch.testing.assert_close(W_a, W_o)
+        torch.testing.assert_close(b_a, b_o)
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, -1.0]])
+    gen = torch.Generator()
+    assert adapter.sample(logits, 0.0, None, gen).tolist() == ours.sample(logits, 0.0, None, gen).tolist() == [1, 0]

@@ -7,7 +7,7 @@ from probe.data.minimal_pairs import MinimalPair, blimp_pairs, evaluate_minimal_
 from probe.data.mix import DataMix
 from probe.data.tasks import TASKS, Task, TaskExample, get_task
 from probe.data.text_corpus import hf_corpus, text_corpus
-from probe.data.tokenizers import ByteTokenizer, HFTokenizer, get_tokenizer
+from probe.tokenizers import ByteTokenizer, HFTokenizer, get_tokenizer
 
 __all__ = [
     "ByteTokenizer", "CodeCorpus", "Curriculum", "DataMix", "HFTokenizer", "MinimalPair", "TASKS", "Task",

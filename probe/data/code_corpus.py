@@ -228,7 +228,7 @@ class CodeCorpus:
 
     def stream(self, tokenizer=None) -> TokenStream:
         """All files' tokens, each file followed by the end-of-text id (byte tokenizer by default)."""
-        from probe.data.tokenizers import get_tokenizer
+        from probe.tokenizers import get_tokenizer
 
         tok = get_tokenizer(tokenizer if tokenizer is not None else "byte")
         docs = [encode_fast(tok, f.text) for f in self.files]

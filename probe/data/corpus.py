@@ -132,7 +132,7 @@ class TokenStream:
 
 def encode_fast(tokenizer, text: str) -> np.ndarray:
     """``tokenizer.encode(text)`` as an int64 array (a zero-copy byte view for the byte tokenizer)."""
-    from probe.data.tokenizers import ByteTokenizer
+    from probe.tokenizers import ByteTokenizer
 
     if isinstance(tokenizer, ByteTokenizer):
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)

@@ -54,7 +54,7 @@ def text_corpus(path: str | Path, tokenizer: Any = None, min_tokens: int = 2) ->
         tokenizer: ``"byte"`` (default) or any tokenizer :func:`probe.data.get_tokenizer` accepts.
         min_tokens: fail unless the stream has at least this many tokens (``seq_len + 1`` for training).
     """
-    from probe.data.tokenizers import get_tokenizer
+    from probe.tokenizers import get_tokenizer
 
     tok = get_tokenizer(tokenizer if tokenizer is not None else "byte")
     files = text_files(path)
@@ -79,7 +79,7 @@ def hf_corpus(dataset: Any, text_field: str = "text", tokenizer: Any = None, spl
         text_field: the column holding the text.
         max_documents: use only the first rows.
     """
-    from probe.data.tokenizers import get_tokenizer
+    from probe.tokenizers import get_tokenizer
 
     if isinstance(dataset, str):
         try:

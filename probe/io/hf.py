@@ -160,7 +160,7 @@ def resolve_tokenizer(cfg, tokenizer: Any, name_or_path: str):
     Sets ``cfg.tokenizer`` to the name when one is used, so a saved model reloads it."""
     import os
 
-    from probe.data.tokenizers import get_tokenizer
+    from probe.tokenizers import get_tokenizer
 
     if tokenizer is None and not name_or_path:
         return get_tokenizer("byte")

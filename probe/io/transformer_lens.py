@@ -46,7 +46,9 @@ from torch import Tensor
 from probe.cache import ActivationCache
 from probe.config import ModelConfig
 from probe.errors import ConfigError, InputError, unknown_hook
+from probe.hooks import ATTENTION_ALIAS, block_hook, mixer_hook, mlp_hook, residual_before
 from probe.model import HookedLM
+from probe.sampling import sample
 
 ACTS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
         "silu": "swiglu", "swish": "swiglu"}
@@ -124,7 +126,7 @@ class BridgeAdapter:
     """probe's model interface over a ``TransformerBridge``; see the module docstring."""
 
     def __init__(self, bridge: Any):
-        from probe.data.tokenizers import get_tokenizer
+        from probe.tokenizers import get_tokenizer
         from probe.norm import LayerNorm, RMSNorm
 
         self.bridge = bridge
@@ -134,8 +136,8 @@ class BridgeAdapter:
         names = set(bridge.hook_dict)
         needed = ["ln_final.hook_out", "ln_final.hook_scale", "unembed.hook_out", "hook_embed"]
         for i in range(n):
-            needed += [f"blocks.{i}.{p}" for p in ("ln1.hook_out", "ln2.hook_out", "hook_attn_out", "hook_mlp_out",
-                                                  "hook_resid_pre", "hook_resid_mid", "hook_resid_post")]
+            needed += [f"blocks.{i}.{p}" for p in ("ln1.hook_out", "ln2.hook_out", "hook_attn_out", "hook_mlp_out")]
+            needed += [block_hook(i, site) for site in ("resid_pre", "resid_mid", "resid_post")]
         missing = [x for x in needed if x not in names]
         norm = NORMS.get(getattr(c, "normalization_type", None))
         if missing or norm is None or getattr(c, "parallel_attn_mlp", False):
@@ -170,13 +172,12 @@ class BridgeAdapter:
              "ln_final.hook_scale": "ln_final.hook_scale", "ln_final.hook_normalized": "ln_final.hook_out"}
         for i in range(n):
             b = f"blocks.{i}."
-            m.update({b + "hook_resid_pre": b + "hook_resid_pre", b + "hook_resid_mid": b + "hook_resid_mid",
-                      b + "hook_resid_post": b + "hook_resid_post", b + "hook_mixer_in": b + "ln1.hook_out",
-                      b + "hook_mixer_out": b + "hook_attn_out", b + "hook_attn_out": b + "hook_attn_out",
-                      b + "hook_mlp_in": b + "ln2.hook_out", b + "hook_mlp_out": b + "hook_mlp_out",
-                      b + "mlp.hook_pre": b + "mlp.hook_pre", b + "mlp.hook_post": b + "mlp.hook_post"})
-            for site in ("q", "k", "v", "z", "pattern", "attn_scores"):
-                m[f"{b}mixer.hook_{site}"] = f"{b}attn.hook_{site}"
+            theirs = {"resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
+                      "mixer_in": "ln1.hook_out", "mixer_out": "hook_attn_out", ATTENTION_ALIAS: "hook_attn_out",
+                      "mlp_in": "ln2.hook_out", "mlp_out": "hook_mlp_out"}
+            m.update({block_hook(i, site): b + name for site, name in theirs.items()})
+            m.update({mlp_hook(i, site): f"{b}mlp.hook_{site}" for site in ("pre", "post")})
+            m.update({mixer_hook(i, site): f"{b}attn.hook_{site}" for site in ("q", "k", "v", "z", "pattern", "attn_scores")})
             for ln in ("ln1", "ln2"):  # the bridge's hook_normalized is before the affine part; ours after it
                 m[f"{b}{ln}.hook_scale"], m[f"{b}{ln}.hook_normalized"] = f"{b}{ln}.hook_scale", f"{b}{ln}.hook_out"
         return m
@@ -233,11 +234,24 @@ class BridgeAdapter:
     token_str = HookedLM.token_str
     _untokenized = HookedLM._untokenized
     _decode = HookedLM._decode
-    _as_tokens = HookedLM._as_tokens
+    as_tokens = HookedLM.as_tokens
     _tokens_and_lengths = HookedLM._tokens_and_lengths
     _tokenize = HookedLM._tokenize
     _check_ids = HookedLM._check_ids
     loss = staticmethod(HookedLM.loss)
+    sample = staticmethod(sample)
+
+    # -- structure the methods read (probe.interface) -----------------------------------
+    carries_state = False
+
+    def layer_carries_state(self, layer: int) -> bool:
+        """Always False: the bridge's layers are attention (its memory is the keys and values)."""
+        return False
+
+    def attention_output(self, layer: int) -> tuple[Tensor, Tensor | None]:
+        """``(W_O [head, d_head, d_model], b_O [d_model] or None)`` of the bridge's attention layer ``layer``."""
+        attn = self.bridge.blocks[layer].attn
+        return attn.W_O, getattr(attn, "b_O", None)
 
     # -- running -----------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
@@ -255,10 +269,10 @@ class BridgeAdapter:
             raise InputError("A TransformerBridge adapter has no carried state; run the whole sequence at once.")
         if return_type not in ("logits", "loss", "both", None):
             raise InputError(f"return_type must be logits, loss, both or None, got {return_type!r}.")
-        tokens = self._as_tokens(input, prepend_bos)
+        tokens = self.as_tokens(input, prepend_bos)
         if stop_at_layer is not None:
             found = {}
-            name = "blocks.0.hook_resid_pre" if stop_at_layer == 0 else f"blocks.{stop_at_layer - 1}.hook_resid_post"
+            name = residual_before(stop_at_layer)
             with self.hooks(fwd_hooks=[(name, lambda t, hook: found.__setitem__("x", t))]):
                 self.bridge(tokens, return_type="logits")
             return found["x"]

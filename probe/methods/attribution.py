@@ -45,6 +45,7 @@ from probe.methods import path_quadrature as pq
 from probe.methods.gradients_on import needs_gradients
 from probe.methods.readout import frozen_norm_linear, norm_bias
 from probe.methods.result import MethodResult
+from probe.mixers import MIXERS
 
 
 def _metric(logits: Tensor, position: int, target: Tensor, contrast: Tensor | None) -> Tensor:
@@ -207,7 +208,7 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
         sites.append((f"L{i} {model.cfg.layout[i]}", f"blocks.{i}.hook_mixer_out", i))
         if f"blocks.{i}.hook_mlp_out" in model.hook_dict:
             sites.append((f"L{i} mlp", f"blocks.{i}.hook_mlp_out", i))
-        if per_head and model.cfg.layout[i] == "attn" and f"blocks.{i}.mixer.hook_z" in model.hook_dict:
+        if per_head and MIXERS[model.cfg.layout[i]].is_attention and f"blocks.{i}.mixer.hook_z" in model.hook_dict:
             head_layers.append(i)
     names = [s[1] for s in sites] + [f"blocks.{i}.mixer.hook_z" for i in head_layers]
     names += ["ln_final.hook_scale", "ln_final.hook_normalized", f"blocks.{n - 1}.hook_resid_post"]
@@ -263,7 +264,7 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
 
     heads, head_bias = {}, {}
     for i in head_layers:
-        W_O, b_O = inputs.attention_output(model, i)
+        W_O, b_O = model.attention_output(i)
         z = found[f"blocks.{i}.mixer.hook_z"].to(f64)  # [batch, head, d_head]
         heads[i] = project(torch.einsum("bhe,hed->bhd", z, W_O.detach().to(f64))).T  # [head, batch]
         head_bias[i] = (project(b_O.detach().to(f64).expand(z.shape[0], -1)) if b_O is not None

@@ -13,35 +13,20 @@ import torch
 from torch import Tensor
 
 from probe.errors import InputError
+from probe.interface import LanguageModel
+from probe.io.transformer_lens import as_probe_model
 
 
-def as_model(model):
-    """``model``, or probe's adapter around it when it is a TransformerLens 4 ``TransformerBridge``."""
-    from probe.io.transformer_lens import as_probe_model
-
-    return as_probe_model(model)
-
-
-def is_bridge_adapter(model) -> bool:
-    """True for probe's adapter around a TransformerLens 4 bridge (see :func:`probe.from_transformer_lens`)."""
-    from probe.io.transformer_lens import BridgeAdapter
-
-    return isinstance(model, BridgeAdapter)
-
-
-def attention_output(model, layer: int) -> tuple[Tensor, Tensor | None]:
-    """``(W_O [head, d_head, d_model], b_O [d_model] or None)`` of attention layer ``layer``:
-    its output is ``sum_h z_h W_O[h] + b_O``."""
-    if is_bridge_adapter(model):
-        attn = model.bridge.blocks[layer].attn
-        return attn.W_O, getattr(attn, "b_O", None)
-    mixer = model.blocks[layer].mixer
-    return mixer.W_O, mixer.W_o.bias
+def as_model(model) -> LanguageModel:
+    """``model`` when it implements :class:`probe.interface.LanguageModel` (a :class:`probe.HookedLM`,
+    probe's TransformerLens adapter), else probe's adapter around a TransformerLens 4 ``TransformerBridge``
+    (anything else is returned as it is and fails where it lacks the interface)."""
+    return model if isinstance(model, LanguageModel) else as_probe_model(model)
 
 
 def as_tokens(model, input, prepend_bos: bool | None = None) -> Tensor:
     """Token ids ``[batch, pos]`` on the model's device, validated against its vocabulary and context."""
-    tokens = model._as_tokens(input, prepend_bos)
+    tokens = model.as_tokens(input, prepend_bos)
     limit = model.cfg.context_limit
     if limit is not None and tokens.shape[1] > limit:
         raise InputError(f"Input of {tokens.shape[1]} tokens is longer than this model's context "

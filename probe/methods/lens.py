@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from probe.errors import CheckpointError, InputError
 from probe.io.atomic import directory_lock, fsync_path, temp_prefix, write_atomically, write_new_file
 from probe.finite import check_finite
+from probe.hooks import residual_before
 from probe.methods import inputs
 from probe.methods.gradients_on import needs_gradients
 from probe.methods.readout import readout
@@ -55,7 +56,7 @@ LENS_FORMAT = "probe-tuned-lens"
 
 def lens_site(model, layer: int) -> str:
     """Hook name of lens layer ``layer``: the residual stream after ``layer`` blocks."""
-    return "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
+    return residual_before(layer)
 
 
 def layer_label(model, layer: int) -> str:

@@ -48,11 +48,8 @@ from probe.methods import implicit, inputs
 from probe.methods.gradients_on import needs_gradients
 from probe.methods.implicit import ImplicitAttention
 from probe.methods.result import MethodResult
+from probe.mixers import MIXERS
 
-#: mixers whose recurrence is nonlinear: no exact implicit attention, gradient influence instead
-NONLINEAR = ("lstm", "slstm")
-#: mixers that do not mix positions
-POSITIONWISE = ("ff",)
 METHODS = ("auto", "gradient")
 
 
@@ -241,7 +238,7 @@ def memory_estimate(model, layers: list[int], method: str, batch: int, T: int) -
     out = {}
     for i in layers:
         name = model.cfg.layout[i]
-        if name in POSITIONWISE:
+        if not MIXERS[name].mixes_positions:
             continue
         if method == "auto" and name in implicit.REGISTRY:
             kept, scratch = implicit.REGISTRY[name].size(model, i)
@@ -397,7 +394,7 @@ def state_sizes(model, input, prepend_bos: bool | None = None):
     model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)[:1]
     rows, states = [], None
-    if inputs.is_bridge_adapter(model):
+    if not model.carries_state:  # the KV cache a model without carried state (a bridge) holds
         per_token = 2 * model.cfg.n_heads * model.cfg.d_head
         size = torch.finfo(model.dtype).bits // 8
         for t in range(tokens.shape[1]):
@@ -449,7 +446,7 @@ def memory_map(model, input, layers=None, method: str = "auto", probes: int | No
     layout = model.cfg.layout
     exact = [i for i in layers if method == "auto" and layout[i] in implicit.REGISTRY]
     unknown = [i for i in layers if method == "auto" and layout[i] not in implicit.REGISTRY
-               and layout[i] not in NONLINEAR and layout[i] not in POSITIONWISE]
+               and not MIXERS[layout[i]].nonlinear_state and MIXERS[layout[i]].mixes_positions]
     if unknown:
         implicit.unrolling(layout[unknown[0]])  # raises, naming what is supported
     check_memory(model, layers, method, *tokens.shape, memory_limit)
@@ -457,11 +454,11 @@ def memory_map(model, input, layers=None, method: str = "auto", probes: int | No
     result = []
     for i in layers:
         name = layout[i]
-        if name in POSITIONWISE:
+        if not MIXERS[name].mixes_positions:
             result.append(LayerMemory(i, name, "none", None, description="position-wise: reads no other position"))
         elif i in built:
             ia, errs = built[i]
-            kind = "attention" if name == "attn" else "implicit attention"
+            kind = "attention" if MIXERS[name].is_attention else "implicit attention"
             result.append(LayerMemory(i, name, kind, ia.matrix, ia.head_label, errs["output"], ia.description,
                                       ia.skip))
         else:

@@ -24,38 +24,25 @@ changes every later position exactly as if the recurrence had carried the writte
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from probe.errors import InputError, suggest
+from probe.hooks import BLOCK_SITES, block_hook, is_hook_name, is_state_hook, layer_of, mixer_hook, mlp_hook, site_label
 
-BLOCK_SITES = ("resid_pre", "resid_mid", "resid_post", "mixer_in", "mixer_out", "attn_out", "mlp_in", "mlp_out")
+__all__ = ["BLOCK_SITES", "DEFAULT_PATCH_SITES", "check_sites", "is_hook_name", "layer_of", "memory_hooks",
+           "needs_forcing", "site_hooks", "site_label"]
+
 #: the sites an activation-patching sweep covers by default
 DEFAULT_PATCH_SITES = ("resid_pre", "mixer_out", "mlp_out", "state")
-_LAYER = re.compile(r"^blocks\.(\d+)\.")
-
-
-def is_hook_name(site: str) -> bool:
-    """True for a full hook name (``blocks.0.hook_resid_pre``, ``hook_embed``) rather than a short site."""
-    return "." in site or site.startswith("hook_")
-
-
-def layer_of(name: str) -> int | None:
-    """The block index in a hook name (``None`` for model-level hooks such as ``hook_embed``)."""
-    m = _LAYER.match(name)
-    return int(m.group(1)) if m else None
 
 
 def memory_hooks(model, layer: int) -> list[str]:
     """Every hook holding layer ``layer``'s memory at a position: its ``hook_state*`` hooks, or,
     for a layer with no recurrent state but with keys/values (attention), ``hook_k`` and ``hook_v``."""
-    from probe.mixers import MIXERS
-
     prefix = f"blocks.{layer}."
-    names = [n for n in model.hook_dict if n.startswith(prefix) and "hook_state" in n]
-    mixer = MIXERS.get(model.cfg.layout[layer])
-    if not getattr(mixer, "recurrent", False):
-        kv = [f"{prefix}mixer.hook_k", f"{prefix}mixer.hook_v"]
+    names = [n for n in model.hook_dict if n.startswith(prefix) and is_state_hook(n)]
+    if not model.layer_carries_state(layer):
+        kv = [mixer_hook(layer, "k"), mixer_hook(layer, "v")]
         if all(n in model.hook_dict for n in kv):
             names += kv
     return names
@@ -78,10 +65,9 @@ def site_hooks(model, site: str, layer: int | None) -> list[str]:
     if site == "state":
         return memory_hooks(model, layer)
     if site in BLOCK_SITES:
-        name = f"blocks.{layer}.hook_{site}"
+        name = block_hook(layer, site)
         return [name] if name in model.hook_dict else []
-    for part in ("mixer", "mlp"):
-        name = f"blocks.{layer}.{part}.hook_{site}"
+    for name in (mixer_hook(layer, site), mlp_hook(layer, site)):
         if name in model.hook_dict:
             return [name]
     return []
@@ -115,17 +101,9 @@ def needs_forcing(model, name: str) -> bool:
     (every ``hook_state*``, and the gates of a recurrent mixer): a value written there only acts
     through the mixer's forcing, so gradients with respect to it need
     :func:`probe.mixers.edits.mark_forced`."""
-    if "hook_state" in name:
+    if is_state_hook(name):
         return True
     from probe.mixers.base import RecurrentMixer
 
     parent = getattr(model, "mod_dict", {}).get(name.rsplit(".", 1)[0]) if "." in name else None
     return isinstance(parent, RecurrentMixer)
-
-
-def site_label(site: str) -> str:
-    """A short display name for a site (a full hook name keeps its part after the layer)."""
-    if is_hook_name(site):
-        m = _LAYER.match(site)
-        return site[m.end():] if m else site
-    return site

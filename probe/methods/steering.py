@@ -46,6 +46,7 @@ from probe.finite import check_finite
 from probe.methods import inputs, sites as S
 from probe.methods.result import MethodResult
 from probe.methods.sequences import as_sequences, padded_batch
+from probe.sampling import check_sampling
 
 
 @dataclass
@@ -379,11 +380,9 @@ def steer(model, input, vector, coefficients: Sequence[float] = (-1.0, 0.0, 1.0)
         res = steer(model, "the dog ", vec, coefficients=[-4, 0, 4], answer="a", contrast="i")
         res.to_frame()             # layer, mixer, coefficient, metric, change from coefficient 0
     """
-    from probe.model import _check_sampling
-
     model = inputs.as_model(model)
     start = time.perf_counter()
-    _check_sampling(max_new_tokens, temperature, top_k, "auto")  # as model.generate: clear errors up front
+    check_sampling(max_new_tokens, temperature, top_k, "auto")  # as model.generate: clear errors up front
     site, vecs, parts = _vectors(model, vector, site, layers)
     coefficients = [float(c) for c in (coefficients if isinstance(coefficients, (list, tuple, np.ndarray, Tensor))
                                        else [coefficients])]
@@ -513,16 +512,14 @@ def _generate(model, ids: Tensor, hook: _AddHook, stepwise: bool, n: int, temper
     """Sample ``n`` tokens with the steering hook active, the state carried token by token (the hook's
     ``offset`` tracks absolute positions; a model without carried state recomputes the prefix).
     Returns ``[batch, pos + n]``."""
-    from probe.model import HookedLM
-
     gen = torch.Generator(device=model.device)
     if seed is not None:
         gen.manual_seed(seed)
-    carried = isinstance(model, HookedLM)
+    carried = model.carries_state
     logits, states = _steered_forward(model, ids, hook, stepwise, need_state=carried)
     out = [ids]
     for k in range(n):
-        nxt = HookedLM._sample(logits[:, -1], temperature, top_k, gen)
+        nxt = model.sample(logits[:, -1], temperature, top_k, gen)
         out.append(nxt[:, None])
         if k + 1 < n:
             if carried:

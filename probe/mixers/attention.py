@@ -86,6 +86,7 @@ class Attention(Mixer):
     NAME = "attn"
     OPTIONS = {"bias": Flag(False)}
     recurrent = False
+    is_attention = True
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)

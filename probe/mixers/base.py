@@ -56,6 +56,11 @@ class Mixer(nn.Module):
         default_mlp: the MLP kind this mixer's block uses unless the config says otherwise
             (``None``: the config's ``mlp``).
         recurrent: True when the mixer carries a fixed-size state (not attention / ff).
+        is_attention: True for softmax attention (its block also fires ``hook_attn_out``, its
+            output splits per head through ``W_O``, its memory map is its pattern).
+        mixes_positions: False for a position-wise layer (``ff``): it reads no other position.
+        nonlinear_state: True when the new state is a nonlinear function of the old one (LSTM,
+            sLSTM): no exact implicit attention exists, so memory maps use gradients.
         WIDE_STATES: state entries kept in at least float32 when the model runs in float16 /
             bfloat16 (the memory a long recurrence accumulates into, as the reference kernels
             keep it); the other entries follow the input's dtype.
@@ -65,6 +70,9 @@ class Mixer(nn.Module):
     OPTIONS: ClassVar[dict[str, Any]] = {}
     default_mlp: ClassVar[str | None] = None
     recurrent: ClassVar[bool] = True
+    is_attention: ClassVar[bool] = False
+    mixes_positions: ClassVar[bool] = True
+    nonlinear_state: ClassVar[bool] = False
     WIDE_STATES: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg, layer: int):

@@ -20,6 +20,7 @@ class FeedForward(Mixer):
     NAME = "ff"
     OPTIONS = {"d_hidden": Int(None), "act": Choice("gelu", choices=(*ACTIVATIONS, *GATED))}
     recurrent = False
+    mixes_positions = False
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)

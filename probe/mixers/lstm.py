@@ -41,6 +41,7 @@ NAMES = ("input", "forget", "candidate", "output", "state", "state_h")
 
 class LSTM(RecurrentMixer):
     NAME = "lstm"
+    nonlinear_state = True
     HOOKED = ("input", "forget", "candidate", "output", "state", "state_h")
     WIDE_STATES = ("state", "state_h")
 

@@ -56,6 +56,7 @@ GATES = ("i", "f", "z", "o")
 
 class SLSTM(RecurrentMixer):
     NAME = "slstm"
+    nonlinear_state = True
     OPTIONS = {"conv": Int(4, low=0, optional=True), "norm_eps": Real(1e-5), "heads": Int(None)}
     HOOKED = ("state_conv", "input", "forget", "candidate", "output", "state_m", "state", "state_n", "state_h")
     WIDE_STATES = ("state", "state_n", "state_m")

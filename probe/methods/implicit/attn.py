@@ -9,13 +9,12 @@ import torch
 
 from probe.methods.implicit import register
 from probe.methods.implicit.base import ImplicitAttention
-from probe.methods.inputs import attention_output
 
 
 @register("attn", hooks=("pattern", "v", "z"),
           size=lambda model, layer: (model.cfg.n_heads, 6 * model.cfg.n_heads))  # the forward's scores, mask, softmax
 def build(model, layer, hooks, x) -> ImplicitAttention:
-    W_O, b_O = attention_output(model, layer)
+    W_O, b_O = model.attention_output(layer)
 
     def project(z):  # [b, T, head, d_head] -> [b, T, d_model]
         out = torch.einsum("bthe,hed->btd", z, W_O.to(z.dtype))
