@@ -31,7 +31,7 @@ def test_a_transformers_folder_without_tokenizer_files_is_an_error(transformers_
 
 
 def test_a_tokenizer_that_yields_no_tokens_is_refused():
-    from probe.io.hf import resolve_tokenizer
+    from probe.io.convert_common import resolve_tokenizer
 
     class Empty:  # a tokenizer object that tokenizes everything to nothing
         vocab_size, bos_token_id, eos_token_id, pad_token_id = 10, 0, 0, 0

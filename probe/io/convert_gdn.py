@@ -50,7 +50,7 @@ from torch import Tensor
 
 from probe.config import ModelConfig
 from probe.errors import CheckpointError, ConfigError
-from probe.io.hf import build_model, source_dict
+from probe.io.convert_common import build_model, source_dict
 
 
 def _heads(hf_config: Any) -> dict[str, int]:

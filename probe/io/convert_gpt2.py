@@ -21,7 +21,7 @@ import torch
 
 from probe.config import ModelConfig
 from probe.errors import CheckpointError, ConfigError
-from probe.io.hf import Mapping, build_model, source_dict, take
+from probe.io.convert_common import Mapping, build_model, source_dict, take
 
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 

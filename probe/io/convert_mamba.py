@@ -128,7 +128,7 @@ def mamba_from_hf(hf_model: Any, tokenizer: Any = None, dtype: torch.dtype = tor
 
 
 def _tokenizer(cfg: ModelConfig, tokenizer: Any, name_or_path: str):
-    """The tokenizer to attach; the shared rule of :func:`probe.io.hf.resolve_tokenizer`."""
-    from probe.io.hf import resolve_tokenizer  # late: hf dispatches to this module
+    """The tokenizer to attach; the shared rule of :func:`probe.io.convert_common.resolve_tokenizer`."""
+    from probe.io.convert_common import resolve_tokenizer
 
     return resolve_tokenizer(cfg, tokenizer, name_or_path)

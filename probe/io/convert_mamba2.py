@@ -37,7 +37,7 @@ import torch
 
 from probe.config import ModelConfig
 from probe.errors import CheckpointError, ConfigError
-from probe.io.hf import Mapping, build_model, source_dict, take
+from probe.io.convert_common import Mapping, build_model, source_dict, take
 
 ARCH = "Mamba2"
 

@@ -97,7 +97,7 @@ def _layer_weights(sd: dict, i: int, take) -> dict[str, tuple[str, torch.Tensor]
 
 def _weights(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
     """Every probe weight with its source; refuses source tensors that nothing maps."""
-    from probe.io.hf import take as take_from
+    from probe.io.convert_common import take as take_from
 
     take = lambda name: take_from(sd, name, ARCH)
     out = {"W_E": ("model.embed_tokens.weight", take("model.embed_tokens.weight")),
@@ -121,7 +121,7 @@ def recurrentgemma_from_hf(hf_model: Any, tokenizer: Any = None, dtype: torch.dt
     Logits equal transformers' to float rounding (tested on tiny random configs in float32:
     max abs diff < 1e-4), and so does each layer's last RG-LRU and conv state.
     """
-    from probe.io.hf import build_model, source_dict
+    from probe.io.convert_common import build_model, source_dict
 
     if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
         raise ConfigError(f"recurrentgemma_from_hf expects a transformers RecurrentGemmaForCausalLM, got "

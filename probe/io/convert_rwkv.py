@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from probe.config import ModelConfig
 from probe.errors import ConfigError
-from probe.io.hf import Mapping, build_model, source_dict, take
+from probe.io.convert_common import Mapping, build_model, source_dict, take
 
 
 def rwkv_config_from_hf(c: Any) -> ModelConfig:

@@ -30,16 +30,11 @@ float32 on tiny random configs built in memory).
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any, Callable
 
 import torch
-from torch import Tensor
 
-from probe.errors import CheckpointError, ConfigError, InputError
-
-#: weights of a converted model: ``{probe name: (source name, tensor)}``
-Mapping = dict[str, tuple[str, Tensor]]
+from probe.errors import CheckpointError, ConfigError
 
 
 def _gpt2(model, **kw):
@@ -145,84 +140,3 @@ def _load_hub(name: str):
     except Exception as exc:  # offline, unknown id, unsupported architecture
         raise CheckpointError(f"Could not load {name!r} with transformers.AutoModelForCausalLM "
                               f"(offline, unknown id or unsupported architecture?): {exc}") from exc
-
-
-#: files of which a transformers folder needs one to rebuild its tokenizer
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model",
-                   "vocab.txt")
-
-
-def resolve_tokenizer(cfg, tokenizer: Any, name_or_path: str):
-    """The tokenizer to attach: ``tokenizer`` if given, else the model's own by name, else bytes.
-
-    A local folder without tokenizer files (:data:`TOKENIZER_FILES`) and a tokenizer that turns text
-    into no tokens are errors: every text would silently become the BOS token alone.
-    Sets ``cfg.tokenizer`` to the name when one is used, so a saved model reloads it."""
-    import os
-
-    from probe.tokenizers import get_tokenizer
-
-    if tokenizer is None and not name_or_path:
-        return get_tokenizer("byte")
-    if tokenizer is None and os.path.isdir(name_or_path) and \
-            not any(os.path.isfile(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES):
-        raise CheckpointError(f"{name_or_path!r} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}), so "
-                              "text cannot be tokenized for it. Save the tokenizer beside the model "
-                              "(tokenizer.save_pretrained(folder)) or name one: probe.from_hf(folder, "
-                              "tokenizer='openai-community/gpt2').")
-    try:
-        tok = get_tokenizer(tokenizer if tokenizer is not None else name_or_path)
-    except InputError:
-        if tokenizer is not None:
-            raise
-        warnings.warn(f"Could not load the tokenizer of {name_or_path!r}; using the byte tokenizer. "
-                      "Pass tokenizer=... to from_hf to choose one.", stacklevel=3)
-        return get_tokenizer("byte")
-    if not tok.encode("hello world"):
-        raise CheckpointError(f"The tokenizer of {tokenizer if tokenizer is not None else name_or_path!r} turns "
-                              "'hello world' into no tokens; pass a working one: from_hf(..., tokenizer=...).")
-    if isinstance(tokenizer, str) or tokenizer is None:
-        cfg.tokenizer = tokenizer or name_or_path
-    return tok
-
-
-def source_dict(model: Any) -> dict[str, Tensor]:
-    """The model's tensors (parameters and buffers), detached, as ``{name: tensor}``."""
-    sd = {k: v.detach() for k, v in model.state_dict().items()}
-    if any("_original_component" in k for k in sd):
-        raise ConfigError(f"This {type(model).__name__} has been wrapped by a TransformerLens TransformerBridge "
-                          "(boot_transformers rewrites the model's modules in place). Convert it with from_hf "
-                          "before booting the bridge, or use probe.from_transformer_lens(bridge).")
-    return sd
-
-
-def take(sd: dict[str, Tensor], name: str, arch: str) -> Tensor:
-    """``sd[name]`` or a clear error naming the missing tensor."""
-    if name not in sd:
-        raise CheckpointError(f"{arch} checkpoint has no tensor {name!r}; is it a {arch} model?")
-    return sd[name]
-
-
-def build_model(cfg, weights: Mapping, arch: str, tokenizer: Any, name_or_path: str, dtype: torch.dtype):
-    """A HookedLM of ``cfg`` loaded with ``weights``; every shape is checked, nothing may stay unset.
-
-    ``b_U`` defaults to zeros (none of the supported models has an unembedding bias)."""
-    from probe.model import HookedLM
-
-    tok = resolve_tokenizer(cfg, tokenizer, name_or_path)
-    model = HookedLM(cfg, tokenizer=tok)
-    expected = model.state_dict()
-    for name, (src, tensor) in weights.items():
-        if name not in expected:
-            raise CheckpointError(f"{arch} conversion produced {name!r} (from {src!r}), which the config does not have.")
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CheckpointError(f"{arch} weight {src!r} has shape {tuple(tensor.shape)}, but its config implies "
-                                  f"{tuple(expected[name].shape)} for {name!r}; the checkpoint and its config "
-                                  "disagree.")
-    state = {k: t for k, (_, t) in weights.items()}
-    state.setdefault("b_U", torch.zeros_like(expected["b_U"]))
-    missing = sorted(set(expected) - set(state))
-    if missing:  # a mapping gap would leave random weights behind: never silently
-        raise CheckpointError(f"{arch} conversion left {missing[:5]} unset.")
-    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
-    return model.to(dtype).eval()
