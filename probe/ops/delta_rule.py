@@ -7,6 +7,7 @@ Signatures (batch first, then position; ``H`` heads, key width ``K``, value widt
     gated_delta_rule_chunked(q, k, v, log_decay, beta, h0=None, scale=1.0, chunk=16) -> (o, h_T)
     gated_delta_rule_states(k, v, log_decay, beta, h0=None, force=None, chunk=16)   -> S
     dplr_sequential(q, k, v, log_w, a, b, h0=None, scale=1.0)                    -> (o, h_T)
+    dplr_states(k, v, log_w, a, b, h0=None, force=None)                          -> S
 
     q, k:       [b, T, H, K]     v: [b, T, H, V]
     log_decay:  [b, T, H]        log of the scalar gate a_t = exp(g_t) in [0, 1] (-inf: forget all)
@@ -61,6 +62,8 @@ diagonal-plus-rank-one transition with per-channel decay ``w_t = exp(log_w_t) [K
 The gated delta rule is the case ``w_t = a_t 1``, ``a = -a_t beta_t k_t``, ``b = k_t`` with key
 ``beta_t k_t``. RWKV-7 writes ``S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T`` with
 ``S [V, K]``; transposed into this orientation its ``a`` and ``b`` swap places.
+:func:`dplr_states` keeps the state after every position (the same loop; a forced state replaces
+``S_t`` and the recurrence carries on from it).
 """
 from __future__ import annotations
 
@@ -72,7 +75,7 @@ from torch import Tensor
 
 from probe.ops.checks import check_initial_state
 
-__all__ = ["dplr_sequential", "gated_delta_rule_chunked", "gated_delta_rule_sequential",
+__all__ = ["dplr_sequential", "dplr_states", "gated_delta_rule_chunked", "gated_delta_rule_sequential",
            "gated_delta_rule_states"]
 
 
@@ -109,23 +112,49 @@ def gated_delta_rule_sequential(q: Tensor, k: Tensor, v: Tensor, log_decay: Tens
     return o, S
 
 
+def _check_dplr(k: Tensor, v: Tensor, log_w: Tensor, a: Tensor, b: Tensor, h0: Tensor | None,
+                q: Tensor | None = None) -> None:
+    _check(k, v, (), h0, q)
+    for name, x in (("log_w", log_w), ("a", a), ("b", b)):
+        if x.shape != k.shape:
+            raise ValueError(f"{name} must be [batch, T, heads, K] = {tuple(k.shape)}; got {tuple(x.shape)}")
+
+
+def _dplr_step(S: Tensor, k: Tensor, v: Tensor, log_w: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """One step ``(diag(exp(log_w)) + a b^T) S + k v^T``: ``S [b, H, K, V]``, the rest one position."""
+    read = torch.einsum("bhk,bhkv->bhv", b, S)  # b_t^T S_{t-1}
+    return log_w.exp()[..., None] * S + a[..., None] * read[..., None, :] + k[..., None] * v[..., None, :]
+
+
 def dplr_sequential(q: Tensor, k: Tensor, v: Tensor, log_w: Tensor, a: Tensor, b: Tensor,
                     h0: Tensor | None = None, scale: float = 1.0) -> tuple[Tensor, Tensor]:
     """Reference: ``S_t = (diag(exp(log_w_t)) + a_t b_t^T) S_{t-1} + k_t v_t^T``, ``o_t = scale S_t^T q_t``.
 
     ``q, k, log_w, a, b: [batch, T, heads, K]``, ``v: [batch, T, heads, V]``. Returns ``(o, h_T)``."""
-    _check(k, v, (), h0, q)
-    for name, x in (("log_w", log_w), ("a", a), ("b", b)):
-        if x.shape != k.shape:
-            raise ValueError(f"{name} must be [batch, T, heads, K] = {tuple(k.shape)}; got {tuple(x.shape)}")
+    _check_dplr(k, v, log_w, a, b, h0, q)
     S, out = _start(k, v, h0), []
     for t in range(k.shape[1]):
-        read = torch.einsum("bhk,bhkv->bhv", b[:, t], S)  # b_t^T S_{t-1}
-        S = log_w[:, t].exp()[..., None] * S + a[:, t, ..., None] * read[..., None, :] \
-            + k[:, t, ..., None] * v[:, t, ..., None, :]
+        S = _dplr_step(S, k[:, t], v[:, t], log_w[:, t], a[:, t], b[:, t])
         out.append(torch.einsum("bhkv,bhk->bhv", S, q[:, t]) * scale)
     o = torch.stack(out, dim=1) if out else v.new_zeros(v.shape)
     return o, S
+
+
+def dplr_states(k: Tensor, v: Tensor, log_w: Tensor, a: Tensor, b: Tensor, h0: Tensor | None = None,
+                force: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Every state ``S_t [batch, T, heads, K, V]`` of the generalised delta rule (one position at a
+    time); ``force = (mask, values)`` (both ``[batch, T, heads, K, V]``) replaces ``S_t`` where
+    ``mask`` is True and the rule carries on from the replaced state."""
+    _check_dplr(k, v, log_w, a, b, h0)
+    S, states = _start(k, v, h0), []
+    for t in range(k.shape[1]):
+        S = _dplr_step(S, k[:, t], v[:, t], log_w[:, t], a[:, t], b[:, t])
+        if force is not None:
+            S = torch.where(force[0][:, t], force[1][:, t].to(S.dtype), S)
+        states.append(S)
+    if not states:
+        return S.new_zeros(k.shape[0], 0, *S.shape[1:])
+    return torch.stack(states, dim=1)
 
 
 class _Chunks:
