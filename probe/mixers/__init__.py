@@ -20,6 +20,7 @@ from probe.mixers.mlstm import MLSTM
 from probe.mixers.qrnn import QRNN
 from probe.mixers.rglru import RGLRU
 from probe.mixers.rwkv import RWKV, RWKVChannelMix
+from probe.mixers.rwkv7 import RWKV7, RWKV7ChannelMix
 from probe.mixers.slstm import SLSTM
 from probe.mlp import MLP
 
@@ -30,6 +31,7 @@ MIXERS[RGLRU.NAME] = RGLRU
 MIXERS[SLSTM.NAME] = SLSTM
 MIXERS[Mamba2.NAME] = Mamba2
 MIXERS[GatedDeltaNet.NAME] = GatedDeltaNet
+MIXERS[RWKV7.NAME] = RWKV7
 
 
 def _plain_mlp(act):
@@ -40,6 +42,7 @@ MLP_KINDS = {kind: _plain_mlp(kind) for kind in ("gelu", "gelu_tanh", "relu", "s
 MLP_KINDS["geglu_tanh_bias"] = lambda cfg, layer: MLP(cfg.d_model, cfg.d_mlp, "geglu_tanh", bias=True)
 MLP_KINDS["none"] = None
 MLP_KINDS["rwkv_channel_mix"] = RWKVChannelMix  # called as (cfg, layer)
+MLP_KINDS["rwkv7_channel_mix"] = RWKV7ChannelMix
 
 
 def make_mlp(kind: str, cfg, layer: int):
