@@ -35,9 +35,17 @@ def _on_device(t: torch.Tensor) -> bool:
     return bool(getattr(t, MARK, False))
 
 
+def _names_the_host(device) -> bool:
+    """A device written as the string ``"cpu"`` means the host (code that moves values off the model's
+    device says so literally); a ``torch.device`` object may be the model's own ``x.device``."""
+    return isinstance(device, str) and device.split(":")[0] == "cpu"
+
+
 def _moves_to_device(name: str, args, kwargs) -> bool:
-    return name == "to" and ("device" in kwargs or any(isinstance(a, (str, torch.device, torch.Tensor))
-                                                       for a in args[1:]))
+    if name != "to":
+        return False
+    devices = [kwargs["device"]] if "device" in kwargs else [a for a in args[1:] if isinstance(a, (str, torch.device, torch.Tensor))]
+    return bool(devices) and not any(_names_the_host(d) for d in devices)
 
 
 class DeviceMixing(TorchFunctionMode):
@@ -77,8 +85,9 @@ class DeviceMixing(TorchFunctionMode):
         if name == "cpu" and out is args[0]:
             out = out.clone()
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        if func in FACTORIES or name in TO_HOST:
-            on_device = func in FACTORIES and kwargs.get("device") is not None
+        if func in FACTORIES or name in TO_HOST or (name == "to" and not moves and _names_the_host(
+                kwargs.get("device", next((a for a in args[1:] if isinstance(a, str)), None)))):
+            on_device = func in FACTORIES and kwargs.get("device") is not None and not _names_the_host(kwargs["device"])
         elif moves:
             on_device = True
         else:
