@@ -127,10 +127,20 @@ def checkpoint_version(source: str) -> tuple:
     return tuple(version)
 
 
+#: the checkpoint version each source was last loaded at (views cache results under the source alone)
+_SEEN_VERSIONS: dict[str, tuple] = {}
+
+
 def load_model(source: str) -> probe.HookedLM:
     """The model named by ``source`` (see the module docstring), in eval mode, cached under the
-    source and its checkpoint files' version."""
-    return _cached_model(source, checkpoint_version(source))
+    source and its checkpoint files' version. When the files behind a source change (a checkpoint
+    saved again), every cached view result is dropped too: those are keyed by the source string and
+    would otherwise show the old model's numbers."""
+    version = checkpoint_version(source)
+    if _SEEN_VERSIONS.setdefault(source, version) != version:
+        st.cache_data.clear()
+        _SEEN_VERSIONS[source] = version
+    return _cached_model(source, version)
 
 
 @st.cache_resource(show_spinner="Loading model...", max_entries=8)

@@ -237,6 +237,28 @@ def test_explorer_reloads_an_overwritten_checkpoint(tmp_path):
     assert loading.load_model(str(path)).cfg.name == "second"
 
 
+def test_explorer_view_results_follow_an_overwritten_checkpoint(tmp_path):
+    """Views cache their results under the source string (st.cache_data): after the checkpoint is
+    saved again they must be computed from the new model, not served from the old one."""
+    st = pytest.importorskip("streamlit")
+    from app import loading
+
+    @st.cache_data
+    def logits_sum(source: str) -> float:
+        return float(loading.load_model(source)(torch.arange(6)[None]).sum())
+
+    path = tmp_path / "m"
+    first, second = _model(0, "first"), _model(1, "second")
+    first.save(path)
+    loading.load_model(str(path))
+    with torch.no_grad():
+        expect_first, expect_second = (float(m(torch.arange(6)[None]).sum()) for m in (first, second))
+    assert logits_sum(str(path)) == pytest.approx(expect_first, rel=1e-5)
+    second.save(path)
+    loading.load_model(str(path))  # what every view does first
+    assert logits_sum(str(path)) == pytest.approx(expect_second, rel=1e-5)
+
+
 # -- Trainer checkpoints ----------------------------------------------------------------------
 CFG = dict(batch_size=2, seq_len=16, lr=1e-2, warmup_steps=1, eval_every=0, save_every=3, device="cpu", steps=20)
 
