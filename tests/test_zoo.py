@@ -19,10 +19,11 @@ from probe.zoo.cards import (
 from probe.zoo.recipes import PARAM_TOLERANCE, RECIPES, TARGET_PARAMS, TRAIN, get_recipe
 
 SHIPPED = zoo_names()
-ALL = ["transformer", "lstm", "qrnn", "qrnn-hybrid", "lmu", "lmu-attn", "hgrn2", "mamba", "xlstm", "rwkv"]
+ALL = ["transformer", "lstm", "qrnn", "qrnn-hybrid", "lmu", "lmu-attn", "hgrn2", "mamba", "xlstm", "rwkv",
+       "mamba2", "gdn"]
 
 
-def test_ten_recipes_with_matched_parameter_counts():
+def test_twelve_recipes_with_matched_parameter_counts():
     assert list(RECIPES) == ALL
     counts = {}
     for name, recipe in RECIPES.items():
@@ -35,6 +36,7 @@ def test_ten_recipes_with_matched_parameter_counts():
     assert RECIPES["qrnn-hybrid"].layout == ("qrnn", "qrnn", "attn", "ff")
     assert RECIPES["lmu-attn"].layout[-1] == "attn" and set(RECIPES["lmu-attn"].layout[:-1]) == {"lmu"}
     assert RECIPES["xlstm"].layout.count("slstm") == 1 and "mlstm" in RECIPES["xlstm"].layout
+    assert RECIPES["mamba2"].layout == ("mamba2",) * 8 and RECIPES["mamba2"].d_mlp == 0  # as Mamba: no MLP
 
 
 def test_unknown_zoo_names_list_the_valid_ones(capsys):
@@ -55,7 +57,7 @@ def test_the_zoo_is_small_fp16_and_documented(capsys):
         assert all(t.dtype == torch.float16 for t in load_file(str(weights)).values())
     assert total < 60e6
     assert (ZOO_DIR / "README.md").read_text() == render_readme(zoo_cards()), "run `probe zoo card --no-eval`"
-    assert main(["zoo", "list"]) == 0
+    assert main(["zoo", "list", "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "| model |" in out and all(f"`{n}`" in out for n in SHIPPED)
 

@@ -208,7 +208,7 @@ def _compress_layout(layout: list[str]) -> str:
 
 README_HEAD = """# The probe model zoo
 
-Small byte-level language models of ten architectures, trained with one recipe
+Small byte-level language models of twelve architectures, trained with one recipe
 (`probe/zoo/recipes.py`): the same data (the Python standard library's train split
 interleaved with four synthetic tasks, in the same two-stage curriculum), the same tokens
 seen, parameter counts matched within 10 %. The curriculum is what teaches associative
@@ -302,7 +302,8 @@ RESULT_CAPTIONS = {
         " with 32 bytes in 32 coefficients (`LMU_MEMORY`, the rows above, re-run on one thread, so"
         " their CPU seconds are not comparable) they learn it at 250 and 200 steps. So a linear"
         " time-invariant memory with no input-dependent gate can learn recall at this size; what the"
-        " default lacked was resolution."),
+        " default lacked was resolution. The study predates the `mamba2` and `gdn` recipes, which it has"
+        " not been run on."),
     "methods/tables.md": (
         " Scores are the held-out accuracy of logistic probes at the best layer (bracket depth and"
         " indentation clipped at 4: five classes). Selectivity (Hewitt & Liang) is mostly negative here:"
@@ -314,7 +315,8 @@ RESULT_CAPTIONS = {
         " lmu-attn's). State steering at the"
         " prompt's last token cannot move RWKV's prediction at that token: RWKV reads the state left"
         " by the previous token (its wkv uses a_{t-1}, b_{t-1} plus the current token's bonus term),"
-        " so the 0.00 row is the architecture, not a failure."),
+        " so the 0.00 row is the architecture, not a failure. The `mamba2` and `gdn` models are not in"
+        " these tables yet (about 20 minutes of the full study per model)."),
 }
 
 

@@ -1,4 +1,4 @@
-r"""The model zoo's recipes: ten architectures, one data mix, one training budget.
+r"""The model zoo's recipes: twelve architectures, one data mix, one training budget.
 
 Every zoo model is a byte-level (vocab 257) language model of about
 :data:`TARGET_PARAMS` parameters (within 10 %, asserted by the tests), trained with the
@@ -30,6 +30,8 @@ hgrn2          hgrn2 x4
 mamba          mamba x8 (no MLP, as in Mamba)
 xlstm          mlstm, slstm, mlstm, mlstm: mLSTM with one sLSTM block (xLSTM[3:1])
 rwkv           rwkv x4 (RWKV channel mixing in the MLP slot)
+mamba2         mamba2 x8 (Mamba-2 / SSD: 8 heads of 32, d_state 64; no MLP, as in Mamba-2)
+gdn            gdn x4 (Gated DeltaNet: 4 heads of 32)
 =============  ============================================================================
 """
 from __future__ import annotations
@@ -165,6 +167,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("mamba", ("mamba",) * 8, d_mlp=0, note="Mamba blocks without MLPs"),
     Recipe("xlstm", ("mlstm", "slstm", "mlstm", "mlstm"), d_mlp=672, note="xLSTM[3:1]: mLSTM with one sLSTM"),
     Recipe("rwkv", ("rwkv",) * 4, d_mlp=576, note="RWKV time mixing + channel mixing"),
+    Recipe("mamba2", ("mamba2",) * 8, d_mlp=0, note="Mamba-2 (SSD) blocks without MLPs, as in Mamba-2"),
+    Recipe("gdn", ("gdn",) * 4, d_mlp=576, note="Gated DeltaNet layers with MLPs (as in Qwen3-Next's linear layers)"),
 )}
 
 
