@@ -56,7 +56,7 @@ def unrolling(mixer_name: str) -> Unrolling:
 
 
 # one module per mixer kind; importing registers it
-from probe.methods.implicit import attn, gdn, hgrn2, lmu, mamba, mamba2, mlstm, qrnn, rglru, rwkv  # noqa: E402,F401
+from probe.methods.implicit import attn, gdn, hgrn2, lmu, mamba, mamba2, mlstm, qrnn, rglru, rwkv, rwkv7  # noqa: E402,F401
 
 __all__ = ["REGISTRY", "ImplicitAttention", "Unrolling", "causal_mask", "decay_products", "register",
            "segment_sums", "supported", "unrolling"]
