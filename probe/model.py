@@ -33,6 +33,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from probe.block import Block
+from probe.checkpoint_format import save_model
 from probe.cache import ActivationCache
 from probe.config import ModelConfig
 from probe.errors import ConfigError, InputError, unknown_hook
@@ -545,9 +546,7 @@ class HookedLM(HookedRootModule):
     # -- persistence -----------------------------------------------------------------
     def save(self, path: str | Path, dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
         """Write ``config.json`` + ``model.safetensors`` to directory ``path`` (atomically; other files
-        there are kept, see :mod:`probe.io.checkpoint`)."""
-        from probe.io.checkpoint import save_model
-
+        there are kept, see :mod:`probe.checkpoint_format`)."""
         return save_model(self, path, dtype=dtype, overwrite=overwrite)
 
     def __repr__(self) -> str:

@@ -25,7 +25,7 @@ A save writes the whole checkpoint into ``OUT/.checkpoint.tmp`` (``trainer.json`
 it complete), moves the previous one aside to ``OUT/.checkpoint.old``, renames the new one in
 and deletes the old one. A run killed at any step leaves the newest complete copy, which
 ``resume=True`` (and the next save) renames back into place
-(:func:`probe.io.atomic.settle_directory`); complete checkpoints are deleted only once a newer
+(:func:`probe.atomic.settle_directory`); complete checkpoints are deleted only once a newer
 complete one is in place.
 
 Example::
@@ -199,7 +199,7 @@ class Trainer:
 
     def _settle_checkpoints(self) -> bool:
         """Recover ``out_dir/checkpoint`` from a save that was killed; True when one is there."""
-        from probe.io.atomic import directory_lock, settle_directory
+        from probe.atomic import directory_lock, settle_directory
 
         final = self.checkpoint_dir
         interrupted = (self.out_dir / f".{final.name}.tmp").exists()
@@ -216,8 +216,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write model, optimizer and trainer state to ``out_dir/checkpoint``, replacing the one
         there as a whole: a process killed at any point leaves the newest complete checkpoint
-        for ``resume=True`` (see :func:`probe.io.atomic.replace_directory`)."""
-        from probe.io.atomic import directory_lock, replace_directory
+        for ``resume=True`` (see :func:`probe.atomic.replace_directory`)."""
+        from probe.atomic import directory_lock, replace_directory
 
         if self.out_dir is None:
             raise InputError("save_checkpoint needs out_dir.")
@@ -227,7 +227,7 @@ class Trainer:
 
     def _write_checkpoint(self, folder: Path) -> None:
         """The checkpoint's files in ``folder``, ``trainer.json`` last (it marks the folder complete)."""
-        from probe.io.atomic import write_atomically
+        from probe.atomic import write_atomically
         from probe.io.checkpoint import save_model
 
         save_model(self.model, folder / "model")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from probe.errors import ConfigError
 from probe.harvest.shard import ROW_COLUMNS, shard_name
-from probe.io.atomic import write_atomically
+from probe.atomic import write_atomically
 
 FORMAT = "probe-harvest"
 SPEC, MANIFEST, SHARDS = "spec.json", "manifest.json", "shards"

@@ -10,7 +10,7 @@ sequence when pooled)::
     <key>     fixed_size_list<float16 | float32>[dim]: the feature "layer-site", e.g. "2-resid_post"
 
 The file appears under its final name only when complete (temporary + fsync + rename,
-:func:`probe.io.atomic.write_atomically`), so a present shard file is a whole shard.
+:func:`probe.atomic.write_atomically`), so a present shard file is a whole shard.
 The same shard computed twice, by any worker, holds the same bytes: its sequences are
 batched identically and every reduction is seeded.
 """
@@ -36,7 +36,7 @@ def write_shard(model, windows: Windows, plan: Plan, k: int, folder: Path, compr
     """Compute shard ``k`` and write it to ``folder``; returns the number of tokens it covered."""
     import pyarrow.parquet as pq
 
-    from probe.io.atomic import write_atomically
+    from probe.atomic import write_atomically
 
     table = shard_table(model, windows, plan, k)
     write_atomically(Path(folder) / shard_name(k), lambda tmp: pq.write_table(table, tmp, compression=compression))

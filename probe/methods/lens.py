@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probe.errors import CheckpointError, InputError
-from probe.io.atomic import directory_lock, fsync_path, temp_prefix, write_atomically, write_new_file
+from probe.atomic import directory_lock, fsync_path, temp_prefix, write_atomically, write_new_file
 from probe.finite import check_finite
 from probe.hooks import residual_before
 from probe.methods import inputs
@@ -409,7 +409,7 @@ class TunedLens(nn.Module):
         (default: the directory ``model`` was loaded from). Returns the directory.
 
         Crash-safe, as :mod:`probe.io.checkpoint` saves a model, under the folder's
-        :func:`~probe.io.atomic.directory_lock`: the weights go to ``.tuned_lens.safetensors.<id>``,
+        :func:`~probe.atomic.directory_lock`: the weights go to ``.tuned_lens.safetensors.<id>``,
         ``tuned_lens.json`` naming ``<id>`` replaces the old one atomically (the commit point), then the
         weights are renamed into place. Killed before the commit, the old lens stays; after it, the new
         one loads. Temporaries a killed save left are deleted by the next save or load; no other file
@@ -501,7 +501,7 @@ def _committed_weights(path: Path) -> Path:
 def _settle_lens(path: Path) -> None:
     """Finish or discard what a killed :meth:`TunedLens.save` left in ``path``: the committed pending
     weights renamed into place, every other ``.tuned_lens.*`` temporary deleted (nothing else).
-    Hold the folder's :func:`~probe.io.atomic.directory_lock`."""
+    Hold the folder's :func:`~probe.atomic.directory_lock`."""
     committed = _committed_weights(path)
     if committed != path / LENS_WEIGHTS:
         os.replace(committed, path / LENS_WEIGHTS)
