@@ -254,7 +254,7 @@ def run_zoo_card(args) -> int:
     if args.scale_to and not args.cpu_timing:
         raise ConfigError("--scale-to rescales CPU timings: use it with --cpu-timing.")
     if args.cpu_timing:
-        from probe.zoo.cards import cpu_timing, scaled_cpu_timing
+        from probe.zoo.timing import cpu_timing, scaled_cpu_timing
 
         reference = read_card(zoo_dir / args.scale_to) if args.scale_to else None
         if reference is not None and "cpu_timing" not in reference:

@@ -207,13 +207,13 @@ def test_agreement_scores_split_by_the_nearest_noun():
 def test_cpu_timing_rescaled_by_a_reference_timed_in_the_same_run(monkeypatch):
     """A model re-timed on another machine is scaled by the reference recipe timed now and in its card:
     own_now x reference_then / reference_now; the table cell says so."""
-    from probe.zoo import cards
+    from probe.zoo import cards, timing as zoo_timing
 
     now = {"transformer": 0.6, "lmu": 0.9}
-    monkeypatch.setattr(cards, "cpu_timing", lambda name, threads=2: {
+    monkeypatch.setattr(zoo_timing, "cpu_timing", lambda name, threads=2: {
         "seconds_per_step": now[name], "minutes": now[name] * TRAIN.steps / 60, "threads": threads})
     reference = {"name": "transformer", "cpu_timing": {"seconds_per_step": 0.2}}
-    timing = cards.scaled_cpu_timing("lmu", reference)
+    timing = zoo_timing.scaled_cpu_timing("lmu", reference)
     assert timing["seconds_per_step"] == pytest.approx(0.3) and timing["minutes"] == pytest.approx(0.3 * TRAIN.steps / 60, abs=0.05)
     assert timing["scaled_by"] == {"model": "transformer", "reference_then": 0.2, "reference_now": 0.6, "measured_now": 0.9}
     row = cards.render_table([{"name": "lmu", "cpu_timing": timing}]).splitlines()[-1]

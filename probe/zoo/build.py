@@ -18,7 +18,6 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -100,33 +99,6 @@ def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}{note}"
     return f"CPU {platform.machine()}, {torch.get_num_threads()} thread(s), {os.cpu_count()} cores{note}"
-
-
-def cpu_seconds_per_step(name: str, threads: int = 2, steps: int = 3) -> float:
-    """Wall time of one training step of recipe ``name`` on the CPU with ``threads`` threads: per
-    curriculum stage the median of ``steps`` steps (after one warm-up step) on random tokens of the
-    stage's batch shape, averaged with the stages' step counts as weights. Times the recipe's step
-    count gives the CPU training time of ``probe zoo train NAME --device cpu``."""
-    import time
-
-    from probe.train import Trainer
-
-    torch.set_num_threads(threads)
-    model = build_model(name)
-    stream = TokenStream(torch.randint(0, 256, (TRAIN.seq_len * 4,)).numpy(), TRAIN.seq_len * 4)
-    trainer = Trainer(model, stream, replace(TRAIN, device="cpu"), progress=False)
-    firsts = [s.first_step for s in STAGES] + [TRAIN.steps]
-    total = 0.0
-    for stage, first, end in zip(STAGES, firsts, firsts[1:]):
-        batch_size, seq_len = stage.shape(TRAIN.batch_size, TRAIN.seq_len)
-        tokens = torch.randint(0, 256, (batch_size, seq_len + 1))
-        times = []
-        for _ in range(steps + 1):
-            t0 = time.perf_counter()
-            trainer.train_step(tokens)
-            times.append(time.perf_counter() - t0)
-        total += sorted(times[1:])[len(times[1:]) // 2] * (end - first)
-    return float(total / TRAIN.steps)
 
 
 def train_zoo_model(name: str, out_dir: str | Path = ZOO_DIR, device: str = "auto", progress: bool = True,

@@ -23,14 +23,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from probe.data.corpus import TokenStream, unigram_bpb
 from probe.data.minimal_pairs import evaluate_minimal_pairs
 from probe.data.tasks import TASKS, get_task
 from probe.errors import CheckpointError
 from probe.evaluate import evaluate_bpb, task_scores
-from probe.zoo.recipes import RECIPES, TRAIN, describe_curriculum
+from probe.zoo.recipes import RECIPES, describe_curriculum
 
 CARD_FILE = "card.json"
 EVAL_SEQ_LEN = 256
@@ -118,34 +116,6 @@ def read_card(directory: str | Path) -> dict[str, Any]:
 
 def _fmt(value, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "-"
-
-
-def cpu_timing(name: str, threads: int = 2) -> dict[str, Any]:
-    """The CPU training cost of recipe ``name``: one step's median wall time on ``threads`` threads
-    of an otherwise idle machine, times the recipe's steps (what ``probe zoo train NAME --device cpu``
-    takes), recorded in the card as ``cpu_timing``."""
-    import os
-
-    from probe.zoo.build import cpu_seconds_per_step
-
-    per_step = cpu_seconds_per_step(name, threads=threads, steps=7)
-    return {"seconds_per_step": round(per_step, 3), "minutes": round(per_step * TRAIN.steps / 60, 1),
-            "threads": threads, "cores": os.cpu_count(), "torch": torch.__version__}
-
-
-def scaled_cpu_timing(name: str, reference: dict[str, Any], threads: int = 2) -> dict[str, Any]:
-    """:func:`cpu_timing` of ``name`` on this machine, rescaled to the machine that measured
-    ``reference`` (a card holding ``cpu_timing``): both recipes are measured now, and ``name``'s step
-    is multiplied by the reference's step then over its step now. The zoo's CPU column compares
-    models on one machine; this keeps it comparable when one model is re-measured on another
-    (this machine's speed drifts 2-4x between sessions). The card keeps the raw numbers."""
-    ref_then = reference["cpu_timing"]["seconds_per_step"]
-    ref_now = cpu_timing(reference["name"], threads)["seconds_per_step"]
-    own = cpu_timing(name, threads)
-    per_step = own["seconds_per_step"] * ref_then / ref_now
-    return {**own, "seconds_per_step": round(per_step, 3), "minutes": round(per_step * TRAIN.steps / 60, 1),
-            "scaled_by": {"model": reference["name"], "reference_then": ref_then, "reference_now": ref_now,
-                          "measured_now": own["seconds_per_step"]}}
 
 
 def render_table(cards: list[dict[str, Any]]) -> str:
