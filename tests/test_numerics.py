@@ -23,9 +23,12 @@ must add its row (the test checks this table covers ``probe.mixers.MIXERS``)::
     qrnn    3e-3     1.2e-3       3e-2      1.0e-2
     rglru   3.5e-3   1.4e-3       2e-2      7.3e-3
     rwkv    3e-3     1.1e-3       2.5e-2    9.7e-3
+    rwkv7   6.5e-3   2.5e-3       7.5e-2    3.0e-2
     slstm   8e-3     2.9e-3       5e-2      2.0e-2
 
-bfloat16 keeps 8 mantissa bits to float16's 11, hence tolerances about 8x larger. Whole models
+bfloat16 keeps 8 mantissa bits to float16's 11, hence tolerances about 8x larger. rwkv7's group norm
+divides each head's readout by its own spread: its recurrence output is 0.6% off in bfloat16 (seed 0),
+its output 3%. Whole models
 (``model.to(dtype)``) run end to end in both dtypes with finite logits of that dtype.
 
 **Long inputs with huge gates** (8192 tokens, float32): each gate is pushed far past what
@@ -60,6 +63,7 @@ TOLERANCE = {
     "rglru": (3.5e-3, 2e-2),
     "mamba2": (2.5e-3, 2e-2),
     "gdn": (8e-3, 4.5e-2),
+    "rwkv7": (6.5e-3, 7.5e-2),
 }
 DTYPES = {"float16": (torch.float16, 0), "bfloat16": (torch.bfloat16, 1)}
 LONG = 8192
