@@ -28,8 +28,8 @@ must add its row (the test checks this table covers ``probe.mixers.MIXERS``)::
 
 bfloat16 keeps 8 mantissa bits to float16's 11, hence tolerances about 8x larger. rwkv7's group norm
 divides each head's readout by its own spread: its recurrence output is 0.6% off in bfloat16 (seed 0),
-its output 3%. Whole models
-(``model.to(dtype)``) run end to end in both dtypes with finite logits of that dtype.
+its output 3%.
+Whole models (``model.to(dtype)``) run end to end in both dtypes with finite logits of that dtype.
 
 **Long inputs with huge gates** (8192 tokens, float32): each gate is pushed far past what
 ``exp`` can represent and the memory made undecaying, so every one of the 8192 entries stays in it:
