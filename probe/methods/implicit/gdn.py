@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from probe.methods.implicit import register
+from probe.methods.implicit.registry import register
 from probe.methods.implicit.base import ImplicitAttention
 from probe.mixers.gdn import l2_normalise
 from probe.ops.delta_rule import gated_delta_rule_chunked

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from probe.methods.implicit import register
+from probe.methods.implicit.registry import register
 from probe.methods.implicit.base import ImplicitAttention, causal_mask
 
 

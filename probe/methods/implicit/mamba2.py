@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from probe.methods.implicit import register
+from probe.methods.implicit.registry import register
 from probe.methods.implicit.base import ImplicitAttention
 from probe.mixers.mamba2 import gated_rms_norm
 from probe.ops.ssd import expand_groups, segment_sums

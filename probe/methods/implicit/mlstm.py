@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from probe.methods.implicit import register
+from probe.methods.implicit.registry import register
 from probe.methods.implicit.base import ImplicitAttention, causal_mask, segment_sums
 
 

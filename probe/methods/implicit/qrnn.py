@@ -9,7 +9,7 @@ output: ``out_proj(h)``.
 """
 from __future__ import annotations
 
-from probe.methods.implicit import register
+from probe.methods.implicit.registry import register
 from probe.methods.implicit.base import ImplicitAttention, decay_products
 
 

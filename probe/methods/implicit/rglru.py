@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from probe.methods.implicit import register
+from probe.methods.implicit.registry import register
 from probe.methods.implicit.base import ImplicitAttention, decay_products
 from probe.ops.rglru import coefficients
 

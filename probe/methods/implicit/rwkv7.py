@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from probe.methods.implicit import register
+from probe.methods.implicit.registry import register
 from probe.methods.implicit.base import ImplicitAttention
 from probe.ops.delta_rule import dplr_sequential
 
