@@ -110,6 +110,8 @@ def test_value_width_and_head_width_options():
 def test_bad_head_width_is_a_config_error():
     with pytest.raises(ConfigError, match="d_head=5 must divide d_model=32"):
         RWKV7(_tiny_cfg(d_head=5), 0)
+    with pytest.raises(ConfigError, match="d_value=6 must be a multiple of the 4 heads"):
+        RWKV7(_tiny_cfg(d_head=8, d_value=6), 0)
 
 
 def test_dplr_states_are_the_sequential_states_and_carry_forced_ones():
