@@ -140,8 +140,9 @@ def test_dplr_sequential_matches_fla_dplr_recurrence():
     # fla scales q by K^-0.5 inside; RWKV-7 uses scale 1
     o_ref, h_ref = naive.dplr_recurrence(heads_first(r) * 8 ** 0.5, heads_first(k), heads_first(v),
                                          heads_first(-kk), heads_first(kk * a), heads_first(log_w), h0)
-    torch.testing.assert_close(o, heads_first(o_ref), rtol=0, atol=1e-5)
-    torch.testing.assert_close(h, h_ref, rtol=0, atol=1e-5)
+    # measured: 1.9e-6 of max |o| = 13 (float32, every ATEN_CPU_CAPABILITY)
+    torch.testing.assert_close(o, heads_first(o_ref), rtol=0, atol=1e-5 * float(o.abs().max()))
+    torch.testing.assert_close(h, h_ref, rtol=0, atol=1e-5 * float(h.abs().max()))
 
 
 @pytest.mark.numerical
