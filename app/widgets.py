@@ -13,7 +13,7 @@ from app.context import Context
 
 def display_token(s: str) -> str:
     """A token readable in a table or on an axis (whitespace made visible)."""
-    from probe.methods.inputs import printable
+    from probe.methods.support.input_checks import printable
 
     return printable(s)
 

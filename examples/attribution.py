@@ -13,7 +13,7 @@ from pathlib import Path
 from _model import example_model
 
 from probe.methods import direct_logit_attribution, gradient_x_input, integrated_gradients
-from probe.methods.path_quadrature import TOLERANCE
+from probe.methods.support.path_quadrature import TOLERANCE
 
 TEXT = "for i in range(10):\n    print(i"
 

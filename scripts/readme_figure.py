@@ -38,7 +38,7 @@ DEFAULT_OUT = ROOT / "docs" / "zoo_logit_lens.png"
 def held_out_windows(seq_len: int, n_windows: int, split: str = "test") -> torch.Tensor:
     """``[n_windows, seq_len]`` byte-token windows at evenly spaced offsets of a stdlib split."""
     from probe.data.code_corpus import stdlib_stream
-    from probe.methods.inputs import spread_windows
+    from probe.methods.support.input_checks import spread_windows
 
     return spread_windows(torch.from_numpy(stdlib_stream(split).tokens), seq_len, n_windows)
 
@@ -59,7 +59,7 @@ def lens_curves(models: dict, tokens: torch.Tensor, batch_size: int = 8):
     import pandas as pd
 
     from probe.methods.lens import kl_divergence, layer_label, residual_streams
-    from probe.methods.readout import readout
+    from probe.methods.support.logit_readout import readout
 
     rows = []
     for name, model in models.items():

@@ -8,7 +8,7 @@ from probe.errors import InputError
 from probe.methods import (
     DLAResult, TokenAttributionResult, direct_logit_attribution, gradient_x_input, integrated_gradients,
 )
-from probe.methods.path_quadrature import quadrature
+from probe.methods.support.path_quadrature import quadrature
 
 
 def _backward_works(model) -> bool:

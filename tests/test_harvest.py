@@ -70,7 +70,7 @@ def test_pooled_and_projected_rows(tmp_path):
         np.testing.assert_allclose(p.features["0-state"][[s]][0], a.features["0-state"][a.sequence == s].mean(0),
                                    rtol=1e-5, atol=1e-6)
     assert projected.features["0-state"].dim == 8 and projected.features["0-state"].reduction == "random"
-    from probe.methods.features import Reducer
+    from probe.methods.support.activation_dataset import Reducer
 
     spec = projected.features["0-state"]
     sketch = Reducer(spec.raw_dim, 8, "random", 0, "0-state")(torch.from_numpy(a.features["0-state"][:]))
@@ -205,7 +205,7 @@ def test_tuned_lens_trains_on_a_harvest(tmp_path):
     acts = h.activations()
     # each harvested row's read-out final stream is the model's own logits at that (sequence, position)
     last = torch.from_numpy(acts.features["1-resid_post"][:])
-    from probe.methods.readout import readout
+    from probe.methods.support.logit_readout import readout
 
     torch.testing.assert_close(readout(model, last), logits[acts.sequence, acts.position], rtol=1e-4, atol=1e-4)
     assert set(resid) == {0, 1} and resid[0].shape == (50, 32) and final.shape == (50, model.cfg.vocab_size)

@@ -12,7 +12,7 @@ import probe
 from conftest import ARCHS, layouts, make_model, tokens
 from probe.errors import InputError, ProbeError
 from probe.methods import activation_patching, attribution_patching
-from probe.methods.sites import memory_hooks, site_hooks
+from probe.methods.support.site_hooks import memory_hooks, site_hooks
 from probe.mixers import MIXERS
 
 T, D = 10, 3  # sequence length, the corrupted position

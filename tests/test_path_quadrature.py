@@ -1,10 +1,10 @@
-"""The quadrature of integrated gradients (probe.methods.path_quadrature) on analytic integrands:
+"""The quadrature of integrated gradients (probe.methods.support.path_quadrature) on analytic integrands:
 the Gauss-Kronrod pair, and the adaptive rule on vector integrands with known integrals."""
 import numpy as np
 import pytest
 import torch
 
-from probe.methods import path_quadrature as pq
+from probe.methods.support import path_quadrature as pq
 
 WIDTH = 2e-4  # a spike / step this narrow falls between all nodes of the first panels
 

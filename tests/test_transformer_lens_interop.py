@@ -89,7 +89,7 @@ def test_bad_input_is_refused_clearly(pair):
 def test_both_models_implement_the_model_interface(pair):
     """HookedLM and the adapter answer the interface the methods use, with the same answers."""
     from probe.interface import LanguageModel
-    from probe.methods.inputs import as_model
+    from probe.methods.support.input_checks import as_model
 
     adapter, ours = pair
     assert isinstance(adapter, LanguageModel) and isinstance(ours, LanguageModel)

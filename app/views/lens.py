@@ -18,7 +18,7 @@ import torch
 from app import loading, methods
 from app.context import Context, Slot, side_by_side
 from app.widgets import ColorScale, display_token, position_window, show_figure, show_table, window_heatmap
-from probe.methods.inputs import token_str
+from probe.methods.support.input_checks import token_str
 
 HOVER_K = 5
 #: keep lens logits for the hover text only below this many floats

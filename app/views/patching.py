@@ -79,7 +79,7 @@ def _inputs(model, choice: PairChoice):
 
 @st.cache_data(show_spinner="Patching every site, layer and position...", max_entries=32)
 def patching(source: str, choice: PairChoice, method: str, sites: tuple[str, ...]) -> dict:
-    from probe.methods.sites import site_hooks
+    from probe.methods.support.site_hooks import site_hooks
 
     model = loading.load_model(source)
     clean, corrupted, answer, contrast = _inputs(model, choice)

@@ -9,7 +9,7 @@ from app import loading, methods
 from app.context import Context, Slot, side_by_side
 from app.views.target import Metric, metric_picker
 from app.widgets import clamp_position, colored_tokens, show_figure
-from probe.methods.path_quadrature import TOLERANCE
+from probe.methods.support.path_quadrature import TOLERANCE
 
 TITLE = "Saliency"
 #: per-token error targets offered (the library's default, path_quadrature.TOLERANCE, among them)

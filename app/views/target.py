@@ -12,7 +12,7 @@ import streamlit as st
 
 from app.context import Context
 from app.widgets import n_tokens
-from probe.methods.inputs import token_str
+from probe.methods.support.input_checks import token_str
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from probe.errors import InputError
-from probe.methods.result import MethodResult
+from probe.methods.support.method_result import MethodResult
 
 
 @dataclass

@@ -30,8 +30,8 @@ def _mean(h: Harvest, key: str) -> np.ndarray:
 
 def steering_from_harvests(model, positive, negative, site: str = "resid_pre", layers=None):
     """A :class:`~probe.methods.steering.SteeringVector` from two harvests of ``model``."""
-    from probe.methods import inputs, sites as S
-    from probe.methods.features import feature_key
+    from probe.methods.support import input_checks as inputs, site_hooks as S
+    from probe.methods.support.activation_dataset import feature_key
     from probe.methods.steering import SteeringVector, steering_hooks
 
     pos, neg = open_harvest(positive), open_harvest(negative)
@@ -67,7 +67,7 @@ def lens_keys(model) -> list[str]:
 def lens_batches(model, data, rows: int, seed: int = 0):
     """Endless ``({lens layer: resid [rows, d_model]}, final logits [rows, vocab])`` batches: shards in a
     seeded random order (a new order each pass), rows shuffled within a shard."""
-    from probe.methods.readout import readout
+    from probe.methods.support.logit_readout import readout
 
     h = open_harvest(data)
     h.check_model(model)

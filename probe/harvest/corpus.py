@@ -15,7 +15,7 @@ Sources (:func:`load_corpus`):
 a file or folder of text    :func:`probe.data.text_corpus` (no labels)
 a saved HF dataset folder   ``datasets.load_from_disk`` (``save_to_disk`` output), its
                             ``text_field`` column (no labels)
-anything else               what :func:`probe.methods.sequences.as_sequences` accepts:
+anything else               what :func:`probe.methods.support.labelled_sequences.as_sequences` accepts:
                             texts, token ids, a TokenStream, ``(tokens, labels)`` pairs
 ==========================  =============================================================
 
@@ -93,7 +93,7 @@ def load_corpus(model, source, *, seq_len: int = 256, max_tokens: int | None = N
     """The corpus ``source`` (see the module docstring) as :class:`Windows` for ``model``.
 
     ``max_tokens`` keeps only the first sequences holding that many tokens (whole sequences)."""
-    from probe.methods.sequences import as_sequences
+    from probe.methods.support.labelled_sequences import as_sequences
 
     data, name = _source_data(model, source, text_field)
     seqs = as_sequences(model, data, None, seq_len=seq_len, prepend_bos=prepend_bos)

@@ -10,7 +10,7 @@ same numbers.
   over its kept positions; ``position`` and ``token`` are then ``-1`` and each label is the value
   at the sequence's last kept position, i.e. the sequence's label when labels are per sequence).
 * ``max_dim``: features wider than this are projected to ``max_dim`` columns by the seeded count
-  sketch of :class:`probe.methods.features.Reducer` (the same map on every worker); ``None``
+  sketch of :class:`probe.methods.support.activation_dataset.Reducer` (the same map on every worker); ``None``
   keeps them whole (needed to steer with them or to train a tuned lens on them). PCA is not
   offered: it would need a pass over the corpus before the harvest.
 """
@@ -65,12 +65,12 @@ class Plan:
         return cls(**d)
 
     def position_arg(self):
-        """``positions`` in the form :func:`probe.methods.sequences.select_positions` takes."""
+        """``positions`` in the form :func:`probe.methods.support.labelled_sequences.select_positions` takes."""
         return [-1] if self.positions == "last" else self.positions
 
     def reducers(self) -> dict:
-        """A fresh :class:`~probe.methods.features.Reducer` per feature (identity or the seeded sketch)."""
-        from probe.methods.features import Reducer
+        """A fresh :class:`~probe.methods.support.activation_dataset.Reducer` per feature (identity or the seeded sketch)."""
+        from probe.methods.support.activation_dataset import Reducer
 
         return {k: Reducer(f.raw_dim, self.max_dim or f.raw_dim, "random", self.seed, k)
                 for k, f in self.features.items()}
@@ -80,8 +80,8 @@ def make_plan(model, sites, layers, *, positions=None, pool=None, max_dim=None, 
               batch_size=16, shard_size=64, seed=0) -> Plan:
     """Check the options against ``model`` and list the features to store (a clear error for each
     bad option)."""
-    from probe.methods import inputs, sites as S
-    from probe.methods.features import feature_key
+    from probe.methods.support import input_checks as inputs, site_hooks as S
+    from probe.methods.support.activation_dataset import feature_key
     from probe.methods.probing import site_kind
 
     for name, v in (("seq_len", seq_len), ("batch_size", batch_size), ("shard_size", shard_size)):

@@ -113,9 +113,9 @@ class Harvest:
             yield self.read_shard(i, [key])[key]
 
     def activations(self):
-        """The harvest as an :class:`~probe.methods.features.ActivationDataset` whose feature matrices
+        """The harvest as an :class:`~probe.methods.support.activation_dataset.ActivationDataset` whose feature matrices
         are :class:`LazyFeature` columns (per-row columns and labels are loaded)."""
-        from probe.methods.features import ActivationDataset, FeatureInfo
+        from probe.methods.support.activation_dataset import ActivationDataset, FeatureInfo
 
         info = {k: FeatureInfo(f.site, f.layer, f.kind, f.hooks, f.raw_dim, f.dim, f.reduction)
                 for k, f in self.features.items()}

@@ -42,14 +42,14 @@ def harvest(model, corpus, out, *, sites=DEFAULT_SITES, layers=None, positions=N
         model: a HookedLM (or the TransformerLens adapter, local runs only).
         corpus: ``"stdlib[:split]"``, a text file or folder, a saved dataset folder, or texts /
             token ids / ``(tokens, labels)`` pairs (:mod:`probe.harvest.corpus`).
-        sites, layers: what to store (sites as in :mod:`probe.methods.sites`; layers default all).
+        sites, layers: what to store (sites as in :mod:`probe.methods.support.site_hooks`; layers default all).
         positions, pool, max_dim, dtype: see :mod:`probe.harvest.plan`.
         seq_len: window length of streams; shard_size: sequences per shard; batch_size: per forward.
         ray: run on Ray with ``workers`` replicas (``address``: an existing cluster, else a local
             one started here); num_gpus: GPUs per replica.
         overwrite: start over in a folder holding another harvest.
     """
-    from probe.methods import inputs
+    from probe.methods.support import input_checks as inputs
 
     model = inputs.as_model(model)
     start = time.perf_counter()

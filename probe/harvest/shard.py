@@ -75,7 +75,7 @@ def _joined(parts, like, name, dtype=None, dim=None) -> np.ndarray:
 
 def _batch_rows(model, windows: Windows, plan: Plan, seq_ids: range, reducers: dict) -> dict[str, np.ndarray]:
     """Rows of the sequences ``seq_ids``: ``{column: values}`` for the row, label and feature columns."""
-    from probe.methods.sequences import Sequences, padded_batch, select_positions
+    from probe.methods.support.labelled_sequences import Sequences, padded_batch, select_positions
 
     toks = [windows.sequence(i) for i in seq_ids]
     chosen = select_positions(Sequences(toks), plan.position_arg())

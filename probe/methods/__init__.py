@@ -4,7 +4,7 @@ with ``.to_frame()`` and ``.figure()``; all work through hooks only, so on every
 Modules: lens.py attribution.py memory.py (methods I), patching.py probing.py steering.py
 (methods II). Names are re-exported here as they land.
 """
-from probe.methods.result import MethodResult
+from probe.methods.support.method_result import MethodResult
 
 # methods I: lenses, attribution, memory maps
 from probe.methods.attribution import (
@@ -15,7 +15,7 @@ from probe.methods.memory import (
     LayerMemory, MemoryMapResult, gradient_influence, implicit_attention, memory_map, state_sizes,
 )
 # methods II: patching, probing, steering
-from probe.methods.features import ActivationDataset
+from probe.methods.support.activation_dataset import ActivationDataset
 from probe.methods.patching import (
     AttributionPatchingResult, PatchingResult, activation_patching, attribution_patching, patching_agreement,
 )

@@ -24,7 +24,7 @@ position) and a baseline embedding ``x'``:
 * integrated gradients (Sundararajan et al. 2017):
   ``a_s = (x_s - x'_s) . int_0^1 grad f(x' + alpha (x - x'))_s d alpha``, the integral by an
   adaptive Gauss-Kronrod rule that refines the path until every token's error estimate is below
-  ``until`` (default 1 %) of the largest attribution (:mod:`probe.methods.path_quadrature`).
+  ``until`` (default 1 %) of the largest attribution (:mod:`probe.methods.support.path_quadrature`).
 
 Integrated gradients is *complete*: ``sum_s a_s = f(x) - f(x')`` up to the quadrature
 error, which every result reports as ``completeness_error`` (relative); completeness checks only
@@ -40,11 +40,11 @@ from torch import Tensor
 
 from probe.errors import InputError, ProbeError
 from probe.finite import check_finite
-from probe.methods import inputs
-from probe.methods import path_quadrature as pq
-from probe.methods.gradients_on import needs_gradients
-from probe.methods.readout import frozen_norm_linear, norm_bias
-from probe.methods.result import MethodResult
+from probe.methods.support import input_checks as inputs
+from probe.methods.support import path_quadrature as pq
+from probe.methods.support.gradient_mode import needs_gradients
+from probe.methods.support.logit_readout import frozen_norm_linear, norm_bias
+from probe.methods.support.method_result import MethodResult
 from probe.mixers import MIXERS
 
 
@@ -593,7 +593,7 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
             dominated by the norm's ``eps``, so the path crosses the norm's degenerate point and the
             metric swings steeply at tiny ``alpha``.
         method: ``"adaptive"`` (default: the Gauss-Kronrod rule of
-            :mod:`probe.methods.path_quadrature`, refined per sequence until every token's error
+            :mod:`probe.methods.support.path_quadrature`, refined per sequence until every token's error
             estimate is below ``until`` times the largest ``|attribution|``), or a fixed rule
             ``gausslegendre``, ``trapezoid``, ``midpoint``, ``left``, ``right``.
         steps: gradient evaluations of the first pass: the adaptive rule starts from
@@ -605,7 +605,7 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
             result says so (``converged`` False) and its ``attribution_error`` is the estimate reached.
         spacing: the coordinate the nodes live in: ``"auto"`` (geometric towards the baseline when
             ``f`` changes abruptly there, as pre-norm models do from a zero baseline), ``"linear"``,
-            or a stretch ``A`` (see :func:`probe.methods.path_quadrature.quadrature`).
+            or a stretch ``A`` (see :func:`probe.methods.support.path_quadrature.quadrature`).
         chunk: path points per forward and backward pass (memory vs speed).
 
     Measured (``benchmarks/ig_zoo_completeness.py``: three random 32-byte windows of held-out stdlib

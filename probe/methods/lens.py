@@ -45,10 +45,10 @@ from probe.errors import CheckpointError, InputError
 from probe.atomic import directory_lock, fsync_path, temp_prefix, write_atomically, write_new_file
 from probe.finite import check_finite
 from probe.hooks import residual_before
-from probe.methods import inputs
-from probe.methods.gradients_on import needs_gradients
-from probe.methods.readout import readout
-from probe.methods.result import MethodResult
+from probe.methods.support import input_checks as inputs
+from probe.methods.support.gradient_mode import needs_gradients
+from probe.methods.support.logit_readout import readout
+from probe.methods.support.method_result import MethodResult
 
 LENS_WEIGHTS, LENS_CONFIG = "tuned_lens.safetensors", "tuned_lens.json"
 LENS_FORMAT = "probe-tuned-lens"
@@ -329,7 +329,7 @@ class TunedLens(nn.Module):
 
         The model is frozen and unchanged (gradients are taken with respect to the lens only).
         ``data``: a corpus (text, token ids or a TokenStream, see
-        :func:`probe.methods.inputs.token_stream`); windows of ``seq_len`` tokens are drawn at
+        :func:`probe.methods.support.input_checks.token_stream`); windows of ``seq_len`` tokens are drawn at
         random offsets, ``batch_size`` per step. ``data`` may also be a harvest folder holding
         ``resid_pre`` and ``resid_post`` at every layer (:mod:`probe.harvest`): each step then takes
         ``batch_size * seq_len`` harvested positions, streamed shard by shard, without running the

@@ -44,10 +44,11 @@ from torch import Tensor
 
 from probe.errors import InputError, ProbeError
 from probe.finite import check_finite
-from probe.methods import implicit, inputs
-from probe.methods.gradients_on import needs_gradients
+from probe.methods import implicit
+from probe.methods.support import input_checks as inputs
+from probe.methods.support.gradient_mode import needs_gradients
 from probe.methods.implicit import ImplicitAttention
-from probe.methods.result import MethodResult
+from probe.methods.support.method_result import MethodResult
 from probe.mixers import MIXERS
 
 METHODS = ("auto", "gradient")

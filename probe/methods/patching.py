@@ -35,7 +35,7 @@ forward and backward through the edited recurrence, so for the state of nonlinea
 recurrences (LSTM, Mamba) attribution patching costs about as much as the real sweep; for
 block sites and attention it is one backward pass.
 
-Sites (:mod:`probe.methods.sites`): ``resid_pre``, ``mixer_out``, ``mlp_out`` and ``state``
+Sites (:mod:`probe.methods.support.site_hooks`): ``resid_pre``, ``mixer_out``, ``mlp_out`` and ``state``
 (every ``hook_state*`` of the layer: the whole memory after token t; attention: the key and
 value written at t) by default; any block site, mixer hook suffix or full hook name works.
 
@@ -58,9 +58,9 @@ from torch import Tensor
 
 from probe.errors import InputError
 from probe.finite import check_finite
-from probe.methods import inputs, sites as S
-from probe.methods.gradients_on import needs_gradients
-from probe.methods.result import MethodResult
+from probe.methods.support import input_checks as inputs, site_hooks as S
+from probe.methods.support.gradient_mode import needs_gradients
+from probe.methods.support.method_result import MethodResult
 from probe.mixers.edits import mark_forced
 
 Metric = Callable[[Tensor], Tensor]

@@ -47,10 +47,10 @@ import numpy as np
 import torch
 
 from probe.errors import InputError
-from probe.methods import inputs, sites as S
-from probe.methods.features import ActivationDataset, FeatureInfo, Reducer, Storage, feature_key
-from probe.methods.result import MethodResult
-from probe.methods.sequences import as_sequences, padded_batch, select_positions
+from probe.methods.support import input_checks as inputs, site_hooks as S
+from probe.methods.support.activation_dataset import ActivationDataset, FeatureInfo, Reducer, Storage, feature_key
+from probe.methods.support.method_result import MethodResult
+from probe.methods.support.labelled_sequences import as_sequences, padded_batch, select_positions
 
 DEFAULT_PROBE_SITES = ("resid_post", "mixer_out", "state")
 TASKS = ("auto", "classification", "regression")
@@ -71,7 +71,7 @@ def collect_activations(model, data, labels=None, *, sites: str | Sequence[str] 
     """Features of ``sites`` x ``layers`` at ``positions`` of every sequence, with their labels.
 
     Args:
-        data, labels: see :mod:`probe.methods.sequences` (texts, ``[n, pos]`` ids, a 1-D stream cut
+        data, labels: see :mod:`probe.methods.support.labelled_sequences` (texts, ``[n, pos]`` ids, a 1-D stream cut
             into ``seq_len`` windows, or ``(tokens, labels)`` pairs); labels per token or per sequence.
         sites, layers: what to read (default resid_post, mixer_out, state at every layer).
         positions: ``None`` (all), int(s) for every sequence, a boolean mask or per-sequence lists.

@@ -43,9 +43,9 @@ from torch import Tensor
 
 from probe.errors import InputError
 from probe.finite import check_finite
-from probe.methods import inputs, sites as S
-from probe.methods.result import MethodResult
-from probe.methods.sequences import as_sequences, padded_batch
+from probe.methods.support import input_checks as inputs, site_hooks as S
+from probe.methods.support.method_result import MethodResult
+from probe.methods.support.labelled_sequences import as_sequences, padded_batch
 from probe.sampling import check_sampling
 
 
@@ -102,7 +102,7 @@ def split_vector(vector: Tensor, parts: list[tuple[str, tuple[int, ...]]]) -> di
 def steering_hooks(model, site: str, layer: int) -> list[str]:
     """The hooks steering writes at ``layer``: ``"state"`` is every ``hook_state*`` of the layer (not
     attention's keys and values: a KV cache has no state to steer); other sites as in
-    :func:`probe.methods.sites.site_hooks`. Empty where the layer lacks the site."""
+    :func:`probe.methods.support.site_hooks.site_hooks`. Empty where the layer lacks the site."""
     hooks = S.site_hooks(model, site, layer)
     if site == "state":
         hooks = [h for h in hooks if "hook_state" in h]
