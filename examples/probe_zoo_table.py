@@ -47,7 +47,7 @@ import torch
 
 import probe
 from probe.methods import activation_patching, attribution_patching, collect_activations, fit_probes, hidden_vs_state, steer, steering_vector
-from probe.methods.pairs import task_pairs
+from probe.data.patching_pairs import task_pairs
 
 sys.path.insert(0, str(Path(__file__).parent))  # the examples' helpers, also when imported by a test
 from _sizes import add_full_flag, apply  # noqa: E402

@@ -8,7 +8,9 @@ r"""Evaluation shared by the trainer, the zoo cards and the tests.
   byte tokenizer, so there it is the loss in bits per token).
 * :func:`task_scores`: pair accuracy (``logit[correct] > logit[contrast]``, chance 0.5) and
   top-1 accuracy (chance ``task.chance``) over the answer positions of task examples.
-* :func:`text_logprobs`: summed log-probability of each text (the minimal-pair score).
+* :func:`text_logprobs`: summed log-probability of each text, and :func:`evaluate_minimal_pairs`:
+  the share of :class:`~probe.data.minimal_pairs.MinimalPair` whose good text scores higher (BLiMP's
+  metric, chance 0.5).
 
 All run in ``eval`` mode under ``torch.no_grad`` and restore the model's mode afterwards.
 """
@@ -17,13 +19,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from probe.data.corpus import TokenStream
+from probe.data.minimal_pairs import MinimalPair
 from probe.errors import InputError
+from probe.result import MethodResult
 
 
 @contextmanager
@@ -105,3 +111,48 @@ def text_logprobs(model, texts: Sequence[str], batch_size: int = 64) -> np.ndarr
             mask = torch.arange(tokens.shape[1] - 1, device=picked.device)[None] < (lengths.to(picked.device) - 1)[:, None]
             out[i : i + len(tokens)] = (picked * mask).sum(1).cpu().numpy()
     return out
+
+
+@dataclass
+class MinimalPairResult(MethodResult):
+    """Per-pair scores; ``accuracy`` overall, ``by_phenomenon()`` per phenomenon."""
+
+    pairs: list[MinimalPair]
+    logp_good: np.ndarray
+    logp_bad: np.ndarray
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.logp_good > self.logp_bad
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean())
+
+    def by_phenomenon(self) -> dict[str, float]:
+        frame = self.to_frame()
+        return {str(k): float(v) for k, v in frame.groupby("phenomenon")["correct"].mean().items()}
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"phenomenon": [p.phenomenon for p in self.pairs], "good": [p.good for p in self.pairs],
+                             "bad": [p.bad for p in self.pairs], "logp_good": self.logp_good,
+                             "logp_bad": self.logp_bad, "correct": self.correct})
+
+    def figure(self, **kwargs):
+        import plotly.express as px
+
+        acc = self.by_phenomenon()
+        fig = px.bar(x=list(acc), y=list(acc.values()), labels={"x": "phenomenon", "y": "accuracy"},
+                     title=f"Minimal pairs: accuracy {self.accuracy:.3f} (chance 0.5)", **kwargs)
+        fig.add_hline(y=0.5, line_dash="dot")
+        return fig
+
+
+def evaluate_minimal_pairs(model, pairs: Sequence[MinimalPair | tuple[str, str]], batch_size: int = 64) -> MinimalPairResult:
+    """Score every pair with ``model`` (any :class:`probe.HookedLM`)."""
+    pairs = [p if isinstance(p, MinimalPair) else MinimalPair(*p) for p in pairs]
+    if not pairs:
+        raise InputError("evaluate_minimal_pairs got no pairs.")
+    good = text_logprobs(model, [p.good for p in pairs], batch_size)
+    bad = text_logprobs(model, [p.bad for p in pairs], batch_size)
+    return MinimalPairResult(pairs, good, bad)

@@ -185,7 +185,7 @@ def test_custom_metric_and_per_sequence_answer_positions():
 
 @pytest.mark.parametrize("task", ["recall", "agreement"])
 def test_task_pairs_differ_in_context_only(task):
-    from probe.methods.pairs import task_pairs
+    from probe.data.patching_pairs import task_pairs
 
     pairs = task_pairs(task, 12, seed=3)
     assert len(pairs) == 12

@@ -1,7 +1,7 @@
 """Patching heatmaps for a chosen clean / corrupted pair: patch each (site, layer, position) of the
 clean run into the corrupted run and see how much of the clean answer comes back (1 = all).
 
-Pairs come from :mod:`probe.methods.pairs` (recall: the queried value changed; agreement: the
+Pairs come from :mod:`probe.data.patching_pairs` (recall: the queried value changed; agreement: the
 subject's number changed, positions aligned) or are typed in. Sites include ``state``: the
 whole recurrent memory after a token (for attention, the key and value written there);
 because state edits propagate, patching it at position t changes every later position as
@@ -39,7 +39,7 @@ class PairChoice:
 
 
 def _task_pair(choice: PairChoice):
-    from probe.methods.pairs import patching_pair, task_pairs
+    from probe.data.patching_pairs import patching_pair, task_pairs
 
     if choice.example >= 0:
         return patching_pair(examples.task_example(choice.task, choice.example))
@@ -93,7 +93,7 @@ def patching(source: str, choice: PairChoice, method: str, sites: tuple[str, ...
 
 
 def _pick_pair(ctx: Context) -> PairChoice | None:
-    from probe.methods.pairs import PAIR_TASKS
+    from probe.data.patching_pairs import PAIR_TASKS
 
     e = ctx.example if ctx.example is not None and ctx.example.text == ctx.text else None
     tasks = list(PAIR_TASKS)

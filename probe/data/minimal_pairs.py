@@ -5,7 +5,7 @@ the good one when its total log-probability is higher (BLiMP's metric, Warstadt 
 
     accuracy = mean_i [ log p(good_i) > log p(bad_i) ]          chance 0.5
 
-Pairs come from the synthetic tasks (``task.minimal_pairs(n)``), from any ``datasets``
+Scoring is :func:`probe.evaluate.evaluate_minimal_pairs` (it runs a model). Pairs come from the synthetic tasks (``task.minimal_pairs(n)``), from any ``datasets``
 dataset with good/bad columns, or from real BLiMP on the hub (:func:`blimp_pairs`, needs
 network).
 """
@@ -15,11 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from probe.errors import InputError
-from probe.methods.support.method_result import MethodResult
 
 
 @dataclass
@@ -33,53 +29,6 @@ class MinimalPair:
             raise InputError("A minimal pair needs two non-empty texts (good, bad).")
         if self.good == self.bad:
             raise InputError(f"Minimal pair texts are identical: {self.good!r}.")
-
-
-@dataclass
-class MinimalPairResult(MethodResult):
-    """Per-pair scores; ``accuracy`` overall, ``by_phenomenon()`` per phenomenon."""
-
-    pairs: list[MinimalPair]
-    logp_good: np.ndarray
-    logp_bad: np.ndarray
-
-    @property
-    def correct(self) -> np.ndarray:
-        return self.logp_good > self.logp_bad
-
-    @property
-    def accuracy(self) -> float:
-        return float(self.correct.mean())
-
-    def by_phenomenon(self) -> dict[str, float]:
-        frame = self.to_frame()
-        return {str(k): float(v) for k, v in frame.groupby("phenomenon")["correct"].mean().items()}
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"phenomenon": [p.phenomenon for p in self.pairs], "good": [p.good for p in self.pairs],
-                             "bad": [p.bad for p in self.pairs], "logp_good": self.logp_good,
-                             "logp_bad": self.logp_bad, "correct": self.correct})
-
-    def figure(self, **kwargs):
-        import plotly.express as px
-
-        acc = self.by_phenomenon()
-        fig = px.bar(x=list(acc), y=list(acc.values()), labels={"x": "phenomenon", "y": "accuracy"},
-                     title=f"Minimal pairs: accuracy {self.accuracy:.3f} (chance 0.5)", **kwargs)
-        fig.add_hline(y=0.5, line_dash="dot")
-        return fig
-
-
-def evaluate_minimal_pairs(model, pairs: Sequence[MinimalPair | tuple[str, str]], batch_size: int = 64) -> MinimalPairResult:
-    """Score every pair with ``model`` (any :class:`probe.HookedLM`)."""
-    from probe.evaluate import text_logprobs
-
-    pairs = [p if isinstance(p, MinimalPair) else MinimalPair(*p) for p in pairs]
-    if not pairs:
-        raise InputError("evaluate_minimal_pairs got no pairs.")
-    good = text_logprobs(model, [p.good for p in pairs], batch_size)
-    bad = text_logprobs(model, [p.bad for p in pairs], batch_size)
-    return MinimalPairResult(pairs, good, bad)
 
 
 def pairs_from_dataset(dataset: Any, good_field: str = "sentence_good", bad_field: str = "sentence_bad",

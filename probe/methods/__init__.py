@@ -4,7 +4,7 @@ with ``.to_frame()`` and ``.figure()``; all work through hooks only, so on every
 Modules: lens.py attribution.py memory.py (methods I), patching.py probing.py steering.py
 (methods II). Names are re-exported here as they land.
 """
-from probe.methods.support.method_result import MethodResult
+from probe.result import MethodResult
 
 # methods I: lenses, attribution, memory maps
 from probe.methods.attribution import (

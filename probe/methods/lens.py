@@ -48,7 +48,7 @@ from probe.hooks import residual_before
 from probe.methods.support import input_checks as inputs
 from probe.methods.support.gradient_mode import needs_gradients
 from probe.methods.support.logit_readout import readout
-from probe.methods.support.method_result import MethodResult
+from probe.result import MethodResult
 
 LENS_WEIGHTS, LENS_CONFIG = "tuned_lens.safetensors", "tuned_lens.json"
 LENS_FORMAT = "probe-tuned-lens"

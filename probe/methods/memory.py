@@ -48,7 +48,7 @@ from probe.methods import implicit
 from probe.methods.support import input_checks as inputs
 from probe.methods.support.gradient_mode import needs_gradients
 from probe.methods.implicit import ImplicitAttention
-from probe.methods.support.method_result import MethodResult
+from probe.result import MethodResult
 from probe.mixers import MIXERS
 
 METHODS = ("auto", "gradient")

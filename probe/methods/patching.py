@@ -60,7 +60,7 @@ from probe.errors import InputError
 from probe.finite import check_finite
 from probe.methods.support import input_checks as inputs, site_hooks as S
 from probe.methods.support.gradient_mode import needs_gradients
-from probe.methods.support.method_result import MethodResult
+from probe.result import MethodResult
 from probe.mixers.edits import mark_forced
 
 Metric = Callable[[Tensor], Tensor]

@@ -49,7 +49,7 @@ import torch
 from probe.errors import InputError
 from probe.methods.support import input_checks as inputs, site_hooks as S
 from probe.methods.support.activation_dataset import ActivationDataset, FeatureInfo, Reducer, Storage, feature_key
-from probe.methods.support.method_result import MethodResult
+from probe.result import MethodResult
 from probe.methods.support.labelled_sequences import as_sequences, padded_batch, select_positions
 
 DEFAULT_PROBE_SITES = ("resid_post", "mixer_out", "state")

@@ -44,7 +44,7 @@ from torch import Tensor
 from probe.errors import InputError
 from probe.finite import check_finite
 from probe.methods.support import input_checks as inputs, site_hooks as S
-from probe.methods.support.method_result import MethodResult
+from probe.result import MethodResult
 from probe.methods.support.labelled_sequences import as_sequences, padded_batch
 from probe.sampling import check_sampling
 

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from probe.data.corpus import TokenStream, unigram_bpb
-from probe.data.minimal_pairs import evaluate_minimal_pairs
 from probe.data.tasks import TASKS, get_task
 from probe.errors import CheckpointError
-from probe.evaluate import evaluate_bpb, task_scores
+from probe.evaluate import evaluate_bpb, evaluate_minimal_pairs, task_scores
 from probe.zoo.recipes import RECIPES, describe_curriculum
 
 CARD_FILE = "card.json"
