@@ -33,8 +33,8 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from probe.block import Block
-from probe.checkpoint_format import save_model
 from probe.cache import ActivationCache
+from probe.checkpoint_format import save_model
 from probe.config import ModelConfig
 from probe.errors import ConfigError, InputError, unknown_hook
 from probe.finite import check_finite

@@ -70,7 +70,7 @@ def test_pooled_and_projected_rows(tmp_path):
         np.testing.assert_allclose(p.features["0-state"][[s]][0], a.features["0-state"][a.sequence == s].mean(0),
                                    rtol=1e-5, atol=1e-6)
     assert projected.features["0-state"].dim == 8 and projected.features["0-state"].reduction == "random"
-    from probe.methods.support.activation_dataset import Reducer
+    from probe.data.activation_dataset import Reducer
 
     spec = projected.features["0-state"]
     sketch = Reducer(spec.raw_dim, 8, "random", 0, "0-state")(torch.from_numpy(a.features["0-state"][:]))
@@ -193,7 +193,7 @@ def test_steering_vector_from_two_harvests_equals_the_direct_one(tmp_path):
 
 
 def test_tuned_lens_trains_on_a_harvest(tmp_path):
-    from probe.harvest.consumers import lens_batches
+    from probe.methods.lens import lens_batches
 
     model = tiny()
     data = [t for t, _ in labelled(n_seq=8, length=64)]

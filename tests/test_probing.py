@@ -8,7 +8,7 @@ import torch
 from conftest import ARCHS, make_model, tokens
 from probe.errors import InputError
 from probe.methods import ActivationDataset, collect_activations, fit_probes, hidden_vs_state, hidden_vs_state_figure
-from probe.methods.support.activation_dataset import FeatureInfo
+from probe.data.activation_dataset import FeatureInfo
 
 
 @pytest.mark.parametrize("arch", ARCHS)

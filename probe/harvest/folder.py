@@ -18,12 +18,9 @@ import json
 import os
 from pathlib import Path
 
-from probe.errors import ConfigError
-from probe.harvest.shard import ROW_COLUMNS, shard_name
 from probe.atomic import write_atomically
-
-FORMAT = "probe-harvest"
-SPEC, MANIFEST, SHARDS = "spec.json", "manifest.json", "shards"
+from probe.data.harvest_reader import FORMAT, MANIFEST, ROW_COLUMNS, SHARDS, SPEC, read_manifest, shard_name  # noqa: F401
+from probe.errors import ConfigError
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -100,15 +97,3 @@ def finish(out: Path, spec: dict, seconds: float) -> dict:
                 "row_columns": list(ROW_COLUMNS)}
     _write_json(out / MANIFEST, manifest)
     return manifest
-
-
-def read_manifest(path) -> dict | None:
-    """The manifest of a complete harvest folder, else ``None``."""
-    try:
-        f = Path(path) / MANIFEST
-    except TypeError:
-        return None
-    if not f.is_file():
-        return None
-    data = json.loads(f.read_text())
-    return data if data.get("format") == FORMAT else None

@@ -10,70 +10,20 @@ same numbers.
   over its kept positions; ``position`` and ``token`` are then ``-1`` and each label is the value
   at the sequence's last kept position, i.e. the sequence's label when labels are per sequence).
 * ``max_dim``: features wider than this are projected to ``max_dim`` columns by the seeded count
-  sketch of :class:`probe.methods.support.activation_dataset.Reducer` (the same map on every worker); ``None``
+  sketch of :class:`probe.data.activation_dataset.Reducer` (the same map on every worker); ``None``
   keeps them whole (needed to steer with them or to train a tuned lens on them). PCA is not
   offered: it would need a pass over the corpus before the harvest.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
+from probe.data.harvest_reader import FeatureSpec, Plan
 from probe.errors import InputError
 
 POOLS = (None, "mean")
-
-
-@dataclass
-class FeatureSpec:
-    """One stored feature: ``site`` at ``layer`` read from ``hooks`` (per-position ``shapes``),
-    flattened and concatenated to ``raw_dim`` values, stored as ``dim`` columns."""
-
-    site: str
-    layer: int
-    kind: str
-    hooks: list[str]
-    shapes: list[list[int]]
-    raw_dim: int
-    dim: int
-    reduction: str
-
-
-@dataclass
-class Plan:
-    sites: list[str]
-    layers: list[int]
-    positions: list[int] | str | None = None
-    pool: str | None = None
-    max_dim: int | None = None
-    dtype: str = "float16"
-    seq_len: int = 256
-    batch_size: int = 16
-    shard_size: int = 64
-    seed: int = 0
-    features: dict[str, FeatureSpec] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Plan":
-        d = dict(d)
-        d["features"] = {k: FeatureSpec(**v) for k, v in d.get("features", {}).items()}
-        return cls(**d)
-
-    def position_arg(self):
-        """``positions`` in the form :func:`probe.methods.support.labelled_sequences.select_positions` takes."""
-        return [-1] if self.positions == "last" else self.positions
-
-    def reducers(self) -> dict:
-        """A fresh :class:`~probe.methods.support.activation_dataset.Reducer` per feature (identity or the seeded sketch)."""
-        from probe.methods.support.activation_dataset import Reducer
-
-        return {k: Reducer(f.raw_dim, self.max_dim or f.raw_dim, "random", self.seed, k)
-                for k, f in self.features.items()}
 
 
 def make_plan(model, sites, layers, *, positions=None, pool=None, max_dim=None, dtype="float16", seq_len=256,
@@ -81,7 +31,7 @@ def make_plan(model, sites, layers, *, positions=None, pool=None, max_dim=None, 
     """Check the options against ``model`` and list the features to store (a clear error for each
     bad option)."""
     from probe.methods.support import input_checks as inputs, site_hooks as S
-    from probe.methods.support.activation_dataset import feature_key
+    from probe.data.activation_dataset import feature_key
     from probe.methods.probing import site_kind
 
     for name, v in (("seq_len", seq_len), ("batch_size", batch_size), ("shard_size", shard_size)):

@@ -23,10 +23,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from probe.data.harvest_reader import Harvest
 from probe.harvest import folder
 from probe.harvest.corpus import Windows, load_corpus
 from probe.harvest.plan import Plan, make_plan
 from probe.harvest.shard import write_shard
+from probe.methods.support.fingerprint import model_identity
 
 DEFAULT_SITES = ("resid_post", "mixer_out", "state")
 
@@ -36,7 +38,7 @@ def harvest(model, corpus, out, *, sites=DEFAULT_SITES, layers=None, positions=N
             prepend_bos=None, seed=0, compression="zstd", ray=False, workers=1, address=None, num_gpus=0,
             overwrite=False, progress=True):
     """Harvest ``sites`` x ``layers`` of ``model`` over ``corpus`` into folder ``out``; returns the
-    opened :class:`probe.harvest.reader.Harvest`.
+    opened :class:`probe.data.harvest_reader.Harvest`.
 
     Args:
         model: a HookedLM (or the TransformerLens adapter, local runs only).
@@ -74,25 +76,7 @@ def harvest(model, corpus, out, *, sites=DEFAULT_SITES, layers=None, positions=N
     finally:
         bar.close()
     folder.finish(out, spec, time.perf_counter() - start)
-    from probe.harvest.reader import Harvest
-
     return Harvest(out)
-
-
-def model_identity(model) -> str:
-    """The weights fingerprint of :func:`probe.methods.lens.model_fingerprint`; for a model whose device
-    map offloads weights to disk (their tensors are on the 'meta' device here), a hash of the config
-    and of each weight's name, shape and device instead."""
-    import hashlib
-
-    from probe.methods.lens import model_fingerprint
-
-    if not any(p.is_meta for p in model.parameters()):
-        return model_fingerprint(model)
-    h = hashlib.sha256(model.cfg.to_json().encode())
-    for name, p in sorted(model.state_dict().items()):
-        h.update(f"{name}{tuple(p.shape)}{p.device.type}".encode())
-    return "offloaded-" + h.hexdigest()[:16]
 
 
 def make_spec(model, windows: Windows, plan: Plan, compression: str) -> dict:

@@ -21,15 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probe.data.harvest_reader import ROW_COLUMNS, Plan, shard_name
 from probe.errors import InputError
 from probe.harvest.corpus import Windows
-from probe.harvest.plan import Plan
-
-ROW_COLUMNS = ("sequence", "position", "token")
-
-
-def shard_name(k: int) -> str:
-    return f"shard-{k:05d}.parquet"
 
 
 def write_shard(model, windows: Windows, plan: Plan, k: int, folder: Path, compression: str = "zstd") -> int:

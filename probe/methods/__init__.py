@@ -1,12 +1,12 @@
 """Interpretability methods. Each takes a model and inputs and returns a result object
 with ``.to_frame()`` and ``.figure()``; all work through hooks only, so on every architecture.
 
-Modules: lens.py attribution.py memory.py (methods I), patching.py probing.py steering.py
-(methods II). Names are re-exported here as they land.
+One module per method family: lens.py (logit and tuned lens), attribution.py (direct logit
+attribution, gradient x input, integrated gradients), memory.py (memory maps, state sizes),
+patching.py, probing.py, steering.py. What they share and is no method lives in
+:mod:`probe.methods.support`; per-mixer implicit attention in :mod:`probe.methods.implicit`.
 """
-from probe.result import MethodResult
-
-# methods I: lenses, attribution, memory maps
+from probe.data.activation_dataset import ActivationDataset
 from probe.methods.attribution import (
     DLAResult, TokenAttributionResult, direct_logit_attribution, gradient_x_input, integrated_gradients,
 )
@@ -14,8 +14,6 @@ from probe.methods.lens import LensResult, TunedLens, compare_lenses, logit_lens
 from probe.methods.memory import (
     LayerMemory, MemoryMapResult, gradient_influence, implicit_attention, memory_map, state_sizes,
 )
-# methods II: patching, probing, steering
-from probe.methods.support.activation_dataset import ActivationDataset
 from probe.methods.patching import (
     AttributionPatchingResult, PatchingResult, activation_patching, attribution_patching, patching_agreement,
 )
@@ -23,6 +21,7 @@ from probe.methods.probing import (
     ProbeResult, collect_activations, fit_probes, hidden_vs_state, hidden_vs_state_figure,
 )
 from probe.methods.steering import SteeringResult, SteeringVector, steer, steering_vector
+from probe.result import MethodResult
 
 __all__ = [
     "MethodResult",

@@ -44,8 +44,8 @@ from probe.methods.support import input_checks as inputs
 from probe.methods.support import path_quadrature as pq
 from probe.methods.support.gradient_mode import needs_gradients
 from probe.methods.support.logit_readout import frozen_norm_linear, norm_bias
-from probe.result import MethodResult
 from probe.mixers import MIXERS
+from probe.result import MethodResult
 
 
 def _metric(logits: Tensor, position: int, target: Tensor, contrast: Tensor | None) -> Tensor:

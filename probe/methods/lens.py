@@ -29,7 +29,6 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -37,15 +36,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probe.errors import CheckpointError, InputError
 from probe.atomic import directory_lock, fsync_path, temp_prefix, write_atomically, write_new_file
+from probe.data.harvest_reader import is_harvest, open_harvest
+from probe.errors import CheckpointError, InputError
 from probe.finite import check_finite
 from probe.hooks import residual_before
 from probe.methods.support import input_checks as inputs
+from probe.methods.support.fingerprint import check_harvest_model, config_identity, model_fingerprint  # noqa: F401
 from probe.methods.support.gradient_mode import needs_gradients
 from probe.methods.support.logit_readout import readout
 from probe.result import MethodResult
@@ -247,33 +249,6 @@ def logit_lens(model, input, layers=None, keep_logits: bool = False, prepend_bos
 
 
 # -- the tuned lens ------------------------------------------------------------------------
-def model_fingerprint(model) -> str:
-    """A short hash of a model's config and weights (fp16, strided sample of every tensor), used
-    to refuse a tuned lens trained for another model."""
-    h = hashlib.sha256(json.dumps(_config_identity(model), sort_keys=True).encode())
-    for name, p in sorted(model.state_dict().items()):
-        flat = p.detach().flatten()
-        step = max(1, flat.numel() // 65536)
-        h.update(name.encode())
-        h.update(str(tuple(p.shape)).encode())
-        h.update(flat[::step].to("cpu", torch.float16).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-#: ModelConfig fields added after tuned lenses were first saved, left out of the fingerprint while at
-#: their default so that a lens saved before the field existed still matches its model
-_LATER_FIELDS = {"embed_scale": None}
-
-
-def _config_identity(model) -> dict:
-    cfg = model.cfg.to_dict()
-    cfg.pop("name", None)
-    for field, default in _LATER_FIELDS.items():
-        if cfg.get(field, default) == default:
-            cfg.pop(field, None)
-    return cfg
-
-
 class TunedLens(nn.Module):
     """Per-layer affine translators ``x -> x W_l^T + b_l`` for lens layers ``0 .. n_layers - 1``.
 
@@ -293,7 +268,7 @@ class TunedLens(nn.Module):
         self.weight = nn.Parameter(eye.repeat(self.n_layers, 1, 1))
         self.bias = nn.Parameter(torch.zeros(self.n_layers, self.d_model, device=model.device, dtype=dtype))
         self.fingerprint: str | None = None  # of the model it was trained for; None until trained
-        self.model_config = _config_identity(model)
+        self.model_config = config_identity(model)
         self.train_info: dict[str, Any] = {}
 
     # -- translation ------------------------------------------------------------------
@@ -346,12 +321,8 @@ class TunedLens(nn.Module):
         limit = model.cfg.context_limit
         if limit is not None and seq_len > limit:
             raise InputError(f"seq_len={seq_len} exceeds this model's context n_ctx={limit}.")
-        from probe.harvest.reader import is_harvest  # a harvest folder streams (probe.harvest.consumers)
-
         harvested = None
-        if is_harvest(data):
-            from probe.harvest.consumers import lens_batches
-
+        if is_harvest(data):  # a harvest folder streams
             harvested = lens_batches(model, data, batch_size * seq_len, seed)
         else:
             stream = inputs.token_stream(model, data)
@@ -388,7 +359,7 @@ class TunedLens(nn.Module):
             losses.append(loss.item() / len(layers))
         seconds = time.perf_counter() - start
         self.fingerprint = model_fingerprint(model)
-        self.model_config = _config_identity(model)
+        self.model_config = config_identity(model)
         self.train_info = {"steps": steps, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "seed": seed,
                            "tokens": steps * batch_size * seq_len, "seconds": seconds,
                            "seconds_per_layer": seconds / self.n_layers, "loss_first": losses[0],
@@ -608,3 +579,31 @@ def lens_table(models, train_data, eval_data, steps: int = 250, batch_size: int 
     if not frames:
         raise InputError("lens_table got no models.")
     return pd.concat(frames, ignore_index=True)
+
+
+def lens_keys(model) -> list[str]:
+    """Feature keys of lens layers ``0 .. n_layers`` (``0-resid_pre``, then each block's ``resid_post``)."""
+    return ["0-resid_pre"] + [f"{l}-resid_post" for l in range(model.cfg.n_layers)]
+
+
+def lens_batches(model, data, rows: int, seed: int = 0):
+    """Endless ``({lens layer: resid [rows, d_model]}, final logits [rows, vocab])`` batches: shards in a
+    seeded random order (a new order each pass), rows shuffled within a shard."""
+    h = open_harvest(data)
+    check_harvest_model(h, model)
+    keys = lens_keys(model)
+    missing = [k for k in keys if k not in h.features or h.features[k].dim != model.cfg.d_model]
+    if missing:
+        raise InputError(f"A tuned lens trains on the whole residual stream at every layer; the harvest lacks "
+                         f"{', '.join(missing)} (harvest sites resid_pre and resid_post at every layer, max_dim=None).")
+    rng = np.random.default_rng(seed)
+    while True:
+        for i in rng.permutation(len(h.shards)):
+            cols = h.read_shard(int(i), keys)
+            order = rng.permutation(len(cols[keys[0]]))
+            for first in range(0, len(order), rows):
+                pick = order[first : first + rows]
+                resid = {l: torch.from_numpy(cols[k][pick]).to(model.device, model.dtype) for l, k in enumerate(keys)}
+                with torch.no_grad():
+                    final = readout(model, resid.pop(len(keys) - 1))
+                yield resid, final

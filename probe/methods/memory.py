@@ -45,11 +45,11 @@ from torch import Tensor
 from probe.errors import InputError, ProbeError
 from probe.finite import check_finite
 from probe.methods import implicit
+from probe.methods.implicit import ImplicitAttention
 from probe.methods.support import input_checks as inputs
 from probe.methods.support.gradient_mode import needs_gradients
-from probe.methods.implicit import ImplicitAttention
-from probe.result import MethodResult
 from probe.mixers import MIXERS
+from probe.result import MethodResult
 
 METHODS = ("auto", "gradient")
 

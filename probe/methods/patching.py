@@ -60,8 +60,8 @@ from probe.errors import InputError
 from probe.finite import check_finite
 from probe.methods.support import input_checks as inputs, site_hooks as S
 from probe.methods.support.gradient_mode import needs_gradients
-from probe.result import MethodResult
 from probe.mixers.edits import mark_forced
+from probe.result import MethodResult
 
 Metric = Callable[[Tensor], Tensor]
 

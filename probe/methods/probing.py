@@ -46,11 +46,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probe.data.activation_dataset import ActivationDataset, FeatureInfo, Reducer, Storage, feature_key
+from probe.data.harvest_reader import is_harvest, open_harvest
 from probe.errors import InputError
 from probe.methods.support import input_checks as inputs, site_hooks as S
-from probe.methods.support.activation_dataset import ActivationDataset, FeatureInfo, Reducer, Storage, feature_key
-from probe.result import MethodResult
 from probe.methods.support.labelled_sequences import as_sequences, padded_batch, select_positions
+from probe.result import MethodResult
 
 DEFAULT_PROBE_SITES = ("resid_post", "mixer_out", "state")
 TASKS = ("auto", "classification", "regression")
@@ -472,9 +473,7 @@ def fit_probes(data: "ActivationDataset | str | Path", labels: str | Sequence[st
         res.figure("number")
     """
     start = time.perf_counter()
-    from probe.harvest.reader import is_harvest, open_harvest  # a harvest folder streams (bounds in its docstring)
-
-    if is_harvest(data):
+    if is_harvest(data):  # a harvest folder streams (bounds in probe.data.harvest_reader)
         data = open_harvest(data).activations()
     if not isinstance(data, ActivationDataset):
         raise InputError("fit_probes takes the ActivationDataset returned by collect_activations (or "

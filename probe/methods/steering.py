@@ -41,11 +41,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from probe.data.activation_dataset import feature_key
+from probe.data.harvest_reader import is_harvest, open_harvest
 from probe.errors import InputError
 from probe.finite import check_finite
 from probe.methods.support import input_checks as inputs, site_hooks as S
-from probe.result import MethodResult
+from probe.methods.support.fingerprint import check_harvest_model
 from probe.methods.support.labelled_sequences import as_sequences, padded_batch
+from probe.result import MethodResult
 from probe.sampling import check_sampling
 
 
@@ -168,12 +171,8 @@ def steering_vector(model, positive, negative, *, site: str = "resid_pre", layer
         vec.norms()                # {layer: |v|}
     """
     model = inputs.as_model(model)
-    from probe.harvest.reader import is_harvest  # two harvest folders stream (probe.harvest.consumers)
-
-    if is_harvest(positive) and is_harvest(negative):
-        from probe.harvest.consumers import steering_from_harvests
-
-        return steering_from_harvests(model, positive, negative, site, layers)
+    if is_harvest(positive) and is_harvest(negative):  # two harvest folders stream
+        return _steering_from_harvests(model, positive, negative, site, layers)
     pos = _texts_or_tokens(model, positive, "positive", prepend_bos)
     neg = _texts_or_tokens(model, negative, "negative", prepend_bos)
     if len(pos) != len(neg):
@@ -234,6 +233,34 @@ class _AddHook:
         if not bool(m.any()):
             return t
         return t + m.to(t.device, t.dtype).view(*m.shape, *([1] * (t.dim() - 2))) * add
+
+
+def _steering_from_harvests(model, positive, negative, site: str, layers) -> "SteeringVector":
+    """:func:`steering_vector` from two harvests of ``model``: the difference of their mean features,
+    summed in float64 one shard at a time (memory: one shard column + ``dim`` sums)."""
+    pos, neg = open_harvest(positive), open_harvest(negative)
+    for h in (pos, neg):
+        check_harvest_model(h, model)
+    layers = inputs.check_layers(model, layers)
+    vectors, parts = {}, {}
+    for layer in layers:
+        hooks = steering_hooks(model, site, layer)
+        key = feature_key(S.site_label(site), layer)
+        if not hooks or key not in pos.features:
+            continue
+        spec = pos.feature_spec(key)
+        if spec.hooks != hooks or spec.dim != spec.raw_dim or neg.feature_spec(key) != spec:
+            raise InputError(f"Feature {key!r} of the harvests is {spec.reduction}-reduced or reads other hooks "
+                             f"than steering writes ({hooks}); harvest both with max_dim=None and the same sites.")
+        v = torch.from_numpy(pos.feature_mean(key) - neg.feature_mean(key)).float()
+        parts[layer] = [(hk, tuple(shape)) for hk, shape in zip(spec.hooks, spec.shapes)]
+        v = v.view(*parts[layer][0][1]) if len(hooks) == 1 else v
+        vectors[layer] = v.to(model.dtype).to(model.device)
+    if not vectors:
+        raise InputError(f"The harvests hold no {site!r} feature to steer at layers {layers}; harvest that site "
+                         f"(they hold {', '.join(pos.features)}).")
+    position = "mean" if pos.plan.pool == "mean" else pos.plan.positions
+    return SteeringVector(site, vectors, parts, min(len(pos), len(neg)), position)
 
 
 def _vectors(model, vector, site: str | None, layers) -> tuple[str, dict[int, Tensor], dict[int, list]]:

@@ -1,4 +1,8 @@
-r"""Reading a harvest lazily: one shard's column at a time.
+r"""A harvest folder's format and its lazy reader: one shard's column at a time.
+
+The folder (written by :mod:`probe.harvest`: ``spec.json`` first, ``shards/shard-NNNNN.parquet`` as
+they finish, ``manifest.json`` last) and the :class:`Plan` it records are plain data, so the
+methods that stream a harvest read it from here, below them.
 
 :class:`Harvest` opens a complete harvest folder (its ``manifest.json``). Nothing is read until
 asked for, and then one (shard, column) at a time, so memory never holds more than:
@@ -15,22 +19,93 @@ The consumers in :mod:`probe.methods` take a harvest folder through this module:
   matrices are :class:`LazyFeature` columns; the probe reads only its sampled rows
   (``max_train + max_test``), shard by shard. Bound: per-row columns + one shard column + the
   ``(max_train + max_test) x dim`` float32 sample and scikit-learn's working copies of it.
-* ``steering_vector(model, folder_pos, folder_neg, site=...)``: :func:`steering_from_harvests`, the
+* ``steering_vector(model, folder_pos, folder_neg, site=...)``: :func:`probe.methods.steering.steering_vector` over :meth:`Harvest.feature_mean`, the
   difference of the two harvests' mean features, summed in float64 one shard at a time.
   Bound: one shard column + ``dim`` float64 sums.
-* ``TunedLens.fit(model, folder)``: :func:`lens_batches`, batches of rows from shards in a seeded
+* ``TunedLens.fit(model, folder)``: :func:`probe.methods.lens.lens_batches`, batches of rows from shards in a seeded
   random order (rows shuffled within a shard). Bound: ``n_layers + 1`` columns of one shard.
 """
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from probe.errors import InputError
-from probe.harvest import folder
-from probe.harvest.plan import Plan
+
+FORMAT = "probe-harvest"
+SPEC, MANIFEST, SHARDS = "spec.json", "manifest.json", "shards"
+#: per-row columns of every shard, before the labels and features
+ROW_COLUMNS = ("sequence", "position", "token")
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}.parquet"
+
+
+@dataclass
+class FeatureSpec:
+    """One stored feature: ``site`` at ``layer`` read from ``hooks`` (per-position ``shapes``),
+    flattened and concatenated to ``raw_dim`` values, stored as ``dim`` columns."""
+
+    site: str
+    layer: int
+    kind: str
+    hooks: list[str]
+    shapes: list[list[int]]
+    raw_dim: int
+    dim: int
+    reduction: str
+
+
+@dataclass
+class Plan:
+    sites: list[str]
+    layers: list[int]
+    positions: list[int] | str | None = None
+    pool: str | None = None
+    max_dim: int | None = None
+    dtype: str = "float16"
+    seq_len: int = 256
+    batch_size: int = 16
+    shard_size: int = 64
+    seed: int = 0
+    features: dict[str, FeatureSpec] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        d = dict(d)
+        d["features"] = {k: FeatureSpec(**v) for k, v in d.get("features", {}).items()}
+        return cls(**d)
+
+    def position_arg(self):
+        """``positions`` in the form :func:`probe.methods.support.labelled_sequences.select_positions` takes."""
+        return [-1] if self.positions == "last" else self.positions
+
+    def reducers(self) -> dict:
+        """A fresh :class:`~probe.data.activation_dataset.Reducer` per feature (identity or the seeded sketch)."""
+        from probe.data.activation_dataset import Reducer
+
+        return {k: Reducer(f.raw_dim, self.max_dim or f.raw_dim, "random", self.seed, k)
+                for k, f in self.features.items()}
+
+
+def read_manifest(path) -> dict | None:
+    """The manifest of a complete harvest folder, else ``None``."""
+    try:
+        f = Path(path) / MANIFEST
+    except TypeError:
+        return None
+    if not f.is_file():
+        return None
+    data = json.loads(f.read_text())
+    return data if data.get("format") == FORMAT else None
 
 
 def is_harvest(data) -> bool:
@@ -40,7 +115,7 @@ def is_harvest(data) -> bool:
     if not isinstance(data, (str, os.PathLike)):
         return False
     path = Path(data)
-    return (path / folder.MANIFEST).is_file() or (path / folder.SPEC).is_file()
+    return (path / MANIFEST).is_file() or (path / SPEC).is_file()
 
 
 def open_harvest(data) -> "Harvest":
@@ -54,10 +129,10 @@ class Harvest:
 
     def __init__(self, path):
         self.path = Path(path)
-        manifest = folder.read_manifest(self.path)
+        manifest = read_manifest(self.path)
         if manifest is None:
             what = ("an unfinished harvest (no manifest.json yet): run the same harvest again to finish it"
-                    if (self.path / folder.SPEC).is_file() else "no harvest (no manifest.json)")
+                    if (self.path / SPEC).is_file() else "no harvest (no manifest.json)")
             raise InputError(f"{str(self.path)!r} holds {what}.")
         self.manifest = manifest
         self.plan = Plan.from_dict(manifest["plan"])
@@ -101,9 +176,9 @@ class Harvest:
 
     def column(self, name: str) -> np.ndarray:
         """A per-row column (``sequence``, ``position``, ``token`` or a label) over all shards."""
-        if name not in (*folder.ROW_COLUMNS, *self.labels):
+        if name not in (*ROW_COLUMNS, *self.labels):
             raise InputError(f"The harvest has no row column {name!r}; it has "
-                             f"{', '.join([*folder.ROW_COLUMNS, *self.labels])}.")
+                             f"{', '.join([*ROW_COLUMNS, *self.labels])}.")
         return np.concatenate([self.read_shard(i, [name])[name] for i in range(len(self.shards))])
 
     def iter_feature(self, key: str):
@@ -113,27 +188,28 @@ class Harvest:
             yield self.read_shard(i, [key])[key]
 
     def activations(self):
-        """The harvest as an :class:`~probe.methods.support.activation_dataset.ActivationDataset` whose feature matrices
+        """The harvest as an :class:`~probe.data.activation_dataset.ActivationDataset` whose feature matrices
         are :class:`LazyFeature` columns (per-row columns and labels are loaded)."""
-        from probe.methods.support.activation_dataset import ActivationDataset, FeatureInfo
+        from probe.data.activation_dataset import ActivationDataset, FeatureInfo
 
         info = {k: FeatureInfo(f.site, f.layer, f.kind, f.hooks, f.raw_dim, f.dim, f.reduction)
                 for k, f in self.features.items()}
-        rows = {n: self.column(n).astype(np.int64) for n in folder.ROW_COLUMNS}
+        rows = {n: self.column(n).astype(np.int64) for n in ROW_COLUMNS}
         labels = {n: self.column(n) for n in self.labels}
         m = self.manifest
         return ActivationDataset({k: LazyFeature(self, k) for k in self.features}, info, labels, rows["token"],
                                  rows["sequence"], rows["position"], m["model"]["name"], m["model"]["layout"],
                                  self.path, m["seconds"], m["corpus"]["tokens"])
 
-    def check_model(self, model) -> None:
-        """Refuse a model other than the one harvested (weights fingerprint)."""
-        from probe.harvest.run import model_identity
-
-        if model_identity(model) != self.manifest["model"]["fingerprint"]:
-            m = self.manifest["model"]
-            raise InputError(f"{str(self.path)!r} was harvested from another model ({m['name']!r}, layout "
-                             f"{m['layout']}); pass that model, or harvest this one.")
+    def feature_mean(self, key: str) -> np.ndarray:
+        """Mean of feature ``key`` over every row ``[dim]``, summed in float64 one shard at a time."""
+        total, n = np.zeros(self.feature_spec(key).dim), 0
+        for values in self.iter_feature(key):
+            total += values.astype(np.float64).sum(0)
+            n += len(values)
+        if n == 0:
+            raise InputError(f"{str(self.path)!r} has no rows; harvest more text.")
+        return total / n
 
 
 class LazyFeature:
