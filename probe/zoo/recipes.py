@@ -31,7 +31,7 @@ mamba          mamba x8 (no MLP, as in Mamba)
 xlstm          mlstm, slstm, mlstm, mlstm: mLSTM with one sLSTM block (xLSTM[3:1])
 rwkv           rwkv x4 (RWKV channel mixing in the MLP slot)
 mamba2         mamba2 x8 (Mamba-2 / SSD: 8 heads of 32, d_state 64; no MLP, as in Mamba-2)
-gdn            gdn x4 (Gated DeltaNet: 4 heads of 32)
+gdn            gdn x4 (Gated DeltaNet: 4 heads of 32, then the zoo's GELU MLP)
 =============  ============================================================================
 """
 from __future__ import annotations
@@ -168,7 +168,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("xlstm", ("mlstm", "slstm", "mlstm", "mlstm"), d_mlp=672, note="xLSTM[3:1]: mLSTM with one sLSTM"),
     Recipe("rwkv", ("rwkv",) * 4, d_mlp=576, note="RWKV time mixing + channel mixing"),
     Recipe("mamba2", ("mamba2",) * 8, d_mlp=0, note="Mamba-2 (SSD) blocks without MLPs, as in Mamba-2"),
-    Recipe("gdn", ("gdn",) * 4, d_mlp=576, note="Gated DeltaNet layers with MLPs (as in Qwen3-Next's linear layers)"),
+    Recipe("gdn", ("gdn",) * 4, d_mlp=576,
+           note="Gated DeltaNet layers with the zoo's GELU MLP (Qwen3-Next pairs them with SwiGLU or MoE)"),
 )}
 
 
