@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from probe.errors import ConfigError, suggest
+from probe.mixers import MIXERS, MLP_KINDS
+from probe.mixers.options import resolve
 
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("gelu", "gelu_tanh", "swiglu", "geglu", "relu", "none")
@@ -82,8 +84,6 @@ class ModelConfig:
     name: str = ""
 
     def __post_init__(self) -> None:
-        from probe.mixers import MIXERS, MLP_KINDS  # late import: mixers import config
-
         self._check_types()
         if self.layout is None:
             self.layout = ["attn"] * (self.n_layers if self.n_layers is not None else 2)
@@ -178,9 +178,6 @@ class ModelConfig:
     def options(self, mixer_name: str) -> dict[str, Any]:
         """The options of mixer ``mixer_name``: its declared defaults updated with ``mixer_options``,
         every given value checked against the mixer's declaration (:mod:`probe.mixers.options`)."""
-        from probe.mixers import MIXERS
-        from probe.mixers.options import resolve
-
         return resolve(mixer_name, MIXERS[mixer_name].OPTIONS, self.mixer_options.get(mixer_name, {}))
 
     @property

@@ -16,7 +16,6 @@ from app import loading
 from app.context import Context, Slot, side_by_side
 from app.widgets import n_tokens, show_figure, show_table
 
-TITLE = "Architecture"
 COLORS = {"attn": "#4c78a8", "ff": "#bab0ac", "lstm": "#f58518", "qrnn": "#e45756", "lmu": "#72b7b2",
           "hgrn2": "#54a24b", "mamba": "#eeca3b", "mlstm": "#b279a2", "slstm": "#ff9da6", "rwkv": "#9d755d"}
 MLP_COLOR = "#d8d8d8"

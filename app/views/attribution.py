@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import loading, methods
+from app import loading
 from app.context import Context, Slot, side_by_side
 from app.views.target import Metric, metric_picker
 from app.widgets import clamp_position, show_figure, show_table
+from probe import methods
 
-TITLE = "Attribution"
 
 
 @st.cache_data(show_spinner="Attributing the logit to components...", max_entries=64)
@@ -18,7 +18,7 @@ def dla(source: str, text: str, metric: Metric, per_head: bool) -> dict:
     model = loading.load_model(source)
     tokens = loading.check_text(model, text)
     pos = clamp_position(metric.position, tokens.shape[1])
-    dla_fn = methods.get("direct_logit_attribution")
+    dla_fn = methods.direct_logit_attribution
     res = dla_fn(model, tokens, target=metric.target, contrast=metric.contrast, position=pos, per_head=per_head)
     return {"figure": res.figure(heads=per_head), "frame": res.to_frame(), "label": res.metric_label[0],
             "rel_error": float(res.rel_error[0]), "logit": float(res.logit[0])}

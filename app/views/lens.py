@@ -15,9 +15,10 @@ import numpy as np
 import streamlit as st
 import torch
 
-from app import loading, methods
+from app import loading
 from app.context import Context, Slot, side_by_side
 from app.widgets import ColorScale, display_token, position_window, show_figure, show_table, window_heatmap
+from probe import methods
 from probe.methods.support.input_checks import token_str
 
 HOVER_K = 5
@@ -57,7 +58,7 @@ def _keep_logits(model, text: str) -> bool:
 def logit_lens_figures(source: str, text: str) -> dict:
     model = loading.load_model(source)
     tokens = loading.check_text(model, text)
-    res = methods.get("logit_lens")(model, tokens, keep_logits=_keep_logits(model, text))
+    res = methods.logit_lens(model, tokens, keep_logits=_keep_logits(model, text))
     return {"kl": _with_hover(model, res, "kl"), "prob": _with_hover(model, res, "prob"),
             "metrics": res.metric_figure(), "frame": res.to_frame()}
 
@@ -67,7 +68,7 @@ def saved_tuned_lens(source: str):
     """The tuned lens saved beside the model's checkpoint, or None."""
     from probe.errors import ProbeError
 
-    TunedLens = methods.get("TunedLens")
+    TunedLens = methods.TunedLens
     model = loading.load_model(source)
     if not getattr(model, "checkpoint_path", None):
         return None
@@ -89,7 +90,7 @@ def fitted_tuned_lens(source: str, steps: int):
     """A tuned lens fitted here for ``steps`` steps on the code corpus (kept for this server's life)."""
     model = loading.load_model(source)
     seq_len = min(FIT_SEQ_LEN, model.cfg.context_limit or FIT_SEQ_LEN)
-    lens = methods.get("TunedLens")(model)
+    lens = methods.TunedLens(model)
     return lens.fit(model, fit_corpus(), steps=steps, batch_size=FIT_BATCH, seq_len=seq_len, warmup=max(1, steps // 10))
 
 

@@ -11,11 +11,11 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from app import loading, methods
+from app import loading
 from app.context import Context, Slot, side_by_side
 from app.widgets import ColorScale, show_figure, show_table
+from probe import methods
 
-TITLE = "Memory"
 #: random probes per position for the gradient influence unless "exact" is on (exact costs
 #: ``positions x d_model`` backward rows, ``d_model / PROBES`` times more)
 PROBES = 8
@@ -27,7 +27,7 @@ STATE_SIZE_TOKENS = 64
 def memory(source: str, text: str, method: str, exact: bool):
     model = loading.load_model(source)
     tokens = loading.check_text(model, text)
-    return methods.get("memory_map")(model, tokens, method=method, probes=None if exact else PROBES,
+    return methods.memory_map(model, tokens, method=method, probes=None if exact else PROBES,
                                      with_state_sizes=False)
 
 
@@ -37,7 +37,7 @@ def state_size_figure(source: str, text: str):
 
     model = loading.load_model(source)
     tokens = loading.check_text(model, text)[:, :STATE_SIZE_TOKENS]
-    sizes = methods.get("state_sizes")(model, tokens)
+    sizes = methods.state_sizes(model, tokens)
     return MemoryMapResult(tokens, [], [], sizes).state_size_figure()
 
 
@@ -95,8 +95,6 @@ def render(ctx: Context) -> None:
     st.caption("Row t: how much position t reads each earlier position s. Attention: its pattern; linear "
                "recurrences: the exact implicit attention of the unrolled recurrence; LSTMs: the gradient "
                "influence ||d y_t / d x_s||.")
-    if not methods.available("memory_map", "state_sizes"):
-        return
     c1, c2, c3 = st.columns(3)
     method = c1.radio("Map", ["auto", "gradient"], horizontal=True, key="mem_method", bind="query-params",
                       format_func={"auto": "native (pattern / implicit)", "gradient": "gradient influence (all)"}.get)

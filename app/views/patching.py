@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import streamlit as st
 
 import probe
-from app import examples, loading, methods
+from app import examples, loading
 from app.context import Context, Slot, side_by_side
 from app.widgets import ColorScale, display_token, show_figure, show_table
+from probe import methods
 
-TITLE = "Patching"
 SITES = ("resid_pre", "mixer_out", "mlp_out", "state")
 CUSTOM = "Your own pair"
 N_PAIRS = 12
@@ -86,7 +86,7 @@ def patching(source: str, choice: PairChoice, method: str, sites: tuple[str, ...
     present = [s for s in sites if any(site_hooks(model, s, layer) for layer in range(model.cfg.n_layers))]
     if not present:
         raise probe.InputError(f"This model has none of the sites {', '.join(sites)}.")
-    fn = methods.get("attribution_patching" if method == "attribution" else "activation_patching")
+    fn = (methods.attribution_patching if method == "attribution" else methods.activation_patching)
     res = fn(model, clean, corrupted, answer=answer, contrast=contrast, sites=present)
     return {"figure": res.figure(), "frame": res.to_frame(), "seconds": res.seconds,
             "passes": res.forward_passes, "clean": res.clean_metric, "corrupted": res.corrupted_metric}
@@ -142,8 +142,6 @@ def render(ctx: Context) -> None:
     st.subheader("Activation patching")
     st.caption("Score = (metric patched - corrupted) / (clean - corrupted) for the logit difference of the "
                "two answers at the last position: 1 means patching that site restores the clean answer.")
-    if not methods.available("activation_patching", "attribution_patching"):
-        return
     choice = _pick_pair(ctx)
     if choice is None:
         return

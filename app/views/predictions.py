@@ -17,7 +17,6 @@ from app.context import Context, Slot, side_by_side
 from app.widgets import clamp_position, display_token, position_picker, show_figure
 from probe.methods.support.input_checks import token_str
 
-TITLE = "Predictions"
 TOP_K = 10
 
 

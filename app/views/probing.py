@@ -22,11 +22,11 @@ import pandas as pd
 import streamlit as st
 
 import probe
-from app import loading, methods
+from app import loading
 from app.context import Context, Slot, side_by_side
 from app.widgets import show_figure, show_table
+from probe import methods
 
-TITLE = "Probes"
 RESULTS_FILES = ("probes.csv", "probes.json")
 ZOO_DIR = Path(__file__).resolve().parents[2] / "probe" / "zoo"
 #: datasets for on-the-fly probes: label -> (source, label name, description)
@@ -145,8 +145,8 @@ def fit_here(source: str, dataset: str, size: int, sites: tuple[str, ...]) -> pd
         raise probe.InputError("Probing here uses byte-level labels (tasks, code corpus); this model has "
                              "another tokenizer.")
     data, label = _labelled_data(dataset, size)
-    acts = methods.get("collect_activations")(model, data, sites=list(sites), seq_len=256, max_dim=MAX_DIM)
-    return methods.get("fit_probes")(acts, labels=[label], max_train=MAX_TRAIN, max_test=MAX_TRAIN // 2).to_frame()
+    acts = methods.collect_activations(model, data, sites=list(sites), seq_len=256, max_dim=MAX_DIM)
+    return methods.fit_probes(acts, labels=[label], max_train=MAX_TRAIN, max_test=MAX_TRAIN // 2).to_frame()
 
 
 def _show(slot: Slot, frame: pd.DataFrame, key: str, caption: str) -> None:
@@ -187,8 +187,6 @@ def render(ctx: Context) -> None:
                "score against layer.")
     with st.expander("Control task and selectivity: how to read them"):
         st.markdown(CONTROL_HELP)
-    if not methods.available("fit_probes", "collect_activations"):
-        return
     c1, c2, c3 = st.columns([2, 1, 2])
     dataset = c1.selectbox("Fit on", list(DATASETS), key="probe_dataset", bind="query-params",
                            help="; ".join(f"{k}: {v[2]}" for k, v in DATASETS.items()))
@@ -218,7 +216,7 @@ def fit_harvest(folder: str) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _fit_harvest(folder: str, mtime: float) -> pd.DataFrame:
-    return methods.get("fit_probes")(folder, max_train=MAX_TRAIN, max_test=MAX_TRAIN // 2).to_frame()
+    return methods.fit_probes(folder, max_train=MAX_TRAIN, max_test=MAX_TRAIN // 2).to_frame()
 
 
 def _harvested(folder: str) -> None:

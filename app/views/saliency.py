@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import loading, methods
+from app import loading
 from app.context import Context, Slot, side_by_side
 from app.views.target import Metric, metric_picker
 from app.widgets import clamp_position, colored_tokens, show_figure
+from probe import methods
 from probe.methods.support.path_quadrature import TOLERANCE
 
-TITLE = "Saliency"
 #: per-token error targets offered (the library's default, path_quadrature.TOLERANCE, among them)
 UNTIL = sorted({0.05, 0.02, TOLERANCE, 0.005})
 
@@ -21,7 +21,7 @@ def saliency(source: str, text: str, metric: Metric, until: float, baseline: str
     model = loading.load_model(source)
     tokens = loading.check_text(model, text)
     pos = clamp_position(metric.position, tokens.shape[1])
-    ig = methods.get("integrated_gradients")
+    ig = methods.integrated_gradients
     res = ig(model, tokens, target=metric.target, contrast=metric.contrast, position=pos, baseline=baseline,
              until=until)
     shown = res.str_tokens[0][: pos + 1]

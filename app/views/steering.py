@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import loading, methods
+from app import loading
 from app.context import Context, Slot, side_by_side
 from app.widgets import show_figure
+from probe import methods
 from probe.data.contrast import NUMBER, PAIRS, ContrastPairs
 
-TITLE = "Steering"
 SWEEP = (-8.0, -4.0, 0.0, 4.0, 8.0)
 SITES = {"resid_pre": "residual stream (CAA)", "state": "recurrent state (state steering)"}
 
@@ -28,14 +28,14 @@ CUSTOM = "your own pairs"
 @st.cache_resource(show_spinner="Computing the steering vector...", max_entries=16)
 def vector(source: str, preset: ContrastPairs, site: str):
     model = loading.load_model(source)
-    return methods.get("steering_vector")(model, list(preset.positive), list(preset.negative), site=site)
+    return methods.steering_vector(model, list(preset.positive), list(preset.negative), site=site)
 
 
 @st.cache_data(show_spinner="Steering...", max_entries=32)
 def sweep(source: str, preset: ContrastPairs, site: str) -> dict:
     model = loading.load_model(source)
     loading.check_text(model, preset.prompt)
-    res = methods.get("steer")(model, preset.prompt, vector(source, preset, site), coefficients=list(SWEEP),
+    res = methods.steer(model, preset.prompt, vector(source, preset, site), coefficients=list(SWEEP),
                                answer=preset.answer, contrast=preset.contrast)
     return {"figure": res.figure(), "norms": res.norms, "layers": res.layers}
 
@@ -43,7 +43,7 @@ def sweep(source: str, preset: ContrastPairs, site: str) -> dict:
 @st.cache_data(show_spinner="Generating with and without steering...", max_entries=64)
 def generate(source: str, preset: ContrastPairs, site: str, layer: int, coefficient: float, n: int) -> dict:
     model = loading.load_model(source)
-    res = methods.get("steer")(model, preset.prompt, vector(source, preset, site), coefficients=[0.0, coefficient],
+    res = methods.steer(model, preset.prompt, vector(source, preset, site), coefficients=[0.0, coefficient],
                                layers=[layer], max_new_tokens=n, answer=preset.answer, contrast=preset.contrast)
     plain, steered = res.generations[layer, 0.0][0], res.generations[layer, float(coefficient)][0]
     return {"plain": plain, "steered": steered, "metric": res.metric[0].tolist()}
@@ -98,8 +98,6 @@ def render(ctx: Context) -> None:
                "pairs (plural minus singular subject, from `probe.data.contrast`, as in the README) a positive "
                "coefficient on the residual stream raises logit[a] - logit[i] (are over is) at every layer after "
                "the embedding of the zoo models (layer 0 sees the same last token, a space, in every pair).")
-    if not methods.available("steering_vector", "steer"):
-        return
     preset = _pick_preset()
     if preset is None:
         return
