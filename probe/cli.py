@@ -245,7 +245,7 @@ def run_zoo_train(args) -> int:
 def run_zoo_card(args) -> int:
     from probe.data.code_corpus import stdlib_stream
     from probe.io.checkpoint import load_model
-    from probe.zoo.build import ZOO_DIR
+    from probe.loading import ZOO_DIR
     from probe.zoo.cards import evaluate_card, read_card, render_readme, write_card, zoo_cards
 
     from probe.errors import ConfigError

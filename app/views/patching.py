@@ -18,8 +18,9 @@ from app import examples, loading
 from app.context import Context, Slot, side_by_side
 from app.widgets import ColorScale, display_token, show_figure, show_table
 from probe import methods
+from probe.methods.support.site_hooks import DEFAULT_PATCH_SITES
 
-SITES = ("resid_pre", "mixer_out", "mlp_out", "state")
+SITES = DEFAULT_PATCH_SITES
 CUSTOM = "Your own pair"
 N_PAIRS = 12
 

@@ -26,9 +26,10 @@ from app import loading
 from app.context import Context, Slot, side_by_side
 from app.widgets import show_figure, show_table
 from probe import methods
+from probe.loading import ZOO_DIR
+from probe.methods.probing import DEFAULT_PROBE_SITES
 
 RESULTS_FILES = ("probes.csv", "probes.json")
-ZOO_DIR = Path(__file__).resolve().parents[2] / "probe" / "zoo"
 #: datasets for on-the-fly probes: label -> (source, label name, description)
 DATASETS = {
     "agreement: subject number": ("task:agreement", "number", "singular / plural subject, on every token"),
@@ -39,7 +40,7 @@ DATASETS = {
     "code: inside a string": ("code", "in_string", "1 inside a string literal"),
     "code: token type": ("code", "token_type", "Python tokenize type of each byte"),
 }
-SITES = ("resid_post", "mixer_out", "state")
+SITES = DEFAULT_PROBE_SITES
 CONTROL_HELP = """\
 **Baseline**: the score of always answering the most frequent label (accuracy), or 0 (R²).
 A probe at the baseline has found nothing.

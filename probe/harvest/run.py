@@ -28,9 +28,10 @@ from probe.harvest import folder
 from probe.harvest.corpus import Windows, load_corpus
 from probe.harvest.plan import Plan, make_plan
 from probe.harvest.shard import write_shard
+from probe.methods.probing import DEFAULT_PROBE_SITES
 from probe.methods.support.fingerprint import model_identity
 
-DEFAULT_SITES = ("resid_post", "mixer_out", "state")
+DEFAULT_SITES = DEFAULT_PROBE_SITES
 
 
 def harvest(model, corpus, out, *, sites=DEFAULT_SITES, layers=None, positions=None, pool=None, max_dim=None,

@@ -29,10 +29,10 @@ from probe.data.curriculum import Curriculum
 from probe.data.mix import DataMix
 from probe.data.tasks.recall import AssociativeRecall
 from probe.errors import ConfigError
+from probe.loading import ZOO_DIR
 from probe.zoo.recipes import SEED, STAGES, TASKS, TEXT, TRAIN, Recipe, Stage, get_recipe
 
 #: where the shipped zoo lives (``probe.load("zoo:NAME")`` reads it)
-ZOO_DIR = Path(__file__).parent
 
 
 def stage_mix(text: TokenStream, stage: Stage) -> DataMix:
