@@ -10,7 +10,7 @@ The full study (every zoo model, 250 steps, 64 held-out windows: the table of ``
 
     python examples/lens_zoo_table.py --full --markdown probe/zoo/results/lens.md
 
-By default a quick run (about a minute): the transformer and the LSTM, 30 steps, 16 held-out
+By default a quick run (about a minute): the transformer and the QRNN, 15 steps, 8 held-out
 windows; any option given overrides its preset.
 
     python examples/lens_zoo_table.py                      # the quick run
@@ -28,7 +28,7 @@ import torch
 from _sizes import add_full_flag, apply
 
 #: the quick run's sizes and the full study's (``--full``); ``models=None``: every zoo model
-QUICK = {"models": ["transformer", "lstm"], "steps": 30, "max_windows": 16}
+QUICK = {"models": ["transformer", "qrnn"], "steps": 15, "max_windows": 8}
 FULL = {"models": None, "steps": 250, "max_windows": 64}
 
 

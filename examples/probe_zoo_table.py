@@ -27,8 +27,9 @@ The full study (every zoo model at the sizes of ``probe/zoo/results/methods``: a
 
     python examples/probe_zoo_table.py --full --out probe/zoo/results/methods
 
-By default a quick run (about a minute): the transformer and the LSTM, 20,000 bytes of code,
-120 agreement sentences, 6 patching / steering pairs per task; any option given overrides its preset.
+By default a quick run (a minute or two): the transformer and the QRNN, 10,000 bytes of code, probes
+of 500 rows fitted for 50 iterations, 60 agreement sentences, 3 patching / steering pairs per task;
+any option given overrides its preset.
 
     python examples/probe_zoo_table.py                          # the quick run
     python examples/probe_zoo_table.py --models zoo:qrnn zoo:transformer --out results/
@@ -53,9 +54,9 @@ sys.path.insert(0, str(Path(__file__).parent))  # the examples' helpers, also wh
 from _sizes import add_full_flag, apply  # noqa: E402
 
 #: the quick run's sizes and the full study's (``--full``); ``models=None``: every zoo model
-QUICK = {"models": ["zoo:transformer", "zoo:lstm"], "code_bytes": 20_000, "fit_rows": 2000, "sentences": 120,
-         "pairs": 6}
-FULL = {"models": None, "code_bytes": 200_000, "fit_rows": 10_000, "sentences": 600, "pairs": 40}
+QUICK = {"models": ["zoo:transformer", "zoo:qrnn"], "code_bytes": 10_000, "fit_rows": 500, "max_iter": 50,
+         "sentences": 60, "pairs": 3}
+FULL = {"models": None, "code_bytes": 200_000, "fit_rows": 10_000, "max_iter": 500, "sentences": 600, "pairs": 40}
 
 CODE_LABELS = ("in_string", "bracket_depth", "indent")
 CLIP = 4
@@ -121,15 +122,15 @@ def agreement_data(n: int, seed: int = 0):
     return tokens, number
 
 
-def probe_table(name: str, model, code, code_pos, agree, seq_len: int, fit_rows: int) -> pd.DataFrame:
+def probe_table(name: str, model, code, code_pos, agree, seq_len: int, fit_rows: int, max_iter: int) -> pd.DataFrame:
     sites = ["resid_post", "mixer_out", "state"]
     t0 = time.perf_counter()
     data = collect_activations(model, code, sites=sites, seq_len=seq_len, positions=code_pos, batch_size=8)
     varied = [k for k in CODE_LABELS if len(np.unique(data.labels[k])) > 1]  # a tiny sample may lack a class
-    res_code = fit_probes(data, varied, max_train=fit_rows, max_test=fit_rows // 2)
+    res_code = fit_probes(data, varied, max_train=fit_rows, max_test=fit_rows // 2, max_iter=max_iter)
     tokens, number = agree
     agree_data = collect_activations(model, tokens, {"number": number}, sites=sites, positions=[-1])
-    res_agree = fit_probes(agree_data)
+    res_agree = fit_probes(agree_data, max_iter=max_iter)
     frame = pd.concat([res_code.to_frame(), res_agree.to_frame()])
     frame["model"] = name
     print(f"  probes: {len(data):,} code rows + {len(agree_data)} sentences in {time.perf_counter() - t0:.1f}s",
@@ -277,6 +278,7 @@ def main(argv=None) -> dict:
     p.add_argument("--stride", type=int, default=4, help="probe every stride-th position of a window")
     p.add_argument("--skip", type=int, default=32, help="positions skipped at the start of each window")
     p.add_argument("--fit-rows", type=int, help="training rows per probe")
+    p.add_argument("--max-iter", type=int, help="solver iterations per probe")
     p.add_argument("--sentences", type=int, help="agreement sentences for the number probe")
     p.add_argument("--pairs", type=int, help="patching / steering pairs per task")
     p.add_argument("--out", help="directory for the CSV files and tables.md")
@@ -306,7 +308,8 @@ def run(args) -> dict:
         print(f"{name}: {model}", file=sys.stderr)
         t0 = time.perf_counter()
         if not args.skip_probes:
-            frames["probes"].append(probe_table(name, model, code, code_pos, agree, args.seq_len, args.fit_rows))
+            frames["probes"].append(probe_table(name, model, code, code_pos, agree, args.seq_len, args.fit_rows,
+                                                args.max_iter))
         if not args.skip_patching:
             scores, agreement_r = patching_table(name, model, args.pairs)
             frames["patching"].append(scores)

@@ -25,8 +25,9 @@ out.mkdir(exist_ok=True)
 
 examples = get_task("agreement").examples(args.n, seed=1)
 data = [(e.tokens, {"number": e.labels["number"]}) for e in examples]
-acts = collect_activations(model, data, sites=["resid_post", "mixer_out", "state"], max_dim=128)
-res = fit_probes(acts, "number")
+# features reduced to 64 columns and 100 solver iterations: seconds per probe, as in notebook 03
+acts = collect_activations(model, data, sites=["resid_post", "mixer_out", "state"], max_dim=64)
+res = fit_probes(acts, "number", max_iter=100)
 print(res.to_frame().to_string(index=False))
 print("\nhidden vs state:")
 print(hidden_vs_state([res]).to_string(index=False))

@@ -36,7 +36,7 @@ import torch
 from _sizes import add_full_flag, apply
 
 #: the quick run's sizes and the full study's (``--full``); ``models=None``: every zoo recipe
-QUICK = {"models": ["qrnn"], "steps": 200, "eval_every": 50, "examples": 100, "batch": 8, "seq_len": 128}
+QUICK = {"models": ["qrnn"], "steps": 100, "eval_every": 25, "examples": 60, "batch": 8, "seq_len": 64}
 FULL = {"models": None, "steps": 600, "eval_every": 50, "examples": 300, "batch": 16, "seq_len": 256}
 
 

@@ -2,7 +2,8 @@
 
     python examples/steering.py [zoo-name (default qrnn-hybrid)] [--tokens N]
 
-The vector is mean(plural subjects) - mean(singular subjects) at the last token; adding it should
+The vector is mean(plural subjects) - mean(singular subjects) at the last token, from the contrast
+pairs the README, notebook 04 and the explorer use (``probe.data.contrast.NUMBER``); adding it should
 push "the dog " towards "are" ('a') over "is" ('i'). site="state" steers the whole memory of each
 recurrent layer, carried through the recurrence as in token-by-token generation.
 """
@@ -10,7 +11,7 @@ import argparse
 
 from _model import example_model
 
-from probe.data.tasks.agreement import NOUNS
+from probe.data.contrast import NUMBER
 from probe.methods import steer, steering_vector
 
 p = argparse.ArgumentParser()
@@ -19,14 +20,12 @@ p.add_argument("--tokens", type=int, default=8, help="tokens to generate per coe
 args = p.parse_args()
 model = example_model(args.model)
 
-singular = [f"the {s} " for s, _ in NOUNS]
-plural = [f"the {pl} " for _, pl in NOUNS]
 for site in ("resid_pre", "state"):
-    vec = steering_vector(model, plural, singular, site=site)
+    vec = steering_vector(model, list(NUMBER.positive), list(NUMBER.negative), site=site)
     if not vec.layers:
         print(f"{site}: this model has no such site")
         continue
     print(f"\n{site}: {vec}")
-    res = steer(model, "the dog ", vec, coefficients=[-4.0, 0.0, 4.0], answer="a", contrast="i",
-                max_new_tokens=args.tokens)
+    res = steer(model, NUMBER.prompt, vec, coefficients=[-4.0, 0.0, 4.0], answer=NUMBER.answer,
+                contrast=NUMBER.contrast, max_new_tokens=args.tokens)
     print(res.to_frame().to_string(index=False))

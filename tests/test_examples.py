@@ -17,7 +17,7 @@ EXAMPLES = ROOT / "examples"
 
 # script -> (arguments; {out} is a temporary directory, output must contain every string in expect)
 RUNS = {
-    "attribution.py": (["--steps", "8", "--out", "{out}"], ["parts sum to", "completeness error"]),
+    "attribution.py": (["--until", "0.1", "--out", "{out}"], ["parts sum to", "completeness error"]),
     "logit_lens.py": (["--steps", "3", "--seq-len", "32", "--windows", "2", "--out", "{out}"],
                       ["tuned lens trained in", "held-out KL"]),
     "memory_map.py": (["--text", "x = [1, 2]\nx[0]", "--out", "{out}"], ["reconstruction_error", "figures in"]),
