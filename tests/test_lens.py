@@ -59,6 +59,7 @@ def _corpus(n=6000, seed=0):
     return torch.tensor(list(text))
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("arch", ["attn", "qrnn", "lstm"])
 def test_tuned_lens_training_lowers_held_out_kl(arch):
     model = make_model(arch)

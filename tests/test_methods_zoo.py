@@ -21,6 +21,7 @@ def corpus():
     return stdlib_stream("val").tokens, stdlib_stream("test").tokens
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_dla_and_memory_maps(name):
     model = probe.load(f"zoo:{name}")
@@ -36,6 +37,7 @@ def test_zoo_dla_and_memory_maps(name):
         assert (n.nunique() == 1) == (mixer != "attn"), (layer, mixer)  # constant unless attention
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_tuned_lens_beats_the_logit_lens(name, corpus):
     model = probe.load(f"zoo:{name}")

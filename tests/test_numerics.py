@@ -80,6 +80,7 @@ def test_the_tolerance_table_is_documented_and_complete():
     assert set(TOLERANCE) == set(MIXERS), "every registered mixer needs a documented half-precision tolerance"
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("name", sorted(MIXERS))
 def test_half_precision_is_within_the_documented_tolerance(name, dtype):

@@ -67,6 +67,7 @@ def val_stream():
     return stdlib_stream("val")
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_loads_and_reproduces_its_card(name, val_stream):
     model = probe.load(f"zoo:{name}")
