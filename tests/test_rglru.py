@@ -80,7 +80,9 @@ def converted_block(ref_block: RecurrentGemmaRecurrentBlock, cfg: RecurrentGemma
 def test_mixer_equals_the_transformers_block_whole_sequence_and_decode():
     cfg = hf_config()
     torch.manual_seed(0)
-    ref = randomise(RecurrentGemmaRecurrentBlock(cfg, 0), 0.3)
+    # a block built alone is not initialised by transformers (post_init runs on whole models): its
+    # parameters hold whatever memory torch.empty returned, NaN at times; take it from a built model
+    ref = randomise(RecurrentGemmaForCausalLM(cfg).model.layers[0].temporal_block, 0.3)
     mixer = converted_block(ref, cfg)
     x = torch.randn(2, 10, 32)
     ref._setup_cache(2, x.device, x.dtype)
@@ -89,7 +91,8 @@ def test_mixer_equals_the_transformers_block_whole_sequence_and_decode():
         got, state = mixer(x)
         assert (got - want).abs().max() < 1e-5
         assert (state["state"] - ref.rg_lru.recurrent_states).abs().max() < 1e-5
-        assert torch.equal(state["state_conv"], ref.conv1d_state.transpose(1, 2))
+        # the conv window holds linear_x's outputs: equal up to the matmul's rounding on this CPU path
+        torch.testing.assert_close(state["state_conv"], ref.conv1d_state.transpose(1, 2), rtol=0, atol=1e-5)
         x1 = torch.randn(2, 1, 32)
         want1, _ = ref(x1, torch.full((2, 1), 10), None, use_cache=True)
         got1, state1 = mixer(x1, state)
