@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 
 import torch
-from _sizes import add_full_flag, apply
+
+sys.path.insert(0, str(Path(__file__).parent))  # the examples' helpers, also when imported by a test
+from _sizes import add_full_flag, apply  # noqa: E402
 
 #: the quick run's sizes and the full study's (``--full``); ``models=None``: every zoo model
 QUICK = {"models": ["transformer", "qrnn"], "steps": 15, "max_windows": 8}

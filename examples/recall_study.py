@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from _sizes import add_full_flag, apply
+
+sys.path.insert(0, str(Path(__file__).parent))  # the examples' helpers, also when imported by a test
+from _sizes import add_full_flag, apply  # noqa: E402
 
 #: the quick run's sizes and the full study's (``--full``); ``models=None``: every zoo recipe
 QUICK = {"models": ["qrnn"], "steps": 100, "eval_every": 25, "examples": 60, "batch": 8, "seq_len": 64}
