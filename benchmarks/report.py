@@ -136,7 +136,7 @@ SECTIONS = [
              ("ours_all_states_peak_mb", "ours + conv state peak MB"), ("tl_error", "TL bridge error")],
             ("plain", "mamba_time", "mamba_mem"),
             "Both sides return the same states, `[batch, pos, d_inner, d_state]` float32 per layer (checked in "
-            "the same run: *states diff*; `tests/test_bench_mamba_bridge.py` asserts it); *beyond the states* "
+            "the same run: *states diff*; `tests/io/test_bench_mamba_bridge.py` asserts it); *beyond the states* "
             "compares peak memory minus those returned bytes. transformers runs its slow torch path on CPU "
             "(no mamba-ssm kernels)."),
     Section("bench_scans", "Scan forms: chunked vs sequential (one layer, batch 1, d_model 256)",

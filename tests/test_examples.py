@@ -31,7 +31,7 @@ RUNS = {
 }
 # scripts run by another test on tiny random models (see the reason)
 SKIP = {
-    "lens_zoo_table.py": "tests/test_lens.py runs it with --tiny",
+    "lens_zoo_table.py": "tests/methods/test_lens.py runs it with --tiny",
     "probe_zoo_table.py": "tests/test_probe_zoo_table.py runs it with --random-tiny",
 }
 #: the zoo-wide studies: a quick run by default, the full study with --full (examples/_sizes.py)

@@ -23,7 +23,7 @@ Supported: configs whose layers are all recurrent (``block_types=["recurrent"]``
 model). Griffin's attention layers (local sliding-window attention, multi-query, rotary on half
 of each head) are refused with a :class:`ConfigError`: probe's attention has no window and rotates
 whole heads, so their conversion would not be exact. The recurrent layers of any checkpoint match
-layer by layer (``tests/test_rglru.py`` compares the block with transformers' module).
+layer by layer (``tests/mixers/test_rglru.py`` compares the block with transformers' module).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 recurrent model, widgets change the output, and bad input is a message, never a traceback.
 
 Uses the small untrained demo models (``demo:*``), so the tests do not depend on the zoo. The
-real-browser check is tests/test_explorer_browser.py.
+real-browser check is tests/app/test_explorer_browser.py.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import probe  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app" / "explorer.py")
 TRANSFORMER, RECURRENT = "demo:transformer", "demo:lstm"
 TEXT_KEY = "text::own"

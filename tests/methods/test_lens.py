@@ -140,7 +140,7 @@ def test_lens_zoo_table_script_on_tiny_models(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "lens_zoo_table.py"
+    path = Path(__file__).resolve().parents[2] / "examples" / "lens_zoo_table.py"
     spec = importlib.util.spec_from_file_location("lens_zoo_table", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

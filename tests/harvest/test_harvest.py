@@ -16,7 +16,7 @@ from probe.errors import ConfigError, InputError
 from probe.harvest import harvest, open_harvest
 from probe.harvest import run as harvest_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny(layout=("qrnn", "attn"), d_model=32, seed=0):
@@ -114,7 +114,7 @@ def test_a_killed_harvest_process_resumes(tmp_path):
     """SIGKILL in the middle of a harvest (a subprocess killed once its third shard is written)."""
     script = textwrap.dedent(f"""
         import os, signal, sys, torch
-        sys.path.insert(0, {str(ROOT / 'tests')!r})
+        sys.path[:0] = [{str(ROOT / 'tests' / 'harvest')!r}, {str(ROOT / 'tests')!r}]
         from test_harvest import tiny, labelled
         from probe.harvest import harvest, run
         real = run.write_shard
