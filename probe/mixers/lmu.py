@@ -42,7 +42,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probe.errors import ConfigError
 from probe.ops.lti import LTIMemory, zoh
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Int, Real
@@ -77,14 +76,8 @@ class LMU(RecurrentMixer):
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
-        order, theta, d_u = self.options["order"], self.options["theta"], self.options["d_u"]
-        if not isinstance(order, int) or isinstance(order, bool) or order < 1:
-            raise ConfigError(f"lmu option order must be an integer >= 1, got {order!r}.")
-        if not isinstance(theta, (int, float)) or isinstance(theta, bool) or not theta > 0:
-            raise ConfigError(f"lmu option theta (the window, in tokens) must be a number > 0, got {theta!r}.")
+        order, theta, d_u = self.options["order"], self.options["theta"], self.options["d_u"]  # checked by OPTIONS
         self.d_u = max(1, cfg.d_model // 4) if d_u is None else d_u
-        if not isinstance(self.d_u, int) or isinstance(self.d_u, bool) or self.d_u < 1:
-            raise ConfigError(f"lmu option d_u must be an integer >= 1 (or None), got {d_u!r}.")
         self.order, self.theta = order, float(theta)
         self.memory = LTIMemory(*zoh(*legendre_matrices(order, self.theta)))
         self.method = "auto"

@@ -71,15 +71,10 @@ class Mamba(RecurrentMixer):
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
-        o = self.options
-        for name in ("d_state", "d_conv", "expand"):
-            if not isinstance(o[name], int) or isinstance(o[name], bool) or o[name] < 1:
-                raise ConfigError(f"mamba option {name} must be an integer >= 1, got {o[name]!r}.")
+        o = self.options  # each value checked by OPTIONS; only the relation of dt_min and dt_max is checked here
         self.d_state, self.d_conv = o["d_state"], o["d_conv"]
         self.d_inner = o["expand"] * cfg.d_model
         self.dt_rank = math.ceil(cfg.d_model / 16) if o["dt_rank"] is None else o["dt_rank"]
-        if not isinstance(self.dt_rank, int) or self.dt_rank < 1:
-            raise ConfigError(f"mamba option dt_rank must be an integer >= 1 (or None), got {o['dt_rank']!r}.")
         if not 0 < o["dt_min"] <= o["dt_max"]:
             raise ConfigError(f"mamba needs 0 < dt_min <= dt_max, got {o['dt_min']!r}, {o['dt_max']!r}.")
         di, n = self.d_inner, self.d_state

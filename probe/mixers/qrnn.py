@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probe.errors import ConfigError
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Int
 from probe.mixers.edits import Computation, Forcing, apply_forcing
@@ -45,11 +44,7 @@ class QRNN(RecurrentMixer):
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
-        window, d_hidden = self.options["window"], self.options["d_hidden"]
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ConfigError(f"qrnn option window must be an integer >= 1, got {window!r}.")
-        if d_hidden is not None and (isinstance(d_hidden, bool) or not isinstance(d_hidden, int) or d_hidden < 1):
-            raise ConfigError(f"qrnn option d_hidden must be an integer >= 1 (or None), got {d_hidden!r}.")
+        window, d_hidden = self.options["window"], self.options["d_hidden"]  # checked by OPTIONS
         self.k = window
         self.d_hidden = d_hidden or cfg.d_model
         # conv weight [3 * d_hidden, d_model, k]: kernel tap j reads x_{t-k+1+j}
