@@ -44,8 +44,10 @@ input's dtype.
 
 Options: ``n_k_heads`` (``None``: ``n_heads``), ``n_v_heads`` (``None``: ``n_k_heads``), ``d_k``
 (``None``: ``d_head``), ``d_v`` (``None``: ``d_k``), ``d_conv`` (4), ``norm_eps`` (1e-6, the gated
-norm's epsilon), ``chunk`` (16, positions per chunk of the fast form). A Qwen3-Next block has a
-SwiGLU (or mixture-of-experts) MLP; :mod:`probe.io.convert_gdn` converts the former.
+norm's epsilon), ``chunk`` (16, positions per chunk of the fast form), ``allow_neg_eigval``
+(False; True: ``beta_t = 2 sigmoid(W_b x_t)`` in (0, 2), OLMo hybrid's ``linear_allow_neg_eigval``).
+A Qwen3-Next block has a SwiGLU (or mixture-of-experts) MLP; :mod:`probe.io.convert_gdn` converts
+the former; :mod:`probe.io.convert_olmo_hybrid` converts OLMo hybrid's layers.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ from torch import Tensor, nn
 from probe.errors import ConfigError
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.edits import Computation, apply_forcing
-from probe.mixers.options import Int, Real
+from probe.mixers.options import Flag, Int, Real
 from probe.norm import RMSNorm
 from probe.ops import conv_window
 from probe.ops.delta_rule import gated_delta_rule_chunked, gated_delta_rule_sequential, gated_delta_rule_states
@@ -76,7 +78,7 @@ def l2_normalise(x: Tensor) -> Tensor:
 class GatedDeltaNet(RecurrentMixer):
     NAME = "gdn"
     OPTIONS = {"n_k_heads": Int(None), "n_v_heads": Int(None), "d_k": Int(None), "d_v": Int(None),
-               "d_conv": Int(4, low=2), "norm_eps": Real(1e-6), "chunk": Int(16)}
+               "d_conv": Int(4, low=2), "norm_eps": Real(1e-6), "chunk": Int(16), "allow_neg_eigval": Flag(False)}
     HOOKED = ("state_conv", "q", "k", "v", "beta", "log_decay", "gate_input", "state", "recurrence_out")
     WIDE_STATES = ("state",)
 
@@ -141,13 +143,18 @@ class GatedDeltaNet(RecurrentMixer):
             "q": apply_forcing("q", q.unflatten(-1, (self.Hk, self.K)), forcing),
             "k": apply_forcing("k", k.unflatten(-1, (self.Hk, self.K)), forcing),
             "v": apply_forcing("v", v.unflatten(-1, (self.Hv, self.V)), forcing),
-            "beta": apply_forcing("beta", torch.sigmoid(self.b_proj(x)), forcing),
+            "beta": apply_forcing("beta", self.beta(self.b_proj(x)), forcing),
             "log_decay": apply_forcing("log_decay", self.log_decay(self.a_proj(x)), forcing),
             "gate_input": apply_forcing("gate_input", self.z_proj(x).unflatten(-1, (self.Hv, self.V)), forcing),
         }
         if W is not None:
             values["state_conv"] = W
         return values, conv_last
+
+    def beta(self, b: Tensor) -> Tensor:
+        """``sigmoid(b)``, or ``2 sigmoid(b)`` in ``(0, 2)`` with ``allow_neg_eigval`` (``I - beta k k^T`` may
+        then have a negative eigenvalue), ``[b, T, Hv]``."""
+        return torch.sigmoid(b) * 2 if self.options["allow_neg_eigval"] else torch.sigmoid(b)
 
     def log_decay(self, a: Tensor) -> Tensor:
         """``g = -exp(A_log) softplus(a + dt_bias)`` in at least float32, ``[b, T, Hv]``."""
