@@ -5,11 +5,18 @@ mixer of every block, so a hybrid is just a layout::
 
     ModelConfig(d_model=64, layout=["qrnn", "qrnn", "attn", "ff"])
     ModelConfig(d_model=64, layout=["lmu"] * 5 + ["attn"])
+    ModelConfig(d_model=64, layout=["attn+mamba2"] * 4)      # attention and Mamba-2 side by side
+
+A layout entry ``"a+b"`` runs mixers ``a`` and ``b`` in parallel on the same input, their outputs
+summed (:mod:`probe.mixers.parallel`); ``norm_placement`` puts a layer's norms before its mixer
+and MLP (``"pre"``, the default) or on their outputs (``"post"``, :mod:`probe.block`).
 
 Per-mixer options live in ``mixer_options`` keyed by mixer name, e.g.
 ``mixer_options={"qrnn": {"window": 2}}``; each mixer declares its options and their
 defaults and accepted values in its ``OPTIONS`` class attribute (:mod:`probe.mixers.options`);
 unknown keys and malformed values are a :class:`ConfigError` naming the mixer and the option.
+An MLP kind that declares ``OPTIONS`` under its own name takes its options the same way
+(``mixer_options={"moe": {"n_experts": 8, "top_k": 2}}``).
 """
 from __future__ import annotations
 
@@ -22,10 +29,13 @@ from typing import Any
 from probe.errors import ConfigError, suggest
 from probe.mixers import MIXERS, MLP_KINDS
 from probe.mixers.options import resolve
+from probe.mixers.parallel import part_names
+from probe.shared_block import check_shared_layout
 
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("gelu", "gelu_tanh", "swiglu", "geglu", "relu", "none")
 POSITIONALS = ("rope", "learned", "none")
+NORM_PLACEMENTS = ("pre", "post")
 
 
 @dataclass
@@ -36,7 +46,8 @@ class ModelConfig:
         vocab_size: number of token ids (byte tokenizer: 256 bytes + 1 special = 257).
         d_model: width of the residual stream.
         layout: mixer name of every layer (see ``probe.mixers.MIXERS``); its length is
-            the number of layers. Defaults to ``["attn"] * n_layers``.
+            the number of layers. Defaults to ``["attn"] * n_layers``. ``"a+b"``: mixers
+            ``a`` and ``b`` in parallel, outputs summed (Falcon-H1's ``"attn+mamba2"``).
         n_layers: optional; must equal ``len(layout)`` when both are given.
         n_heads: heads of attention (and of multi-head recurrent mixers).
         d_head: per-head width; defaults to ``d_model // n_heads``.
@@ -45,6 +56,8 @@ class ModelConfig:
         mlp_layout: optional per-layer MLP kind (overrides ``mlp`` and a mixer's
             preferred MLP, e.g. RWKV's channel mixing).
         norm: ``rmsnorm`` or ``layernorm``; ``norm_eps`` its epsilon.
+        norm_placement: per layer ``"pre"`` (``resid + f(norm(resid))``, the default) or ``"post"``
+            (``resid + norm(f(resid))``, OLMo-2 style), for the mixer and the MLP of that layer.
         positional: ``rope`` (inside attention), ``learned`` (added to the embedding)
             or ``none``; ``rope_base`` the RoPE frequency base.
         n_ctx: the longest sequence attention / learned positions accept; recurrent
@@ -53,11 +66,17 @@ class ModelConfig:
         logit_soft_cap: if set, logits are ``cap * tanh(logits / cap)`` (xLSTM-7B uses 30).
         embed_scale: if set, token embeddings are multiplied by it before ``hook_embed``
             (Gemma / RecurrentGemma scale by ``sqrt(d_model)``); the unembedding is not scaled.
-        mixer_options: per-mixer-name option overrides.
+        mixer_options: option overrides keyed by mixer name, or by the name of an MLP kind that
+            declares options (``"moe"``).
         init_std: std of the normal initialisation of linear and embedding weights.
         tokenizer: ``"byte"`` or the name/path of a Hugging Face tokenizer.
         default_prepend_bos: whether ``to_tokens`` prepends the BOS token by default.
         name: free-form model name (shown in the explorer and model cards).
+        shared_layout: optional, per layer: the index of the shared attention + MLP block the
+            layer reads before its mixer (``None``: none), e.g. Zamba2's ``[None, 0, None, 1, None, 0]``;
+            the blocks ``0 .. n-1`` are held once and each must be used (:mod:`probe.shared_block`).
+        shared_options: options of the shared blocks (``n_heads``, ``n_kv_heads``, ``d_mlp``, ``mlp``,
+            ``adapter_rank``, ``attn_adapters``, ``scale``: ``probe.shared_block.OPTIONS``).
     """
 
     vocab_size: int = 257
@@ -70,6 +89,7 @@ class ModelConfig:
     mlp: str = "gelu"
     mlp_layout: list[str] | None = None
     norm: str = "rmsnorm"
+    norm_placement: list[str] | None = None
     norm_eps: float = 1e-5
     positional: str = "rope"
     rope_base: float = 10000.0
@@ -82,6 +102,8 @@ class ModelConfig:
     tokenizer: str = "byte"
     default_prepend_bos: bool = True
     name: str = ""
+    shared_layout: list[int | None] | None = None
+    shared_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -99,15 +121,15 @@ class ModelConfig:
             if not isinstance(name, str):
                 raise ConfigError(f"layout lists mixer names (strings), got {name!r} ({type(name).__name__}). "
                                   f"Known mixers: {', '.join(sorted(MIXERS))}.")
-            if name not in MIXERS:
-                raise ConfigError(f"Unknown mixer {name!r} in layout.{suggest(name, MIXERS)} "
-                                  f"Known mixers: {', '.join(sorted(MIXERS))}.")
+            _check_mixer_name(name)
         if not isinstance(self.mixer_options, dict):
             raise ConfigError("mixer_options must be a dict {mixer name: {option: value}}, got "
                               f"{type(self.mixer_options).__name__}.")
+        owners = option_owners()
         for key, opts in self.mixer_options.items():
-            if key not in MIXERS:
-                raise ConfigError(f"mixer_options has an entry for unknown mixer {key!r}.{suggest(str(key), MIXERS)}")
+            if key not in owners:
+                raise ConfigError(f"mixer_options has an entry for unknown mixer {key!r}.{suggest(str(key), owners)} "
+                                  f"Mixers and MLP kinds with options: {', '.join(sorted(owners))}.")
             if not isinstance(opts, dict):
                 raise ConfigError(f"mixer_options[{key!r}] must be a dict of options, e.g. {{'window': 2}}; "
                                   f"got {type(opts).__name__}.")
@@ -140,6 +162,7 @@ class ModelConfig:
             if kind not in MLP_KINDS:
                 raise ConfigError(f"Unknown MLP kind {kind!r} in mlp_layout.{suggest(kind, MLP_KINDS)} "
                                   f"Known: {', '.join(sorted(MLP_KINDS))}.")
+        self._check_norm_placement()
         _positive("n_ctx", self.n_ctx)
         _number("norm_eps", self.norm_eps, low=0.0)
         _number("rope_base", self.rope_base, low=0.0)
@@ -148,6 +171,7 @@ class ModelConfig:
             _number("logit_soft_cap", self.logit_soft_cap, low=0.0)
         if self.embed_scale is not None:
             _number("embed_scale", self.embed_scale, low=0.0)
+        check_shared_layout(self)
 
     def _check_types(self) -> None:
         """Every field of the right type before anything is derived from it (``"2"`` layers, an
@@ -157,6 +181,7 @@ class ModelConfig:
                               f"write layout=[{self.layout!r}] * n_layers.")
         _sequence("layout", self.layout)
         _sequence("mlp_layout", self.mlp_layout)
+        _sequence("norm_placement", self.norm_placement)
         if self.n_layers is not None:
             _positive("n_layers", self.n_layers)
         if self.d_head is not None:
@@ -170,19 +195,31 @@ class ModelConfig:
                 raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r} "
                                   f"({type(getattr(self, name)).__name__}).")
 
+    def _check_norm_placement(self) -> None:
+        """``norm_placement``: ``None`` (every layer ``"pre"``) or one of ``"pre"`` / ``"post"`` per layer."""
+        if self.norm_placement is None:
+            self.norm_placement = ["pre"] * self.n_layers
+        self.norm_placement = list(self.norm_placement)
+        if len(self.norm_placement) != self.n_layers:
+            raise ConfigError(f"norm_placement has {len(self.norm_placement)} entries for {self.n_layers} layers; "
+                              "give one 'pre' or 'post' per layer.")
+        for placement in self.norm_placement:
+            _choice("norm_placement entry", placement, NORM_PLACEMENTS)
+
     def _default_mlp(self, mixer_cls) -> str:
         if self.d_mlp == 0 or self.mlp == "none":
             return "none"
         return getattr(mixer_cls, "default_mlp", None) or self.mlp
 
     def options(self, mixer_name: str) -> dict[str, Any]:
-        """The options of mixer ``mixer_name``: its declared defaults updated with ``mixer_options``,
-        every given value checked against the mixer's declaration (:mod:`probe.mixers.options`)."""
-        return resolve(mixer_name, MIXERS[mixer_name].OPTIONS, self.mixer_options.get(mixer_name, {}))
+        """The options of mixer (or option-declaring MLP kind) ``mixer_name``: its declared defaults
+        updated with ``mixer_options``, every given value checked against the declaration
+        (:mod:`probe.mixers.options`)."""
+        return resolve(mixer_name, option_owners()[mixer_name].OPTIONS, self.mixer_options.get(mixer_name, {}))
 
     @property
     def has_attention(self) -> bool:
-        return any(name == "attn" for name in self.layout)
+        return any(MIXERS[part].is_attention for name in self.layout for part in part_names(name)) or self.shared_layout is not None
 
     @property
     def context_limit(self) -> int | None:
@@ -208,6 +245,27 @@ class ModelConfig:
             return cls(**data)
         except TypeError as exc:  # wrong value types surface here
             raise ConfigError(f"Malformed model config: {exc}") from exc
+
+
+def option_owners() -> dict[str, type]:
+    """The names ``mixer_options`` accepts: every mixer, and every MLP kind that is a class declaring
+    ``OPTIONS`` under its own name (``moe``; RWKV's channel mixing reads the ``rwkv`` mixer's options)."""
+    kinds = {kind: f for kind, f in MLP_KINDS.items() if isinstance(f, type) and getattr(f, "NAME", None) == kind
+             and getattr(f, "OPTIONS", None)}
+    return {**MIXERS, **kinds}
+
+
+def _check_mixer_name(name: str) -> None:
+    """A :class:`ConfigError` unless ``name`` is a registered mixer or a parallel ``"a+b"`` of distinct ones."""
+    parts = part_names(name)
+    for part in parts:
+        if part not in MIXERS.keys():
+            what = f"{part!r} in the parallel layout entry {name!r}" if len(parts) > 1 else f"{name!r} in layout"
+            raise ConfigError(f"Unknown mixer {what}.{suggest(part, MIXERS)} "
+                              f"Known mixers: {', '.join(sorted(MIXERS))}.")
+    if len(set(parts)) != len(parts):
+        raise ConfigError(f"The parallel layout entry {name!r} names a mixer twice; each part of 'a+b' is a "
+                          "different mixer (its hooks are named by it).")
 
 
 def _positive(name: str, value: Any) -> None:

@@ -29,6 +29,22 @@ HYBRIDS = {
     "hybrid_lstm_attn": ["lstm", "attn"],
     "hybrid_lmu_attn": ["lmu", "lmu", "attn"],
     "hybrid_xlstm": ["mlstm", "mlstm", "slstm"],
+    "hybrid_jamba": ["mamba", "attn"],
+    "hybrid_zamba2": ["mamba2", "mamba2", "mamba2"],
+    "hybrid_falcon_h1": ["attn+mamba2", "attn+mamba2"],  # parallel mixers (probe.mixers.parallel)
+    "hybrid_post_norm": ["mamba2", "attn"],
+}
+
+#: config fields a hybrid needs beyond its layout (``mixer_options`` merged over ``TEST_OPTIONS``)
+HYBRID_CONFIGS = {
+    "hybrid_jamba": {"mlp_layout": ["swiglu", "moe"],
+                     "mixer_options": {"moe": {"n_experts": 4, "top_k": 2, "renormalize": True, "d_shared": 16,
+                                               "shared_gate": True}}},
+    # Zamba2's shared attention + MLP blocks (probe.shared_block): block 0 read by layers 0 and 2
+    "hybrid_zamba2": {"shared_layout": [0, 1, 0],
+                      "shared_options": {"adapter_rank": 4, "attn_adapters": True, "n_kv_heads": 2}},
+    # OLMo-2 style norms on the outputs of the attention layer's mixer and MLP (probe.block)
+    "hybrid_post_norm": {"norm_placement": ["pre", "post"]},
 }
 
 
@@ -45,8 +61,10 @@ def make_model(arch: str, seed: int = 0, device: str | torch.device = "cpu", **o
     """A tiny random model of ``arch`` (weights drawn on the CPU, so equal on every ``device``)."""
     torch.manual_seed(seed)
     layout = layouts()[arch]
-    opts = {k: v for k, v in TEST_OPTIONS.items() if k in layout}
+    extra = dict(HYBRID_CONFIGS.get(arch, {}))
+    opts = {k: v for k, v in TEST_OPTIONS.items() if k in layout} | extra.pop("mixer_options", {})
     kwargs = dict(vocab_size=257, d_model=32, n_heads=4, layout=layout, mixer_options=opts, d_mlp=64)
+    kwargs.update(extra)
     kwargs.update(overrides)
     model = probe.HookedLM(probe.ModelConfig(**kwargs))
     randomise(model)
