@@ -34,11 +34,11 @@ def test_cache_names_and_shapes(arch):
             assert cache[f"blocks.{i}.mixer.hook_pattern"].shape == (2, 4, 12, 12)
             assert cache[f"blocks.{i}.mixer.hook_k"].shape == (2, 12, 4, 8)
             assert torch.equal(cache[f"blocks.{i}.hook_attn_out"], cache[f"blocks.{i}.hook_mixer_out"])
-        mixer = model.blocks[i].mixer
-        for key, shape in mixer.state_shapes().items():
-            if name == "attn":
+        for key, shape in model.blocks[i].mixer.state_shapes().items():
+            part, _, key = key.rpartition(".")  # parallel mixers: "mamba2.state" is mixer.mamba2.hook_state
+            if "attn" in (name, part):
                 continue
-            assert cache[f"blocks.{i}.mixer.hook_{key}"].shape == (2, 12, *shape), key
+            assert cache[f"blocks.{i}.mixer.{part}{'.' if part else ''}hook_{key}"].shape == (2, 12, *shape), key
     assert cache["ln_final.hook_normalized"].shape == (2, 12, d)
     assert torch.equal(cache["hook_logits"], logits.detach())
 
@@ -52,9 +52,11 @@ def test_cached_intermediates_are_what_the_forward_used(arch):
         for i, block in enumerate(model.blocks):
             _close(cache["resid_pre", i] + cache["mixer_out", i], cache["resid_mid", i])
             _close(cache["resid_mid", i] + cache["mlp_out", i], cache["resid_post", i])
-            _close(block.ln1(cache["resid_pre", i]), cache["mixer_in", i])
+            # pre-norm: mixer_in = ln1(resid_pre); post-norm: mixer_out = ln1(the mixer's output)
+            read, write = (lambda t: t, block.ln1) if block.post_norm else (block.ln1, lambda t: t)
+            _close(read(cache["resid_pre", i]), cache["mixer_in", i])
             # the mixer run again on its cached input gives its cached output
-            _close(block.mixer(cache["mixer_in", i])[0], cache["mixer_out", i])
+            _close(write(block.mixer(cache["mixer_in", i])[0]), cache["mixer_out", i])
             if i + 1 < model.cfg.n_layers:
                 assert torch.equal(cache["resid_post", i], cache["resid_pre", i + 1])
         final = model.ln_final(cache["resid_post", model.cfg.n_layers - 1]) @ model.unembed_matrix + model.b_U
@@ -116,7 +118,8 @@ def memory_hooks(model, source_cache, position):
     for name in model.hook_dict:
         if "hook_state" in name:
             sl = (slice(None), position)
-        elif name.endswith(("mixer.hook_k", "mixer.hook_v")):
+        elif name.endswith(("mixer.hook_k", "mixer.hook_v", "mixer.attn.hook_k", "mixer.attn.hook_v")):
+            # KV cache entries (parallel mixers: the attn part's)
             sl = (slice(None), slice(0, position + 1))
         else:
             continue
@@ -195,7 +198,7 @@ def test_edited_state_is_the_state_carried(arch):
     layer = next(i for i, m in enumerate(model.cfg.layout) if model.blocks[i].mixer.recurrent)
     for name in _memory_names(model, layer):
         key = name.rsplit("hook_", 1)[1]
-        part = "mixer" if ".mixer." in name else "mlp"
+        part = name.split(".", 2)[2].rsplit(".hook_", 1)[0]  # the module path in the block: "mixer.mamba2"
         _, cache = model.run_with_cache(toks, names_filter=[name])
         with model.hooks(fwd_hooks=_edit_hooks([name], [7], False)):
             _, st = model(toks, return_states=True)
