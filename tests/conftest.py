@@ -38,7 +38,8 @@ HYBRIDS = {
 #: config fields a hybrid needs beyond its layout (``mixer_options`` merged over ``TEST_OPTIONS``)
 HYBRID_CONFIGS = {
     "hybrid_jamba": {"mlp_layout": ["swiglu", "moe"],
-                     "mixer_options": {"moe": {"n_experts": 4, "top_k": 2, "renormalize": True, "d_shared": 16,
+                     "mixer_options": {"mamba": {"inner_norms": True},
+                                       "moe": {"n_experts": 4, "top_k": 2, "renormalize": True, "d_shared": 16,
                                                "shared_gate": True}}},
     # Zamba2's shared attention + MLP blocks (probe.shared_block): block 0 read by layers 0 and 2
     "hybrid_zamba2": {"shared_layout": [0, 1, 0],

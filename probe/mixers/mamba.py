@@ -11,6 +11,10 @@ With ``d_inner = expand * d_model``, ``N = d_state`` and ``R = dt_rank``::
     y_t         = (s_t C_t + D * u_t) * silu(z_t)
     out_t       = W_out y_t                                  (out_proj)
 
+With ``inner_norms`` (Jamba), ``r_t``, ``B_t`` and ``C_t`` are each RMS-normalised (own weight,
+epsilon the model's ``norm_eps``, in float32) right after ``x_proj``; ``hook_dt``, ``hook_B`` and
+``hook_C`` show the values after the norms.
+
 State (the memory after token ``t``):
     ``state``       s_t, ``[batch, d_inner, d_state]`` (``hook_state``: ``[batch, pos, d_inner, d_state]``)
     ``state_conv``  the last ``k - 1`` conv inputs x, ``[batch, d_conv - 1, d_inner]``
@@ -39,7 +43,8 @@ output returns in the input's dtype.
 
 Options: ``d_state`` (16), ``d_conv`` (4), ``expand`` (2), ``dt_rank`` (``None``:
 ``ceil(d_model / 16)``), ``conv_bias`` (True), ``proj_bias`` (False), ``dt_min`` / ``dt_max``
-(initial time-step range, 0.001 / 0.1). A Mamba block in transformers has no MLP: the
+(initial time-step range, 0.001 / 0.1), ``inner_norms`` (False; weights ``dt_norm`` ``[R]``,
+``B_norm``, ``C_norm`` ``[N]``). A Mamba block in transformers has no MLP: the
 converter :func:`probe.io.convert_mamba.mamba_from_hf` sets ``mlp_layout`` to ``"none"``.
 """
 from __future__ import annotations
@@ -65,7 +70,7 @@ BLOCK = 128
 class Mamba(RecurrentMixer):
     NAME = "mamba"
     OPTIONS = {"d_state": Int(16), "d_conv": Int(4), "expand": Int(2), "dt_rank": Int(None), "conv_bias": Flag(True),
-               "proj_bias": Flag(False), "dt_min": Real(0.001), "dt_max": Real(0.1)}
+               "proj_bias": Flag(False), "dt_min": Real(0.001), "dt_max": Real(0.1), "inner_norms": Flag(False)}
     HOOKED = ("state_conv", "input", "dt", "B", "C", "output", "state")
     WIDE_STATES = ("state",)
 
@@ -86,6 +91,8 @@ class Mamba(RecurrentMixer):
         self.A_log = nn.Parameter(torch.empty(di, n))
         self.D = nn.Parameter(torch.ones(di))
         self.out_proj = nn.Linear(di, cfg.d_model, bias=o["proj_bias"])
+        if o["inner_norms"]:
+            self.dt_norm, self.B_norm, self.C_norm = (nn.Parameter(torch.ones(w)) for w in (self.dt_rank, n, n))
         self.method = "auto"
         self.init_special()
 
@@ -104,6 +111,9 @@ class Mamba(RecurrentMixer):
             lo, hi = math.log(o["dt_min"]), math.log(o["dt_max"])
             dt = torch.exp(torch.rand(self.d_inner) * (hi - lo) + lo).clamp(min=1e-4)
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            if o["inner_norms"]:
+                for w in (self.dt_norm, self.B_norm, self.C_norm):
+                    w.fill_(1.0)
 
     def state_shapes(self):
         shapes = {"state": (self.d_inner, self.d_state)}
@@ -128,6 +138,9 @@ class Mamba(RecurrentMixer):
         pre, W, final = self._conv(xi, state, forcing, keep)
         u = apply_forcing("input", F.silu(pre), forcing)
         r, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.options["inner_norms"]:
+            eps = self.cfg.norm_eps
+            r, B, C = _rms(r, self.dt_norm, eps), _rms(B, self.B_norm, eps), _rms(C, self.C_norm, eps)
         dt = apply_forcing("dt", F.softplus(self.dt_proj(r)), forcing)
         B = apply_forcing("B", B, forcing)
         C = apply_forcing("C", C, forcing)
@@ -165,3 +178,9 @@ class Mamba(RecurrentMixer):
         if W is not None:
             values["state_conv"] = W
         return Computation(self.out_proj(y), values, {"state": last, **final})
+
+
+def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """``weight * x / sqrt(mean(x^2) + eps)`` over the last axis, in at least float32 (Jamba's RMSNorm)."""
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    return weight * (wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)

@@ -21,8 +21,8 @@ experts and never weights them. Then, for every router, ``renormalize`` divides 
 ``routed_scaling_factor`` multiplies it. Grouped selection (DeepSeek-V3's ``n_group`` /
 ``topk_group``): the experts fall into ``n_group`` equal groups in order, a group scores the sum of
 its two best selection scores, and ``S`` is chosen among the experts of the best ``topk_group``
-groups only. The router's softmax / sigmoid and the weights run in float32 (as the references do);
-the weights come back in the input's dtype.
+groups only. The router's softmax / sigmoid and the weights run in at least float32 (as the references
+do); the weights come back in the input's dtype.
 
 The shared expert (``d_shared > 0``, Qwen3-Next / Kimi / NemotronH) is a SwiGLU MLP every
 position uses; ``shared_gate`` multiplies it by ``sigmoid(g . x)`` (Qwen3-Next's
@@ -126,15 +126,16 @@ class MixtureOfExperts(nn.Module):
         return y, {}
 
     def route(self, logits: Tensor) -> Tensor:
-        """Dense routing weights ``[..., E]`` (float32) from router logits ``[..., E]``: zero off the chosen experts."""
+        """Dense routing weights ``[..., E]`` (float32, or float64 for a float64 model) from router logits
+        ``[..., E]``: zero off the chosen experts."""
         o = self.options
-        l = logits.float()
+        l = logits.to(torch.promote_types(logits.dtype, torch.float32))
         if o["router"] == "topk_softmax":
             chosen = self.choose(l)
             picked = torch.softmax(l.gather(-1, chosen), dim=-1)
         else:
             p = torch.softmax(l, dim=-1) if o["router"] == "softmax" else torch.sigmoid(l)
-            chosen = self.choose(p if self.selection_bias is None else p + self.selection_bias.float())
+            chosen = self.choose(p if self.selection_bias is None else p + self.selection_bias.to(p.dtype))
             picked = p.gather(-1, chosen)
         if o["renormalize"]:
             picked = picked / (picked.sum(-1, keepdim=True) + 1e-20)
