@@ -118,8 +118,9 @@ def memory_hooks(model, source_cache, position):
     for name in model.hook_dict:
         if "hook_state" in name:
             sl = (slice(None), position)
-        elif name.endswith(("mixer.hook_k", "mixer.hook_v", "mixer.attn.hook_k", "mixer.attn.hook_v")):
-            # KV cache entries (parallel mixers: the attn part's)
+        elif name.endswith(("mixer.hook_k", "mixer.hook_v", "mixer.hook_kv_latent", "mixer.hook_k_rot",
+                            "mixer.attn.hook_k", "mixer.attn.hook_v")):
+            # KV cache entries (mla: latent and shared rotary key; parallel mixers: the attn part's)
             sl = (slice(None), slice(0, position + 1))
         else:
             continue
@@ -165,7 +166,8 @@ def _edit_hooks(names, positions, inplace, offset=0):
 
 def _memory_names(model, layer):
     names = [n for n in model.hook_dict if n.startswith(f"blocks.{layer}.") and "hook_state" in n]
-    return names or [f"blocks.{layer}.mixer.hook_k", f"blocks.{layer}.mixer.hook_v"]
+    # a layer without recurrent state: the per-position entries of its cache (attention: k, v)
+    return names or [f"blocks.{layer}.mixer.hook_{key}" for key in model.blocks[layer].mixer.state_shapes()]
 
 
 @pytest.mark.parametrize("inplace", [False, True])

@@ -19,6 +19,7 @@ must add its row (the test checks this table covers ``probe.mixers.MIXERS``)::
     lstm    4e-3     1.3e-3       3e-2      1.1e-2
     mamba   3e-3     1.1e-3       2e-2      8.0e-3
     mamba2  2.5e-3   9.4e-4       2e-2      8.1e-3
+    mla     2.5e-3   9.3e-4       1.5e-2    5.7e-3
     mlstm   1.2e-2   4.8e-3       4e-2      1.5e-2
     qrnn    3e-3     1.2e-3       3e-2      1.0e-2
     rglru   3.5e-3   1.4e-3       2e-2      7.3e-3
@@ -64,6 +65,7 @@ TOLERANCE = {
     "mamba2": (2.5e-3, 2e-2),
     "gdn": (8e-3, 4.5e-2),
     "rwkv7": (6.5e-3, 7.5e-2),
+    "mla": (2.5e-3, 1.5e-2),
 }
 DTYPES = {"float16": (torch.float16, 0), "bfloat16": (torch.bfloat16, 1)}
 LONG = 8192

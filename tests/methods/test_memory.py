@@ -111,7 +111,7 @@ def test_memory_map_every_architecture(arch):
             assert lm.kind == "none" and lm.matrix is None
             continue
         assert lm.matrix.shape[0] == 1 and lm.matrix.shape[-2:] == (10, 10)
-        if name == "attn":
+        if MIXERS[name].is_attention:
             assert lm.kind == "attention"
             torch.testing.assert_close(lm.matrix.sum(-1), torch.ones_like(lm.matrix.sum(-1)))
         elif MIXERS[name].nonlinear_state:

@@ -18,7 +18,7 @@ from probe.methods.implicit.base import ImplicitAttention, causal_mask, decay_pr
 from probe.methods.implicit.registry import REGISTRY, Unrolling, register, supported, unrolling
 
 # one module per mixer kind; importing registers it
-from probe.methods.implicit import attn, gdn, hgrn2, lmu, mamba, mamba2, mlstm, qrnn, rglru, rwkv, rwkv7  # noqa: F401
+from probe.methods.implicit import attn, gdn, hgrn2, lmu, mamba, mamba2, mla, mlstm, qrnn, rglru, rwkv, rwkv7  # noqa: F401,E501
 
 __all__ = ["REGISTRY", "ImplicitAttention", "Unrolling", "causal_mask", "decay_products", "register",
            "segment_sums", "supported", "unrolling"]

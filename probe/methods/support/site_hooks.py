@@ -11,6 +11,7 @@ at a layer is one or more hook points, every one ``[batch, pos, ...]``:
                     ``l`` (mixer and MLP slot, e.g. LSTM c and h, a conv window, RWKV's
                     token shifts); for attention the key and value written at that position
                     (``mixer.hook_k``, ``mixer.hook_v``), the per-position entry of the KV cache
+                    (multi-head latent attention: ``mixer.hook_kv_latent``, ``mixer.hook_k_rot``)
 ``state_conv`` ...  any other name: ``blocks.{l}.mixer.hook_<name>`` (``state_h``, ``forget``,
                     ``k``...) or, failing that, ``blocks.{l}.mlp.hook_<name>``
 full hook names     ``blocks.2.mixer.hook_state`` is taken as is, at its own layer (2)
@@ -36,15 +37,22 @@ __all__ = ["BLOCK_SITES", "DEFAULT_PATCH_SITES", "check_sites", "is_hook_name", 
 DEFAULT_PATCH_SITES = ("resid_pre", "mixer_out", "mlp_out", "state")
 
 
+#: the per-position entries of a KV cache: attention's keys and values, multi-head latent attention's
+#: latent and shared rotary key part (:mod:`probe.mixers.mla`)
+KV_CACHE_ENTRIES = (("k", "v"), ("kv_latent", "k_rot"))
+
+
 def memory_hooks(model, layer: int) -> list[str]:
     """Every hook holding layer ``layer``'s memory at a position: its ``hook_state*`` hooks, or,
-    for a layer with no recurrent state but with keys/values (attention), ``hook_k`` and ``hook_v``."""
+    for a layer with no recurrent state but with a KV cache, the hooks of its per-position entries
+    (:data:`KV_CACHE_ENTRIES`: attention's ``hook_k`` and ``hook_v``)."""
     prefix = f"blocks.{layer}."
     names = [n for n in model.hook_dict if n.startswith(prefix) and is_state_hook(n)]
     if not model.layer_carries_state(layer):
-        kv = [mixer_hook(layer, "k"), mixer_hook(layer, "v")]
-        if all(n in model.hook_dict for n in kv):
-            names += kv
+        for entries in KV_CACHE_ENTRIES:
+            kv = [mixer_hook(layer, e) for e in entries]
+            if all(n in model.hook_dict for n in kv):
+                names += kv
     return names
 
 
