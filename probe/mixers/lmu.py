@@ -21,7 +21,9 @@ Because the memory is linear and time-invariant, all states come from one causal
 convolution with its impulse response (FFT for long inputs without gradients, a Toeplitz
 contraction for short ones and training batches) plus the free response of the carried
 state, and generation and long training inputs use the recurrence
-(:meth:`probe.ops.lti.LTIMemory.resolve` picks; all forms are tested equal). Editing ``hook_state``
+(:meth:`probe.ops.lti.LTIMemory.resolve` picks; all forms are tested equal). No form holds more than
+about one copy of the layer's outputs plus its states at once (the FFT runs a block of channels at
+a time, the Toeplitz form within chunks of 64 positions). Editing ``hook_state``
 at some positions restarts the parallel form from each edited state, so edits propagate
 exactly.
 
@@ -103,7 +105,7 @@ class LMU(RecurrentMixer):
 
     def _readout_without_states(self, u: Tensor, m0: Tensor) -> tuple[Tensor, Tensor]:
         """``(W_m vec(m_t) [b, T, d_model], m_{T-1} [b, d_u, order])`` without building the
-        ``[b, T, d_u, order]`` states: the readout is folded into the FFT filter
+        ``[b, T, d_u, order]`` states at once: they are read out a block of channels at a time
         (:meth:`probe.ops.lti.LTIMemory.convolve_readout`); a nonzero initial state adds its free response."""
         memory = self.memory.convolve_readout(u, self.W_m.weight.view(-1, self.d_u, self.order))
         last = self.memory.convolve_last(u)

@@ -13,8 +13,12 @@ so every state comes out of one causal convolution plus the free response of the
 state. :class:`LTIMemory` evaluates it three ways, all tested equal:
 
 * ``"recurrent"``: the recurrence one step at a time (generation, very short inputs).
-* ``"direct"``: the convolution as a Toeplitz contraction (``T^2 q c`` work; short inputs).
-* ``"fft"``: the convolution by real FFT (``T log T``; long inputs).
+* ``"direct"``: the convolution as a Toeplitz contraction within chunks of ``DIRECT_CHUNK`` positions,
+  the state carried across chunks (``T L q c`` work; short inputs and training).
+* ``"fft"``: the convolution by real FFT (``T log T``; long inputs), a block of channels at a time.
+
+No form builds an intermediate more than a few times its ``[b, T, c, q]`` states (or, for
+:meth:`LTIMemory.convolve_readout`, its ``[b, T, d]`` output).
 
 The free response ``Abar^{t+1} m_{-1}`` is computed in chunks of ``L`` positions (powers
 ``Abar^1 .. Abar^L`` times one carried ``Abar^{jL} m_{-1}`` per chunk), so no ``[T, q, q]``
@@ -43,6 +47,8 @@ DIRECT_UNTIL = 32
 TRAIN_DIRECT_UNTIL = 256
 FFT_MAX_BATCH = 4
 FFT_BATCHED_UNTIL = 256
+#: positions per chunk of the Toeplitz form (:meth:`LTIMemory._convolve_chunked`)
+DIRECT_CHUNK = 64
 
 
 def zoh(A: Tensor, B: Tensor, dt: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -113,18 +119,48 @@ class LTIMemory:
             out.append(m)
         return torch.stack(out, dim=1) if out else u.new_zeros(u.shape[0], 0, u.shape[2], self.order)
 
-    def convolve(self, u: Tensor, method: str = "fft") -> Tensor:
-        """Zero-initial-state part ``sum_s H_{t-s} u_s``: ``[b, T, c]`` -> ``[b, T, c, q]``."""
-        T = u.shape[1]
-        H = self.impulse_response(T, u)
+    def convolve(self, u: Tensor, method: str = "fft", budget: int | None = None) -> Tensor:
+        """Zero-initial-state part ``sum_s H_{t-s} u_s``: ``[b, T, c]`` -> ``[b, T, c, q]``.
+
+        ``"direct"``: :meth:`_convolve_chunked`. ``"fft"``: channel blocks (:meth:`_fft_blocks`) written
+        into the result, each block's transforms holding at most ``budget`` numbers (default: the
+        result's own size)."""
         if method == "direct":
-            idx = torch.arange(T, device=u.device)
-            lag = idx[:, None] - idx[None, :]  # t - s
-            toeplitz = torch.where((lag >= 0)[..., None], H[lag.clamp(min=0)], H.new_zeros(()))  # [T, T, q]
-            return torch.einsum("tsq,bsc->btcq", toeplitz, u)
+            return self._convolve_chunked(u)
         if method != "fft":
             raise ValueError(f"Unknown convolution method {method!r}; use 'direct' or 'fft'.")
-        return self._states_from_spectra(*self._spectra(u), T).to(u.dtype)
+        b, T, c = u.shape
+        out = u.new_empty(b, T, c, self.order)
+        for block, part in self._fft_blocks(u, budget or out.numel()):
+            out[:, :, block] = part
+        return out
+
+    def _convolve_chunked(self, u: Tensor) -> Tensor:
+        """The Toeplitz form within chunks of ``L = DIRECT_CHUNK`` positions, the state carried across them.
+
+        Chunk ``j`` (positions ``jL .. jL + L - 1``) starts from the state ``e_{j-1}`` the earlier chunks
+        leave: its states are ``sum_{s <= l} H_{l-s} u_{jL+s} + Abar^{l+1} e_{j-1}``, and
+        ``e_j = Abar^L e_{j-1} + (the within-chunk sum at l = L - 1)`` (one ``[b, c, q]`` step per
+        chunk). Work ``b T L c q``; intermediates a few times the ``[b, T, c, q]`` result.
+        """
+        b, T, c = u.shape
+        L = max(1, min(DIRECT_CHUNK, T))
+        n = math.ceil(T / L)
+        chunks = torch.nn.functional.pad(u, (0, 0, 0, n * L - T)).view(b, n, L, c)
+        H = self.impulse_response(L, u)
+        lag = torch.arange(L, device=u.device)[:, None] - torch.arange(L, device=u.device)[None, :]  # l - s
+        toeplitz = torch.where((lag >= 0)[..., None], H[lag.clamp(min=0)], H.new_zeros(()))  # [L, L, q]
+        states = torch.einsum("lsq,bnsc->bnlcq", toeplitz, chunks)
+        if n > 1:
+            P = self._get("powers", L, u)  # Abar^1 .. Abar^L
+            within = states[:, :, -1].clone()  # [b, n, c, q]: each chunk's own part of its last state
+            ends, e = [], within[:, 0]
+            for j in range(1, n):
+                ends.append(e)
+                e = e @ P[-1].T + within[:, j]
+            carried = torch.stack(ends, dim=1)  # [b, n - 1, c, q]: e_0 .. e_{n-2}
+            states[:, 1:] += torch.einsum("lqr,bncr->bnlcq", P, carried)
+        return states.reshape(b, n * L, c, self.order)[:, :T]
 
     def _spectra(self, u: Tensor) -> tuple[int, Tensor, Tensor]:
         """``(n, U, H)``: the FFT length ``n >= 2T - 1`` (no wrap-around) and the real FFTs of the
@@ -137,53 +173,36 @@ class LTIMemory:
         Hf = torch.fft.rfft(self.impulse_response(T, u).to(work), n=n, dim=0)
         return n, Uf, Hf
 
+    def _fft_blocks(self, u: Tensor, budget: int):
+        """Yield ``(channel slice, zero-initial-state part [b, T, k, q])`` for blocks of ``k`` channels.
+
+        A block's spectrum product ``U(f) H(f)`` and its inverse transform hold about ``2 b n k q``
+        numbers (``n`` the FFT length, up to ``4T``); ``k`` is the most channels (at least one) that keeps
+        this within ``budget`` numbers, so no intermediate grows with the channel count."""
+        b, T, c = u.shape
+        n, Uf, Hf = self._spectra(u)
+        k = max(1, min(c, budget // max(1, 2 * b * n * self.order)))
+        for start in range(0, c, k):
+            block = slice(start, start + k)
+            yield block, torch.fft.irfft(Uf[:, :, block, None] * Hf[:, None, :], n=n, dim=1)[:, :T]
+
     def convolve_readout(self, u: Tensor, W: Tensor) -> Tensor:
-        """A linear readout of the zero-initial-state part, ``[b, T, d]``, by FFT.
+        """A linear readout of the zero-initial-state part, ``[b, T, d]``, by FFT, without its states.
 
         ``y_t[d] = sum_{c, i} W[d, c, i] (sum_s H_{t-s} u_s)[c, i]`` for ``u [b, T, c]`` and
-        ``W [d, c, q]`` -> ``[b, T, d]``. In the frequency domain the readout folds into the
-        filter, ``Y(f) = sum_c U(f)[c] K(f)[c, d]`` with ``K(f)[c, d] = sum_i W[d, c, i] H(f)[i]``,
-        so the ``[b, T, c, q]`` states (and their gradient) never exist: what a forward pass that
-        hooks no state needs.
-
-        Building ``K`` and applying it cost about ``2 F c d (q + 2 b)`` real operations (``F``, between
-        ``T`` and ``2T``, frequencies; ``b`` sequences), reading the states out ``b T c q d``: the fold
-        pays for training batches, while one long sequence is cheaper through its states (built by
-        FFT and read out; ``b T c q`` numbers, then fewer than ``K``'s ``F c d``). The cheaper is taken
-        (:meth:`resolve` sends training batches to the Toeplitz form or the recurrence, which were
-        faster still at the zoo's sizes; this is for forwards without gradients and explicit ``"fft"``).
+        ``W [d, c, q]`` -> ``[b, T, d]``: the states of one channel block at a time
+        (:meth:`_fft_blocks`, each block's transforms within the size of the output ``b T d``), read out
+        and summed into the output, so the ``[b, T, c, q]`` states never exist at once (what a forward
+        pass that hooks no state needs). The readout costs ``b T c q d`` multiply-adds, as reading
+        materialised states would.
         """
-        n, Uf, Hf = self._spectra(u)
         b, T, c = u.shape
-        F_, q = Hf.shape
-        if b * T * q < 2 * F_ * (q + 2 * b):
-            return self._readout_of_states(n, Uf, Hf, W, T).to(u.dtype)
-        return self._readout_folded(n, Uf, Hf, W, T).to(u.dtype)
-
-    @staticmethod
-    def _states_from_spectra(n: int, Uf: Tensor, Hf: Tensor, T: int) -> Tensor:
-        """The zero-initial-state part ``[b, T, c, q]`` by inverse FFT of ``U(f) H(f)`` (:meth:`_spectra`)."""
-        return torch.fft.irfft(Uf.unsqueeze(-1) * Hf[:, None, :], n=n, dim=1)[:, :T]
-
-    @classmethod
-    def _readout_of_states(cls, n: int, Uf: Tensor, Hf: Tensor, W: Tensor, T: int) -> Tensor:
-        """The states by inverse FFT, ``[b, T, c, q]``, then the readout ``W [d, c, q]``."""
-        states = cls._states_from_spectra(n, Uf, Hf, T)
-        return states.flatten(2) @ W.reshape(W.shape[0], -1).to(states.dtype).T
-
-    @staticmethod
-    def _readout_folded(n: int, Uf: Tensor, Hf: Tensor, W: Tensor, T: int) -> Tensor:
-        """``Y(f) = U(f) K(f)`` with ``K(f) = sum_i W[:, :, i] H(f)[i]``, in real arithmetic (PyTorch's
-        complex bmm on the CPU loops over the matrices with copies):
-        ``[Re U, Im U] [F, b, 2c] @ [[Re K, Im K], [-Im K, Re K]] [F, 2c, 2d] = [Re Y, Im Y]``."""
-        F_, q = Hf.shape
-        d, c = W.shape[0], W.shape[1]
-        H_parts = torch.stack([Hf.real, Hf.imag]).reshape(2 * F_, q)
-        K = (H_parts @ W.reshape(d * c, q).to(H_parts.dtype).T).view(2, F_, d, c).transpose(2, 3)  # [2, F, c, d]
-        K_block = torch.cat([torch.cat([K[0], K[1]], dim=2), torch.cat([-K[1], K[0]], dim=2)], dim=1)
-        U_parts = torch.cat([Uf.real, Uf.imag], dim=2).transpose(0, 1)  # [F, b, 2c]
-        Y_parts = torch.bmm(U_parts, K_block).transpose(0, 1)  # [b, F, 2d]
-        return torch.fft.irfft(torch.complex(Y_parts[..., :d], Y_parts[..., d:]), n=n, dim=1)[:, :T]
+        d = W.shape[0]
+        out = None
+        for block, part in self._fft_blocks(u, b * T * d):
+            read = part.flatten(2) @ W[:, block].reshape(d, -1).to(part.dtype).T
+            out = read if out is None else out.add_(read)
+        return out.to(u.dtype)
 
     def convolve_last(self, u: Tensor) -> Tensor:
         """The zero-initial-state part at the last position alone, ``sum_s H_{T-1-s} u_s``:

@@ -10,7 +10,7 @@ from conftest import randomise
 from mixer_checks import assert_gradients_match, assert_segments_match
 from probe.errors import ConfigError
 from probe.ops.lti import LTIMemory, zoh
-from probe.mixers.lmu import legendre_matrices, shifted_legendre
+from probe.mixers.lmu import LMU, legendre_matrices, shifted_legendre
 
 
 def test_legendre_matrices_are_the_published_ones():
@@ -123,17 +123,16 @@ def test_gradients_of_fft_and_recurrent_forms_match():
     assert_gradients_match(model, toks, ("fft", "recurrent"))
 
 
-def test_readout_folded_into_the_fft_equals_the_states_read_out():
-    """Without a state hook the mixer never builds its states (the readout is folded into the FFT
-    filter); outputs, the carried state and gradients equal the materialised path's."""
+def test_readout_without_states_equals_the_states_read_out():
+    """Without a state hook the mixer never builds its states (they are read out one channel block
+    at a time); outputs, the carried state and gradients equal the materialised path's."""
     mem = LTIMemory(*zoh(*legendre_matrices(6, 20.0)))
     g = torch.Generator().manual_seed(11)
-    # one path reads the states out (few sequences, small order), the other folds W into the filter
-    for order, batch, T in ((6, 2, 90), (16, 12, 40)):
+    for order, batch, T, d in ((6, 2, 90, 5), (16, 12, 40, 5), (4, 3, 70, 400)):  # one block and many
         memory = LTIMemory(*zoh(*legendre_matrices(order, 20.0)))
-        u, W = torch.randn(batch, T, 3, generator=g), torch.randn(5, 3, order, generator=g)
+        u, W = torch.randn(batch, T, 7, generator=g).double(), torch.randn(d, 7, order, generator=g).double()
         torch.testing.assert_close(memory.convolve_readout(u, W),
-                                   torch.einsum("btcq,dcq->btd", memory.convolve(u), W), rtol=1e-4, atol=1e-4)
+                                   torch.einsum("btcq,dcq->btd", memory.recurrent(u), W), rtol=1e-10, atol=1e-10)
     u, m0 = torch.randn(2, 90, 3, generator=g), torch.randn(2, 3, 6, generator=g)
     states = mem.states(u, m0, "fft")
     torch.testing.assert_close(mem.convolve_last(u) + mem.free_response(m0, 90)[:, -1], states[:, -1],
@@ -155,3 +154,29 @@ def test_readout_folded_into_the_fft_equals_the_states_read_out():
                      model.blocks[0].mixer.W_m.weight.grad.clone()))
     for fast, full in zip(*runs):
         torch.testing.assert_close(fast, full, rtol=1e-4, atol=1e-5)
+
+
+def _largest_allocation(fn) -> int:
+    """Bytes of the largest single allocation an operator makes while ``fn`` runs (CPU profiler)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return max(event.self_cpu_memory_usage for event in prof.events())
+
+
+@pytest.mark.parametrize("method,hooked", [("auto", False), ("fft", True), ("direct", True), ("direct", False)])
+def test_no_intermediate_outgrows_outputs_and_states(method, hooked):
+    """Every form's largest allocation stays within one copy of the layer's outputs plus its states
+    (batch 4, d_model 128, d_u 8, order 16, 1100 positions). An FFT of every channel at once takes
+    1.9 times that, a [T, T, order] Toeplitz filter 17 times."""
+    cfg = probe.ModelConfig(vocab_size=50, d_model=128, layout=["lmu"],
+                            mixer_options={"lmu": {"order": 16, "theta": 32.0, "d_u": 8}})
+    mixer = LMU(cfg, 0).eval()
+    mixer.method = method
+    b, T = 4, 1100
+    x = torch.randn(b, T, 128, generator=torch.Generator().manual_seed(0))
+    state = mixer.initial_state(b)
+    keep = {"state"} if hooked else set()
+    with torch.no_grad():
+        largest = _largest_allocation(lambda: mixer.compute(x, state, {}, keep))
+    bound = 4 * b * T * (128 + 8 * 16)  # float32 outputs + states
+    assert largest <= bound, (largest, bound)
