@@ -791,6 +791,8 @@ VALID_OPTIONS = {
                "proj_bias": True, "dt_min": 0.01, "dt_max": 0.05, "dt_limit_min": 0.001, "dt_limit_max": 10.0},
     "rglru": {"lru_width": 16, "n_heads": 2, "d_conv": 2, "c": 4.0},
     "gdn": {"n_k_heads": 2, "n_v_heads": 4, "d_k": 8, "d_v": 8, "d_conv": 2, "norm_eps": 1e-5, "chunk": 4},
+    "kda": {"n_k_heads": 2, "n_v_heads": 4, "d_k": 8, "d_v": 8, "d_conv": 2, "norm_eps": 1e-5, "chunk": 4,
+            "allow_neg_eigval": True, "gate_bias": True},
     "rwkv7": {"d_head": 16, "d_value": 16, "d_decay_lora": 8, "d_a_lora": 8, "d_gate_lora": 8, "norm_eps": 1e-3},
 }
 

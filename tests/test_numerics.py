@@ -15,6 +15,7 @@ must add its row (the test checks this table covers ``probe.mixers.MIXERS``)::
     ff      2e-3     6.4e-4       1.5e-2    5.3e-3
     gdn     8e-3     3.1e-3       4.5e-2    1.7e-2
     hgrn2   6e-3     2.5e-3       3e-2      1.1e-2
+    kda     6e-3     2.3e-3       7.5e-2    2.9e-2
     lmu     2e-3     8.5e-4       2e-2      7.7e-3
     lstm    4e-3     1.3e-3       3e-2      1.1e-2
     mamba   3e-3     1.1e-3       2e-2      8.0e-3
@@ -64,6 +65,7 @@ TOLERANCE = {
     "rglru": (3.5e-3, 2e-2),
     "mamba2": (2.5e-3, 2e-2),
     "gdn": (8e-3, 4.5e-2),
+    "kda": (6e-3, 7.5e-2),
     "rwkv7": (6.5e-3, 7.5e-2),
     "mla": (2.5e-3, 1.5e-2),
 }

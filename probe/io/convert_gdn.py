@@ -11,6 +11,20 @@ Two entry points:
   full attention (output-gated, q/k-normed, partial rotary) or with mixture-of-experts MLPs is
   refused with a :class:`~probe.errors.ConfigError` naming the layer: probe has neither block yet.
 
+And one for Kimi Linear's Kimi Delta Attention layers (the whole Kimi Linear model is
+:mod:`probe.io.convert_kimi_linear`'s):
+
+* :func:`kda_mixer_from_hf`: one ``KimiLinearDeltaAttention`` -> a ``kda`` mixer
+  (:class:`probe.mixers.gdn.KimiDeltaAttention`); :func:`kda_mixer_options` and
+  :func:`kda_mixer_weights` give a whole-model converter its options and tensors::
+
+      src = model.layers.i.self_attn.
+      src {q,k,v,b,g_a,g_b}_proj.weight         -> mixer.{q,k,v,b,g_a,g_b}_proj.weight
+      src forget_gate.{f_a_proj,f_b_proj}.weight -> mixer.{f_a_proj,f_b_proj}.weight
+      src forget_gate.dt_bias, A_log [1,1,H,1]   -> mixer.dt_bias, A_log [H]
+      src conv1d.weight [C, 1, k]                -> mixer.conv_weight [C, k]   (channels [q | k | v])
+      src o_norm.weight, o_proj.weight           -> mixer.norm.w, mixer.out_proj.weight
+
 The block is ``h + mixer(RMSNorm(h))``, ``h + MLP(RMSNorm(h))``; Qwen3-Next's RMSNorm multiplies
 by ``1 + w`` (zero-initialised ``w``), probe's by ``w``, so norm weights map as ``1 + w``. The
 gated norm inside the mixer multiplies by ``w`` itself. Weight mapping (``i`` the layer,
@@ -103,24 +117,78 @@ def gdn_mixer_from_hf(module: Any):
 
     ``mixer(x)`` equals ``module(x)`` and its final state equals the module's cache (see the
     module docstring for the layouts). The mixer is in float32 and eval mode."""
-    from probe.mixers.gdn import GatedDeltaNet
-
-    if type(module).__name__ != "Qwen3NextGatedDeltaNet":
-        raise ConfigError(f"gdn_mixer_from_hf expects a transformers Qwen3NextGatedDeltaNet "
-                          f"(model.model.layers[i].linear_attn), got {type(module).__name__}.")
+    _expect(module, "Qwen3NextGatedDeltaNet", "gdn_mixer_from_hf", "model.model.layers[i].linear_attn")
     h = {"Hk": module.num_k_heads, "Hv": module.num_v_heads, "K": module.head_k_dim, "V": module.head_v_dim,
          "d_conv": module.conv_kernel_size}
     opts = {"n_k_heads": h["Hk"], "n_v_heads": h["Hv"], "d_k": h["K"], "d_v": h["V"], "d_conv": h["d_conv"],
             "norm_eps": float(module.layer_norm_epsilon)}
-    cfg = ModelConfig(vocab_size=1, d_model=int(module.hidden_size), n_heads=1, layout=["gdn"], d_mlp=0,
-                      positional="none", mixer_options={"gdn": opts})
-    mixer = GatedDeltaNet(cfg, 0)
+    return _layer_mixer("gdn", opts, module, lambda sd, used: mixer_weights(sd, "", h, used))
+
+
+def _expect(module: Any, cls: str, fn: str, where: str) -> None:
+    if type(module).__name__ != cls:
+        raise ConfigError(f"{fn} expects a transformers {cls} ({where}), got {type(module).__name__}.")
+
+
+def _layer_mixer(name: str, opts: dict[str, Any], module: Any, weights_of):
+    """Mixer ``name`` with options ``opts`` holding ``weights_of(sd, used)`` of ``module``'s state dict
+    (every tensor used), in float32 and eval mode."""
+    from probe.mixers import MIXERS
+
+    cfg = ModelConfig(vocab_size=1, d_model=int(module.hidden_size), n_heads=1, layout=[name], d_mlp=0,
+                      positional="none", mixer_options={name: opts})
+    mixer = MIXERS[name](cfg, 0)
     sd = {k: v.detach() for k, v in module.state_dict().items()}
     used: set[str] = set()
-    weights = mixer_weights(sd, "", h, used)
+    weights = weights_of(sd, used)
     _refuse_unused(sd, used)
     mixer.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()})
     return mixer.eval()
+
+
+def kda_mixer_options(hf_config: Any) -> dict[str, Any]:
+    """The ``kda`` mixer options of a Kimi Linear config (``linear_num_heads`` heads of ``linear_head_dim``
+    for keys and values alike)."""
+    if getattr(hf_config, "hidden_act", "silu") not in ("silu", "swish"):
+        raise ConfigError(f"Kimi Linear with hidden_act={hf_config.hidden_act!r} is not supported (its short "
+                          "convolution uses silu).")
+    H, K = int(hf_config.linear_num_heads), int(hf_config.linear_head_dim)
+    return {"n_k_heads": H, "n_v_heads": H, "d_k": K, "d_v": K, "d_conv": int(hf_config.linear_conv_kernel_dim),
+            "norm_eps": float(hf_config.rms_norm_eps)}
+
+
+def kda_mixer_weights(sd: dict[str, Tensor], src: str, used: set[str]) -> dict[str, Tensor]:
+    """The ``kda`` mixer's ``{name: tensor}`` from a ``KimiLinearDeltaAttention``'s tensors under ``src``
+    (``model.layers.i.self_attn.``); names recorded in ``used``. ``forget_gate.A_log [1, 1, H, 1]``
+    becomes ``A_log [H]``, ``conv1d.weight [C, 1, k]`` becomes ``conv_weight [C, k]``."""
+    def get(name: str) -> Tensor:
+        if src + name not in sd:
+            raise CheckpointError(f"The Kimi Linear state dict has no {src + name!r}; is this a Kimi Delta "
+                                  "Attention layer?")
+        used.add(src + name)
+        return sd[src + name]
+
+    conv = get("conv1d.weight")
+    if conv.dim() != 3 or conv.shape[1] != 1:
+        raise CheckpointError(f"{src}conv1d.weight has shape {tuple(conv.shape)}, expected [channels, 1, kernel].")
+    out = {f"{n}.weight": get(f"{n}.weight") for n in ("q_proj", "k_proj", "v_proj", "b_proj", "g_a_proj", "g_b_proj",
+                                                       "o_proj")}
+    out["out_proj.weight"] = out.pop("o_proj.weight")
+    out.update({"f_a_proj.weight": get("forget_gate.f_a_proj.weight"),
+                "f_b_proj.weight": get("forget_gate.f_b_proj.weight"), "dt_bias": get("forget_gate.dt_bias"),
+                "A_log": get("forget_gate.A_log").flatten(), "conv_weight": conv[:, 0], "norm.w": get("o_norm.weight")})
+    return out
+
+
+def kda_mixer_from_hf(module: Any):
+    """A ``kda`` mixer (:class:`~probe.mixers.gdn.KimiDeltaAttention`) equal to a transformers
+    ``KimiLinearDeltaAttention`` (``model.model.layers[i].self_attn`` of a ``"linear_attention"`` layer):
+    the same output, its ``state`` equal to ``cache.layers[i].recurrent_states[0]`` and its ``state_conv``
+    to the last ``k - 1`` columns of ``conv_states[0]``, transposed. Float32, eval mode."""
+    _expect(module, "KimiLinearDeltaAttention", "kda_mixer_from_hf", "a linear_attention layer's self_attn")
+    opts = {"n_k_heads": module.num_heads, "n_v_heads": module.num_heads, "d_k": module.head_dim,
+            "d_v": module.head_dim, "d_conv": module.conv_kernel_size, "norm_eps": float(module.layer_norm_epsilon)}
+    return _layer_mixer("kda", opts, module, lambda sd, used: kda_mixer_weights(sd, "", used))
 
 
 def _refuse_unused(sd: dict[str, Tensor], used: set[str]) -> None:

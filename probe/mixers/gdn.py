@@ -48,6 +48,9 @@ norm's epsilon), ``chunk`` (16, positions per chunk of the fast form), ``allow_n
 (False; True: ``beta_t = 2 sigmoid(W_b x_t)`` in (0, 2), OLMo hybrid's ``linear_allow_neg_eigval``).
 A Qwen3-Next block has a SwiGLU (or mixture-of-experts) MLP; :mod:`probe.io.convert_gdn` converts
 the former; :mod:`probe.io.convert_olmo_hybrid` converts OLMo hybrid's layers.
+
+:class:`KimiDeltaAttention` (layout name ``"kda"``) is the variant with a decay gate per key channel
+and low-rank, sigmoid output gates: Kimi Linear's linear-attention layers.
 """
 from __future__ import annotations
 
@@ -97,22 +100,28 @@ class GatedDeltaNet(RecurrentMixer):
         self.q_proj = nn.Linear(d, kd, bias=False)
         self.k_proj = nn.Linear(d, kd, bias=False)
         self.v_proj = nn.Linear(d, vd, bias=False)
-        self.z_proj = nn.Linear(d, vd, bias=False)
-        self.b_proj = nn.Linear(d, self.Hv, bias=False)
-        self.a_proj = nn.Linear(d, self.Hv, bias=False)
+        self.build_gates(d)
         self.conv_weight = nn.Parameter(torch.empty(2 * kd + vd, self.d_conv))  # tap j reads x_{t-k+1+j}
-        self.A_log = nn.Parameter(torch.empty(self.Hv))
-        self.dt_bias = nn.Parameter(torch.empty(self.Hv))
         self.norm = RMSNorm(self.V, o["norm_eps"])
         self.out_proj = nn.Linear(vd, d, bias=False)
         self.method = "auto"
         self.init_special()
 
+    def build_gates(self, d: int) -> None:
+        """The output gate ``z_proj``, the write strength ``b_proj`` and the scalar decay gate (``a_proj``,
+        ``A_log [Hv]``, ``dt_bias [Hv]``)."""
+        self.z_proj = nn.Linear(d, self.Hv * self.V, bias=False)
+        self.b_proj = nn.Linear(d, self.Hv, bias=False)
+        self.a_proj = nn.Linear(d, self.Hv, bias=False)
+        self.A_log = nn.Parameter(torch.empty(self.Hv))
+        self.dt_bias = nn.Parameter(torch.empty(self.Hv))
+
     def init_special(self) -> None:
         """fla's initialisation: ``A = U(1, 16)``, gate time steps in [0.001, 0.1] (log-uniform)."""
         with torch.no_grad():
             self.A_log.copy_(torch.empty(self.Hv).uniform_(1, 16).log())
-            dt = torch.exp(torch.rand(self.Hv) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp(min=1e-4)
+            n = self.dt_bias.numel()
+            dt = torch.exp(torch.rand(n) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp(min=1e-4)
             self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
             bound = 1.0 / math.sqrt(self.d_conv)  # nn.Conv1d's default for a depthwise conv
             self.conv_weight.uniform_(-bound, bound)
@@ -122,9 +131,22 @@ class GatedDeltaNet(RecurrentMixer):
                 "state_conv": (self.d_conv - 1, 2 * self.Hk * self.K + self.Hv * self.V)}
 
     def readout(self, o: Tensor, gate_input: Tensor) -> Tensor:
-        """``W_out [RMSNorm(o) * w * silu(z)]``: ``o, z [b, T, Hv, V]`` -> ``[b, T, d_model]``."""
-        gated = self.norm(o) * F.silu(gate_input.to(torch.promote_types(o.dtype, torch.float32)))
+        """``W_out [RMSNorm(o) * w * act(z)]``: ``o, z [b, T, Hv, V]`` -> ``[b, T, d_model]`` (``act``:
+        :meth:`gate_activation`)."""
+        gated = self.norm(o) * self.gate_activation(gate_input.to(torch.promote_types(o.dtype, torch.float32)))
         return self.out_proj(gated.to(o.dtype).flatten(2))
+
+    def gate_activation(self, z: Tensor) -> Tensor:
+        """The output gate's nonlinearity: ``silu``."""
+        return F.silu(z)
+
+    def gate_input(self, x: Tensor) -> Tensor:
+        """The output gate before its activation, ``z = W_z x``, ``[b, T, Hv, V]``."""
+        return self.z_proj(x).unflatten(-1, (self.Hv, self.V))
+
+    def decay_input(self, x: Tensor) -> Tensor:
+        """The decay gate's projection ``W_a x``, ``[b, T, Hv]``."""
+        return self.a_proj(x)
 
     def expand_heads(self, x: Tensor) -> Tensor:
         """Key-head tensors ``[b, T, Hk, K]`` -> value heads ``[b, T, Hv, K]`` (consecutive groups)."""
@@ -144,8 +166,8 @@ class GatedDeltaNet(RecurrentMixer):
             "k": apply_forcing("k", k.unflatten(-1, (self.Hk, self.K)), forcing),
             "v": apply_forcing("v", v.unflatten(-1, (self.Hv, self.V)), forcing),
             "beta": apply_forcing("beta", self.beta(self.b_proj(x)), forcing),
-            "log_decay": apply_forcing("log_decay", self.log_decay(self.a_proj(x)), forcing),
-            "gate_input": apply_forcing("gate_input", self.z_proj(x).unflatten(-1, (self.Hv, self.V)), forcing),
+            "log_decay": apply_forcing("log_decay", self.log_decay(self.decay_input(x)), forcing),
+            "gate_input": apply_forcing("gate_input", self.gate_input(x), forcing),
         }
         if W is not None:
             values["state_conv"] = W
@@ -157,9 +179,11 @@ class GatedDeltaNet(RecurrentMixer):
         return torch.sigmoid(b) * 2 if self.options["allow_neg_eigval"] else torch.sigmoid(b)
 
     def log_decay(self, a: Tensor) -> Tensor:
-        """``g = -exp(A_log) softplus(a + dt_bias)`` in at least float32, ``[b, T, Hv]``."""
+        """``g = -exp(A_log) softplus(a + dt_bias)`` in at least float32, ``a [b, T, Hv]`` (or ``[b, T, Hv, K]``
+        per channel, ``dt_bias`` then ``[Hv K]``) -> the same shape."""
         wide = torch.promote_types(a.dtype, torch.float32)
-        return -self.A_log.to(wide).exp() * F.softplus(a.to(wide) + self.dt_bias.to(wide))
+        A = self.A_log.to(wide).exp().view(self.Hv, *([1] * (a.dim() - 3)))
+        return -A * F.softplus(a.to(wide) + self.dt_bias.to(wide).view(a.shape[2:]))
 
     def compute(self, x, state, forcing, keep):
         values, conv_last = self._inputs(x, state, forcing, keep)
@@ -180,3 +204,50 @@ class GatedDeltaNet(RecurrentMixer):
         values["recurrence_out"] = o
         y = self.readout(o, values["gate_input"])
         return Computation(y, values, {"state": last, "state_conv": conv_last})
+
+
+class KimiDeltaAttention(GatedDeltaNet):
+    r"""Kimi Delta Attention (Kimi Team 2025, "Kimi Linear"): Gated DeltaNet with a decay gate per key
+    channel, computed as transformers' ``KimiLinearDeltaAttention`` (and fla's ``KimiDeltaAttention``).
+
+    Layout name ``"kda"``; options as ``gdn`` (``mixer_options={"kda": {...}}``) plus ``gate_bias``
+    (False; fla's layer has a bias on the output gate's second projection, transformers' has none).
+    What differs from Gated DeltaNet, per value head (``r = V``, the low-rank width of both gates)::
+
+        alpha_t = exp(g_t),  g_t = -exp(A_log) * softplus(W_fb W_fa x_t + dt_bias)   ([K] per head:
+                  W_fa [r, d], W_fb [Hv K, r], dt_bias [Hv K], A_log [Hv])
+        S_t     = (I - beta_t k_t k_t^T) diag(alpha_t) S_{t-1} + beta_t k_t v_t^T
+        y_t     = W_out [ RMSNorm_V(o_t) * w * sigmoid(z_t) ],   z_t = W_gb W_ga x_t   (W_ga [r, d], W_gb [Hv V, r])
+
+    The short convolution over ``[q; k; v]``, the l2 norms, ``beta_t = sigmoid(W_b x_t)``, the read-out
+    ``o_t = K^{-1/2} S_t^T q_t``, the states and the hooks are Gated DeltaNet's; ``hook_log_decay`` is
+    ``[b, pos, Hv, K]`` and ``hook_gate_input`` is ``z`` before its sigmoid. The chunked form holds the
+    per-channel decays of a chunk, ``[L, L, K]`` per head (:mod:`probe.ops.delta_rule`).
+    """
+
+    NAME = "kda"
+    OPTIONS = {**GatedDeltaNet.OPTIONS, "gate_bias": Flag(False)}
+
+    def build_gates(self, d: int) -> None:
+        """The low-rank output gate ``g_a_proj, g_b_proj``, ``b_proj``, and the per-channel decay gate
+        (``f_a_proj, f_b_proj``, ``A_log [Hv]``, ``dt_bias [Hv K]``)."""
+        r = self.V
+        self.f_a_proj = nn.Linear(d, r, bias=False)
+        self.f_b_proj = nn.Linear(r, self.Hv * self.K, bias=False)
+        self.b_proj = nn.Linear(d, self.Hv, bias=False)
+        self.g_a_proj = nn.Linear(d, r, bias=False)
+        self.g_b_proj = nn.Linear(r, self.Hv * self.V, bias=self.options["gate_bias"])
+        self.A_log = nn.Parameter(torch.empty(self.Hv))
+        self.dt_bias = nn.Parameter(torch.empty(self.Hv * self.K))
+
+    def gate_activation(self, z: Tensor) -> Tensor:
+        """The output gate's nonlinearity: ``sigmoid``."""
+        return torch.sigmoid(z)
+
+    def gate_input(self, x: Tensor) -> Tensor:
+        """``z = W_gb W_ga x``, ``[b, T, Hv, V]``."""
+        return self.g_b_proj(self.g_a_proj(x)).unflatten(-1, (self.Hv, self.V))
+
+    def decay_input(self, x: Tensor) -> Tensor:
+        """``W_fb W_fa x``, ``[b, T, Hv, K]``."""
+        return self.f_b_proj(self.f_a_proj(x)).unflatten(-1, (self.Hv, self.K))

@@ -10,7 +10,9 @@ Signatures (batch first, then position; ``H`` heads, key width ``K``, value widt
     dplr_states(k, v, log_w, a, b, h0=None, force=None)                          -> S
 
     q, k:       [b, T, H, K]     v: [b, T, H, V]
-    log_decay:  [b, T, H]        log of the scalar gate a_t = exp(g_t) in [0, 1] (-inf: forget all)
+    log_decay:  [b, T, H]        log of the scalar gate a_t = exp(g_t) in [0, 1] (-inf: forget all),
+                                 Gated DeltaNet; or [b, T, H, K]: one gate per key channel,
+                                 alpha_t = exp(g_t) in [0, 1]^K, Kimi Delta Attention
     beta:       [b, T, H]        the write strength beta_t (in [0, 1] for a contraction)
     h0:         [b, H, K, V]     the state before the first position (zeros if None)
     o:          [b, T, H, V]     h_T: [b, H, K, V]     S: [b, T, H, K, V] (the state after every position)
@@ -27,25 +29,36 @@ flash-linear-attention (state ``S [K, V]``, read by keys)::
     o_t  = scale S_t^T q_t
 
 (The papers write the transpose, ``S_t = a_t S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T``
-with ``S [V, K]``.) The output is linear in the values ``v`` for fixed ``q, k, a, beta``:
+with ``S [V, K]``.) With a gate per key channel (Kimi Delta Attention, Kimi Team 2025) the decay
+scales the rows of ``S`` (the channels a key reads) before the delta step, as transformers'
+``KimiLinearDeltaAttention`` and fla's ``naive_recurrent_kda`` order it::
+
+    S_t  = (I - beta_t k_t k_t^T) diag(alpha_t) S_{t-1} + beta_t k_t v_t^T
+
+(a scalar gate commutes with the delta step, so both are the same code: ``S'_t = diag(alpha_t)
+S_{t-1}``, then the correction). The output is linear in the values ``v`` for fixed ``q, k, a, beta``:
 ``o_t = sum_{s<=t} A[t, s] v_s`` (with ``h0 = 0``), so running the rule with ``v = I_T`` (one-hot
 values) gives the implicit attention matrix ``A`` itself.
 
 **Chunked form** (:func:`gated_delta_rule_chunked`; the WY / UT-transform form of Yang et al.
 2024). Cut the sequence into chunks of ``L`` positions; in a chunk with start state ``S_0``
-write ``gamma_t = prod_{r<=t} a_r`` and ``D[t, s] = prod_{s<r<=t} a_r`` (``s <= t``). Unrolling,
-``S_t = gamma_t S_0 + sum_{s<=t} D[t, s] k_s u_s^T``, and the corrections ``u`` solve a unit
-lower-triangular system::
+write ``gamma_t = prod_{r<=t} a_r`` and ``D[t, s] = prod_{s<r<=t} a_r`` (``s <= t``), each a
+scalar or, with per-channel gates, a vector over the ``K`` key channels (``*`` elementwise,
+``diag(gamma) S`` scales rows). Unrolling, ``S_t = diag(gamma_t) S_0 + sum_{s<=t} (D[t, s] * k_s) u_s^T``,
+and the corrections ``u`` solve a unit lower-triangular system::
 
-    u_t + beta_t sum_{s<t} D[t, s] (k_t . k_s) u_s = beta_t (v_t - gamma_t S_0^T k_t)
-    (I + M) U = diag(beta) V - diag(beta gamma) K S_0,   M[t, s] = beta_t D[t, s] k_t . k_s  (s < t)
+    u_t + beta_t sum_{s<t} <k_t, D[t, s] * k_s> u_s = beta_t (v_t - S_0^T (gamma_t * k_t))
+    (I + M) U = diag(beta) V - diag(beta) (gamma * K) S_0,   M[t, s] = beta_t <k_t, D[t, s] * k_s>  (s < t)
 
 so ``U = W_v - W_k S_0`` with ``W_v = (I + M)^{-1} diag(beta) V`` and ``W_k = (I + M)^{-1}
-diag(beta gamma) K`` (one triangular solve per chunk, all chunks at once). A short loop over
+diag(beta) (gamma * K)`` (one triangular solve per chunk, all chunks at once). A short loop over
 chunks then carries the state::
 
-    o_t   = scale [ gamma_t q_t^T S_0 + sum_{s<=t} D[t, s] (q_t . k_s) u_s ]
-    S_L   = gamma_L S_0 + sum_s D[L, s] k_s u_s^T
+    o_t   = scale [ (gamma_t * q_t)^T S_0 + sum_{s<=t} <q_t, D[t, s] * k_s> u_s ]
+    S_L   = diag(gamma_L) S_0 + sum_s (D[L, s] * k_s) u_s^T
+
+Per-channel gates hold ``D`` as ``[L, L, K]`` per chunk and head (``L K`` numbers per position, as
+transformers' ``chunk_kimi_delta_attention``); a scalar gate holds ``[L, L]``.
 
 Every decay factor is a product of gates over a forward range (built by cumulative products,
 never by dividing), so gates of exactly 0 or 1 are exact.
@@ -79,17 +92,25 @@ __all__ = ["dplr_sequential", "dplr_states", "gated_delta_rule_chunked", "gated_
            "gated_delta_rule_states"]
 
 
-def _check(k: Tensor, v: Tensor, gates: tuple[Tensor, ...], h0: Tensor | None, q: Tensor | None = None) -> None:
+def _check(k: Tensor, v: Tensor, log_decay: Tensor | None, beta: Tensor | None, h0: Tensor | None,
+           q: Tensor | None = None) -> None:
     if k.dim() != 4 or (q is not None and q.shape != k.shape):
         got = f"q {tuple(q.shape)}, " if q is not None else ""
         raise ValueError(f"q and k must be [batch, T, heads, K]; got {got}k {tuple(k.shape)}")
     if v.dim() != 4 or v.shape[:3] != k.shape[:3]:
         raise ValueError(f"v must be [batch, T, heads, V] matching k {tuple(k.shape)}; got {tuple(v.shape)}")
-    for gate in gates:
-        if tuple(gate.shape) != tuple(k.shape[:3]):
-            raise ValueError(f"log_decay and beta must be [batch, T, heads] = {tuple(k.shape[:3])}; "
-                             f"got {tuple(gate.shape)}")
+    if log_decay is not None and tuple(log_decay.shape) not in (tuple(k.shape[:3]), tuple(k.shape)):
+        raise ValueError(f"log_decay must be [batch, T, heads] = {tuple(k.shape[:3])} (a gate per head) or "
+                         f"[batch, T, heads, K] = {tuple(k.shape)} (a gate per key channel); "
+                         f"got {tuple(log_decay.shape)}")
+    if beta is not None and tuple(beta.shape) != tuple(k.shape[:3]):
+        raise ValueError(f"beta must be [batch, T, heads] = {tuple(k.shape[:3])}; got {tuple(beta.shape)}")
     check_initial_state(h0, (k.shape[0], k.shape[2], k.shape[3], v.shape[3]), "[batch, heads, K, V]")
+
+
+def _channels(log_decay: Tensor) -> Tensor:
+    """The gate as ``[b, T, H, C]``: ``C = 1`` for a scalar gate per head, ``C = K`` per channel."""
+    return log_decay.unsqueeze(-1) if log_decay.dim() == 3 else log_decay
 
 
 def _start(k: Tensor, v: Tensor, h0: Tensor | None) -> Tensor:
@@ -100,11 +121,11 @@ def _start(k: Tensor, v: Tensor, h0: Tensor | None) -> Tensor:
 def gated_delta_rule_sequential(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, beta: Tensor,
                                 h0: Tensor | None = None, scale: float = 1.0) -> tuple[Tensor, Tensor]:
     """Reference: the gated delta rule one position at a time (module docstring). Returns ``(o, h_T)``."""
-    _check(k, v, (log_decay, beta), h0, q)
+    _check(k, v, log_decay, beta, h0, q)
     S, out = _start(k, v, h0), []
-    for q_t, k_t, v_t, g_t, b_t in zip(q.unbind(1), k.unbind(1), v.unbind(1), log_decay.unbind(1),
+    for q_t, k_t, v_t, g_t, b_t in zip(q.unbind(1), k.unbind(1), v.unbind(1), _channels(log_decay).unbind(1),
                                        beta.unbind(1)):
-        S = S * g_t.exp()[..., None, None]
+        S = S * g_t.exp()[..., None]  # diag(alpha_t) S: row c scaled by alpha_t[c] (all rows for a scalar)
         u = b_t[..., None] * (v_t - torch.einsum("bhkv,bhk->bhv", S, k_t))
         S = S + k_t[..., :, None] * u[..., None, :]
         out.append(torch.einsum("bhkv,bhk->bhv", S, q_t) * scale)
@@ -114,7 +135,7 @@ def gated_delta_rule_sequential(q: Tensor, k: Tensor, v: Tensor, log_decay: Tens
 
 def _check_dplr(k: Tensor, v: Tensor, log_w: Tensor, a: Tensor, b: Tensor, h0: Tensor | None,
                 q: Tensor | None = None) -> None:
-    _check(k, v, (), h0, q)
+    _check(k, v, None, None, h0, q)
     for name, x in (("log_w", log_w), ("a", a), ("b", b)):
         if x.shape != k.shape:
             raise ValueError(f"{name} must be [batch, T, heads, K] = {tuple(k.shape)}; got {tuple(x.shape)}")
@@ -160,10 +181,11 @@ def dplr_states(k: Tensor, v: Tensor, log_w: Tensor, a: Tensor, b: Tensor, h0: T
 class _Chunks:
     """The per-chunk quantities of the chunked form that do not depend on the carried state.
 
-    Attributes (``n`` chunks of ``L`` positions, heads before positions):
+    Attributes (``n`` chunks of ``L`` positions, heads before positions; ``C`` gate channels, 1 for a
+    scalar gate per head, ``K`` for a gate per key channel):
         k, q: ``[b, H, n, L, K]`` (q None when only states are wanted);
-        D: ``[b, H, n, L, L]`` with ``D[t, s] = prod_{s<r<=t} a_r`` for ``s <= t``, else 0;
-        gamma: ``[b, H, n, L]`` the gate product from the chunk start through ``t``;
+        D: ``[b, H, n, L, L, C]`` with ``D[t, s] = prod_{s<r<=t} a_r`` for ``s <= t``, else 0;
+        gamma: ``[b, H, n, L, C]`` the gate product from the chunk start through ``t``;
         W_v ``[b, H, n, L, V]``, W_k ``[b, H, n, L, K]``: ``U = W_v - W_k S_0``.
     """
 
@@ -179,43 +201,53 @@ class _Chunks:
             return x.reshape(b, n, L, H, x.shape[-1]).permute(0, 3, 1, 2, 4)
 
         self.k, self.q = split(k), (split(q) if q is not None else None)
-        a = split(log_decay.exp(), fill=1.0)  # [b, H, n, L, 1]
+        a = split(_channels(log_decay).exp(), fill=1.0)  # [b, H, n, L, C]
         bt = split(beta)
         causal = torch.ones(L, L, dtype=torch.bool, device=k.device).tril()
-        self.D = torch.where(causal.tril(-1), a, a.new_ones(())).cumprod(3).masked_fill(~causal, 0.0)
-        self.gamma = a[..., 0].cumprod(-1)
-        M = (bt * (self.k @ self.k.transpose(-1, -2)) * self.D).tril(-1)
+        # row t of the cumulative product over t of [a_t if t > s else 1] is prod_{s<r<=t} a_r
+        steps = torch.where(causal.tril(-1)[..., None], a[..., :, None, :], a.new_ones(()))  # [b, H, n, t, s, C]
+        self.D = steps.cumprod(3).masked_fill(~causal[..., None], 0.0)
+        self.gamma = a.cumprod(3)
+        M = (bt * self.pair(self.k, self.k, self.D)).tril(-1)
         eye = torch.eye(L, dtype=k.dtype, device=k.device)
-        rhs = torch.cat([bt * split(v), bt * self.gamma[..., None] * self.k], dim=-1)
+        rhs = torch.cat([bt * split(v), bt * self.gamma * self.k], dim=-1)
         W = torch.linalg.solve_triangular(eye + M, rhs, upper=False, unitriangular=True)
         self.W_v, self.W_k = W.split([v.shape[-1], K], dim=-1)
+
+    @staticmethod
+    def pair(x: Tensor, y: Tensor, D: Tensor) -> Tensor:
+        """``P[t, s] = <x_t, D[t, s] * y_s>``: ``x, y [..., L, K]``, ``D [..., L, L, C]`` -> ``[..., L, L]``."""
+        if D.shape[-1] == 1:
+            return (x @ y.transpose(-1, -2)) * D[..., 0]
+        return torch.einsum("...tc,...sc,...tsc->...ts", x, y, D)
 
     def corrections(self, j: int, S0: Tensor) -> Tensor:
         """``U [b, H, L, V]`` of chunk ``j`` from its start state ``S0 [b, H, K, V]``."""
         return self.W_v[:, :, j] - self.W_k[:, :, j] @ S0
 
     def end_state(self, j: int, S0: Tensor, U: Tensor) -> Tensor:
-        """``S_L = gamma_L S_0 + sum_s D[L, s] k_s u_s^T``."""
-        tail = self.D[:, :, j, -1]  # [b, H, L]: prod_{s<r<=L} a_r
-        return self.gamma[:, :, j, -1, None, None] * S0 + (self.k[:, :, j] * tail[..., None]).transpose(-1, -2) @ U
+        """``S_L = diag(gamma_L) S_0 + sum_s (D[L, s] * k_s) u_s^T``."""
+        tail = self.D[:, :, j, -1]  # [b, H, L, C]: prod_{s<r<=L} a_r
+        return self.gamma[:, :, j, -1, :, None] * S0 + (self.k[:, :, j] * tail).transpose(-1, -2) @ U
 
     def outputs(self, j: int, S0: Tensor, U: Tensor, scale: float) -> Tensor:
         """``o [b, H, L, V]`` of chunk ``j``."""
         q = self.q[:, :, j]
-        inter = (q * self.gamma[:, :, j, :, None]) @ S0
-        intra = ((q @ self.k[:, :, j].transpose(-1, -2)) * self.D[:, :, j]) @ U
+        inter = (q * self.gamma[:, :, j]) @ S0
+        intra = self.pair(q, self.k[:, :, j], self.D[:, :, j]) @ U
         return (inter + intra) * scale
 
     def states(self, j: int, S0: Tensor, U: Tensor) -> Tensor:
         """Every state ``S_t [b, H, L, K, V]`` of chunk ``j``."""
-        own = torch.einsum("bhts,bhsk,bhsv->bhtkv", self.D[:, :, j], self.k[:, :, j], U)
-        return self.gamma[:, :, j, :, None, None] * S0[:, :, None] + own
+        Dk = self.D[:, :, j] * self.k[:, :, j, None]  # [b, H, t, s, K]: D[t, s] * k_s
+        own = torch.einsum("bhtsk,bhsv->bhtkv", Dk, U)
+        return self.gamma[:, :, j, :, :, None] * S0[:, :, None] + own
 
 
 def gated_delta_rule_chunked(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, beta: Tensor,
                              h0: Tensor | None = None, scale: float = 1.0, chunk: int = 16) -> tuple[Tensor, Tensor]:
     """The chunked (WY) form of the gated delta rule (module docstring). Returns ``(o, h_T)``."""
-    _check(k, v, (log_decay, beta), h0, q)
+    _check(k, v, log_decay, beta, h0, q)
     S = _start(k, v, h0)
     if k.shape[1] == 0:
         return v.new_zeros(v.shape), S
@@ -245,7 +277,7 @@ def gated_delta_rule_states(k: Tensor, v: Tensor, log_decay: Tensor, beta: Tenso
 
     A position where any element is forced ends a segment: the segment's last state takes the
     forced values and the next segment starts from it."""
-    _check(k, v, (log_decay, beta), h0)
+    _check(k, v, log_decay, beta, h0)
     S = _start(k, v, h0)
     T = k.shape[1]
     if T == 0:

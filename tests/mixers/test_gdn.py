@@ -1,5 +1,5 @@
-"""Gated DeltaNet: the delta-rule kernel (chunked WY form and all-states form against the
-sequential definition, float64), the implicit attention against the product formula, and parity
+"""Gated DeltaNet (the delta-rule kernel is tested in tests/ops/test_delta_rule.py): the implicit
+attention against the product formula, and parity
 with transformers' Qwen3-Next Gated DeltaNet (one layer: output, recurrent and conv state, one-token
 decode; a whole all-linear model: logits, every layer's final state, greedy generation)."""
 import pytest
@@ -9,90 +9,9 @@ import probe
 from conftest import randomise
 from probe.errors import CheckpointError, ConfigError
 from probe.methods import implicit_attention
-from probe.ops.delta_rule import (dplr_sequential, gated_delta_rule_chunked, gated_delta_rule_sequential,
-                                  gated_delta_rule_states)
 
 transformers = pytest.importorskip("transformers")
-from probe.io.convert_gdn import gdn_mixer_from_hf, qwen3_next_from_hf  # noqa: E402
-
-# -- the kernel --------------------------------------------------------------------------------------
-
-
-def _inputs(T, gates="uniform", seed=0, b=2, H=3, K=4, V=5):
-    g = torch.Generator().manual_seed(seed)
-    d = dict(dtype=torch.float64)
-    q = torch.randn(b, T, H, K, generator=g, **d)
-    k = torch.nn.functional.normalize(torch.randn(b, T, H, K, generator=g, **d), dim=-1)
-    v = torch.randn(b, T, H, V, generator=g, **d)
-    a = torch.rand(b, T, H, generator=g, **d)
-    if gates == "exact0and1":
-        a = (a > 0.5).to(a.dtype)
-    elif gates == "near1":
-        a = 1 - 1e-3 * a
-    beta = torch.rand(b, T, H, generator=g, **d)
-    return q, k, v, a.log(), beta, torch.randn(b, H, K, V, generator=g, **d)
-
-
-def test_sequential_is_the_matrix_recurrence():
-    """S_t = a_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T, o_t = scale S_t^T q_t, written as matrices."""
-    q, k, v, g, beta, h0 = _inputs(6)
-    S, outs = h0.clone(), []
-    eye = torch.eye(4, dtype=torch.float64)
-    for t in range(6):
-        kk = k[:, t, :, :, None] * k[:, t, :, None, :]
-        S = g[:, t].exp()[..., None, None] * (eye - beta[:, t, :, None, None] * kk) @ S \
-            + beta[:, t, :, None, None] * k[:, t, :, :, None] * v[:, t, :, None, :]
-        outs.append(0.5 * S.transpose(-1, -2) @ q[:, t, :, :, None])
-    o, hT = gated_delta_rule_sequential(q, k, v, g, beta, h0, scale=0.5)
-    torch.testing.assert_close(o, torch.stack(outs, 1)[..., 0])
-    torch.testing.assert_close(hT, S)
-
-
-@pytest.mark.parametrize("gates", ["uniform", "exact0and1", "near1"])
-@pytest.mark.parametrize("T", [1, 15, 16, 17, 50])
-def test_chunked_and_states_equal_sequential(T, gates):
-    q, k, v, g, beta, h0 = _inputs(T, gates)
-    o_ref, h_ref = gated_delta_rule_sequential(q, k, v, g, beta, h0, scale=0.5)
-    for chunk in (1, 7, 16):
-        o, h = gated_delta_rule_chunked(q, k, v, g, beta, h0, scale=0.5, chunk=chunk)
-        torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-10)
-    S = gated_delta_rule_states(k, v, g, beta, h0, chunk=7)
-    torch.testing.assert_close(0.5 * torch.einsum("bthkv,bthk->bthv", S, q), o_ref, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(S[:, -1], h_ref, rtol=1e-10, atol=1e-10)
-
-
-def test_forced_state_restarts_the_rule():
-    q, k, v, g, beta, h0 = _inputs(20)
-    mask = torch.zeros(2, 20, 3, 4, 5, dtype=torch.bool)
-    mask[0, 9, 1] = True  # one sequence, one head
-    values = torch.full((2, 20, 3, 4, 5), 3.0, dtype=torch.float64)
-    S = gated_delta_rule_states(k, v, g, beta, h0, force=(mask, values), chunk=4)
-    assert torch.equal(S[0, 9, 1], values[0, 9, 1])
-    clean = gated_delta_rule_states(k, v, g, beta, h0)
-    torch.testing.assert_close(S[1], clean[1])  # the other sequence is untouched
-    torch.testing.assert_close(S[:, :9], clean[:, :9])
-    _, after = gated_delta_rule_sequential(q[:, 10:], k[:, 10:], v[:, 10:], g[:, 10:], beta[:, 10:], S[:, 9])
-    torch.testing.assert_close(S[:, -1], after, rtol=1e-10, atol=1e-10)
-
-
-def test_generalised_rule_contains_the_gated_delta_rule():
-    """dplr with w = a 1, a = -a beta k, b = k and key beta k is the gated delta rule (RWKV-7 reuses dplr)."""
-    q, k, v, g, beta, h0 = _inputs(9)
-    o_ref, h_ref = gated_delta_rule_sequential(q, k, v, g, beta, h0)
-    a = -(g.exp() * beta)[..., None] * k
-    o, h = dplr_sequential(q, beta[..., None] * k, v, g[..., None].expand_as(k), a, k, h0)
-    torch.testing.assert_close(o, o_ref)
-    torch.testing.assert_close(h, h_ref)
-
-
-def test_kernel_refuses_mismatched_shapes():
-    q, k, v, g, beta, h0 = _inputs(5)
-    with pytest.raises(ValueError, match="log_decay and beta"):
-        gated_delta_rule_chunked(q, k, v, g[..., None], beta)
-    with pytest.raises(ValueError, match="h0"):
-        gated_delta_rule_chunked(q, k, v, g, beta, h0[:, :1])
-
+from probe.io.convert_gdn import gdn_mixer_from_hf, kda_mixer_from_hf, qwen3_next_from_hf  # noqa: E402
 
 # -- implicit attention --------------------------------------------------------------------------------
 
@@ -218,3 +137,72 @@ def test_whole_model_conversion_refuses_what_probe_cannot_express():
         qwen3_next_from_hf(hf)
     with pytest.raises(ConfigError, match="Qwen3NextGatedDeltaNet"):
         gdn_mixer_from_hf(hf.model.layers[0].mlp)
+
+
+# -- Kimi Delta Attention (the per-channel variant) --------------------------------------------------------
+
+
+def test_kda_implicit_attention_is_the_product_formula():
+    """A[h, t, s] = K^-1/2 beta_s q_t^T prod_{s<r<=t} (I - beta_r k_r k_r^T) diag(alpha_r) k_s (alpha per channel)."""
+    torch.manual_seed(0)
+    cfg = probe.ModelConfig(vocab_size=257, d_model=32, n_heads=2, layout=["kda", "kda"], mlp="swiglu", d_mlp=64,
+                            positional="none", mixer_options={"kda": {"d_k": 8, "d_v": 4, "chunk": 4}})
+    model = randomise(probe.HookedLM(cfg)).eval()
+    toks = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(3))
+    ia, errors = implicit_attention(model, toks, 1)
+    assert errors["output"] < 1e-5 and errors["signal"] < 1e-5
+    _, cache = model.run_with_cache(toks)
+    hook = lambda n: cache[f"blocks.1.mixer.hook_{n}"][0]  # noqa: E731
+    q, k = (torch.nn.functional.normalize(hook(n), dim=-1, eps=0) for n in "qk")
+    alpha, beta = hook("log_decay").exp(), hook("beta")
+    assert alpha.shape == (9, 2, 8) and not torch.allclose(alpha[..., :1].expand_as(alpha), alpha)
+    for h in (0, 1):
+        for t, s in ((0, 0), (5, 2), (8, 0), (8, 8)):
+            P = torch.eye(8)
+            for r in range(s + 1, t + 1):
+                P = (torch.eye(8) - beta[r, h] * torch.outer(k[r, h], k[r, h])) @ torch.diag(alpha[r, h]) @ P
+            want = 8 ** -0.5 * beta[s, h] * q[t, h] @ P @ k[s, h]
+            torch.testing.assert_close(ia.matrix[0, h, t, s], want, rtol=1e-3, atol=1e-5)
+
+
+def _kimi_linear():
+    from transformers import KimiLinearConfig, KimiLinearForCausalLM
+
+    torch.manual_seed(0)
+    cfg = KimiLinearConfig(vocab_size=100, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+                           num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                           layer_types=["linear_attention", "full_attention"], mlp_layer_types=["dense", "dense"],
+                           linear_head_dim=8, linear_num_heads=4, kv_lora_rank=8, qk_rope_head_dim=4,
+                           qk_nope_head_dim=8, v_head_dim=8, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return randomise(KimiLinearForCausalLM(cfg), 0.15).eval()
+
+
+@pytest.mark.numerical
+def test_kda_layer_parity_output_state_and_decode():
+    """transformers' KimiLinearDeltaAttention (chunked prefill, then its one-token recurrent path)."""
+    from transformers import DynamicCache
+
+    hf = _kimi_linear()
+    module = hf.model.layers[0].self_attn
+    mixer = kda_mixer_from_hf(module)
+    x = torch.randn(2, 37, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        cache = DynamicCache(config=hf.config)
+        want = module(hidden_states=x[:, :36], cache=cache)
+        y, state = mixer(x[:, :36])
+        assert float((y - want).abs().max()) < 1e-5
+        torch.testing.assert_close(state["state"], cache.layers[0].recurrent_states[0], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(state["state_conv"], cache.layers[0].conv_states[0][..., 1:].transpose(1, 2))
+        step_want = module(hidden_states=x[:, 36:], cache=cache)
+        step, after = mixer(x[:, 36:], state)
+        assert float((step - step_want).abs().max()) < 1e-5
+        torch.testing.assert_close(after["state"], cache.layers[0].recurrent_states[0], rtol=1e-4, atol=1e-6)
+
+
+def test_kda_conversion_refuses_other_modules_and_unmapped_tensors():
+    hf = _kimi_linear()
+    with pytest.raises(ConfigError, match="KimiLinearDeltaAttention"):
+        kda_mixer_from_hf(hf.model.layers[1].self_attn)
+    hf.model.layers[0].self_attn.register_buffer("extra", torch.zeros(3))
+    with pytest.raises(CheckpointError, match="extra"):
+        kda_mixer_from_hf(hf.model.layers[0].self_attn)

@@ -1,4 +1,4 @@
-r"""Implicit attention of Gated DeltaNet, per value head.
+r"""Implicit attention of Gated DeltaNet and Kimi Delta Attention, per value head.
 
 ``S_t = a_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T`` and ``o_t = K^{-1/2} S_t^T q_t``
 unroll (from ``S_{-1} = 0``) to::
@@ -13,9 +13,13 @@ with one-hot values ``v_s = e_s`` (``V = T``): row ``t`` of the output is row ``
 linear attention, ``A[t, s]`` can be negative and can exceed 1: a later key that overlaps
 ``k_s`` erases part of what ``v_s`` wrote.
 
+Kimi Delta Attention (``kda``) decays per key channel, ``S_t = (I - beta_t k_t k_t^T) diag(alpha_t)
+S_{t-1} + beta_t k_t v_t^T``, so its factors are ``(I - beta_r k_r k_r^T) diag(alpha_r)``; the same
+one-hot run gives its ``A`` (the kernel takes either gate).
+
 Reads ``hook_q``, ``hook_k`` (before the l2 norm, which is re-applied), ``hook_v``,
 ``hook_beta``, ``hook_log_decay``, ``hook_gate_input``; the signal is ``hook_recurrence_out``
-and the output ``out_proj(RMSNorm(o) * w * silu(z))`` (the mixer's own ``readout``).
+and the output ``out_proj(RMSNorm(o) * w * act(z))`` (the mixer's own ``readout``).
 """
 from __future__ import annotations
 
@@ -34,7 +38,11 @@ def _size(model, layer) -> tuple[int, int]:
     return heads, 3 * heads
 
 
-@register("gdn", hooks=("q", "k", "v", "beta", "log_decay", "gate_input", "recurrence_out"), size=_size)
+HOOKS = ("q", "k", "v", "beta", "log_decay", "gate_input", "recurrence_out")
+
+
+@register("kda", hooks=HOOKS, size=_size)
+@register("gdn", hooks=HOOKS, size=_size)
 def build(model, layer, hooks, x) -> ImplicitAttention:
     mixer = model.blocks[layer].mixer
     wide = torch.promote_types(hooks["v"].dtype, torch.float32)
@@ -47,4 +55,4 @@ def build(model, layer, hooks, x) -> ImplicitAttention:
     A = rows.transpose(1, 2).to(hooks["v"].dtype)  # [b, H, t, s]
     project = lambda o: mixer.readout(o, hooks["gate_input"])
     return ImplicitAttention(A, hooks["v"], "bhts,bshd->bthd", hooks["recurrence_out"], project, "head", "v",
-                             "o_t = sum_s beta_s q_t^T prod_r a_r (I - beta_r k_r k_r^T) k_s v_s")
+                             "o_t = sum_s beta_s q_t^T prod_r (I - beta_r k_r k_r^T) diag(alpha_r) k_s v_s")
