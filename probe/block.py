@@ -22,6 +22,10 @@ Parallel mixers (a layout entry ``"a+b"``, :mod:`probe.mixers.parallel`): the mi
 both parts reading ``mixer_in``; ``hook_mixer_out`` is their sum and ``mixer.hook_{p}_out`` each
 part's share; part ``p``'s own hooks are ``blocks.{l}.mixer.{p}.hook_*``.
 
+Shared blocks (``cfg.shared_layout``, :mod:`probe.shared_block`): a layer that reads one adds its
+contribution ``blocks.{l}.shared.hook_out`` to the mixer's input only,
+``mixer_in = ln1(resid_pre + shared(resid_pre, embed))``; its KV cache is the state entry ``"shared"``.
+
 The block's state is ``{"mixer": {...}, "mlp": {...}}`` (a parallel slot: one entry per part,
 ``{"mixer.attn": {...}, "mixer.mamba2": {...}, "mlp": {...}}``, keyed by the part's module path);
 the MLP slot may carry memory (RWKV channel mixing's token shift).
@@ -35,15 +39,17 @@ from probe.errors import InputError
 from probe.hooks import ATTENTION_ALIAS, MLP_SITES, RESIDUAL_SITES
 from probe.mixers import MIXERS, Parallel, make_mlp
 from probe.norm import make_norm
+from probe.shared_block import make_shared_use
 
 
 class Block(nn.Module):
-    def __init__(self, cfg, layer: int):
+    def __init__(self, cfg, layer: int, shared_blocks=None):
         super().__init__()
         self.layer = layer
         self.mixer_name = cfg.layout[layer]
         self.post_norm = cfg.norm_placement[layer] == "post"
         self.ln1 = make_norm(cfg)
+        self.shared = make_shared_use(cfg, layer, shared_blocks)
         self.mixer = MIXERS[self.mixer_name](cfg, layer)
         self.mlp = make_mlp(cfg.mlp_layout[layer], cfg, layer)
         self.ln2 = make_norm(cfg) if self.mlp is not None else None
@@ -54,8 +60,9 @@ class Block(nn.Module):
         self.state_entries = tuple(self.initial_state(0))
 
     def initial_state(self, batch: int, device=None, dtype=None) -> dict:
+        shared = {"shared": self.shared.initial_state(batch, device, dtype)} if self.shared is not None else {}
         return {**self._mixer_parts(self.mixer.initial_state(batch, device, dtype)),
-                "mlp": self.mlp.initial_state(batch, device, dtype) if self.mlp is not None else {}}
+                "mlp": self.mlp.initial_state(batch, device, dtype) if self.mlp is not None else {}, **shared}
 
     def _mixer_parts(self, mixer_state: dict) -> dict:
         """The mixer's state as block-state entries: ``{"mixer": state}``, or for parallel mixers
@@ -90,10 +97,14 @@ class Block(nn.Module):
         """What a slot adds to the residual stream: ``out`` (pre-norm) or ``norm(out)`` (post-norm)."""
         return norm(out) if self.post_norm else out
 
-    def forward(self, resid: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
+    def forward(self, resid: Tensor, state: dict | None = None, embed: Tensor | None = None) -> tuple[Tensor, dict]:
         state = self._check_state(state)
         resid = self.hook_resid_pre(resid)
-        out, mixer_state = self.mixer(self.hook_mixer_in(self._read(self.ln1, resid)), self._mixer_state(state))
+        x, shared = resid, {}
+        if self.shared is not None:  # a shared block writes into the mixer's input only
+            extra, shared["shared"] = self.shared(resid, embed, state.get("shared"))
+            x = resid + extra
+        out, mixer_state = self.mixer(self.hook_mixer_in(self._read(self.ln1, x)), self._mixer_state(state))
         out = self.hook_mixer_out(self._write(self.ln1, out))
         if self.mixer.is_attention:
             out = self.hook_attn_out(out)
@@ -102,4 +113,4 @@ class Block(nn.Module):
         if self.mlp is not None:
             out, mlp_state = self.mlp(self.hook_mlp_in(self._read(self.ln2, resid)), state.get("mlp"))
             resid = resid + self.hook_mlp_out(self._write(self.ln2, out))
-        return self.hook_resid_post(resid), {**self._mixer_parts(mixer_state), "mlp": mlp_state}
+        return self.hook_resid_post(resid), {**self._mixer_parts(mixer_state), "mlp": mlp_state, **shared}

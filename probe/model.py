@@ -41,6 +41,7 @@ from probe.finite import check_finite
 from probe.hooks import is_state_hook
 from probe.norm import make_norm
 from probe.sampling import check_sampling, sample
+from probe.shared_block import make_shared_blocks
 from probe.state import ModelState
 from probe.tokenizers import get_tokenizer
 
@@ -85,7 +86,8 @@ class HookedLM(HookedRootModule):
         if cfg.positional == "learned":
             self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
             self.hook_pos_embed = HookPoint()
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.shared_blocks = make_shared_blocks(cfg)  # weights used by several layers (cfg.shared_layout)
+        self.blocks = nn.ModuleList(Block(cfg, i, self.shared_blocks) for i in range(cfg.n_layers))
         self.ln_final = make_norm(cfg)
         if not cfg.tie_embeddings:
             self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.vocab_size))
@@ -374,11 +376,13 @@ class HookedLM(HookedRootModule):
         x = self.hook_embed(x)
         if self.cfg.positional == "learned":
             x = x + self.hook_pos_embed(self.W_pos[offset : offset + T].unsqueeze(0).expand(batch, -1, -1))
-        new_layers = []
+        # shared blocks read the embedding beside the residual stream: a copy, so that an in-place edit
+        # of blocks.0.hook_resid_pre (the same tensor) does not also edit what they read
+        new_layers, embed = [], (x.clone() if len(self.shared_blocks) else None)
         for i, block in enumerate(self.blocks):
             if stop_at_layer is not None and i >= stop_at_layer:
                 return x
-            x, layer_state = block(x, states.layers[i] if states is not None else None)
+            x, layer_state = block(x, states.layers[i] if states is not None else None, embed)
             new_layers.append(layer_state)
         if stop_at_layer is not None and stop_at_layer >= self.cfg.n_layers:
             return x

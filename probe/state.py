@@ -23,7 +23,8 @@ class ModelState:
     """The memory of every layer after the tokens read so far: what a continuation starts from.
 
     Attributes:
-        layers: per block ``{"mixer": {suffix: [batch, ...]}, "mlp": {...}}``: recurrent states keyed
+        layers: per block ``{"mixer": {suffix: [batch, ...]}, "mlp": {...}}`` (and ``"shared"``, the KV
+            cache of a layer's shared block, :mod:`probe.shared_block`): recurrent states keyed
             like their hooks (``"state"``, ``"state_conv"``, ...), shaped like one position of
             the hook; attention's KV cache as ``"k"`` / ``"v"`` ``[batch, cached_pos, ...]``.
         position: the number of tokens consumed (for learned positions and context limits).
@@ -75,14 +76,14 @@ class ModelState:
 
     def kv_length(self) -> int:
         """Number of cached positions in the longest attention KV cache (0 without attention)."""
-        return max((layer["mixer"]["k"].shape[1] for layer in self.layers if "k" in layer.get("mixer", {})), default=0)
+        return max((part["k"].shape[1] for layer in self.layers for part in layer.values() if "k" in part), default=0)
 
     def keep_last(self, window: int) -> "ModelState":
         """The state with every attention KV cache cut to its last ``window`` positions (a sliding
         window); recurrent states are unchanged. ``position`` keeps counting absolute tokens."""
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise InputError(f"keep_last needs a window of at least 1 position, got {window!r}.")
-        layers = [{part: ({k: v[:, -window:] for k, v in d.items()} if part == "mixer" and "k" in d else dict(d))
+        layers = [{part: ({k: v[:, -window:] for k, v in d.items()} if "k" in d else dict(d))
                    for part, d in layer.items()} for layer in self.layers]
         return ModelState(layers, self.position)
 

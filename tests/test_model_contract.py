@@ -54,7 +54,9 @@ def test_cached_intermediates_are_what_the_forward_used(arch):
             _close(cache["resid_mid", i] + cache["mlp_out", i], cache["resid_post", i])
             # pre-norm: mixer_in = ln1(resid_pre); post-norm: mixer_out = ln1(the mixer's output)
             read, write = (lambda t: t, block.ln1) if block.post_norm else (block.ln1, lambda t: t)
-            _close(read(cache["resid_pre", i]), cache["mixer_in", i])
+            # a layer reading a shared block adds its contribution to the mixer's input only
+            shared = cache[f"blocks.{i}.shared.hook_out"] if block.shared is not None else 0
+            _close(read(cache["resid_pre", i] + shared), cache["mixer_in", i])
             # the mixer run again on its cached input gives its cached output
             _close(write(block.mixer(cache["mixer_in", i])[0]), cache["mixer_out", i])
             if i + 1 < model.cfg.n_layers:
