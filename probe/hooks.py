@@ -14,6 +14,16 @@ points this way (TransformerLens 4 names wherever they exist)::
 A *block site* (``resid_pre`` ...) lives on the block: ``blocks.{l}.hook_<site>``; any other short
 name (``state``, ``forget``, ``pattern``) on the layer's mixer: ``blocks.{l}.mixer.hook_<site>``.
 Every hook whose name contains ``hook_state`` is part of the memory, and together they are all of it.
+
+Block variants keep these names meaningful (:mod:`probe.block`):
+
+- parallel mixers (a layout entry ``"attn+mamba2"``): part ``p`` is the module
+  ``blocks.{l}.mixer.{p}`` with its own hooks one level down (``blocks.{l}.mixer.mamba2.hook_state``,
+  ``blocks.{l}.mixer.attn.hook_pattern``); ``blocks.{l}.mixer.hook_{p}_out`` is part ``p``'s output
+  and ``hook_mixer_out`` their sum, what the residual stream receives.
+- post-norm layers (``norm_placement[l] == "post"``): ``hook_mixer_in`` is ``resid_pre`` itself and
+  ``hook_mixer_out`` the *normalised* mixer output (likewise ``mlp_in`` / ``mlp_out``), so
+  ``resid_mid = resid_pre + mixer_out`` holds for every block.
 """
 from __future__ import annotations
 

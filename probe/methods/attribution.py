@@ -211,6 +211,7 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
         if per_head and MIXERS[model.cfg.layout[i]].is_attention and f"blocks.{i}.mixer.hook_z" in model.hook_dict:
             head_layers.append(i)
     names = [s[1] for s in sites] + [f"blocks.{i}.mixer.hook_z" for i in head_layers]
+    names += [f"blocks.{i}.ln1.hook_scale" for i in head_layers if _output_norm(model, i) is not None]
     names += ["ln_final.hook_scale", "ln_final.hook_normalized", f"blocks.{n - 1}.hook_resid_post"]
     found: dict[str, Tensor] = {}
 
@@ -266,9 +267,16 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
     for i in head_layers:
         W_O, b_O = model.attention_output(i)
         z = found[f"blocks.{i}.mixer.hook_z"].to(f64)  # [batch, head, d_head]
-        heads[i] = project(torch.einsum("bhe,hed->bhd", z, W_O.detach().to(f64))).T  # [head, batch]
-        head_bias[i] = (project(b_O.detach().to(f64).expand(z.shape[0], -1)) if b_O is not None
-                        else torch.zeros_like(heads[i][0]))
+        out = torch.einsum("bhe,hed->bhd", z, W_O.detach().to(f64))  # [batch, head, d_model]
+        const = b_O.detach().to(f64).expand(z.shape[0], -1) if b_O is not None else torch.zeros_like(out[:, 0])
+        norm = _output_norm(model, i)
+        if norm is not None:  # a post-norm block normalises the attention output: its scale frozen too
+            s = found[f"blocks.{i}.ln1.hook_scale"].to(f64)  # [batch, 1]
+            w = norm.w.detach().to(f64)
+            out = norm.centre(out) / s[:, None] * w
+            const = norm.centre(const) / s * w + (norm.b.detach().to(f64) if hasattr(norm, "b") else 0)
+        heads[i] = project(out).T  # [head, batch]
+        head_bias[i] = project(const)
         layer_part = contrib[components.index(f"L{i} {model.cfg.layout[i]}")]
         gap = float((heads[i].sum(0) + head_bias[i] - layer_part).abs().max())
         tol = _sum_tolerance(found[f"blocks.{i}.mixer.hook_z"].dtype, heads[i].shape[0] + 1)
@@ -279,6 +287,13 @@ def direct_logit_attribution(model, input, target=None, contrast=None, position:
                      components=components, layers=layers, contributions=contrib, logit=logit, total=total,
                      abs_error=abs_err, rel_error=abs_err / logit.abs().clamp_min(1e-12), head_contributions=heads,
                      head_bias=head_bias)
+
+
+def _output_norm(model, layer: int):
+    """The norm a post-norm block (``norm_placement``, :mod:`probe.block`) applies to layer ``layer``'s
+    mixer output before the residual add, or ``None`` (pre-norm, or a model without placements)."""
+    placement = getattr(model.cfg, "norm_placement", None)
+    return model.blocks[layer].ln1 if placement is not None and placement[layer] == "post" else None
 
 
 def _sum_tolerance(dtype: torch.dtype, n_terms: int) -> float:

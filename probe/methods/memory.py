@@ -13,6 +13,8 @@ position ``s``:
   at ``t`` with respect to its input at ``s`` (exact by default; ``probes=n`` estimates it
   with ``n`` Gaussian probes per position). ``method="gradient"`` gives this map for every
   mixer, for a like-for-like comparison;
+* **parallel mixers** (``"attn+mamba2"``, :mod:`probe.mixers.parallel`): gradient influence of
+  their summed output (each part's own exact map is not composed yet);
 * ``ff`` layers read nothing from the past (no map).
 
 A term that reads only the current position is kept out of the matrix and shown apart
@@ -48,7 +50,7 @@ from probe.methods import implicit
 from probe.methods.implicit import ImplicitAttention
 from probe.methods.support import input_checks as inputs
 from probe.methods.support.gradient_mode import needs_gradients
-from probe.mixers import MIXERS
+from probe.mixers import MIXERS, Parallel
 from probe.result import MethodResult
 
 METHODS = ("auto", "gradient")
@@ -447,7 +449,8 @@ def memory_map(model, input, layers=None, method: str = "auto", probes: int | No
     layout = model.cfg.layout
     exact = [i for i in layers if method == "auto" and layout[i] in implicit.REGISTRY]
     unknown = [i for i in layers if method == "auto" and layout[i] not in implicit.REGISTRY
-               and not MIXERS[layout[i]].nonlinear_state and MIXERS[layout[i]].mixes_positions]
+               and not MIXERS[layout[i]].nonlinear_state and MIXERS[layout[i]].mixes_positions
+               and not issubclass(MIXERS[layout[i]], Parallel)]  # parallel parts: gradient influence
     if unknown:
         implicit.unrolling(layout[unknown[0]])  # raises, naming what is supported
     check_memory(model, layers, method, *tokens.shape, memory_limit)
