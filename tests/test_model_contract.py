@@ -120,8 +120,8 @@ def memory_hooks(model, source_cache, position):
     for name in model.hook_dict:
         if "hook_state" in name:
             sl = (slice(None), position)
-        elif name.endswith(("mixer.hook_k", "mixer.hook_v", "mixer.hook_kv_latent", "mixer.hook_k_rot",
-                            "mixer.attn.hook_k", "mixer.attn.hook_v")):
+        elif name.endswith(("mixer.hook_k", "mixer.hook_v", "shared.hook_k", "shared.hook_v", "mixer.hook_kv_latent",
+                            "mixer.hook_k_rot", "mixer.attn.hook_k", "mixer.attn.hook_v")):
             # KV cache entries (mla: latent and shared rotary key; parallel mixers: the attn part's)
             sl = (slice(None), slice(0, position + 1))
         else:

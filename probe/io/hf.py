@@ -20,6 +20,8 @@ model_type         transformers class                     converter
 ``qwen3_next``     ``Qwen3NextForCausalLM`` (all layers    :mod:`probe.io.convert_gdn`
                    Gated DeltaNet, dense MLPs)
 ``mamba2``         ``Mamba2ForCausalLM`` (Mamba-2 / SSD)   :mod:`probe.io.convert_mamba2`
+``zamba2``         ``Zamba2ForCausalLM`` (Mamba-2 + shared :mod:`probe.io.convert_zamba2`
+                   attention blocks, probe.shared_block)
 =================  =====================================  ==================================
 
 ``recurrent_gemma`` (``RecurrentGemmaForCausalLM`` whose layers are all recurrent, Hawk):
@@ -72,6 +74,11 @@ def _qwen3_next(model, **kw):
     return qwen3_next_from_hf(model, **kw)
 
 
+def _zamba2(model, **kw):
+    from probe.io.convert_zamba2 import zamba2_from_hf
+    return zamba2_from_hf(model, **kw)
+
+
 def _recurrent_gemma(model, **kw):
     from probe.io.convert_recurrentgemma import recurrentgemma_from_hf
     return recurrentgemma_from_hf(model, **kw)
@@ -83,6 +90,8 @@ CONVERTERS["qwen3_next"] = _qwen3_next
 SUPPORTED = ("GPT2LMHeadModel (gpt2)", "RwkvForCausalLM (rwkv)", "xLSTMForCausalLM (xlstm)",
              "MambaForCausalLM (mamba)", "Mamba2ForCausalLM (mamba2)", "xlstm.xLSTMLMModel (mLSTM/sLSTM blocks)")
 CONVERTERS["recurrent_gemma"] = _recurrent_gemma
+CONVERTERS["zamba2"] = _zamba2
+SUPPORTED += ("Zamba2ForCausalLM (zamba2: Mamba-2 layers + shared attention blocks)",)
 SUPPORTED += ("RecurrentGemmaForCausalLM (recurrent_gemma, recurrent layers only)",)
 SUPPORTED += ("Qwen3NextForCausalLM (qwen3_next, Gated DeltaNet layers only)",)
 

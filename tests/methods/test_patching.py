@@ -38,6 +38,8 @@ def test_patching_restores_exactly_where_the_runs_differ(arch):
                               sites=["resid_pre", f"blocks.{L - 1}.hook_resid_post"])
     assert res.scores.shape == (2, L, T)
     first = res.scores[0, 0]  # resid_pre of layer 0 is the embedding: the corrupted token itself
+    if model.cfg.shared_layout is not None:  # ... but shared blocks (Zamba2) read the embedding too: patch it
+        first = activation_patching(model, clean, corrupted, **ANSWER, sites=["hook_embed"]).scores[0, 0]
     torch.testing.assert_close(first[d], torch.tensor(1.0, dtype=torch.float64), atol=1e-5, rtol=0)
     others = torch.cat([first[:d], first[d + 1 :]])
     assert torch.equal(others, torch.zeros_like(others))  # identical activations: exactly no effect

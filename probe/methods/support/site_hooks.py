@@ -11,7 +11,8 @@ at a layer is one or more hook points, every one ``[batch, pos, ...]``:
                     ``l`` (mixer and MLP slot, e.g. LSTM c and h, a conv window, RWKV's
                     token shifts); for attention the key and value written at that position
                     (``mixer.hook_k``, ``mixer.hook_v``), the per-position entry of the KV cache
-                    (multi-head latent attention: ``mixer.hook_kv_latent``, ``mixer.hook_k_rot``)
+                    (multi-head latent attention: ``mixer.hook_kv_latent``, ``mixer.hook_k_rot``);
+                    a layer reading a shared block adds that use's ``shared.hook_k``, ``shared.hook_v``
 ``state_conv`` ...  any other name: ``blocks.{l}.mixer.hook_<name>`` (``state_h``, ``forget``,
                     ``k``...) or, failing that, ``blocks.{l}.mlp.hook_<name>``
 full hook names     ``blocks.2.mixer.hook_state`` is taken as is, at its own layer (2)
@@ -53,6 +54,9 @@ def memory_hooks(model, layer: int) -> list[str]:
             kv = [mixer_hook(layer, e) for e in entries]
             if all(n in model.hook_dict for n in kv):
                 names += kv
+    shared = [f"blocks.{layer}.shared.hook_k", f"blocks.{layer}.shared.hook_v"]  # a shared block's KV cache
+    if all(n in model.hook_dict for n in shared):
+        names += shared
     return names
 
 
