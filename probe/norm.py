@@ -1,7 +1,10 @@
 r"""Normalisation layers with TransformerLens hook names.
 
-RMSNorm::    y = x / sqrt(mean(x^2) + eps) * w
+RMSNorm::    y = x / sqrt(mean(x^2) + eps) * w          (offset=True: * (1 + w), w starting at 0)
 LayerNorm::  y = (x - mean(x)) / sqrt(var(x) + eps) * w + b
+
+``RMSNorm(offset=True)`` is the zero-centred parametrisation of Gemma and Qwen3-Next (their
+checkpoints store ``w`` with the gain ``1 + w``); the gain is formed in float32.
 
 Hooks: ``hook_scale`` (the divisor ``sqrt(... + eps)``, ``[batch, pos, 1]``) and
 ``hook_normalized`` (the output).
@@ -18,12 +21,17 @@ from transformer_lens.hook_points import HookPoint
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, d_model: int, eps: float = 1e-5):
+    def __init__(self, d_model: int, eps: float = 1e-5, offset: bool = False):
         super().__init__()
         self.eps = eps
-        self.w = nn.Parameter(torch.ones(d_model))
+        self.offset = offset
+        self.w = nn.Parameter(torch.zeros(d_model) if offset else torch.ones(d_model))
         self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
+
+    def gain(self, dtype: torch.dtype) -> Tensor:
+        """The multiplier of the normalised input, in ``dtype``: ``w``, or ``1 + w`` with ``offset``."""
+        return self.w.to(dtype) + 1 if self.offset else self.w.to(dtype)
 
     def centre(self, x: Tensor) -> Tensor:
         """The part of the norm that is linear before scaling (identity for RMSNorm)."""
@@ -42,6 +50,9 @@ class LayerNorm(nn.Module):
         self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
 
+    def gain(self, dtype: torch.dtype) -> Tensor:
+        return self.w.to(dtype)
+
     def centre(self, x: Tensor) -> Tensor:
         return x - x.mean(-1, keepdim=True)
 
@@ -58,7 +69,7 @@ def _scaled(norm: nn.Module, xc: Tensor, dtype: torch.dtype) -> Tensor:
     """``xc / sqrt(mean(xc^2) + eps) * w`` with ``xc`` wide (float32+), the scale hooked in ``dtype``
     and the result in ``dtype``."""
     scale = norm.hook_scale((xc.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt().to(dtype))
-    return (xc / scale.to(xc.dtype) * norm.w).to(dtype)
+    return (xc / scale.to(xc.dtype) * norm.gain(xc.dtype)).to(dtype)
 
 
 def make_norm(cfg) -> nn.Module:

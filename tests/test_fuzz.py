@@ -776,7 +776,8 @@ def _one_layer(mixer: str, options: dict) -> probe.HookedLM:
 
 #: a valid non-default value of every option of every mixer (d_model 32, 4 heads): the "works" half
 VALID_OPTIONS = {
-    "attn": {"bias": True},
+    "attn": {"bias": True, "qkv_bias": True, "n_kv_heads": 2, "qk_norm": "projection", "qk_norm_eps": 1e-6,
+             "rotary_fraction": 0.5, "output_gate": True, "scale": 0.2},
     "ff": {"d_hidden": 16, "act": "swiglu"},
     "qrnn": {"window": 1, "d_hidden": 16},
     "lmu": {"order": 4, "theta": 8.0, "d_u": 4},
