@@ -80,19 +80,27 @@ def mamba2_weights(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> Mapping:
         w["W_U"] = ("lm_head.weight", take(sd, "lm_head.weight", ARCH).T)
     opts = cfg.mixer_options["mamba2"]
     for i in range(cfg.n_layers):
-        src, dst = f"backbone.layers.{i}.mixer.", f"blocks.{i}.mixer."
         w[f"blocks.{i}.ln1.w"] = get(f"backbone.layers.{i}.norm.weight")
-        names = ["in_proj.weight", "dt_bias", "A_log", "D", "out_proj.weight"]
-        names += ["in_proj.bias", "out_proj.bias"] if opts["proj_bias"] else []
-        for name in names:
-            w[dst + name] = get(src + name)
-        w[dst + "norm_weight"] = get(src + "norm.weight")
-        conv = take(sd, src + "conv1d.weight", ARCH)
-        if conv.dim() != 3 or conv.shape[1] != 1:
-            raise CheckpointError(f"{src}conv1d.weight has shape {tuple(conv.shape)}, expected [conv_dim, 1, d_conv].")
-        w[dst + "conv_weight"] = (src + "conv1d.weight", conv[:, 0])
-        if opts["conv_bias"]:
-            w[dst + "conv_bias"] = get(src + "conv1d.bias")
+        w.update(mamba2_layer_weights(sd, f"backbone.layers.{i}.mixer.", f"blocks.{i}.mixer.", opts, ARCH))
+    return w
+
+
+def mamba2_layer_weights(sd: dict[str, torch.Tensor], src: str, dst: str, opts: dict[str, Any], arch: str) -> Mapping:
+    """One transformers Mamba-2 mixer (``Mamba2Mixer`` and the Mamba-2 layers of the hybrids: Bamba,
+    Falcon-H1, Zamba2) under prefix ``src`` -> probe's ``mamba2`` mixer under ``dst`` (module docstring).
+
+    ``opts``: the mixer's options as given (``proj_bias`` and ``conv_bias`` decide which biases exist)."""
+    get = lambda name: (src + name, take(sd, src + name, arch))
+    names = ["in_proj.weight", "dt_bias", "A_log", "D", "out_proj.weight"]
+    names += ["in_proj.bias", "out_proj.bias"] if opts.get("proj_bias", False) else []
+    w: Mapping = {dst + name: get(name) for name in names}
+    w[dst + "norm_weight"] = get("norm.weight")
+    conv = take(sd, src + "conv1d.weight", arch)
+    if conv.dim() != 3 or conv.shape[1] != 1:
+        raise CheckpointError(f"{src}conv1d.weight has shape {tuple(conv.shape)}, expected [conv_dim, 1, d_conv].")
+    w[dst + "conv_weight"] = (src + "conv1d.weight", conv[:, 0])
+    if opts.get("conv_bias", True):
+        w[dst + "conv_bias"] = get("conv1d.bias")
     return w
 
 
