@@ -97,14 +97,22 @@ class Block(nn.Module):
         """What a slot adds to the residual stream: ``out`` (pre-norm) or ``norm(out)`` (post-norm)."""
         return norm(out) if self.post_norm else out
 
-    def forward(self, resid: Tensor, state: dict | None = None, embed: Tensor | None = None) -> tuple[Tensor, dict]:
+    def forward(self, resid: Tensor, state: dict | None = None, embed: Tensor | None = None,
+                cross: dict | None = None) -> tuple[Tensor, dict]:
+        """``(resid_post, state)``; ``cross``: the forward's cross-layer dictionary, handed to a mixer with
+        ``cross_layer`` (RWKV-7's value residual, :class:`probe.mixers.base.Mixer`)."""
         state = self._check_state(state)
         resid = self.hook_resid_pre(resid)
         x, shared = resid, {}
         if self.shared is not None:  # a shared block writes into the mixer's input only
             extra, shared["shared"] = self.shared(resid, embed, state.get("shared"))
             x = resid + extra
-        out, mixer_state = self.mixer(self.hook_mixer_in(self._read(self.ln1, x)), self._mixer_state(state))
+        x = self.hook_mixer_in(self._read(self.ln1, x))
+        mixer_state = self._mixer_state(state)
+        if self.mixer.cross_layer:
+            out, mixer_state = self.mixer(x, mixer_state, cross=cross)
+        else:
+            out, mixer_state = self.mixer(x, mixer_state)
         out = self.hook_mixer_out(self._write(self.ln1, out))
         if self.mixer.is_attention:
             out = self.hook_attn_out(out)

@@ -379,10 +379,11 @@ class HookedLM(HookedRootModule):
         # shared blocks read the embedding beside the residual stream: a copy, so that an in-place edit
         # of blocks.0.hook_resid_pre (the same tensor) does not also edit what they read
         new_layers, embed = [], (x.clone() if len(self.shared_blocks) else None)
+        cross: dict[str, Tensor] = {}  # per-position tensors layers hand to later layers (Mixer.cross_layer)
         for i, block in enumerate(self.blocks):
             if stop_at_layer is not None and i >= stop_at_layer:
                 return x
-            x, layer_state = block(x, states.layers[i] if states is not None else None, embed)
+            x, layer_state = block(x, states.layers[i] if states is not None else None, embed, cross)
             new_layers.append(layer_state)
         if stop_at_layer is not None and stop_at_layer >= self.cfg.n_layers:
             return x

@@ -32,7 +32,8 @@ def test_cache_names_and_shapes(arch):
             assert torch.equal(cache[site, i], cache[f"blocks.{i}.hook_{site}"])
         if name == "attn":
             assert cache[f"blocks.{i}.mixer.hook_pattern"].shape == (2, 4, 12, 12)
-            assert cache[f"blocks.{i}.mixer.hook_k"].shape == (2, 12, 4, 8)
+            kv_heads_and_width = model.blocks[i].mixer.state_shapes()["k"][1:]  # grouped-query: fewer kv heads
+            assert cache[f"blocks.{i}.mixer.hook_k"].shape == (2, 12, *kv_heads_and_width)
             assert torch.equal(cache[f"blocks.{i}.hook_attn_out"], cache[f"blocks.{i}.hook_mixer_out"])
         for key, shape in model.blocks[i].mixer.state_shapes().items():
             part, _, key = key.rpartition(".")  # parallel mixers: "mamba2.state" is mixer.mamba2.hook_state
@@ -48,17 +49,19 @@ def test_cached_intermediates_are_what_the_forward_used(arch):
     model = make_model(arch, device=DEVICE)
     toks = tokens(2, 10, device=DEVICE)
     logits, cache = model.run_with_cache(toks)
+    cross = {}  # what cross-layer mixers hand to later layers (Mixer.cross_layer: RWKV-7's first-layer values)
     with torch.no_grad():
         for i, block in enumerate(model.blocks):
             _close(cache["resid_pre", i] + cache["mixer_out", i], cache["resid_mid", i])
             _close(cache["resid_mid", i] + cache["mlp_out", i], cache["resid_post", i])
-            # pre-norm: mixer_in = ln1(resid_pre); post-norm: mixer_out = ln1(the mixer's output)
-            read, write = (lambda t: t, block.ln1) if block.post_norm else (block.ln1, lambda t: t)
             # a layer reading a shared block adds its contribution to the mixer's input only
             shared = cache[f"blocks.{i}.shared.hook_out"] if block.shared is not None else 0
+            # pre-norm: mixer_in = ln1(resid_pre); post-norm: mixer_out = ln1(the mixer's output)
+            read, write = (lambda t: t, block.ln1) if block.post_norm else (block.ln1, lambda t: t)
             _close(read(cache["resid_pre", i] + shared), cache["mixer_in", i])
             # the mixer run again on its cached input gives its cached output
-            _close(write(block.mixer(cache["mixer_in", i])[0]), cache["mixer_out", i])
+            extra = {"cross": cross} if block.mixer.cross_layer else {}  # replayed in layer order
+            _close(write(block.mixer(cache["mixer_in", i], **extra)[0]), cache["mixer_out", i])
             if i + 1 < model.cfg.n_layers:
                 assert torch.equal(cache["resid_post", i], cache["resid_pre", i + 1])
         final = model.ln_final(cache["resid_post", model.cfg.n_layers - 1]) @ model.unembed_matrix + model.b_U

@@ -64,6 +64,10 @@ class Mixer(nn.Module):
         WIDE_STATES: state entries kept in at least float32 when the model runs in float16 /
             bfloat16 (the memory a long recurrence accumulates into, as the reference kernels
             keep it); the other entries follow the input's dtype.
+        cross_layer: True when the mixer also exchanges per-position tensors with other layers of
+            the same forward (RWKV-7's value residual): its forward takes ``cross=``, a dictionary
+            the model makes fresh for each forward and hands to every such layer in order. What
+            passes through it is never carried between segments (it is not state).
     """
 
     NAME: ClassVar[str] = ""
@@ -74,6 +78,7 @@ class Mixer(nn.Module):
     mixes_positions: ClassVar[bool] = True
     nonlinear_state: ClassVar[bool] = False
     WIDE_STATES: ClassVar[tuple[str, ...]] = ()
+    cross_layer: ClassVar[bool] = False
 
     def __init__(self, cfg, layer: int):
         super().__init__()

@@ -137,10 +137,21 @@ def run_hooked(
     receives a tensor it owns (:func:`owned_copy`), so an in-place edit means exactly what
     returning the edited copy means; this holds under ``torch.inference_mode()`` too.
     """
+    out = run_computation(compute, hook_points, x, state)
+    return out.y, out.final_state
+
+
+def run_computation(
+    compute: Callable[[Tensor, dict, Forcing, set], Computation],
+    hook_points: dict,
+    x: Tensor,
+    state: dict[str, Tensor],
+) -> Computation:
+    """:func:`run_hooked`, returning the final :class:`Computation` (its ``values`` hold every edit), for a
+    mixer that hands a quantity to later layers (RWKV-7's first-layer values)."""
     active = [name for name, hp in hook_points.items() if hp.has_hooks()]
     if not active:
-        out = compute(x, state, {}, set())
-        return out.y, out.final_state
+        return compute(x, state, {}, set())
     keep = set(active)
     forcing: Forcing = {}
     inputs = [x, *state.values()]
@@ -159,4 +170,4 @@ def run_hooked(
             continue
         forcing[name] = (mask, edited.detach() if not edited.requires_grad else edited)
         out = compute(x, state, forcing, keep)
-    return out.y, out.final_state
+    return out

@@ -26,11 +26,22 @@ layout), so the recurrence is the generalised delta rule of :mod:`probe.ops.delt
 
 (fla's ``dplr`` with ``q = r``, ``alpha = -kk``, ``beta = kk * a``, ``gk = log w``, scale 1).
 
-**Value residual: left out.** fla's layers after the first mix their values toward layer 0's,
-``v = lerp(v, v_first, sigmoid(v0 + W_v2 W_v1 x^v))``. A probe mixer reads only its own input and
-its own state (the block contract), so a value crossing layers does not fit; every ``rwkv7`` layer
-computes as fla's layer 0 does (no ``v_lora``). A model trained here is a consistent RWKV-7
-without value residual; fla checkpoints with more than one layer cannot be converted exactly.
+**Value residual** (option ``value_residual``, on by default as in RWKV-7 and fla): every
+``rwkv7`` layer after the first of the stack moves its values toward the first layer's,
+per channel::
+
+    nu_t = sigmoid(v0 + W_v2 W_v1 x^v_t)              (hook_value_residual, [b, pos, H, V])
+    v_t  = v~_t + nu_t * (v_first_t - v~_t)            (v~_t = W_v x^v_t; fla's torch.lerp)
+
+where ``v_first`` is the first ``rwkv7`` layer's ``hook_v`` at the same position. This is the one
+quantity that crosses layers: the model hands every mixer with ``cross_layer`` a dictionary made
+fresh for each forward (:class:`~probe.mixers.base.Mixer`); the first layer stores its values
+there (``V_FIRST``) and the later layers read them. It is per position, not memory: nothing
+about it is carried between segments (each segment's first layer recomputes its values), so
+the state is still exactly the ``hook_state*`` entries and segmented runs equal whole ones. An
+edit of the first layer's ``hook_v`` reaches every later layer's values; an edit of a later
+layer's ``hook_value_residual`` or ``hook_v`` stays in that layer. A later layer run on its own
+needs ``cross={V_FIRST: v_first}``.
 
 State (after token ``t``): ``state`` ``S_t`` ``[batch, H, K, V]`` (``hook_state``: ``[b, pos, H,
 K, V]``, fla's ``recurrent_state``), ``state_shift`` ``[batch, 1, d_model]`` (fla's ``conv_state``).
@@ -38,8 +49,9 @@ Memory per position when cached: ``H K V + d_model`` numbers per layer, plus ``d
 channel mixing's shift.
 
 Hooks (dependency order): ``hook_state_shift``; ``hook_r``, ``hook_k`` (``k~``, before the
-update), ``hook_log_decay``, ``hook_iclr`` (``a``), all ``[b, pos, H, K]``; ``hook_v`` ``[b, pos,
-H, V]``; ``hook_gate`` (``g``, ``[b, pos, H V]``); ``hook_state``; ``hook_recurrence_out`` (``o``
+update), ``hook_log_decay``, ``hook_iclr`` (``a``), all ``[b, pos, H, K]``; ``hook_value_residual``
+(``nu``, layers after the first); ``hook_v`` (the values the recurrence writes, after the value
+residual) ``[b, pos, H, V]``; ``hook_gate`` (``g``, ``[b, pos, H V]``); ``hook_state``; ``hook_recurrence_out`` (``o``
 before the group norm, ``[b, pos, H, V]``). TransformerLens 4 has no RWKV-7.
 
 The recurrence runs position by position (:func:`~probe.ops.delta_rule.dplr_sequential`; with a
@@ -53,22 +65,23 @@ state hook or edit, :func:`~probe.ops.delta_rule.dplr_states`), in at least floa
 with its own shift state, ``blocks.{i}.mlp.hook_state_shift``, and ``mlp.hook_k``.
 
 Options: ``d_head`` (``None``: the model's ``d_head``; fla's default is 64), ``d_value``
-(``None``: ``d_model``), ``d_decay_lora``, ``d_a_lora``, ``d_gate_lora`` (``None``: fla's sizes
-from ``d_model`` and the head width), ``norm_eps`` (1e-5; the group norm's epsilon is
+(``None``: ``d_model``), ``d_decay_lora``, ``d_a_lora``, ``d_gate_lora``, ``d_value_lora`` (``None``:
+fla's sizes from ``d_model`` and the head width), ``value_residual`` (True), ``norm_eps`` (1e-5; the group norm's epsilon is
 ``d_head * norm_eps``, as fla's).
 """
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probe.errors import ConfigError
+from probe.errors import ConfigError, InputError
 from probe.mixers.base import RecurrentMixer
-from probe.mixers.edits import Computation, apply_forcing
-from probe.mixers.options import Int, Real
+from probe.mixers.edits import Computation, apply_forcing, run_computation
+from probe.mixers.options import Flag, Int, Real
 from probe.ops import conv_window
 from probe.ops.delta_rule import dplr_sequential, dplr_states
 from probe.ops.gla import gla_readout
@@ -105,10 +118,15 @@ def shift_difference(x: Tensor, state: Tensor, forcing, keep) -> tuple[Tensor, T
 class RWKV7(RecurrentMixer):
     NAME = "rwkv7"
     OPTIONS = {"d_head": Int(None), "d_value": Int(None), "d_decay_lora": Int(None), "d_a_lora": Int(None),
-               "d_gate_lora": Int(None), "norm_eps": Real(1e-5)}
-    HOOKED = ("state_shift", "r", "k", "log_decay", "iclr", "v", "gate", "state", "recurrence_out")
+               "d_gate_lora": Int(None), "d_value_lora": Int(None), "value_residual": Flag(True),
+               "norm_eps": Real(1e-5)}
+    HOOKED = ("state_shift", "r", "k", "log_decay", "iclr", "value_residual", "v", "gate", "state",
+              "recurrence_out")
     WIDE_STATES = ("state",)
     default_mlp = "rwkv7_channel_mix"
+    cross_layer = True
+    #: the entry of the forward's cross-layer dictionary holding the first layer's values ``[b, pos, H, V]``
+    V_FIRST = "rwkv7.v_first"
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
@@ -124,7 +142,7 @@ class RWKV7(RecurrentMixer):
         self.V = value_dim // self.H
         factor = self.K / 64
         ranks = {"w": o["d_decay_lora"] or lora_rank(d, 2.5, factor), "a": o["d_a_lora"] or lora_rank(d, 2.5, factor),
-                 "g": o["d_gate_lora"] or lora_rank(d, 5.0)}
+                 "g": o["d_gate_lora"] or lora_rank(d, 5.0), "v": o["d_value_lora"] or lora_rank(d, 1.7, factor)}
         for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"):
             setattr(self, name, nn.Parameter(torch.zeros(1, 1, d)))
         self.k_k = nn.Parameter(torch.zeros(d))
@@ -135,10 +153,26 @@ class RWKV7(RecurrentMixer):
         self.v_proj = nn.Linear(d, value_dim, bias=False)
         self.o_proj = nn.Linear(value_dim, d, bias=False)
         self.w_lora = LoRA(d, d, ranks["w"], nn.Tanh())
+        if self.mixes_first_value:
+            self.v_lora = LoRA(d, value_dim, ranks["v"], nn.Identity())
         self.a_lora = LoRA(d, d, ranks["a"], nn.Identity())
         self.g_lora = LoRA(d, value_dim, ranks["g"], nn.Sigmoid(), bias=False)
         self.g_norm = nn.GroupNorm(self.H, value_dim, eps=self.K * o["norm_eps"])
         self.init_special()
+
+    @property
+    def is_first(self) -> bool:
+        """True for the stack's first ``rwkv7`` layer: it hands its values to the later ones."""
+        return self.layer <= next((i for i, name in enumerate(self.cfg.layout) if name == self.NAME), self.layer)
+
+    @property
+    def mixes_first_value(self) -> bool:
+        """True when this layer mixes its values toward the first layer's (the value residual)."""
+        return bool(self.options["value_residual"]) and not self.is_first
+
+    def hooked_names(self) -> tuple[str, ...]:
+        """``HOOKED``, with ``value_residual`` only in layers that mix toward the first layer's values."""
+        return self.HOOKED if self.mixes_first_value else tuple(n for n in self.HOOKED if n != "value_residual")
 
     def init_special(self) -> None:
         """fla's RWKV-7 constants: ``k_k = 0.71 - 0.1 linear``, ``k_a = 1.02``, ``r_k = -0.04``, decay
@@ -157,11 +191,40 @@ class RWKV7(RecurrentMixer):
             self.r_k.fill_(-0.04)
             self.w_lora.lora[2].bias.copy_(-6 + 6 * (c / max(1, d - 1)) ** (1 + depth ** 0.3) + 0.5 + zigzag * 2.5)
             self.a_lora.lora[2].bias.copy_(-0.19 + zigzag * 0.3 + linear * 0.4)
+            if self.mixes_first_value:
+                value_dim = self.H * self.V
+                self.v_lora.lora[2].bias.copy_(0.73 - (torch.arange(value_dim) / max(1, value_dim - 1) - 0.5) * 0.4)
 
     def state_shapes(self):
         return {"state": (self.H, self.K, self.V), "state_shift": (1, self.cfg.d_model)}
 
-    def _inputs(self, x: Tensor, state: dict, forcing, keep) -> tuple[dict, Tensor]:
+    def forward(self, x: Tensor, state: dict[str, Tensor] | None = None,
+                cross: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(y, final state)`` as every mixer's; ``cross`` is the forward's cross-layer dictionary (the
+        model makes one per forward): the first layer stores its values there under ``V_FIRST``, the
+        later ones read them (module docstring, value residual)."""
+        state = self.check_state(state, x)
+        v_first = self._first_values(cross, x) if self.mixes_first_value else None
+        hooks = {name: getattr(self, f"hook_{name}") for name in self.hooked_names()}
+        out = run_computation(partial(self.compute, v_first=v_first), hooks, x, state)
+        if self.is_first and cross is not None:
+            cross[self.V_FIRST] = out.values["v"]
+        return out.y, out.final_state
+
+    def _first_values(self, cross: dict | None, x: Tensor) -> Tensor:
+        """The first layer's values ``[b, pos, H, V]`` from ``cross``, or an :class:`InputError` saying how
+        to give them."""
+        v_first = (cross or {}).get(self.V_FIRST)
+        expected = (*x.shape[:2], self.H, self.V)
+        if v_first is None or tuple(v_first.shape) != expected:
+            got = "none" if v_first is None else f"shape {tuple(v_first.shape)}"
+            raise InputError(f"Layer {self.layer} (rwkv7) mixes its values toward the first rwkv7 layer's (the value "
+                             f"residual) and got {got}, expected {expected}. Run it inside its model, or pass "
+                             f"cross={{{self.V_FIRST!r}: v_first}} with the first layer's hook_v; a model built "
+                             "with mixer_options={'rwkv7': {'value_residual': False}} has none.")
+        return v_first
+
+    def _inputs(self, x: Tensor, state: dict, forcing, keep, v_first: Tensor | None) -> tuple[dict, Tensor]:
         """The hooked inputs of the recurrence and the final shift window."""
         delta, W, shift_last = shift_difference(x, state["state_shift"], forcing, keep)
         mixed = {c: torch.addcmul(x, delta, getattr(self, f"x_{c}")) for c in "rwkvag"}
@@ -173,9 +236,14 @@ class RWKV7(RecurrentMixer):
             "log_decay": apply_forcing(
                 "log_decay", heads(-DECAY_SCALE * torch.sigmoid(self.w_lora(mixed["w"]).to(wide))), forcing),
             "iclr": apply_forcing("iclr", heads(torch.sigmoid(self.a_lora(mixed["a"]))), forcing),
-            "v": apply_forcing("v", heads(self.v_proj(mixed["v"])), forcing),
             "gate": apply_forcing("gate", self.g_lora(mixed["g"]), forcing),
         }
+        v = heads(self.v_proj(mixed["v"]))
+        if v_first is not None:
+            nu = apply_forcing("value_residual", heads(torch.sigmoid(self.v_lora(mixed["v"]))), forcing)
+            v = torch.lerp(v, v_first.to(v.dtype), nu)
+            values["value_residual"] = nu
+        values["v"] = apply_forcing("v", v, forcing)
         if W is not None:
             values["state_shift"] = W
         return values, shift_last
@@ -194,8 +262,8 @@ class RWKV7(RecurrentMixer):
         bonus = ((r * k_write * self.r_k).sum(-1, keepdim=True) * v).flatten(2)
         return self.o_proj((normed + bonus) * gate)
 
-    def compute(self, x, state, forcing, keep):
-        values, shift_last = self._inputs(x, state, forcing, keep)
+    def compute(self, x, state, forcing, keep, v_first: Tensor | None = None):
+        values, shift_last = self._inputs(x, state, forcing, keep, v_first)
         wide = self.state_dtype("state", x.dtype)
         r, k, v, a, log_w = (values[n].to(wide) for n in ("r", "k", "v", "iclr", "log_decay"))
         kk, k_write = self.keys(k, a)

@@ -2,43 +2,28 @@
 against flash-linear-attention's reference (``dplr_recurrence``), every-state form against the
 sequential one, and the channel mixing against its definition.
 
-fla's reference is loaded by file path (``fla/ops/generalized_delta_rule/dplr/naive.py``: torch
-and einops only, no triton) from an installed ``fla`` package or from the folder named by
-``PROBE_FLA_DIR`` (an unpacked ``fla-core`` wheel: ``pip download --no-deps fla-core`` then unzip);
-without it those tests skip and the paper loop still proves the recurrence.
+fla's reference is loaded by file path from the installed ``fla-core`` (a dev dependency; see
+``tests/fla_reference.py``); only where fla-core is absent do those tests skip, and the paper loop
+still proves the recurrence.
 """
 from __future__ import annotations
-
-import importlib.util
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
 import probe
 from conftest import make_model, randomise, tokens
+from fla_reference import fla_naive
 from probe.errors import ConfigError
 from probe.mixers.rwkv7 import RWKV7, RWKV7ChannelMix
 from probe.ops.delta_rule import dplr_sequential, dplr_states
 
-NAIVE = Path("fla/ops/generalized_delta_rule/dplr/naive.py")
+NAIVE = "ops/generalized_delta_rule/dplr/naive.py"
 
 
 def _fla_naive():
-    """fla's ``naive`` module (``dplr_recurrence``), or skip saying where it was looked for."""
-    roots = [Path(os.environ["PROBE_FLA_DIR"])] if os.environ.get("PROBE_FLA_DIR") else []
-    spec = importlib.util.find_spec("fla")
-    if spec is not None and spec.submodule_search_locations:
-        roots += [Path(p).parent for p in spec.submodule_search_locations]
-    for root in roots:
-        if (root / NAIVE).is_file():
-            spec = importlib.util.spec_from_file_location("fla_dplr_naive", root / NAIVE)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module
-    pytest.skip(f"flash-linear-attention's {NAIVE} not found (no fla package; PROBE_FLA_DIR unset or without it): "
-                "unzip the fla-core wheel and set PROBE_FLA_DIR to its folder to run this parity test")
+    """fla's ``naive`` module of the generalised delta rule (``dplr_recurrence``)."""
+    return fla_naive(NAIVE)
 
 
 def _rule_inputs(b=2, T=7, H=2, K=4, V=3, seed=0, dtype=torch.float64):
@@ -51,9 +36,10 @@ def _rule_inputs(b=2, T=7, H=2, K=4, V=3, seed=0, dtype=torch.float64):
     return rnd(b, T, H, K), rnd(b, T, H, K), rnd(b, T, H, V), log_w, kk, a
 
 
-def paper_layer(m: RWKV7, x: torch.Tensor) -> torch.Tensor:
+def paper_layer(m: RWKV7, x: torch.Tensor, v_first: torch.Tensor | None = None) -> torch.Tensor:
     """RWKV-7 time mixing one token at a time, as the paper's reference code writes it
-    (state ``S [V, K]`` per head, ``S <- S diag(w) + S (-kk)(kk a)^T + v k^T``, ``o = S r``)."""
+    (state ``S [V, K]`` per head, ``S <- S diag(w) + S (-kk)(kk a)^T + v k^T``, ``o = S r``); with
+    ``v_first [b, T, H, V]`` the values move toward it: ``v <- v + sigmoid(v_lora(x^v)) (v_first - v)``."""
     b, T, d = x.shape
     H, K, V = m.H, m.K, m.V
     S, prev, ys = x.new_zeros(b, H, V, K), x.new_zeros(b, d), []
@@ -65,6 +51,8 @@ def paper_layer(m: RWKV7, x: torch.Tensor) -> torch.Tensor:
         w = torch.exp(-torch.exp(torch.tensor(-0.5, dtype=x.dtype)) * torch.sigmoid(m.w_lora(lerp(m.x_w))))
         k = m.k_proj(lerp(m.x_k)).view(b, H, K)
         v = m.v_proj(lerp(m.x_v)).view(b, H, V)
+        if v_first is not None:
+            v = v + torch.sigmoid(m.v_lora(lerp(m.x_v))).view(b, H, V) * (v_first[:, t] - v)
         a = torch.sigmoid(m.a_lora(lerp(m.x_a))).view(b, H, K)
         g = m.g_lora(lerp(m.x_g))
         kk = k * m.k_k.view(H, K)
@@ -89,11 +77,14 @@ def _tiny_cfg(**opts):
 @pytest.mark.numerical
 @pytest.mark.parametrize("layer", [0, 1])
 def test_mixer_is_the_paper_recurrence(layer):
+    """Layer 0 is plain RWKV-7 time mixing; layer 1 also mixes its values toward layer 0's."""
     torch.manual_seed(0)
     m = randomise(RWKV7(_tiny_cfg(), layer), 0.3).double()
     x = torch.randn(2, 9, 32, dtype=torch.float64)
-    y, state = m(x)
-    ref = paper_layer(m, x)
+    v_first = torch.randn(2, 9, 4, 8, dtype=torch.float64) if layer else None
+    assert m.mixes_first_value == bool(layer) and hasattr(m, "v_lora") == bool(layer)
+    y, state = m(x, cross={RWKV7.V_FIRST: v_first}) if layer else m(x)
+    ref = paper_layer(m, x, v_first)
     assert (y - ref).abs().max() < 1e-10 * ref.abs().max()
     assert state["state_shift"].equal(x[:, -1:])
 
@@ -175,3 +166,67 @@ def test_rwkv7_blocks_default_to_its_channel_mix():
     model = make_model("rwkv7")
     assert model.cfg.mlp_layout == ["rwkv7_channel_mix"] * 2
     assert isinstance(model.blocks[0].mlp, RWKV7ChannelMix)
+
+
+# -- the value residual: layer 0's values reach the later layers -------------------------------------
+
+
+def test_later_layers_read_the_first_layers_values_from_the_forward():
+    """Layer 1 run alone on its cached input, with layer 0's cached ``hook_v`` as ``v_first``, gives
+    its cached output; its ``hook_v`` is the lerp of its own projection toward layer 0's values."""
+    model = make_model("rwkv7")
+    _, cache = model.run_with_cache(tokens(2, 10))
+    m = model.blocks[1].mixer
+    v_first = cache["blocks.0.mixer.hook_v"]
+    x = cache["mixer_in", 1]
+    previous = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+    with torch.no_grad():
+        y, _ = m(x, cross={RWKV7.V_FIRST: v_first})
+        own = m.v_proj(x + (previous - x) * m.x_v).unflatten(-1, (m.H, m.V))
+    torch.testing.assert_close(y, cache["mixer_out", 1], rtol=0, atol=1e-6)
+    nu = cache["blocks.1.mixer.hook_value_residual"]
+    torch.testing.assert_close(cache["blocks.1.mixer.hook_v"], own + nu * (v_first - own), rtol=0, atol=1e-6)
+    assert "blocks.0.mixer.hook_value_residual" not in model.hook_dict
+
+
+def test_an_edit_of_the_first_layers_values_reaches_the_later_layers():
+    """Zeroing layer 0's values at position 4 changes layer 1's values at position 4 only, exactly as
+    running layer 1 on the edited values does; layer 1's own ``hook_value_residual`` edit stays local."""
+    model = make_model("rwkv7")
+    toks = tokens(1, 9)
+
+    def zero_at_4(v, hook):
+        v[:, 4] = 0
+
+    _, clean = model.run_with_cache(toks)
+    with model.hooks(fwd_hooks=[("blocks.0.mixer.hook_v", zero_at_4)]):
+        _, edited = model.run_with_cache(toks)
+    changed = (edited["blocks.1.mixer.hook_v"] - clean["blocks.1.mixer.hook_v"]).abs().amax((0, 2, 3))
+    assert changed[4] > 1e-3 and changed[:4].max() < 1e-6
+    # later positions of layer 1 differ only through its residual input (layer 0's output changed from 4 on)
+    m, v_first = model.blocks[1].mixer, clean["blocks.0.mixer.hook_v"].clone()
+    v_first[:, 4] = 0
+    with torch.no_grad():
+        y, _ = m(edited["mixer_in", 1], cross={RWKV7.V_FIRST: v_first})
+    torch.testing.assert_close(y, edited["mixer_out", 1], rtol=0, atol=1e-6)
+    with model.hooks(fwd_hooks=[("blocks.1.mixer.hook_value_residual", lambda nu, hook: torch.ones_like(nu))]):
+        _, pinned = model.run_with_cache(toks)
+    torch.testing.assert_close(pinned["blocks.1.mixer.hook_v"], clean["blocks.0.mixer.hook_v"], rtol=0, atol=0)
+
+
+def test_a_later_layer_without_the_first_layers_values_is_an_input_error():
+    m = make_model("rwkv7").blocks[1].mixer
+    with pytest.raises(probe.errors.InputError, match="value residual.*got none.*hook_v"):
+        m(torch.randn(1, 5, 32))
+    with pytest.raises(probe.errors.InputError, match=r"got shape \(1, 4, 4, 8\), expected \(1, 5, 4, 8\)"):
+        m(torch.randn(1, 5, 32), cross={RWKV7.V_FIRST: torch.randn(1, 4, 4, 8)})
+
+
+def test_value_residual_off_makes_every_layer_independent():
+    model = make_model("rwkv7", mixer_options={"rwkv7": {"value_residual": False}})
+    m = model.blocks[1].mixer
+    assert not m.mixes_first_value and not hasattr(m, "v_lora")
+    assert "blocks.1.mixer.hook_value_residual" not in model.hook_dict
+    _, cache = model.run_with_cache(tokens(1, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(m(cache["mixer_in", 1])[0], cache["mixer_out", 1], rtol=0, atol=1e-6)
