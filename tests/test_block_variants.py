@@ -126,3 +126,37 @@ def test_variants_save_and_load(tmp_path):
     model = make_model("hybrid_post_norm")
     model.save(tmp_path / "m")
     assert probe.load(tmp_path / "m").cfg.norm_placement == ["pre", "post"]
+
+
+def test_short_sites_reach_the_parts_of_a_parallel_layer():
+    from probe.methods.support.site_hooks import memory_hooks, site_hooks
+
+    model = _model()
+    assert site_hooks(model, "pattern", 0) == ["blocks.0.mixer.attn.hook_pattern"]
+    assert site_hooks(model, "mamba2_out", 0) == ["blocks.0.mixer.hook_mamba2_out"]
+    # the layer's whole memory: the Mamba-2 part's states and the attention part's keys and values
+    assert set(memory_hooks(model, 0)) == {"blocks.0.mixer.mamba2.hook_state", "blocks.0.mixer.mamba2.hook_state_conv",
+                                           "blocks.0.mixer.attn.hook_k", "blocks.0.mixer.attn.hook_v"}
+    assert set(memory_hooks(model, 1)) == {"blocks.1.mixer.hook_state", "blocks.1.mixer.hook_state_conv"}
+
+
+def test_patching_the_state_site_of_a_parallel_layer_transfers_the_prefix():
+    """Patching site 'state' (both parts' memory) of every layer at the prefix end with another run's
+    values reproduces that run on a shared suffix."""
+    from probe.methods.support.site_hooks import memory_hooks
+
+    model = _model()
+    P = 6
+    source, target = tokens(1, 12, seed=1), tokens(1, 12, seed=2)
+    target[:, P:] = source[:, P:]
+    src_logits, cache = model.run_with_cache(source)
+
+    def patch(t, hook):
+        t = t.clone()
+        upto = slice(0, P) if hook.name.endswith(("hook_k", "hook_v")) else P - 1  # the KV cache up to P-1
+        t[:, upto] = cache[hook.name][:, upto]
+        return t
+
+    names = [n for layer in range(2) for n in memory_hooks(model, layer)]
+    patched = model.run_with_hooks(target, fwd_hooks=[(n, patch) for n in names])
+    torch.testing.assert_close(patched[:, P:], src_logits[:, P:], atol=2e-5, rtol=1e-4)

@@ -10,11 +10,13 @@ at a layer is one or more hook points, every one ``[batch, pos, ...]``:
 ``state``           the layer's whole memory at a position: every ``hook_state*`` of block
                     ``l`` (mixer and MLP slot, e.g. LSTM c and h, a conv window, RWKV's
                     token shifts); for attention the key and value written at that position
-                    (``mixer.hook_k``, ``mixer.hook_v``), the per-position entry of the KV cache
+                    (``mixer.hook_k``, ``mixer.hook_v``; a parallel layer's attention part:
+                    ``mixer.attn.hook_k``, ...), the per-position entry of the KV cache
                     (multi-head latent attention: ``mixer.hook_kv_latent``, ``mixer.hook_k_rot``);
                     a layer reading a shared block adds that use's ``shared.hook_k``, ``shared.hook_v``
 ``state_conv`` ...  any other name: ``blocks.{l}.mixer.hook_<name>`` (``state_h``, ``forget``,
-                    ``k``...) or, failing that, ``blocks.{l}.mlp.hook_<name>``
+                    ``k``...) or, failing that, ``blocks.{l}.mlp.hook_<name>``, or in a parallel
+                    layer every part's ``blocks.{l}.mixer.<part>.hook_<name>``
 full hook names     ``blocks.2.mixer.hook_state`` is taken as is, at its own layer (2)
 ==================  ======================================================================
 
@@ -30,6 +32,8 @@ from collections.abc import Sequence
 
 from probe.errors import InputError, suggest
 from probe.hooks import BLOCK_SITES, block_hook, is_hook_name, is_state_hook, layer_of, mixer_hook, mlp_hook, site_label
+from probe.mixers import MIXERS
+from probe.mixers.parallel import part_names
 
 __all__ = ["BLOCK_SITES", "DEFAULT_PATCH_SITES", "check_sites", "is_hook_name", "layer_of", "memory_hooks",
            "needs_forcing", "site_hooks", "site_label"]
@@ -49,15 +53,26 @@ def memory_hooks(model, layer: int) -> list[str]:
     (:data:`KV_CACHE_ENTRIES`: attention's ``hook_k`` and ``hook_v``)."""
     prefix = f"blocks.{layer}."
     names = [n for n in model.hook_dict if n.startswith(prefix) and is_state_hook(n)]
-    if not model.layer_carries_state(layer):
+    for path, recurrent in _mixer_paths(model, layer):
+        if recurrent:
+            continue
         for entries in KV_CACHE_ENTRIES:
-            kv = [mixer_hook(layer, e) for e in entries]
+            kv = [f"{prefix}{path}.hook_{e}" for e in entries]
             if all(n in model.hook_dict for n in kv):
                 names += kv
     shared = [f"blocks.{layer}.shared.hook_k", f"blocks.{layer}.shared.hook_v"]  # a shared block's KV cache
     if all(n in model.hook_dict for n in shared):
         names += shared
     return names
+
+
+def _mixer_paths(model, layer: int) -> list[tuple[str, bool]]:
+    """``(module path in the block, carries recurrent state)`` of layer ``layer``'s mixer, or of each
+    part of a parallel layer (``"mixer.attn"``, ``"mixer.mamba2"``, :mod:`probe.mixers.parallel`)."""
+    parts = part_names(model.cfg.layout[layer])
+    if len(parts) == 1:
+        return [("mixer", model.layer_carries_state(layer))]
+    return [(f"mixer.{p}", MIXERS[p].recurrent) for p in parts]
 
 
 def site_hooks(model, site: str, layer: int | None) -> list[str]:
@@ -82,7 +97,9 @@ def site_hooks(model, site: str, layer: int | None) -> list[str]:
     for name in (mixer_hook(layer, site), mlp_hook(layer, site)):
         if name in model.hook_dict:
             return [name]
-    return []
+    # a parallel layer: the site in each of its parts (``pattern`` -> ``blocks.{l}.mixer.attn.hook_pattern``)
+    return [n for n in (f"blocks.{layer}.{path}.hook_{site}" for path, _ in _mixer_paths(model, layer))
+            if n in model.hook_dict]
 
 
 def check_sites(model, sites: str | Sequence[str], layers: Sequence[int]) -> list[str]:
