@@ -33,6 +33,7 @@ HYBRIDS = {
     "hybrid_zamba2": ["mamba2", "mamba2", "mamba2"],
     "hybrid_falcon_h1": ["attn+mamba2", "attn+mamba2"],  # parallel mixers (probe.mixers.parallel)
     "hybrid_post_norm": ["mamba2", "attn"],
+    "hybrid_olmo": ["gdn", "attn"],
 }
 
 #: config fields a hybrid needs beyond its layout (``mixer_options`` merged over ``TEST_OPTIONS``)
@@ -46,6 +47,12 @@ HYBRID_CONFIGS = {
                       "shared_options": {"adapter_rank": 4, "attn_adapters": True, "n_kv_heads": 2}},
     # OLMo-2 style norms on the outputs of the attention layer's mixer and MLP (probe.block)
     "hybrid_post_norm": {"norm_placement": ["pre", "post"]},
+    # OLMo hybrid: Gated DeltaNet (beta in (0, 2)) pre-norm, GQA attention with whole-projection q / k
+    # norms post-norm, SwiGLU MLPs (probe.io.convert_olmo_hybrid)
+    "hybrid_olmo": {"norm_placement": ["pre", "post"], "mlp": "swiglu",
+                    "mixer_options": {"gdn": {"n_k_heads": 2, "n_v_heads": 4, "d_k": 8, "d_v": 4, "norm_eps": 1e-5,
+                                              "allow_neg_eigval": True},
+                                      "attn": {"n_kv_heads": 2, "qk_norm": "projection"}}},
 }
 
 

@@ -20,6 +20,8 @@ model_type         transformers class                     converter
 ``qwen3_next``     ``Qwen3NextForCausalLM`` (all layers    :mod:`probe.io.convert_gdn`
                    Gated DeltaNet, dense MLPs)
 ``mamba2``         ``Mamba2ForCausalLM`` (Mamba-2 / SSD)   :mod:`probe.io.convert_mamba2`
+``olmo_hybrid``    ``OlmoHybridForCausalLM`` (Gated        :mod:`probe.io.convert_olmo_hybrid`
+                   DeltaNet + post-norm attention)
 ``zamba2``         ``Zamba2ForCausalLM`` (Mamba-2 + shared :mod:`probe.io.convert_zamba2`
                    attention blocks, probe.shared_block)
 =================  =====================================  ==================================
@@ -79,6 +81,11 @@ def _zamba2(model, **kw):
     return zamba2_from_hf(model, **kw)
 
 
+def _olmo_hybrid(model, **kw):
+    from probe.io.convert_olmo_hybrid import olmo_hybrid_from_hf
+    return olmo_hybrid_from_hf(model, **kw)
+
+
 def _recurrent_gemma(model, **kw):
     from probe.io.convert_recurrentgemma import recurrentgemma_from_hf
     return recurrentgemma_from_hf(model, **kw)
@@ -94,6 +101,8 @@ CONVERTERS["zamba2"] = _zamba2
 SUPPORTED += ("Zamba2ForCausalLM (zamba2: Mamba-2 layers + shared attention blocks)",)
 SUPPORTED += ("RecurrentGemmaForCausalLM (recurrent_gemma, recurrent layers only)",)
 SUPPORTED += ("Qwen3NextForCausalLM (qwen3_next, Gated DeltaNet layers only)",)
+CONVERTERS["olmo_hybrid"] = _olmo_hybrid
+SUPPORTED += ("OlmoHybridForCausalLM (olmo_hybrid: Gated DeltaNet + post-norm attention layers)",)
 
 
 def model_kind(model: Any) -> str:
