@@ -22,7 +22,8 @@ State: ``state`` = S_t, ``[batch, heads, e, e]`` (``hook_state``: ``[batch, pos,
 ``hook_forget`` (f), ``hook_input`` (k = 1 - f), ``hook_value`` (v), ``hook_state`` (S); the
 normalisation is ``g_norm.hook_scale`` / ``g_norm.hook_normalized``.
 
-Fast path (no state hook, no state edit): the chunked form :func:`probe.ops.gla.gla_chunked`
+Fast path (no state hook, no state edit): on CUDA with flash-linear-attention installed, its fused
+``chunk_gla`` (:mod:`probe.ops.fused.gla`); elsewhere the chunked form :func:`probe.ops.gla.gla_chunked`
 (``mixer.method = "sequential"`` selects the step-by-step reference instead). With a state hook,
 every state is built by the elementwise scan (edits propagate through
 :func:`probe.ops.linear_scan.force_states`).
@@ -52,6 +53,7 @@ from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Int
 from probe.mixers.edits import Computation, apply_forcing
 from probe.norm import RMSNorm
+from probe.ops.fused import fused_kernel, gla_fused
 from probe.ops.gla import gla_chunked, gla_readout, gla_sequential, gla_states
 
 #: fla's g_norm uses this epsilon whatever the model's norm_eps
@@ -125,6 +127,8 @@ class HGRN2(RecurrentMixer):
             values["state"] = S
         elif self.method == "sequential":
             o, last = gla_sequential(q, k, v, g, state["state"], scale)
+        elif (kernel := fused_kernel("chunk_gla", x)) is not None:
+            o, last = gla_fused(kernel, q.to(x.dtype), k, v.to(x.dtype), g, state["state"], scale)
         else:
             o, last = gla_chunked(q, k, v, g, state["state"], scale)
         y = self.o_proj(self.g_norm(o.flatten(2).to(x.dtype)))

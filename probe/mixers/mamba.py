@@ -29,9 +29,11 @@ Hooks, in dependency order: ``hook_state_conv``, ``hook_input`` (u, ``[b, pos, d
 Fast path (no state hook, no state edit, ``mixer.method == "auto"``): the selective scan is
 fused step by step (:func:`probe.ops.selective_scan.selective_scan`: no ``[batch, pos, d_inner,
 d_state]`` tensor is ever built, and its backward recomputes states from checkpoints), which is
-how the zoo's Mamba trains on CPU. When ``hook_state`` is only read without gradients (a state
-cache), the same fused step writes every state straight into the cached tensor
-(:func:`probe.ops.selective_scan.selective_scan_states`). When states are edited or gradients are
+how the zoo's Mamba trains on CPU. On CUDA with mamba-ssm and causal-conv1d installed, a forward
+from a zero state runs their fused ``selective_scan_fn`` and ``causal_conv1d_fn`` instead
+(:mod:`probe.ops.fused.mamba`; the conv only when ``hook_state_conv`` is not hooked). When
+``hook_state`` is only read without gradients (a state cache), the same fused step writes every
+state straight into the cached tensor (:func:`probe.ops.selective_scan.selective_scan_states`). When states are edited or gradients are
 needed, every state is materialised block by block (:func:`probe.ops.linear_scan.linear_scan_blocked`) and
 edits to it propagate through :func:`probe.ops.linear_scan.force_states`. Setting ``mixer.method`` to
 "chunked", "sequential" or "loop" forces the blocked path with that form of the scan (for
@@ -60,6 +62,7 @@ from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Flag, Int, Real
 from probe.mixers.edits import Computation, apply_forcing
 from probe.ops import conv_window
+from probe.ops.fused import causal_conv_fused, fused_kernel, selective_scan_fused
 from probe.ops.linear_scan import force_states, linear_scan_blocked
 from probe.ops.selective_scan import selective_scan, selective_scan_states
 
@@ -129,8 +132,13 @@ class Mamba(RecurrentMixer):
         if self.d_conv == 1:
             pre = x * self.conv_weight[:, 0]
             return (pre if self.conv_bias is None else pre + self.conv_bias), None, {}
-        pre, W, final = conv_window.depthwise_conv(x, state["state_conv"], self.conv_weight, self.conv_bias,
-                                                   forcing, keep)
+        init = state["state_conv"]
+        if "state_conv" not in keep and "state_conv" not in forcing:
+            kernel = fused_kernel("causal_conv1d", x)
+            if kernel is not None and not bool(init.any()):  # the library's conv starts from a zero window
+                final = torch.cat([init.to(x.dtype), x[:, -(self.d_conv - 1):]], dim=1)[:, -(self.d_conv - 1):]
+                return causal_conv_fused(kernel, x, self.conv_weight, self.conv_bias), None, {"state_conv": final}
+        pre, W, final = conv_window.depthwise_conv(x, init, self.conv_weight, self.conv_bias, forcing, keep)
         return pre, W, {"state_conv": final}
 
     def compute(self, x, state, forcing, keep):
@@ -163,15 +171,20 @@ class Mamba(RecurrentMixer):
 
         want = "state" in keep or forced is not None
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (dt_w, dtu, B_w, C_w, A))
-        if not want and self.method == "auto":
-            ys, last = selective_scan(dt_w, A, B_w, C_w, dtu, state["state"])
-            states = None
-        elif forced is None and not needs_grad and self.method == "auto":  # a state cache: no temporaries
-            ys, last, states = selective_scan_states(dt_w, A, B_w, C_w, dtu, state["state"])
+        kernel = fused_kernel("selective_scan", x) if not want and self.method == "auto" else None
+        states = None
+        if kernel is not None and not bool(state["state"].any()):  # the library's scan starts from zeros
+            read, last = selective_scan_fused(kernel, u, dt, A, B, C, self.D)  # s_t C_t + D u_t
         else:
-            ys, last, states = linear_scan_blocked(coefficients, x.shape[1], state["state"], readout,
-                                                   block=BLOCK, keep_states=want, method=self.method)
-        y = ((ys + self.D * u.to(wide)) * gate.to(wide)).to(x.dtype)
+            if not want and self.method == "auto":
+                ys, last = selective_scan(dt_w, A, B_w, C_w, dtu, state["state"])
+            elif forced is None and not needs_grad and self.method == "auto":  # a state cache: no temporaries
+                ys, last, states = selective_scan_states(dt_w, A, B_w, C_w, dtu, state["state"])
+            else:
+                ys, last, states = linear_scan_blocked(coefficients, x.shape[1], state["state"], readout,
+                                                       block=BLOCK, keep_states=want, method=self.method)
+            read = ys + self.D * u.to(wide)
+        y = (read.to(wide) * gate.to(wide)).to(x.dtype)
         values = {"input": u, "dt": dt, "B": B, "C": C, "output": gate}
         if states is not None:
             values["state"] = states

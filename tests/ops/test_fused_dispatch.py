@@ -1,0 +1,223 @@
+"""The fused-kernel dispatch seam (probe.ops.fused): each library call mapping run on the CPU with the
+kernel swapped for a reference of the same signature (fla's naive recurrent GLA behind chunk_gla's
+signature; mamba-ssm's selective_scan_ref and causal-conv1d's causal_conv1d_ref written here as those
+libraries define them), equal to the PyTorch path; and the fallbacks: CPU tensors, a state hook, a
+carried state the library cannot start from, fused kernels switched off, a missing library."""
+import warnings
+from contextlib import ExitStack
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import probe
+from conftest import randomise
+from fla_reference import fla_naive
+from probe.ops.fused import registry
+from probe.ops.fused import fused_disabled, fused_kernel, swapped_kernel
+
+
+class Recorder:
+    """Counts the calls of ``function`` and checks each argument's dtype as the library's kernel does."""
+
+    def __init__(self, function, check):
+        self.function, self.check, self.calls = function, check, 0
+
+    def __call__(self, *args, **kwargs):
+        self.check(*args, **kwargs)
+        self.calls += 1
+        return self.function(*args, **kwargs)
+
+
+# -- references with the libraries' signatures --------------------------------------------------------
+def chunk_gla_reference(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
+    """fla's ``chunk_gla`` computed by its ``naive_recurrent_gla`` (which fixes scale = K^-1/2)."""
+    naive = fla_naive("ops/gla/naive.py").naive_recurrent_gla
+    K = q.shape[-1]
+    scale = K ** -0.5 if scale is None else scale
+    o, last = naive(q * (scale / K ** -0.5), k, v, g, initial_state, output_final_state)
+    return o, last
+
+
+def check_chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
+    assert q.shape == k.shape == g.shape and v.shape[:3] == q.shape[:3]  # fla's own assertions
+    assert q.dtype == k.dtype == v.dtype and g.dtype == torch.float32
+    assert initial_state is None or initial_state.dtype == torch.float32  # "initial_state must be in float32"
+    assert all(t.is_contiguous() for t in (q, k, v, g))
+
+
+def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                             return_last_state=False):
+    """mamba-ssm's ``selective_scan_ref``: ``u, delta [b, D, L]``, ``A [D, N]``, ``B, C [b, N, L]``; float32 inside."""
+    dtype = u.dtype
+    u, delta = u.float(), delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None].float()
+    if delta_softplus:
+        delta = F.softplus(delta)
+    x = A.new_zeros(u.shape[0], A.shape[0], A.shape[1])
+    ys = []
+    for i in range(u.shape[2]):
+        x = torch.exp(delta[:, :, i, None] * A) * x + (delta[:, :, i] * u[:, :, i])[..., None] * B[:, None, :, i].float()
+        ys.append(torch.einsum("bdn,bn->bd", x, C[:, :, i].float()))
+    out = torch.stack(ys, dim=2)
+    if D is not None:
+        out = out + u * D[:, None]
+    if z is not None:
+        out = out * F.silu(z.float())
+    out = out.to(dtype)
+    return (out, x) if return_last_state else out
+
+
+def check_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         return_last_state=False):
+    assert u.dim() == 3 and delta.shape == u.shape and B.shape == C.shape == (u.shape[0], A.shape[1], u.shape[2])
+    assert delta.dtype == B.dtype == C.dtype == u.dtype and A.dtype == torch.float32 and D.dtype == torch.float32
+    assert all(t.is_contiguous() for t in (u, delta, B, C))
+
+
+def causal_conv1d_reference(x, weight, bias=None, initial_states=None, return_final_states=False,
+                            final_states_out=None, activation=None):
+    """causal-conv1d's ``causal_conv1d_ref``: ``x [b, D, L]``, ``weight [D, k]`` from a zero window."""
+    k = weight.shape[1]
+    out = F.conv1d(F.pad(x, (k - 1, 0)), weight.unsqueeze(1), bias, groups=x.shape[1])
+    return out if activation is None else F.silu(out)
+
+
+def check_causal_conv1d(x, weight, bias=None, initial_states=None, return_final_states=False,
+                        final_states_out=None, activation=None):
+    assert x.dim() == 3 and weight.shape == (x.shape[1], weight.shape[1])
+    assert weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype) and activation in (None, "silu")
+
+
+# -- models --------------------------------------------------------------------------------------------
+def _model(kind, dtype=torch.float32):
+    torch.manual_seed(0)
+    opts = {"hgrn2": {"expand_ratio": 8}, "mamba": {"d_state": 8}}[kind]
+    cfg = probe.ModelConfig(vocab_size=50, d_model=32, layout=[kind, kind], d_mlp=64, mixer_options={kind: opts})
+    return randomise(probe.HookedLM(cfg).eval(), 0.2).to(dtype)
+
+
+def _swaps(kind):
+    if kind == "hgrn2":
+        gla = Recorder(chunk_gla_reference, check_chunk_gla)
+        return {"chunk_gla": gla}
+    return {"selective_scan": Recorder(selective_scan_reference, check_selective_scan),
+            "causal_conv1d": Recorder(causal_conv1d_reference, check_causal_conv1d)}
+
+
+def _run_swapped(swaps, fn):
+    """``fn()`` with every kernel of ``swaps`` standing in for its library."""
+    with ExitStack() as stack:
+        for name, function in swaps.items():
+            stack.enter_context(swapped_kernel(name, function))
+        return fn()
+
+
+TOKENS = torch.randint(0, 50, (2, 40), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.numerical
+@pytest.mark.parametrize("kind", ["hgrn2", "mamba"])
+def test_fused_call_mapping_equals_the_pytorch_path(kind):
+    """Float32: the mixer's forward through the kernel mapping equals its PyTorch forward, in logits and in
+    the state each layer leaves (so the next segment starts right); every kernel ran once per layer."""
+    model = _model(kind)
+    swaps = _swaps(kind)
+    with torch.no_grad():
+        ref, ref_states = model(TOKENS, return_states=True)
+        out, states = _run_swapped(swaps, lambda: model(TOKENS, return_states=True))
+    assert all(r.calls == 2 for r in swaps.values()), {n: r.calls for n, r in swaps.items()}
+    assert (out - ref).abs().max() < 1e-5, (out - ref).abs().max()
+    for mine, theirs in zip(states.layers, ref_states.layers):
+        for name, value in theirs["mixer"].items():
+            torch.testing.assert_close(mine["mixer"][name], value, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.numerical
+@pytest.mark.parametrize("kind", ["hgrn2", "mamba"])
+def test_fused_call_mapping_in_bfloat16(kind):
+    """A bfloat16 model passes the kernels the dtypes they take (checked by the references) and stays
+    within bfloat16 rounding of the PyTorch path (max |diff| / max |logit|: 1.5e-2 at most over 3 seeds)."""
+    model = _model(kind, torch.bfloat16)
+    swaps = _swaps(kind)
+    with torch.no_grad():
+        ref = model(TOKENS).float()
+        out = _run_swapped(swaps, lambda: model(TOKENS)).float()
+    assert all(r.calls == 2 for r in swaps.values())
+    assert (out - ref).abs().max() / ref.abs().max() < 3e-2, (out - ref).abs().max() / ref.abs().max()
+
+
+@pytest.mark.parametrize("kind", ["hgrn2", "mamba"])
+def test_state_hooks_and_edits_take_the_pytorch_path(kind):
+    """A state hook wants every state: the kernel does not run, and the cache and an edit's effect
+    equal those without any kernel swapped in."""
+    model = _model(kind)
+    swaps = _swaps(kind)
+    name = "blocks.0.mixer.hook_state"
+
+    def edit(value, hook):
+        value[:, 10] = 0.0
+
+    with torch.no_grad():
+        _, cache = _run_swapped(swaps, lambda: model.run_with_cache(TOKENS, names_filter=name))
+        edited = _run_swapped(swaps, lambda: model.run_with_hooks(TOKENS, fwd_hooks=[(name, edit)]))
+        _, ref_cache = model.run_with_cache(TOKENS, names_filter=name)
+        ref_edited = model.run_with_hooks(TOKENS, fwd_hooks=[(name, edit)])
+    torch.testing.assert_close(cache[name], ref_cache[name])
+    torch.testing.assert_close(edited, ref_edited)
+    assert not torch.allclose(edited, model(TOKENS))  # the edit reached the output
+    first = next(iter(swaps.values()))
+    assert first.calls == 2  # layer 1 (unhooked) ran the kernel in each run; layer 0 did not
+
+
+def test_a_carried_mamba_state_takes_the_pytorch_path():
+    """mamba-ssm's scan starts from zeros: a segment continuing a carried state runs the PyTorch form."""
+    model = _model("mamba")
+    swaps = _swaps("mamba")
+    with torch.no_grad():
+        _, st = model(TOKENS[:, :20], return_states=True)
+        out = _run_swapped(swaps, lambda: model(TOKENS[:, 20:], states=st))
+        ref = model(TOKENS[:, 20:], states=st)
+    assert all(r.calls == 0 for r in swaps.values())
+    torch.testing.assert_close(out, ref)
+
+
+def test_hgrn2_continues_a_carried_state_through_the_kernel():
+    model = _model("hgrn2")
+    swaps = _swaps("hgrn2")
+    with torch.no_grad():
+        _, st = model(TOKENS[:, :20], return_states=True)
+        out = _run_swapped(swaps, lambda: model(TOKENS[:, 20:], states=st))
+        whole = model(TOKENS)
+    assert swaps["chunk_gla"].calls == 2
+    torch.testing.assert_close(out, whole[:, 20:], rtol=1e-5, atol=1e-5)
+
+
+def test_no_kernel_on_cpu_or_when_switched_off(monkeypatch):
+    x = torch.zeros(2, 3)
+    assert fused_kernel("chunk_gla", x) is None  # CPU tensors: the PyTorch form
+    calls = Recorder(chunk_gla_reference, check_chunk_gla)
+    with swapped_kernel("chunk_gla", calls):
+        assert fused_kernel("chunk_gla", x) is calls
+        with fused_disabled():
+            assert fused_kernel("chunk_gla", x) is None
+        monkeypatch.setenv("PROBE_FUSED", "0")
+        assert fused_kernel("chunk_gla", x) is None
+    with pytest.raises(KeyError, match="chunk_gla"):
+        fused_kernel("chunk_glaa", x)
+
+
+def test_a_missing_library_is_said_once(monkeypatch):
+    """On CUDA inputs without the library: one warning naming the extra, then the PyTorch form (None)."""
+    monkeypatch.setitem(registry.KERNELS, "chunk_gla", registry.Kernel("probe_absent_library", "chunk_gla", "fla"))
+    monkeypatch.setattr(registry, "_loaded", {})
+
+    class OnCuda:
+        is_cuda = True
+
+    with pytest.warns(RuntimeWarning, match=r"probe-interp\[cuda\]"):
+        assert fused_kernel("chunk_gla", OnCuda()) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fused_kernel("chunk_gla", OnCuda()) is None
