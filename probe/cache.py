@@ -44,9 +44,12 @@ class ActivationCache:
             raise TypeError(f"Cache keys are hook names or (site, layer) tuples, got {type(key).__name__}.")
         if not key.startswith(("blocks.", "hook_", "ln_final")) and f"hook_{key}" in self.cache_dict:
             return f"hook_{key}"
+        alias = getattr(self.model, "hook_aliases", {}).get(key)  # a TransformerLens 4 name (probe.hooks)
+        if alias in self.cache_dict:
+            return alias
         known = list(self.cache_dict)
         err = unknown_hook(key, known)
-        if self.model is not None and key in self.model.hook_dict:
+        if self.model is not None and (alias or key) in self.model.hook_dict:
             err.args = (f"{key!r} is a hook of the model but was not cached (names_filter / state_positions "
                         "left it out). Run run_with_cache again with it included.",)
         raise err

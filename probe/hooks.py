@@ -24,6 +24,45 @@ Block variants keep these names meaningful (:mod:`probe.block`):
 - post-norm layers (``norm_placement[l] == "post"``): ``hook_mixer_in`` is ``resid_pre`` itself and
   ``hook_mixer_out`` the *normalised* mixer output (likewise ``mlp_in`` / ``mlp_out``), so
   ``resid_mid = resid_pre + mixer_out`` holds for every block.
+
+TransformerLens 4 aliases (:data:`TL_ALIASES`). TransformerLens 4 (4.3) names its recurrent mixers'
+hooks after its bridges (``SSMMixerBridge`` for Mamba-1, ``SSM2MixerBridge`` for Mamba-2 and the Mamba-2
+layers of its hybrids, ``GatedDeltaNetBridge`` in the ``linear_attn`` slot of Qwen3-Next and OLMo hybrid). A :class:`probe.HookedLM` answers to those
+names wherever one names the same tensor as a probe hook: in its caches (``cache[alias]``), in
+``hooks()`` / ``run_with_hooks`` / ``add_hook`` and in ``names_filter`` lists. A hook registered under an
+alias is attached to probe's hook point (``hook.name`` is probe's name); a predicate ``names_filter``
+sees probe's names only. The correspondence (``l`` the layer)::
+
+    TransformerLens 4                               probe
+    Mamba-1, Mamba-2 (mixer slot)
+      blocks.l.mixer.hook_in                        blocks.l.hook_mixer_in
+      blocks.l.mixer.hook_out, .hook_ssm_out        blocks.l.hook_mixer_out
+      blocks.l.mixer.hook_ssm_state                 blocks.l.mixer.hook_state             (1)
+    Gated DeltaNet (gdn; TL's linear_attn slot, and probe's mixer slot)
+      blocks.l.linear_attn.hook_q / k / v / beta / log_decay / gate_input / recurrence_out
+                                                    blocks.l.mixer.hook_<same>
+      blocks.l.{linear_attn,mixer}.hook_ssm_state   blocks.l.mixer.hook_state             (1)
+      blocks.l.{linear_attn,mixer}.hook_ssm_C / _B / _decay / _write
+                                                    blocks.l.mixer.hook_q / k / log_decay / beta
+      blocks.l.linear_attn.hook_in, .hook_linear_attn_in          blocks.l.hook_mixer_in
+      blocks.l.linear_attn.hook_out, .hook_linear_attn_out,
+        blocks.l.{linear_attn,mixer}.hook_ssm_out                 blocks.l.hook_mixer_out
+
+(1) TL fills ``hook_ssm_state`` only on its opt-in ``eager_scan`` path, and an edit there changes only
+that position's readout; probe's is always available and an edit propagates to every later position.
+Layout: probe puts the position on axis 1 in every hook, so Mamba-1's state is ``[b, pos, d_inner, N]``
+where TL's is ``[b, d_inner, pos, N]``; Mamba-2 (``[b, pos, H, P, N]``) and Gated DeltaNet
+(``[b, pos, Hv, K, V]``) match TL's.
+
+Not aliased, because probe holds no such tensor: ``hook_in_proj`` (the projection before its split),
+``hook_conv`` (the convolution before its SiLU: probe's ``hook_input``, ``hook_B``, ``hook_C`` are after
+it), ``hook_x_proj`` (``[dt; B; C]`` unsplit: ``hook_B``, ``hook_C``), ``hook_dt_proj`` / ``hook_ssm_dt``
+(before the softplus; probe's ``hook_dt`` is after it), ``hook_ssm_write`` of Mamba (``dt x B^T``, never
+materialised), Mamba-2's ``inner_norm.hook_in`` (probe's ``hook_y`` with the heads unflattened,
+``[b, pos, H, P]``), Gated DeltaNet's ``hook_{q,k,v}_pre_conv`` and ``hook_beta_logit``. The attention
+and block names (``hook_resid_pre``, ``attn.hook_pattern`` ...) are TransformerLens's already; TL has
+no hooks inside RWKV, xLSTM, LSTM, QRNN, LMU, HGRN2 or RG-LRU (its RecurrentGemma bridge hooks blocks
+only).
 """
 from __future__ import annotations
 
@@ -98,3 +137,29 @@ def site_label(site: str) -> str:
         m = _LAYER.match(site)
         return site[m.end():] if m else site
     return site
+
+
+# -- TransformerLens 4 aliases (module docstring) ----------------------------------------------------
+_SSM_ALIASES = {"mixer.hook_in": "hook_mixer_in", "mixer.hook_out": "hook_mixer_out",
+                "mixer.hook_ssm_out": "hook_mixer_out", "mixer.hook_ssm_state": "mixer.hook_state"}
+_GDN_SSM = {"hook_ssm_state": "state", "hook_ssm_C": "q", "hook_ssm_B": "k", "hook_ssm_decay": "log_decay",
+            "hook_ssm_write": "beta"}
+_GDN_ALIASES = {
+    **{f"linear_attn.hook_{n}": f"mixer.hook_{n}"
+       for n in ("q", "k", "v", "beta", "log_decay", "gate_input", "recurrence_out")},
+    **{f"{slot}.{tl}": f"mixer.hook_{ours}" for slot in ("linear_attn", "mixer") for tl, ours in _GDN_SSM.items()},
+    **{f"linear_attn.{n}": "hook_mixer_in" for n in ("hook_in", "hook_linear_attn_in")},
+    **{f"linear_attn.{n}": "hook_mixer_out" for n in ("hook_out", "hook_linear_attn_out", "hook_ssm_out")},
+    "mixer.hook_ssm_out": "hook_mixer_out",
+}
+#: TransformerLens 4's hook names -> probe's, relative to ``blocks.{l}.``, per mixer (the table above)
+TL_ALIASES: dict[str, dict[str, str]] = {"mamba": _SSM_ALIASES, "mamba2": _SSM_ALIASES, "gdn": _GDN_ALIASES}
+
+
+def tl_aliases(layout, hook_names) -> dict[str, str]:
+    """``{TransformerLens 4 name: probe hook name}`` for a model of ``layout`` (one mixer name per layer)
+    whose hooks are ``hook_names``; an alias is offered only where its target hook exists."""
+    names = set(hook_names)
+    return {f"blocks.{layer}.{alias}": f"blocks.{layer}.{target}"
+            for layer, mixer in enumerate(layout) for alias, target in TL_ALIASES.get(mixer, {}).items()
+            if f"blocks.{layer}.{target}" in names}

@@ -38,7 +38,7 @@ from probe.checkpoint_format import save_model
 from probe.config import ModelConfig
 from probe.errors import ConfigError, InputError, unknown_hook
 from probe.finite import check_finite
-from probe.hooks import is_state_hook
+from probe.hooks import is_state_hook, tl_aliases
 from probe.norm import make_norm
 from probe.sampling import check_sampling, sample
 from probe.shared_block import make_shared_blocks
@@ -95,6 +95,8 @@ class HookedLM(HookedRootModule):
         self.hook_logits = HookPoint()
         self.init_weights()
         self.setup()
+        #: TransformerLens 4 names this model also answers to -> its own hook names (probe.hooks, TL_ALIASES)
+        self.hook_aliases = tl_aliases(cfg.layout, self.hook_dict)
 
     # -- construction ----------------------------------------------------------------
     def init_weights(self) -> None:
@@ -140,7 +142,13 @@ class HookedLM(HookedRootModule):
         self._run_lock = threading.RLock()
 
     # -- hooks -----------------------------------------------------------------------
+    def resolve_hook_name(self, name):
+        """``name`` itself, or the hook a TransformerLens 4 alias stands for (:data:`probe.hooks.TL_ALIASES`:
+        ``blocks.0.mixer.hook_ssm_state`` -> ``blocks.0.mixer.hook_state`` on a Mamba layer)."""
+        return self.hook_aliases.get(name, name) if isinstance(name, str) else name
+
     def _enable_hook(self, name, hook, dir):
+        name = self.resolve_hook_name(name)
         if isinstance(name, str) and name not in self.hook_dict:
             raise unknown_hook(name, self.hook_dict)
         return super()._enable_hook(name, checked_hook(hook) if dir == "fwd" else hook, dir)
@@ -158,6 +166,7 @@ class HookedLM(HookedRootModule):
     def add_hook(self, name, hook, dir="fwd", is_permanent: bool = False, level=None, prepend: bool = False):
         """TransformerLens's ``add_hook`` with the name and the hook checked (see :meth:`hooks`)."""
         (name, hook), = hook_pairs([(name, hook)], "add_hook")
+        name = self.resolve_hook_name(name)
         if isinstance(name, str) and name not in self.hook_dict:
             raise unknown_hook(name, self.hook_dict)
         return super().add_hook(name, checked_hook(hook) if dir == "fwd" else hook, dir=dir,
@@ -166,7 +175,7 @@ class HookedLM(HookedRootModule):
     def check_hook_names(self, names: Sequence[str]) -> None:
         """Raise a clear error for any name that is not a hook point of this model."""
         for name in names:
-            if name not in self.hook_dict:
+            if self.resolve_hook_name(name) not in self.hook_dict:
                 raise unknown_hook(name, self.hook_dict)
 
     def state_hook_names(self) -> list[str]:
@@ -450,12 +459,13 @@ class HookedLM(HookedRootModule):
         """
         if isinstance(names_filter, str):
             self.check_hook_names([names_filter])
+            names_filter = self.resolve_hook_name(names_filter)
         elif isinstance(names_filter, (list, tuple)):
             if not all(isinstance(n, str) for n in names_filter):
                 raise InputError("names_filter lists hook names (strings); got "
                                  f"{[type(n).__name__ for n in names_filter if not isinstance(n, str)][0]} in it.")
             self.check_hook_names(list(names_filter))
-            names_filter = list(names_filter)
+            names_filter = [self.resolve_hook_name(n) for n in names_filter]
         elif names_filter is not None and not callable(names_filter):
             raise InputError(f"names_filter must be a hook name, a list of names or a function of the name; "
                              f"got {type(names_filter).__name__}.")
