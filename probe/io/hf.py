@@ -17,6 +17,8 @@ model_type         transformers class                     converter
 ``xlstm``          ``xLSTMForCausalLM`` (mLSTM, 7B design) :mod:`probe.io.convert_xlstm`
 ``xlstm-package``  ``xlstm.xLSTMLMModel`` (paper blocks)   :mod:`probe.io.convert_xlstm`
 ``mamba``          ``MambaForCausalLM``                   :mod:`probe.io.convert_mamba`
+``jamba``          ``JambaForCausalLM`` (Mamba-1 +         :mod:`probe.io.convert_jamba`
+                   attention layers, MoE MLPs)
 ``qwen3_next``     ``Qwen3NextForCausalLM`` (all layers    :mod:`probe.io.convert_gdn`
                    Gated DeltaNet, dense MLPs)
 ``mamba2``         ``Mamba2ForCausalLM`` (Mamba-2 / SSD)   :mod:`probe.io.convert_mamba2`
@@ -71,6 +73,11 @@ def _mamba2(model, **kw):
     return mamba2_from_hf(model, **kw)
 
 
+def _jamba(model, **kw):
+    from probe.io.convert_jamba import jamba_from_hf
+    return jamba_from_hf(model, **kw)
+
+
 def _qwen3_next(model, **kw):
     from probe.io.convert_gdn import qwen3_next_from_hf
     return qwen3_next_from_hf(model, **kw)
@@ -97,6 +104,8 @@ CONVERTERS["qwen3_next"] = _qwen3_next
 SUPPORTED = ("GPT2LMHeadModel (gpt2)", "RwkvForCausalLM (rwkv)", "xLSTMForCausalLM (xlstm)",
              "MambaForCausalLM (mamba)", "Mamba2ForCausalLM (mamba2)", "xlstm.xLSTMLMModel (mLSTM/sLSTM blocks)")
 CONVERTERS["recurrent_gemma"] = _recurrent_gemma
+CONVERTERS["jamba"] = _jamba
+SUPPORTED += ("JambaForCausalLM (jamba)",)
 CONVERTERS["zamba2"] = _zamba2
 SUPPORTED += ("Zamba2ForCausalLM (zamba2: Mamba-2 layers + shared attention blocks)",)
 SUPPORTED += ("RecurrentGemmaForCausalLM (recurrent_gemma, recurrent layers only)",)

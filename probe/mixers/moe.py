@@ -31,6 +31,10 @@ position uses; ``shared_gate`` multiplies it by ``sigmoid(g . x)`` (Qwen3-Next's
 Compute: one expert at a time on the positions routed to it (an index, its SwiGLU, an
 ``index_add``), so the cost grows with ``k``, not with ``E``.
 
+Continuity: with ``k < E`` the output jumps where the chosen set changes (an expert leaves with a
+non-zero weight), so path methods built on gradients (integrated gradients) miss those jumps and
+their completeness fails across a routing switch; ``continuous`` (``k == E``) says when it cannot.
+
 Hooks (``blocks.{i}.mlp.``...), every one position-wise, ``[batch, pos, ...]``:
     ``hook_router_logits``  ``l``, ``[batch, pos, E]``. An edit re-routes: the choice of ``S`` and the
                             weights are recomputed from the edited logits (the selection bias still
@@ -84,6 +88,7 @@ class MixtureOfExperts(nn.Module):
         self.n_experts, self.top_k = o["n_experts"], o["top_k"]
         self.d_expert = cfg.d_mlp if o["d_expert"] is None else o["d_expert"]
         _check(o, self.d_expert)
+        self.continuous = self.top_k == self.n_experts  # no routing switch can make the output jump
         self.init_std = cfg.init_std
         d, E, h = cfg.d_model, self.n_experts, self.d_expert
         self.router = nn.Linear(d, E, bias=False)

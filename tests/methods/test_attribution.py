@@ -158,6 +158,12 @@ def test_integrated_gradients_completeness(arch):
     before = snapshot(model)
     res = integrated_gradients(model, tokens(2, 10), steps=64, chunk=64)
     assert_untouched(model, before)
+    if not all(getattr(block.mlp, "continuous", True) for block in model.blocks):
+        # top-k experts: the output jumps where the chosen experts change along the path, which no integral of
+        # gradients sees; the rule must say it did not converge (tests/mixers/test_moe.py: completeness holds
+        # when every expert is chosen)
+        assert not bool(res.converged.all()), res.completeness_error
+        return
     err = res.completeness_error.max().item()
     assert err < 0.01 and bool(res.converged.all()), (err, res.error_share())
 

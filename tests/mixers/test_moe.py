@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import probe
-from conftest import randomise
+from conftest import HYBRID_CONFIGS, make_model, randomise, tokens
 from probe.errors import ConfigError
 from probe.io.convert_moe import moe_weights
+from probe.methods import integrated_gradients
 from probe.mixers.moe import MixtureOfExperts
 
 transformers = pytest.importorskip("transformers")
@@ -205,3 +206,13 @@ def test_mixer_options_names_the_option_owners():
         probe.ModelConfig(d_model=D, layout=["mamba"], mixer_options={"mo": {}})
     with pytest.raises(ConfigError, match="unknown mixer 'rwkv_channel_mix'"):  # it reads the rwkv options
         probe.ModelConfig(d_model=D, layout=["rwkv"], mixer_options={"rwkv_channel_mix": {}})
+
+
+def test_integrated_gradients_are_complete_when_no_routing_switch_can_happen():
+    """With every expert chosen (k = E) the layer is smooth and IG's completeness holds; with k < E the
+    output jumps at routing switches (``continuous`` False) and the contract test expects IG to say so."""
+    dense = {**HYBRID_CONFIGS["hybrid_jamba"]["mixer_options"]["moe"], "top_k": 4}
+    model = make_model("hybrid_jamba", mixer_options={"mamba": {"inner_norms": True}, "moe": dense})
+    assert model.blocks[1].mlp.continuous and not make_model("hybrid_jamba").blocks[1].mlp.continuous
+    res = integrated_gradients(model, tokens(2, 10), steps=64, chunk=64)
+    assert res.completeness_error.max().item() < 1e-3 and bool(res.converged.all())
