@@ -34,6 +34,7 @@ HYBRIDS = {
     "hybrid_falcon_h1": ["attn+mamba2", "attn+mamba2"],  # parallel mixers (probe.mixers.parallel)
     "hybrid_post_norm": ["mamba2", "attn"],
     "hybrid_olmo": ["gdn", "attn"],
+    "hybrid_bamba": ["mamba2", "attn"],
 }
 
 #: config fields a hybrid needs beyond its layout (``mixer_options`` merged over ``TEST_OPTIONS``)
@@ -53,6 +54,8 @@ HYBRID_CONFIGS = {
                     "mixer_options": {"gdn": {"n_k_heads": 2, "n_v_heads": 4, "d_k": 8, "d_v": 4, "norm_eps": 1e-5,
                                               "allow_neg_eigval": True},
                                       "attn": {"n_kv_heads": 2, "qk_norm": "projection"}}},
+    # Bamba: Mamba-2 + grouped-query attention with RoPE on half of each head, SwiGLU MLPs (probe.io.convert_bamba)
+    "hybrid_bamba": {"mlp": "swiglu", "mixer_options": {"attn": {"n_kv_heads": 2, "rotary_fraction": 0.5}}},
 }
 
 

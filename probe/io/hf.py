@@ -26,6 +26,8 @@ model_type         transformers class                     converter
                    DeltaNet + post-norm attention)
 ``zamba2``         ``Zamba2ForCausalLM`` (Mamba-2 + shared :mod:`probe.io.convert_zamba2`
                    attention blocks, probe.shared_block)
+``bamba``          ``BambaForCausalLM`` (Mamba-2 +        :mod:`probe.io.convert_bamba`
+                   grouped-query attention layers)
 =================  =====================================  ==================================
 
 ``recurrent_gemma`` (``RecurrentGemmaForCausalLM`` whose layers are all recurrent, Hawk):
@@ -93,6 +95,11 @@ def _olmo_hybrid(model, **kw):
     return olmo_hybrid_from_hf(model, **kw)
 
 
+def _bamba(model, **kw):
+    from probe.io.convert_bamba import bamba_from_hf
+    return bamba_from_hf(model, **kw)
+
+
 def _recurrent_gemma(model, **kw):
     from probe.io.convert_recurrentgemma import recurrentgemma_from_hf
     return recurrentgemma_from_hf(model, **kw)
@@ -109,6 +116,8 @@ SUPPORTED += ("JambaForCausalLM (jamba)",)
 CONVERTERS["zamba2"] = _zamba2
 SUPPORTED += ("Zamba2ForCausalLM (zamba2: Mamba-2 layers + shared attention blocks)",)
 SUPPORTED += ("RecurrentGemmaForCausalLM (recurrent_gemma, recurrent layers only)",)
+CONVERTERS["bamba"] = _bamba
+SUPPORTED += ("BambaForCausalLM (bamba: Mamba-2 + attention layers)",)
 SUPPORTED += ("Qwen3NextForCausalLM (qwen3_next, Gated DeltaNet layers only)",)
 CONVERTERS["olmo_hybrid"] = _olmo_hybrid
 SUPPORTED += ("OlmoHybridForCausalLM (olmo_hybrid: Gated DeltaNet + post-norm attention layers)",)
