@@ -37,7 +37,14 @@ every later query's read of position ``t``.
 
 Every hook is per use (``blocks.{i}.shared.hook_*``), so the shared block's output can be read or
 patched at each layer separately; the shared norms have no hooks of their own (their outputs are
-``Norm_in`` inside ``hook_q/k/v`` and ``hook_mlp_in``).
+``Norm_in`` inside ``hook_q/k/v`` and ``hook_mlp_in``). TransformerLens 4's Zamba2 adapter hooks a
+hybrid layer only as a whole (``blocks.{i}.hook_in`` / ``hook_out``, probe's ``hook_resid_pre`` /
+``hook_resid_post``): it has no hook inside the shared block nor on a hybrid layer's Mamba-2 mixer,
+so there is nothing to alias.
+
+The embedding ``e`` is ``hook_embed``'s output (transformers' ``original_hidden_states``), kept apart
+from the residual stream: patching ``blocks.0.hook_resid_pre`` leaves what the shared blocks read
+unchanged; patch ``hook_embed`` to change both.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ def model_fingerprint(model) -> str:
 
 #: ModelConfig fields added after tuned lenses were first saved, left out of the fingerprint while at
 #: their default so that a lens saved before the field existed still matches its model
-_LATER_FIELDS = {"embed_scale": None}
+_LATER_FIELDS = {"embed_scale": None, "shared_layout": None, "shared_options": {}}
 
 
 def config_identity(model) -> dict:
