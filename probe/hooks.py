@@ -9,6 +9,7 @@ points this way (TransformerLens 4 names wherever they exist)::
     blocks.{l}.hook_mlp_in / hook_mlp_out          (blocks with an MLP)
     blocks.{l}.mixer.hook_state[_<part>]           the carried memory after each position
     blocks.{l}.mixer.hook_<gate>                   gates, decays, q/k/v/pattern/z ...
+    blocks.{l}.shared.hook_<site>                  a layer's use of a shared block (probe.shared_block)
     ln_final.hook_normalized, hook_logits
 
 A *block site* (``resid_pre`` ...) lives on the block: ``blocks.{l}.hook_<site>``; any other short
