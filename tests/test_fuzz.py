@@ -13,7 +13,7 @@ The last test prints the table's counts per category (cases, clear errors, works
 categories:
 
 * ``config``: ``ModelConfig`` / ``HookedLM`` construction (names, widths, types, mixer options).
-* ``options``: every option of every mixer (generated from its ``OPTIONS`` declaration): wrong
+* ``options``: every option of every mixer and MLP kind (generated from its ``OPTIONS`` declaration): wrong
   types, out of range, NaN / inf where numeric (a clear error naming mixer, option and range), and
   a valid non-default value of each (works: a finite forward pass).
 * ``fields``: every ``ModelConfig`` field: a value of the wrong type (``"2"`` layers, an 8.5-wide
@@ -60,7 +60,8 @@ from safetensors.torch import load_file, save_file
 import probe
 from probe import CheckpointError, ConfigError, InputError, NonFiniteError, ProbeError, UnknownHookError
 from probe.tokenizers import get_tokenizer
-from probe.mixers import MIXERS
+from probe.config import option_owners
+from probe.mixers import MLP_KINDS
 from probe.mixers.options import Choice, Flag, Int, Real
 from probe.methods import (
     TunedLens, activation_patching, attribution_patching, collect_activations, compare_lenses,
@@ -768,10 +769,21 @@ def _with_labels(data, **labels):
 
 
 # -- options: every option of every mixer, generated from its declaration ----------------------
-def _one_layer(mixer: str, options: dict) -> probe.HookedLM:
-    """A tiny one-layer model of ``mixer`` with ``options``."""
-    return probe.HookedLM(probe.ModelConfig(d_model=32, n_heads=4, d_mlp=32, layout=[mixer],
-                                            mixer_options={mixer: options}))
+#: options set under every fuzzed one where an option only means something beside another (a shared expert's gate)
+FUZZ_BASE = {"moe": {"d_shared": 8, "n_group": 2}}
+
+
+def _one_layer(owner: str, options: dict) -> probe.HookedLM:
+    """A tiny one-layer model of mixer ``owner`` (or of an attention layer with MLP kind ``owner``) with ``options``."""
+    kind = {"layout": ["attn"], "mlp_layout": [owner]} if owner in MLP_KINDS else {"layout": [owner]}
+    options = {**FUZZ_BASE.get(owner, {}), **options}
+    return probe.HookedLM(probe.ModelConfig(d_model=32, n_heads=4, d_mlp=32, mixer_options={owner: options}, **kind))
+
+
+def _options_of(model: probe.HookedLM, owner: str) -> dict:
+    """The resolved options of the layer module ``owner`` names (the mixer, or the MLP of that kind)."""
+    block = model.blocks[0]
+    return (block.mlp if owner in MLP_KINDS else block.mixer).options
 
 
 #: a valid non-default value of every option of every mixer (d_model 32, 4 heads): the "works" half
@@ -783,7 +795,10 @@ VALID_OPTIONS = {
     "lmu": {"order": 4, "theta": 8.0, "d_u": 4},
     "hgrn2": {"expand_ratio": 4},
     "mamba": {"d_state": 4, "d_conv": 1, "expand": 1, "dt_rank": 2, "conv_bias": False, "proj_bias": True,
-              "dt_min": 0.01, "dt_max": 0.05},
+              "dt_min": 0.01, "dt_max": 0.05, "inner_norms": True},
+    "moe": {"n_experts": 4, "top_k": 1, "d_expert": 16, "router": "sigmoid", "renormalize": True,
+            "routed_scaling_factor": 2.5, "selection_bias": True, "n_group": 4, "topk_group": 2, "d_shared": 16,
+            "shared_gate": True},
     "mlstm": {"layer": "paper", "heads": 2, "eps": 1e-5, "norm_eps": 1e-5, "bias": True, "chunk": 8,
               "qk_factor": 0.25, "v_factor": 0.5, "gate_soft_cap": None, "d_inner": 32, "conv": 2, "qkv_blocksize": 2},
     "rwkv": {"d_attn": 16},
@@ -821,7 +836,7 @@ def _bad_values(spec) -> list[tuple[str, object, str]]:
 
 def option_cases() -> list[Case]:
     cases = []
-    for mixer, cls in sorted(MIXERS.items()):
+    for mixer, cls in sorted(option_owners().items()):
         for name, spec in cls.OPTIONS.items():
             for label, value, rule in _bad_values(spec):
                 cases.append(C("options", f"{mixer} {name}: {label}",
@@ -831,8 +846,8 @@ def option_cases() -> list[Case]:
                 continue  # test_every_option_and_field_is_fuzzed names it
             good = VALID_OPTIONS[mixer][name]
             cases.append(W("options", f"{mixer} {name} = {good!r}", lambda e, m=mixer, o={name: good}: _one_layer(m, o),
-                           lambda model, e, n=name, v=good: (model.blocks[0].mixer.options[n] == v
-                                                             and bool(torch.isfinite(model(e.t)).all()))))
+                           lambda model, e, m=mixer, n=name, v=good: (_options_of(model, m)[n] == v
+                                                                      and bool(torch.isfinite(model(e.t)).all()))))
     return cases
 
 
@@ -1082,7 +1097,7 @@ def test_every_option_and_field_is_fuzzed():
     import dataclasses
 
     names = {c.name for c in CASES if c.category == "options"}
-    for mixer, cls in MIXERS.items():
+    for mixer, cls in option_owners().items():
         assert set(VALID_OPTIONS.get(mixer, {})) == set(cls.OPTIONS), (
             f"VALID_OPTIONS[{mixer!r}] must list a valid non-default value of each option of {mixer!r}")
         for option, spec in cls.OPTIONS.items():

@@ -49,6 +49,11 @@ Hooks (``blocks.{i}.mlp.``...), every one position-wise, ``[batch, pos, ...]``:
                             with a shared expert only. The shared MLP's own ``shared.hook_pre`` /
                             ``shared.hook_post`` are its SwiGLU's hidden activations.
 
+TransformerLens 4: its MoE router bridge fires ``hook_out`` (here ``hook_router_logits``) and the same
+dense ``hook_expert_weights`` ``[tokens, E]``; there an edit re-takes the top-k of the edited tensor,
+here every non-zero entry counts (routing to more than ``k`` experts is possible). TL's
+``hook_expert_indices`` are the non-zero columns of ``hook_expert_weights``.
+
 Options (``ModelConfig.mixer_options["moe"]``): ``n_experts`` (8), ``top_k`` (2), ``d_expert``
 (None: the model's ``d_mlp``), ``router`` (``softmax``), ``renormalize`` (False),
 ``routed_scaling_factor`` (1.0), ``selection_bias`` (False: a ``[E]`` buffer ``b``, zeros at init),
