@@ -221,3 +221,25 @@ def test_a_missing_library_is_said_once(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fused_kernel("chunk_gla", OnCuda()) is None
+
+
+@pytest.mark.numerical
+@pytest.mark.parametrize("kind", ["hgrn2", "mamba"])
+def test_library_kernels_on_cuda_equal_the_pytorch_path(kind):
+    """The GPU check (scripts/gpu_check.sh): with the real libraries on CUDA, fp32 logits of the fused
+    forward against the PyTorch forward. Needs a CUDA device and the probe-interp[cuda] extra."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (scripts/gpu_check.sh runs it on a GPU)")
+    names = {"hgrn2": ["chunk_gla"], "mamba": ["selective_scan", "causal_conv1d"]}[kind]
+    x = torch.zeros(1, device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if any(fused_kernel(n, x) is None for n in names):
+            pytest.skip(f"{kind}'s kernel library is not installed (pip install 'probe-interp[cuda]')")
+    model = _model(kind).cuda()
+    toks = TOKENS.cuda()
+    with torch.no_grad():
+        out = model(toks)
+        with fused_disabled():
+            ref = model(toks)
+    assert (out - ref).abs().max() / ref.abs().max() < 1e-3, (out - ref).abs().max()
