@@ -35,6 +35,7 @@ HYBRIDS = {
     "hybrid_post_norm": ["mamba2", "attn"],
     "hybrid_olmo": ["gdn", "attn"],
     "hybrid_bamba": ["mamba2", "attn"],
+    "hybrid_kimi": ["kda", "mla"],
 }
 
 #: config fields a hybrid needs beyond its layout (``mixer_options`` merged over ``TEST_OPTIONS``)
@@ -48,6 +49,9 @@ HYBRID_CONFIGS = {
                       "shared_options": {"adapter_rank": 4, "attn_adapters": True, "n_kv_heads": 2}},
     # OLMo-2 style norms on the outputs of the attention layer's mixer and MLP (probe.block)
     "hybrid_post_norm": {"norm_placement": ["pre", "post"]},
+    # Falcon-H1's parts: grouped-query attention, Mamba-2 of its own width, RMSNorm before the gate
+    "hybrid_falcon_h1": {"mixer_options": {"attn": {"n_kv_heads": 2},
+                                           "mamba2": {"d_inner": 48, "norm": "before_gate", "chunk": 8}}},
     # OLMo hybrid: Gated DeltaNet (beta in (0, 2)) pre-norm, GQA attention with whole-projection q / k
     # norms post-norm, SwiGLU MLPs (probe.io.convert_olmo_hybrid)
     "hybrid_olmo": {"norm_placement": ["pre", "post"], "mlp": "swiglu",
@@ -56,6 +60,13 @@ HYBRID_CONFIGS = {
                                       "attn": {"n_kv_heads": 2, "qk_norm": "projection"}}},
     # Bamba: Mamba-2 + grouped-query attention with RoPE on half of each head, SwiGLU MLPs (probe.io.convert_bamba)
     "hybrid_bamba": {"mlp": "swiglu", "mixer_options": {"attn": {"n_kv_heads": 2, "rotary_fraction": 0.5}}},
+    # Kimi Linear: Kimi Delta Attention and NoPE latent attention, a sigmoid-routed MoE with selection bias,
+    # grouped choice and a shared expert (probe.io.convert_kimi_linear)
+    "hybrid_kimi": {"positional": "none", "mlp": "swiglu", "mlp_layout": ["swiglu", "moe"],
+                    "mixer_options": {"kda": {"d_k": 8, "d_v": 8}, "mla": {"kv_rank": 12, "d_v": 6},
+                                      "moe": {"n_experts": 4, "top_k": 2, "d_expert": 16, "router": "sigmoid",
+                                              "selection_bias": True, "n_group": 2, "topk_group": 1,
+                                              "renormalize": True, "routed_scaling_factor": 2.5, "d_shared": 16}}},
 }
 
 

@@ -94,7 +94,8 @@ def mamba2_layer_weights(sd: dict[str, torch.Tensor], src: str, dst: str, opts: 
     names = ["in_proj.weight", "dt_bias", "A_log", "D", "out_proj.weight"]
     names += ["in_proj.bias", "out_proj.bias"] if opts.get("proj_bias", False) else []
     w: Mapping = {dst + name: get(name) for name in names}
-    w[dst + "norm_weight"] = get("norm.weight")
+    if opts.get("norm", "gated") != "none":  # Falcon-H1 without mamba_rms_norm has no norm weight
+        w[dst + "norm_weight"] = get("norm.weight")
     conv = take(sd, src + "conv1d.weight", arch)
     if conv.dim() != 3 or conv.shape[1] != 1:
         raise CheckpointError(f"{src}conv1d.weight has shape {tuple(conv.shape)}, expected [conv_dim, 1, d_conv].")

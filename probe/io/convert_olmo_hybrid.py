@@ -174,8 +174,11 @@ def _weights(cfg: ModelConfig, sd: dict[str, Tensor]) -> Mapping:
     for i, mixer in enumerate(cfg.layout):
         out.update(_layer_weights(sd, i, mixer))
     used = {src for src, _ in out.values()}
-    if cfg.tie_embeddings:
-        used.add("lm_head.weight")  # the tied copy, if the state dict lists it
+    if cfg.tie_embeddings and "lm_head.weight" in sd:  # the tied copy
+        if not torch.equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"]):
+            raise CheckpointError(f"{ARCH} config ties the embeddings but lm_head.weight differs from "
+                                  "model.embed_tokens.weight; set tie_word_embeddings=False to convert both.")
+        used.add("lm_head.weight")
     leftover = sorted(set(sd) - used)
     if leftover:
         raise CheckpointError(f"{ARCH} tensors {leftover[:5]} have no place in the converted model; refusing to "

@@ -28,6 +28,8 @@ model_type         transformers class                     converter
                    attention blocks, probe.shared_block)
 ``bamba``          ``BambaForCausalLM`` (Mamba-2 +        :mod:`probe.io.convert_bamba`
                    grouped-query attention layers)
+``falcon_h1``      ``FalconH1ForCausalLM`` (attention and  :mod:`probe.io.convert_falcon_h1`
+                   Mamba-2 in parallel in every layer)
 =================  =====================================  ==================================
 
 ``recurrent_gemma`` (``RecurrentGemmaForCausalLM`` whose layers are all recurrent, Hawk):
@@ -100,6 +102,11 @@ def _bamba(model, **kw):
     return bamba_from_hf(model, **kw)
 
 
+def _falcon_h1(model, **kw):
+    from probe.io.convert_falcon_h1 import falcon_h1_from_hf
+    return falcon_h1_from_hf(model, **kw)
+
+
 def _recurrent_gemma(model, **kw):
     from probe.io.convert_recurrentgemma import recurrentgemma_from_hf
     return recurrentgemma_from_hf(model, **kw)
@@ -121,6 +128,8 @@ SUPPORTED += ("BambaForCausalLM (bamba: Mamba-2 + attention layers)",)
 SUPPORTED += ("Qwen3NextForCausalLM (qwen3_next, Gated DeltaNet layers only)",)
 CONVERTERS["olmo_hybrid"] = _olmo_hybrid
 SUPPORTED += ("OlmoHybridForCausalLM (olmo_hybrid: Gated DeltaNet + post-norm attention layers)",)
+CONVERTERS["falcon_h1"] = _falcon_h1
+SUPPORTED += ("FalconH1ForCausalLM (falcon_h1: attention and Mamba-2 side by side in every layer)",)
 
 
 def model_kind(model: Any) -> str:

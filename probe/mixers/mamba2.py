@@ -14,7 +14,10 @@ and the conv width ``k = d_conv``::
 
 The gated RMSNorm normalises each of the ``G`` groups of ``d_inner / G`` channels of
 ``y * silu(z)`` separately (epsilon: the model's ``norm_eps``, as transformers uses
-``layer_norm_epsilon`` for it), in float32.
+``layer_norm_epsilon`` for it), in float32. Option ``norm`` picks the readout before ``W_out``:
+``"gated"`` (above, Mamba-2), ``"before_gate"`` (``w_norm * GroupRMSNorm_G(y_t) * silu(z_t)``,
+Falcon-H1's ``mamba_norm_before_gate``) or ``"none"`` (``y_t * silu(z_t)``, no norm weight:
+Falcon-H1's ``mamba_rms_norm=False``).
 
 State (the memory after token ``t``):
     ``state``       S_t, ``[batch, H, P, N]`` (``hook_state``: ``[batch, pos, H, P, N]``)
@@ -43,8 +46,9 @@ edits propagate through :func:`probe.ops.linear_scan.force_states`; ``mixer.meth
 Half precision: the scan (decays, increments, states, y) and the gated norm run in float32 and
 the carried ``state`` stays float32 (``WIDE_STATES``); the output returns in the input's dtype.
 
-Options: ``d_state`` (64), ``d_conv`` (4, at least 2), ``expand`` (2), ``head_dim`` (``None``:
-the model's ``d_head``), ``n_groups`` (1), ``chunk`` (64: the SSD chunk length, results do not
+Options: ``d_state`` (64), ``d_conv`` (4, at least 2), ``expand`` (2), ``d_inner`` (``None``:
+``expand * d_model``; set, it overrides ``expand``: Falcon-H1's ``mamba_d_ssm``), ``head_dim`` (``None``:
+the model's ``d_head``), ``norm`` (``"gated"``, see above), ``n_groups`` (1), ``chunk`` (64: the SSD chunk length, results do not
 depend on it), ``conv_bias`` (True), ``proj_bias`` (False), ``dt_min`` / ``dt_max`` (initial
 time-step range, 0.001 / 0.1), ``dt_limit_min`` / ``dt_limit_max`` (the clamp of dt, 0 / ``None``:
 none; transformers' one-token decode step skips this clamp, its chunked forward applies it). A
@@ -62,7 +66,7 @@ from torch import Tensor, nn
 from probe.errors import ConfigError
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.edits import Computation, apply_forcing
-from probe.mixers.options import Flag, Int, Real
+from probe.mixers.options import Choice, Flag, Int, Real
 from probe.ops import conv_window
 from probe.ops.ssd import expand_groups, ssd_chunked
 from probe.ops.linear_scan import force_states, linear_scan_blocked
@@ -71,19 +75,30 @@ from probe.ops.linear_scan import force_states, linear_scan_blocked
 BLOCK = 64
 
 
-def gated_rms_norm(y: Tensor, gate: Tensor, weight: Tensor, groups: int, eps: float) -> Tensor:
-    """``weight * RMSNorm(y * gate)`` over each of ``groups`` equal slices of the last dim, in float32+.
+#: the readouts before ``W_out`` (module docstring)
+NORMS = ("gated", "before_gate", "none")
+
+
+def gated_rms_norm(y: Tensor, gate: Tensor, weight: Tensor | None, groups: int, eps: float,
+                   norm: str = "gated") -> Tensor:
+    """The readout before ``W_out``, in float32+: ``weight * RMSNorm(y * gate)`` over each of ``groups``
+    equal slices of the last dim (``norm="gated"``), ``weight * RMSNorm(y) * gate`` (``"before_gate"``)
+    or ``y * gate`` (``"none"``, no weight).
 
     ``y, gate [..., d] -> [..., d]`` (float32, or float64 for float64 inputs)."""
     wide = torch.promote_types(y.dtype, torch.float32)
-    h = (y.to(wide) * gate.to(wide)).unflatten(-1, (groups, -1))
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight.to(wide) * h.flatten(-2)
+    y, gate = y.to(wide), gate.to(wide)
+    if norm == "none":
+        return y * gate
+    h = (y * gate if norm == "gated" else y).unflatten(-1, (groups, -1))
+    h = weight.to(wide) * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).flatten(-2)
+    return h if norm == "gated" else h * gate
 
 
 class Mamba2(RecurrentMixer):
     NAME = "mamba2"
-    OPTIONS = {"d_state": Int(64), "d_conv": Int(4, low=2), "expand": Int(2), "head_dim": Int(None),
+    OPTIONS = {"d_state": Int(64), "d_conv": Int(4, low=2), "expand": Int(2), "d_inner": Int(None),
+               "head_dim": Int(None), "norm": Choice("gated", choices=NORMS),
                "n_groups": Int(1), "chunk": Int(64), "conv_bias": Flag(True), "proj_bias": Flag(False),
                "dt_min": Real(0.001), "dt_max": Real(0.1), "dt_limit_min": Real(0.0, low=0.0, open_low=False),
                "dt_limit_max": Real(None)}
@@ -94,7 +109,7 @@ class Mamba2(RecurrentMixer):
         super().__init__(cfg, layer)
         o = self.options
         self.d_state, self.d_conv, self.groups, self.chunk = o["d_state"], o["d_conv"], o["n_groups"], o["chunk"]
-        self.d_inner = o["expand"] * cfg.d_model
+        self.d_inner = o["expand"] * cfg.d_model if o["d_inner"] is None else o["d_inner"]
         self.head_dim = cfg.d_head if o["head_dim"] is None else o["head_dim"]
         self._check_widths()
         self.heads = self.d_inner // self.head_dim
@@ -105,7 +120,8 @@ class Mamba2(RecurrentMixer):
         self.dt_bias = nn.Parameter(torch.empty(self.heads))
         self.A_log = nn.Parameter(torch.empty(self.heads))
         self.D = nn.Parameter(torch.ones(self.heads))
-        self.norm_weight = nn.Parameter(torch.ones(self.d_inner))
+        self.norm = o["norm"]
+        self.norm_weight = nn.Parameter(torch.ones(self.d_inner)) if self.norm != "none" else None
         self.out_proj = nn.Linear(self.d_inner, cfg.d_model, bias=o["proj_bias"])
         self.method = "auto"
         self.init_special()
@@ -113,7 +129,7 @@ class Mamba2(RecurrentMixer):
     def _check_widths(self) -> None:
         o, di, p = self.options, self.d_inner, self.head_dim
         if not isinstance(p, int) or p < 1 or di % p:
-            raise ConfigError(f"mamba2 head_dim={p!r} must divide d_inner = expand * d_model = {di}; choose a "
+            raise ConfigError(f"mamba2 head_dim={p!r} must divide d_inner = {di} (expand * d_model, or the d_inner option); choose a "
                               f"head_dim dividing {di} (heads = d_inner / head_dim).")
         if (di // p) % self.groups:
             raise ConfigError(f"mamba2 n_groups={self.groups} must divide the number of heads {di // p} "
@@ -130,7 +146,8 @@ class Mamba2(RecurrentMixer):
         with torch.no_grad():
             self.A_log.copy_(torch.log(torch.arange(1, self.heads + 1, dtype=torch.float32)))
             self.D.fill_(1.0)
-            self.norm_weight.fill_(1.0)
+            if self.norm_weight is not None:
+                self.norm_weight.fill_(1.0)
             bound = 1.0 / math.sqrt(self.d_conv)  # nn.Conv1d's default for a depthwise conv
             self.conv_weight.uniform_(-bound, bound)
             if self.conv_bias is not None:
@@ -196,5 +213,11 @@ class Mamba2(RecurrentMixer):
             values["state"] = states
         y = apply_forcing("y", y, forcing)
         values["y"] = y.to(x.dtype)
-        normed = gated_rms_norm(y.flatten(2), values["output"], self.norm_weight, self.groups, self.cfg.norm_eps)
-        return Computation(self.out_proj(normed.to(x.dtype)), values, {"state": last, "state_conv": conv_last})
+        return Computation(self.project(y.flatten(2), values["output"]), values,
+                           {"state": last, "state_conv": conv_last})
+
+    def project(self, y: Tensor, gate: Tensor) -> Tensor:
+        """The mixer output ``W_out readout(y, gate)`` (module docstring) of ``y [b, T, d_inner]`` and the
+        gate ``silu(z) [b, T, d_inner]``, in the gate's dtype."""
+        normed = gated_rms_norm(y, gate, self.norm_weight, self.groups, self.cfg.norm_eps, self.norm)
+        return self.out_proj(normed.to(gate.dtype))

@@ -139,6 +139,10 @@ def test_unmapped_tensors_and_unsupported_configs_are_named():
     hf.model.layers[1].self_attn.register_buffer("extra", torch.zeros(3))
     with pytest.raises(CheckpointError, match="extra"):
         olmo_hybrid_from_hf(hf)
+    tied = hf_olmo_hybrid(tie_word_embeddings=True)
+    tied.lm_head.weight = torch.nn.Parameter(tied.lm_head.weight.detach() + 1)
+    with pytest.raises(CheckpointError, match="ties the embeddings"):
+        olmo_hybrid_from_hf(tied)
     with pytest.raises(ConfigError, match="hidden_act"):
         olmo_hybrid_from_hf(hf_olmo_hybrid(hidden_act="gelu"))
     with pytest.raises(ConfigError, match="rope_type"):

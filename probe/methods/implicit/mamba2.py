@@ -10,7 +10,8 @@ one scalar per (head, t, s), shared by the head's ``P`` channels. The ``D`` skip
 current input and is kept apart (``skip``; ``ImplicitAttention.with_skip()`` puts it on the
 diagonal), as for Mamba. Values: ``x`` (the conv output,
 ``hook_input``); read from ``hook_dt``, ``hook_B``, ``hook_C`` and the parameters ``A_log``, ``D``;
-signal: ``hook_y``; output: ``out_proj(gated_rms_norm(y, silu(z)))`` with the gate from ``hook_output``.
+signal: ``hook_y``; output: ``out_proj(readout(y, silu(z)))`` (the mixer's ``project``: gated RMSNorm, or its
+``norm`` option) with the gate from ``hook_output``.
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import torch
 
 from probe.methods.implicit.registry import register
 from probe.methods.implicit.base import ImplicitAttention
-from probe.mixers.mamba2 import gated_rms_norm
 from probe.ops.ssd import expand_groups, segment_sums
 
 
@@ -39,8 +39,7 @@ def build(model, layer, hooks, x) -> ImplicitAttention:
     D = mixer.D.detach().to(u.dtype)  # [H]
 
     def project(y):
-        normed = gated_rms_norm(y.flatten(2), gate, mixer.norm_weight, mixer.groups, mixer.cfg.norm_eps)
-        return mixer.out_proj(normed.to(y.dtype))
+        return mixer.project(y.flatten(2), gate.to(y.dtype))
 
     return ImplicitAttention(M, u, "bhts,bshp->bthp", hooks["y"], project, "head", "x (conv output)",
                              "y_t = sum_s (C_t . B_s) exp(A sum dt) dt_s x_s + D x_t (D skip apart)",
