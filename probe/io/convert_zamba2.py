@@ -26,8 +26,8 @@ transformers ties the shared weights of every hybrid layer of block ``j`` to its
 copy must equal the first (a :class:`~probe.errors.CheckpointError` names one that differs) and is
 held once. Every source tensor must be used. Options carried over: the Mamba-2 widths
 (``mamba_d_state``, ``mamba_d_conv``, ``mamba_expand``, ``mamba_headdim``, ``mamba_ngroups``,
-``chunk_size``, ``use_conv_bias``, ``add_bias_linear`` on in/out_proj, ``time_step_min`` as the dt
-clamp of the chunked forward); the shared attention's heads (``num_attention_heads`` of
+``chunk_size``, ``use_conv_bias``, ``time_step_min`` as the dt clamp: transformers' one-token decode
+step skips it, as for Mamba-2); the shared attention's heads (``num_attention_heads`` of
 ``2 hidden_size / num_attention_heads``, ``num_key_value_heads``), its scale ``1 / sqrt(d_head / 2)``,
 RoPE when ``use_mem_rope`` (``rope_theta``; ``positional="rope"``), ``intermediate_size``, the MLP's
 activation (gated: ``gelu`` -> ``geglu``), ``adapter_rank`` and ``use_shared_attention_adapter``.
@@ -100,7 +100,7 @@ def zamba2_config_from_hf(c: Any) -> ModelConfig:
         mixer_options={"mamba2": {
             "d_state": int(c.mamba_d_state), "d_conv": int(c.mamba_d_conv), "expand": int(c.mamba_expand),
             "head_dim": int(c.mamba_expand * d) // int(c.n_mamba_heads), "n_groups": int(c.mamba_ngroups),
-            "chunk": int(c.chunk_size), "conv_bias": bool(c.use_conv_bias), "proj_bias": bool(c.add_bias_linear),
+            "chunk": int(c.chunk_size), "conv_bias": bool(c.use_conv_bias),
             "dt_limit_min": float(c.time_step_min)}},
         shared_layout=shared_layout,
         shared_options={"n_heads": int(c.num_attention_heads), "n_kv_heads": int(c.num_key_value_heads),
@@ -116,9 +116,7 @@ def _mamba_weights(cfg: ModelConfig, sd: dict, src: str, i: int) -> Mapping:
     get = lambda name: (name, take(sd, name, ARCH))
     dst = f"blocks.{i}.mixer."
     w: Mapping = {f"blocks.{i}.ln1.w": get(src + "input_layernorm.weight")}
-    names = list(MAMBA_TENSORS) + (["in_proj.bias", "out_proj.bias"] if cfg.mixer_options["mamba2"]["proj_bias"]
-                                   else [])
-    for name in names:
+    for name in MAMBA_TENSORS:
         w[dst + name] = get(src + "mamba." + name)
     w[dst + "norm_weight"] = get(src + "mamba.norm.weight")
     conv = take(sd, src + "mamba.conv1d.weight", ARCH)
