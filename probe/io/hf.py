@@ -24,6 +24,8 @@ model_type         transformers class                     converter
 ``mamba2``         ``Mamba2ForCausalLM`` (Mamba-2 / SSD)   :mod:`probe.io.convert_mamba2`
 ``olmo_hybrid``    ``OlmoHybridForCausalLM`` (Gated        :mod:`probe.io.convert_olmo_hybrid`
                    DeltaNet + post-norm attention)
+``kimi_linear``    ``KimiLinearForCausalLM`` (Kimi Delta   :mod:`probe.io.convert_kimi_linear`
+                   Attention + latent attention, MoE)
 ``zamba2``         ``Zamba2ForCausalLM`` (Mamba-2 + shared :mod:`probe.io.convert_zamba2`
                    attention blocks, probe.shared_block)
 ``bamba``          ``BambaForCausalLM`` (Mamba-2 +        :mod:`probe.io.convert_bamba`
@@ -107,6 +109,11 @@ def _falcon_h1(model, **kw):
     return falcon_h1_from_hf(model, **kw)
 
 
+def _kimi_linear(model, **kw):
+    from probe.io.convert_kimi_linear import kimi_linear_from_hf
+    return kimi_linear_from_hf(model, **kw)
+
+
 def _recurrent_gemma(model, **kw):
     from probe.io.convert_recurrentgemma import recurrentgemma_from_hf
     return recurrentgemma_from_hf(model, **kw)
@@ -128,6 +135,8 @@ SUPPORTED += ("BambaForCausalLM (bamba: Mamba-2 + attention layers)",)
 SUPPORTED += ("Qwen3NextForCausalLM (qwen3_next, Gated DeltaNet layers only)",)
 CONVERTERS["olmo_hybrid"] = _olmo_hybrid
 SUPPORTED += ("OlmoHybridForCausalLM (olmo_hybrid: Gated DeltaNet + post-norm attention layers)",)
+CONVERTERS["kimi_linear"] = _kimi_linear
+SUPPORTED += ("KimiLinearForCausalLM (kimi_linear: Kimi Delta Attention + latent attention, MoE MLPs)",)
 CONVERTERS["falcon_h1"] = _falcon_h1
 SUPPORTED += ("FalconH1ForCausalLM (falcon_h1: attention and Mamba-2 side by side in every layer)",)
 
