@@ -18,7 +18,7 @@ mixer's fixed-size state. Edits to ``hook_k`` / ``hook_v`` at position t change 
 read of position t, the attention analogue of a state edit: ``hook_k`` / ``hook_v`` at t are the
 cache entry written at t (``hook_k`` before RoPE, which depends on the position only).
 
-Hooks, in the order they fire:
+Hooks, in the order they fire (TransformerLens's names: ``hook_z`` is what ``W_O`` reads, as there):
 
 * ``hook_q`` ``[batch, pos, H, d]``, ``hook_k``, ``hook_v`` ``[batch, pos, H_kv, d]``: the query, key and
   value each head reads, *after* the q / k norm and before RoPE. With a q / k norm, the norm's own
@@ -39,7 +39,7 @@ Options (defaults give plain multi-head attention):
   by the heads (Qwen3); ``"head_offset"``: the same with gain ``1 + w`` (Qwen3-Next, Gemma 3);
   ``"projection"``: RMSNorm over the whole projection (all heads' channels) before the head split, weights
   ``[H d]`` for q and ``[H_kv d]`` for k (OLMo-2, OLMo hybrid). ``qk_norm_eps`` (``None``: the model's
-  ``norm_eps``).
+  ``norm_eps``; read only with a q / k norm).
 * ``rotary_fraction`` (1.0): the first ``int(fraction * d)`` channels of each head rotate (rounded down
   to an even count), the rest pass; transformers' ``partial_rotary_factor`` (Bamba 0.5, Qwen3-Next 0.25).
 * ``output_gate`` (False): ``W_G`` (``[H d, d_model]``), transformers' gate half of Qwen3-Next's
