@@ -142,6 +142,10 @@ def test_from_hf_loads_a_saved_folder_and_probe_saves_it_back(tmp_path):
 def test_bad_config_and_checkpoints_are_named():
     with pytest.raises(ConfigError, match="rms_norm_eps"):
         zamba2_from_hf(hf_zamba2(rms_norm_eps=1e-6))
+    with pytest.raises(ConfigError, match="add_bias_linear"):
+        zamba2_from_hf(hf_zamba2(add_bias_linear=True))
+    with pytest.raises(ConfigError, match="hidden_act='relu'"):
+        zamba2_from_hf(hf_zamba2(hidden_act="relu"))
     with pytest.raises(ConfigError, match="no hybrid layer"):
         zamba2_from_hf(hf_zamba2(layers_block_type=["mamba"] * 6))
     hf = hf_zamba2()
