@@ -1,6 +1,7 @@
 r"""The carried memory of a whole model, for running in segments and generating.
 
-``ModelState.layers[i]`` is block i's ``{"mixer": {...}, "mlp": {...}}`` with tensors
+``ModelState.layers[i]`` is block i's ``{"mixer": {...}, "mlp": {...}}`` (parallel mixers: one entry per
+part, ``"mixer.attn"``, ``"mixer.mamba2"``: the module path in the block) with tensors
 ``[batch, ...]`` keyed by hook suffix (``"state"``, ``"state_conv"``, ...; attention:
 ``"k"``, ``"v"``); ``position`` counts the tokens consumed so far (for positional
 embeddings and context limits).
