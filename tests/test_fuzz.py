@@ -809,7 +809,8 @@ VALID_OPTIONS = {
     "gdn": {"n_k_heads": 2, "n_v_heads": 4, "d_k": 8, "d_v": 8, "d_conv": 2, "norm_eps": 1e-5, "chunk": 4},
     "kda": {"n_k_heads": 2, "n_v_heads": 4, "d_k": 8, "d_v": 8, "d_conv": 2, "norm_eps": 1e-5, "chunk": 4,
             "allow_neg_eigval": True, "gate_bias": True},
-    "rwkv7": {"d_head": 16, "d_value": 16, "d_decay_lora": 8, "d_a_lora": 8, "d_gate_lora": 8, "norm_eps": 1e-3},
+    "rwkv7": {"d_head": 16, "d_value": 16, "d_decay_lora": 8, "d_a_lora": 8, "d_gate_lora": 8, "d_value_lora": 8,
+              "value_residual": False, "norm_eps": 1e-3},
 }
 
 
