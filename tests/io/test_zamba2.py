@@ -113,7 +113,7 @@ def test_hooks_of_each_use_follow_transformers_shared_transformer():
 
 def test_generation_matches_transformers_greedy():
     hf = hf_zamba2(seed=1)
-    model = zamba2_from_hf(hf)
+    model = probe.from_hf(hf)  # dispatched on model_type "zamba2"
     prompt = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(1))
     ours = model.generate(prompt, max_new_tokens=8, return_type="tokens")
     with warnings.catch_warnings():
