@@ -35,6 +35,13 @@ value states (k after ``key_multiplier``), ``mixer.hook_attn_out`` its output af
 multiplier, ``hook_logits`` the lm-head multiplier (tied: so does ``ln_final.hook_normalized``). What
 no hook shows is the unscaled projection (transformers' ``in_proj(x)`` before ``mup_vector``).
 
+TransformerLens 4 (``FalconH1ArchitectureAdapter``, which runs transformers' forward unfolded) names
+the parts ``blocks.i.attn.*`` and ``blocks.i.mamba.*``: its ``mamba.hook_ssm_state`` is
+``blocks.i.mixer.mamba2.hook_state`` here (TL's an after-the-scan readout, ours an edit that
+propagates); its ``attn.hook_out`` / ``mamba.hook_out`` are ``mixer.hook_attn_out`` /
+``mixer.hook_mamba2_out`` divided by ``attention_out_multiplier`` / ``ssm_out_multiplier``; its
+``hook_resid_mid`` / ``ln1`` / ``ln2`` / ``mlp`` are the same as ours.
+
 Mapping (``i`` the layer, ``s = model.layers.i.``, ``b = blocks.i.``)::
 
     model.embed_tokens.weight                         -> W_E

@@ -41,9 +41,10 @@ def _hf_run(hf, toks, **kw):
         return hf(toks, **kw)
 
 
-VARIANTS = {  # the three Mamba-2 readouts before out_proj, and biases / tied embeddings / a dt clamp
+VARIANTS = {  # the three Mamba-2 readouts before out_proj; a head_dim of its own (the released checkpoints
+    # set one); biases / tied embeddings / a dt clamp
     "no_norm": {"mamba_rms_norm": False},
-    "norm_before_gate": {"mamba_rms_norm": True, "mamba_norm_before_gate": True},
+    "norm_before_gate_head_dim": {"mamba_rms_norm": True, "mamba_norm_before_gate": True, "head_dim": 16},
     "gated_norm_bias_tied": {"mamba_rms_norm": True, "mamba_norm_before_gate": False, "mamba_proj_bias": True,
                              "projectors_bias": True, "attention_bias": True, "mamba_conv_bias": False,
                              "tie_word_embeddings": True, "time_step_limit": (0.0, 0.05), "mamba_n_groups": 1},
@@ -64,7 +65,7 @@ def test_logits_and_final_states_match_transformers(variant):
     assert (ours - ref.logits).abs().max() < 1e-4, (ours - ref.logits).abs().max()
     for i, layer in enumerate(ref.cache.layers):
         attn, ssm = states.layers[i]["mixer.attn"], states.layers[i]["mixer.mamba2"]
-        assert attn["k"].shape == (2, 20, 2, 8) and ssm["state"].shape == (2, 6, 8, 8)
+        assert attn["k"].shape == (2, 20, 2, getattr(hf.config, "head_dim", 8)) and ssm["state"].shape == (2, 6, 8, 8)
         # transformers: keys / values [b, kv heads, P, d_head] (rotated, k after key_multiplier)
         torch.testing.assert_close(attn["k"], layer.keys.transpose(1, 2), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(attn["v"], layer.values.transpose(1, 2), rtol=1e-5, atol=1e-5)
