@@ -33,7 +33,7 @@ from probe.mixers.parallel import part_names
 from probe.shared_block import check_shared_layout
 
 NORMS = ("rmsnorm", "layernorm")
-MLPS = ("gelu", "gelu_tanh", "swiglu", "geglu", "relu", "none")
+MLPS = ("gelu", "gelu_tanh", "swiglu", "geglu", "relu", "moe", "none")
 POSITIONALS = ("rope", "learned", "none")
 NORM_PLACEMENTS = ("pre", "post")
 
@@ -52,7 +52,8 @@ class ModelConfig:
         n_heads: heads of attention (and of multi-head recurrent mixers).
         d_head: per-head width; defaults to ``d_model // n_heads``.
         d_mlp: hidden width of the MLP after each mixer; ``0`` removes the MLP.
-        mlp: MLP kind, one of ``gelu``, ``gelu_tanh``, ``swiglu``, ``geglu``, ``relu``, ``none``.
+        mlp: MLP kind, one of ``gelu``, ``gelu_tanh``, ``swiglu``, ``geglu``, ``relu``, ``moe`` (mixture of
+            experts, options in ``mixer_options["moe"]``), ``none``.
         mlp_layout: optional per-layer MLP kind (overrides ``mlp`` and a mixer's
             preferred MLP, e.g. RWKV's channel mixing).
         norm: ``rmsnorm`` or ``layernorm``; ``norm_eps`` its epsilon.

@@ -216,3 +216,10 @@ def test_integrated_gradients_are_complete_when_no_routing_switch_can_happen():
     assert model.blocks[1].mlp.continuous and not make_model("hybrid_jamba").blocks[1].mlp.continuous
     res = integrated_gradients(model, tokens(2, 10), steps=64, chunk=64)
     assert res.completeness_error.max().item() < 1e-3 and bool(res.converged.all())
+
+
+def test_every_layer_takes_moe_from_the_config_mlp():
+    model = probe.HookedLM(probe.ModelConfig(d_model=D, layout=["mamba", "attn"], mlp="moe", d_mlp=16,
+                                             mixer_options={"moe": {"n_experts": 4, "top_k": 1}}))
+    assert model.cfg.mlp_layout == ["moe", "moe"]
+    assert all(isinstance(b.mlp, MixtureOfExperts) and b.mlp.d_expert == 16 for b in model.blocks)
