@@ -88,6 +88,9 @@ def check_shared_layout(cfg) -> None:
     usable shared blocks (one entry per layer, block indices ``0 .. n - 1`` each used, widths
     that divide into heads)."""
     layout = cfg.shared_layout
+    if not isinstance(cfg.shared_options, dict):
+        raise ConfigError(f"shared_options must be a dict of options, e.g. {{'adapter_rank': 128}}; got "
+                          f"{type(cfg.shared_options).__name__}.")
     if layout is None:
         if cfg.shared_options:
             raise ConfigError("shared_options is given but no layer uses a shared block; set shared_layout "
@@ -106,8 +109,6 @@ def check_shared_layout(cfg) -> None:
     if used != list(range(len(used))):
         raise ConfigError(f"shared_layout uses blocks {used}: number the shared blocks 0 .. n-1 with every one "
                           "used (an unused block would hold weights nothing reads).")
-    if not isinstance(cfg.shared_options, dict):
-        raise ConfigError(f"shared_options must be a dict of options, got {type(cfg.shared_options).__name__}.")
     o = shared_options(cfg)
     width = 2 * cfg.d_model
     if width % o["n_heads"]:

@@ -899,6 +899,10 @@ FIELD_ERRORS = [
     ("name", 3, "name must be a string, got 3 \\(int\\)"),
     ("embed_scale", "2", "embed_scale must be a finite number > 0, got '2'"),
     ("embed_scale", float("nan"), "embed_scale must be a finite number > 0, got nan"),
+    ("shared_layout", "0", "shared_layout needs one entry per layer \\(2\\)"),
+    ("shared_layout", [0, 1.0], "shared_layout entries are shared-block indices \\(integers >= 0\\) or None, got 1.0"),
+    ("shared_options", [("n_heads", 2)], "shared_options must be a dict of options"),
+    ("shared_options", {"adapter_rank": 4}, "shared_options is given but no layer uses a shared block"),
 ]
 
 #: (field, a valid non-default value, check of its effect on the built model)
@@ -925,13 +929,18 @@ FIELD_WORKS = [
     ("default_prepend_bos", False, lambda m: m.to_tokens("ab").tolist() == [[97, 98]]),
     ("name", "fuzzed", lambda m: m.cfg.name == "fuzzed"),
     ("embed_scale", 2.0, lambda m: m.cfg.embed_scale == 2.0),
+    ("shared_layout", [None, 0], lambda m: m.blocks[0].shared is None and m.blocks[1].shared.block is m.shared_blocks[0]),
+    ("shared_options", {"adapter_rank": 4}, lambda m: m.blocks[1].shared.adapter_gate_up.down.weight.shape == (4, 32)),
 ]
+
+#: other fields a FIELD_WORKS value needs beside it (shared_options act only on layers that use a shared block)
+FIELD_CONTEXT = {"shared_options": {"shared_layout": [None, 0]}}
 
 
 def field_cases() -> list[Case]:
     cases = [C("fields", f"{field} = {value!r}", _with(**{field: value}), E, regex)
              for field, value, regex in FIELD_ERRORS]
-    cases += [W("fields", f"{field} = {value!r} (valid)", _with(**{field: value}),
+    cases += [W("fields", f"{field} = {value!r} (valid)", _with(**{field: value}, **FIELD_CONTEXT.get(field, {})),
                 lambda m, e, check=check: check(m) and _runs(m)) for field, value, check in FIELD_WORKS]
     return cases
 
