@@ -19,6 +19,17 @@ from torch import Tensor
 from probe.errors import InputError
 
 
+#: the entry that marks a state part as a KV cache (its dimension 1 counts the cached positions):
+#: attention's keys, multi-head latent attention's latents (:mod:`probe.mixers.mla`)
+CACHE_ENTRIES = ("k", "kv_latent")
+
+
+def _cache_length(part: dict) -> int | None:
+    """The number of cached positions of a state part that is a KV cache, else ``None``."""
+    key = next((k for k in CACHE_ENTRIES if k in part), None)
+    return None if key is None else part[key].shape[1]
+
+
 @dataclass
 class ModelState:
     """The memory of every layer after the tokens read so far: what a continuation starts from.
@@ -77,14 +88,15 @@ class ModelState:
 
     def kv_length(self) -> int:
         """Number of cached positions in the longest attention KV cache (0 without attention)."""
-        return max((part["k"].shape[1] for layer in self.layers for part in layer.values() if "k" in part), default=0)
+        lengths = (_cache_length(part) for layer in self.layers for part in layer.values())
+        return max((n for n in lengths if n is not None), default=0)
 
     def keep_last(self, window: int) -> "ModelState":
         """The state with every attention KV cache cut to its last ``window`` positions (a sliding
         window); recurrent states are unchanged. ``position`` keeps counting absolute tokens."""
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise InputError(f"keep_last needs a window of at least 1 position, got {window!r}.")
-        layers = [{part: ({k: v[:, -window:] for k, v in d.items()} if "k" in d else dict(d))
+        layers = [{part: ({k: v[:, -window:] for k, v in d.items()} if _cache_length(d) is not None else dict(d))
                    for part, d in layer.items()} for layer in self.layers]
         return ModelState(layers, self.position)
 

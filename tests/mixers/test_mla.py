@@ -1,12 +1,12 @@
 """Multi-head latent attention: parity with transformers' Kimi Linear attention (NoPE; full-rank and
 low-rank queries) and DeepSeek-V3's (RoPE on the rotary parts): output, the latent cache after a
 prefix equal to transformers' cache, a one-token decode from it; the pattern and the decompressed
-values reproduce the output; a malformed cache is refused."""
+values reproduce the output; a malformed cache is refused; a sliding window trims the latent cache."""
 import pytest
 import torch
 
 import probe
-from conftest import randomise
+from conftest import make_model, randomise, tokens
 from probe.errors import InputError
 
 transformers = pytest.importorskip("transformers")
@@ -122,3 +122,16 @@ def test_malformed_cache_is_refused():
         mixer(x, {"k": state["kv_latent"], "v": state["k_rot"]})
     with pytest.raises(InputError, match="same P"):
         mixer(x, {"kv_latent": state["kv_latent"], "k_rot": state["k_rot"][:, :2]})
+
+
+def test_sliding_window_trims_the_latent_cache():
+    """ModelState.kv_length counts the latent cache's positions and keep_last cuts it (long_context's
+    sliding window), as for attention's keys and values."""
+    model = make_model("mla")
+    _, states = model(tokens(1, 10), return_states=True)
+    assert states.kv_length() == 10
+    kept = states.keep_last(4)
+    assert kept.kv_length() == 4 and kept.position == 10
+    for layer, before in zip(kept.layers, states.layers):
+        assert torch.equal(layer["mixer"]["kv_latent"], before["mixer"]["kv_latent"][:, -4:])
+        assert torch.equal(layer["mixer"]["k_rot"], before["mixer"]["k_rot"][:, -4:])
