@@ -23,7 +23,7 @@ contraction for short ones and training batches) plus the free response of the c
 state, and generation and long training inputs use the recurrence
 (:meth:`probe.ops.lti.LTIMemory.resolve` picks; all forms are tested equal). No form holds more than
 about one copy of the layer's outputs plus its states at once (the FFT runs a block of channels at
-a time, the Toeplitz form within chunks of 64 positions). Editing ``hook_state``
+a time, the Toeplitz form within chunks of up to 256 positions). Editing ``hook_state``
 at some positions restarts the parallel form from each edited state, so edits propagate
 exactly.
 

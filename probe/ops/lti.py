@@ -13,8 +13,8 @@ so every state comes out of one causal convolution plus the free response of the
 state. :class:`LTIMemory` evaluates it three ways, all tested equal:
 
 * ``"recurrent"``: the recurrence one step at a time (generation, very short inputs).
-* ``"direct"``: the convolution as a Toeplitz contraction within chunks of ``DIRECT_CHUNK`` positions,
-  the state carried across chunks (``T L q c`` work; short inputs and training).
+* ``"direct"``: the convolution as a Toeplitz contraction within chunks of up to ``DIRECT_CHUNK``
+  positions, the state carried across chunks (``T L q c`` work; short inputs and training).
 * ``"fft"``: the convolution by real FFT (``T log T``; long inputs), a block of channels at a time.
 
 No form builds an intermediate more than a few times its ``[b, T, c, q]`` states (or, for
@@ -47,8 +47,9 @@ DIRECT_UNTIL = 32
 TRAIN_DIRECT_UNTIL = 256
 FFT_MAX_BATCH = 4
 FFT_BATCHED_UNTIL = 256
-#: positions per chunk of the Toeplitz form (:meth:`LTIMemory._convolve_chunked`)
-DIRECT_CHUNK = 64
+#: positions per chunk of the Toeplitz form (:meth:`LTIMemory._convolve_chunked`): at most the
+#: longest input "auto" sends to it, so those run as one Toeplitz contraction
+DIRECT_CHUNK = TRAIN_DIRECT_UNTIL
 
 
 def zoh(A: Tensor, B: Tensor, dt: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -136,7 +137,8 @@ class LTIMemory:
         return out
 
     def _convolve_chunked(self, u: Tensor) -> Tensor:
-        """The Toeplitz form within chunks of ``L = DIRECT_CHUNK`` positions, the state carried across them.
+        """The Toeplitz form within chunks of ``L`` positions, the state carried across them (``L`` is
+        ``DIRECT_CHUNK``, less where the ``[L, L, q]`` filter would outgrow the ``[b, T, c, q]`` states).
 
         Chunk ``j`` (positions ``jL .. jL + L - 1``) starts from the state ``e_{j-1}`` the earlier chunks
         leave: its states are ``sum_{s <= l} H_{l-s} u_{jL+s} + Abar^{l+1} e_{j-1}``, and
@@ -144,7 +146,7 @@ class LTIMemory:
         chunk). Work ``b T L c q``; intermediates a few times the ``[b, T, c, q]`` result.
         """
         b, T, c = u.shape
-        L = max(1, min(DIRECT_CHUNK, T))
+        L = max(1, min(DIRECT_CHUNK, T, math.isqrt(b * T * c)))  # the [L, L, q] filter within the states' size
         n = math.ceil(T / L)
         chunks = torch.nn.functional.pad(u, (0, 0, 0, n * L - T)).view(b, n, L, c)
         H = self.impulse_response(L, u)
@@ -191,15 +193,15 @@ class LTIMemory:
 
         ``y_t[d] = sum_{c, i} W[d, c, i] (sum_s H_{t-s} u_s)[c, i]`` for ``u [b, T, c]`` and
         ``W [d, c, q]`` -> ``[b, T, d]``: the states of one channel block at a time
-        (:meth:`_fft_blocks`, each block's transforms within the size of the output ``b T d``), read out
-        and summed into the output, so the ``[b, T, c, q]`` states never exist at once (what a forward
-        pass that hooks no state needs). The readout costs ``b T c q d`` multiply-adds, as reading
+        (:meth:`_fft_blocks`, each block's transforms within the size of the output and the states,
+        ``b T (d + c q)``), read out and summed into the output, so the ``[b, T, c, q]`` states never
+        exist at once (what a forward pass that hooks no state needs). The readout costs ``b T c q d`` multiply-adds, as reading
         materialised states would.
         """
         b, T, c = u.shape
         d = W.shape[0]
         out = None
-        for block, part in self._fft_blocks(u, b * T * d):
+        for block, part in self._fft_blocks(u, b * T * (d + c * self.order)):
             read = part.flatten(2) @ W[:, block].reshape(d, -1).to(part.dtype).T
             out = read if out is None else out.add_(read)
         return out.to(u.dtype)
