@@ -124,16 +124,13 @@ def test_router_hooks_show_transformers_routing():
 
 @pytest.mark.numerical
 def test_from_hf_dispatches_objects_and_loads_a_saved_folder(tmp_path):
-    from hub_folder import save_tokenizer
-
     hf = hf_kimi_linear(seed=4)
-    hf.save_pretrained(tmp_path)
-    save_tokenizer(tmp_path, 100)
+    hf.save_pretrained(tmp_path)  # with a tokenizer beside it: tests/io/test_hub_folders.py
     toks = _toks(15, seed=4, batch=1)
     with torch.no_grad():
         ref = hf(toks).logits
     for source in (hf, str(tmp_path)):
-        model = probe.from_hf(source)
+        model = probe.from_hf(source, tokenizer="byte")
         assert model.cfg.layout == ["kda", "mla", "kda"]
         with torch.no_grad():
             assert float((model(toks) - ref).abs().max()) <= 1e-4
