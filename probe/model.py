@@ -7,7 +7,9 @@ A subclass of TransformerLens's ``HookedRootModule``: ``run_with_hooks``,
 Model-level hooks: ``hook_embed`` ``[batch, pos, d_model]``, ``hook_pos_embed`` (learned
 positions), ``ln_final.hook_scale`` / ``ln_final.hook_normalized``, ``hook_logits``
 ``[batch, pos, vocab]``; block and mixer hooks are listed in :mod:`probe.block` and in each
-mixer's docstring.
+mixer's docstring. Shared blocks (``cfg.shared_layout``, Zamba2) hold their weights once at
+``shared_blocks.{j}``; each layer that reads one has its hooks at ``blocks.{i}.shared.hook_*``
+(:mod:`probe.shared_block`).
 
 Example::
 

@@ -36,6 +36,7 @@ HYBRIDS = {
     "hybrid_olmo": ["gdn", "attn"],
     "hybrid_bamba": ["mamba2", "attn"],
     "hybrid_kimi": ["kda", "mla"],
+    "hybrid_qwen3_next": ["gdn", "attn"],
 }
 
 #: config fields a hybrid needs beyond its layout (``mixer_options`` merged over ``TEST_OPTIONS``)
@@ -67,6 +68,15 @@ HYBRID_CONFIGS = {
                                       "moe": {"n_experts": 4, "top_k": 2, "d_expert": 16, "router": "sigmoid",
                                               "selection_bias": True, "n_group": 2, "topk_group": 1,
                                               "renormalize": True, "routed_scaling_factor": 2.5, "d_shared": 16}}},
+    # Qwen3-Next: Gated DeltaNet (grouped value heads) and gated attention (zero-centred q / k norms, a quarter
+    # of each 16-wide head rotated, sigmoid output gate), softmax-routed MoE with a gated shared expert
+    # (probe.io.convert_qwen3_next)
+    "hybrid_qwen3_next": {"mlp": "swiglu", "mlp_layout": ["moe", "swiglu"], "d_head": 16,
+                          "mixer_options": {"gdn": {"n_k_heads": 2, "n_v_heads": 4, "d_k": 8, "d_v": 4},
+                                            "attn": {"n_kv_heads": 2, "qk_norm": "head_offset",
+                                                     "rotary_fraction": 0.25, "output_gate": True},
+                                            "moe": {"n_experts": 4, "top_k": 2, "d_expert": 16, "renormalize": True,
+                                                    "d_shared": 16, "shared_gate": True}}},
 }
 
 

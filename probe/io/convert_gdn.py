@@ -1,59 +1,39 @@
-r"""Import the Gated DeltaNet layers of transformers' ``Qwen3NextForCausalLM`` into probe.
+r"""Import the delta-rule layers of transformers: Qwen3-Next's Gated DeltaNet and Kimi Linear's Kimi
+Delta Attention, one layer at a time or for a whole-model converter.
 
-Two entry points:
+* :func:`gdn_mixer_from_hf`: one ``Qwen3NextGatedDeltaNet`` (``model.layers[i].linear_attn``) -> a
+  ``gdn`` mixer (:class:`probe.mixers.gdn.GatedDeltaNet`); :func:`mixer_options` and
+  :func:`mixer_weights` serve :mod:`probe.io.convert_qwen3_next`.
+* :func:`kda_mixer_from_hf`: one ``KimiLinearDeltaAttention`` (``model.layers[i].self_attn`` of a
+  ``"linear_attention"`` layer) -> a ``kda`` mixer (:class:`probe.mixers.gdn.KimiDeltaAttention`);
+  :func:`kda_mixer_options` and :func:`kda_mixer_weights` serve a whole Kimi Linear converter.
 
-* :func:`gdn_mixer_from_hf`: one ``Qwen3NextGatedDeltaNet`` module -> a :class:`probe.mixers.gdn.GatedDeltaNet`
-  with the same output and the same final recurrent / conv state (any Qwen3-Next checkpoint,
-  MoE and attention layers included, can be studied layer by layer this way).
-* :func:`qwen3_next_from_hf`: a whole model -> :class:`probe.HookedLM`, for the Qwen3-Next models
-  probe can express today: every layer ``"linear_attention"`` and every MLP dense SwiGLU
-  (``num_experts = 0``, or every layer in ``mlp_only_layers``). A checkpoint with Qwen3-Next's gated
-  full attention (output-gated, q/k-normed, partial rotary) or with mixture-of-experts MLPs is
-  refused with a :class:`~probe.errors.ConfigError` naming the layer: probe has neither block yet.
+Each mixer's output equals the module's and its final state the module's cache; mixers come back in
+float32 and eval mode.
 
-And one for Kimi Linear's Kimi Delta Attention layers (the whole Kimi Linear model is
-:mod:`probe.io.convert_kimi_linear`'s):
+Gated DeltaNet mapping (``src = model.layers.i.linear_attn.``, ``r = Hv / Hk``)::
 
-* :func:`kda_mixer_from_hf`: one ``KimiLinearDeltaAttention`` -> a ``kda`` mixer
-  (:class:`probe.mixers.gdn.KimiDeltaAttention`); :func:`kda_mixer_options` and
-  :func:`kda_mixer_weights` give a whole-model converter its options and tensors::
+    src in_proj_qkvz.weight   -> mixer.{q,k,v,z}_proj   (rows grouped per key head as
+                                 [q (K) | k (K) | v (r V) | z (r V)]: de-interleaved)
+    src in_proj_ba.weight     -> mixer.{b,a}_proj       (per key head [b (r) | a (r)])
+    src conv1d.weight         -> mixer.conv_weight      ([C, 1, k] -> [C, k]; channels [q | k | v])
+    src A_log, dt_bias        -> mixer.A_log, dt_bias
+    src norm.weight           -> mixer.norm.w           (the gated norm multiplies by w itself)
+    src out_proj.weight       -> mixer.out_proj.weight
 
-      src = model.layers.i.self_attn.
-      src {q,k,v,b,g_a,g_b}_proj.weight         -> mixer.{q,k,v,b,g_a,g_b}_proj.weight
-      src forget_gate.{f_a_proj,f_b_proj}.weight -> mixer.{f_a_proj,f_b_proj}.weight
-      src forget_gate.dt_bias, A_log [1,1,H,1]   -> mixer.dt_bias, A_log [H]
-      src conv1d.weight [C, 1, k]                -> mixer.conv_weight [C, k]   (channels [q | k | v])
-      src o_norm.weight, o_proj.weight           -> mixer.norm.w, mixer.out_proj.weight
+Kimi Delta Attention mapping (``src = model.layers.i.self_attn.``)::
 
-The block is ``h + mixer(RMSNorm(h))``, ``h + MLP(RMSNorm(h))``; Qwen3-Next's RMSNorm multiplies
-by ``1 + w`` (zero-initialised ``w``), probe's by ``w``, so norm weights map as ``1 + w``. The
-gated norm inside the mixer multiplies by ``w`` itself. Weight mapping (``i`` the layer,
-``src = model.layers.i.linear_attn.``, ``r = Hv / Hk``)::
+    src {q,k,v,b,g_a,g_b}_proj.weight          -> mixer.{q,k,v,b,g_a,g_b}_proj.weight
+    src forget_gate.{f_a_proj,f_b_proj}.weight -> mixer.{f_a_proj,f_b_proj}.weight
+    src forget_gate.dt_bias, A_log [1,1,H,1]   -> mixer.dt_bias, A_log [H]
+    src conv1d.weight [C, 1, k]                -> mixer.conv_weight [C, k]   (channels [q | k | v])
+    src o_norm.weight, o_proj.weight           -> mixer.norm.w, mixer.out_proj.weight
 
-    model.embed_tokens.weight                 -> W_E
-    model.layers.i.input_layernorm.weight     -> blocks.i.ln1.w            (1 + w)
-    src in_proj_qkvz.weight                   -> mixer.{q,k,v,z}_proj      (rows grouped per key head as
-                                                 [q (K) | k (K) | v (r V) | z (r V)]: de-interleaved)
-    src in_proj_ba.weight                     -> mixer.{b,a}_proj          (per key head [b (r) | a (r)])
-    src conv1d.weight                         -> mixer.conv_weight         ([C, 1, k] -> [C, k]; channels [q | k | v])
-    src A_log, dt_bias                        -> mixer.A_log, dt_bias
-    src norm.weight                           -> mixer.norm.w
-    src out_proj.weight                       -> mixer.out_proj.weight
-    model.layers.i.post_attention_layernorm   -> blocks.i.ln2.w            (1 + w)
-    model.layers.i.mlp.{up,gate,down}_proj    -> blocks.i.mlp.{W_in,W_gate,W_out}   (MLP kind swiglu)
-    model.norm.weight                         -> ln_final.w                (1 + w)
-    lm_head.weight                            -> W_U (transposed; or tied to W_E)
+Every source tensor of a layer must be used: an unmapped weight is a :class:`~probe.errors.CheckpointError`.
 
-Every source tensor must be used: an unmapped weight is a :class:`~probe.errors.CheckpointError`.
-
-States: probe's ``state`` is transformers' ``cache.layers[i].recurrent_states[0]``
+States (both): probe's ``state`` is transformers' ``cache.layers[i].recurrent_states[0]``
 ``[B, Hv, K, V]`` exactly; ``state_conv [B, k-1, C]`` is the last ``k - 1`` columns of
 ``conv_states[0] [B, C, k]``, transposed.
-
-Note: with every layer linear, transformers' ``Qwen3NextForCausalLM`` cannot run with a cache
-(its causal-mask builder asks the cache for attention layers it does not have), so its logits
-and ``generate`` are compared with ``use_cache=False``, and its states by running each layer's
-``linear_attn`` with a ``DynamicCache``.
 """
 from __future__ import annotations
 
@@ -64,10 +44,10 @@ from torch import Tensor
 
 from probe.config import ModelConfig
 from probe.errors import CheckpointError, ConfigError
-from probe.io.convert_common import build_model, source_dict
+from probe.mixers import MIXERS
 
 
-def _heads(hf_config: Any) -> dict[str, int]:
+def heads(hf_config: Any) -> dict[str, int]:
     """``Hk, Hv, K, V, d_conv`` of a Qwen3-Next config."""
     out = {"Hk": int(hf_config.linear_num_key_heads), "Hv": int(hf_config.linear_num_value_heads),
            "K": int(hf_config.linear_key_head_dim), "V": int(hf_config.linear_value_head_dim),
@@ -83,7 +63,7 @@ def _heads(hf_config: Any) -> dict[str, int]:
 
 def mixer_options(hf_config: Any) -> dict[str, Any]:
     """The ``gdn`` mixer options of a Qwen3-Next config."""
-    h = _heads(hf_config)
+    h = heads(hf_config)
     return {"n_k_heads": h["Hk"], "n_v_heads": h["Hv"], "d_k": h["K"], "d_v": h["V"], "d_conv": h["d_conv"],
             "norm_eps": float(hf_config.rms_norm_eps)}
 
@@ -133,8 +113,6 @@ def _expect(module: Any, cls: str, fn: str, where: str) -> None:
 def _layer_mixer(name: str, opts: dict[str, Any], module: Any, weights_of):
     """Mixer ``name`` with options ``opts`` holding ``weights_of(sd, used)`` of ``module``'s state dict
     (every tensor used), in float32 and eval mode."""
-    from probe.mixers import MIXERS
-
     cfg = ModelConfig(vocab_size=1, d_model=int(module.hidden_size), n_heads=1, layout=[name], d_mlp=0,
                       positional="none", mixer_options={name: opts})
     mixer = MIXERS[name](cfg, 0)
@@ -195,75 +173,3 @@ def _refuse_unused(sd: dict[str, Tensor], used: set[str]) -> None:
     left = sorted(set(sd) - used)
     if left:
         raise CheckpointError(f"Qwen3-Next conversion has no place for {left[:5]}; converting would drop them.")
-
-
-def qwen3_next_config_from_hf(hf_config: Any) -> ModelConfig:
-    """The :class:`probe.ModelConfig` of an all-linear-attention, dense-MLP Qwen3-Next config."""
-    n = int(hf_config.num_hidden_layers)
-    types = list(getattr(hf_config, "layer_types", None) or [])
-    others = [f"layer {i} is {t!r}" for i, t in enumerate(types) if t != "linear_attention"]
-    if len(types) != n or others:
-        found = others[0] if others else f"layer_types has {len(types)} entries for {n} layers"
-        raise ConfigError(f"Qwen3-Next {found}: probe converts whole Qwen3-Next models only when every layer is "
-                          "'linear_attention' (it has no Qwen3-Next gated attention block). Convert the Gated "
-                          "DeltaNet layers one by one with "
-                          "probe.io.convert_gdn.gdn_mixer_from_hf(model.model.layers[i].linear_attn).")
-    experts = int(getattr(hf_config, "num_experts", 0) or 0)
-    dense_only = set(getattr(hf_config, "mlp_only_layers", []) or [])
-    step = int(getattr(hf_config, "decoder_sparse_step", 1) or 1)
-    moe = [i for i in range(n) if experts > 0 and i not in dense_only and (i + 1) % step == 0]
-    if moe:
-        raise ConfigError(f"Qwen3-Next layer {moe[0]} has a mixture-of-experts MLP (num_experts={experts}); probe has "
-                          "no MoE MLP kind yet. Convert the Gated DeltaNet layers one by one with "
-                          "probe.io.convert_gdn.gdn_mixer_from_hf, or a config with num_experts=0.")
-    return ModelConfig(
-        vocab_size=int(hf_config.vocab_size), d_model=int(hf_config.hidden_size), n_heads=1, layout=["gdn"] * n,
-        mlp="swiglu", d_mlp=int(hf_config.intermediate_size), norm="rmsnorm", norm_eps=float(hf_config.rms_norm_eps),
-        positional="none", tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
-        mixer_options={"gdn": mixer_options(hf_config)},
-        name=str(getattr(hf_config, "_name_or_path", "") or "qwen3_next"),
-    )
-
-
-def _weights(cfg: ModelConfig, hf_config: Any, sd: dict[str, Tensor]) -> dict[str, tuple[str, Tensor]]:
-    used: set[str] = set()
-
-    def get(name: str) -> Tensor:
-        if name not in sd:
-            raise CheckpointError(f"The Qwen3-Next state dict has no {name!r}; is this a Qwen3NextForCausalLM?")
-        used.add(name)
-        return sd[name]
-
-    out = {"W_E": ("model.embed_tokens.weight", get("model.embed_tokens.weight")),
-           "ln_final.w": ("model.norm.weight", 1 + get("model.norm.weight").float())}
-    if not cfg.tie_embeddings:
-        out["W_U"] = ("lm_head.weight", get("lm_head.weight").T)
-    elif "lm_head.weight" in sd:
-        used.add("lm_head.weight")  # the tied copy
-    h = _heads(hf_config)
-    for i in range(cfg.n_layers):
-        p = f"model.layers.{i}."
-        for ours, theirs in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
-            out[f"blocks.{i}.{ours}.w"] = (p + theirs, 1 + get(f"{p}{theirs}.weight").float())
-        for ours, theirs in (("W_in", "up_proj"), ("W_gate", "gate_proj"), ("W_out", "down_proj")):
-            out[f"blocks.{i}.mlp.{ours}.weight"] = (p + f"mlp.{theirs}", get(f"{p}mlp.{theirs}.weight"))
-        for name, t in mixer_weights(sd, p + "linear_attn.", h, used).items():
-            out[f"blocks.{i}.mixer.{name}"] = (p + "linear_attn." + name, t)
-    _refuse_unused(sd, used)
-    return out
-
-
-def qwen3_next_from_hf(hf_model: Any, tokenizer: Any = None, dtype: torch.dtype = torch.float32):
-    """Convert an all-linear-attention, dense-MLP ``Qwen3NextForCausalLM`` to a HookedLM with equal
-    logits (tested: max abs diff < 1e-4 in float32 on tiny random configs); other Qwen3-Next models
-    are refused with the reason (module docstring)."""
-    if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
-        raise ConfigError("qwen3_next_from_hf expects a transformers Qwen3NextForCausalLM, got "
-                          f"{type(hf_model).__name__}.")
-    cfg = qwen3_next_config_from_hf(hf_model.config)
-    sd = source_dict(hf_model)
-    if "model.embed_tokens.weight" not in sd and "embed_tokens.weight" in sd:  # a bare Qwen3NextModel
-        sd = {f"model.{k}": v for k, v in sd.items()}
-        cfg.tie_embeddings = True
-    weights = _weights(cfg, hf_model.config, sd)
-    return build_model(cfg, weights, "Qwen3-Next", tokenizer, getattr(hf_model.config, "_name_or_path", ""), dtype)

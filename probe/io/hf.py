@@ -19,8 +19,8 @@ model_type         transformers class                     converter
 ``mamba``          ``MambaForCausalLM``                   :mod:`probe.io.convert_mamba`
 ``jamba``          ``JambaForCausalLM`` (Mamba-1 +         :mod:`probe.io.convert_jamba`
                    attention layers, MoE MLPs)
-``qwen3_next``     ``Qwen3NextForCausalLM`` (all layers    :mod:`probe.io.convert_gdn`
-                   Gated DeltaNet, dense MLPs)
+``qwen3_next``     ``Qwen3NextForCausalLM`` (Gated        :mod:`probe.io.convert_qwen3_next`
+                   DeltaNet + gated attention, MoE MLPs)
 ``mamba2``         ``Mamba2ForCausalLM`` (Mamba-2 / SSD)   :mod:`probe.io.convert_mamba2`
 ``olmo_hybrid``    ``OlmoHybridForCausalLM`` (Gated        :mod:`probe.io.convert_olmo_hybrid`
                    DeltaNet + post-norm attention)
@@ -85,7 +85,7 @@ def _jamba(model, **kw):
 
 
 def _qwen3_next(model, **kw):
-    from probe.io.convert_gdn import qwen3_next_from_hf
+    from probe.io.convert_qwen3_next import qwen3_next_from_hf
     return qwen3_next_from_hf(model, **kw)
 
 
@@ -132,7 +132,7 @@ SUPPORTED += ("Zamba2ForCausalLM (zamba2: Mamba-2 layers + shared attention bloc
 SUPPORTED += ("RecurrentGemmaForCausalLM (recurrent_gemma, recurrent layers only)",)
 CONVERTERS["bamba"] = _bamba
 SUPPORTED += ("BambaForCausalLM (bamba: Mamba-2 + attention layers)",)
-SUPPORTED += ("Qwen3NextForCausalLM (qwen3_next, Gated DeltaNet layers only)",)
+SUPPORTED += ("Qwen3NextForCausalLM (qwen3_next: Gated DeltaNet + gated attention layers, MoE MLPs)",)
 CONVERTERS["olmo_hybrid"] = _olmo_hybrid
 SUPPORTED += ("OlmoHybridForCausalLM (olmo_hybrid: Gated DeltaNet + post-norm attention layers)",)
 CONVERTERS["kimi_linear"] = _kimi_linear
