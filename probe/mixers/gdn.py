@@ -46,8 +46,9 @@ Options: ``n_k_heads`` (``None``: ``n_heads``), ``n_v_heads`` (``None``: ``n_k_h
 (``None``: ``d_head``), ``d_v`` (``None``: ``d_k``), ``d_conv`` (4), ``norm_eps`` (1e-6, the gated
 norm's epsilon), ``chunk`` (16, positions per chunk of the fast form), ``allow_neg_eigval``
 (False; True: ``beta_t = 2 sigmoid(W_b x_t)`` in (0, 2), OLMo hybrid's ``linear_allow_neg_eigval``).
-A Qwen3-Next block has a SwiGLU (or mixture-of-experts) MLP; :mod:`probe.io.convert_gdn` converts
-the former; :mod:`probe.io.convert_olmo_hybrid` converts OLMo hybrid's layers.
+:mod:`probe.io.convert_gdn` converts one transformers layer, :mod:`probe.io.convert_qwen3_next` whole
+Qwen3-Next models (with gated attention and mixture-of-experts MLPs), :mod:`probe.io.convert_olmo_hybrid`
+OLMo hybrid's.
 
 :class:`KimiDeltaAttention` (layout name ``"kda"``) is the variant with a decay gate per key channel
 and low-rank, sigmoid output gates: Kimi Linear's linear-attention layers.
