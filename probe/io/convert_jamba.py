@@ -21,7 +21,8 @@ Weight mapping (``i`` the layer, ``p = model.layers.i.``)::
     p input_layernorm.weight                  -> blocks.i.ln1.w
     p pre_ff_layernorm.weight                 -> blocks.i.ln2.w
     p mamba.{in_proj,x_proj,dt_proj,out_proj} -> blocks.i.mixer.{same}         (weights; biases if present)
-    p mamba.conv1d.weight / bias              -> blocks.i.mixer.conv_weight    ([d_inner, 1, k] -> [d_inner, k]) / conv_bias
+    p mamba.conv1d.weight                     -> blocks.i.mixer.conv_weight    ([d_inner, 1, k] -> [d_inner, k])
+    p mamba.conv1d.bias                       -> blocks.i.mixer.conv_bias      (if mamba_conv_bias)
     p mamba.A_log, D                          -> blocks.i.mixer.A_log, D
     p mamba.{dt,b,c}_layernorm.weight         -> blocks.i.mixer.{dt,B,C}_norm
     p self_attn.{q,k,v,o}_proj.weight         -> blocks.i.mixer.W_{q,k,v,o}.weight   (probe.io.convert_attention)

@@ -81,9 +81,10 @@ class MixtureOfExperts(nn.Module):
     """The ``moe`` MLP kind, built as ``MixtureOfExperts(cfg, layer)``; ``y, {} = moe(x)``."""
 
     NAME = "moe"
-    OPTIONS = {"n_experts": Int(8), "top_k": Int(2), "d_expert": Int(None), "router": Choice("softmax", choices=ROUTERS),
-               "renormalize": Flag(False), "routed_scaling_factor": Real(1.0), "selection_bias": Flag(False),
-               "n_group": Int(1), "topk_group": Int(1), "d_shared": Int(0, low=0), "shared_gate": Flag(False)}
+    OPTIONS = {"n_experts": Int(8), "top_k": Int(2), "d_expert": Int(None),
+               "router": Choice("softmax", choices=ROUTERS), "renormalize": Flag(False),
+               "routed_scaling_factor": Real(1.0), "selection_bias": Flag(False), "n_group": Int(1),
+               "topk_group": Int(1), "d_shared": Int(0, low=0), "shared_gate": Flag(False)}
     recurrent = False
 
     def __init__(self, cfg, layer: int):
@@ -180,7 +181,8 @@ def _check(o: dict, d_expert: int) -> None:
     """The relations between options that no single option's declaration can check."""
     E, k, G = o["n_experts"], o["top_k"], o["n_group"]
     if d_expert <= 0:
-        raise ConfigError(f"moe needs an expert width: set mixer_options['moe']['d_expert'] or d_mlp > 0 (got {d_expert}).")
+        raise ConfigError(f"moe needs an expert width: set mixer_options['moe']['d_expert'] or d_mlp > 0 "
+                          f"(got {d_expert}).")
     if E % G:
         raise ConfigError(f"moe n_experts={E} is not divisible by n_group={G}; the experts split into equal groups.")
     if o["topk_group"] > G:

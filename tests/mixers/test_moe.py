@@ -106,7 +106,8 @@ def test_kimi_selection_bias_chooses_experts_without_weighting_them():
 
 def capture(moe, x, *names):
     seen = {}
-    handles = [getattr(moe, n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o.clone())) for n in names]
+    handles = [getattr(moe, n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o.clone()))
+               for n in names]
     with torch.no_grad():
         moe(x)
     for h in handles:
@@ -223,3 +224,18 @@ def test_every_layer_takes_moe_from_the_config_mlp():
                                              mixer_options={"moe": {"n_experts": 4, "top_k": 1}}))
     assert model.cfg.mlp_layout == ["moe", "moe"]
     assert all(isinstance(b.mlp, MixtureOfExperts) and b.mlp.d_expert == 16 for b in model.blocks)
+
+
+def test_selection_bias_is_saved_and_loaded(tmp_path):
+    """The selection bias is a buffer (no gradient moves it) that a checkpoint keeps."""
+    options = {"n_experts": 4, "top_k": 2, "router": "sigmoid", "selection_bias": True}
+    cfg = probe.ModelConfig(d_model=D, layout=["attn"], mlp="moe", d_mlp=16, mixer_options={"moe": options})
+    model = probe.HookedLM(cfg)
+    with torch.no_grad():
+        model.blocks[0].mlp.selection_bias.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+    loaded = probe.load(model.save(tmp_path / "m"))
+    torch.testing.assert_close(loaded.blocks[0].mlp.selection_bias, model.blocks[0].mlp.selection_bias)
+    assert "blocks.0.mlp.selection_bias" not in dict(model.named_parameters())
+    toks = tokens(1, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(toks), model(toks))
