@@ -69,7 +69,7 @@ def test_config_places_layers_experts_and_options():
 
 @pytest.mark.numerical
 @pytest.mark.parametrize("variant", [{}, {"q_lora_rank": 10, "tie_word_embeddings": True, "n_group": 1,
-                                          "norm_topk_prob": False}])
+                                          "norm_topk_prob": False, "attention_bias": True}])
 def test_logits_and_final_states_match_transformers(variant):
     hf = hf_kimi_linear(**variant)
     model = kimi_linear_from_hf(hf)

@@ -65,7 +65,7 @@ def test_config_places_layers_norms_and_options():
 
 @pytest.mark.numerical
 @pytest.mark.parametrize("variant", [{}, {"rope_parameters": NOPE, "linear_allow_neg_eigval": False,
-                                          "tie_word_embeddings": True}])
+                                          "tie_word_embeddings": True, "attention_bias": True}])
 def test_logits_and_final_states_match_transformers(variant):
     hf = hf_olmo_hybrid(**variant)
     model = olmo_hybrid_from_hf(hf)
