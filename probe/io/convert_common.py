@@ -31,12 +31,8 @@ def resolve_tokenizer(cfg, tokenizer: Any, name_or_path: str):
     Sets ``cfg.tokenizer`` to the name when one is used, so a saved model reloads it."""
     if tokenizer is None and not name_or_path:
         return get_tokenizer("byte")
-    if tokenizer is None and os.path.isdir(name_or_path) and \
-            not any(os.path.isfile(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES):
-        raise CheckpointError(f"{name_or_path!r} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}), so "
-                              "text cannot be tokenized for it. Save the tokenizer beside the model "
-                              "(tokenizer.save_pretrained(folder)) or name one: probe.from_hf(folder, "
-                              "tokenizer='openai-community/gpt2').")
+    if tokenizer is None:
+        require_tokenizer_files(name_or_path)
     try:
         tok = get_tokenizer(tokenizer if tokenizer is not None else name_or_path)
     except InputError:
@@ -51,6 +47,17 @@ def resolve_tokenizer(cfg, tokenizer: Any, name_or_path: str):
     if isinstance(tokenizer, str) or tokenizer is None:
         cfg.tokenizer = tokenizer or name_or_path
     return tok
+
+
+def require_tokenizer_files(name_or_path: str) -> None:
+    """A :class:`CheckpointError` naming :data:`TOKENIZER_FILES` when ``name_or_path`` is a local folder
+    without any of them (a hub id passes: its files are not on disk)."""
+    if os.path.isdir(name_or_path) and not any(os.path.isfile(os.path.join(name_or_path, f))
+                                               for f in TOKENIZER_FILES):
+        raise CheckpointError(f"{name_or_path!r} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}), so "
+                              "text cannot be tokenized for it. Save the tokenizer beside the model "
+                              "(tokenizer.save_pretrained(folder)) or name one: probe.from_hf(folder, "
+                              "tokenizer='openai-community/gpt2').")
 
 
 def source_dict(model: Any) -> dict[str, Tensor]:
@@ -91,3 +98,32 @@ def build_model(cfg, weights: Mapping, arch: str, tokenizer: Any, name_or_path: 
         raise CheckpointError(f"{arch} conversion left {missing[:5]} unset.")
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
     return model.to(dtype).eval()
+
+
+def read_safetensors_folder(folder: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """``(config.json as a dict, every tensor)`` of a checkpoint folder written by ``save_pretrained``
+    (``model.safetensors``, or the shards its ``model.safetensors.index.json`` lists), for families
+    whose model classes cannot be imported here (flash-linear-attention's need Triton)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise CheckpointError(f"{folder!r} has no config.json; give the folder save_pretrained wrote.")
+    with open(config_path) as f:
+        config = json.load(f)
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.isfile(os.path.join(folder, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        raise CheckpointError(f"{folder!r} has no model.safetensors (nor a model.safetensors.index.json); probe "
+                              "reads safetensors only (no pickle): save with save_pretrained(folder, "
+                              "safe_serialization=True).")
+    tensors: dict[str, Tensor] = {}
+    for name in files:
+        tensors.update(load_file(os.path.join(folder, name)))
+    return config, tensors

@@ -34,6 +34,10 @@ model_type         transformers class                     converter
                    Mamba-2 in parallel in every layer)
 =================  =====================================  ==================================
 
+``rwkv7`` (flash-linear-attention's ``RWKV7ForCausalLM``, :mod:`probe.io.convert_rwkv7`): fla's classes
+need Triton, so a checkpoint *folder* whose ``config.json`` names a model type in ``FOLDER_CONVERTERS``
+is read straight from its files (config + safetensors + tokenizer), without importing fla.
+
 ``recurrent_gemma`` (``RecurrentGemmaForCausalLM`` whose layers are all recurrent, Hawk):
 :mod:`probe.io.convert_recurrentgemma`.
 
@@ -94,6 +98,16 @@ def _zamba2(model, **kw):
     return zamba2_from_hf(model, **kw)
 
 
+def _rwkv7(model, **kw):
+    from probe.io.convert_rwkv7 import rwkv7_from_fla
+    return rwkv7_from_fla(model, **kw)
+
+
+def _rwkv7_folder(folder, **kw):
+    from probe.io.convert_rwkv7 import rwkv7_from_folder
+    return rwkv7_from_folder(folder, **kw)
+
+
 def _olmo_hybrid(model, **kw):
     from probe.io.convert_olmo_hybrid import olmo_hybrid_from_hf
     return olmo_hybrid_from_hf(model, **kw)
@@ -104,14 +118,14 @@ def _bamba(model, **kw):
     return bamba_from_hf(model, **kw)
 
 
-def _falcon_h1(model, **kw):
-    from probe.io.convert_falcon_h1 import falcon_h1_from_hf
-    return falcon_h1_from_hf(model, **kw)
-
-
 def _kimi_linear(model, **kw):
     from probe.io.convert_kimi_linear import kimi_linear_from_hf
     return kimi_linear_from_hf(model, **kw)
+
+
+def _falcon_h1(model, **kw):
+    from probe.io.convert_falcon_h1 import falcon_h1_from_hf
+    return falcon_h1_from_hf(model, **kw)
 
 
 def _recurrent_gemma(model, **kw):
@@ -137,8 +151,12 @@ CONVERTERS["olmo_hybrid"] = _olmo_hybrid
 SUPPORTED += ("OlmoHybridForCausalLM (olmo_hybrid: Gated DeltaNet + post-norm attention layers)",)
 CONVERTERS["kimi_linear"] = _kimi_linear
 SUPPORTED += ("KimiLinearForCausalLM (kimi_linear: Kimi Delta Attention + latent attention, MoE MLPs)",)
+CONVERTERS["rwkv7"] = _rwkv7
+SUPPORTED += ("flash-linear-attention's RWKV7ForCausalLM (rwkv7; also its saved folder, read without fla)",)
 CONVERTERS["falcon_h1"] = _falcon_h1
 SUPPORTED += ("FalconH1ForCausalLM (falcon_h1: attention and Mamba-2 side by side in every layer)",)
+#: model types converted from a checkpoint folder's files, without their (unimportable) model classes
+FOLDER_CONVERTERS: dict[str, Callable] = {"rwkv7": _rwkv7_folder}
 
 
 def model_kind(model: Any) -> str:
@@ -170,6 +188,13 @@ def from_hf(model_or_id: Any, device: str | torch.device | None = None, tokenize
         model.state_hook_names()                     # blocks.{i}.mixer.hook_state [batch, pos, d_inner, d_state], ...
     """
     if isinstance(model_or_id, str):
+        if tokenizer is None:  # a folder without tokenizer files is refused before any weight is read
+            from probe.io.convert_common import require_tokenizer_files
+            require_tokenizer_files(model_or_id)
+        folder_kind = _folder_model_type(model_or_id)
+        if folder_kind in FOLDER_CONVERTERS:
+            model = FOLDER_CONVERTERS[folder_kind](model_or_id, tokenizer=tokenizer, dtype=dtype)
+            return model.to(device) if device is not None else model
         model_or_id = _load_hub(model_or_id)
     kind = model_kind(model_or_id)
     if kind not in CONVERTERS:
@@ -182,6 +207,22 @@ def from_hf(model_or_id: Any, device: str | torch.device | None = None, tokenize
         if hasattr(model_or_id, "train"):
             model_or_id.train(was_training)
     return model.to(device) if device is not None else model
+
+
+def _folder_model_type(path: str) -> str | None:
+    """The ``model_type`` of a local folder's ``config.json`` (``None`` for anything else)."""
+    import json
+    import os
+
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return None
+    try:
+        with open(config) as f:
+            kind = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
 
 
 def _load_hub(name: str):
