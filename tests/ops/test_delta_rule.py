@@ -1,18 +1,13 @@
 """probe.ops.delta_rule: the gated delta rule with a scalar gate per head (Gated DeltaNet) and a gate
 per key channel (Kimi Delta Attention). The sequential reference against the matrix recurrence
 written out, the chunked and all-states forms against the reference (float64, 1e-10), forced states,
-the generalised (DPLR) rule containing both, and fla's ``naive_recurrent_kda`` where it is found."""
-import importlib.util
-import os
-from pathlib import Path
-
+the generalised (DPLR) rule containing both, and fla's ``naive_recurrent_kda`` (fla-core, a dev dependency)."""
 import pytest
 import torch
 
+from fla_reference import fla_naive
 from probe.ops.delta_rule import (dplr_sequential, gated_delta_rule_chunked, gated_delta_rule_sequential,
                                   gated_delta_rule_states)
-
-FLA_KDA_NAIVE = Path("fla/ops/kda/naive.py")
 
 
 def _inputs(T, gates="uniform", seed=0, b=2, H=3, K=4, V=5, per_channel=False):
@@ -123,19 +118,8 @@ def test_kernel_refuses_mismatched_shapes():
 
 
 def _fla_kda_naive():
-    """fla's ``fla/ops/kda/naive.py`` loaded by path (the package imports triton), or skip saying where."""
-    roots = [Path(os.environ["PROBE_FLA_DIR"])] if os.environ.get("PROBE_FLA_DIR") else []
-    spec = importlib.util.find_spec("fla")
-    if spec is not None and spec.submodule_search_locations:
-        roots += [Path(p).parent for p in spec.submodule_search_locations]
-    for root in roots:
-        if (root / FLA_KDA_NAIVE).is_file():
-            spec = importlib.util.spec_from_file_location("fla_kda_naive", root / FLA_KDA_NAIVE)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module
-    pytest.skip(f"flash-linear-attention's {FLA_KDA_NAIVE} not found (no fla package; PROBE_FLA_DIR unset or "
-                "without it): unzip the fla-core wheel and set PROBE_FLA_DIR to its folder to run this parity test")
+    """fla's ``fla/ops/kda/naive.py``, loaded by path from the installed fla-core (tests/fla_reference.py)."""
+    return fla_naive("ops/kda/naive.py")
 
 
 @pytest.mark.numerical
