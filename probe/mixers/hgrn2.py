@@ -26,7 +26,8 @@ Fast path (no state hook, no state edit): on CUDA with flash-linear-attention in
 ``chunk_gla`` (:mod:`probe.ops.fused.gla`); elsewhere the chunked form :func:`probe.ops.gla.gla_chunked`
 (``mixer.method = "sequential"`` selects the step-by-step reference instead). With a state hook,
 every state is built by the elementwise scan (edits propagate through
-:func:`probe.ops.linear_scan.force_states`).
+:func:`probe.ops.linear_scan.force_states`), on a GPU in long blocks of whole chunks rebuilt from
+their boundary states (:mod:`probe.ops.fused.capture`).
 
 The lower bound: fla keeps one trainable matrix ``model.lower_bounds [n_layers, d_model]`` at
 model level and gives layer ``l`` the row ``(softmax(lower_bounds, 0).cumsum(0) -
@@ -53,11 +54,13 @@ from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Int
 from probe.mixers.edits import Computation, apply_forcing
 from probe.norm import RMSNorm
-from probe.ops.fused import fused_kernel, gla_fused
+from probe.ops.fused import capture_block, fused_kernel, gla_fused
 from probe.ops.gla import gla_chunked, gla_readout, gla_sequential, gla_states
 
 #: fla's g_norm uses this epsilon whatever the model's norm_eps
 G_NORM_EPS = 1e-5
+#: positions per block of the every-state scan on the CPU (:func:`probe.ops.gla.gla_states`)
+GLA_STATES_BLOCK = 128
 
 
 def forget_log(f_pre: Tensor, lower_bound: Tensor) -> Tensor:
@@ -122,7 +125,8 @@ class HGRN2(RecurrentMixer):
             values["lower_bound"] = lb
         q, v = q.to(wide), v.to(wide)
         if "state" in keep or "state" in forcing:
-            S = gla_states(k, v, f, state["state"], forcing.get("state"))
+            block = capture_block(T, state["state"].numel(), x.is_cuda, GLA_STATES_BLOCK)  # long blocks on a GPU
+            S = gla_states(k, v, f, state["state"], forcing.get("state"), block=block)
             o, last = gla_readout(q, S, scale), S[:, -1]
             values["state"] = S
         elif self.method == "sequential":

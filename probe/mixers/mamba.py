@@ -33,7 +33,9 @@ how the zoo's Mamba trains on CPU. On CUDA with mamba-ssm and causal-conv1d inst
 from a zero state runs their fused ``selective_scan_fn`` and ``causal_conv1d_fn`` instead
 (:mod:`probe.ops.fused.mamba`; the conv only when ``hook_state_conv`` is not hooked). When
 ``hook_state`` is only read without gradients (a state cache), the same fused step writes every
-state straight into the cached tensor (:func:`probe.ops.selective_scan.selective_scan_states`). When states are edited or gradients are
+state straight into the cached tensor (:func:`probe.ops.selective_scan.selective_scan_states`; on a
+GPU, where a step per position costs kernel launches, the blocked chunked scan below in long blocks,
+:mod:`probe.ops.fused.capture`). When states are edited or gradients are
 needed, every state is materialised block by block (:func:`probe.ops.linear_scan.linear_scan_blocked`) and
 edits to it propagate through :func:`probe.ops.linear_scan.force_states`. Setting ``mixer.method`` to
 "chunked", "sequential" or "loop" forces the blocked path with that form of the scan (for
@@ -62,7 +64,7 @@ from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Flag, Int, Real
 from probe.mixers.edits import Computation, apply_forcing
 from probe.ops import conv_window
-from probe.ops.fused import causal_conv_fused, fused_kernel, selective_scan_fused
+from probe.ops.fused import capture_block, causal_conv_fused, fused_kernel, selective_scan_fused
 from probe.ops.linear_scan import force_states, linear_scan_blocked
 from probe.ops.selective_scan import selective_scan, selective_scan_states
 
@@ -178,11 +180,12 @@ class Mamba(RecurrentMixer):
         else:
             if not want and self.method == "auto":
                 ys, last = selective_scan(dt_w, A, B_w, C_w, dtu, state["state"])
-            elif forced is None and not needs_grad and self.method == "auto":  # a state cache: no temporaries
+            elif forced is None and not needs_grad and self.method == "auto" and not x.is_cuda:  # a state cache
                 ys, last, states = selective_scan_states(dt_w, A, B_w, C_w, dtu, state["state"])
-            else:
+            else:  # on a GPU in whole chunks from boundary states (probe.ops.fused.capture)
+                block = capture_block(x.shape[1], state["state"].numel(), x.is_cuda and self.method == "auto", BLOCK)
                 ys, last, states = linear_scan_blocked(coefficients, x.shape[1], state["state"], readout,
-                                                       block=BLOCK, keep_states=want, method=self.method)
+                                                       block=block, keep_states=want, method=self.method)
             read = ys + self.D * u.to(wide)
         y = (read.to(wide) * gate.to(wide)).to(x.dtype)
         values = {"input": u, "dt": dt, "B": B, "C": C, "output": gate}

@@ -243,3 +243,40 @@ def test_library_kernels_on_cuda_equal_the_pytorch_path(kind):
         with fused_disabled():
             ref = model(toks)
     assert (out - ref).abs().max() / ref.abs().max() < 1e-3, (out - ref).abs().max()
+
+
+# -- every state on a GPU: long blocks of whole chunks ---------------------------------------------------
+def test_capture_blocks_are_long_on_a_gpu_and_bounded():
+    from probe.ops.fused.capture import MAX_BLOCK_ELEMENTS, capture_block
+
+    assert capture_block(8192, 4 * 2048 * 16, on_gpu=False, default=128) == 128  # the CPU keeps its default
+    assert capture_block(8192, 4 * 2048 * 16, on_gpu=True, default=128) == 8192 // 12  # a quarter of the states
+    hgrn2 = 4 * 8 * 128 * 128
+    assert capture_block(8192, hgrn2, on_gpu=True, default=128) == MAX_BLOCK_ELEMENTS // hgrn2  # 1 GiB per temporary
+    assert capture_block(100, 10, on_gpu=True, default=128) == 128  # never below the default
+
+
+@pytest.mark.numerical
+def test_capture_in_long_chunked_blocks_equals_the_step_by_step_states():
+    """Mamba's coefficients scanned as a GPU capture runs them (chunked form, blocks of capture_block)
+    give the states and outputs of the per-position step, float64 (PyTorch step, no compiled kernel)."""
+    from probe.ops.fused.capture import capture_block
+    from probe.ops.linear_scan import linear_scan_blocked
+    from probe.ops.selective_scan import selective_scan_states
+
+    g = torch.Generator().manual_seed(3)
+    b, T, D, N = 2, 300, 6, 4
+    dt = torch.rand(b, T, D, generator=g, dtype=torch.float64) * 0.5
+    A = -torch.rand(D, N, generator=g, dtype=torch.float64) * 2
+    B, C = (torch.randn(b, T, N, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(b, T, D, generator=g, dtype=torch.float64)
+    h0 = torch.randn(b, D, N, generator=g, dtype=torch.float64)
+    block = capture_block(T, h0.numel(), on_gpu=True, default=16)
+    assert 16 < block < T
+    coefficients = lambda t0, t1: (torch.exp(dt[:, t0:t1, :, None] * A), v[:, t0:t1, :, None] * B[:, t0:t1, None, :])  # noqa: E731
+    readout = lambda t0, t1, s: torch.einsum("btdn,btn->btd", s, C[:, t0:t1])  # noqa: E731
+    y, last, states = linear_scan_blocked(coefficients, T, h0, readout, block=block, keep_states=True, method="chunked")
+    y_ref, last_ref, states_ref = selective_scan_states(dt, A, B, C, v, h0, native_path=False)
+    torch.testing.assert_close(states, states_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(last, last_ref, rtol=1e-10, atol=1e-10)

@@ -2,11 +2,13 @@ r"""Fused library kernels for the recurrences (GPU), behind one dispatch seam.
 
 :mod:`probe.ops.fused.registry` decides whether a kernel runs (CUDA inputs, the library installed,
 not switched off); :mod:`probe.ops.fused.gla` and :mod:`probe.ops.fused.mamba` map probe's tensors onto
-each library's call. Without a kernel every recurrence runs its PyTorch form with the same results.
+each library's call; :mod:`probe.ops.fused.capture` sizes the blocks in which a GPU materialises every
+state. Without a kernel every recurrence runs its PyTorch form with the same results.
 """
+from probe.ops.fused.capture import capture_block
 from probe.ops.fused.gla import gla_fused
 from probe.ops.fused.mamba import causal_conv_fused, selective_scan_fused
 from probe.ops.fused.registry import KERNELS, Kernel, fused_disabled, fused_kernel, swapped_kernel
 
-__all__ = ["KERNELS", "Kernel", "fused_kernel", "fused_disabled", "swapped_kernel", "gla_fused",
+__all__ = ["KERNELS", "Kernel", "fused_kernel", "fused_disabled", "swapped_kernel", "capture_block", "gla_fused",
            "selective_scan_fused", "causal_conv_fused"]
