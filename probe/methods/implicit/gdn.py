@@ -38,10 +38,17 @@ def _size(model, layer) -> tuple[int, int]:
     return heads, 3 * heads
 
 
+def _size_per_channel(model, layer) -> tuple[int, int]:
+    """As :func:`_size`, plus the chunks' per-channel decays ``[b, Hv, T, L, K]`` (``L`` positions per
+    chunk): one number per pair and head once ``T >= L K``, counted so."""
+    heads, scratch = _size(model, layer)
+    return heads, scratch + heads
+
+
 HOOKS = ("q", "k", "v", "beta", "log_decay", "gate_input", "recurrence_out")
 
 
-@register("kda", hooks=HOOKS, size=_size)
+@register("kda", hooks=HOOKS, size=_size_per_channel)
 @register("gdn", hooks=HOOKS, size=_size)
 def build(model, layer, hooks, x) -> ImplicitAttention:
     mixer = model.blocks[layer].mixer
