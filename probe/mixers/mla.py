@@ -44,10 +44,10 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from probe.errors import InputError
-from probe.mixers.attention import causal_mask, causal_sdpa, rope
 from probe.mixers.base import Mixer, check_state_tensors
 from probe.mixers.options import Flag, Int, Real
 from probe.norm import RMSNorm
+from probe.ops.causal_attention import causal_mask, causal_sdpa, rope
 
 
 class MultiHeadLatentAttention(Mixer):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import probe.mixers.attention as attention
+import probe.ops.causal_attention as attention  # the kernels attention runs (MASK_ENTRIES patched there)
 from conftest import make_model, tokens
 
 

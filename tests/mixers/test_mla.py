@@ -49,15 +49,12 @@ def _reference(kind, q_rank=None):
 
 
 def _load(mixer, module):
-    sd = module.state_dict()
-    ours = {"W_kva.weight": "kv_a_proj_with_mqa.weight", "kv_norm.w": "kv_a_layernorm.weight",
-            "W_kvb.weight": "kv_b_proj.weight", "W_o.weight": "o_proj.weight"}
-    if "q_proj.weight" in sd:
-        ours["W_q.weight"] = "q_proj.weight"
-    else:
-        ours.update({"W_qa.weight": "q_a_proj.weight", "q_norm.w": "q_a_layernorm.weight", "W_qb.weight": "q_b_proj.weight"})
-    assert set(ours.values()) == set(sd)
-    mixer.load_state_dict({k: sd[v] for k, v in ours.items()})
+    """The module's weights through the Kimi Linear converter's mapping (DeepSeek-V3 names them alike)."""
+    from probe.io.convert_kimi_linear import mla_weights
+
+    sd, used = module.state_dict(), set()
+    mixer.load_state_dict(mla_weights(sd, "", used))
+    assert used == set(sd)
 
 
 def _run_reference(kind, module, config, x, cache, start):
