@@ -9,7 +9,7 @@ import probe
 from conftest import HYBRID_CONFIGS, make_model, randomise, tokens
 from probe.errors import ConfigError
 from probe.io.convert_moe import moe_weights
-from probe.methods import integrated_gradients
+from probe.methods import activation_patching, integrated_gradients
 from probe.mixers.moe import MixtureOfExperts
 
 transformers = pytest.importorskip("transformers")
@@ -239,3 +239,17 @@ def test_selection_bias_is_saved_and_loaded(tmp_path):
     toks = tokens(1, 6)
     with torch.no_grad():
         torch.testing.assert_close(loaded(toks), model(toks))
+
+
+def test_routing_is_a_patching_site():
+    """``expert_weights`` names ``blocks.{l}.mlp.hook_expert_weights``: patching the clean routing into the
+    corrupted run moves the metric at the MoE layer; a layer without experts has no such site (NaN)."""
+    model = make_model("hybrid_jamba")
+    clean, corrupted = tokens(1, 8, seed=1), tokens(1, 8, seed=2)
+    res = activation_patching(model, clean, corrupted, answer=5, contrast=7, sites=["expert_weights"], positions=[7],
+                              normalize=False)
+    moe_layer = model.cfg.mlp_layout.index("moe")
+    assert torch.isnan(res.scores[0, 1 - moe_layer]).all()
+    with torch.no_grad():
+        base = model(corrupted)[0, -1]
+    assert abs(float(res.scores[0, moe_layer, 0]) - float(base[5] - base[7])) > 1e-4
