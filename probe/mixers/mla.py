@@ -16,9 +16,9 @@ width ``d_v``::
 
 State (the KV cache, growing by one entry per token): ``{"kv_latent": [batch, P, r], "k_rot":
 [batch, P, d_rope]}``, the normalised latents and the (rotated) shared key parts of the ``P``
-positions seen so far: ``r + d_rope`` numbers per position and layer, against ``2 H d_head`` for
-plain attention (Kimi-Linear-48B: 512 + 64 = 576 against 8,192). Keys and values are decompressed
-from it on every forward (:meth:`MultiHeadLatentAttention.decompress`).
+positions seen so far: ``r + d_rope`` numbers per position and layer, against ``H (d_qk + d_v)`` for
+the keys and values it stands for (Kimi-Linear-48B: 512 + 64 = 576 against 32 x (192 + 128) = 10,240).
+Keys and values are decompressed from it on every forward (:meth:`MultiHeadLatentAttention.decompress`).
 
 Hooks: ``hook_q`` (``[b, pos, H, d_qk]``, before RoPE), ``hook_kv_latent`` (``c_t``, ``[b, pos, r]``)
 and ``hook_k_rot`` (``kr_t`` before RoPE, ``[b, pos, d_rope]``): the two cache entries, so an edit to
