@@ -28,11 +28,12 @@ Block variants keep these names meaningful (:mod:`probe.block`):
 
 TransformerLens 4 aliases (:data:`TL_ALIASES`). TransformerLens 4 (4.3) names its recurrent mixers'
 hooks after its bridges (``SSMMixerBridge`` for Mamba-1, ``SSM2MixerBridge`` for Mamba-2 and the Mamba-2
-layers of its hybrids, ``GatedDeltaNetBridge`` in the ``linear_attn`` slot of Qwen3-Next and OLMo hybrid). A :class:`probe.HookedLM` answers to those
-names wherever one names the same tensor as a probe hook: in its caches (``cache[alias]``), in
-``hooks()`` / ``run_with_hooks`` / ``add_hook`` and in ``names_filter`` lists. A hook registered under an
-alias is attached to probe's hook point (``hook.name`` is probe's name); a predicate ``names_filter``
-sees probe's names only. The correspondence (``l`` the layer)::
+layers of its hybrids, ``GatedDeltaNetBridge`` in the ``linear_attn`` slot of Qwen3-Next and OLMo
+hybrid). A :class:`probe.HookedLM` answers to those names wherever one names the same tensor as a probe
+hook: in its caches (``cache[alias]``), in ``hooks()`` / ``run_with_hooks`` / ``add_hook`` and in
+``names_filter`` lists. A hook registered under an alias is attached to probe's hook point
+(``hook.name`` is probe's name); a predicate ``names_filter`` sees probe's names only. The
+correspondence (``l`` the layer)::
 
     TransformerLens 4                               probe
     Mamba-1, Mamba-2 (mixer slot)
@@ -48,6 +49,8 @@ sees probe's names only. The correspondence (``l`` the layer)::
       blocks.l.linear_attn.hook_in, .hook_linear_attn_in          blocks.l.hook_mixer_in
       blocks.l.linear_attn.hook_out, .hook_linear_attn_out,
         blocks.l.{linear_attn,mixer}.hook_ssm_out                 blocks.l.hook_mixer_out
+    Falcon-H1 (attn+mamba2 parallel layers; TL's mamba slot)
+      blocks.l.mamba.hook_ssm_state                 blocks.l.mixer.mamba2.hook_state      (1)
 
 (1) TL fills ``hook_ssm_state`` only on its opt-in ``eager_scan`` path, and an edit there changes only
 that position's readout; probe's is always available and an edit propagates to every later position.
@@ -60,8 +63,10 @@ Not aliased, because probe holds no such tensor: ``hook_in_proj`` (the projectio
 it), ``hook_x_proj`` (``[dt; B; C]`` unsplit: ``hook_B``, ``hook_C``), ``hook_dt_proj`` / ``hook_ssm_dt``
 (before the softplus; probe's ``hook_dt`` is after it), ``hook_ssm_write`` of Mamba (``dt x B^T``, never
 materialised), Mamba-2's ``inner_norm.hook_in`` (probe's ``hook_y`` with the heads unflattened,
-``[b, pos, H, P]``), Gated DeltaNet's ``hook_{q,k,v}_pre_conv`` and ``hook_beta_logit``. The attention
-and block names (``hook_resid_pre``, ``attn.hook_pattern`` ...) are TransformerLens's already; TL has
+``[b, pos, H, P]``), Falcon-H1's ``mamba.hook_out`` / ``attn.hook_out`` (probe's
+``mixer.hook_mamba2_out`` / ``mixer.hook_attn_out`` include the folded output multipliers, TL's do not:
+:mod:`probe.io.convert_falcon_h1`), Gated DeltaNet's ``hook_{q,k,v}_pre_conv`` and ``hook_beta_logit``.
+The attention and block names (``hook_resid_pre``, ``attn.hook_pattern`` ...) are TransformerLens's already; TL has
 no hooks inside RWKV, xLSTM, LSTM, QRNN, LMU, HGRN2 or RG-LRU (its RecurrentGemma bridge hooks blocks
 only).
 """
@@ -89,8 +94,11 @@ def block_hook(layer: int, site: str) -> str:
 
 
 def mixer_hook(layer: int, site: str) -> str:
-    """``blocks.{layer}.mixer.hook_{site}`` (``state``, ``state_c``, ``forget``, ``pattern`` ...)."""
-    return f"blocks.{layer}.mixer.hook_{site}"
+    """``blocks.{layer}.mixer.hook_{site}`` (``state``, ``state_c``, ``forget``, ``pattern`` ...); a site
+    ``"{part}.{name}"`` of parallel mixers is ``blocks.{layer}.mixer.{part}.hook_{name}``
+    (``"mamba2.state"`` -> ``blocks.3.mixer.mamba2.hook_state``)."""
+    part, _, name = site.rpartition(".")
+    return f"blocks.{layer}.mixer.{part}{'.' if part else ''}hook_{name}"
 
 
 def mlp_hook(layer: int, site: str) -> str:
@@ -153,8 +161,9 @@ _GDN_ALIASES = {
     **{f"linear_attn.{n}": "hook_mixer_out" for n in ("hook_out", "hook_linear_attn_out", "hook_ssm_out")},
     "mixer.hook_ssm_out": "hook_mixer_out",
 }
-#: TransformerLens 4's hook names -> probe's, relative to ``blocks.{l}.``, per mixer (the table above)
-TL_ALIASES: dict[str, dict[str, str]] = {"mamba": _SSM_ALIASES, "mamba2": _SSM_ALIASES, "gdn": _GDN_ALIASES}
+#: TransformerLens 4's hook names -> probe's, relative to ``blocks.{l}.``, per layout entry (the table above)
+TL_ALIASES: dict[str, dict[str, str]] = {"mamba": _SSM_ALIASES, "mamba2": _SSM_ALIASES, "gdn": _GDN_ALIASES,
+                                         "attn+mamba2": {"mamba.hook_ssm_state": "mixer.mamba2.hook_state"}}
 
 
 def tl_aliases(layout, hook_names) -> dict[str, str]:

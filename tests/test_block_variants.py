@@ -160,3 +160,19 @@ def test_patching_the_state_site_of_a_parallel_layer_transfers_the_prefix():
     names = [n for layer in range(2) for n in memory_hooks(model, layer)]
     patched = model.run_with_hooks(target, fwd_hooks=[(n, patch) for n in names])
     torch.testing.assert_close(patched[:, P:], src_logits[:, P:], atol=2e-5, rtol=1e-4)
+
+
+def test_memory_map_of_a_parallel_layer_is_its_parts_side_by_side():
+    """The attention part's pattern and the Mamba-2 part's implicit attention stacked along the head axis,
+    the layer's output rebuilt from them (the sum of the parts' rebuilt outputs)."""
+    from probe.methods import memory_map
+
+    model = _model()
+    toks = tokens(1, 9)
+    lm = memory_map(model, toks, layers=[0], with_state_sizes=False).layers[0]
+    heads = model.blocks[0].mixer.mamba2.heads
+    assert lm.kind == "implicit attention" and lm.matrix.shape == (1, 4 + heads, 9, 9)
+    _, cache = model.run_with_cache(toks, names_filter="blocks.0.mixer.attn.hook_pattern")
+    torch.testing.assert_close(lm.matrix[:, :4], cache["blocks.0.mixer.attn.hook_pattern"])
+    assert lm.reconstruction_error < 1e-5
+    assert lm.matrix[:, 4:].triu(1).abs().max() == 0  # causal

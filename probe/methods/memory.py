@@ -13,8 +13,8 @@ position ``s``:
   at ``t`` with respect to its input at ``s`` (exact by default; ``probes=n`` estimates it
   with ``n`` Gaussian probes per position). ``method="gradient"`` gives this map for every
   mixer, for a like-for-like comparison;
-* **parallel mixers** (``"attn+mamba2"``, :mod:`probe.mixers.parallel`): gradient influence of
-  their summed output (each part's own exact map is not composed yet);
+* **parallel mixers** (``"attn+mamba2"``, :mod:`probe.mixers.parallel`): the parts' maps side by side
+  along the head axis (:mod:`probe.methods.implicit.parallel`), the output rebuilt as their sum;
 * ``ff`` layers read nothing from the past (no map).
 
 A term that reads only the current position is kept out of the matrix and shown apart
@@ -46,11 +46,12 @@ from torch import Tensor
 
 from probe.errors import InputError, ProbeError
 from probe.finite import check_finite
+from probe.hooks import mixer_hook
 from probe.methods import implicit
 from probe.methods.implicit import ImplicitAttention
 from probe.methods.support import input_checks as inputs
 from probe.methods.support.gradient_mode import needs_gradients
-from probe.mixers import MIXERS, Parallel
+from probe.mixers import MIXERS
 from probe.result import MethodResult
 
 METHODS = ("auto", "gradient")
@@ -297,7 +298,7 @@ def _implicit(model, tokens: Tensor, layers: list[int]) -> dict[int, tuple[Impli
     unrollings = {i: implicit.unrolling(model.cfg.layout[i]) for i in layers}
     names = []
     for i, u in unrollings.items():
-        names += [f"blocks.{i}.mixer.hook_{h}" for h in u.hooks]
+        names += [mixer_hook(i, h) for h in u.hooks]
         names += [f"blocks.{i}.hook_mixer_in", f"blocks.{i}.hook_mixer_out"]
     missing = [n for n in names if n not in model.hook_dict]
     if missing:
@@ -313,7 +314,7 @@ def _implicit(model, tokens: Tensor, layers: list[int]) -> dict[int, tuple[Impli
             model(tokens, return_type=None)
         out = {}
         for i, u in unrollings.items():
-            hooks = {h: found[f"blocks.{i}.mixer.hook_{h}"] for h in u.hooks}
+            hooks = {h: found[mixer_hook(i, h)] for h in u.hooks}
             ia = u.build(model, i, hooks, found[f"blocks.{i}.hook_mixer_in"])
             check_finite(ia.matrix, f"the memory map of layer {i} ({model.cfg.layout[i]})", model)
             out[i] = (ia, ia.errors(found[f"blocks.{i}.hook_mixer_out"]))
@@ -449,8 +450,7 @@ def memory_map(model, input, layers=None, method: str = "auto", probes: int | No
     layout = model.cfg.layout
     exact = [i for i in layers if method == "auto" and layout[i] in implicit.REGISTRY]
     unknown = [i for i in layers if method == "auto" and layout[i] not in implicit.REGISTRY
-               and not MIXERS[layout[i]].nonlinear_state and MIXERS[layout[i]].mixes_positions
-               and not issubclass(MIXERS[layout[i]], Parallel)]  # parallel parts: gradient influence
+               and not MIXERS[layout[i]].nonlinear_state and MIXERS[layout[i]].mixes_positions]
     if unknown:
         implicit.unrolling(layout[unknown[0]])  # raises, naming what is supported
     check_memory(model, layers, method, *tokens.shape, memory_limit)

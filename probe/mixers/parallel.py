@@ -10,9 +10,11 @@ mixer ``a`` and mixer ``b`` side by side::
 
 Hooks: part ``p`` is the module ``blocks.{l}.mixer.{p}``, so its hooks keep their names one level
 down: ``blocks.{l}.mixer.mamba2.hook_state``, ``blocks.{l}.mixer.attn.hook_pattern``. The short site
-``state`` of such a layer is every ``hook_state*`` of its parts; a method that reads the layer's
-``hook_mixer_out`` (direct logit attribution, patching, lenses) sees the sum, and
-``hook_{p}_out`` splits it exactly into the parts.
+``state`` of such a layer is its parts' memory (every ``hook_state*``, the attention part's ``hook_k`` /
+``hook_v``) and any other short site is looked up in each part
+(:mod:`probe.methods.support.site_hooks`); a method that reads the layer's ``hook_mixer_out`` (direct
+logit attribution, patching, lenses) sees the sum, and ``hook_{p}_out`` splits it exactly into the
+parts. Its memory map is the parts' maps side by side (:mod:`probe.methods.implicit.parallel`).
 
 State: part ``p``'s state is the block-state entry ``"mixer.{p}"`` (its module path in the block),
 so ``ModelState.hook_items()`` names it ``blocks.{l}.mixer.{p}.hook_<suffix>`` like its hooks, and

@@ -114,7 +114,7 @@ def test_memory_map_every_architecture(arch):
         if MIXERS[name].is_attention:
             assert lm.kind == "attention"
             torch.testing.assert_close(lm.matrix.sum(-1), torch.ones_like(lm.matrix.sum(-1)))
-        elif MIXERS[name].nonlinear_state or "+" in name:  # parallel mixers: gradient influence of their sum
+        elif MIXERS[name].nonlinear_state:
             assert lm.kind == "gradient influence" and lm.reconstruction_error is None
         else:
             assert lm.kind == "implicit attention" and lm.reconstruction_error < 1e-4

@@ -7,6 +7,8 @@ from typing import Callable
 
 from probe.errors import ProbeError
 from probe.methods.implicit.base import ImplicitAttention
+from probe.methods.implicit.parallel import compose
+from probe.mixers.parallel import part_names
 
 
 @dataclass(frozen=True)
@@ -17,7 +19,27 @@ class Unrolling:
     size: Callable[..., tuple[int, int]]
 
 
-REGISTRY: dict[str, Unrolling] = {}
+class UnrollingRegistry(dict):
+    """``{mixer name: Unrolling}``; a parallel layout entry ``"a+b"`` whose parts are all registered
+    resolves (on lookup, not listed) to their maps side by side (:mod:`probe.methods.implicit.parallel`)."""
+
+    def _parallel(self, name) -> Unrolling | None:
+        parts = part_names(name) if isinstance(name, str) and "+" in name else ()
+        if not parts or not all(dict.__contains__(self, p) for p in parts):
+            return None
+        return Unrolling(name, *compose(name, [dict.__getitem__(self, p) for p in parts]))
+
+    def __missing__(self, name):
+        found = self._parallel(name)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name) or self._parallel(name) is not None
+
+
+REGISTRY: dict[str, Unrolling] = UnrollingRegistry()
 
 
 def register(name: str, hooks: tuple[str, ...], size: Callable[..., tuple[int, int]]):
