@@ -78,6 +78,8 @@ def test_config_places_layers_experts_and_options():
         == {"n_experts": 4, "top_k": 2, "d_expert": 16, "router": "softmax", "renormalize": True, "d_shared": 24,
             "shared_gate": True}
     assert cfg.options("gdn")["n_v_heads"] == 4
+    sparse_every_second = qwen3_next_from_hf(hf_qwen3_next(decoder_sparse_step=2)).cfg
+    assert sparse_every_second.mlp_layout == ["swiglu", "swiglu", "swiglu", "moe"]  # layer 1 is mlp_only
 
 
 #: a second configuration: tied embeddings, un-renormalised top-k, biased attention, no key-value grouping,
