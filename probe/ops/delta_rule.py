@@ -1,5 +1,6 @@
 r"""The (gated) delta rule: a matrix memory that overwrites what a key reads, as Gated DeltaNet
-(Yang et al. 2025) computes it, and the generalised (diagonal plus low-rank) form RWKV-7 uses.
+(Yang et al. 2025) and Kimi Delta Attention compute it, and the generalised (diagonal plus low-rank)
+form RWKV-7 uses.
 
 Signatures (batch first, then position; ``H`` heads, key width ``K``, value width ``V``)::
 
@@ -64,7 +65,7 @@ Every decay factor is a product of gates over a forward range (built by cumulati
 never by dividing), so gates of exactly 0 or 1 are exact.
 
 **All states** (:func:`gated_delta_rule_states`): the same chunks with
-``S_t = gamma_t S_0 + sum_{s<=t} D[t, s] k_s u_s^T`` at every position; a forced state ends a
+``S_t = diag(gamma_t) S_0 + sum_{s<=t} (D[t, s] * k_s) u_s^T`` at every position; a forced state ends a
 segment and the next segment starts from it.
 
 **Generalised delta rule** (:func:`dplr_sequential`, the reference RWKV-7 reuses): a
@@ -72,8 +73,8 @@ diagonal-plus-rank-one transition with per-channel decay ``w_t = exp(log_w_t) [K
 
     S_t = (diag(w_t) + a_t b_t^T) S_{t-1} + k_t v_t^T,     o_t = scale S_t^T q_t
 
-The gated delta rule is the case ``w_t = a_t 1``, ``a = -a_t beta_t k_t``, ``b = k_t`` with key
-``beta_t k_t``. RWKV-7 writes ``S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T`` with
+The gated delta rule (either gate) is the case ``w_t = alpha_t``, ``a = -beta_t k_t``,
+``b = alpha_t * k_t`` with key ``beta_t k_t``: ``diag(alpha) - beta k (alpha * k)^T = (I - beta k k^T) diag(alpha)``. RWKV-7 writes ``S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T`` with
 ``S [V, K]``; transposed into this orientation its ``a`` and ``b`` swap places.
 :func:`dplr_states` keeps the state after every position (the same loop; a forced state replaces
 ``S_t`` and the recurrence carries on from it).

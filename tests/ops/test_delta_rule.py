@@ -97,7 +97,7 @@ def test_forced_state_restarts_the_rule(per_channel):
 
 @pytest.mark.parametrize("per_channel", [False, True], ids=["scalar", "channel"])
 def test_generalised_rule_contains_the_gated_delta_rule(per_channel):
-    """dplr with w = alpha, a = -beta k * alpha, b = k and key beta k is the gated delta rule (RWKV-7 reuses
+    """dplr with w = alpha, a = -beta k, b = alpha * k and key beta k is the gated delta rule (RWKV-7 reuses
     dplr): (diag(alpha) - beta k (alpha * k)^T) S = (I - beta k k^T) diag(alpha) S."""
     q, k, v, g, beta, h0 = _inputs(9, per_channel=per_channel)
     o_ref, h_ref = gated_delta_rule_sequential(q, k, v, g, beta, h0)
