@@ -22,12 +22,12 @@ Usage: python benchmarks/gpu_suite.py [--out DIR] [--mixers hgrn2,mamba] [--leng
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,17 +47,18 @@ FUSED = {"hgrn2", "mamba"}
 OPTIONS = {"hgrn2": {"expand_ratio": 128}, "mamba": {"d_state": 16, "expand": 2}}
 
 
-@dataclass
+@dataclasses.dataclass(frozen=True)
 class Shape:
     batch: int
     d_model: int
     lengths: tuple[int, ...]
     positions: int
     repeats: int
+    issue_options: bool  # the mixer options of the issue's table (OPTIONS); False: each mixer's defaults
 
 
-FULL = Shape(batch=4, d_model=1024, lengths=(2048, 8192), positions=8, repeats=3)
-QUICK = Shape(batch=1, d_model=32, lengths=(16, 32), positions=4, repeats=1)
+FULL = Shape(batch=4, d_model=1024, lengths=(2048, 8192), positions=8, repeats=3, issue_options=True)
+QUICK = Shape(batch=1, d_model=32, lengths=(16, 32), positions=4, repeats=1, issue_options=False)
 
 
 def recurrent_mixers() -> list[str]:
@@ -71,7 +72,7 @@ def recurrent_mixers() -> list[str]:
 def build_mixer(name: str, shape: Shape, device, dtype):
     d_head = 128 if shape.d_model >= 128 else shape.d_model // 2
     cfg = probe.ModelConfig(vocab_size=256, d_model=shape.d_model, d_head=d_head, layout=[name],
-                            mixer_options={name: OPTIONS[name]} if name in OPTIONS and shape is FULL else {})
+                            mixer_options={name: OPTIONS[name]} if name in OPTIONS and shape.issue_options else {})
     return MIXERS[name](cfg, 0).to(device=device, dtype=dtype).eval()
 
 
@@ -83,8 +84,8 @@ def reference_layer(name: str, shape: Shape, device, dtype):
         if name == "hgrn2":
             from fla.layers import HGRN2Attention
 
-            layer = HGRN2Attention(mode="chunk", hidden_size=d, expand_ratio=OPTIONS["hgrn2"]["expand_ratio"]
-                                   if shape is FULL else d // 2, layer_idx=0)
+            expand = OPTIONS["hgrn2"]["expand_ratio"] if shape.issue_options else build_mixer(name, shape, "cpu", dtype).e
+            layer = HGRN2Attention(mode="chunk", hidden_size=d, expand_ratio=expand, layer_idx=0)
             return "fla HGRN2Attention(mode='chunk')", _module(layer, device, dtype, lambda m, x: m(x)[0])
         if name == "mamba":
             from mamba_ssm import Mamba as MambaRef
@@ -300,8 +301,7 @@ def main(argv=None) -> int:
         return 2
     shape = QUICK if args.quick else FULL
     if args.lengths:
-        shape = Shape(shape.batch, shape.d_model, tuple(int(t) for t in args.lengths.split(",")), shape.positions,
-                      shape.repeats)
+        shape = dataclasses.replace(shape, lengths=tuple(int(t) for t in args.lengths.split(",")))
     mixers = args.mixers.split(",") if args.mixers else recurrent_mixers()
     unknown = [m for m in mixers if m not in MIXERS]
     if unknown:

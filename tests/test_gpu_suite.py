@@ -40,3 +40,12 @@ def test_targets_judged_per_row():
     judged = gpu_suite.judge(dict(row, mixer="hgrn2", reference_ms=8.0, capture_ms=20.0))
     assert judged["forward_target_met"] is True and judged["capture_target_met"] is True
     assert "lmu_memory_ratio" not in judged
+
+
+def test_the_issue_shapes_keep_their_options_whatever_the_lengths():
+    import dataclasses
+
+    shape = dataclasses.replace(gpu_suite.FULL, lengths=(64,))
+    hgrn2 = gpu_suite.build_mixer("hgrn2", shape, "cpu", torch.float32)
+    mamba = gpu_suite.build_mixer("mamba", shape, "cpu", torch.float32)
+    assert (hgrn2.e, hgrn2.heads) == (128, 8) and (mamba.d_state, mamba.d_inner) == (16, 2048)
