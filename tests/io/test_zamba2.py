@@ -60,15 +60,17 @@ def test_logits_and_final_states_match_transformers(variant):
         ours, states = model(toks, return_states=True)
     diff = (ours - ref.logits).abs().max()
     assert diff < 1e-4, diff
+    # states after six layers of chunked scans: 5e-6 + 5e-5 |x| (measured within 0.14 of it under the
+    # default, avx2 and avx512 CPU paths)
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=5e-5, atol=5e-6)
     for i, layer in enumerate(ref.cache.layers):
         mine = states.layers[i]
         # transformers: recurrent [b, heads, head_dim, d_state]; conv [b, conv_dim, k] (the last k inputs)
-        torch.testing.assert_close(mine["mixer"]["state"], layer.recurrent_states[0], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(mine["mixer"]["state_conv"], layer.conv_states[0][..., 1:].transpose(1, 2),
-                                   rtol=1e-5, atol=1e-6)
+        close(mine["mixer"]["state"], layer.recurrent_states[0])
+        close(mine["mixer"]["state_conv"], layer.conv_states[0][..., 1:].transpose(1, 2))
         if c.layers_block_type[i] == "hybrid":  # keys / values [b, kv_heads, pos, d_head], rotated keys
-            torch.testing.assert_close(mine["shared"]["k"], layer.keys.transpose(1, 2), rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(mine["shared"]["v"], layer.values.transpose(1, 2), rtol=1e-5, atol=1e-6)
+            close(mine["shared"]["k"], layer.keys.transpose(1, 2))
+            close(mine["shared"]["v"], layer.values.transpose(1, 2))
         else:
             assert "shared" not in mine
 
