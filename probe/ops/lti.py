@@ -195,8 +195,8 @@ class LTIMemory:
         ``W [d, c, q]`` -> ``[b, T, d]``: the states of one channel block at a time
         (:meth:`_fft_blocks`, each block's transforms within the size of the output and the states,
         ``b T (d + c q)``), read out and summed into the output, so the ``[b, T, c, q]`` states never
-        exist at once (what a forward pass that hooks no state needs). The readout costs ``b T c q d`` multiply-adds, as reading
-        materialised states would.
+        exist at once (what a forward pass that hooks no state needs). The readout costs ``b T c q d``
+        multiply-adds, as reading materialised states would.
         """
         b, T, c = u.shape
         d = W.shape[0]
