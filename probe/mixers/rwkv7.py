@@ -41,7 +41,8 @@ about it is carried between segments (each segment's first layer recomputes its 
 the state is still exactly the ``hook_state*`` entries and segmented runs equal whole ones. An
 edit of the first layer's ``hook_v`` reaches every later layer's values; an edit of a later
 layer's ``hook_value_residual`` or ``hook_v`` stays in that layer. A later layer run on its own
-needs ``cross={V_FIRST: v_first}``.
+needs ``cross={V_FIRST: v_first}``. In a hybrid layout the first ``rwkv7`` layer plays fla's layer 0
+(fla's own hybrids lerp toward zeros when layer 0 is attention; its converter refuses those).
 
 State (after token ``t``): ``state`` ``S_t`` ``[batch, H, K, V]`` (``hook_state``: ``[b, pos, H,
 K, V]``, fla's ``recurrent_state``), ``state_shift`` ``[batch, 1, d_model]`` (fla's ``conv_state``).
@@ -51,8 +52,9 @@ channel mixing's shift.
 Hooks (dependency order): ``hook_state_shift``; ``hook_r``, ``hook_k`` (``k~``, before the
 update), ``hook_log_decay``, ``hook_iclr`` (``a``), all ``[b, pos, H, K]``; ``hook_value_residual``
 (``nu``, layers after the first); ``hook_v`` (the values the recurrence writes, after the value
-residual) ``[b, pos, H, V]``; ``hook_gate`` (``g``, ``[b, pos, H V]``); ``hook_state``; ``hook_recurrence_out`` (``o``
-before the group norm, ``[b, pos, H, V]``). TransformerLens 4 has no RWKV-7.
+residual) ``[b, pos, H, V]``; ``hook_gate`` (``g``, ``[b, pos, H V]``); ``hook_state``;
+``hook_recurrence_out`` (``o`` before the group norm, ``[b, pos, H, V]``). TransformerLens 4 has no
+RWKV-7.
 
 The recurrence runs position by position (:func:`~probe.ops.delta_rule.dplr_sequential`; with a
 state hook or edit, :func:`~probe.ops.delta_rule.dplr_states`), in at least float32; the carried
@@ -66,8 +68,9 @@ with its own shift state, ``blocks.{i}.mlp.hook_state_shift``, and ``mlp.hook_k`
 
 Options: ``d_head`` (``None``: the model's ``d_head``; fla's default is 64), ``d_value``
 (``None``: ``d_model``), ``d_decay_lora``, ``d_a_lora``, ``d_gate_lora``, ``d_value_lora`` (``None``:
-fla's sizes from ``d_model`` and the head width), ``value_residual`` (True), ``norm_eps`` (1e-5; the group norm's epsilon is
-``d_head * norm_eps``, as fla's).
+fla's sizes from ``d_model`` and the head width), ``value_residual`` (True), ``norm_eps`` (1e-5; the
+group norm's epsilon is ``d_head * norm_eps``, as fla's). Import: :mod:`probe.io.convert_rwkv7`
+converts fla's ``RWKV7ForCausalLM`` and its checkpoint folders.
 """
 from __future__ import annotations
 
