@@ -24,6 +24,7 @@ PAIRS = [("mamba", "blocks.0.mixer.hook_ssm_state", "blocks.0.mixer.hook_state")
 ARCH_OF = {"mamba": "mamba", "mamba2": "mamba2", "gdn": "gdn", "attn+mamba2": "hybrid_falcon_h1"}
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("arch, alias, name", PAIRS)
 def test_alias_reads_the_same_tensor_in_the_cache_and_a_names_filter(arch, alias, name):
     model = make_model(arch)
@@ -36,6 +37,7 @@ def test_alias_reads_the_same_tensor_in_the_cache_and_a_names_filter(arch, alias
     torch.testing.assert_close(only[alias], cache[name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("arch", ["mamba", "mamba2", "gdn"])
 def test_an_edit_through_the_alias_is_the_edit_through_probes_name(arch):
     """Zeroing the state at position 3 under TL's name propagates to the later logits exactly as under

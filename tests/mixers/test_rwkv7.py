@@ -171,6 +171,7 @@ def test_rwkv7_blocks_default_to_its_channel_mix():
 # -- the value residual: layer 0's values reach the later layers -------------------------------------
 
 
+@pytest.mark.numerical
 def test_later_layers_read_the_first_layers_values_from_the_forward():
     """Layer 1 run alone on its cached input, with layer 0's cached ``hook_v`` as ``v_first``, gives
     its cached output; its ``hook_v`` is the lerp of its own projection toward layer 0's values."""
@@ -189,6 +190,7 @@ def test_later_layers_read_the_first_layers_values_from_the_forward():
     assert "blocks.0.mixer.hook_value_residual" not in model.hook_dict
 
 
+@pytest.mark.numerical
 def test_an_edit_of_the_first_layers_values_reaches_the_later_layers():
     """Zeroing layer 0's values at position 4 changes layer 1's values at position 4 only, exactly as
     running layer 1 on the edited values does; layer 1's own ``hook_value_residual`` edit stays local."""
@@ -222,6 +224,7 @@ def test_a_later_layer_without_the_first_layers_values_is_an_input_error():
         m(torch.randn(1, 5, 32), cross={RWKV7.V_FIRST: torch.randn(1, 4, 4, 8)})
 
 
+@pytest.mark.numerical
 def test_value_residual_off_makes_every_layer_independent():
     model = make_model("rwkv7", mixer_options={"rwkv7": {"value_residual": False}})
     m = model.blocks[1].mixer
