@@ -176,3 +176,17 @@ def test_memory_map_of_a_parallel_layer_is_its_parts_side_by_side():
     torch.testing.assert_close(lm.matrix[:, :4], cache["blocks.0.mixer.attn.hook_pattern"])
     assert lm.reconstruction_error < 1e-5
     assert lm.matrix[:, 4:].triu(1).abs().max() == 0  # causal
+
+
+def test_a_cross_layer_part_reads_the_forward_s_cross_layer_values():
+    """An rwkv7 part of a parallel layer gets the value residual of the first rwkv7 layer, as it would alone:
+    its output equals the part run by hand with the cross dictionary of a plain rwkv7 model's forward."""
+    model = _model(layout=["rwkv7", "attn+rwkv7"])
+    assert MIXERS["attn+rwkv7"].cross_layer
+    toks = tokens(1, 7)
+    _, cache = model.run_with_cache(toks)
+    with torch.no_grad():
+        cross: dict = {}
+        model.blocks[0].mixer(cache["blocks.0.hook_mixer_in"], None, cross=cross)
+        alone, _ = model.blocks[1].mixer.rwkv7(cache["blocks.1.hook_mixer_in"], None, cross=cross)
+    torch.testing.assert_close(cache["blocks.1.mixer.hook_rwkv7_out"], alone)

@@ -23,7 +23,8 @@ every part's edits propagate through its own recurrence (the parts share only th
 ``MIXERS`` (:class:`MixerRegistry`) resolves a name ``"a+b"`` of registered mixers to the class
 :func:`parallel_class` builds for them (one class per combination, not listed in ``MIXERS``), so
 capability flags work on it like on any mixer: ``recurrent`` / ``mixes_positions`` /
-``nonlinear_state`` when any part has them; ``is_attention`` is False (its output is not one
+``nonlinear_state`` / ``cross_layer`` when any part has them (the cross-layer dictionary goes to the parts
+that take it); ``is_attention`` is False (its output is not one
 attention's heads through ``W_O``).
 """
 from __future__ import annotations
@@ -77,13 +78,18 @@ class Parallel(Mixer):
         for part in self.parts().values():
             part.init_special()
 
-    def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict[str, dict[str, Tensor]]]:
+    def forward(self, x: Tensor, state: dict | None = None,
+                cross: dict | None = None) -> tuple[Tensor, dict[str, dict[str, Tensor]]]:
         """``x [batch, pos, d_model]``, ``state {part name: part state or None}`` -> ``(sum of the parts'
-        outputs [batch, pos, d_model], {part name: part state})``."""
+        outputs [batch, pos, d_model], {part name: part state})``; ``cross``: the forward's cross-layer
+        dictionary, handed to the parts with ``cross_layer`` (RWKV-7's value residual)."""
         state = state or {}
         total, new = None, {}
         for p, part in self.parts().items():
-            y, new[p] = part(x, state.get(p))
+            if part.cross_layer:
+                y, new[p] = part(x, state.get(p), cross=cross)
+            else:
+                y, new[p] = part(x, state.get(p))
             y = getattr(self, f"hook_{p}_out")(y)
             total = y if total is None else total + y
         return total, new
@@ -93,7 +99,7 @@ class Parallel(Mixer):
 def parallel_class(parts: tuple[type[Mixer], ...]) -> type[Parallel]:
     """The composite mixer class running ``parts`` in parallel, named ``"a+b"`` by their names."""
     flags = {flag: any(getattr(cls, flag) for cls in parts)
-             for flag in ("recurrent", "mixes_positions", "nonlinear_state")}
+             for flag in ("recurrent", "mixes_positions", "nonlinear_state", "cross_layer")}
     name = SEPARATOR.join(cls.NAME for cls in parts)
     return type(f"Parallel[{name}]", (Parallel,), {"NAME": name, "PARTS": parts, "is_attention": False, **flags})
 
