@@ -19,14 +19,14 @@ if str(ROOT) not in sys.path:  # `streamlit run app/explorer.py` puts app/ on th
 st.set_page_config(page_title="probe explorer", layout="wide")
 st.title("probe explorer")
 
-# the first session of a server imports torch and TransformerLens (seconds on a small machine):
-# the title and a spinner show while it does
-with st.spinner("Loading probe..."):
-    from app.context import guarded
-    from app.limits import fit_to_limits
-    from app.sidebar import sidebar
-    from app.views import VIEWS
-    from app.widgets import n_tokens
+# The title and the sidebar's pickers need no torch, so they show at once; each model then loads
+# under a spinner naming it (the first load of a server imports torch and TransformerLens), and
+# only the open tab's view module is imported.
+from app.context import guarded  # noqa: E402 - after the title on purpose
+from app.limits import fit_to_limits  # noqa: E402
+from app.sidebar import sidebar  # noqa: E402
+from app.views import VIEWS, renderer  # noqa: E402
+from app.widgets import n_tokens  # noqa: E402
 
 ctx = sidebar()
 if not ctx.text.strip():
@@ -39,7 +39,7 @@ st.caption(f"Input: {len(ctx.text)} characters" + (f", {n} tokens" if n is not N
 
 labels = [label for label, _ in VIEWS]
 tabs = st.tabs(labels, key="view", on_change="rerun", bind="query-params")
-for tab, (label, render) in zip(tabs, VIEWS):
+for tab, (label, target) in zip(tabs, VIEWS):
     if tab.open:
         with tab:
-            guarded(lambda: render(ctx), label)
+            guarded(lambda: renderer(target)(ctx), label)

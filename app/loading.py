@@ -17,7 +17,9 @@ source                 model
 ``/some/hf_dir``       a transformers ``save_pretrained`` folder, converted the same way
 =====================  ==================================================================
 
-Every failure is a :class:`probe.ProbeError` with a message for the page.
+Every failure is a :class:`probe.ProbeError` with a message for the page. Importing this module
+needs no torch (the page's title and sidebar draw before it is imported): torch and the model
+code are imported by the first model load.
 """
 from __future__ import annotations
 
@@ -26,13 +28,16 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
-import torch
 
 import probe
 from probe.errors import CheckpointError
 from probe.loading import is_transformers_dir
+
+if TYPE_CHECKING:
+    import torch
 
 #: untrained demo models: layout of each (d_model 64, byte tokenizer, seed 0)
 DEMO_LAYOUTS: dict[str, list[str]] = {
@@ -47,9 +52,6 @@ HF_HOST = ("huggingface.co", 443)
 #: a hub id: ``name`` or ``owner/name`` (letters, digits, ``-``, ``_``, ``.``)
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 
-# Small models gain nothing from intra-op threads, and on a small shared machine threads wait on each
-# other (tens of times slower); PROBE_THREADS=N gives big (Hugging Face) models more.
-torch.set_num_threads(max(1, int(os.environ.get("PROBE_THREADS", "1"))))
 
 
 def zoo_sources() -> list[str]:
@@ -57,9 +59,7 @@ def zoo_sources() -> list[str]:
 
 
 def demo_sources() -> list[str]:
-    from probe.mixers import MIXERS
-
-    return [f"demo:{n}" for n, layout in DEMO_LAYOUTS.items() if set(layout) <= set(MIXERS)]
+    return [f"demo:{n}" for n in DEMO_LAYOUTS]
 
 
 def default_sources() -> tuple[str, str]:
@@ -88,6 +88,8 @@ def network_available(timeout: float = 2.0) -> bool:
 def _demo_model(name: str) -> probe.HookedLM:
     if name not in DEMO_LAYOUTS:
         raise CheckpointError(f"No demo model {name!r}; demos: {', '.join(DEMO_LAYOUTS)}.")
+    import torch
+
     torch.manual_seed(0)
     cfg = probe.ModelConfig(d_model=64, layout=DEMO_LAYOUTS[name], name=f"demo:{name} (untrained)")
     return probe.HookedLM(cfg).eval()
@@ -143,9 +145,14 @@ def load_model(source: str) -> probe.HookedLM:
     return _cached_model(source, version)
 
 
-@st.cache_resource(show_spinner="Loading model...", max_entries=8)
+@st.cache_resource(show_spinner=False, max_entries=8)  # the sidebar's spinner names the model
 def _cached_model(source: str, version: tuple) -> probe.HookedLM:
     """The model behind ``source``; ``version`` is only part of the cache key."""
+    import torch
+
+    # Small models gain nothing from intra-op threads, and on a small shared machine threads wait on each
+    # other (tens of times slower); PROBE_THREADS=N gives big (Hugging Face) models more.
+    torch.set_num_threads(max(1, int(os.environ.get("PROBE_THREADS", "1"))))
     model = _load(source)
     prepare_kernels(model)
     return model

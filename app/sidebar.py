@@ -1,8 +1,12 @@
 """The sidebar: pick model A and model B, and the input (typed text, a code snippet or a task example).
 
-Returns a :class:`app.context.Context` that every view shares.
+Returns a :class:`app.context.Context` that every view shares. Every picker is drawn before any
+model loads (drawing them needs no torch), then each model loads under a spinner in the page that
+names it; its description or error is written back under its picker.
 """
 from __future__ import annotations
+
+import sys
 
 import streamlit as st
 
@@ -26,7 +30,8 @@ def _label(option: str) -> str:
 
 
 def pick_model(name: str, default: str) -> Slot:
-    """One model picker; the model is loaded (cached) and any failure becomes ``slot.error``."""
+    """One model picker: a :class:`Slot` holding the chosen source (no model yet), or its error
+    when the source is still to be typed."""
     options = loading.zoo_sources() + loading.demo_sources() + [LOCAL, HUB]
     index = options.index(default) if default in options else 0
     choice = st.selectbox(f"Model {name}", options, index=index, format_func=_label, key=f"model_{name}",
@@ -45,14 +50,26 @@ def pick_model(name: str, default: str) -> Slot:
         source = f"hf:{hub_id}"
     else:
         source = choice
+    return Slot(name, source)
+
+
+def load_slot(slot: Slot, note) -> Slot:
+    """``slot`` with its model loaded (cached) under a spinner naming it; its description, or the
+    failure as ``slot.error``, is written to ``note`` (a placeholder under the picker)."""
+    if slot.error:
+        return slot
+    first = "transformer_lens" not in sys.modules  # the first load of a server imports the model code
+    message = f"Loading model {slot.name}: {slot.source}" + (
+        " (the first model also imports PyTorch and TransformerLens: several seconds)..." if first else "...")
     try:
-        model = loading.load_model(source)
+        with st.spinner(message):
+            model = loading.load_model(slot.source)
     except Exception as exc:  # noqa: BLE001 - shown in the page, never as a traceback
-        message = str(exc) if isinstance(exc, probe.ProbeError) else f"{type(exc).__name__}: {exc}"
-        st.error(f"Model {name}: {message}")
-        return Slot(name, source, error=f"Model {name} could not be loaded: {message}")
-    st.caption(loading.describe(model))
-    return Slot(name, source, model)
+        text = str(exc) if isinstance(exc, probe.ProbeError) else f"{type(exc).__name__}: {exc}"
+        note.error(f"Model {slot.name}: {text}")
+        return Slot(slot.name, slot.source, error=f"Model {slot.name} could not be loaded: {text}")
+    note.caption(loading.describe(model))
+    return Slot(slot.name, slot.source, model)
 
 
 def pick_input() -> tuple[str, examples.Example | None]:
@@ -87,12 +104,16 @@ def pick_input() -> tuple[str, examples.Example | None]:
 
 
 def sidebar() -> Context:
+    """Draw every picker, then load the two models (spinners in the page); the shared context."""
     with st.sidebar:
         st.header("Models")
         a, b = loading.default_sources()
-        slots = [pick_model("A", a), pick_model("B", b)]
+        picked = []
+        for name, default in (("A", a), ("B", b)):
+            picked.append((pick_model(name, default), st.empty()))
         if not loading.zoo_sources():
             st.caption("No zoo models are installed: the demo models are untrained (random weights).")
         st.header("Input")
         text, example = pick_input()
+    slots = [load_slot(slot, note) for slot, note in picked]
     return Context(slots, text, example)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from probe.errors import CheckpointError, InputError, suggest
+
+if TYPE_CHECKING:
+    import torch
 
 ZOO_DIR = Path(__file__).parent / "zoo"
 
@@ -35,20 +37,24 @@ def is_transformers_dir(path: str | Path) -> bool:
     return isinstance(config, dict) and "model_type" in config and "config" not in config
 
 
-def load(source: str | Path, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
+def load(source: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """Load a model: ``"zoo:NAME"``, a checkpoint directory, or (with network and the ``hf``
     extra) a Hugging Face hub id converted with :func:`probe.from_hf`.
 
-    Returns a :class:`probe.HookedLM` with its weights in ``dtype`` (the zoo's files hold float16;
-    they are cast on loading) on ``device``.
+    Returns a :class:`probe.HookedLM` with its weights in ``dtype`` (default ``torch.float32``; the
+    zoo's files hold float16 and are cast on loading) on ``device``. Listing the zoo
+    (:func:`zoo_names`) needs no torch; loading imports it.
 
     Example::
 
         model = probe.load("zoo:qrnn").eval()
         model = probe.load("path/to/checkpoint")          # written by model.save(path)
     """
+    import torch
+
     from probe.io.checkpoint import load_model
 
+    dtype = torch.float32 if dtype is None else dtype
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"probe.load takes zoo:NAME, a checkpoint directory or a hub id, got {type(source).__name__}.")
     text = str(source)
