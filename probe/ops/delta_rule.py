@@ -179,6 +179,21 @@ def dplr_states(k: Tensor, v: Tensor, log_w: Tensor, a: Tensor, b: Tensor, h0: T
     return torch.stack(states, dim=1)
 
 
+def _decay_products(a: Tensor) -> Tensor:
+    """``D[t, s] = prod_{s<r<=t} a_r`` for ``s <= t``, else 0: ``a [..., L, C]`` -> ``[..., L, L, C]``.
+
+    Row by row, ``D[t] = a_t D[t-1] + e_t`` (``e_t`` one at ``s = t``): forward products only, never a
+    division, so gates of exactly 0 stay exact."""
+    L = a.shape[-2]
+    eye = torch.eye(L, dtype=a.dtype, device=a.device)[..., None]  # [t, s, 1]
+    row = eye[0].expand_as(a)
+    rows = [row]
+    for t in range(1, L):
+        row = a[..., t, None, :] * row + eye[t]
+        rows.append(row)
+    return torch.stack(rows, dim=-3)
+
+
 class _Chunks:
     """The per-chunk quantities of the chunked form that do not depend on the carried state.
 
@@ -187,7 +202,8 @@ class _Chunks:
         k, q: ``[b, H, n, L, K]`` (q None when only states are wanted);
         D: ``[b, H, n, L, L, C]`` with ``D[t, s] = prod_{s<r<=t} a_r`` for ``s <= t``, else 0;
         gamma: ``[b, H, n, L, C]`` the gate product from the chunk start through ``t``;
-        W_v ``[b, H, n, L, V]``, W_k ``[b, H, n, L, K]``: ``U = W_v - W_k S_0``.
+        W_v ``[b, H, n, L, V]``, W_k ``[b, H, n, L, K]``: ``U = W_v - W_k S_0``;
+        QK: ``[b, H, n, L, L]``, ``QK[t, s] = <q_t, D[t, s] * k_s>`` (None without q).
     """
 
     def __init__(self, q: Tensor | None, k: Tensor, v: Tensor, log_decay: Tensor, beta: Tensor, chunk: int):
@@ -204,16 +220,14 @@ class _Chunks:
         self.k, self.q = split(k), (split(q) if q is not None else None)
         a = split(_channels(log_decay).exp(), fill=1.0)  # [b, H, n, L, C]
         bt = split(beta)
-        causal = torch.ones(L, L, dtype=torch.bool, device=k.device).tril()
-        # row t of the cumulative product over t of [a_t if t > s else 1] is prod_{s<r<=t} a_r
-        steps = torch.where(causal.tril(-1)[..., None], a[..., :, None, :], a.new_ones(()))  # [b, H, n, t, s, C]
-        self.D = steps.cumprod(3).masked_fill(~causal[..., None], 0.0)
+        self.D = _decay_products(a)
         self.gamma = a.cumprod(3)
         M = (bt * self.pair(self.k, self.k, self.D)).tril(-1)
         eye = torch.eye(L, dtype=k.dtype, device=k.device)
         rhs = torch.cat([bt * split(v), bt * self.gamma * self.k], dim=-1)
         W = torch.linalg.solve_triangular(eye + M, rhs, upper=False, unitriangular=True)
         self.W_v, self.W_k = W.split([v.shape[-1], K], dim=-1)
+        self.QK = self.pair(self.q, self.k, self.D) if q is not None else None
 
     @staticmethod
     def pair(x: Tensor, y: Tensor, D: Tensor) -> Tensor:
@@ -235,7 +249,7 @@ class _Chunks:
         """``o [b, H, L, V]`` of chunk ``j``."""
         q = self.q[:, :, j]
         inter = (q * self.gamma[:, :, j]) @ S0
-        intra = self.pair(q, self.k[:, :, j], self.D[:, :, j]) @ U
+        intra = self.QK[:, :, j] @ U
         return (inter + intra) * scale
 
     def states(self, j: int, S0: Tensor, U: Tensor) -> Tensor:
