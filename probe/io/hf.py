@@ -176,9 +176,12 @@ def from_hf(model_or_id: Any, device: str | torch.device | None = None, tokenize
     """Convert a pretrained model to a :class:`probe.HookedLM` with equal logits.
 
     ``model_or_id``: a transformers model object, an ``xlstm.xLSTMLMModel``, a hub id or a
-    directory written by ``save_pretrained`` (loaded with ``AutoModelForCausalLM``).
+    directory written by ``save_pretrained`` (loaded with ``AutoModelForCausalLM``, or read from its
+    files for a model type in ``FOLDER_CONVERTERS``: flash-linear-attention's ``rwkv7``).
     ``tokenizer``: a tokenizer object or name; by default the model's own (``name_or_path``)
-    when it can be loaded, else the byte tokenizer with a warning.
+    when it can be loaded, else the byte tokenizer with a warning. A local folder without tokenizer
+    files is a :class:`~probe.errors.CheckpointError` (raised before any weight is read) unless
+    ``tokenizer`` is given.
 
     Example::
 
