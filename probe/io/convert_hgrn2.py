@@ -25,7 +25,9 @@ rows independently. Short convolutions (``use_short_conv``) and interleaved atte
 (``attn``) are not supported and raise a :class:`probe.errors.ConfigError`.
 
 flash-linear-attention needs a GPU (Triton); tests compare against a line-by-line
-pure-torch implementation of its forward pass instead.
+pure-torch implementation of its forward pass instead. A checkpoint folder (``config.json`` with
+``model_type`` ``"hgrn2"`` + safetensors + tokenizer files) converts without fla:
+``probe.from_hf("<folder>")`` (:func:`hgrn2_from_folder`).
 """
 from __future__ import annotations
 
@@ -83,17 +85,21 @@ def lower_bound_values(lower_bounds: torch.Tensor) -> torch.Tensor:
 
 
 def hgrn2_from_fla(model_or_state_dict: Any, config: Any = None, tokenizer: Any = None,
-                   dtype: torch.dtype = torch.float32):
+                   dtype: torch.dtype = torch.float32, name_or_path: str = ""):
     """Convert an fla ``HGRN2ForCausalLM`` (or its state dict plus its config) to a HookedLM.
 
     ``config``: the ``HGRN2Config`` (or a dict of its fields); taken from the model when a
-    model is given. Every tensor's shape is checked against the config.
+    model is given. Every tensor's shape is checked against the config. ``name_or_path``: where the
+    tokenizer is looked for when ``tokenizer`` is not given (the rule of
+    :func:`probe.io.convert_common.resolve_tokenizer`; a model's own ``_name_or_path`` by default).
     """
+    from probe.io.convert_common import resolve_tokenizer
     from probe.model import HookedLM
 
     if hasattr(model_or_state_dict, "state_dict") and not isinstance(model_or_state_dict, dict):
         config = config if config is not None else model_or_state_dict.config
         sd = model_or_state_dict.state_dict()
+        name_or_path = name_or_path or str(_field(config, "_name_or_path", "") or "")
     elif isinstance(model_or_state_dict, dict):
         sd = model_or_state_dict
     else:
@@ -135,7 +141,7 @@ def hgrn2_from_fla(model_or_state_dict: Any, config: Any = None, tokenizer: Any 
         out[dst + "mlp.W_in.weight"] = get(src + "mlp.up_proj.weight")
         out[dst + "mlp.W_out.weight"] = get(src + "mlp.down_proj.weight")
 
-    model = HookedLM(cfg, tokenizer=tokenizer)
+    model = HookedLM(cfg, tokenizer=resolve_tokenizer(cfg, tokenizer, name_or_path))
     expected = model.state_dict()
     for name, tensor in out.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
@@ -146,3 +152,12 @@ def hgrn2_from_fla(model_or_state_dict: Any, config: Any = None, tokenizer: Any 
         raise CheckpointError(f"HGRN2 conversion left {missing[:5]} unset.")
     model.load_state_dict({k: v.to(dtype) for k, v in out.items()})
     return model.to(dtype).eval()
+
+
+def hgrn2_from_folder(folder: str, tokenizer: Any = None, dtype: torch.dtype = torch.float32):
+    """Convert an fla HGRN2 checkpoint folder (``config.json`` + safetensors, as fla's ``save_pretrained``
+    writes it) without importing fla; its tokenizer files are required unless ``tokenizer`` is given."""
+    from probe.io.convert_common import read_safetensors_folder
+
+    config, sd = read_safetensors_folder(folder)
+    return hgrn2_from_fla(sd, config, tokenizer=tokenizer, dtype=dtype, name_or_path=folder)

@@ -34,9 +34,10 @@ model_type         transformers class                     converter
                    Mamba-2 in parallel in every layer)
 =================  =====================================  ==================================
 
-``rwkv7`` (flash-linear-attention's ``RWKV7ForCausalLM``, :mod:`probe.io.convert_rwkv7`): fla's classes
-need Triton, so a checkpoint *folder* whose ``config.json`` names a model type in ``FOLDER_CONVERTERS``
-is read straight from its files (config + safetensors + tokenizer), without importing fla.
+``rwkv7`` and ``hgrn2`` (flash-linear-attention's ``RWKV7ForCausalLM`` and ``HGRN2ForCausalLM``,
+:mod:`probe.io.convert_rwkv7`, :mod:`probe.io.convert_hgrn2`): fla's classes need Triton, so a checkpoint
+*folder* whose ``config.json`` names a model type in ``FOLDER_CONVERTERS`` is read straight from its files
+(config + safetensors + tokenizer), without importing fla.
 
 ``recurrent_gemma`` (``RecurrentGemmaForCausalLM`` whose layers are all recurrent, Hawk):
 :mod:`probe.io.convert_recurrentgemma`.
@@ -108,6 +109,16 @@ def _rwkv7_folder(folder, **kw):
     return rwkv7_from_folder(folder, **kw)
 
 
+def _hgrn2(model, **kw):
+    from probe.io.convert_hgrn2 import hgrn2_from_fla
+    return hgrn2_from_fla(model, **kw)
+
+
+def _hgrn2_folder(folder, **kw):
+    from probe.io.convert_hgrn2 import hgrn2_from_folder
+    return hgrn2_from_folder(folder, **kw)
+
+
 def _olmo_hybrid(model, **kw):
     from probe.io.convert_olmo_hybrid import olmo_hybrid_from_hf
     return olmo_hybrid_from_hf(model, **kw)
@@ -155,8 +166,10 @@ CONVERTERS["rwkv7"] = _rwkv7
 SUPPORTED += ("flash-linear-attention's RWKV7ForCausalLM (rwkv7; also its saved folder, read without fla)",)
 CONVERTERS["falcon_h1"] = _falcon_h1
 SUPPORTED += ("FalconH1ForCausalLM (falcon_h1: attention and Mamba-2 side by side in every layer)",)
+CONVERTERS["hgrn2"] = _hgrn2
+SUPPORTED += ("flash-linear-attention's HGRN2ForCausalLM (hgrn2; also its saved folder, read without fla)",)
 #: model types converted from a checkpoint folder's files, without their (unimportable) model classes
-FOLDER_CONVERTERS: dict[str, Callable] = {"rwkv7": _rwkv7_folder}
+FOLDER_CONVERTERS: dict[str, Callable] = {"rwkv7": _rwkv7_folder, "hgrn2": _hgrn2_folder}
 
 
 def model_kind(model: Any) -> str:

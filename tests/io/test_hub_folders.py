@@ -4,7 +4,8 @@ the in-memory conversion gives: identical logits, the folder's own tokenizer att
 tokenizer files is refused before any weight is read, naming the files it looked for.
 
 Each family is a tiny random transformers model (the parity with transformers itself is each family's
-own test); flash-linear-attention's RWKV-7 folder is tests/io/test_rwkv7_fla.py.
+own test); flash-linear-attention's folders are tested beside their converters (RWKV-7:
+tests/io/test_rwkv7_fla.py, HGRN2: tests/mixers/test_hgrn2.py).
 """
 from __future__ import annotations
 

@@ -193,6 +193,32 @@ def test_converter_matches_fla_forward(variant):
     torch.testing.assert_close(torch.cat([first, second], 1), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.numerical
+def test_a_saved_fla_folder_loads_offline_with_its_tokenizer(tmp_path):
+    """An fla HGRN2 checkpoint folder (config.json, model.safetensors, tokenizer files) converts through
+    probe.from_hf without fla; without tokenizer files it is refused, naming them."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from hub_folder import save_tokenizer, text
+
+    cfg = fla_config()
+    sd = fla_state_dict(cfg)
+    folder = tmp_path / "hgrn2"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "hgrn2", **cfg}))
+    save_file(sd, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="holds no tokenizer files"):
+        probe.from_hf(str(folder))
+    tok = save_tokenizer(folder, cfg["vocab_size"])
+    model = probe.from_hf(str(folder))
+    ids = model.to_tokens(text(12, cfg["vocab_size"]), prepend_bos=False)
+    assert ids[0].tolist() == tok.encode(text(12, cfg["vocab_size"]))
+    with torch.no_grad():
+        assert (model(ids) - fla_hgrn2_logits(sd, cfg, ids)).abs().max() < 1e-4
+
+
 def test_lower_bound_mapping():
     lbs = torch.randn(4, 8)
     values = lower_bound_values(lbs)
