@@ -23,17 +23,22 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
-#: ModelConfig fields added after tuned lenses were first saved, left out of the fingerprint while at
-#: their default so that a lens saved before the field existed still matches its model
-_LATER_FIELDS = {"embed_scale": None, "shared_layout": None, "shared_options": {}}
+#: ModelConfig fields added after tuned lenses were first saved, each with the test of "at its default":
+#: left out of the fingerprint while at it, so that a lens saved before the field existed still matches
+_LATER_FIELDS = {
+    "embed_scale": lambda value: value is None,
+    "shared_layout": lambda value: value is None,
+    "shared_options": lambda value: not value,
+    "norm_placement": lambda value: value is None or all(place == "pre" for place in value),
+}
 
 
 def config_identity(model) -> dict:
     """The model's config as a dict, without its name and without later fields left at their default."""
     cfg = model.cfg.to_dict()
     cfg.pop("name", None)
-    for field, default in _LATER_FIELDS.items():
-        if cfg.get(field, default) == default:
+    for field, at_default in _LATER_FIELDS.items():
+        if at_default(cfg.get(field)):
             cfg.pop(field, None)
     return cfg
 
