@@ -35,7 +35,10 @@ only with ``eager_scan=True`` and whose edits there do not propagate; here they 
 
 Fast path (no state hook, no state edit): the chunked WY form
 :func:`probe.ops.delta_rule.gated_delta_rule_chunked` (``mixer.method = "sequential"`` selects
-the step-by-step reference). With a state hook every state is built chunk by chunk
+the step-by-step reference); on CUDA with flash-linear-attention installed its fused
+``chunk_gated_delta_rule`` (``chunk_kda`` for ``kda``; key widths up to 256,
+:mod:`probe.ops.fused.delta_rule`), with causal-conv1d's conv when ``hook_state_conv`` is not hooked
+and the carried window is zero (:mod:`probe.ops.fused.conv`). With a state hook every state is built chunk by chunk
 (:func:`~probe.ops.delta_rule.gated_delta_rule_states`) and edited states restart the rule.
 
 Half precision: the l2 norms, the gates and the recurrence run in float32 and the carried
@@ -66,8 +69,8 @@ from probe.mixers.base import RecurrentMixer
 from probe.mixers.edits import Computation, apply_forcing
 from probe.mixers.options import Flag, Int, Real
 from probe.norm import RMSNorm
-from probe.ops import conv_window
 from probe.ops.delta_rule import gated_delta_rule_chunked, gated_delta_rule_sequential, gated_delta_rule_states
+from probe.ops.fused import MAX_K, delta_rule_fused, depthwise_conv, fused_kernel
 from probe.ops.gla import gla_readout
 
 #: the epsilon of the q / k l2 norm (transformers' and fla's ``l2norm``)
@@ -85,6 +88,8 @@ class GatedDeltaNet(RecurrentMixer):
                "d_conv": Int(4, low=2), "norm_eps": Real(1e-6), "chunk": Int(16), "allow_neg_eigval": Flag(False)}
     HOOKED = ("state_conv", "q", "k", "v", "beta", "log_decay", "gate_input", "state", "recurrence_out")
     WIDE_STATES = ("state",)
+    #: the fused kernel of the recurrence (probe.ops.fused.registry.KERNELS)
+    KERNEL = "chunk_gated_delta_rule"
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
@@ -153,13 +158,15 @@ class GatedDeltaNet(RecurrentMixer):
         """Key-head tensors ``[b, T, Hk, K]`` -> value heads ``[b, T, Hv, K]`` (consecutive groups)."""
         return x.repeat_interleave(self.Hv // self.Hk, dim=2) if self.Hv != self.Hk else x
 
-    def _inputs(self, x: Tensor, state: dict, forcing, keep):
-        """The hooked inputs of the recurrence and the final conv state."""
+    def _inputs(self, x: Tensor, state: dict, forcing, keep, fused: bool):
+        """The hooked inputs of the recurrence and the final conv state (``fused``: the recurrence runs
+        a fused kernel)."""
         qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
-        # always through the windows (one einsum, not conv1d): hooked and unhooked runs then round
-        # alike, which the delta rule's triangular solve would otherwise amplify into earlier positions
-        pre, W, conv_last = conv_window.depthwise_conv(qkv, state["state_conv"], self.conv_weight, None,
-                                                       forcing, keep | {"state_conv"})
+        # without a fused kernel always through the windows (one einsum, not conv1d): hooked and unhooked
+        # runs then round alike, which the delta rule's triangular solve would otherwise amplify into
+        # earlier positions
+        pre, W, conv_last = depthwise_conv(qkv, state["state_conv"], self.conv_weight, None, forcing,
+                                           keep if fused else keep | {"state_conv"})
         kd = self.Hk * self.K
         q, k, v = F.silu(pre).split([kd, kd, self.Hv * self.V], dim=-1)
         values = {
@@ -187,13 +194,18 @@ class GatedDeltaNet(RecurrentMixer):
         return -A * F.softplus(a.to(wide) + self.dt_bias.to(wide).view(a.shape[2:]))
 
     def compute(self, x, state, forcing, keep):
-        values, conv_last = self._inputs(x, state, forcing, keep)
+        want = "state" in keep or "state" in forcing
+        kernel = fused_kernel(self.KERNEL, x) if not want and self.method == "auto" and self.K <= MAX_K else None
+        values, conv_last = self._inputs(x, state, forcing, keep, fused=kernel is not None)
         wide = self.state_dtype("state", x.dtype)
-        q = self.expand_heads(l2_normalise(values["q"].to(wide)))
-        k = self.expand_heads(l2_normalise(values["k"].to(wide)))
-        v, beta, g = (values[n].to(wide) for n in ("v", "beta", "log_decay"))
+        q, k = (l2_normalise(values[n].to(wide)) for n in ("q", "k"))  # [b, T, Hk, K]
         scale, h0 = self.K ** -0.5, state["state"]
-        if "state" in keep or "state" in forcing:
+        if kernel is not None:
+            o, last = delta_rule_fused(kernel, q, k, values["v"], values["log_decay"], values["beta"], h0, scale)
+            return self._finish(x, o, last, values, conv_last, forcing)
+        q, k = self.expand_heads(q), self.expand_heads(k)
+        v, beta, g = (values[n].to(wide) for n in ("v", "beta", "log_decay"))
+        if want:
             S = gated_delta_rule_states(k, v, g, beta, h0, forcing.get("state"), chunk=self.options["chunk"])
             o, last = gla_readout(q, S, scale), S[:, -1]
             values["state"] = S
@@ -201,6 +213,10 @@ class GatedDeltaNet(RecurrentMixer):
             o, last = gated_delta_rule_sequential(q, k, v, g, beta, h0, scale)
         else:
             o, last = gated_delta_rule_chunked(q, k, v, g, beta, h0, scale, chunk=self.options["chunk"])
+        return self._finish(x, o, last, values, conv_last, forcing)
+
+    def _finish(self, x: Tensor, o: Tensor, last: Tensor, values: dict, conv_last: Tensor, forcing) -> Computation:
+        """The read-out of the recurrence's output ``o [b, T, Hv, V]`` and the carried states."""
         o = apply_forcing("recurrence_out", o.to(x.dtype), forcing)
         values["recurrence_out"] = o
         y = self.readout(o, values["gate_input"])
@@ -228,6 +244,7 @@ class KimiDeltaAttention(GatedDeltaNet):
 
     NAME = "kda"
     OPTIONS = {**GatedDeltaNet.OPTIONS, "gate_bias": Flag(False)}
+    KERNEL = "chunk_kda"
 
     def build_gates(self, d: int) -> None:
         """The low-rank output gate ``g_a_proj, g_b_proj``, ``b_proj``, and the per-channel decay gate

@@ -31,9 +31,9 @@ fused step by step (:func:`probe.ops.selective_scan.selective_scan`: no ``[batch
 d_state]`` tensor is ever built, and its backward recomputes states from checkpoints), which is
 how the zoo's Mamba trains on CPU. On CUDA with mamba-ssm and causal-conv1d installed, a forward
 from a zero state runs their fused ``selective_scan_fn`` and ``causal_conv1d_fn`` instead
-(:mod:`probe.ops.fused.mamba`; the conv only when ``hook_state_conv`` is not hooked). When
-``hook_state`` is only read without gradients (a state cache), the same fused step writes every
-state straight into the cached tensor (:func:`probe.ops.selective_scan.selective_scan_states`; on a
+(:mod:`probe.ops.fused.mamba`; the conv only when ``hook_state_conv`` is not hooked,
+:mod:`probe.ops.fused.conv`). When ``hook_state`` is only read without gradients (a state cache),
+the same fused step writes every state straight into the cached tensor (:func:`probe.ops.selective_scan.selective_scan_states`; on a
 GPU, where a step per position costs kernel launches, the blocked chunked scan below in long blocks,
 :mod:`probe.ops.fused.capture`). When states are edited or gradients are
 needed, every state is materialised block by block (:func:`probe.ops.linear_scan.linear_scan_blocked`) and
@@ -63,8 +63,7 @@ from probe.errors import ConfigError
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Flag, Int, Real
 from probe.mixers.edits import Computation, apply_forcing
-from probe.ops import conv_window
-from probe.ops.fused import capture_block, causal_conv_fused, fused_kernel, selective_scan_fused
+from probe.ops.fused import capture_block, depthwise_conv, fused_kernel, selective_scan_fused
 from probe.ops.linear_scan import force_states, linear_scan_blocked
 from probe.ops.selective_scan import selective_scan, selective_scan_states
 
@@ -134,13 +133,7 @@ class Mamba(RecurrentMixer):
         if self.d_conv == 1:
             pre = x * self.conv_weight[:, 0]
             return (pre if self.conv_bias is None else pre + self.conv_bias), None, {}
-        init = state["state_conv"]
-        if "state_conv" not in keep and "state_conv" not in forcing:
-            kernel = fused_kernel("causal_conv1d", x)
-            if kernel is not None and not bool(init.any()):  # the library's conv starts from a zero window
-                final = torch.cat([init.to(x.dtype), x[:, -(self.d_conv - 1):]], dim=1)[:, -(self.d_conv - 1):]
-                return causal_conv_fused(kernel, x, self.conv_weight, self.conv_bias), None, {"state_conv": final}
-        pre, W, final = conv_window.depthwise_conv(x, init, self.conv_weight, self.conv_bias, forcing, keep)
+        pre, W, final = depthwise_conv(x, state["state_conv"], self.conv_weight, self.conv_bias, forcing, keep)
         return pre, W, {"state_conv": final}
 
     def compute(self, x, state, forcing, keep):

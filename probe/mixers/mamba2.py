@@ -38,7 +38,9 @@ and ``hook_C`` are the three parts of its ``conv1d.hook_out``; ``hook_y`` is its
 
 Fast path (no state hook, no state edit, ``mixer.method == "auto"``): the chunked SSD form
 :func:`probe.ops.ssd.ssd_chunked` (chunks of ``chunk`` positions; no per-position state is
-built). When states are read or edited, every state is built block by block
+built); on CUDA with mamba-ssm installed its fused ``mamba_chunk_scan_combined``
+(:mod:`probe.ops.fused.ssd`), and causal-conv1d's conv when ``hook_state_conv`` is not hooked and the
+carried window is zero (:mod:`probe.ops.fused.conv`). When states are read or edited, every state is built block by block
 (:func:`probe.ops.linear_scan.linear_scan_blocked`, the decay ``exp(dt A)`` broadcast over ``[P, N]``) and
 edits propagate through :func:`probe.ops.linear_scan.force_states`; ``mixer.method`` = "chunked",
 "sequential" or "loop" forces that path with that form of the scan.
@@ -67,7 +69,7 @@ from probe.errors import ConfigError
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.edits import Computation, apply_forcing
 from probe.mixers.options import Choice, Flag, Int, Real
-from probe.ops import conv_window
+from probe.ops.fused import depthwise_conv, fused_kernel, ssd_fused
 from probe.ops.ssd import expand_groups, ssd_chunked
 from probe.ops.linear_scan import force_states, linear_scan_blocked
 
@@ -167,8 +169,7 @@ class Mamba2(RecurrentMixer):
     def _inputs(self, x: Tensor, state: dict, forcing, keep):
         """The hooked per-position inputs of the scan, and the conv windows and final conv state."""
         z, xbc, raw = self.in_proj(x).split([self.d_inner, self.conv_dim, self.heads], dim=-1)
-        pre, W, conv_last = conv_window.depthwise_conv(xbc, state["state_conv"], self.conv_weight, self.conv_bias,
-                                                       forcing, keep)
+        pre, W, conv_last = depthwise_conv(xbc, state["state_conv"], self.conv_weight, self.conv_bias, forcing, keep)
         u, B, C = F.silu(pre).split([self.d_inner, self.groups * self.d_state, self.groups * self.d_state], dim=-1)
         values = {"input": apply_forcing("input", u.unflatten(-1, (self.heads, self.head_dim)), forcing),
                   "B": apply_forcing("B", B.unflatten(-1, (self.groups, self.d_state)), forcing),
@@ -186,6 +187,9 @@ class Mamba2(RecurrentMixer):
         forced = forcing.get("state")
         want = "state" in keep or forced is not None
         if not want and self.method == "auto":
+            if (kernel := fused_kernel("ssd_combined", v["input"])) is not None:
+                y, last = ssd_fused(kernel, v["input"], v["dt"], A, v["B"], v["C"], h0, self.D)
+                return y.to(wide), None, last
             y, last = ssd_chunked(u, dt, A, B, C, h0, D, chunk=self.chunk)
             return y, None, last
         Bh, Ch = expand_groups(B, self.heads), expand_groups(C, self.heads)

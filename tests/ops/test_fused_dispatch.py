@@ -1,8 +1,11 @@
 """The fused-kernel dispatch seam (probe.ops.fused): each library call mapping run on the CPU with the
-kernel swapped for a reference of the same signature (fla's naive recurrent GLA behind chunk_gla's
-signature; mamba-ssm's selective_scan_ref and causal-conv1d's causal_conv1d_ref written here as those
-libraries define them), equal to the PyTorch path; and the fallbacks: CPU tensors, a state hook, a
-carried state the library cannot start from, fused kernels switched off, a missing library."""
+kernel swapped for a reference of the same signature (fla's naive recurrent GLA, gated delta rule and
+KDA behind chunk_gla's, chunk_gated_delta_rule's and chunk_kda's signatures; mamba-ssm's
+selective_scan_ref, a step-by-step mamba_chunk_scan_combined and causal-conv1d's causal_conv1d_ref
+written here as those libraries define them), equal to the PyTorch path; and the fallbacks: CPU
+tensors, a state hook, a carried state the library cannot start from, fused kernels switched off, a
+missing library, a key width the kernel does not take."""
+import math
 import warnings
 from contextlib import ExitStack
 
@@ -90,20 +93,91 @@ def check_causal_conv1d(x, weight, bias=None, initial_states=None, return_final_
     assert weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype) and activation in (None, "silu")
 
 
+def ssd_combined_reference(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None, seq_idx=None,
+                           cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, math.inf), return_final_states=False,
+                           return_varlen_states=False):
+    """mamba-ssm's ``mamba_chunk_scan_combined`` one step at a time, float32 inside: ``x [b, l, h, p]``,
+    ``dt [b, l, h]`` (bias, softplus, then the clamp to ``dt_limit``), ``A [h]``, ``B, C [b, l, g, n]``,
+    ``D [h]``, ``initial_states [b, h, p, n]``; ``y`` in ``x``'s dtype, the final state float32."""
+    dtype, H = x.dtype, x.shape[2]
+    x, dt, Bh, Ch = x.float(), dt.float(), *(t.float().repeat_interleave(H // B.shape[2], dim=2) for t in (B, C))
+    if dt_bias is not None:
+        dt = dt + dt_bias.float()
+    if dt_softplus:
+        dt = F.softplus(dt)
+    dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
+    s = x.new_zeros(x.shape[0], H, x.shape[3], B.shape[3]) if initial_states is None else initial_states.float()
+    ys = []
+    for t in range(x.shape[1]):
+        s = torch.exp(dt[:, t, :, None, None] * A[:, None, None]) * s + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None]
+        ys.append(torch.einsum("bhpn,bhn->bhp", s, Ch[:, t]))
+    y = torch.stack(ys, dim=1)
+    if D is not None:
+        y = y + D.float()[:, None] * x
+    if z is not None:
+        y = y * F.silu(z.float())
+    return (y.to(dtype), s) if return_final_states else y.to(dtype)
+
+
+def check_ssd_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None, seq_idx=None,
+                       cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, math.inf), return_final_states=False,
+                       return_varlen_states=False):
+    b, T, H, P = x.shape  # the library's own assertions, then the dtypes probe passes
+    assert dt.shape == (b, T, H) and A.shape == (H,) and B.shape == C.shape and B.shape[:2] == (b, T) and H % B.shape[2] == 0
+    assert initial_states is None or initial_states.shape == (b, H, P, B.shape[3])
+    assert B.dtype == C.dtype == x.dtype and dt.dtype == A.dtype == D.dtype == initial_states.dtype == torch.float32
+    assert all(t.is_contiguous() for t in (x, dt, B, C)) and chunk_size & (chunk_size - 1) == 0
+
+
+def chunk_gated_delta_rule_reference(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                                     use_qk_l2norm_in_kernel=False, **kwargs):
+    """fla's ``chunk_gated_delta_rule`` computed by its ``naive_recurrent_gated_delta_rule`` (which takes
+    one head count: the key heads are repeated for their value heads, as fla's kernel reads them)."""
+    naive = fla_naive("ops/gated_delta_rule/naive.py").naive_recurrent_gated_delta_rule
+    group = v.shape[2] // q.shape[2]
+    o, last = naive(q.repeat_interleave(group, 2), k.repeat_interleave(group, 2), v, beta, g, scale,
+                    initial_state, output_final_state)
+    return o.to(q.dtype), last
+
+
+def chunk_kda_reference(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                        use_qk_l2norm_in_kernel=False, **kwargs):
+    """fla's ``chunk_kda`` computed by its ``naive_recurrent_kda`` (value-head grouping included)."""
+    naive = fla_naive("ops/kda/naive.py").naive_recurrent_kda
+    return naive(q, k, v, g, beta, scale, initial_state, output_final_state)
+
+
+def check_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                     use_qk_l2norm_in_kernel=False, **kwargs):
+    assert q.shape == k.shape and v.shape[:2] == q.shape[:2] and v.shape[2] % q.shape[2] == 0  # fla's assertions
+    assert beta.shape == v.shape[:3] and g.shape in (v.shape[:3], (*v.shape[:3], q.shape[3])) and q.shape[3] <= 256
+    assert initial_state is None or initial_state.dtype == torch.float32  # "initial_state must be in float32"
+    assert q.dtype == k.dtype == v.dtype == beta.dtype and g.dtype == torch.float32 and not use_qk_l2norm_in_kernel
+    assert all(t.is_contiguous() for t in (q, k, v, g, beta))
+
+
 # -- models --------------------------------------------------------------------------------------------
 def _model(kind, dtype=torch.float32):
     torch.manual_seed(0)
-    opts = {"hgrn2": {"expand_ratio": 8}, "mamba": {"d_state": 8}}[kind]
+    heads = {"n_k_heads": 2, "n_v_heads": 4, "d_k": 8, "d_v": 8, "chunk": 8}  # grouped value heads
+    opts = {"hgrn2": {"expand_ratio": 8}, "mamba": {"d_state": 8}, "gdn": heads, "kda": heads,
+            "mamba2": {"d_state": 8, "head_dim": 16, "n_groups": 2, "chunk": 16}}[kind]
     cfg = probe.ModelConfig(vocab_size=50, d_model=32, layout=[kind, kind], d_mlp=64, mixer_options={kind: opts})
     return randomise(probe.HookedLM(cfg).eval(), 0.2).to(dtype)
 
 
 def _swaps(kind):
+    """The kernels of ``kind`` as recorded references, the recurrence's first."""
+    conv = {"causal_conv1d": Recorder(causal_conv1d_reference, check_causal_conv1d)}
     if kind == "hgrn2":
-        gla = Recorder(chunk_gla_reference, check_chunk_gla)
-        return {"chunk_gla": gla}
-    return {"selective_scan": Recorder(selective_scan_reference, check_selective_scan),
-            "causal_conv1d": Recorder(causal_conv1d_reference, check_causal_conv1d)}
+        return {"chunk_gla": Recorder(chunk_gla_reference, check_chunk_gla)}
+    if kind == "mamba":
+        return {"selective_scan": Recorder(selective_scan_reference, check_selective_scan), **conv}
+    if kind == "mamba2":
+        return {"ssd_combined": Recorder(ssd_combined_reference, check_ssd_combined), **conv}
+    if kind == "gdn":
+        return {"chunk_gated_delta_rule": Recorder(chunk_gated_delta_rule_reference, check_delta_rule), **conv}
+    return {"chunk_kda": Recorder(chunk_kda_reference, check_delta_rule), **conv}
 
 
 def _run_swapped(swaps, fn):
@@ -115,10 +189,16 @@ def _run_swapped(swaps, fn):
 
 
 TOKENS = torch.randint(0, 50, (2, 40), generator=torch.Generator().manual_seed(1))
+KINDS = ["hgrn2", "mamba", "mamba2", "gdn", "kda"]
+#: gdn's tiny random model is ill-conditioned (its gated RMSNorm divides small outputs, the delta rule's
+#: triangular solve amplifies input rounding): its float32 PyTorch forward sits up to 7e-5 from float64 and
+#: its bfloat16 forward 6-18%, so its paths are compared with float32 bounds 10x wider and in bfloat16
+#: through their distance to float64
+ILL_CONDITIONED = ("gdn",)
 
 
 @pytest.mark.numerical
-@pytest.mark.parametrize("kind", ["hgrn2", "mamba"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_fused_call_mapping_equals_the_pytorch_path(kind):
     """Float32: the mixer's forward through the kernel mapping equals its PyTorch forward, in logits and in
     the state each layer leaves (so the next segment starts right); every kernel ran once per layer."""
@@ -128,27 +208,33 @@ def test_fused_call_mapping_equals_the_pytorch_path(kind):
         ref, ref_states = model(TOKENS, return_states=True)
         out, states = _run_swapped(swaps, lambda: model(TOKENS, return_states=True))
     assert all(r.calls == 2 for r in swaps.values()), {n: r.calls for n, r in swaps.items()}
-    assert (out - ref).abs().max() < 1e-5, (out - ref).abs().max()
+    assert (out - ref).abs().max() < (1e-4 if kind in ILL_CONDITIONED else 1e-5), (out - ref).abs().max()
     for mine, theirs in zip(states.layers, ref_states.layers):
         for name, value in theirs["mixer"].items():
             torch.testing.assert_close(mine["mixer"][name], value, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.numerical
-@pytest.mark.parametrize("kind", ["hgrn2", "mamba"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_fused_call_mapping_in_bfloat16(kind):
     """A bfloat16 model passes the kernels the dtypes they take (checked by the references) and stays
-    within bfloat16 rounding of the PyTorch path (max |diff| / max |logit|: 1.5e-2 at most over 3 seeds)."""
+    within bfloat16 rounding of the PyTorch path (max |diff| / max |logit|: 1.7e-2 at most over 4 seeds);
+    for gdn the fused path is at most twice as far from float64 as the PyTorch path (measured 1.4x)."""
     model = _model(kind, torch.bfloat16)
     swaps = _swaps(kind)
     with torch.no_grad():
         ref = model(TOKENS).float()
         out = _run_swapped(swaps, lambda: model(TOKENS)).float()
+        truth = _model(kind, torch.float64)(TOKENS).float()
     assert all(r.calls == 2 for r in swaps.values())
-    assert (out - ref).abs().max() / ref.abs().max() < 3e-2, (out - ref).abs().max() / ref.abs().max()
+    if kind in ILL_CONDITIONED:
+        error = lambda y: (y - truth).abs().max() / truth.abs().max()  # noqa: E731
+        assert error(out) <= 2 * error(ref) + 1e-2, (error(out), error(ref))
+    else:
+        assert (out - ref).abs().max() / ref.abs().max() < 3e-2, (out - ref).abs().max() / ref.abs().max()
 
 
-@pytest.mark.parametrize("kind", ["hgrn2", "mamba"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_state_hooks_and_edits_take_the_pytorch_path(kind):
     """A state hook wants every state: the kernel does not run, and the cache and an edit's effect
     equal those without any kernel swapped in."""
@@ -164,11 +250,64 @@ def test_state_hooks_and_edits_take_the_pytorch_path(kind):
         edited = _run_swapped(swaps, lambda: model.run_with_hooks(TOKENS, fwd_hooks=[(name, edit)]))
         _, ref_cache = model.run_with_cache(TOKENS, names_filter=name)
         ref_edited = model.run_with_hooks(TOKENS, fwd_hooks=[(name, edit)])
+        _, some = _run_swapped(swaps, lambda: model.run_with_cache(TOKENS, names_filter=name, state_positions=[3, 31]))
     torch.testing.assert_close(cache[name], ref_cache[name])
+    torch.testing.assert_close(some[name], ref_cache[name][:, [3, 31]])
     torch.testing.assert_close(edited, ref_edited)
     assert not torch.allclose(edited, model(TOKENS))  # the edit reached the output
     first = next(iter(swaps.values()))
-    assert first.calls == 2  # layer 1 (unhooked) ran the kernel in each run; layer 0 did not
+    assert first.calls == 3  # layer 1 (unhooked) ran the kernel in each run; layer 0 did not
+
+
+@pytest.mark.numerical
+@pytest.mark.parametrize("kind", ["mamba", "mamba2", "gdn", "kda"])
+def test_a_hooked_conv_window_takes_the_pytorch_conv(kind):
+    """Reading the conv windows of layer 0 runs its PyTorch conv (layer 1 still runs causal-conv1d),
+    the recurrence kernels run in both layers, and the windows and logits equal the PyTorch path's."""
+    model = _model(kind)
+    swaps = _swaps(kind)
+    name = "blocks.0.mixer.hook_state_conv"
+    with torch.no_grad():
+        out, cache = _run_swapped(swaps, lambda: model.run_with_cache(TOKENS, names_filter=name))
+        ref, ref_cache = model.run_with_cache(TOKENS, names_filter=name)
+    assert [r.calls for r in swaps.values()] == [2, 1]
+    torch.testing.assert_close(cache[name], ref_cache[name])
+    assert (out - ref).abs().max() < (1e-4 if kind in ILL_CONDITIONED else 1e-5), (out - ref).abs().max()
+
+
+@pytest.mark.numerical
+def test_an_edited_negative_dt_reaches_mamba2s_kernel_unclamped():
+    """mamba-ssm clamps dt to dt_limit (default (0, inf)); probe's dt is already clamped and may be edited,
+    so the kernel is asked for no clamp: a negated dt gives the PyTorch path's logits."""
+    model = _model("mamba2")
+    swaps = _swaps("mamba2")
+    name = "blocks.0.mixer.hook_dt"
+
+    def negate(value, hook):
+        value[:, 7] = -value[:, 7]
+
+    with torch.no_grad():
+        out = _run_swapped(swaps, lambda: model.run_with_hooks(TOKENS, fwd_hooks=[(name, negate)]))
+        ref = model.run_with_hooks(TOKENS, fwd_hooks=[(name, negate)])
+    assert swaps["ssd_combined"].calls >= 2  # both layers (once per pass the edit runs)
+    assert not torch.allclose(ref, model(TOKENS))
+    assert (out - ref).abs().max() < 1e-5, (out - ref).abs().max()
+
+
+@pytest.mark.parametrize("kind", ["gdn", "kda"])
+def test_keys_wider_than_the_kernel_takes_run_the_pytorch_path(kind, monkeypatch):
+    """fla's delta-rule kernels take key heads up to 256 wide: a wider one runs the PyTorch form (here
+    with the limit lowered below the test model's d_k = 8)."""
+    import probe.mixers.gdn as gdn
+
+    monkeypatch.setattr(gdn, "MAX_K", 4)
+    model = _model(kind)
+    swaps = _swaps(kind)
+    with torch.no_grad():
+        out = _run_swapped(swaps, lambda: model(TOKENS))
+        ref = model(TOKENS)
+    assert [r.calls for r in swaps.values()] == [0, 0]
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
 def test_a_carried_mamba_state_takes_the_pytorch_path():
@@ -183,14 +322,19 @@ def test_a_carried_mamba_state_takes_the_pytorch_path():
     torch.testing.assert_close(out, ref)
 
 
-def test_hgrn2_continues_a_carried_state_through_the_kernel():
-    model = _model("hgrn2")
-    swaps = _swaps("hgrn2")
+@pytest.mark.numerical
+@pytest.mark.parametrize("kind", ["hgrn2", "mamba2", "gdn", "kda"])
+def test_a_carried_state_continues_through_the_recurrence_kernel(kind):
+    """Kernels with an initial-state argument continue a carried state (the second half equals the
+    whole forward's); causal-conv1d starts from a zero window, so a carried window runs the PyTorch conv."""
+    model = _model(kind)
+    swaps = _swaps(kind)
     with torch.no_grad():
         _, st = model(TOKENS[:, :20], return_states=True)
         out = _run_swapped(swaps, lambda: model(TOKENS[:, 20:], states=st))
         whole = model(TOKENS)
-    assert swaps["chunk_gla"].calls == 2
+    calls = [r.calls for r in swaps.values()]
+    assert calls == [2] + [0] * (len(calls) - 1), calls
     torch.testing.assert_close(out, whole[:, 20:], rtol=1e-5, atol=1e-5)
 
 
@@ -224,13 +368,13 @@ def test_a_missing_library_is_said_once(monkeypatch):
 
 
 @pytest.mark.numerical
-@pytest.mark.parametrize("kind", ["hgrn2", "mamba"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_library_kernels_on_cuda_equal_the_pytorch_path(kind):
     """The GPU check (scripts/gpu_check.sh): with the real libraries on CUDA, fp32 logits of the fused
     forward against the PyTorch forward. Needs a CUDA device and the probe-interp[cuda] extra."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device (scripts/gpu_check.sh runs it on a GPU)")
-    names = {"hgrn2": ["chunk_gla"], "mamba": ["selective_scan", "causal_conv1d"]}[kind]
+    names = list(_swaps(kind))
     x = torch.zeros(1, device="cuda")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -9,9 +9,10 @@ per-position state wanted: no state hook, no state edit). It gets the library's 
 * fused kernels are not switched off (``PROBE_FUSED=0``, or inside :func:`fused_disabled`),
 
 and ``None`` otherwise: the mixer then runs its PyTorch form, which computes the same recurrence
-(the call mappings in :mod:`probe.ops.fused.gla` and :mod:`probe.ops.fused.mamba` are tested against
-it with each kernel swapped for a reference of the same signature, :func:`swapped_kernel`). A
-library that is missing on a CUDA machine is said once, in a warning naming the extra.
+(the call mappings in :mod:`probe.ops.fused.gla`, :mod:`~probe.ops.fused.mamba`,
+:mod:`~probe.ops.fused.ssd`, :mod:`~probe.ops.fused.delta_rule` and :mod:`~probe.ops.fused.conv` are
+tested against it with each kernel swapped for a reference of the same signature,
+:func:`swapped_kernel`). A library that is missing on a CUDA machine is said once, in a warning naming the extra.
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ KERNELS: dict[str, Kernel] = {
     "chunk_gla": Kernel("fla.ops.gla", "chunk_gla", "flash-linear-attention"),
     "selective_scan": Kernel("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn", "mamba-ssm"),
     "causal_conv1d": Kernel("causal_conv1d", "causal_conv1d_fn", "causal-conv1d"),
+    "ssd_combined": Kernel("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined", "mamba-ssm"),
+    "chunk_gated_delta_rule": Kernel("fla.ops.gated_delta_rule", "chunk_gated_delta_rule", "flash-linear-attention"),
+    "chunk_kda": Kernel("fla.ops.kda", "chunk_kda", "flash-linear-attention"),
 }
 
 _loaded: dict[str, Callable | None] = {}
