@@ -42,9 +42,12 @@ from probe.mixers.base import RecurrentMixer  # noqa: E402
 from probe.ops.fused import fused_disabled  # noqa: E402
 
 #: mixers with a fused kernel behind probe.ops.fused (their PyTorch form is timed too)
-FUSED = {"hgrn2", "mamba"}
-#: options giving the shapes of the issue's table
-OPTIONS = {"hgrn2": {"expand_ratio": 128}, "mamba": {"d_state": 16, "expand": 2}}
+FUSED = {"hgrn2", "mamba", "mamba2", "gdn", "kda"}
+#: options giving the shapes of the issue's table (Mamba-2: mamba-ssm's Mamba2 defaults; the delta rules:
+#: 8 heads of 128, fla's KDA default head width)
+OPTIONS = {"hgrn2": {"expand_ratio": 128}, "mamba": {"d_state": 16, "expand": 2},
+           "mamba2": {"d_state": 128, "head_dim": 64, "expand": 2},
+           "gdn": {"n_k_heads": 8, "d_k": 128}, "kda": {"n_k_heads": 8, "d_k": 128}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,12 +98,18 @@ def reference_layer(name: str, shape: Shape, device, dtype):
         if name == "mamba2":
             from mamba_ssm import Mamba2 as Mamba2Ref
 
-            return "mamba_ssm Mamba2 (its defaults)", _module(Mamba2Ref(d_model=d), device, dtype, lambda m, x: m(x))
-        if name == "gdn":
-            from fla.layers import GatedDeltaNet
+            mine = build_mixer(name, shape, "cpu", dtype)  # the same widths as probe's layer
+            layer = Mamba2Ref(d_model=d, d_state=mine.d_state, d_conv=mine.d_conv, expand=mine.d_inner // d,
+                              headdim=mine.head_dim, ngroups=mine.groups)
+            return "mamba_ssm Mamba2 (its fused conv + scan path)", _module(layer, device, dtype, lambda m, x: m(x))
+        if name in ("gdn", "kda"):
+            from fla.layers import GatedDeltaNet, KimiDeltaAttention
 
-            return "fla GatedDeltaNet (its defaults)", _module(GatedDeltaNet(hidden_size=d), device, dtype,
-                                                               lambda m, x: m(x)[0])
+            mine = build_mixer(name, shape, "cpu", dtype)
+            layer = (GatedDeltaNet if name == "gdn" else KimiDeltaAttention)(
+                hidden_size=d, head_dim=mine.K, num_heads=mine.Hk, num_v_heads=mine.Hv, expand_v=mine.V / mine.K,
+                mode="chunk", layer_idx=0)
+            return f"fla {type(layer).__name__}(mode='chunk')", _module(layer, device, dtype, lambda m, x: m(x)[0])
         if name == "lstm":
             layer = torch.nn.LSTM(d, d, batch_first=True)
             return "torch nn.LSTM (cuDNN)", _module(layer, device, dtype, lambda m, x: m(x)[0])

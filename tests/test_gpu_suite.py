@@ -49,3 +49,9 @@ def test_the_issue_shapes_keep_their_options_whatever_the_lengths():
     hgrn2 = gpu_suite.build_mixer("hgrn2", shape, "cpu", torch.float32)
     mamba = gpu_suite.build_mixer("mamba", shape, "cpu", torch.float32)
     assert (hgrn2.e, hgrn2.heads) == (128, 8) and (mamba.d_state, mamba.d_inner) == (16, 2048)
+    mamba2 = gpu_suite.build_mixer("mamba2", shape, "cpu", torch.float32)
+    assert (mamba2.d_state, mamba2.head_dim, mamba2.d_inner) == (128, 64, 2048)  # mamba-ssm's Mamba2 defaults
+    for name in ("gdn", "kda"):
+        delta = gpu_suite.build_mixer(name, shape, "cpu", torch.float32)
+        assert (delta.Hk, delta.Hv, delta.K, delta.V) == (8, 8, 128, 128)
+    assert {"mamba2", "gdn", "kda"} <= gpu_suite.FUSED

@@ -153,6 +153,7 @@ def check_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_fi
     assert beta.shape == v.shape[:3] and g.shape in (v.shape[:3], (*v.shape[:3], q.shape[3])) and q.shape[3] <= 256
     assert initial_state is None or initial_state.dtype == torch.float32  # "initial_state must be in float32"
     assert q.dtype == k.dtype == v.dtype == beta.dtype and g.dtype == torch.float32 and not use_qk_l2norm_in_kernel
+    assert kwargs == {"state_v_first": False}  # the state read by keys, [K, V], as probe's
     assert all(t.is_contiguous() for t in (q, k, v, g, beta))
 
 
