@@ -91,7 +91,7 @@ def import_times(repeats: int) -> dict[str, float]:
         runs = []
         for _ in range(repeats):
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT, check=True)
+            subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT, check=True, stderr=subprocess.DEVNULL)
             runs.append(time.perf_counter() - start)
         out[name] = statistics.median(runs)
     return out
