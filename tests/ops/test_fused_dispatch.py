@@ -89,7 +89,7 @@ def causal_conv1d_reference(x, weight, bias=None, initial_states=None, return_fi
 
 def check_causal_conv1d(x, weight, bias=None, initial_states=None, return_final_states=False,
                         final_states_out=None, activation=None):
-    assert x.dim() == 3 and weight.shape == (x.shape[1], weight.shape[1])
+    assert x.dim() == 3 and weight.shape == (x.shape[1], weight.shape[1]) and 2 <= weight.shape[1] <= 4
     assert weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype) and activation in (None, "silu")
 
 
@@ -274,6 +274,20 @@ def test_a_hooked_conv_window_takes_the_pytorch_conv(kind):
     assert [r.calls for r in swaps.values()] == [2, 1]
     torch.testing.assert_close(cache[name], ref_cache[name])
     assert (out - ref).abs().max() < (1e-4 if kind in ILL_CONDITIONED else 1e-5), (out - ref).abs().max()
+
+
+def test_a_conv_wider_than_causal_conv1d_takes_runs_the_pytorch_conv():
+    """causal-conv1d takes widths 2 to 4: a Mamba-2 with d_conv 5 runs its conv in PyTorch, its scan fused."""
+    torch.manual_seed(0)
+    cfg = probe.ModelConfig(vocab_size=50, d_model=32, layout=["mamba2"], d_mlp=64,
+                            mixer_options={"mamba2": {"d_state": 8, "head_dim": 16, "d_conv": 5}})
+    model = randomise(probe.HookedLM(cfg).eval(), 0.2)
+    swaps = _swaps("mamba2")
+    with torch.no_grad():
+        out = _run_swapped(swaps, lambda: model(TOKENS))
+        ref = model(TOKENS)
+    assert [r.calls for r in swaps.values()] == [1, 0]
+    assert (out - ref).abs().max() < 1e-5, (out - ref).abs().max()
 
 
 @pytest.mark.numerical

@@ -7,6 +7,7 @@ final window [b, k-1, d])``) and runs causal-conv1d's ``causal_conv1d_fn``
 
 * the windows are neither hooked nor edited (``name`` not in ``keep`` or ``forcing``),
 * the kernel is available for ``x`` (:func:`probe.ops.fused.registry.fused_kernel`: CUDA, installed, not off),
+* the width ``k`` is one causal-conv1d takes (:data:`FUSED_WIDTHS`: 2 to 4),
 * the carried window ``init`` is zero (the library's call starts from a zero window).
 
 Otherwise the PyTorch form runs. The final window is the last ``k - 1`` inputs either way.
@@ -20,13 +21,16 @@ from probe.ops import conv_window
 from probe.ops.fused.mamba import causal_conv_fused
 from probe.ops.fused.registry import fused_kernel
 
-__all__ = ["depthwise_conv"]
+__all__ = ["depthwise_conv", "FUSED_WIDTHS"]
+
+#: the conv widths causal-conv1d's kernel takes ("causal_conv1d only supports width between 2 and 4")
+FUSED_WIDTHS = (2, 3, 4)
 
 
 def depthwise_conv(x: Tensor, init: Tensor, weight: Tensor, bias: Tensor | None, forcing: dict, keep: set,
                    name: str = "state_conv") -> tuple[Tensor, Tensor | None, Tensor]:
     """``(y, windows or None, final window)`` of the causal depthwise conv (module docstring)."""
-    if name not in keep and name not in forcing:
+    if name not in keep and name not in forcing and weight.shape[1] in FUSED_WIDTHS:
         kernel = fused_kernel("causal_conv1d", x)
         if kernel is not None and not bool(init.any()):
             w = weight.shape[1] - 1
