@@ -160,7 +160,7 @@ def check_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_fi
 # -- models --------------------------------------------------------------------------------------------
 def _model(kind, dtype=torch.float32):
     torch.manual_seed(0)
-    heads = {"n_k_heads": 2, "n_v_heads": 4, "d_k": 8, "d_v": 8, "chunk": 8}  # grouped value heads
+    heads = {"n_k_heads": 2, "n_v_heads": 4, "d_k": 16, "d_v": 16, "chunk": 8}  # grouped value heads; tl.dot wants >= 16
     opts = {"hgrn2": {"expand_ratio": 8}, "mamba": {"d_state": 8}, "gdn": heads, "kda": heads,
             "mamba2": {"d_state": 8, "head_dim": 16, "n_groups": 2, "chunk": 16}}[kind]
     cfg = probe.ModelConfig(vocab_size=50, d_model=32, layout=[kind, kind], d_mlp=64, mixer_options={kind: opts})
@@ -191,11 +191,11 @@ def _run_swapped(swaps, fn):
 
 TOKENS = torch.randint(0, 50, (2, 40), generator=torch.Generator().manual_seed(1))
 KINDS = ["hgrn2", "mamba", "mamba2", "gdn", "kda"]
-#: gdn's tiny random model is ill-conditioned (its gated RMSNorm divides small outputs, the delta rule's
-#: triangular solve amplifies input rounding): its float32 PyTorch forward sits up to 7e-5 from float64 and
-#: its bfloat16 forward 6-18%, so its paths are compared with float32 bounds 10x wider and in bfloat16
-#: through their distance to float64
-ILL_CONDITIONED = ("gdn",)
+#: the delta rules' triangular solve amplifies rounding (and their fused bfloat16 path rounds the
+#: normalised q, k to bfloat16, as fla's layers do; the PyTorch path keeps them float32): their float32
+#: bound is 3x wider (measured 4.9e-6), and in bfloat16 the paths are compared through their distance
+#: to float64
+DELTA_RULES = ("gdn", "kda")
 
 
 @pytest.mark.numerical
@@ -209,7 +209,7 @@ def test_fused_call_mapping_equals_the_pytorch_path(kind):
         ref, ref_states = model(TOKENS, return_states=True)
         out, states = _run_swapped(swaps, lambda: model(TOKENS, return_states=True))
     assert all(r.calls == 2 for r in swaps.values()), {n: r.calls for n, r in swaps.items()}
-    assert (out - ref).abs().max() < (1e-4 if kind in ILL_CONDITIONED else 1e-5), (out - ref).abs().max()
+    assert (out - ref).abs().max() < (3e-5 if kind in DELTA_RULES else 1e-5), (out - ref).abs().max()
     for mine, theirs in zip(states.layers, ref_states.layers):
         for name, value in theirs["mixer"].items():
             torch.testing.assert_close(mine["mixer"][name], value, rtol=1e-5, atol=1e-5)
@@ -220,7 +220,8 @@ def test_fused_call_mapping_equals_the_pytorch_path(kind):
 def test_fused_call_mapping_in_bfloat16(kind):
     """A bfloat16 model passes the kernels the dtypes they take (checked by the references) and stays
     within bfloat16 rounding of the PyTorch path (max |diff| / max |logit|: 1.7e-2 at most over 4 seeds);
-    for gdn the fused path is at most twice as far from float64 as the PyTorch path (measured 1.4x)."""
+    for the delta rules the fused path is at most twice as far from float64 as the PyTorch path (measured
+    at most 1.5x over 4 seeds)."""
     model = _model(kind, torch.bfloat16)
     swaps = _swaps(kind)
     with torch.no_grad():
@@ -228,7 +229,7 @@ def test_fused_call_mapping_in_bfloat16(kind):
         out = _run_swapped(swaps, lambda: model(TOKENS)).float()
         truth = _model(kind, torch.float64)(TOKENS).float()
     assert all(r.calls == 2 for r in swaps.values())
-    if kind in ILL_CONDITIONED:
+    if kind in DELTA_RULES:
         error = lambda y: (y - truth).abs().max() / truth.abs().max()  # noqa: E731
         assert error(out) <= 2 * error(ref) + 1e-2, (error(out), error(ref))
     else:
@@ -273,7 +274,7 @@ def test_a_hooked_conv_window_takes_the_pytorch_conv(kind):
         ref, ref_cache = model.run_with_cache(TOKENS, names_filter=name)
     assert [r.calls for r in swaps.values()] == [2, 1]
     torch.testing.assert_close(cache[name], ref_cache[name])
-    assert (out - ref).abs().max() < (1e-4 if kind in ILL_CONDITIONED else 1e-5), (out - ref).abs().max()
+    assert (out - ref).abs().max() < (3e-5 if kind in DELTA_RULES else 1e-5), (out - ref).abs().max()
 
 
 def test_a_conv_wider_than_causal_conv1d_takes_runs_the_pytorch_conv():
