@@ -25,7 +25,10 @@ integrand is smooth: it is G7's error). The second, the panel's *completeness mi
 falls between all 15 nodes: a spike or step of ``f`` narrower than the node spacing (the zoo's
 xLSTM has 1.9-logit changes within 2.4e-4 of ``alpha``) leaves ``K`` and ``G`` agreeing on a wrong
 value, but ``f(b) - f(a)`` does not miss it. It is added to every token, since which tokens the
-missed part belongs to is unknown. A sequence's estimate is ``A_s = sum_panels K_s`` with error
+missed part belongs to is unknown. A step narrower than the path's precision resolves (a float32
+path rounds its embeddings at ~1e-7 of ``alpha``; the xLSTM has such steps) is a jump of the
+computed ``f``: its mismatch stays however narrow the panel, and the estimate keeps it (run the
+model in float64 to resolve it). A sequence's estimate is ``A_s = sum_panels K_s`` with error
 estimate ``E_s = sum_panels e_s``; it is accepted when ``max_s E_s <= tol max_s |A_s|``.
 Otherwise each panel whose ``max_s e_s`` exceeds ``tol max_s |A_s| / n_panels`` is bisected (if
 every panel were below that share, the sum would meet the target), all chosen panels of all
