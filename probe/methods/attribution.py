@@ -437,6 +437,18 @@ def _baseline_embedding(model, tokens: Tensor, x: Tensor, baseline) -> tuple[Ten
                      f"got {type(baseline).__name__}.")
 
 
+def _hold_bos(model, tokens: Tensor, x: Tensor, base: Tensor, desc: str) -> tuple[Tensor, str]:
+    """``base`` with every position whose token is the tokenizer's BOS set to its own embedding ``x``
+    (so the path leaves it in place and its attribution is 0), and the description saying so."""
+    bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+    if bos is None:
+        return base, desc
+    held = (tokens == bos).to(x.device)  # [batch, pos]
+    if not bool(held.any()):
+        return base, desc
+    return torch.where(held[..., None], x, base), f"{desc}; BOS positions held at their own embedding"
+
+
 def _gradients(model, tokens, points: Tensor, pos, target, contrast, chunk: int) -> tuple[Tensor, Tensor]:
     """``(grad f, f)`` at embeddings ``points [n, batch, pos, d]`` (n evaluation points), ``chunk``
     points per forward. Gradients are taken with respect to the embeddings only."""
@@ -595,7 +607,7 @@ def _check_ig_arguments(steps, method, chunk, until, max_steps) -> None:
 @needs_gradients
 def integrated_gradients(model, input, target=None, contrast=None, position: int = -1, baseline="mean",
                          steps: int = 60, method: str = "adaptive", spacing="auto", chunk: int = 32,
-                         until: float | None = None, max_steps: int = 6000,
+                         until: float | None = None, max_steps: int = 6000, hold_bos: bool = True,
                          prepend_bos: bool | None = None) -> TokenAttributionResult:
     """Integrated gradients over the input embeddings, with per-token and completeness errors reported.
 
@@ -607,6 +619,11 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
             default: a pre-norm model's first norm reads ``alpha * x``, which near a zero baseline is
             dominated by the norm's ``eps``, so the path crosses the norm's degenerate point and the
             metric swings steeply at tiny ``alpha``.
+        hold_bos: positions holding the tokenizer's BOS token keep their own embedding in a
+            ``"mean"`` / ``"zero"`` / ``"pad"`` / token-id baseline (default True; a tensor baseline is
+            used as given): BOS is not part of the input being explained (captum's tutorials keep
+            special tokens in the reference for the same reason), so it gets attribution 0, and the
+            path no longer moves the first token, where the zoo xLSTM's steepest steps are (below).
         method: ``"adaptive"`` (default: the Gauss-Kronrod rule of
             :mod:`probe.methods.support.path_quadrature`, refined per sequence until every token's error
             estimate is below ``until`` times the largest ``|attribution|``), or a fixed rule
@@ -640,8 +657,9 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
     call). A step narrower than float32 resolves (~1e-7 in ``alpha``) keeps a completeness mismatch
     no refinement removes (~0.3 % of the top attribution on the first 12-byte window), so the
     estimate of a float32 xLSTM rarely falls far below that; ``model.double()`` resolves it. Holding
-    the BOS position at its own embedding (``baseline`` a tensor equal to the mean embedding except at
-    position 0) removes them: 1400-2700 evaluations, estimates 0.07-0.18 %, within 0.005 % (same windows).
+    the BOS position at its own embedding (``hold_bos``, the default) removes them: 1400-2700
+    evaluations, estimates 0.07-0.18 %, within 0.005 % (same windows). The numbers before this
+    sentence were measured with BOS on the path (``hold_bos=False``).
 
     Returns a :class:`TokenAttributionResult`: ``attributions [batch, pos]`` with
     ``sum_s a_s ~= f(x) - f(x')`` (``completeness_error [batch]``), ``attribution_error
@@ -654,12 +672,16 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
         ig.figure()                          # attribution per input token
     """
     _check_ig_arguments(steps, method, chunk, until, max_steps)
+    if not isinstance(hold_bos, bool):
+        raise InputError(f"hold_bos must be True or False, got {hold_bos!r}.")
     model = inputs.as_model(model)
     tokens = inputs.as_tokens(model, input, prepend_bos)
     pos = inputs.check_position(position, tokens.shape[1])
     inputs.check_not_padding(model, input, pos, prepend_bos)
     x, fx, target, contrast = _embed_and_targets(model, tokens, pos, target, contrast)
     base, desc = _baseline_embedding(model, tokens, x, baseline)
+    if hold_bos and not isinstance(baseline, Tensor):
+        base, desc = _hold_bos(model, tokens, x, base, desc)
     batch = tokens.shape[0]
     path = _StraightPath(model, tokens, base, x, pos, target, contrast, chunk)
     stretch = pq.path_stretch(path.value, batch, spacing)

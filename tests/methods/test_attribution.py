@@ -277,3 +277,22 @@ def test_integrated_gradients_on_the_test_device(arch):
     moved = integrated_gradients(model.to(device), toks.to(device))
     assert moved.attributions.device.type == moved.attribution_error.device.type == torch.device(device).type
     torch.testing.assert_close(moved.attributions.cpu(), cpu.attributions, atol=1e-3 * float(cpu.attributions.abs().max()), rtol=0)
+
+
+def test_integrated_gradients_holds_bos_in_the_baseline():
+    """By default a BOS position keeps its own embedding in a named baseline: attribution exactly 0 there,
+    completeness still holds (against the baseline's own metric); hold_bos=False moves BOS like any token,
+    and a tensor baseline is used exactly as given."""
+    model = make_model("hybrid_lstm_attn", seed=3)
+    tokens = model.to_tokens("def f(x):")
+    assert int(tokens[0, 0]) == model.tokenizer.bos_token_id
+    held = integrated_gradients(model, tokens, target="x", method="gausslegendre", steps=64)
+    moved = integrated_gradients(model, tokens, target="x", method="gausslegendre", steps=64, hold_bos=False)
+    assert float(held.attributions[0, 0]) == 0.0 and float(moved.attributions[0, 0]) != 0.0
+    assert "BOS" in held.baseline and "BOS" not in moved.baseline
+    assert float(held.completeness_error.max()) < 1e-3 and float(moved.completeness_error.max()) < 1e-3
+    mean = model.W_E.detach().mean(0).expand(tokens.shape[1], -1).clone()
+    given = integrated_gradients(model, tokens, target="x", baseline=mean, method="gausslegendre", steps=64)
+    torch.testing.assert_close(given.attributions, moved.attributions)
+    with pytest.raises(InputError, match="hold_bos"):
+        integrated_gradients(model, tokens, target="x", hold_bos="yes")

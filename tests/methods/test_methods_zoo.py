@@ -57,8 +57,10 @@ def held_out_window(corpus, name: str) -> str:
     return bytes(tokens[start : start + IG_WINDOW].tolist()).decode("utf-8", "replace")
 
 
-#: the zoo's xLSTM needs 1500-6000+ gradient evaluations per window (steps ~1e-4 wide along its path):
-#: too slow for the suite's per-token reference; test_zoo_integrated_gradients_reports_a_short_budget covers it
+#: the zoo's xLSTM needs 1400-1800 gradient evaluations per window even with BOS held (3400-6000 with BOS
+#: on the path): too slow for the suite's per-token reference, which would need a float64 model (the
+#: benchmark benchmarks/ig_zoo_completeness.py does it); the two xLSTM tests below cover the default's
+#: convergence and the budget report
 CHEAP_IG = [n for n in ZOO if n != "xlstm"]
 
 
@@ -101,8 +103,22 @@ def test_zoo_integrated_gradients_reports_a_short_budget(name, corpus):
     and the per-token estimate covers at least the completeness gap it can see
     (``sum_s |err_s| >= |sum_s a_s - (f(x) - f(x'))|``), so a wrong sum cannot hide behind it."""
     model = probe.load(f"zoo:{name}")
-    res = integrated_gradients(model, held_out_window(corpus, name), max_steps=300)
+    res = integrated_gradients(model, held_out_window(corpus, name), max_steps=300, hold_bos=False)
     assert res.steps <= 300
     gap = (res.attributions.double().sum(-1) - (res.metric - res.baseline_metric).double()).abs()
     assert bool((res.attribution_error.double().sum(-1) >= gap * (1 - 1e-6)).all()), (res.attribution_error, gap)
     assert bool(res.converged.all()) == bool((res.error_share() <= 0.01).all())
+
+
+@pytest.mark.parametrize("name", [n for n in ("xlstm",) if n in ZOO])
+def test_zoo_xlstm_integrated_gradients_converge_at_the_default(name, corpus):
+    """The xLSTM's steepest steps along the path are mLSTM heads flipping sign at the BOS position
+    (its memory there is its own key; see integrated_gradients' docstring). The default holds BOS at its
+    own embedding, so the path never moves it: the default budget then suffices (measured: 1400-1800
+    evaluations, estimates 0.07-0.1 % on 12-byte windows, against 3400-3800 and 0.9 % with BOS on the
+    path), and BOS gets attribution 0."""
+    model = probe.load(f"zoo:{name}")
+    text = held_out_window(corpus, name)[:12]
+    res = integrated_gradients(model, text)
+    assert bool(res.converged.all()), (text, res.steps, res.error_share())
+    assert res.steps < 6000 and float(res.attributions[0, 0]) == 0.0
