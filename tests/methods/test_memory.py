@@ -23,7 +23,7 @@ def test_every_registered_mixer_has_a_memory_map():
 
 def test_capability_flags_say_what_each_mixer_is():
     """The flags methods read instead of names: attention, position-wise, nonlinear state."""
-    assert [m for m, cls in MIXERS.items() if cls.is_attention] == ["attn"]
+    assert sorted(m for m, cls in MIXERS.items() if cls.is_attention) == ["attn", "mla"]
     assert [m for m, cls in MIXERS.items() if not cls.mixes_positions] == ["ff"]
     assert sorted(m for m, cls in MIXERS.items() if cls.nonlinear_state) == ["lstm", "slstm"]
     assert not any(cls.nonlinear_state and name in REGISTRY for name, cls in MIXERS.items())
