@@ -279,6 +279,16 @@ def test_shipped_zoo_probe_results_are_found_and_explained():
     assert any("Negative" in m and "Control task" in m for m in texts(at.markdown))
 
 
+def test_shipped_zoo_probe_results_use_the_another_sequence_control():
+    """The shipped table was fitted with the control the view explains (another sequence's labels): its
+    control scores sit near the majority baseline, not near 1.0 as a per-token-type control's do."""
+    frame = pd.read_csv(probe.loading.ZOO_DIR / "results" / "methods" / "probes.csv")
+    assert frame["control_score"].notna().all()
+    for label, rows in frame.groupby("label"):
+        assert rows["control_score"].median() <= rows["baseline"].median() + 0.1, label
+        assert rows["selectivity"].median() > 0, label
+
+
 def test_state_steering_coefficient_changes_the_steered_generation():
     short = {"steer_preset": "your own pairs", "steer_pos": "ab\nab", "steer_neg": "cd\nce", "steer_prompt": "the k",
              "steer_tokens": 4, "steer_site": "state"}  # a short prompt keeps the propagating state edits cheap
