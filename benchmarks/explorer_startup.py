@@ -16,6 +16,11 @@ Mamba model is picked; the default models (transformer | qrnn-hybrid) need none.
     python benchmarks/explorer_startup.py                 # 3 servers
     python benchmarks/explorer_startup.py --repeats 5 --imports
 
+Measured on the shared 2-core machine at load average 4.5 (2026-12-05, medians of 4 starts): title
+0.8 s, sidebar 1.7 s, first view 6.9 s; the first view waits for ``import torch`` and
+``import transformer_lens`` (which probe's attention mixer pulls in for its hook points), then the
+two models' loads and forwards. Re-run on an idle machine for the idle numbers.
+
 Needs Chromium (``apt-get install -y chromium``) and the ``websockets`` package; the driver is
 ``scripts/screenshot_explorer.py``. Nothing here is asserted by the tests.
 """
