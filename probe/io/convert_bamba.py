@@ -48,9 +48,9 @@ from typing import Any
 import torch
 
 from probe.config import ModelConfig
-from probe.errors import CheckpointError, ConfigError
+from probe.errors import ConfigError
 from probe.io.convert_attention import attention_weights, rope_base, rotary_options
-from probe.io.convert_common import Mapping, build_model, source_dict, take
+from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, sources, take
 from probe.io.convert_mamba2 import mamba2_layer_weights
 
 ARCH = "Bamba"
@@ -131,34 +131,15 @@ def bamba_weights(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> Mapping:
     return w
 
 
-def _check_all_used(sd: dict[str, torch.Tensor], w: Mapping, tied: bool) -> None:
-    """Every source tensor is mapped (a tied ``lm_head.weight`` must equal the embedding)."""
-    used = {src for src, _ in w.values()}
-    if tied and "lm_head.weight" in sd:
-        if not torch.equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"]):
-            raise CheckpointError("Bamba config says tie_word_embeddings=True but lm_head.weight differs from "
-                                  "model.embed_tokens.weight; fix the config or the checkpoint.")
-        used.add("lm_head.weight")
-    unused = sorted(set(sd) - used)
-    if unused:
-        raise CheckpointError(f"{ARCH} checkpoint has tensors the conversion does not map: {unused[:5]}"
-                              f"{' ...' if len(unused) > 5 else ''}; converting without them would change the model.")
-
-
 def bamba_from_hf(hf_model: Any, tokenizer: Any = None, dtype: torch.dtype = torch.float32):
     """Convert a transformers ``BambaForCausalLM`` to a HookedLM with the same logits (module docstring).
 
     Tested: max abs logit difference < 1e-4 in float32 on tiny random configs, the final Mamba-2
     states and KV caches equal to transformers' cache, greedy generation identical.
     """
-    if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
-        raise ConfigError(f"bamba_from_hf expects a transformers BambaForCausalLM, got {type(hf_model).__name__}.")
+    sd = causal_lm_tensors(hf_model, "bamba_from_hf", "Bamba")
     c = hf_model.config
     cfg = bamba_config_from_hf(c)
-    sd = source_dict(hf_model)
-    if "model.embed_tokens.weight" not in sd:
-        raise ConfigError(f"This {type(hf_model).__name__} has no model.embed_tokens; pass a BambaForCausalLM "
-                          "(a bare BambaModel has no language-model head).")
     weights = bamba_weights(cfg, sd)
-    _check_all_used(sd, weights, cfg.tie_embeddings)
+    check_all_used(sd, sources(weights), ARCH, tied=cfg.tie_embeddings)
     return build_model(cfg, weights, ARCH, tokenizer, getattr(c, "_name_or_path", ""), dtype)

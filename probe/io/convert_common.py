@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor
@@ -68,6 +68,43 @@ def source_dict(model: Any) -> dict[str, Tensor]:
                           "(boot_transformers rewrites the model's modules in place). Convert it with from_hf "
                           "before booting the bridge, or use probe.from_transformer_lens(bridge).")
     return sd
+
+
+def causal_lm_tensors(hf_model: Any, fn: str, cls: str, embed: str = "model.embed_tokens.weight") -> dict[str, Tensor]:
+    """The tensors of a transformers ``{cls}ForCausalLM`` (:func:`source_dict`), for converter ``fn``.
+
+    A :class:`ConfigError` for anything that is not a transformers model, and for one without the
+    embedding ``embed`` (the bare ``{cls}Model``, which has no language-model head)."""
+    if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
+        raise ConfigError(f"{fn} expects a transformers {cls}ForCausalLM, got {type(hf_model).__name__}.")
+    sd = source_dict(hf_model)
+    if embed not in sd:
+        raise ConfigError(f"This {type(hf_model).__name__} has no {embed.removesuffix('.weight')}; pass a "
+                          f"{cls}ForCausalLM (a bare {cls}Model has no language-model head).")
+    return sd
+
+
+def sources(weights: Mapping) -> set[str]:
+    """The source names behind ``weights`` (a source folded from several, ``"a + b"``, names each)."""
+    return {name for src, _ in weights.values() for name in src.split(" + ")}
+
+
+def check_all_used(sd: dict[str, Tensor], used: Iterable[str], arch: str, tied: bool = False,
+                   embed: str = "model.embed_tokens.weight", head: str = "lm_head.weight") -> None:
+    """Refuse a conversion that would drop source tensors: every name of ``sd`` must be in ``used``.
+
+    ``tied`` (the config ties the embeddings): a stored ``sd[head]`` is the tied copy, so it must equal
+    ``sd[embed]`` (a :class:`CheckpointError` otherwise) and counts as used."""
+    used = set(used)
+    if tied and head in sd:
+        if not torch.equal(sd[head], sd[embed]):
+            raise CheckpointError(f"{arch} config says tie_word_embeddings=True but {head} differs from {embed}; "
+                                  "set tie_word_embeddings=False to convert both, or fix the checkpoint.")
+        used.add(head)
+    unused = sorted(set(sd) - used)
+    if unused:
+        raise CheckpointError(f"{arch} checkpoint has tensors the conversion does not map: {unused[:5]}"
+                              f"{' ...' if len(unused) > 5 else ''}; converting without them would change the model.")
 
 
 def take(sd: dict[str, Tensor], name: str, arch: str) -> Tensor:

@@ -76,7 +76,7 @@ import torch
 from probe.config import ModelConfig
 from probe.errors import CheckpointError, ConfigError
 from probe.io.convert_attention import attention_weights, rope_base, rotary_options
-from probe.io.convert_common import Mapping, build_model, source_dict, take
+from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, sources, take
 from probe.io.convert_mamba2 import mamba2_layer_weights
 
 ARCH = "FalconH1"
@@ -201,20 +201,6 @@ def falcon_h1_weights(cfg: ModelConfig, c: Any, sd: dict[str, torch.Tensor]) -> 
     return w
 
 
-def _check_all_used(sd: dict[str, torch.Tensor], w: Mapping, tied: bool) -> None:
-    """Every source tensor is mapped (a tied ``lm_head.weight`` must equal the embedding)."""
-    used = {src for src, _ in w.values()}
-    if tied and "lm_head.weight" in sd:
-        if not torch.equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"]):
-            raise CheckpointError("Falcon-H1 config says tie_word_embeddings=True but lm_head.weight differs from "
-                                  "model.embed_tokens.weight; fix the config or the checkpoint.")
-        used.add("lm_head.weight")
-    unused = sorted(set(sd) - used)
-    if unused:
-        raise CheckpointError(f"{ARCH} checkpoint has tensors the conversion does not map: {unused[:5]}"
-                              f"{' ...' if len(unused) > 5 else ''}; converting without them would change the model.")
-
-
 def falcon_h1_from_hf(hf_model: Any, tokenizer: Any = None, dtype: torch.dtype = torch.float32):
     """Convert a transformers ``FalconH1ForCausalLM`` to a HookedLM with the same logits (module docstring).
 
@@ -222,14 +208,9 @@ def falcon_h1_from_hf(hf_model: Any, tokenizer: Any = None, dtype: torch.dtype =
     away from 1 (each Mamba-2 readout: no norm, norm before the gate, gated norm), the final Mamba-2
     states and KV caches equal to transformers' cache, greedy generation identical.
     """
-    if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
-        raise ConfigError(f"falcon_h1_from_hf expects a transformers FalconH1ForCausalLM, got {type(hf_model).__name__}.")
+    sd = causal_lm_tensors(hf_model, "falcon_h1_from_hf", "FalconH1")
     c = hf_model.config
     cfg = falcon_h1_config_from_hf(c)
-    sd = source_dict(hf_model)
-    if "model.embed_tokens.weight" not in sd:
-        raise ConfigError(f"This {type(hf_model).__name__} has no model.embed_tokens; pass a FalconH1ForCausalLM "
-                          "(a bare FalconH1Model has no language-model head).")
     weights = falcon_h1_weights(cfg, c, sd)
-    _check_all_used(sd, weights, cfg.tie_embeddings)
+    check_all_used(sd, sources(weights), ARCH, tied=cfg.tie_embeddings)
     return build_model(cfg, weights, ARCH, tokenizer, getattr(c, "_name_or_path", ""), dtype)

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from probe.config import ModelConfig
 from probe.errors import CheckpointError, ConfigError
+from probe.io.convert_common import check_all_used
 from probe.mixers import MIXERS
 
 
@@ -119,7 +120,7 @@ def _layer_mixer(name: str, opts: dict[str, Any], module: Any, weights_of):
     sd = {k: v.detach() for k, v in module.state_dict().items()}
     used: set[str] = set()
     weights = weights_of(sd, used)
-    _refuse_unused(sd, used)
+    check_all_used(sd, used, type(module).__name__)
     mixer.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()})
     return mixer.eval()
 
@@ -167,9 +168,3 @@ def kda_mixer_from_hf(module: Any):
     opts = {"n_k_heads": module.num_heads, "n_v_heads": module.num_heads, "d_k": module.head_dim,
             "d_v": module.head_dim, "d_conv": module.conv_kernel_size, "norm_eps": float(module.layer_norm_epsilon)}
     return _layer_mixer("kda", opts, module, lambda sd, used: kda_mixer_weights(sd, "", used))
-
-
-def _refuse_unused(sd: dict[str, Tensor], used: set[str]) -> None:
-    left = sorted(set(sd) - used)
-    if left:
-        raise CheckpointError(f"Qwen3-Next conversion has no place for {left[:5]}; converting would drop them.")

@@ -53,8 +53,8 @@ import torch
 from torch import Tensor
 
 from probe.config import ModelConfig
-from probe.errors import CheckpointError, ConfigError
-from probe.io.convert_common import Mapping, build_model, source_dict, take
+from probe.errors import ConfigError
+from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, sources, take
 from probe.io.convert_gdn import kda_mixer_options, kda_mixer_weights
 from probe.io.convert_moe import moe_weights
 
@@ -150,11 +150,7 @@ def _weights(cfg: ModelConfig, sd: dict[str, Tensor]) -> Mapping:
     used: set[str] = set()
     for i, (mixer, mlp) in enumerate(zip(cfg.layout, cfg.mlp_layout)):
         out.update(_layer_weights(sd, i, mixer, mlp, used))
-    used |= {src for src, _ in out.values()}
-    leftover = sorted(set(sd) - used)
-    if leftover:
-        raise CheckpointError(f"{ARCH} tensors {leftover[:5]} have no place in the converted model; refusing to "
-                              "drop them silently.")
+    check_all_used(sd, used | sources(out), ARCH)
     return out
 
 
@@ -162,9 +158,7 @@ def kimi_linear_from_hf(hf_model: Any, tokenizer: Any = None, dtype: torch.dtype
     """Convert a transformers ``KimiLinearForCausalLM`` to a :class:`probe.HookedLM` with equal logits
     (tested on tiny random configs in float32: max abs diff <= 1e-4), equal Kimi Delta Attention states
     and latent caches, and equal greedy generation."""
-    if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
-        raise ConfigError(f"kimi_linear_from_hf expects a transformers KimiLinearForCausalLM, got "
-                          f"{type(hf_model).__name__}.")
+    sd = causal_lm_tensors(hf_model, "kimi_linear_from_hf", "KimiLinear")
     cfg = kimi_linear_config_from_hf(hf_model.config)
-    weights = _weights(cfg, source_dict(hf_model))
+    weights = _weights(cfg, sd)
     return build_model(cfg, weights, ARCH, tokenizer, getattr(hf_model.config, "_name_or_path", ""), dtype)

@@ -37,7 +37,7 @@ import torch
 
 from probe.config import ModelConfig
 from probe.errors import CheckpointError, ConfigError
-from probe.io.convert_common import Mapping, build_model, source_dict, take
+from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, sources, take
 
 ARCH = "Mamba2"
 
@@ -105,34 +105,15 @@ def mamba2_layer_weights(sd: dict[str, torch.Tensor], src: str, dst: str, opts: 
     return w
 
 
-def _check_all_used(sd: dict[str, torch.Tensor], w: Mapping, tied: bool) -> None:
-    """Every source tensor is mapped (a tied ``lm_head.weight`` must equal the embedding)."""
-    used = {src for src, _ in w.values()}
-    if tied and "lm_head.weight" in sd:
-        if not torch.equal(sd["lm_head.weight"], sd["backbone.embeddings.weight"]):
-            raise CheckpointError("Mamba-2 config says tie_word_embeddings=True but lm_head.weight differs from "
-                                  "backbone.embeddings.weight; fix the config or the checkpoint.")
-        used.add("lm_head.weight")
-    unused = sorted(set(sd) - used)
-    if unused:
-        raise CheckpointError(f"{ARCH} checkpoint has tensors the conversion does not map: {unused[:5]}"
-                              f"{' ...' if len(unused) > 5 else ''}; converting without them would change the model.")
-
-
 def mamba2_from_hf(hf_model: Any, tokenizer: Any = None, dtype: torch.dtype = torch.float32):
     """Convert a transformers ``Mamba2ForCausalLM`` to a HookedLM with the same logits (module docstring).
 
     Tested: max abs logit difference < 1e-4 in float32 on tiny random configs (n_groups 1 and 2),
     the final states equal to transformers' cache, greedy generation identical.
     """
-    if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
-        raise ConfigError(f"mamba2_from_hf expects a transformers Mamba2ForCausalLM, got {type(hf_model).__name__}.")
+    sd = causal_lm_tensors(hf_model, "mamba2_from_hf", "Mamba2", embed="backbone.embeddings.weight")
     c = hf_model.config
     cfg = mamba2_config_from_hf(c)
-    sd = source_dict(hf_model)
-    if "backbone.embeddings.weight" not in sd:
-        raise ConfigError(f"This {type(hf_model).__name__} has no backbone.embeddings; pass a Mamba2ForCausalLM "
-                          "(a bare Mamba2Model has no language-model head).")
     weights = mamba2_weights(cfg, sd)
-    _check_all_used(sd, weights, cfg.tie_embeddings)
+    check_all_used(sd, sources(weights), ARCH, tied=cfg.tie_embeddings, embed="backbone.embeddings.weight")
     return build_model(cfg, weights, ARCH, tokenizer, getattr(c, "_name_or_path", ""), dtype)

@@ -63,7 +63,7 @@ from torch import Tensor
 
 from probe.config import ModelConfig
 from probe.errors import CheckpointError, ConfigError
-from probe.io.convert_common import Mapping, build_model, source_dict, take
+from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, sources, take
 
 ARCH = "OLMo hybrid"
 #: transformers' layer type -> probe mixer
@@ -173,16 +173,7 @@ def _weights(cfg: ModelConfig, sd: dict[str, Tensor]) -> Mapping:
         out["W_U"] = ("lm_head.weight", take(sd, "lm_head.weight", ARCH).T)
     for i, mixer in enumerate(cfg.layout):
         out.update(_layer_weights(sd, i, mixer))
-    used = {src for src, _ in out.values()}
-    if cfg.tie_embeddings and "lm_head.weight" in sd:  # the tied copy
-        if not torch.equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"]):
-            raise CheckpointError(f"{ARCH} config ties the embeddings but lm_head.weight differs from "
-                                  "model.embed_tokens.weight; set tie_word_embeddings=False to convert both.")
-        used.add("lm_head.weight")
-    leftover = sorted(set(sd) - used)
-    if leftover:
-        raise CheckpointError(f"{ARCH} tensors {leftover[:5]} have no place in the converted model; refusing to "
-                              "drop them silently.")
+    check_all_used(sd, sources(out), ARCH, tied=cfg.tie_embeddings)
     return out
 
 
@@ -190,9 +181,7 @@ def olmo_hybrid_from_hf(hf_model: Any, tokenizer: Any = None, dtype: torch.dtype
     """Convert a transformers ``OlmoHybridForCausalLM`` to a :class:`probe.HookedLM` with equal logits
     (tested on tiny random configs in float32: max abs diff <= 1e-4), equal Gated DeltaNet states and
     equal greedy generation."""
-    if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
-        raise ConfigError(f"olmo_hybrid_from_hf expects a transformers OlmoHybridForCausalLM, got "
-                          f"{type(hf_model).__name__}.")
+    sd = causal_lm_tensors(hf_model, "olmo_hybrid_from_hf", "OlmoHybrid")
     cfg = olmo_hybrid_config_from_hf(hf_model.config)
-    weights = _weights(cfg, source_dict(hf_model))
+    weights = _weights(cfg, sd)
     return build_model(cfg, weights, ARCH, tokenizer, getattr(hf_model.config, "_name_or_path", ""), dtype)

@@ -58,9 +58,9 @@ import torch
 from torch import Tensor
 
 from probe.config import ModelConfig
-from probe.errors import CheckpointError, ConfigError
+from probe.errors import ConfigError
 from probe.io.convert_attention import attention_weights, rope_base, rotary_options
-from probe.io.convert_common import Mapping, build_model, source_dict, take
+from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, take
 from probe.io.convert_gdn import heads as gdn_heads, mixer_options as gdn_options, mixer_weights as gdn_weights
 from probe.io.convert_moe import moe_weights
 
@@ -166,23 +166,9 @@ def qwen3_next_from_hf(hf_model: Any, tokenizer: Any = None, dtype: torch.dtype 
 
     Tested on tiny random configs in float32: max abs logit difference <= 1e-4, every Gated DeltaNet
     layer's final state equal to transformers' cache, one-token decode and greedy generation equal."""
-    if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
-        raise ConfigError("qwen3_next_from_hf expects a transformers Qwen3NextForCausalLM, got "
-                          f"{type(hf_model).__name__}.")
+    sd = causal_lm_tensors(hf_model, "qwen3_next_from_hf", "Qwen3Next")
     cfg = qwen3_next_config_from_hf(hf_model.config)
-    sd = source_dict(hf_model)
-    if "model.embed_tokens.weight" not in sd:
-        raise ConfigError(f"This {type(hf_model).__name__} has no model.embed_tokens; pass a Qwen3NextForCausalLM "
-                          "(a bare Qwen3NextModel has no language-model head).")
     used: set[str] = set()
     weights = qwen3_next_weights(cfg, hf_model.config, sd, used)
-    if cfg.tie_embeddings and "lm_head.weight" in sd:
-        if not torch.equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"]):
-            raise CheckpointError("Qwen3-Next config says tie_word_embeddings=True but lm_head.weight differs from "
-                                  "model.embed_tokens.weight; fix the config or the checkpoint.")
-        used.add("lm_head.weight")
-    unused = sorted(set(sd) - used)
-    if unused:
-        raise CheckpointError(f"{ARCH} checkpoint has tensors the conversion does not map: {unused[:5]}"
-                              f"{' ...' if len(unused) > 5 else ''}; converting without them would change the model.")
+    check_all_used(sd, used, ARCH, tied=cfg.tie_embeddings)
     return build_model(cfg, weights, ARCH, tokenizer, getattr(hf_model.config, "_name_or_path", ""), dtype)

@@ -45,8 +45,9 @@ import torch
 import torch.nn.functional as F
 
 from probe.config import ModelConfig
-from probe.errors import CheckpointError, ConfigError
-from probe.io.convert_common import Mapping, build_model, read_safetensors_folder, source_dict, take
+from probe.errors import ConfigError
+from probe.io.convert_common import (Mapping, build_model, check_all_used, read_safetensors_folder, source_dict,
+                                     sources, take)
 
 ARCH = "RWKV-7 (fla)"
 #: the token-shift lerp weights of the time mixing, in the order of an older checkpoint's ``attn.x_x``
@@ -152,21 +153,6 @@ def rwkv7_weights(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> Mapping:
     return w
 
 
-def _check_all_used(sd: dict[str, torch.Tensor], w: Mapping, tied: bool) -> None:
-    """Every source tensor is mapped (a tied ``lm_head.weight`` must equal the embedding)."""
-    used = {name for src, _ in w.values() for name in src.split(" + ")}
-    if tied and "lm_head.weight" in sd:
-        if not torch.equal(sd["lm_head.weight"], sd["model.embeddings.weight"]):
-            raise CheckpointError("RWKV-7 config says tie_word_embeddings=True but lm_head.weight differs from "
-                                  "model.embeddings.weight; fix the config or the checkpoint.")
-        used.add("lm_head.weight")
-    used |= {"model.layers.0.pre_norm.weight", "model.layers.0.pre_norm.bias"}
-    unused = sorted(set(sd) - used)
-    if unused:
-        raise CheckpointError(f"{ARCH} checkpoint has tensors the conversion does not map: {unused[:5]}"
-                              f"{' ...' if len(unused) > 5 else ''}; converting without them would change the model.")
-
-
 def rwkv7_from_fla(model_or_state_dict: Any, config: Any = None, tokenizer: Any = None,
                    dtype: torch.dtype = torch.float32, name_or_path: str = ""):
     """Convert an fla ``RWKV7ForCausalLM`` (or its state dict plus its config, object or dict) to a
@@ -185,7 +171,8 @@ def rwkv7_from_fla(model_or_state_dict: Any, config: Any = None, tokenizer: Any 
         raise ConfigError("rwkv7_from_fla needs the RWKV-7 config (object or config.json dict) with a state dict.")
     cfg = rwkv7_config_from_fla(config, sd)
     weights = rwkv7_weights(cfg, sd)
-    _check_all_used(sd, weights, cfg.tie_embeddings)
+    pre_norm = {"model.layers.0.pre_norm.weight", "model.layers.0.pre_norm.bias"}  # folded into W_E
+    check_all_used(sd, sources(weights) | pre_norm, ARCH, tied=cfg.tie_embeddings, embed="model.embeddings.weight")
     return build_model(cfg, weights, ARCH, tokenizer, name_or_path, dtype)
 
 

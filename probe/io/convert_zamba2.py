@@ -48,14 +48,14 @@ import torch
 
 from probe.config import ModelConfig
 from probe.errors import CheckpointError, ConfigError
-from probe.io.convert_common import Mapping, build_model, source_dict, take
+from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, sources, take
+from probe.io.convert_mamba2 import mamba2_layer_weights
 
 ARCH = "Zamba2"
 
 #: transformers' activation -> the shared block's gated MLP kind
 GATED_KINDS = {"gelu": "geglu", "silu": "swiglu", "swish": "swiglu", "gelu_pytorch_tanh": "geglu_tanh",
                "gelu_new": "geglu_tanh"}
-MAMBA_TENSORS = ("in_proj.weight", "dt_bias", "A_log", "D", "out_proj.weight")
 
 
 def hybrid_layers(c: Any) -> list[int]:
@@ -113,18 +113,9 @@ def zamba2_config_from_hf(c: Any) -> ModelConfig:
 
 def _mamba_weights(cfg: ModelConfig, sd: dict, src: str, i: int) -> Mapping:
     """Layer ``i``'s Mamba-2 mixer and its norm, from the ``Zamba2MambaDecoderLayer`` at ``src``."""
-    get = lambda name: (name, take(sd, name, ARCH))
-    dst = f"blocks.{i}.mixer."
-    w: Mapping = {f"blocks.{i}.ln1.w": get(src + "input_layernorm.weight")}
-    for name in MAMBA_TENSORS:
-        w[dst + name] = get(src + "mamba." + name)
-    w[dst + "norm_weight"] = get(src + "mamba.norm.weight")
-    conv = take(sd, src + "mamba.conv1d.weight", ARCH)
-    if conv.dim() != 3 or conv.shape[1] != 1:
-        raise CheckpointError(f"{src}mamba.conv1d.weight has shape {tuple(conv.shape)}, expected [conv_dim, 1, d_conv].")
-    w[dst + "conv_weight"] = (src + "mamba.conv1d.weight", conv[:, 0])
-    if cfg.mixer_options["mamba2"]["conv_bias"]:
-        w[dst + "conv_bias"] = get(src + "mamba.conv1d.bias")
+    norm = src + "input_layernorm.weight"
+    w: Mapping = {f"blocks.{i}.ln1.w": (norm, take(sd, norm, ARCH))}
+    w.update(mamba2_layer_weights(sd, src + "mamba.", f"blocks.{i}.mixer.", cfg.mixer_options["mamba2"], ARCH))
     return w
 
 
@@ -190,19 +181,6 @@ def _tied_copies(cfg: ModelConfig, sd: dict, first: dict[int, str]) -> set[str]:
     return tied
 
 
-def _check_all_used(sd: dict[str, torch.Tensor], w: Mapping, tied: set[str], tie_embeddings: bool) -> None:
-    used = {src for src, _ in w.values()} | tied
-    if tie_embeddings and "lm_head.weight" in sd:
-        if not torch.equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"]):
-            raise CheckpointError("Zamba2 config says tie_word_embeddings=True but lm_head.weight differs from "
-                                  "model.embed_tokens.weight; fix the config or the checkpoint.")
-        used.add("lm_head.weight")
-    unused = sorted(set(sd) - used)
-    if unused:
-        raise CheckpointError(f"{ARCH} checkpoint has tensors the conversion does not map: {unused[:5]}"
-                              f"{' ...' if len(unused) > 5 else ''}; converting without them would change the model.")
-
-
 def zamba2_from_hf(hf_model: Any, tokenizer: Any = None, dtype: torch.dtype = torch.float32):
     """Convert a transformers ``Zamba2ForCausalLM`` to a HookedLM with the same logits (module docstring).
 
@@ -210,14 +188,9 @@ def zamba2_from_hf(hf_model: Any, tokenizer: Any = None, dtype: torch.dtype = to
     configs, the final Mamba-2 states and the shared blocks' KV caches equal to transformers' cache,
     greedy generation identical, a ``save_pretrained`` folder loaded by ``probe.from_hf``.
     """
-    if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
-        raise ConfigError(f"zamba2_from_hf expects a transformers Zamba2ForCausalLM, got {type(hf_model).__name__}.")
+    sd = causal_lm_tensors(hf_model, "zamba2_from_hf", "Zamba2")
     c = hf_model.config
     cfg = zamba2_config_from_hf(c)
-    sd = source_dict(hf_model)
-    if "model.embed_tokens.weight" not in sd:
-        raise ConfigError(f"This {type(hf_model).__name__} has no model.embed_tokens; pass a Zamba2ForCausalLM "
-                          "(a bare Zamba2Model has no language-model head).")
     weights, tied = zamba2_weights(cfg, sd)
-    _check_all_used(sd, weights, tied, cfg.tie_embeddings)
+    check_all_used(sd, sources(weights) | tied, ARCH, tied=cfg.tie_embeddings)
     return build_model(cfg, weights, ARCH, tokenizer, getattr(c, "_name_or_path", ""), dtype)
