@@ -187,7 +187,8 @@ class Mamba2(RecurrentMixer):
         forced = forcing.get("state")
         want = "state" in keep or forced is not None
         if not want and self.method == "auto":
-            if (kernel := fused_kernel("ssd_combined", v["input"])) is not None:
+            kernel = fused_kernel("ssd_combined", v["input"]) if "dt" not in forcing else None  # decays <= 1
+            if kernel is not None:
                 y, last = ssd_fused(kernel, v["input"], v["dt"], A, v["B"], v["C"], h0, self.D)
                 return y.to(wide), None, last
             y, last = ssd_chunked(u, dt, A, B, C, h0, D, chunk=self.chunk)

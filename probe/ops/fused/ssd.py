@@ -11,7 +11,9 @@ mamba-ssm's call, in probe's layout (batch, position, head, channel)::
     x, y: [b, T, H, P]    dt: [b, T, H]    A, D: [H] float32    B, C: [b, T, G, N]    h0, h_T: [b, H, P, N] float32
 
 ``dt`` arrives after probe's softplus, clamp and hooks, so the kernel adds no bias, no softplus and no
-clamp (its default limit ``(0, inf)`` would clamp an edited negative ``dt``). ``x``, ``B`` and ``C`` go in
+clamp of its own. Its chunk scan takes the decay products as ``exp(min(sum dt A, 0))``: right only for
+``dt >= 0`` (``A < 0``), which probe's ``dt`` is unless edited, so :class:`probe.mixers.mamba2.Mamba2`
+runs an edited ``dt`` in PyTorch. ``x``, ``B`` and ``C`` go in
 one dtype (the model's), ``dt`` and the state in float32 (the kernel accumulates in float32, starts from
 ``h0`` and returns the final state in float32); ``y`` comes back in ``x``'s dtype. The gate ``z`` and
 the norm stay probe's (``hook_y`` is the scan's output before them).
