@@ -1,13 +1,12 @@
 """Falcon-H1 (attention and Mamba-2 side by side in every layer, muP multipliers): parity with
 transformers' FalconH1ForCausalLM (logits, the Mamba-2 states and KV caches, greedy generation, a saved
 folder), every multiplier folded, and checkpoints the converter must refuse."""
-import warnings
-
 import pytest
 import torch
 
-import probe
 from conftest import randomise
+from hf_parity import (assert_decode_matches, assert_from_hf_matches, assert_greedy_generation_matches, assert_kv_close,
+                       assert_logits_match, assert_recurrent_state_close, hf_run, hf_tokens)
 from mixer_checks import assert_segments_match
 from probe.errors import CheckpointError, ConfigError
 from probe.io.convert_falcon_h1 import falcon_h1_from_hf
@@ -35,12 +34,6 @@ def hf_falcon_h1(seed=0, **kw):
     return randomise(FalconH1ForCausalLM(FalconH1Config(**args)).eval(), 0.1)  # every weight off its init
 
 
-def _hf_run(hf, toks, **kw):
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # "falling back to its reference PyTorch implementation"
-        return hf(toks, **kw)
-
-
 VARIANTS = {  # the three Mamba-2 readouts before out_proj; a head_dim of its own (the released checkpoints
     # set one); biases / tied embeddings / a dt clamp
     "no_norm": {"mamba_rms_norm": False},
@@ -57,23 +50,14 @@ def test_logits_and_final_states_match_transformers(variant):
     hf = hf_falcon_h1(**VARIANTS[variant])
     model = falcon_h1_from_hf(hf)
     assert model.cfg.layout == ["attn+mamba2"] * 2 and model.cfg.mlp_layout == ["swiglu"] * 2
-    toks = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(0))  # 2.5 chunks of 8
-    ref = _hf_run(hf, toks, use_cache=True)
-    with torch.no_grad():
-        ours, states = model(toks, return_states=True)
-    assert ref.logits.abs().max() > 1.0  # a model whose logits all vanish would match anything
-    assert (ours - ref.logits).abs().max() < 1e-4, (ours - ref.logits).abs().max()
-    for i, layer in enumerate(ref.cache.layers):
+    toks = hf_tokens(VOCAB, 20)  # 2.5 chunks of 8
+    states, cache = assert_logits_match(model, hf, toks, min_logit=1.0)
+    for i, layer in enumerate(cache.layers):
         attn, ssm = states.layers[i]["mixer.attn"], states.layers[i]["mixer.mamba2"]
         assert attn["k"].shape == (2, 20, 2, getattr(hf.config, "head_dim", 8)) and ssm["state"].shape == (2, 6, 8, 8)
-        # transformers: keys / values [b, kv heads, P, d_head] (rotated, k after key_multiplier)
-        torch.testing.assert_close(attn["k"], layer.keys.transpose(1, 2), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(attn["v"], layer.values.transpose(1, 2), rtol=1e-5, atol=1e-5)
-        # recurrent [b, heads, head_dim, d_state]; conv [b, conv_dim, k] (the last k inputs)
+        assert_kv_close(attn, layer)  # k after key_multiplier
         assert ssm["state"].abs().max() > 1e-3  # (dt clamped to 0.05: small increments)
-        torch.testing.assert_close(ssm["state"], layer.recurrent_states[0], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(ssm["state_conv"], layer.conv_states[0][..., 1:].transpose(1, 2),
-                                   rtol=1e-5, atol=1e-6)
+        assert_recurrent_state_close(ssm, layer)
     assert_segments_match(model, toks, 13)
 
 
@@ -83,13 +67,13 @@ def test_hooks_show_what_transformers_computes():
     transformers' own (multipliers included)."""
     hf = hf_falcon_h1(seed=4)
     model = falcon_h1_from_hf(hf)
-    toks = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(4))
+    toks = hf_tokens(VOCAB, 12, seed=4, batch=1)
     seen = {}
     layer = hf.model.layers[0]
     handles = [layer.mamba.register_forward_hook(lambda m, a, out: seen.__setitem__("mamba", out)),
                layer.self_attn.register_forward_hook(lambda m, a, out: seen.__setitem__("attn", out[0])),
                layer.feed_forward.register_forward_hook(lambda m, a, out: seen.__setitem__("mlp", out))]
-    _hf_run(hf, toks)
+    hf_run(hf, toks)
     for h in handles:
         h.remove()
     _, cache = model.run_with_cache(toks)
@@ -104,38 +88,19 @@ def test_hooks_show_what_transformers_computes():
 def test_one_token_decode_matches_transformers_cache():
     hf = hf_falcon_h1(seed=3)
     model = falcon_h1_from_hf(hf)
-    toks = torch.randint(0, VOCAB, (2, 17), generator=torch.Generator().manual_seed(3))
-    ref = _hf_run(hf, toks[:, :16], use_cache=True)
-    step = _hf_run(hf, toks[:, 16:], cache=ref.cache, use_cache=True)
-    with torch.no_grad():
-        _, states = model(toks[:, :16], return_states=True)
-        ours = model(toks[:, 16:], states=states)
-    assert (ours - step.logits).abs().max() < 1e-4, (ours - step.logits).abs().max()
+    assert_decode_matches(model, hf, hf_tokens(VOCAB, 17, seed=3))
 
 
 def test_generation_matches_transformers_greedy():
     hf = hf_falcon_h1(seed=1)
     hf.generation_config.eos_token_id = None  # generate all 8 tokens (probe's generate has no stop token)
     model = falcon_h1_from_hf(hf)
-    prompt = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(1))
-    ours = model.generate(prompt, max_new_tokens=8, return_type="tokens")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = hf.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    assert torch.equal(ours, ref)
+    assert_greedy_generation_matches(model, hf, hf_tokens(VOCAB, 9, seed=1, batch=1))
 
 
 @pytest.mark.numerical
 def test_from_hf_loads_a_saved_object_and_folder(tmp_path):
-    hf = hf_falcon_h1(seed=2)
-    toks = torch.randint(0, VOCAB, (1, 15), generator=torch.Generator().manual_seed(2))
-    ref = _hf_run(hf, toks).logits
-    hf.save_pretrained(tmp_path)
-    for source in (hf, str(tmp_path)):
-        model = probe.from_hf(source, tokenizer="byte")
-        assert model.cfg.layout == ["attn+mamba2"] * 2
-        with torch.no_grad():
-            assert (model(toks) - ref).abs().max() < 1e-4
+    assert_from_hf_matches(hf_falcon_h1(seed=2), tmp_path, hf_tokens(VOCAB, 15, seed=2, batch=1), ["attn+mamba2"] * 2)
 
 
 def test_bad_checkpoints_and_configs_are_named():

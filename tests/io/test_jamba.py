@@ -5,13 +5,14 @@ forward, one-token decode from a carried state, greedy generation, router logits
 clear errors. transformers' Jamba drops the SSM state when continuing with several tokens at once
 (REFERENCES.md), so its multi-token continuation is never the reference: probe's own segmented run is
 compared with its whole run instead."""
-import warnings
+from functools import partial
 
 import pytest
 import torch
 
-import probe
 from conftest import randomise
+from hf_parity import (assert_decode_matches, assert_from_hf_matches, assert_greedy_generation_matches,
+                       assert_logits_match, assert_recurrent_state_close, hf_run, hf_tokens)
 from mixer_checks import assert_segments_match
 from probe.errors import CheckpointError, ConfigError
 
@@ -40,14 +41,7 @@ def hf_jamba(seed=0, **kw):
     return randomise(hf, 0.05)
 
 
-def _hf_run(hf, toks, **kw):
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # "falling back to the PyTorch implementation"
-        return hf(toks, **kw)
-
-
-def _toks(T, seed=0, batch=2):
-    return torch.randint(1, VOCAB, (batch, T), generator=torch.Generator().manual_seed(seed))
+_toks = partial(hf_tokens, VOCAB, low=1)
 
 
 def test_config_places_layers_experts_and_options():
@@ -69,19 +63,11 @@ def test_logits_and_final_states_match_transformers(variant):
     hf = hf_jamba(**variant)
     model = jamba_from_hf(hf)
     toks = _toks(40)
-    ref = _hf_run(hf, toks, use_cache=True)
-    with torch.no_grad():
-        ours, states = model(toks, return_states=True)
-    assert (ours - ref.logits).abs().max() <= 1e-4, (ours - ref.logits).abs().max()
-    assert ref.logits.abs().max() > 0.1
+    states, cache = assert_logits_match(model, hf, toks)
     for i, name in enumerate(model.cfg.layout):
         if name != "mamba":
             continue
-        mine, theirs = states.layers[i]["mixer"], ref.cache.layers[i]
-        # transformers: recurrent [b, d_inner, d_state]; conv [b, d_inner, k] (the last k inputs)
-        torch.testing.assert_close(mine["state"], theirs.recurrent_states[0], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(mine["state_conv"], theirs.conv_states[0][..., 1:].transpose(1, 2),
-                                   rtol=1e-5, atol=1e-6)
+        assert_recurrent_state_close(states.layers[i]["mixer"], cache.layers[i])  # state [b, d_inner, d_state]
     assert_segments_match(model, toks, 23)
 
 
@@ -91,28 +77,17 @@ def test_one_token_decode_from_a_carried_state_matches_transformers():
     probe carrying its own state gives the same next logits and the same states after the step."""
     hf = hf_jamba(seed=1)
     model = jamba_from_hf(hf)
-    toks = _toks(17, seed=1)
-    prefix = _hf_run(hf, toks[:, :-1], use_cache=True)
-    step = _hf_run(hf, toks[:, -1:], cache=prefix.cache, use_cache=True)
-    with torch.no_grad():
-        _, states = model(toks[:, :-1], return_states=True)
-        ours, states = model(toks[:, -1:], states=states, return_states=True)
-    assert (ours - step.logits).abs().max() <= 1e-4
+    states, cache = assert_decode_matches(model, hf, _toks(17, seed=1))
     for i, name in enumerate(model.cfg.layout):
         if name == "mamba":
-            torch.testing.assert_close(states.layers[i]["mixer"]["state"], step.cache.layers[i].recurrent_states[0],
+            torch.testing.assert_close(states.layers[i]["mixer"]["state"], cache.layers[i].recurrent_states[0],
                                        rtol=1e-5, atol=1e-6)
 
 
 def test_generation_matches_transformers_greedy():
     hf = hf_jamba(seed=2)
     model = jamba_from_hf(hf)
-    prompt = _toks(9, seed=2, batch=1)
-    ours = model.generate(prompt, max_new_tokens=8, return_type="tokens")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = hf.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    assert torch.equal(ours, ref)
+    assert_greedy_generation_matches(model, hf, _toks(9, seed=2, batch=1))
 
 
 @pytest.mark.numerical
@@ -120,7 +95,7 @@ def test_router_logits_hook_shows_transformers_router_logits():
     hf = hf_jamba(seed=3)
     model = jamba_from_hf(hf)
     toks = _toks(12, seed=3)
-    ref = _hf_run(hf, toks, output_router_logits=True)
+    ref = hf_run(hf, toks, output_router_logits=True)
     moe_layers = [i for i, kind in enumerate(model.cfg.mlp_layout) if kind == "moe"]
     _, cache = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_router_logits"))
     assert len(ref.router_logits) == len(moe_layers)
@@ -131,15 +106,7 @@ def test_router_logits_hook_shows_transformers_router_logits():
 
 @pytest.mark.numerical
 def test_from_hf_dispatches_objects_and_loads_a_saved_folder(tmp_path):
-    hf = hf_jamba(seed=4)
-    hf.save_pretrained(tmp_path)
-    toks = _toks(15, seed=4, batch=1)
-    ref = _hf_run(hf, toks).logits
-    for source in (hf, str(tmp_path)):
-        model = probe.from_hf(source, tokenizer="byte")
-        assert model.cfg.layout == ["mamba", "attn", "mamba", "attn"]
-        with torch.no_grad():
-            assert (model(toks) - ref).abs().max() <= 1e-4
+    assert_from_hf_matches(hf_jamba(seed=4), tmp_path, _toks(15, seed=4, batch=1), ["mamba", "attn", "mamba", "attn"])
 
 
 def test_unmapped_tensors_and_unsupported_configs_are_named():

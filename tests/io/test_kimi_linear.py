@@ -3,18 +3,20 @@ dense and mixture-of-experts MLPs with a sigmoid, bias-corrected, grouped router
 every layer's final cache (KDA recurrent and conv states, the latent attention's compressed cache) and a
 one-token decode equal transformers'; greedy generation equal; a save_pretrained folder loads through
 ``probe.from_hf``; configs and tensors probe cannot express are refused by name."""
-import warnings
+from functools import partial
 
 import pytest
 import torch
 
-import probe
 from conftest import randomise
+from hf_parity import (assert_decode_matches, assert_from_hf_matches, assert_greedy_generation_matches,
+                       assert_logits_match, assert_recurrent_state_close, hf_tokens)
 from probe.errors import CheckpointError, ConfigError
 
 transformers = pytest.importorskip("transformers")
 from probe.io.convert_kimi_linear import kimi_linear_from_hf  # noqa: E402
 
+VOCAB = 100
 LAYERS = ("linear_attention", "full_attention", "linear_attention")
 
 
@@ -25,7 +27,7 @@ def hf_kimi_linear(seed=0, **overrides):
 
     torch.manual_seed(seed)
     # the default special-token ids (163584 ...) exceed a tiny vocabulary
-    kw = dict(vocab_size=100, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+    kw = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
               num_hidden_layers=len(LAYERS), layer_types=list(LAYERS), mlp_layer_types=["dense", "sparse", "sparse"],
               num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=12, q_lora_rank=None, qk_rope_head_dim=4,
               qk_nope_head_dim=8, v_head_dim=6, num_local_experts=4, num_experts_per_tok=2, n_shared_experts=1,
@@ -40,8 +42,7 @@ def hf_kimi_linear(seed=0, **overrides):
     return hf
 
 
-def _toks(T, seed=0, batch=2):
-    return torch.randint(0, 100, (batch, T), generator=torch.Generator().manual_seed(seed))
+_toks = partial(hf_tokens, VOCAB)
 
 
 def _check_cache(model, states, cache):
@@ -49,9 +50,7 @@ def _check_cache(model, states, cache):
     for i, name in enumerate(model.cfg.layout):
         ours, theirs = states.layers[i]["mixer"], cache.layers[i]
         if name == "kda":
-            torch.testing.assert_close(ours["state"], theirs.recurrent_states[0], rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(ours["state_conv"], theirs.conv_states[0][..., 1:].transpose(1, 2),
-                                       rtol=1e-4, atol=1e-5)
+            assert_recurrent_state_close(ours, theirs, rtol=1e-4, atol=1e-5)
         else:  # the latent cache: transformers' keys / values [B, 1, P, width]
             torch.testing.assert_close(ours["kv_latent"], theirs.keys[:, 0], rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(ours["k_rot"], theirs.values[:, 0], rtol=1e-4, atol=1e-5)
@@ -73,38 +72,22 @@ def test_config_places_layers_experts_and_options():
 def test_logits_and_final_states_match_transformers(variant):
     hf = hf_kimi_linear(**variant)
     model = kimi_linear_from_hf(hf)
-    toks = _toks(40)
-    with torch.no_grad():
-        ref = hf(toks, use_cache=True)
-        ours, states = model(toks, return_states=True)
-    assert float((ours - ref.logits).abs().max()) <= 1e-4
-    assert float(ref.logits.abs().max()) > 0.1
-    _check_cache(model, states, ref.cache)
+    states, cache = assert_logits_match(model, hf, _toks(40))
+    _check_cache(model, states, cache)
 
 
 @pytest.mark.numerical
 def test_one_token_decode_from_a_carried_state_matches_transformers():
     hf = hf_kimi_linear(seed=1)
     model = kimi_linear_from_hf(hf)
-    toks = _toks(21, seed=1)
-    with torch.no_grad():
-        prefix = hf(toks[:, :-1], use_cache=True)
-        step = hf(toks[:, -1:], cache=prefix.cache, use_cache=True)
-        _, states = model(toks[:, :-1], return_states=True)
-        ours, states = model(toks[:, -1:], states=states, return_states=True)
-    assert float((ours - step.logits).abs().max()) <= 1e-4
-    _check_cache(model, states, step.cache)
+    states, cache = assert_decode_matches(model, hf, _toks(21, seed=1))
+    _check_cache(model, states, cache)
 
 
 def test_generation_matches_transformers_greedy():
     hf = hf_kimi_linear(seed=2)
     model = kimi_linear_from_hf(hf)
-    prompt = _toks(7, seed=2, batch=1)
-    ours = model.generate(prompt, max_new_tokens=8, return_type="tokens")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = hf.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    assert torch.equal(ours, ref)
+    assert_greedy_generation_matches(model, hf, _toks(7, seed=2, batch=1))
 
 
 @pytest.mark.numerical
@@ -124,16 +107,8 @@ def test_router_hooks_show_transformers_routing():
 
 @pytest.mark.numerical
 def test_from_hf_dispatches_objects_and_loads_a_saved_folder(tmp_path):
-    hf = hf_kimi_linear(seed=4)
-    hf.save_pretrained(tmp_path)  # with a tokenizer beside it: tests/io/test_hub_folders.py
-    toks = _toks(15, seed=4, batch=1)
-    with torch.no_grad():
-        ref = hf(toks).logits
-    for source in (hf, str(tmp_path)):
-        model = probe.from_hf(source, tokenizer="byte")
-        assert model.cfg.layout == ["kda", "mla", "kda"]
-        with torch.no_grad():
-            assert float((model(toks) - ref).abs().max()) <= 1e-4
+    # (a saved folder with its tokenizer beside it: tests/io/test_hub_folders.py)
+    assert_from_hf_matches(hf_kimi_linear(seed=4), tmp_path, _toks(15, seed=4, batch=1), ["kda", "mla", "kda"])
 
 
 def test_unmapped_tensors_and_unsupported_configs_are_named():

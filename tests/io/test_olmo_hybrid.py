@@ -3,18 +3,20 @@ attention layers with post-norm blocks): converted logits, every layer's final c
 recurrent and conv states, attention keys and values) and a one-token decode equal transformers';
 greedy generation equal; RoPE and NoPE configs, allow_neg_eigval on and off; a save_pretrained folder
 loads through ``probe.from_hf``; configs and tensors probe cannot express are refused by name."""
-import warnings
+from functools import partial
 
 import pytest
 import torch
 
-import probe
 from conftest import randomise
+from hf_parity import (assert_decode_matches, assert_from_hf_matches, assert_greedy_generation_matches,
+                       assert_kv_close, assert_logits_match, assert_recurrent_state_close, hf_tokens)
 from probe.errors import CheckpointError, ConfigError
 
 transformers = pytest.importorskip("transformers")
 from probe.io.convert_olmo_hybrid import olmo_hybrid_from_hf  # noqa: E402
 
+VOCAB = 100
 LAYERS = ("linear_attention", "full_attention", "linear_attention")
 #: the released checkpoints' positional encoding: none (transformers builds no rotary embedding)
 NOPE = {"rope_type": "default", "rope_theta": None}
@@ -26,7 +28,7 @@ def hf_olmo_hybrid(seed=0, **overrides):
 
     torch.manual_seed(seed)
     # the default special-token ids (100257, 100277) exceed a tiny vocabulary
-    kw = dict(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=len(LAYERS),
+    kw = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=len(LAYERS),
               layer_types=list(LAYERS), num_attention_heads=4, num_key_value_heads=2, linear_num_key_heads=2,
               linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=4, linear_conv_kernel_dim=4,
               pad_token_id=0, eos_token_id=1, max_position_embeddings=256)
@@ -35,8 +37,7 @@ def hf_olmo_hybrid(seed=0, **overrides):
     return randomise(hf, 0.15).eval()
 
 
-def _toks(T, seed=0, batch=2):
-    return torch.randint(0, 100, (batch, T), generator=torch.Generator().manual_seed(seed))
+_toks = partial(hf_tokens, VOCAB)
 
 
 def _check_cache(model, states, cache):
@@ -44,12 +45,9 @@ def _check_cache(model, states, cache):
     for i, name in enumerate(model.cfg.layout):
         ours, theirs = states.layers[i]["mixer"], cache.layers[i]
         if name == "gdn":
-            torch.testing.assert_close(ours["state"], theirs.recurrent_states[0], rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(ours["state_conv"], theirs.conv_states[0][..., 1:].transpose(1, 2),
-                                       rtol=1e-4, atol=1e-5)
+            assert_recurrent_state_close(ours, theirs, rtol=1e-4, atol=1e-5)
         else:  # transformers' keys / values [B, H_kv, P, d] (normed, rotated) against [B, P, H_kv, d]
-            torch.testing.assert_close(ours["k"], theirs.keys.transpose(1, 2), rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(ours["v"], theirs.values.transpose(1, 2), rtol=1e-4, atol=1e-5)
+            assert_kv_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
 def test_config_places_layers_norms_and_options():
@@ -69,13 +67,8 @@ def test_config_places_layers_norms_and_options():
 def test_logits_and_final_states_match_transformers(variant):
     hf = hf_olmo_hybrid(**variant)
     model = olmo_hybrid_from_hf(hf)
-    toks = _toks(40)
-    with torch.no_grad():
-        ref = hf(toks, use_cache=True)
-        ours, states = model(toks, return_states=True)
-    assert float((ours - ref.logits).abs().max()) <= 1e-4
-    assert float(ref.logits.abs().max()) > 0.1
-    _check_cache(model, states, ref.cache)
+    states, cache = assert_logits_match(model, hf, _toks(40))
+    _check_cache(model, states, cache)
 
 
 @pytest.mark.numerical
@@ -84,25 +77,14 @@ def test_one_token_decode_from_a_carried_state_matches_transformers():
     probe carrying its own states: next logits and every cache after the step."""
     hf = hf_olmo_hybrid(seed=1)
     model = olmo_hybrid_from_hf(hf)
-    toks = _toks(21, seed=1)
-    with torch.no_grad():
-        prefix = hf(toks[:, :-1], use_cache=True)
-        step = hf(toks[:, -1:], cache=prefix.cache, use_cache=True)
-        _, states = model(toks[:, :-1], return_states=True)
-        ours, states = model(toks[:, -1:], states=states, return_states=True)
-    assert float((ours - step.logits).abs().max()) <= 1e-4
-    _check_cache(model, states, step.cache)
+    states, cache = assert_decode_matches(model, hf, _toks(21, seed=1))
+    _check_cache(model, states, cache)
 
 
 def test_generation_matches_transformers_greedy():
     hf = hf_olmo_hybrid(seed=2)
     model = olmo_hybrid_from_hf(hf)
-    prompt = _toks(7, seed=2, batch=1)
-    ours = model.generate(prompt, max_new_tokens=8, return_type="tokens")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = hf.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    assert torch.equal(ours, ref)
+    assert_greedy_generation_matches(model, hf, _toks(7, seed=2, batch=1))
 
 
 def test_beta_hook_shows_the_doubled_write_strength():
@@ -117,16 +99,8 @@ def test_beta_hook_shows_the_doubled_write_strength():
 
 @pytest.mark.numerical
 def test_from_hf_dispatches_objects_and_loads_a_saved_folder(tmp_path):
-    hf = hf_olmo_hybrid(seed=4)
-    hf.save_pretrained(tmp_path)  # with a tokenizer beside it: tests/io/test_hub_folders.py
-    toks = _toks(15, seed=4, batch=1)
-    with torch.no_grad():
-        ref = hf(toks).logits
-    for source in (hf, str(tmp_path)):
-        model = probe.from_hf(source, tokenizer="byte")
-        assert model.cfg.layout == ["gdn", "attn", "gdn"]
-        with torch.no_grad():
-            assert float((model(toks) - ref).abs().max()) <= 1e-4
+    # (a saved folder with its tokenizer beside it: tests/io/test_hub_folders.py)
+    assert_from_hf_matches(hf_olmo_hybrid(seed=4), tmp_path, _toks(15, seed=4, batch=1), ["gdn", "attn", "gdn"])
 
 
 def test_unmapped_tensors_and_unsupported_configs_are_named():

@@ -3,13 +3,15 @@ layers, gated attention with zero-centred q / k norms, partial rotary and an out
 a gated shared expert beside dense SwiGLU ones): logits on whole sequences, every Gated DeltaNet layer's
 final state and every attention layer's values against transformers' cache, one-token decode from a
 carried state, greedy generation, folder loading, and clear errors."""
-import warnings
+from functools import partial
 
 import pytest
 import torch
 
 import probe
 from conftest import randomise
+from hf_parity import (assert_decode_matches, assert_from_hf_matches, assert_greedy_generation_matches,
+                       assert_logits_match, hf_run, hf_tokens)
 from mixer_checks import assert_segments_match
 from probe.errors import CheckpointError, ConfigError
 
@@ -37,14 +39,7 @@ def hf_qwen3_next(seed=0, layer_types=HYBRID, scale=0.15, **kw):
     return randomise(Qwen3NextForCausalLM(Qwen3NextConfig(**args)), scale).eval()
 
 
-def _hf_run(hf, toks, **kw):
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # "falling back to the PyTorch implementation"
-        return hf(toks, **kw)
-
-
-def _toks(T, seed=0, batch=2):
-    return torch.randint(1, VOCAB, (batch, T), generator=torch.Generator().manual_seed(seed))
+_toks = partial(hf_tokens, VOCAB, low=1)
 
 
 def _relative_error(got, want):
@@ -98,12 +93,8 @@ def test_logits_and_final_states_match_transformers(seed, variant):
     hf = hf_qwen3_next(seed=seed, **variant)
     model = qwen3_next_from_hf(hf)
     toks = _toks(40, seed=seed)
-    ref = _hf_run(hf, toks, use_cache=True)
-    with torch.no_grad():
-        ours, states = model(toks, return_states=True)
-    assert (ours - ref.logits).abs().max() <= 1e-4, (ours - ref.logits).abs().max()
-    assert ref.logits.abs().max() > 0.1
-    _assert_states_match(model, states, ref.cache)
+    states, cache = assert_logits_match(model, hf, toks)
+    _assert_states_match(model, states, cache)
     assert_segments_match(model, toks, 23)
 
 
@@ -111,25 +102,14 @@ def test_logits_and_final_states_match_transformers(seed, variant):
 def test_one_token_decode_from_a_carried_state_matches_transformers():
     hf = hf_qwen3_next(seed=1)
     model = qwen3_next_from_hf(hf)
-    toks = _toks(17, seed=1)
-    prefix = _hf_run(hf, toks[:, :-1], use_cache=True)
-    step = _hf_run(hf, toks[:, -1:], cache=prefix.cache, use_cache=True)
-    with torch.no_grad():
-        _, states = model(toks[:, :-1], return_states=True)
-        ours, states = model(toks[:, -1:], states=states, return_states=True)
-    assert (ours - step.logits).abs().max() <= 1e-4
-    _assert_states_match(model, states, step.cache)
+    states, cache = assert_decode_matches(model, hf, _toks(17, seed=1))
+    _assert_states_match(model, states, cache)
 
 
 def test_generation_matches_transformers_greedy():
     hf = hf_qwen3_next(seed=2)
     model = qwen3_next_from_hf(hf)
-    prompt = _toks(9, seed=2, batch=1)
-    ours = model.generate(prompt, max_new_tokens=8, return_type="tokens")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = hf.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    assert torch.equal(ours, ref)
+    assert_greedy_generation_matches(model, hf, _toks(9, seed=2, batch=1))
 
 
 @pytest.mark.numerical
@@ -141,25 +121,13 @@ def test_all_linear_dense_model_matches_transformers_without_its_cache():
     assert model.cfg.layout == ["gdn", "gdn"] and model.cfg.mlp_layout == ["swiglu", "swiglu"]
     toks = _toks(30, seed=3)
     with torch.no_grad():
-        assert (model(toks) - _hf_run(hf, toks, use_cache=False).logits).abs().max() <= 1e-4
-    prompt = toks[:1, :6]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = hf.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=False, pad_token_id=0)
-    assert torch.equal(model.generate(prompt, max_new_tokens=5, return_type="tokens"), ref)
+        assert (model(toks) - hf_run(hf, toks, use_cache=False).logits).abs().max() <= 1e-4
+    assert_greedy_generation_matches(model, hf, toks[:1, :6], max_new_tokens=5, use_cache=False)
 
 
 @pytest.mark.numerical
 def test_from_hf_dispatches_objects_and_loads_a_saved_folder(tmp_path):
-    hf = hf_qwen3_next(seed=4)
-    hf.save_pretrained(tmp_path)
-    toks = _toks(15, seed=4, batch=1)
-    ref = _hf_run(hf, toks).logits
-    for source in (hf, str(tmp_path)):
-        model = probe.from_hf(source, tokenizer="byte")
-        assert model.cfg.layout == ["gdn", "gdn", "attn", "gdn"]
-        with torch.no_grad():
-            assert (model(toks) - ref).abs().max() <= 1e-4
+    assert_from_hf_matches(hf_qwen3_next(seed=4), tmp_path, _toks(15, seed=4, batch=1), ["gdn", "gdn", "attn", "gdn"])
 
 
 def test_unmapped_tensors_and_unsupported_configs_are_named():

@@ -8,6 +8,8 @@ import torch
 
 import probe
 from conftest import randomise
+from hf_parity import (assert_from_hf_matches, assert_greedy_generation_matches, assert_kv_close, assert_logits_match,
+                       assert_recurrent_state_close, hf_run, hf_tokens)
 from probe.errors import CheckpointError, ConfigError
 from probe.io.convert_zamba2 import zamba2_from_hf
 
@@ -33,12 +35,6 @@ def hf_zamba2(seed=0, **kw):
         return randomise(Zamba2ForCausalLM(Zamba2Config(**args)).eval(), 0.05)  # every weight off its init
 
 
-def _hf_run(hf, toks, **kw):
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # "falling back to its reference PyTorch implementation"
-        return hf(toks, **kw)
-
-
 VARIANTS = {
     "adapters_rope_2blocks": {},
     "no_attn_adapters_no_rope_1block_silu": {"use_shared_attention_adapter": False, "use_mem_rope": False,
@@ -54,23 +50,16 @@ def test_logits_and_final_states_match_transformers(variant):
     model = zamba2_from_hf(hf)
     c = hf.config
     assert model.cfg.shared_layout == [None, 0, None, 1 % c.num_mem_blocks, None, 2 % c.num_mem_blocks]
-    toks = torch.randint(0, VOCAB, (2, 29), generator=torch.Generator().manual_seed(0))  # 3.6 chunks of 8
-    ref = _hf_run(hf, toks, use_cache=True)
-    with torch.no_grad():
-        ours, states = model(toks, return_states=True)
-    diff = (ours - ref.logits).abs().max()
-    assert diff < 1e-4, diff
+    toks = hf_tokens(VOCAB, 29)  # 3.6 chunks of 8
+    states, cache = assert_logits_match(model, hf, toks)
     # states after six layers of chunked scans: 5e-6 + 5e-5 |x| (measured within 0.14 of it under the
     # default, avx2 and avx512 CPU paths)
-    close = lambda a, b: torch.testing.assert_close(a, b, rtol=5e-5, atol=5e-6)
-    for i, layer in enumerate(ref.cache.layers):
+    tol = dict(rtol=5e-5, atol=5e-6)
+    for i, layer in enumerate(cache.layers):
         mine = states.layers[i]
-        # transformers: recurrent [b, heads, head_dim, d_state]; conv [b, conv_dim, k] (the last k inputs)
-        close(mine["mixer"]["state"], layer.recurrent_states[0])
-        close(mine["mixer"]["state_conv"], layer.conv_states[0][..., 1:].transpose(1, 2))
-        if c.layers_block_type[i] == "hybrid":  # keys / values [b, kv_heads, pos, d_head], rotated keys
-            close(mine["shared"]["k"], layer.keys.transpose(1, 2))
-            close(mine["shared"]["v"], layer.values.transpose(1, 2))
+        assert_recurrent_state_close(mine["mixer"], layer, **tol)
+        if c.layers_block_type[i] == "hybrid":
+            assert_kv_close(mine["shared"], layer, **tol)
         else:
             assert "shared" not in mine
 
@@ -93,7 +82,7 @@ def test_hooks_of_each_use_follow_transformers_shared_transformer():
     ``hook_mlp_out`` and the projected contribution ``hook_out`` (captured from the reference's modules)."""
     hf = hf_zamba2(seed=3)
     model = zamba2_from_hf(hf)
-    toks = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(3))
+    toks = hf_tokens(VOCAB, 12, seed=3, batch=1)
     seen = {}
     handles = [hf.model.layers[i].shared_transformer.register_forward_hook(
                    lambda m, a, kw, out, i=i: seen.__setitem__(("block", i), out), with_kwargs=True)
@@ -101,7 +90,7 @@ def test_hooks_of_each_use_follow_transformers_shared_transformer():
     handles += [hf.model.layers[i].linear.register_forward_hook(
                     lambda m, a, out, i=i: seen.__setitem__(("out", i), out)) for i in (1, 3, 5)]
     try:
-        _hf_run(hf, toks)
+        hf_run(hf, toks)
     finally:
         for h in handles:
             h.remove()
@@ -116,24 +105,15 @@ def test_hooks_of_each_use_follow_transformers_shared_transformer():
 def test_generation_matches_transformers_greedy():
     hf = hf_zamba2(seed=1)
     model = probe.from_hf(hf)  # dispatched on model_type "zamba2"
-    prompt = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(1))
-    ours = model.generate(prompt, max_new_tokens=8, return_type="tokens")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = hf.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    assert torch.equal(ours, ref)
+    assert_greedy_generation_matches(model, hf, hf_tokens(VOCAB, 9, seed=1, batch=1))
 
 
 @pytest.mark.numerical
 def test_from_hf_loads_a_saved_folder_and_probe_saves_it_back(tmp_path):
-    hf = hf_zamba2(seed=2)
-    hf.save_pretrained(tmp_path / "hf")
-    model = probe.from_hf(str(tmp_path / "hf"), tokenizer="byte")
-    assert model.cfg.layout == ["mamba2"] * 6
-    toks = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(2))
+    toks = hf_tokens(VOCAB, 20, seed=2, batch=1)
+    model = assert_from_hf_matches(hf_zamba2(seed=2), tmp_path / "hf", toks, ["mamba2"] * 6)
     with torch.no_grad():
         ours = model(toks)
-    assert (ours - _hf_run(hf, toks).logits).abs().max() < 1e-4
     model.save(tmp_path / "probe")
     again = probe.load(tmp_path / "probe")
     assert again.cfg == model.cfg

@@ -2,13 +2,13 @@
 folder loading), the chunked SSD kernel against its sequential reference and a literal per-head
 loop (float64, extreme decays), hooks that follow the recurrence, every scan form with equal
 gradients, the implicit attention with grouped B/C, and clear errors."""
-import warnings
-
 import pytest
 import torch
 
 import probe
 from conftest import make_model, randomise, tokens
+from hf_parity import (assert_from_hf_matches, assert_greedy_generation_matches, assert_logits_match,
+                       assert_recurrent_state_close, hf_tokens)
 from mixer_checks import assert_gradients_match, assert_segments_match
 from probe.errors import CheckpointError, ConfigError
 from probe.io.convert_mamba2 import mamba2_from_hf
@@ -32,12 +32,6 @@ def hf_mamba2(seed=0, **kw):
     return randomise(Mamba2ForCausalLM(Mamba2Config(**args)).eval(), 0.05)  # every weight off its init
 
 
-def _hf_run(hf, toks, **kw):
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # "falling back to its reference PyTorch implementation"
-        return hf(toks, **kw)
-
-
 VARIANTS = {
     "groups1": {},
     "groups2_bias_tied_k3_dtlimit": {"n_groups": 2, "use_bias": True, "use_conv_bias": False,
@@ -53,42 +47,24 @@ def test_logits_and_final_states_match_transformers(variant):
     hf = hf_mamba2(**VARIANTS[variant])
     model = mamba2_from_hf(hf)
     assert model.cfg.mlp_layout == ["none", "none"] and all(b.mlp is None for b in model.blocks)
-    toks = torch.randint(0, VOCAB, (2, 70), generator=torch.Generator().manual_seed(0))  # 4.4 chunks of 16
-    ref = _hf_run(hf, toks, use_cache=True)
-    with torch.no_grad():
-        ours, states = model(toks, return_states=True)
-    assert (ours - ref.logits).abs().max() < 1e-4, (ours - ref.logits).abs().max()
-    k = hf.config.conv_kernel
-    for i, layer in enumerate(ref.cache.layers):
+    toks = hf_tokens(VOCAB, 70)  # 4.4 chunks of 16
+    states, cache = assert_logits_match(model, hf, toks)
+    for i, layer in enumerate(cache.layers):
         mine = states.layers[i]["mixer"]
-        # transformers: recurrent [b, heads, head_dim, d_state]; conv [b, conv_dim, k] (the last k inputs)
-        torch.testing.assert_close(mine["state"], layer.recurrent_states[0], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(mine["state_conv"], layer.conv_states[0][..., 1:].transpose(1, 2),
-                                   rtol=1e-5, atol=1e-6)
-        assert mine["state_conv"].shape[1] == k - 1
+        assert_recurrent_state_close(mine, layer)
+        assert mine["state_conv"].shape[1] == hf.config.conv_kernel - 1
     assert_segments_match(model, toks, 37)
 
 
 def test_generation_matches_transformers_greedy():
     hf = hf_mamba2(seed=1, n_groups=2)
     model = mamba2_from_hf(hf)
-    prompt = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(1))
-    ours = model.generate(prompt, max_new_tokens=8, return_type="tokens")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = hf.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    assert torch.equal(ours, ref)
+    assert_greedy_generation_matches(model, hf, hf_tokens(VOCAB, 9, seed=1, batch=1))
 
 
 @pytest.mark.numerical
 def test_from_hf_loads_a_saved_folder(tmp_path):
-    hf = hf_mamba2(seed=2)
-    hf.save_pretrained(tmp_path)
-    model = probe.from_hf(str(tmp_path), tokenizer="byte")
-    assert model.cfg.layout == ["mamba2", "mamba2"]
-    toks = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        assert (model(toks) - _hf_run(hf, toks).logits).abs().max() < 1e-4
+    assert_from_hf_matches(hf_mamba2(seed=2), tmp_path, hf_tokens(VOCAB, 20, seed=2, batch=1), ["mamba2", "mamba2"])
 
 
 def _ssd_inputs(seed, b=2, T=41, H=4, P=3, G=2, N=5):
@@ -138,7 +114,7 @@ def test_chunked_ssd_with_extreme_decays():
 
 def test_hooks_follow_the_recurrence():
     model = mamba2_from_hf(hf_mamba2(n_groups=2))
-    toks = torch.randint(0, VOCAB, (2, 25), generator=torch.Generator().manual_seed(3))
+    toks = hf_tokens(VOCAB, 25, seed=3)
     _, cache = model.run_with_cache(toks)
     mixer = model.blocks[1].mixer
     u, dt, B, C, gate, S, y = (cache[f"blocks.1.mixer.hook_{n}"] for n in ("input", "dt", "B", "C", "output",
@@ -162,7 +138,7 @@ def test_hooks_follow_the_recurrence():
 
 def test_every_scan_form_gives_the_same_logits_and_gradients():
     model = mamba2_from_hf(hf_mamba2(n_groups=2))
-    toks = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(4))
+    toks = hf_tokens(VOCAB, 40, seed=4)
     with torch.no_grad():
         fast = model(toks)  # the chunked SSD
         for block in model.blocks:
