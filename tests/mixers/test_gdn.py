@@ -58,13 +58,11 @@ def _qwen3_next(layer_types=("linear_attention",) * 2, **overrides):
     return randomise(Qwen3NextForCausalLM(Qwen3NextConfig(**kw)), 0.15).eval()
 
 
-@pytest.mark.numerical
-def test_layer_parity_output_state_and_decode():
+def _assert_layer_matches(hf, module, mixer):
+    """``mixer`` against ``module``, layer 0 of ``hf``: output and final states after a 36-token prefill,
+    then output and state after transformers' one-token recurrent step from its cache."""
     from transformers import DynamicCache
 
-    hf = _qwen3_next()
-    module = hf.model.layers[0].linear_attn
-    mixer = gdn_mixer_from_hf(module)
     x = torch.randn(2, 37, 32, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         cache = DynamicCache(config=hf.config)
@@ -77,6 +75,12 @@ def test_layer_parity_output_state_and_decode():
         step, after = mixer(x[:, 36:], state)
         assert float((step - step_want).abs().max()) < 1e-5
         torch.testing.assert_close(after["state"], cache.layers[0].recurrent_states[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.numerical
+def test_layer_parity_output_state_and_decode():
+    hf = _qwen3_next()
+    _assert_layer_matches(hf, hf.model.layers[0].linear_attn, gdn_mixer_from_hf(hf.model.layers[0].linear_attn))
 
 
 def test_layer_conversion_refuses_other_modules_and_unmapped_tensors():
@@ -129,23 +133,8 @@ def _kimi_linear():
 @pytest.mark.numerical
 def test_kda_layer_parity_output_state_and_decode():
     """transformers' KimiLinearDeltaAttention (chunked prefill, then its one-token recurrent path)."""
-    from transformers import DynamicCache
-
     hf = _kimi_linear()
-    module = hf.model.layers[0].self_attn
-    mixer = kda_mixer_from_hf(module)
-    x = torch.randn(2, 37, 32, generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        cache = DynamicCache(config=hf.config)
-        want = module(hidden_states=x[:, :36], cache=cache)
-        y, state = mixer(x[:, :36])
-        assert float((y - want).abs().max()) < 1e-5
-        torch.testing.assert_close(state["state"], cache.layers[0].recurrent_states[0], rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(state["state_conv"], cache.layers[0].conv_states[0][..., 1:].transpose(1, 2))
-        step_want = module(hidden_states=x[:, 36:], cache=cache)
-        step, after = mixer(x[:, 36:], state)
-        assert float((step - step_want).abs().max()) < 1e-5
-        torch.testing.assert_close(after["state"], cache.layers[0].recurrent_states[0], rtol=1e-4, atol=1e-6)
+    _assert_layer_matches(hf, hf.model.layers[0].self_attn, kda_mixer_from_hf(hf.model.layers[0].self_attn))
 
 
 def test_kda_conversion_refuses_other_modules_and_unmapped_tensors():
