@@ -1,19 +1,24 @@
-r"""flash-linear-attention's real Triton kernels behind probe's fused seam, run on the CPU in Triton's
-interpreter: checks the call mappings of :mod:`probe.ops.fused` (layout, grouped heads, gates, initial
-and final states) against the kernels themselves rather than their naive references.
+r"""The libraries' real Triton kernels behind probe's fused seam (flash-linear-attention's, and
+mamba-ssm's ``mamba_chunk_scan_combined``), run on the CPU in Triton's interpreter: checks the call
+mappings of :mod:`probe.ops.fused` (layout, grouped heads, gates, initial and final states) against
+the kernels themselves rather than their references.
 
 Needs ``triton`` and ``fla-core`` importable (neither is a dependency: ``pip install triton`` into a
-scratch environment or ``--target`` folder on ``PYTHONPATH``). The interpreter cannot time autotuning
+scratch environment or ``--target`` folder on ``PYTHONPATH``); for ``mamba2``, a mamba-ssm source
+checkout on ``PYTHONPATH`` with its ``mamba_ssm/__init__.py`` emptied (it imports the CUDA extension).
+The kernels' ``torch.cuda.device(x.device.index)`` contexts become no-ops on CPU tensors. The interpreter cannot time autotuning
 configs (it has no GPU driver), so each kernel runs its first config, and it leaves ``range()`` loop
 variables Python ints, which fla's kernels call ``.to()`` on, so fla's modules get a ``range`` yielding
 Triton scalars. Its bfloat16 arithmetic is wrong (numpy has no bfloat16: fla's own kernel called
 directly returns values near 1e10 there), so half precision is checked in float16.
 
 Per mixer: the logits and carried states of a tiny 2-layer model (d_model 32, grouped value heads of 16)
-through the kernel against the PyTorch path, and a second segment continuing the first's state; exit
+through the kernel against the PyTorch path, a second segment continuing the first's state, and an
+edit of layer 0 giving one position a decay above 1 (:data:`GROW`; the kernels must either take it
+or be bypassed, as Mamba-2's is for an edited ``dt``); exit
 status 1 when the logits differ by more than :data:`BOUNDS` of the largest logit.
 
-Usage: TRITON_INTERPRET=1 python scripts/fla_interpreter_check.py [--mixers gdn,kda,hgrn2] [--dtypes float32,float16]
+Usage: TRITON_INTERPRET=1 python scripts/fla_interpreter_check.py [--mixers gdn,kda,hgrn2,mamba2] [--dtypes float32,float16]
 """
 from __future__ import annotations
 
@@ -29,19 +34,27 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "ops")]
 
 #: the fla kernel of each mixer: (module, function)
 KERNELS = {"gdn": ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule"), "kda": ("fla.ops.kda", "chunk_kda"),
-           "hgrn2": ("fla.ops.gla", "chunk_gla")}
+           "hgrn2": ("fla.ops.gla", "chunk_gla"), "mamba2": ("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined")}
+#: per mixer: the hook whose edit at position 7 gives a decay above 1, and the edit
+GROW = {"gdn": ("log_decay", lambda v: v.abs() + 0.3), "kda": ("log_decay", lambda v: v.abs() + 0.3),
+        "hgrn2": ("forget", lambda v: v.abs() + 1.3), "mamba2": ("dt", lambda v: -v)}
 #: max |logit difference| / max |logit| allowed per dtype (measured: float32 2.2e-6, float16 3.8e-3)
 BOUNDS = {"float32": 1e-5, "float16": 2e-2}
 
 
 def interpreter_patches() -> None:
-    """Autotuning picks the first config untimed; fla's loops get Triton scalars (module docstring)."""
+    """Autotuning picks the first config untimed; fla's loops get Triton scalars; no CUDA device
+    contexts (module docstring)."""
+    import contextlib
+
     import numpy as np
+    import torch
     import triton.language as tl
     from triton.runtime import autotuner
     from triton.runtime.interpreter import TensorHandle
 
     autotuner.Autotuner._bench = lambda self, *args, config, **kwargs: [float(self.configs.index(config))] * 3
+    torch.cuda.device = lambda *args, **kwargs: contextlib.nullcontext()
 
     def scalar_range(*args):
         ints = [int(a.handle.data.item()) if hasattr(a, "handle") else int(a) for a in args]
@@ -67,13 +80,22 @@ def check(kind: str, dtype, kernel) -> tuple[str, float]:
             out, states = model(t.TOKENS, return_states=True)
             _, first = model(t.TOKENS[:, :20], return_states=True)
             second = model(t.TOKENS[:, 20:], states=first)
-    diff = (out - ref).float().abs().max()
+        hook, grow = GROW[kind]
+
+        def edit(value, hook):
+            value[:, 7] = grow(value[:, 7])
+
+        edits = [(f"blocks.0.mixer.hook_{hook}", edit)]
+        edited_ref = model.run_with_hooks(t.TOKENS, fwd_hooks=edits)
+        with swapped_kernel(name, kernel):
+            edited = model.run_with_hooks(t.TOKENS, fwd_hooks=edits)
+    diff = max((out - ref).float().abs().max(), (edited - edited_ref).float().abs().max())
     state = max((a["mixer"]["state"] - b["mixer"]["state"]).float().abs().max().item()
                 for a, b in zip(states.layers, ref_states.layers))
     carried = (second - ref[:, 20:]).float().abs().max()
     relative = (diff / ref.float().abs().max()).item()
-    return (f"{kind} {str(dtype).replace('torch.', '')}: logits max|diff| {diff:.2e} ({relative:.2e} of max|logit|), "
-            f"states {state:.2e}, continued segment {carried:.2e}"), relative
+    return (f"{kind} {str(dtype).replace('torch.', '')}: logits max|diff| with and without the decay edit "
+            f"{diff:.2e} ({relative:.2e} of max|logit|), states {state:.2e}, continued segment {carried:.2e}"), relative
 
 
 def main(argv=None) -> int:
