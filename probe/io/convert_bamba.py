@@ -52,6 +52,7 @@ from probe.errors import ConfigError
 from probe.io.convert_attention import attention_weights, rope_base, rotary_options
 from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, sources, take
 from probe.io.convert_mamba2 import mamba2_layer_weights
+from probe.io.convert_moe import mlp_weights
 
 ARCH = "Bamba"
 
@@ -121,8 +122,7 @@ def bamba_weights(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> Mapping:
         s, b = f"model.layers.{i}.", f"blocks.{i}."
         w[b + "ln1.w"] = get(s + "input_layernorm.weight")
         w[b + "ln2.w"] = get(s + "pre_ff_layernorm.weight")
-        for ours, theirs in (("W_in", "up_proj"), ("W_gate", "gate_proj"), ("W_out", "down_proj")):
-            w[f"{b}mlp.{ours}.weight"] = get(f"{s}feed_forward.{theirs}.weight")
+        w.update(mlp_weights(sd, s + "feed_forward.", b + "mlp.", "swiglu", used, ARCH))
         if mixer == "attn":
             w.update(attention_weights(sd, s + "self_attn.", b + "mixer.", cfg.options("attn"), cfg.n_heads,
                                        cfg.d_head, used))

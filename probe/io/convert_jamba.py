@@ -50,7 +50,7 @@ from probe.config import ModelConfig
 from probe.errors import CheckpointError, ConfigError
 from probe.io.convert_attention import attention_weights
 from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, take
-from probe.io.convert_moe import moe_weights
+from probe.io.convert_moe import mlp_weights
 
 ARCH = "Jamba"
 
@@ -101,16 +101,6 @@ def _mamba_weights(sd: dict[str, Tensor], src: str, dst: str, opts: dict[str, An
     return w
 
 
-def _mlp_weights(sd: dict[str, Tensor], src: str, dst: str, kind: str, used: set[str]) -> Mapping:
-    if kind == "moe":
-        return {dst + k: (src + k, v) for k, v in moe_weights(sd, src, used).items()}
-    w: Mapping = {}
-    for ours, theirs in (("W_gate", "gate_proj"), ("W_in", "up_proj"), ("W_out", "down_proj")):
-        used.add(f"{src}{theirs}.weight")
-        w[f"{dst}{ours}.weight"] = (f"{src}{theirs}.weight", take(sd, f"{src}{theirs}.weight", ARCH))
-    return w
-
-
 def jamba_weights(cfg: ModelConfig, sd: dict[str, Tensor], used: set[str]) -> Mapping:
     """Our weights ``{probe name: (source name, tensor)}`` from a ``JambaForCausalLM`` state dict."""
     def get(name: str) -> tuple[str, Tensor]:
@@ -130,7 +120,7 @@ def jamba_weights(cfg: ModelConfig, sd: dict[str, Tensor], used: set[str]) -> Ma
         else:
             w.update(attention_weights(sd, p + "self_attn.", b + "mixer.", cfg.options("attn"), cfg.n_heads,
                                        cfg.d_head, used))
-        w.update(_mlp_weights(sd, p + "feed_forward.", b + "mlp.", mlp, used))
+        w.update(mlp_weights(sd, p + "feed_forward.", b + "mlp.", mlp, used, ARCH))
     return w
 
 

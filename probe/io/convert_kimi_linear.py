@@ -56,7 +56,7 @@ from probe.config import ModelConfig
 from probe.errors import ConfigError
 from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, sources, take
 from probe.io.convert_gdn import kda_mixer_options, kda_mixer_weights
-from probe.io.convert_moe import moe_weights
+from probe.io.convert_moe import mlp_weights
 
 ARCH = "Kimi Linear"
 MIXER_OF = {"linear_attention": "kda", "full_attention": "mla"}
@@ -134,11 +134,7 @@ def _layer_weights(sd: dict[str, Tensor], i: int, mixer: str, mlp: str, used: se
            for ours, theirs in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm"))}
     read = kda_mixer_weights if mixer == "kda" else mla_weights
     out.update({f"{b}mixer.{k}": (f"{s}self_attn.{k}", t) for k, t in read(sd, s + "self_attn.", used).items()})
-    if mlp == "moe":
-        out.update({f"{b}mlp.{k}": (f"{s}mlp.{k}", t) for k, t in moe_weights(sd, s + "mlp.", used).items()})
-    else:
-        for ours, theirs in (("W_in", "up_proj"), ("W_gate", "gate_proj"), ("W_out", "down_proj")):
-            out[f"{b}mlp.{ours}.weight"] = (f"{s}mlp.{theirs}.weight", take(sd, f"{s}mlp.{theirs}.weight", ARCH))
+    out.update(mlp_weights(sd, s + "mlp.", b + "mlp.", mlp, used, ARCH))
     return out
 
 

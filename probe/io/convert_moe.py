@@ -12,12 +12,15 @@ The blocks of Jamba (``JambaSparseMoeBlock``), Qwen3-Next (``Qwen3NextSparseMoeB
     p shared_expert_gate.weight                [1, d]      -> shared_gate.weight   (Qwen3-Next)
 
 The router kind and its options come from each family's config (its converter says which).
+:func:`mlp_weights` maps a layer's MLP of either kind: the MoE block, or the dense SwiGLU MLP the same
+models put in the other layers (``p {gate,up,down}_proj.weight -> W_gate, W_in, W_out``).
 """
 from __future__ import annotations
 
 from torch import Tensor
 
 from probe.errors import CheckpointError
+from probe.io.convert_common import Mapping, take
 
 ROUTER_NAMES = ("router.", "gate.")
 SHARED_NAMES = ("shared_expert.", "shared_experts.")
@@ -47,3 +50,16 @@ def moe_weights(sd: dict[str, Tensor], src: str, used: set[str]) -> dict[str, Te
     if src + "shared_expert_gate.weight" in sd:
         out["shared_gate.weight"] = get("shared_expert_gate.weight")
     return out
+
+
+def mlp_weights(sd: dict[str, Tensor], src: str, dst: str, kind: str, used: set[str], arch: str) -> Mapping:
+    """``{probe name under dst: (source name, tensor)}`` of the MLP under prefix ``src``: the ``moe`` block
+    (:func:`moe_weights`) when ``kind`` is ``"moe"``, else a dense SwiGLU MLP; source names taken are added
+    to ``used``."""
+    if kind == "moe":
+        return {dst + k: (src + k, v) for k, v in moe_weights(sd, src, used).items()}
+    w: Mapping = {}
+    for ours, theirs in (("W_gate", "gate_proj"), ("W_in", "up_proj"), ("W_out", "down_proj")):
+        used.add(f"{src}{theirs}.weight")
+        w[f"{dst}{ours}.weight"] = (f"{src}{theirs}.weight", take(sd, f"{src}{theirs}.weight", arch))
+    return w

@@ -62,7 +62,7 @@ from probe.errors import ConfigError
 from probe.io.convert_attention import attention_weights, rope_base, rotary_options
 from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, take
 from probe.io.convert_gdn import heads as gdn_heads, mixer_options as gdn_options, mixer_weights as gdn_weights
-from probe.io.convert_moe import moe_weights
+from probe.io.convert_moe import mlp_weights
 
 ARCH = "Qwen3-Next"
 MIXER_OF = {"linear_attention": "gdn", "full_attention": "attn"}
@@ -122,16 +122,6 @@ def qwen3_next_config_from_hf(c: Any) -> ModelConfig:
         name=str(getattr(c, "_name_or_path", "") or "qwen3_next"))
 
 
-def _mlp_weights(sd: dict[str, Tensor], src: str, dst: str, kind: str, used: set[str]) -> Mapping:
-    if kind == "moe":
-        return {dst + k: (src + k, v) for k, v in moe_weights(sd, src, used).items()}
-    w: Mapping = {}
-    for ours, theirs in (("W_gate", "gate_proj"), ("W_in", "up_proj"), ("W_out", "down_proj")):
-        used.add(f"{src}{theirs}.weight")
-        w[f"{dst}{ours}.weight"] = (f"{src}{theirs}.weight", take(sd, f"{src}{theirs}.weight", ARCH))
-    return w
-
-
 def qwen3_next_weights(cfg: ModelConfig, hf_config: Any, sd: dict[str, Tensor], used: set[str]) -> Mapping:
     """Our weights ``{probe name: (source name, tensor)}`` from a ``Qwen3NextForCausalLM`` state dict."""
     def get(name: str) -> tuple[str, Tensor]:
@@ -157,7 +147,7 @@ def qwen3_next_weights(cfg: ModelConfig, hf_config: Any, sd: dict[str, Tensor], 
         else:
             w.update(attention_weights(sd, p + "self_attn.", b + "mixer.", cfg.options("attn"), cfg.n_heads,
                                        cfg.d_head, used))
-        w.update(_mlp_weights(sd, p + "mlp.", b + "mlp.", mlp, used))
+        w.update(mlp_weights(sd, p + "mlp.", b + "mlp.", mlp, used, ARCH))
     return w
 
 
