@@ -6,19 +6,21 @@ the kernels themselves rather than their references.
 Needs ``triton`` and ``fla-core`` importable (neither is a dependency: ``pip install triton`` into a
 scratch environment or ``--target`` folder on ``PYTHONPATH``); for ``mamba2``, a mamba-ssm source
 checkout on ``PYTHONPATH`` with its ``mamba_ssm/__init__.py`` emptied (it imports the CUDA extension).
-The kernels' ``torch.cuda.device(x.device.index)`` contexts become no-ops on CPU tensors. The interpreter cannot time autotuning
-configs (it has no GPU driver), so each kernel runs its first config, and it leaves ``range()`` loop
-variables Python ints, which fla's kernels call ``.to()`` on, so fla's modules get a ``range`` yielding
-Triton scalars. Its bfloat16 arithmetic is wrong (numpy has no bfloat16: fla's own kernel called
-directly returns values near 1e10 there), so half precision is checked in float16.
+The kernels' ``torch.cuda.device(x.device.index)`` contexts become no-ops on CPU tensors. The
+interpreter cannot time autotuning configs (it has no GPU driver), so each kernel runs its first
+config, and it leaves ``range()`` loop variables Python ints, which fla's kernels call ``.to()`` on,
+so fla's modules get a ``range`` yielding Triton scalars. Its bfloat16 arithmetic is wrong (numpy has
+no bfloat16: fla's own kernel called directly returns values near 1e10 there), so half precision is
+checked in float16.
 
 Per mixer: the logits and carried states of a tiny 2-layer model (d_model 32, grouped value heads of 16)
 through the kernel against the PyTorch path, a second segment continuing the first's state, and an
-edit of layer 0 giving one position a decay above 1 (:data:`GROW`; the kernels must either take it
-or be bypassed, as Mamba-2's is for an edited ``dt``); exit
-status 1 when the logits differ by more than :data:`BOUNDS` of the largest logit.
+edit of layer 0 giving one position a decay above 1 (:data:`GROW`; the kernels must either take it or
+be bypassed, as Mamba-2's is for an edited ``dt``); exit status 1 when the logits differ by more than
+:data:`BOUNDS` of the largest logit.
 
-Usage: TRITON_INTERPRET=1 python scripts/fla_interpreter_check.py [--mixers gdn,kda,hgrn2,mamba2] [--dtypes float32,float16]
+Usage: TRITON_INTERPRET=1 python scripts/triton_interpreter_check.py [--mixers gdn,kda,hgrn2,mamba2]
+       [--dtypes float32,float16]
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "ops")]
 
 #: the fla kernel of each mixer: (module, function)
 KERNELS = {"gdn": ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule"), "kda": ("fla.ops.kda", "chunk_kda"),
-           "hgrn2": ("fla.ops.gla", "chunk_gla"), "mamba2": ("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined")}
+           "hgrn2": ("fla.ops.gla", "chunk_gla"),
+           "mamba2": ("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined")}
 #: per mixer: the hook whose edit at position 7 gives a decay above 1, and the edit
 GROW = {"gdn": ("log_decay", lambda v: v.abs() + 0.3), "kda": ("log_decay", lambda v: v.abs() + 0.3),
         "hgrn2": ("forget", lambda v: v.abs() + 1.3), "mamba2": ("dt", lambda v: -v)}
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", default="float32,float16")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") != "1":
-        print("fla_interpreter_check: set TRITON_INTERPRET=1 (before triton is imported)", file=sys.stderr)
+        print("triton_interpreter_check: set TRITON_INTERPRET=1 (before triton is imported)", file=sys.stderr)
         return 2
     import importlib
 
@@ -114,7 +117,7 @@ def main(argv=None) -> int:
     try:
         kernels = {k: getattr(importlib.import_module(KERNELS[k][0]), KERNELS[k][1]) for k in args.mixers.split(",")}
     except ImportError as exc:
-        print(f"fla_interpreter_check: needs triton and fla-core importable ({exc})", file=sys.stderr)
+        print(f"triton_interpreter_check: needs triton and fla-core importable ({exc})", file=sys.stderr)
         return 2
     interpreter_patches()
     status = 0

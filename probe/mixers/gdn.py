@@ -38,8 +38,8 @@ Fast path (no state hook, no state edit): the chunked WY form
 the step-by-step reference); on CUDA with flash-linear-attention installed its fused
 ``chunk_gated_delta_rule`` (``chunk_kda`` for ``kda``; key widths up to 256,
 :mod:`probe.ops.fused.delta_rule`), with causal-conv1d's conv when ``hook_state_conv`` is not hooked
-and the carried window is zero (:mod:`probe.ops.fused.conv`). With a state hook every state is built chunk by chunk
-(:func:`~probe.ops.delta_rule.gated_delta_rule_states`) and edited states restart the rule.
+and the carried window is zero (:mod:`probe.ops.fused.conv`). With a state hook every state is built
+chunk by chunk (:func:`~probe.ops.delta_rule.gated_delta_rule_states`) and edited states restart the rule.
 
 Half precision: the l2 norms, the gates and the recurrence run in float32 and the carried
 ``state`` stays float32 (``WIDE_STATES``), as transformers keeps it; the output returns in the

@@ -39,8 +39,9 @@ and ``hook_C`` are the three parts of its ``conv1d.hook_out``; ``hook_y`` is its
 Fast path (no state hook, no state edit, ``mixer.method == "auto"``): the chunked SSD form
 :func:`probe.ops.ssd.ssd_chunked` (chunks of ``chunk`` positions; no per-position state is
 built); on CUDA with mamba-ssm installed its fused ``mamba_chunk_scan_combined``
-(:mod:`probe.ops.fused.ssd`), and causal-conv1d's conv when ``hook_state_conv`` is not hooked and the
-carried window is zero (:mod:`probe.ops.fused.conv`). When states are read or edited, every state is built block by block
+(:mod:`probe.ops.fused.ssd`; not when ``dt`` is edited: the kernel assumes decays <= 1), and
+causal-conv1d's conv when ``hook_state_conv`` is not hooked and the carried window is zero
+(:mod:`probe.ops.fused.conv`). When states are read or edited, every state is built block by block
 (:func:`probe.ops.linear_scan.linear_scan_blocked`, the decay ``exp(dt A)`` broadcast over ``[P, N]``) and
 edits propagate through :func:`probe.ops.linear_scan.force_states`; ``mixer.method`` = "chunked",
 "sequential" or "loop" forces that path with that form of the scan.
