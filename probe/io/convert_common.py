@@ -84,6 +84,18 @@ def causal_lm_tensors(hf_model: Any, fn: str, cls: str, embed: str = "model.embe
     return sd
 
 
+def layer_kinds(c: Any, field: str, table: dict[str, str], arch: str) -> list[str]:
+    """Config ``c``'s per-layer list ``field`` (``layer_types`` ...) translated by ``table`` into probe's
+    names; a :class:`ConfigError` for a list of the wrong length or a kind ``table`` does not hold."""
+    kinds, n = list(getattr(c, field, None) or []), int(c.num_hidden_layers)
+    if len(kinds) != n:
+        raise ConfigError(f"{arch} config has {len(kinds)} {field} for {n} layers; give one per layer.")
+    unknown = [f"layer {i} is {t!r}" for i, t in enumerate(kinds) if t not in table]
+    if unknown:
+        raise ConfigError(f"{arch} {field}: {unknown[0]}; probe converts {' and '.join(map(repr, table))}.")
+    return [table[t] for t in kinds]
+
+
 def sources(weights: Mapping) -> set[str]:
     """The source names behind ``weights`` (a source folded from several, ``"a + b"``, names each)."""
     return {name for src, _ in weights.values() for name in src.split(" + ")}

@@ -54,7 +54,8 @@ from torch import Tensor
 
 from probe.config import ModelConfig
 from probe.errors import ConfigError
-from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, sources, take
+from probe.io.convert_common import (Mapping, build_model, causal_lm_tensors, check_all_used, layer_kinds, sources,
+                                     take)
 from probe.io.convert_gdn import kda_mixer_options, kda_mixer_weights
 from probe.io.convert_moe import mlp_weights
 
@@ -63,16 +64,6 @@ MIXER_OF = {"linear_attention": "kda", "full_attention": "mla"}
 MLP_OF = {"dense": "swiglu", "sparse": "moe"}
 #: the epsilon of the latent attention's q / kv latent norms (transformers builds them with the default)
 LATENT_NORM_EPS = 1e-6
-
-
-def _kinds(c: Any, field: str, table: dict[str, str]) -> list[str]:
-    kinds, n = list(getattr(c, field, None) or []), int(c.num_hidden_layers)
-    if len(kinds) != n:
-        raise ConfigError(f"{ARCH} config has {len(kinds)} {field} for {n} layers.")
-    unknown = [f"layer {i} is {t!r}" for i, t in enumerate(kinds) if t not in table]
-    if unknown:
-        raise ConfigError(f"{ARCH} {field}: {unknown[0]}; probe converts {' and '.join(map(repr, table))}.")
-    return [table[t] for t in kinds]
 
 
 def mla_options(c: Any) -> dict[str, Any]:
@@ -97,7 +88,7 @@ def moe_options(c: Any) -> dict[str, Any]:
 
 def kimi_linear_config_from_hf(c: Any) -> ModelConfig:
     """The :class:`probe.ModelConfig` equivalent to a transformers ``KimiLinearConfig``."""
-    layout, mlps = _kinds(c, "layer_types", MIXER_OF), _kinds(c, "mlp_layer_types", MLP_OF)
+    layout, mlps = layer_kinds(c, "layer_types", MIXER_OF, ARCH), layer_kinds(c, "mlp_layer_types", MLP_OF, ARCH)
     options = {"kda": kda_mixer_options(c)}
     if "mla" in layout:
         options["mla"] = mla_options(c)

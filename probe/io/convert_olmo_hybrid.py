@@ -63,7 +63,8 @@ from torch import Tensor
 
 from probe.config import ModelConfig
 from probe.errors import CheckpointError, ConfigError
-from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, sources, take
+from probe.io.convert_common import (Mapping, build_model, causal_lm_tensors, check_all_used, layer_kinds, sources,
+                                     take)
 
 ARCH = "OLMo hybrid"
 #: transformers' layer type -> probe mixer
@@ -81,16 +82,6 @@ def _positional(c: Any) -> dict[str, Any]:
         raise ConfigError(f"{ARCH} with rope_type={rope['rope_type']!r} is not supported: probe's attention "
                           "applies the default RoPE only. Use rope_parameters=None (NoPE) or rope_type 'default'.")
     return {"positional": "rope", "rope_base": float(rope["rope_theta"])}
-
-
-def _layout(c: Any) -> list[str]:
-    types, n = list(getattr(c, "layer_types", None) or []), int(c.num_hidden_layers)
-    if len(types) != n:
-        raise ConfigError(f"{ARCH} config has {len(types)} layer_types for {n} layers.")
-    unknown = [f"layer {i} is {t!r}" for i, t in enumerate(types) if t not in MIXER_OF]
-    if unknown:
-        raise ConfigError(f"{ARCH} {unknown[0]}; probe converts 'linear_attention' and 'full_attention' layers.")
-    return [MIXER_OF[t] for t in types]
 
 
 def gdn_options(c: Any) -> dict[str, Any]:
@@ -113,7 +104,7 @@ def olmo_hybrid_config_from_hf(c: Any) -> ModelConfig:
     if getattr(c, "hidden_act", "silu") not in ("silu", "swish"):
         raise ConfigError(f"{ARCH} with hidden_act={c.hidden_act!r} is not supported (its short convolution and "
                           "SwiGLU MLP use silu).")
-    layout = _layout(c)
+    layout = layer_kinds(c, "layer_types", MIXER_OF, ARCH)
     d, heads = int(c.hidden_size), int(c.num_attention_heads)
     return ModelConfig(
         vocab_size=int(c.vocab_size), d_model=d, layout=layout, n_heads=heads,

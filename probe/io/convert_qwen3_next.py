@@ -60,24 +60,12 @@ from torch import Tensor
 from probe.config import ModelConfig
 from probe.errors import ConfigError
 from probe.io.convert_attention import attention_weights, rope_base, rotary_options
-from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, take
+from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, layer_kinds, take
 from probe.io.convert_gdn import heads as gdn_heads, mixer_options as gdn_options, mixer_weights as gdn_weights
 from probe.io.convert_moe import mlp_weights
 
 ARCH = "Qwen3-Next"
 MIXER_OF = {"linear_attention": "gdn", "full_attention": "attn"}
-
-
-def _layout(c: Any) -> list[str]:
-    n = int(c.num_hidden_layers)
-    types = list(getattr(c, "layer_types", None) or [])
-    if len(types) != n:
-        raise ConfigError(f"Qwen3-Next layer_types has {len(types)} entries for {n} layers; give one per layer.")
-    unknown = [f"layer {i} is {t!r}" for i, t in enumerate(types) if t not in MIXER_OF]
-    if unknown:
-        raise ConfigError(f"Qwen3-Next {unknown[0]}: probe converts 'linear_attention' (Gated DeltaNet) and "
-                          "'full_attention' layers.")
-    return [MIXER_OF[t] for t in types]
 
 
 def _mlp_layout(c: Any) -> list[str]:
@@ -109,7 +97,7 @@ def qwen3_next_config_from_hf(c: Any) -> ModelConfig:
     if getattr(c, "hidden_act", "silu") not in ("silu", "swish"):
         raise ConfigError(f"Qwen3-Next with hidden_act={c.hidden_act!r} is not supported (its short convolution, "
                           "MLPs and experts use silu in probe).")
-    layout, mlp_layout = _layout(c), _mlp_layout(c)
+    layout, mlp_layout = layer_kinds(c, "layer_types", MIXER_OF, ARCH), _mlp_layout(c)
     d = int(c.hidden_size)
     has_attn = "attn" in layout
     return ModelConfig(
