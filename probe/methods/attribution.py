@@ -640,26 +640,23 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
             or a stretch ``A`` (see :func:`probe.methods.support.path_quadrature.quadrature`).
         chunk: path points per forward and backward pass (memory vs speed).
 
-    Measured (``benchmarks/ig_zoo_completeness.py``: three random 32-byte windows of held-out stdlib
-    code per zoo model, against the same rule at ``until=1e-3``; one CPU thread on a shared 2-core
-    machine): on nine of the ten zoo models the default's worst per-token error is 0.00-0.22 % of
-    the largest attribution, always below its own estimate (0.01-0.96 %: the estimate ``|K - G|`` is
-    the 7-point rule's error, 10-50x the 15-point rule's), completeness 0.000-0.25 %, 60-330 gradient
-    evaluations, 0.4-13 s per call. The zoo xLSTM costs more. At the first token (BOS) an mLSTM
-    head's memory is its own key, ``n . q = exp(i~ - m) k . q``; where that crosses zero along the
-    path the floor ``exp(-m)`` takes over the normaliser, ``h`` passes linearly through zero, and the
-    head's LayerNorm (eps 1e-6) turns it into a sign flip of the whole head output over
-    ``|n . q| <~ 1e-3 exp(-m) / std(v)``: steps of ``f`` 1e-4 to 1e-7 wide in ``alpha`` (a later
-    layer's flip, driven by an earlier one's flank, is the narrowest), every one at the BOS position.
-    Against a float64 reference the default is within 0.46 % / 0.27 % per token on two 12-byte
-    windows (estimates 0.86 % / 0.89 %, 3400-3800 evaluations) and 0.13 % / 0.11 % on two 32-byte
-    ones (estimates 0.81 % / 1.9 %, the second not converged: 4800 / 6000 evaluations, 70-110 s a
-    call). A step narrower than float32 resolves (~1e-7 in ``alpha``) keeps a completeness mismatch
-    no refinement removes (~0.3 % of the top attribution on the first 12-byte window), so the
-    estimate of a float32 xLSTM rarely falls far below that; ``model.double()`` resolves it. Holding
-    the BOS position at its own embedding (``hold_bos``, the default) removes them: 1400-2700
-    evaluations, estimates 0.07-0.18 %, within 0.005 % (same windows). The numbers before this
-    sentence were measured with BOS on the path (``hold_bos=False``).
+    Measured (``benchmarks/ig_zoo_completeness.py``, table in ``benchmarks/results/ig_zoo.md``: two
+    random 32-byte windows of held-out stdlib code per zoo model, against the same rule at
+    ``until=1e-3`` on a float64 copy of the model; one CPU thread on a shared 2-core machine): on all
+    eleven zoo models the default's worst per-token error is 0.00-0.29 % of the largest attribution,
+    below its own estimate in 22 of 22 windows (estimates 0.02-0.97 %: the estimate ``|K - G|`` is the
+    7-point rule's error, far above the 15-point rule's), every run converged, completeness
+    0.000-0.42 %, 60-570 gradient evaluations and 0.5-10 s a call; the xLSTM 1830 / 2730 evaluations,
+    13 / 18 s. Why the xLSTM costs most: at the first token (BOS) an mLSTM head's memory is its own
+    key, ``n . q = exp(i~ - m) k . q``; where that crosses zero along the path the floor ``exp(-m)``
+    takes over the normaliser, ``h`` passes linearly through zero, and the head's LayerNorm (eps 1e-6)
+    turns it into a sign flip of the whole head output over ``|n . q| <~ 1e-3 exp(-m) / std(v)``:
+    steps of ``f`` 1e-4 to 1e-7 wide in ``alpha`` (a later layer's flip, driven by an earlier one's
+    flank, is the narrowest), every one at BOS. With BOS on the path (``hold_bos=False``) the xLSTM
+    needs 3400-6000 evaluations, a step narrower than float32 resolves (~1e-7 in ``alpha``) keeps a
+    completeness mismatch no refinement removes (~0.3 % of the top attribution), and the estimate
+    reaches 0.9-1.9 % while the truth is 0.1-0.5 % (``model.double()`` resolves it); holding BOS
+    (the default) removes those steps.
 
     Returns a :class:`TokenAttributionResult`: ``attributions [batch, pos]`` with
     ``sum_s a_s ~= f(x) - f(x')`` (``completeness_error [batch]``), ``attribution_error
