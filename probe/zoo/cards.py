@@ -284,12 +284,12 @@ RESULT_CAPTIONS = {
         " (the curriculum zoo with the retrained LMUs; 41 s to 3.4 minutes per model on one thread; the"
         " probes alone, refitted with this control: 22 s to 1.7 minutes per model, 7 CPU minutes in all)."
         " The state decodes whether a byte is inside a string at least as"
-        " well as the hidden stream on 8 of the 10 models (not the transformer's keys and values, nor"
+        " well as the hidden stream on 9 of the 11 models (not the transformer's keys and values, nor"
         " lmu-attn's). State steering at the"
         " prompt's last token cannot move RWKV's prediction at that token: RWKV reads the state left"
         " by the previous token (its wkv uses a_{t-1}, b_{t-1} plus the current token's bonus term),"
-        " so the 0.00 row is the architecture, not a failure. The `mamba2` and `gdn` models are not in"
-        " these tables yet (about 20 minutes of the full study per model)."),
+        " so the 0.00 row is the architecture, not a failure. The `mamba2` model is not in these tables"
+        " yet (it is not trained yet; the gdn rows took 2.6 minutes on one thread, the machine shared)."),
 }
 
 
