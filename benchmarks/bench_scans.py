@@ -105,7 +105,7 @@ def scan_rows(quick: bool) -> list[dict]:
             calls = {}
             for form in forms:
                 if name == "lmu" and form == "direct" and T > 1024:
-                    continue  # the Toeplitz form is for short inputs (T^2 memory)
+                    continue  # the Toeplitz form runs in chunks of at most 256 positions: slow, not memory-bound, at this length
                 calls[form] = _with_method(mixer, "auto" if (name == "hgrn2" and form == "chunked") else form, x)
             if name == "hgrn2":  # the cost of materialising every state (a hook_state is on)
                 calls["every state (hook_state on)"] = _with_method(mixer, "auto", x, state_hook=True)

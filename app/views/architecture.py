@@ -2,7 +2,8 @@
 mixer carries from one token to the next (from ``mixer.state_shapes()``).
 
 For a recurrent mixer the state has a fixed size per sequence; attention's state is its KV
-cache, ``2 x heads x d_head`` numbers per token seen, so it grows with the input.
+cache, ``2 x kv heads x d_head`` numbers per token seen (multi-head latent attention: its latent and
+shared rotary key), so it grows with the input.
 """
 from __future__ import annotations
 

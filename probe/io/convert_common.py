@@ -1,6 +1,7 @@
 r"""What every converter in :mod:`probe.io` shares: the source tensors, a checked lookup, the tokenizer
 rule and the checked build of the :class:`probe.HookedLM` (:mod:`probe.io.hf` dispatches to the
-converters; the converters import only this module)."""
+converters; a converter imports this module and the shared layer mappings it needs:
+:mod:`~probe.io.convert_attention`, :mod:`~probe.io.convert_moe`, :mod:`~probe.io.convert_mamba2`)."""
 from __future__ import annotations
 
 import os
