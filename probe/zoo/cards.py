@@ -199,7 +199,9 @@ on 2 CPU threads: per curriculum stage one training step at the stage's batch sh
 (`probe zoo card --cpu-timing`, the median of seven steps on an idle 2-core machine), times the
 stage's steps. This machine's speed drifts between sessions (the same transformer step measured
 0.47 s in one and 0.20 s in another), so compare the column within one run, not across runs.
-Mamba's step is the slowest: about a third of it is the selective scan (a compiled kernel,
+Mamba-2's step is the slowest (1.3 s at the first stage's shape on 2 threads of an idle machine, read
+off its training run: the chunked SSD form, 8 layers of 8 heads of 32 with 64 states each), then Mamba's:
+about a third of Mamba's is the selective scan (a compiled kernel,
 `probe.ops.native`, built where a C++ compiler exists; the PyTorch path without it is about 1.5x
 slower per step), a quarter its matmuls, the rest the elementwise work of its 8 layers. The
 sLSTM layer is a nonlinear recurrence run one position at a time (xLSTM).
@@ -284,12 +286,11 @@ RESULT_CAPTIONS = {
         " (the curriculum zoo with the retrained LMUs; 41 s to 3.4 minutes per model on one thread; the"
         " probes alone, refitted with this control: 22 s to 1.7 minutes per model, 7 CPU minutes in all)."
         " The state decodes whether a byte is inside a string at least as"
-        " well as the hidden stream on 9 of the 11 models (not the transformer's keys and values, nor"
+        " well as the hidden stream on 10 of the 12 models (not the transformer's keys and values, nor"
         " lmu-attn's). State steering at the"
         " prompt's last token cannot move RWKV's prediction at that token: RWKV reads the state left"
         " by the previous token (its wkv uses a_{t-1}, b_{t-1} plus the current token's bonus term),"
-        " so the 0.00 row is the architecture, not a failure. The `mamba2` model is not in these tables"
-        " yet (it is not trained yet; the gdn rows took 2.6 minutes on one thread, the machine shared)."),
+        " so the 0.00 row is the architecture, not a failure."),
 }
 
 
