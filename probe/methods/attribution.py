@@ -643,8 +643,8 @@ def integrated_gradients(model, input, target=None, contrast=None, position: int
     Measured (``benchmarks/ig_zoo_completeness.py``, table in ``benchmarks/results/ig_zoo.md``: two
     random 32-byte windows of held-out stdlib code per zoo model, against the same rule at
     ``until=1e-3`` on a float64 copy of the model; one CPU thread on a shared 2-core machine): on all
-    eleven zoo models the default's worst per-token error is 0.00-0.29 % of the largest attribution,
-    below its own estimate in 22 of 22 windows (estimates 0.02-0.97 %: the estimate ``|K - G|`` is the
+    twelve zoo models the default's worst per-token error is 0.00-0.29 % of the largest attribution,
+    below its own estimate in 24 of 24 windows (estimates 0.02-0.97 %: the estimate ``|K - G|`` is the
     7-point rule's error, far above the 15-point rule's), every run converged, completeness
     0.000-0.42 %, 60-570 gradient evaluations and 0.5-10 s a call; the xLSTM 1830 / 2730 evaluations,
     13 / 18 s. Why the xLSTM costs most: at the first token (BOS) an mLSTM head's memory is its own
