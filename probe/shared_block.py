@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from probe.errors import ConfigError, InputError
-from probe.mixers.attention import causal_mask, causal_sdpa, rope
+from probe.ops.causal_attention import hooked_causal_attention, rope
 from probe.mixers.base import check_state_tensors
 from probe.mixers.options import Choice, Flag, Int, Real, resolve
 from probe.mlp import GATED
@@ -246,7 +246,7 @@ class SharedUse(nn.Module):
         """Causal attention of the new positions over the cache and themselves: ``(z [b, pos, head,
         d_head], new cache)``."""
         blk = self.block
-        P, T = state["k"].shape[1], a.shape[1]
+        P = state["k"].shape[1]
         q = self._project(a, "q", blk.n_heads)
         k = self._project(a, "k", blk.n_kv_heads)
         v = self._project(a, "v", blk.n_kv_heads)
@@ -254,15 +254,8 @@ class SharedUse(nn.Module):
             q = self.hook_rot_q(rope(q, P, self.rope_base))
             k = self.hook_rot_k(rope(k, P, self.rope_base))
         k_all, v_all = torch.cat([state["k"], k], dim=1), torch.cat([state["v"], v], dim=1)
-        groups = blk.n_heads // blk.n_kv_heads
-        qh = q.transpose(1, 2)
-        kh, vh = (t.transpose(1, 2).repeat_interleave(groups, dim=1) for t in (k_all, v_all))
-        if self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
-            scores = (qh @ kh.transpose(-1, -2)) * blk.scale
-            scores = self.hook_attn_scores(scores.masked_fill(~causal_mask(P, 0, T, a.device), float("-inf")))
-            z = self.hook_pattern(torch.softmax(scores, dim=-1)) @ vh
-        else:  # SDPA divides by sqrt(d_head): fold the block's scale into q
-            z = causal_sdpa(qh * (blk.scale * math.sqrt(blk.d_head)), kh, vh, P)
+        qh, kh, vh = (t.transpose(1, 2) for t in (q, k_all, v_all))  # [b, head, pos, d]
+        z = hooked_causal_attention(qh, kh, vh, P, blk.scale, self.hook_attn_scores, self.hook_pattern)
         return self.hook_z(z.transpose(1, 2)), {"k": k_all, "v": v_all}
 
 

@@ -62,7 +62,7 @@ from probe.errors import ConfigError, InputError
 from probe.mixers.base import Mixer, check_state_tensors
 from probe.mixers.options import Choice, Flag, Int, Real
 from probe.norm import RMSNorm
-from probe.ops.causal_attention import causal_mask, causal_sdpa, rope  # noqa: F401 (imported from here too)
+from probe.ops.causal_attention import causal_mask, causal_sdpa, hooked_causal_attention, rope  # noqa: F401 (imported from here too)
 
 #: the q / k norms of option ``qk_norm`` (module docstring)
 QK_NORMS = ("none", "head", "head_offset", "projection")
@@ -133,11 +133,6 @@ class Attention(Mixer):
         """Output weights per head, ``[head, d_head, d_model]`` (TransformerLens layout)."""
         return self.W_o.weight.T.reshape(self.n_heads, self.d_head, -1)
 
-    @property
-    def group(self) -> int:
-        """Query heads per kv head."""
-        return self.n_heads // self.n_kv_heads
-
     def state_shapes(self):
         return {"k": (0, self.n_kv_heads, self.d_head), "v": (0, self.n_kv_heads, self.d_head)}
 
@@ -174,15 +169,8 @@ class Attention(Mixer):
     def _attend(self, q: Tensor, k_all: Tensor, v_all: Tensor, P: int) -> Tensor:
         """``z [b, T, H, d]``: each query's softmax read of the cached and new values."""
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k_all, v_all))  # [b, head, pos, d]
-        if not (self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks()):
-            return causal_sdpa(qh, kh, vh, P, self.scale).transpose(1, 2)
-        if self.group > 1:
-            kh, vh = (t.repeat_interleave(self.group, dim=1) for t in (kh, vh))
-        T = q.shape[1]
-        scores = qh @ kh.transpose(-1, -2) * self.scale
-        scores = self.hook_attn_scores(scores.masked_fill(~causal_mask(P, 0, T, q.device), float("-inf")))
-        pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
-        return (pattern @ vh).transpose(1, 2)
+        z = hooked_causal_attention(qh, kh, vh, P, self.scale, self.hook_attn_scores, self.hook_pattern)
+        return z.transpose(1, 2)
 
     def forward(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
         state = self.check_state(state, x)

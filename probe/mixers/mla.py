@@ -37,7 +37,6 @@ biases on ``W_qa``, ``W_kva`` and ``W_o``, transformers' ``attention_bias``).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor, nn
@@ -47,7 +46,7 @@ from probe.errors import InputError
 from probe.mixers.base import Mixer, check_state_tensors
 from probe.mixers.options import Flag, Int, Real
 from probe.norm import RMSNorm
-from probe.ops.causal_attention import causal_mask, causal_sdpa, rope
+from probe.ops.causal_attention import hooked_causal_attention, rope
 
 
 class MultiHeadLatentAttention(Mixer):
@@ -147,11 +146,6 @@ class MultiHeadLatentAttention(Mixer):
                  "k_rot": torch.cat([state["k_rot"], k_rot], dim=1)}
         k, v = self.decompress(cache["kv_latent"], cache["k_rot"])
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [b, head, pos, d]
-        if self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
-            scores = qh @ kh.transpose(-1, -2) / math.sqrt(self.d_qk)
-            scores = self.hook_attn_scores(scores.masked_fill(~causal_mask(P, 0, T, x.device), float("-inf")))
-            z = self.hook_pattern(torch.softmax(scores, dim=-1)) @ vh
-        else:
-            z = causal_sdpa(qh, kh, vh, P)
+        z = hooked_causal_attention(qh, kh, vh, P, None, self.hook_attn_scores, self.hook_pattern)
         z = self.hook_z(z.transpose(1, 2))  # [b, pos, head, d_v]
         return self.W_o(z.reshape(b, T, -1)), cache

@@ -60,3 +60,25 @@ def causal_sdpa(qh: Tensor, kh: Tensor, vh: Tensor, P: int, scale: float | None 
         out.append(F.scaled_dot_product_attention(qh[..., start:stop, :], kh[..., : P + stop, :],
                                                   vh[..., : P + stop, :], attn_mask=mask, **kw))
     return torch.cat(out, dim=-2)
+
+
+def hooked_causal_attention(qh: Tensor, kh: Tensor, vh: Tensor, P: int, scale: float | None,
+                            hook_scores, hook_pattern) -> Tensor:
+    """``z [b, H, T, d_v]``: causal attention of ``T`` new queries ``qh [b, H, T, d]`` over ``P + T`` keys /
+    values ``kh, vh [b, H_kv, P + T, d]`` (as :func:`causal_sdpa`), through the hook points ``hook_scores``
+    and ``hook_pattern`` (``[b, H, T, P + T]``)::
+
+        scores = scale q k^T, masked causally;  pattern = softmax(scores);  z = pattern v
+
+    Only when either hook point has hooks are the scores and the pattern materialised (kv heads repeated
+    to the query heads); otherwise :func:`causal_sdpa` runs, with no dense mask."""
+    if not (hook_scores.has_hooks() or hook_pattern.has_hooks()):
+        return causal_sdpa(qh, kh, vh, P, scale)
+    group = qh.shape[1] // kh.shape[1]
+    if group > 1:
+        kh, vh = (t.repeat_interleave(group, dim=1) for t in (kh, vh))
+    T = qh.shape[-2]
+    scale = qh.shape[-1] ** -0.5 if scale is None else scale
+    scores = qh @ kh.transpose(-1, -2) * scale
+    scores = hook_scores(scores.masked_fill(~causal_mask(P, 0, T, qh.device), float("-inf")))
+    return hook_pattern(torch.softmax(scores, dim=-1)) @ vh
