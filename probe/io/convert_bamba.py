@@ -50,7 +50,8 @@ import torch
 from probe.config import ModelConfig
 from probe.errors import ConfigError
 from probe.io.convert_attention import attention_weights, rope_base, rotary_options
-from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, sources, take
+from probe.io.convert_common import (Mapping, build_model, causal_lm_tensors, check_all_used, embedding_and_head,
+                                     sources, take)
 from probe.io.convert_mamba2 import mamba2_layer_weights
 from probe.io.convert_moe import mlp_weights
 
@@ -114,9 +115,7 @@ def bamba_config_from_hf(c: Any) -> ModelConfig:
 def bamba_weights(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> Mapping:
     """Our weights ``{probe name: (source name, tensor)}`` from a ``BambaForCausalLM`` state dict."""
     get = lambda name: (name, take(sd, name, ARCH))
-    w: Mapping = {"W_E": get("model.embed_tokens.weight"), "ln_final.w": get("model.final_layernorm.weight")}
-    if not cfg.tie_embeddings:
-        w["W_U"] = ("lm_head.weight", take(sd, "lm_head.weight", ARCH).T)
+    w = embedding_and_head(sd, ARCH, "model.embed_tokens.weight", "model.final_layernorm.weight", cfg.tie_embeddings)
     used: set[str] = set()
     for i, mixer in enumerate(cfg.layout):
         s, b = f"model.layers.{i}.", f"blocks.{i}."

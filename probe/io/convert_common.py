@@ -127,6 +127,16 @@ def take(sd: dict[str, Tensor], name: str, arch: str) -> Tensor:
     return sd[name]
 
 
+def embedding_and_head(sd: dict[str, Tensor], arch: str, embed: str, final_norm: str, tied: bool,
+                       head: str = "lm_head.weight") -> Mapping:
+    """The model-level weights of a pre-norm causal LM: ``W_E`` from ``embed``, ``ln_final.w`` from
+    ``final_norm`` and, unless the embeddings are ``tied``, ``W_U`` as the transpose of ``head``."""
+    w: Mapping = {"W_E": (embed, take(sd, embed, arch)), "ln_final.w": (final_norm, take(sd, final_norm, arch))}
+    if not tied:
+        w["W_U"] = (head, take(sd, head, arch).T)
+    return w
+
+
 def build_model(cfg, weights: Mapping, arch: str, tokenizer: Any, name_or_path: str, dtype: torch.dtype):
     """A HookedLM of ``cfg`` loaded with ``weights``; every shape is checked, nothing may stay unset.
 

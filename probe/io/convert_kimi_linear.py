@@ -54,8 +54,8 @@ from torch import Tensor
 
 from probe.config import ModelConfig
 from probe.errors import ConfigError
-from probe.io.convert_common import (Mapping, build_model, causal_lm_tensors, check_all_used, layer_kinds, sources,
-                                     take)
+from probe.io.convert_common import (Mapping, build_model, causal_lm_tensors, check_all_used, embedding_and_head,
+                                     layer_kinds, sources, take)
 from probe.io.convert_gdn import kda_mixer_options, kda_mixer_weights
 from probe.io.convert_moe import mlp_weights
 
@@ -131,9 +131,7 @@ def _layer_weights(sd: dict[str, Tensor], i: int, mixer: str, mlp: str, used: se
 
 def _weights(cfg: ModelConfig, sd: dict[str, Tensor]) -> Mapping:
     """Every probe weight with its source; refuses source tensors that nothing maps."""
-    out = {"W_E": ("model.embed_tokens.weight", take(sd, "model.embed_tokens.weight", ARCH)),
-           "ln_final.w": ("model.norm.weight", take(sd, "model.norm.weight", ARCH))}
-    out["W_U"] = ("lm_head.weight", take(sd, "lm_head.weight", ARCH).T)
+    out = embedding_and_head(sd, ARCH, "model.embed_tokens.weight", "model.norm.weight", tied=False)
     used: set[str] = set()
     for i, (mixer, mlp) in enumerate(zip(cfg.layout, cfg.mlp_layout)):
         out.update(_layer_weights(sd, i, mixer, mlp, used))

@@ -37,7 +37,8 @@ import torch
 
 from probe.config import ModelConfig
 from probe.errors import CheckpointError, ConfigError
-from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, sources, take
+from probe.io.convert_common import (Mapping, build_model, causal_lm_tensors, check_all_used, embedding_and_head,
+                                     sources, take)
 
 ARCH = "Mamba2"
 
@@ -75,9 +76,7 @@ def mamba2_config_from_hf(c: Any) -> ModelConfig:
 def mamba2_weights(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> Mapping:
     """Our weights ``{probe name: (source name, tensor)}`` from a ``Mamba2ForCausalLM`` state dict."""
     get = lambda name: (name, take(sd, name, ARCH))
-    w: Mapping = {"W_E": get("backbone.embeddings.weight"), "ln_final.w": get("backbone.norm_f.weight")}
-    if not cfg.tie_embeddings:
-        w["W_U"] = ("lm_head.weight", take(sd, "lm_head.weight", ARCH).T)
+    w = embedding_and_head(sd, ARCH, "backbone.embeddings.weight", "backbone.norm_f.weight", cfg.tie_embeddings)
     opts = cfg.mixer_options["mamba2"]
     for i in range(cfg.n_layers):
         w[f"blocks.{i}.ln1.w"] = get(f"backbone.layers.{i}.norm.weight")

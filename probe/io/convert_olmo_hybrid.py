@@ -63,8 +63,8 @@ from torch import Tensor
 
 from probe.config import ModelConfig
 from probe.errors import CheckpointError, ConfigError
-from probe.io.convert_common import (Mapping, build_model, causal_lm_tensors, check_all_used, layer_kinds, sources,
-                                     take)
+from probe.io.convert_common import (Mapping, build_model, causal_lm_tensors, check_all_used, embedding_and_head,
+                                     layer_kinds, sources, take)
 
 ARCH = "OLMo hybrid"
 #: transformers' layer type -> probe mixer
@@ -158,10 +158,7 @@ def _layer_weights(sd: dict[str, Tensor], i: int, mixer: str) -> Mapping:
 
 def _weights(cfg: ModelConfig, sd: dict[str, Tensor]) -> Mapping:
     """Every probe weight with its source; refuses source tensors that nothing maps."""
-    out = {"W_E": ("model.embed_tokens.weight", take(sd, "model.embed_tokens.weight", ARCH)),
-           "ln_final.w": ("model.norm.weight", take(sd, "model.norm.weight", ARCH))}
-    if not cfg.tie_embeddings:
-        out["W_U"] = ("lm_head.weight", take(sd, "lm_head.weight", ARCH).T)
+    out = embedding_and_head(sd, ARCH, "model.embed_tokens.weight", "model.norm.weight", cfg.tie_embeddings)
     for i, mixer in enumerate(cfg.layout):
         out.update(_layer_weights(sd, i, mixer))
     check_all_used(sd, sources(out), ARCH, tied=cfg.tie_embeddings)

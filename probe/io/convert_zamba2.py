@@ -48,7 +48,8 @@ import torch
 
 from probe.config import ModelConfig
 from probe.errors import CheckpointError, ConfigError
-from probe.io.convert_common import Mapping, build_model, causal_lm_tensors, check_all_used, sources, take
+from probe.io.convert_common import (Mapping, build_model, causal_lm_tensors, check_all_used, embedding_and_head,
+                                     sources, take)
 from probe.io.convert_mamba2 import mamba2_layer_weights
 
 ARCH = "Zamba2"
@@ -140,10 +141,7 @@ def _adapter_weights(cfg: ModelConfig, sd: dict, src: str, i: int, u: int) -> Ma
 
 def zamba2_weights(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> tuple[Mapping, set[str]]:
     """``(our weights {probe name: (source name, tensor)}, the tied copies checked equal to them)``."""
-    w: Mapping = {"W_E": ("model.embed_tokens.weight", take(sd, "model.embed_tokens.weight", ARCH)),
-                  "ln_final.w": ("model.final_layernorm.weight", take(sd, "model.final_layernorm.weight", ARCH))}
-    if not cfg.tie_embeddings:
-        w["W_U"] = ("lm_head.weight", take(sd, "lm_head.weight", ARCH).T)
+    w = embedding_and_head(sd, ARCH, "model.embed_tokens.weight", "model.final_layernorm.weight", cfg.tie_embeddings)
     first: dict[int, str] = {}  # shared block -> the transformers prefix holding its weights
     uses = 0
     for i, j in enumerate(cfg.shared_layout):
