@@ -5,7 +5,9 @@ A causal convolution of width ``k`` over the input gives, for every position at 
     [z_t; f_t; o_t] = sum_{j=0}^{k-1} W_j x_{t-k+1+j} + b
     z_t = tanh(z_t),  f_t = sigmoid(f_t),  o_t = sigmoid(o_t)
 
-then fo-pooling, a linear recurrence run with :mod:`probe.ops.linear_scan`::
+then fo-pooling, a linear recurrence run by :func:`probe.ops.fused.hgrn.hgrn_scan` (on CUDA with
+flash-linear-attention installed its fused ``chunk_hgrn``, which returns every state; else, and
+whenever ``hook_state`` is edited, :mod:`probe.ops.linear_scan`)::
 
     c_t = f_t * c_{t-1} + (1 - f_t) * z_t
     h_t = o_t * c_t
@@ -33,7 +35,7 @@ from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Int
 from probe.mixers.edits import Computation, Forcing, apply_forcing
 from probe.ops import conv_window
-from probe.ops.linear_scan import force_states, linear_scan
+from probe.ops.fused.hgrn import hgrn_scan
 
 
 class QRNN(RecurrentMixer):
@@ -88,10 +90,7 @@ class QRNN(RecurrentMixer):
         z = apply_forcing("z", torch.tanh(z_pre), forcing)
         f = apply_forcing("forget", torch.sigmoid(f_pre), forcing)
         o = apply_forcing("output", torch.sigmoid(o_pre), forcing)
-        a, b = f, (1 - f) * z
-        if "state" in forcing:
-            a, b = force_states(a, b, *forcing["state"])
-        c = linear_scan(a, b, state["state"])
+        c = hgrn_scan(f, (1 - f) * z, state["state"], forcing.get("state"), edited=bool(forcing))
         y = self.out_proj((o * c).to(x.dtype))
         values = {"z": z, "forget": f, "output": o, "state": c}
         if W is not None:

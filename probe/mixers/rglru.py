@@ -30,9 +30,12 @@ output, ``[b, pos, W]``), ``hook_input_gate`` (i), ``hook_recurrent_gate`` (r), 
 layers with residual hooks only (``hook_resid_pre`` / ``hook_resid_post``): it has no RG-LRU state;
 ``hook_state`` is what its Mamba bridge calls ``hook_ssm_state``, ``hook_state_conv`` its conv state.
 
-The recurrence runs through :func:`probe.ops.rglru.rglru_scan` (the shared chunked linear scan);
-edits of ``hook_state`` propagate through :func:`probe.ops.linear_scan.force_states`. The block owns no
-norms: its block's ``ln1`` is RecurrentGemma's ``temporal_pre_norm``.
+The recurrence ``s_t = alpha_t s_{t-1} + beta_t`` (:func:`probe.ops.rglru.coefficients`) runs through
+:func:`probe.ops.fused.hgrn.hgrn_scan`: on CUDA with flash-linear-attention installed, its fused
+``chunk_hgrn`` (which returns every state, so reading ``hook_state`` costs nothing extra), else the
+shared chunked linear scan; edits of ``hook_state`` take the latter and propagate through
+:func:`probe.ops.linear_scan.force_states`. The block owns no norms: its block's ``ln1`` is
+RecurrentGemma's ``temporal_pre_norm``.
 
 Options: ``lru_width`` (``None``: ``d_model``), ``n_heads`` (``None``: the model's ``n_heads``),
 ``d_conv`` (4, RecurrentGemma's ``conv1d_width``), ``c`` (8.0).
@@ -50,7 +53,8 @@ from probe.mixers.base import RecurrentMixer
 from probe.mixers.edits import Computation, apply_forcing
 from probe.mixers.options import Int, Real
 from probe.ops import conv_window
-from probe.ops.rglru import block_diagonal, decay, rglru_scan
+from probe.ops.fused.hgrn import hgrn_scan
+from probe.ops.rglru import block_diagonal, coefficients, decay
 
 
 class RGLRU(RecurrentMixer):
@@ -115,8 +119,8 @@ class RGLRU(RecurrentMixer):
         a = apply_forcing("decay", decay(r, self.recurrent_param, self.c), forcing)
         gate = apply_forcing("output", F.gelu(self.linear_y(x), approximate="tanh"), forcing)
         wide = self.state_dtype("state", x.dtype)
-        states = rglru_scan(u.to(wide), i.to(wide), a.to(wide), reset.to(wide), state["state"],
-                            force=forcing.get("state"))
+        alpha, beta = coefficients(u.to(wide), i.to(wide), a.to(wide), reset.to(wide))
+        states = hgrn_scan(alpha, beta, state["state"], forcing.get("state"), edited=bool(forcing))
         y = self.linear_out(states.to(x.dtype) * gate)
         values = {"state_started": after, "input": u, "input_gate": i, "recurrent_gate": r, "decay": a,
                   "output": gate, "state": states}

@@ -45,6 +45,7 @@ KERNELS: dict[str, Kernel] = {
     "ssd_combined": Kernel("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined", "mamba-ssm"),
     "chunk_gated_delta_rule": Kernel("fla.ops.gated_delta_rule", "chunk_gated_delta_rule", "flash-linear-attention"),
     "chunk_kda": Kernel("fla.ops.kda", "chunk_kda", "flash-linear-attention"),
+    "chunk_hgrn": Kernel("fla.ops.hgrn", "chunk_hgrn", "flash-linear-attention"),
 }
 
 _loaded: dict[str, Callable | None] = {}
