@@ -261,3 +261,31 @@ def test_log_decay_takes_zero_and_subnormal_decays_to_minus_infinity_with_finite
     a.grad = None
     (log_decay(a).exp() * torch.arange(6.0)).sum().backward()  # exp(-inf) = 0: no 0 * inf
     assert torch.isfinite(a.grad).all()
+
+
+@pytest.mark.numerical
+@pytest.mark.parametrize("key", MODELS)
+def test_library_kernel_on_cuda_equals_the_pytorch_path(key):
+    """The GPU check: with fla installed on CUDA, float32 logits and carried states of the fused forward
+    against the PyTorch forward (a fresh start, so RG-LRU's first decay is 0). Needs a CUDA device and
+    the probe-interp[cuda] extra. The bounds are not measured yet (no GPU run): 1e-4 leaves room for the
+    kernel's approximate exp (``__expf``, a few ulps per decay)."""
+    import warnings
+
+    from probe.ops.fused import fused_disabled, fused_kernel
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (scripts/gpu_check.sh runs it on a GPU)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fused_kernel("chunk_hgrn", torch.zeros(1, device="cuda")) is None:
+            pytest.skip("flash-linear-attention is not installed (pip install 'probe-interp[cuda]')")
+    model = _model(key).cuda()
+    toks = TOKENS.cuda()
+    with torch.no_grad():
+        out, states = model(toks, return_states=True)
+        with fused_disabled():
+            ref, ref_states = model(toks, return_states=True)
+    assert (out - ref).abs().max() / ref.abs().max() < 1e-4, (out - ref).abs().max()
+    for mine, theirs in zip(_states(states), _states(ref_states)):
+        torch.testing.assert_close(mine["state"], theirs["state"], rtol=1e-4, atol=1e-4)
