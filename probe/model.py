@@ -41,6 +41,7 @@ from probe.config import ModelConfig
 from probe.errors import ConfigError, InputError, unknown_hook
 from probe.finite import check_finite
 from probe.hooks import is_state_hook, tl_aliases
+from probe.mixers.state_positions import states_at
 from probe.norm import make_norm
 from probe.sampling import check_sampling, sample
 from probe.shared_block import make_shared_blocks
@@ -477,23 +478,16 @@ class HookedLM(HookedRootModule):
         return self._run_with_state_positions(model_args, names_filter, state_positions, kwargs)
 
     def _run_with_state_positions(self, model_args, names_filter, positions, kwargs):
-        if isinstance(positions, int):
-            positions = [positions]
+        """Every state hook fires with the states after ``positions`` only (:mod:`probe.mixers.state_positions`:
+        each recurrent mixer runs its plain forward in the segments the positions cut)."""
         filt = _as_predicate(names_filter)
         cache: dict[str, Tensor] = {}
 
         def save(tensor, hook):
-            value = tensor.detach()
-            if is_state_hook(hook.name):
-                try:
-                    value = value[:, positions]
-                except (IndexError, TypeError) as exc:
-                    raise InputError(f"state_positions={positions!r} does not index the {value.shape[1]} positions "
-                                     "of this input; give ints in range, a list of them or a slice.") from exc
-            cache[hook.name] = value
+            cache[hook.name] = tensor.detach()
 
         hooks = [(name, save) for name in self.hook_dict if filt(name)]
-        with self.hooks(fwd_hooks=hooks):
+        with self.hooks(fwd_hooks=hooks), states_at(positions):
             out = self(*model_args, **kwargs)
         return out, ActivationCache(cache, self)
 

@@ -356,7 +356,7 @@ CASES: list[Case] = [
       "names_filter lists hook names"),
     C("hooks", "state_positions out of range",
       lambda e: e.m.run_with_cache(e.t, state_positions=10), I,
-      "state_positions=\\[10\\] does not index the 6 positions"),
+      "state_positions=10 does not index the 6 positions"),
     C("hooks", "hook is not a function", lambda e: e.m.run_with_hooks(e.t, fwd_hooks=[("hook_embed", 3)]), I,
       "fwd_hooks\\[0\\]: the hook for 'hook_embed' is a int, not a function"),
     C("hooks", "hook entry not a pair", lambda e: e.m.run_with_hooks(e.t, fwd_hooks=["hook_embed"]), I,

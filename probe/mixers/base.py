@@ -146,7 +146,13 @@ class RecurrentMixer(Mixer):
     def compute(self, x: Tensor, state: dict[str, Tensor], forcing: Forcing, keep: set[str]) -> Computation:
         raise NotImplementedError
 
+    def inner_hook_points(self) -> list[HookPoint]:
+        """The hook points inside this mixer other than its quantities' (a gated norm's ``hook_scale``):
+        ``compute`` fires them itself."""
+        own = {id(getattr(self, f"hook_{name}")) for name in self.hooked_names()}
+        return [m for m in self.modules() if isinstance(m, HookPoint) and id(m) not in own]
+
     def forward(self, x: Tensor, state: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         state = self.check_state(state, x)
         hooks = {name: getattr(self, f"hook_{name}") for name in self.hooked_names()}
-        return run_hooked(self.compute, hooks, x, state)
+        return run_hooked(self.compute, hooks, x, state, inner_hooks=self.inner_hook_points)

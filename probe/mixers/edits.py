@@ -41,29 +41,17 @@ exact.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import functools
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
 
-Forcing = dict[str, tuple[Tensor, Tensor]]
+from probe.mixers.computation import Computation, Forcing
+from probe.mixers.state_positions import StatesAtPositions, asked_positions, is_state_quantity
 
-
-@dataclass
-class Computation:
-    """Result of one run of a mixer's ``compute``.
-
-    Attributes:
-        y: the mixer output ``[batch, pos, d_model]``.
-        values: per-position quantities ``{name: [batch, pos, ...]}`` (at least those asked for).
-        final_state: the state after the last position ``{name: [batch, ...]}``.
-    """
-
-    y: Tensor
-    values: dict[str, Tensor]
-    final_state: dict[str, Tensor]
-
+__all__ = ["Computation", "Forcing", "mark_forced", "changed_elements", "apply_forcing", "owned_copy",
+           "run_hooked", "run_computation"]
 
 #: attribute of a hook's returned tensor holding a boolean mask of elements to force (see :func:`mark_forced`)
 FORCED_ATTR = "_probe_forced_mask"
@@ -130,6 +118,7 @@ def run_hooked(
     hook_points: dict,
     x: Tensor,
     state: dict[str, Tensor],
+    inner_hooks: Callable[[], Iterable] = tuple,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Run ``compute`` with hooks fired once each and edits propagated. Returns ``(y, final_state)``.
 
@@ -137,21 +126,36 @@ def run_hooked(
     receives a tensor it owns (:func:`owned_copy`), so an in-place edit means exactly what
     returning the edited copy means; this holds under ``torch.inference_mode()`` too.
     """
-    out = run_computation(compute, hook_points, x, state)
+    out = run_computation(compute, hook_points, x, state, inner_hooks=inner_hooks)
     return out.y, out.final_state
 
 
 def run_computation(
-    compute: Callable[[Tensor, dict, Forcing, set], Computation],
+    compute: Callable[..., Computation],
     hook_points: dict,
     x: Tensor,
     state: dict[str, Tensor],
+    per_position: dict[str, Tensor] | None = None,
+    inner_hooks: Callable[[], Iterable] = tuple,
 ) -> Computation:
     """:func:`run_hooked`, returning the final :class:`Computation` (its ``values`` hold every edit), for a
-    mixer that hands a quantity to later layers (RWKV-7's first-layer values)."""
+    mixer that hands a quantity to later layers (RWKV-7's first-layer values).
+
+    ``per_position``: further inputs ``{keyword: [b, T, ...]}`` of ``compute`` that follow the positions
+    of ``x`` (RWKV-7's first-layer values). Inside ``run_with_cache(state_positions=...)`` the state hooks
+    fire with the asked positions only (:mod:`probe.mixers.state_positions`); ``inner_hooks()``: the hook
+    points ``compute`` fires itself (a norm's inside the mixer), which must fire once per forward, so with
+    one of them hooked the asked states are taken from the whole-sequence run rather than segments."""
     active = [name for name, hp in hook_points.items() if hp.has_hooks()]
+    extra = per_position or {}
     if not active:
-        return compute(x, state, {}, set())
+        return compute(x, state, {}, set(), **extra)
+    positions = asked_positions(x.shape[1]) if any(is_state_quantity(n) for n in active) else None
+    if positions is not None:
+        segments = not any(hp.has_hooks() for hp in inner_hooks())
+        compute = StatesAtPositions(compute, positions, extra, segments=segments)
+    elif extra:
+        compute = functools.partial(compute, **extra)
     keep = set(active)
     forcing: Forcing = {}
     inputs = [x, *state.values()]

@@ -1,0 +1,174 @@
+r"""States at asked positions only: what ``run_with_cache(state_positions=...)`` runs in every recurrent mixer.
+
+Under :func:`states_at` (the model enters it), each ``hook_state*`` of a recurrent mixer fires with the
+states after the asked positions only, ``[batch, P, ...]`` in the order asked, instead of every
+position's. The mixer then never holds all ``T`` states: for ``P <= MAX_SEGMENTS`` positions
+``p_1 < ... < p_P`` it runs its plain forward (the fused kernel on a GPU, the chunked form on the CPU)
+in the segments the positions cut::
+
+    [0, p_1)  p_1  (p_1, p_2)  p_2  ...  p_P  (p_P, T)      each from the previous piece's final state
+
+where each ``p_i`` runs alone with its states kept: its state is the asked one, and its final state
+carries on. Capturing ``P`` states costs a forward plus ``P`` single steps and writing the states. For
+more positions the mixer materialises every state and keeps the asked ones.
+
+Edits keep their meaning: a hook that changes the state at ``p_i`` changes the output read from it at
+``p_i`` and every later position as if the recurrence had carried the edited value. The edited
+elements are forced in the single step at ``p_i`` (or at ``p_i`` of the whole-sequence run), exactly as
+an edit of the full ``[batch, pos, ...]`` tensor is (:mod:`probe.mixers.edits`); edits of the other
+per-position quantities are cut into the pieces with them. Where a position is asked twice, the
+later entry's edits win.
+
+The segmented run adds up the same recurrence in another grouping than the whole-sequence one, so its
+states equal the full capture's to rounding (not bit for bit).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+from torch import Tensor
+
+from probe.errors import InputError
+from probe.mixers.computation import Computation, Forcing
+
+__all__ = ["states_at", "asked_positions", "StatesAtPositions", "MAX_SEGMENTS", "is_state_quantity"]
+
+#: the most asked positions run as segments; more materialise every state and keep the asked ones
+MAX_SEGMENTS = 64
+
+_ASKED: ContextVar[object | None] = ContextVar("probe_state_positions", default=None)
+
+
+@contextmanager
+def states_at(positions: object) -> Iterator[None]:
+    """Within this block every state hook fires with the states after ``positions`` only (an int, a
+    sequence of ints, a 1-D integer tensor or a slice; negative ints count from the end)."""
+    token = _ASKED.set(positions)
+    try:
+        yield
+    finally:
+        _ASKED.reset(token)
+
+
+def is_state_quantity(name: str) -> bool:
+    """True for a mixer quantity that is part of the carried memory (its hook is ``hook_state*``)."""
+    return name.startswith("state")
+
+
+def asked_positions(T: int) -> list[int] | None:
+    """The positions asked by the enclosing :func:`states_at`, as indices in ``[0, T)`` in the order
+    asked (``None`` outside one). A position outside the input is an :class:`InputError`."""
+    spec = _ASKED.get()
+    if spec is None:
+        return None
+    if isinstance(spec, slice):
+        return list(range(T))[spec]
+    items = spec.tolist() if isinstance(spec, Tensor) else spec
+    if isinstance(items, (int, bool)) or not isinstance(items, Sequence) or isinstance(items, str):
+        items = [items]
+    out = []
+    for p in items:
+        if isinstance(p, bool) or not isinstance(p, int) or not -T <= p < T:
+            raise InputError(f"state_positions={spec!r} does not index the {T} positions of this input; give "
+                             "ints in range, a list of them or a slice.")
+        out.append(p % T)
+    return out
+
+
+class StatesAtPositions:
+    """A mixer's ``compute(x, state, forcing, keep)`` whose state quantities hold the asked positions only.
+
+    Args:
+        compute: the mixer's compute (:mod:`probe.mixers.edits`); its values of every state quantity
+            ``n`` are the states after each position, and ``final_state[n]`` the state after the last.
+        positions: indices in ``[0, T)`` in the order asked (repeats allowed).
+        per_position: further per-position inputs ``{keyword: [b, T, ...]}`` handed to ``compute``
+            (cut into segments with ``x``).
+        segments: ``False`` always runs the whole sequence (a hook inside ``compute`` must fire once).
+
+    ``values[n]`` of a state quantity is ``[b, P, ...]``; a forcing of it is ``(mask, values)`` of that
+    shape. Other quantities and ``y`` keep every position.
+    """
+
+    def __init__(self, compute: Callable[..., Computation], positions: list[int],
+                 per_position: dict[str, Tensor] | None = None, segments: bool = True):
+        self.compute, self.asked, self.per_position = compute, positions, per_position or {}
+        self.segments = segments
+        self.sorted = sorted(set(positions))
+        rank = {p: i for i, p in enumerate(self.sorted)}
+        self.index = [rank[p] for p in positions]  # asked entry -> sorted position
+
+    def __call__(self, x: Tensor, state: dict[str, Tensor], forcing: Forcing, keep: set[str]) -> Computation:
+        states = {n for n in keep | set(forcing) if is_state_quantity(n)}
+        at_sorted = {n: self._to_sorted(*forcing[n]) for n in states if n in forcing}
+        others = {n: f for n, f in forcing.items() if n not in states}
+        record = states & keep
+        if self.segments and len(self.sorted) <= MAX_SEGMENTS:
+            out = self._segments(x, state, others, at_sorted, keep - states, record)
+        else:
+            out = self._whole(x, state, others, at_sorted, keep, record)
+        for n in record:
+            out.values[n] = out.values[n][:, self.index]
+        return out
+
+    def _run(self, x: Tensor, state: dict, forcing: Forcing, keep: set[str], t0: int, t1: int) -> Computation:
+        extra = {k: v[:, t0:t1] for k, v in self.per_position.items()}
+        forcing = {n: f for n, f in forcing.items() if bool(f[0].any())}  # a piece an edit does not reach
+        return self.compute(x[:, t0:t1], state, forcing, keep, **extra)
+
+    def _segments(self, x, state, forcing, at_sorted, keep, record) -> Computation:
+        """The plain forward up to each asked position, then that position alone with its states kept (and
+        their edits forced, so its own output reads the edited state as the whole run's does)."""
+        T = x.shape[1]
+        pieces: list[tuple[int, int, int | None]] = []  # (t0, t1, index of the asked position or None)
+        t0 = 0
+        for i, p in enumerate(self.sorted):
+            if p > t0:
+                pieces.append((t0, p, None))
+            pieces.append((p, p + 1, i))
+            t0 = p + 1
+        if T > t0:
+            pieces.append((t0, T, None))
+        ys, parts, carried = [], {}, dict(state)
+        for t0, t1, i in pieces:
+            sliced = {n: (m[:, t0:t1], v[:, t0:t1]) for n, (m, v) in forcing.items()}
+            if i is not None:
+                sliced.update({n: (m[:, i:i + 1], v[:, i:i + 1]) for n, (m, v) in at_sorted.items()})
+            out = self._run(x, carried, sliced, keep | record if i is not None else keep, t0, t1)
+            ys.append(out.y)
+            for n, v in out.values.items():
+                if i is not None or not is_state_quantity(n):
+                    parts.setdefault(n, []).append(v)
+            carried = dict(out.final_state)
+        values = {n: torch.cat(v, dim=1) for n, v in parts.items() if n in record or not is_state_quantity(n)}
+        return Computation(torch.cat(ys, dim=1), values, carried)
+
+    def _whole(self, x, state, forcing, at_sorted, keep, record) -> Computation:
+        """Every state materialised; the asked positions' edits forced there, their states kept."""
+        T, where = x.shape[1], torch.tensor(self.sorted, device=x.device)
+        full = dict(forcing)
+        for n, (mask, values) in at_sorted.items():
+            shape = (mask.shape[0], T, *mask.shape[2:])
+            full[n] = (mask.new_zeros(shape).index_copy(1, where, mask),
+                       values.new_zeros(shape).index_copy(1, where, values))
+        out = self._run(x, state, full, keep | set(at_sorted), 0, T)
+        for n in [n for n in out.values if is_state_quantity(n)]:
+            if n in record:
+                out.values[n] = out.values[n][:, where]
+            else:
+                del out.values[n]
+        return out
+
+    def _to_sorted(self, mask: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """A forcing given in the asked order, as one entry per sorted position (later entries win)."""
+        if len(self.index) == len(self.sorted) and self.index == sorted(self.index):
+            return mask, values
+        m = mask.new_zeros((mask.shape[0], len(self.sorted), *mask.shape[2:]))
+        v = values.new_zeros((values.shape[0], len(self.sorted), *values.shape[2:]))
+        for j, i in enumerate(self.index):
+            v[:, i] = torch.where(mask[:, j], values[:, j], v[:, i])
+            m[:, i] = m[:, i] | mask[:, j]
+        return m, v
