@@ -43,6 +43,10 @@ stabiliser carried to the next step; ``num``/``den`` keep the scale they were co
 with its own shift state, hooked as ``blocks.{i}.mlp.hook_state_shift``, plus ``mlp.hook_r``
 and ``mlp.hook_k``. Options (mixer ``rwkv``): ``d_attn`` (default ``d_model``).
 
+Fast path (no ``state_*`` hook or edit, no decay edit): on CUDA with flash-linear-attention
+installed, its fused ``fused_recurrent_rwkv4``, which runs these stabilised steps one position at a
+time (:mod:`probe.ops.fused.rwkv4`; ``k``, ``v`` and the state in float32).
+
 Half precision: the decay, the max-scan, ``num``/``den`` and ``wkv`` run in float32 and the carried
 ``state_num``, ``state_den``, ``state_max`` stay float32 (``WIDE_STATES``), as RWKV-4's CUDA kernel
 accumulates ``wkv`` in float32 whatever the input's dtype. Their hooks (and ``hook_decay``) show
@@ -57,6 +61,8 @@ from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Int
 from probe.mixers.edits import Computation, Forcing, apply_forcing
 from probe.ops import conv_window
+from probe.ops.fused.registry import fused_kernel
+from probe.ops.fused.rwkv4 import rwkv4_fused
 from probe.ops.linear_scan import force_states, linear_scan
 from probe.ops.max_scan import empty_log, max_scan
 
@@ -125,29 +131,48 @@ class RWKV(_Shifted):
         state["state_max"].fill_(empty_log(state["state_max"].dtype))
         return state
 
+    def _kernel(self, x: Tensor, forcing, keep):
+        """flash-linear-attention's ``fused_recurrent_rwkv4`` when it may run the WKV (no ``state_*`` hooked
+        or edited, no edited decay: the kernel takes one decay per channel), else ``None``."""
+        if any(n in keep or n in forcing for n in ("state_max", "state_num", "state_den")) or "decay" in forcing:
+            return None
+        return fused_kernel("fused_recurrent_rwkv4", x)
+
     def compute(self, x, state, forcing, keep):
         b, T, _ = x.shape
         prev, W, final_shift = self._shift_state(x, state, forcing, keep)
         r = apply_forcing("r", torch.sigmoid(self.W_r(_mix(x, prev, self.mix_r))), forcing)
         k = apply_forcing("k", self.W_k(_mix(x, prev, self.mix_k)), forcing)
         v = apply_forcing("v", self.W_v(_mix(x, prev, self.mix_v)), forcing)
+        values = {"r": r, "k": k, "v": v}
+        if W is not None:
+            values["state_shift"] = W
         wide = self.state_dtype("state_num", x.dtype)
-        k_w, v_w = k.to(wide), v.to(wide)
-        w = torch.exp(self.time_decay.to(wide))
-        g = -w.expand(b, T, -1)  # log decay per step
-        decay = None
+        g = -torch.exp(self.time_decay.to(wide)).expand(b, T, -1)  # log decay per step
         if "decay" in keep or "decay" in forcing:
-            decay = apply_forcing("decay", torch.exp(g), forcing)
+            values["decay"] = decay = apply_forcing("decay", torch.exp(g), forcing)
             if "decay" in forcing:
-                mask, _ = forcing["decay"]
-                g = torch.where(mask, torch.log(decay), g)
+                g = torch.where(forcing["decay"][0], torch.log(decay), g)
+        if (kernel := self._kernel(x, forcing, keep)) is not None:
+            wkv, (num, den, p) = rwkv4_fused(kernel, self.time_decay, self.time_first, k, v, state["state_num"],
+                                             state["state_den"], state["state_max"])
+            final = {"num": num, "den": den, "max": p}
+        else:
+            wkv, states = self._wkv(g, k.to(wide), v.to(wide), state, forcing)
+            values.update({f"state_{n}": s for n, s in states.items()})
+            final = {n: s[:, -1] for n, s in states.items()}
+        y = self.W_o((r * wkv.to(wide)).to(x.dtype))
+        return Computation(y, values, {"state_shift": final_shift, **{f"state_{n}": s for n, s in final.items()}})
 
+    def _wkv(self, g: Tensor, k: Tensor, v: Tensor, state: dict, forcing) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(wkv [b, T, D], {"max", "num", "den": [b, T, D]})`` by the max-scan and the linear scan, from the
+        log decays ``g``, ``k``, ``v`` ``[b, T, D]`` (float32 or wider) and the carried state."""
         p0, num0, den0 = state["state_max"], state["state_num"], state["state_den"]
-        p, p_step = max_scan(g, k_w, p0, forcing.get("state_max"))
+        p, p_step = max_scan(g, k, p0, forcing.get("state_max"))
         p_prev = torch.cat([p0.unsqueeze(1), p[:, :-1]], dim=1)
         carry = torch.exp((p_prev + g - p_step).clamp(max=0.0)).unsqueeze(-1)  # [b, T, D, 1]
-        new = torch.exp(k_w - p_step)
-        inc = torch.stack([new * v_w, new], dim=-1)  # [b, T, D, 2]: (num, den) increments
+        new = torch.exp(k - p_step)
+        inc = torch.stack([new * v, new], dim=-1)  # [b, T, D, 2]: (num, den) increments
         if "state_num" in forcing or "state_den" in forcing:
             carry, inc = force_states(carry, inc, *_stack_forcing(forcing, inc))
         nd = linear_scan(carry, inc, torch.stack([num0, den0], dim=-1).to(inc.dtype))
@@ -155,18 +180,11 @@ class RWKV(_Shifted):
 
         num_prev = torch.cat([num0.unsqueeze(1), num[:, :-1]], dim=1)
         den_prev = torch.cat([den0.unsqueeze(1), den[:, :-1]], dim=1)
-        uk = self.time_first.to(wide) + k_w
+        uk = self.time_first.to(k.dtype) + k
         top = torch.maximum(p_prev, uk)
         e1, e2 = torch.exp(p_prev - top), torch.exp(uk - top)
-        wkv = (e1 * num_prev + e2 * v_w) / (e1 * den_prev + e2)
-        y = self.W_o((r * wkv).to(x.dtype))
-        values = {"r": r, "k": k, "v": v, "state_max": p, "state_num": num, "state_den": den}
-        if decay is not None:
-            values["decay"] = decay
-        if W is not None:
-            values["state_shift"] = W
-        final = {"state_shift": final_shift, "state_num": num[:, -1], "state_den": den[:, -1], "state_max": p[:, -1]}
-        return Computation(y, values, final)
+        wkv = (e1 * num_prev + e2 * v) / (e1 * den_prev + e2)
+        return wkv, {"max": p, "num": num, "den": den}
 
 
 def _stack_forcing(forcing: Forcing, like: Tensor) -> tuple[Tensor, Tensor]:

@@ -58,7 +58,11 @@ RWKV-7.
 
 The recurrence runs position by position (:func:`~probe.ops.delta_rule.dplr_sequential`; with a
 state hook or edit, :func:`~probe.ops.delta_rule.dplr_states`), in at least float32; the carried
-``state`` stays float32 in half precision (``WIDE_STATES``).
+``state`` stays float32 in half precision (``WIDE_STATES``). Fast path (no state hook, no state
+edit): on CUDA with flash-linear-attention installed, its fused ``chunk_rwkv7``
+(:mod:`probe.ops.fused.rwkv7`: ``r``, ``k``, ``v``, ``kk`` and ``kk * a`` in the model's dtype, the
+log-decays and the state in float32; key heads up to 256 wide); a log-decay edited outside
+``[-5, 0]`` (a decay of 0, or above 1) runs the PyTorch form.
 
 **Channel mixing** (MLP kind ``rwkv7_channel_mix``, the default MLP of ``rwkv7`` blocks)::
 
@@ -75,6 +79,7 @@ converts fla's ``RWKV7ForCausalLM`` and its checkpoint folders.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +91,9 @@ from probe.mixers.edits import Computation, apply_forcing, run_computation
 from probe.mixers.options import Flag, Int, Real
 from probe.ops import conv_window
 from probe.ops.delta_rule import dplr_sequential, dplr_states
+from probe.ops.fused.delta_rule import MAX_K
+from probe.ops.fused.registry import fused_kernel
+from probe.ops.fused.rwkv7 import rwkv7_fused, takes_log_decays
 from probe.ops.gla import gla_readout
 
 #: ``e^{-1/2}``: the largest decay rate, ``log w = -e^{-1/2} sigmoid(.)``
@@ -208,8 +216,7 @@ class RWKV7(RecurrentMixer):
         state = self.check_state(state, x)
         v_first = self._first_values(cross, x) if self.mixes_first_value else None
         hooks = {name: getattr(self, f"hook_{name}") for name in self.hooked_names()}
-        out = run_computation(self.compute, hooks, x, state, per_position={} if v_first is None else {"v_first": v_first},
-                              inner_hooks=self.inner_hook_points)
+        out = run_computation(partial(self.compute, v_first=v_first), hooks, x, state)
         if self.is_first and cross is not None:
             cross[self.V_FIRST] = out.values["v"]
         return out.y, out.final_state
@@ -265,13 +272,25 @@ class RWKV7(RecurrentMixer):
         bonus = ((r * k_write * self.r_k).sum(-1, keepdim=True) * v).flatten(2)
         return self.o_proj((normed + bonus) * gate)
 
+    def _kernel(self, x: Tensor, log_w: Tensor, forcing, keep):
+        """flash-linear-attention's ``chunk_rwkv7`` when it may run the recurrence (no state wanted, keys
+        up to ``MAX_K`` wide, edited log-decays within the kernel's range), else ``None``."""
+        if "state" in keep or "state" in forcing or self.K > MAX_K:
+            return None
+        kernel = fused_kernel("chunk_rwkv7", x)
+        if kernel is not None and "log_decay" in forcing and not takes_log_decays(log_w):
+            return None
+        return kernel
+
     def compute(self, x, state, forcing, keep, v_first: Tensor | None = None):
         values, shift_last = self._inputs(x, state, forcing, keep, v_first)
         wide = self.state_dtype("state", x.dtype)
         r, k, v, a, log_w = (values[n].to(wide) for n in ("r", "k", "v", "iclr", "log_decay"))
         kk, k_write = self.keys(k, a)
         h0 = state["state"]
-        if "state" in keep or "state" in forcing:
+        if (kernel := self._kernel(x, log_w, forcing, keep)) is not None:
+            o, last = rwkv7_fused(kernel, values["r"], log_w, k_write, values["v"], kk, a, h0)
+        elif "state" in keep or "state" in forcing:
             S = dplr_states(k_write, v, log_w, kk * a, -kk, h0, forcing.get("state"))
             o, last = gla_readout(r, S), S[:, -1]
             values["state"] = S

@@ -46,6 +46,8 @@ KERNELS: dict[str, Kernel] = {
     "chunk_gated_delta_rule": Kernel("fla.ops.gated_delta_rule", "chunk_gated_delta_rule", "flash-linear-attention"),
     "chunk_kda": Kernel("fla.ops.kda", "chunk_kda", "flash-linear-attention"),
     "chunk_hgrn": Kernel("fla.ops.hgrn", "chunk_hgrn", "flash-linear-attention"),
+    "chunk_rwkv7": Kernel("fla.ops.rwkv7", "chunk_rwkv7", "flash-linear-attention"),
+    "fused_recurrent_rwkv4": Kernel("fla.ops.rwkv4", "fused_recurrent_rwkv4", "flash-linear-attention"),
 }
 
 _loaded: dict[str, Callable | None] = {}
