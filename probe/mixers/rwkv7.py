@@ -79,7 +79,6 @@ converts fla's ``RWKV7ForCausalLM`` and its checkpoint folders.
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -216,7 +215,8 @@ class RWKV7(RecurrentMixer):
         state = self.check_state(state, x)
         v_first = self._first_values(cross, x) if self.mixes_first_value else None
         hooks = {name: getattr(self, f"hook_{name}") for name in self.hooked_names()}
-        out = run_computation(partial(self.compute, v_first=v_first), hooks, x, state)
+        out = run_computation(self.compute, hooks, x, state, per_position={} if v_first is None else {"v_first": v_first},
+                              inner_hooks=self.inner_hook_points)
         if self.is_first and cross is not None:
             cross[self.V_FIRST] = out.values["v"]
         return out.y, out.final_state
