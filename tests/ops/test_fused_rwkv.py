@@ -158,10 +158,12 @@ def test_a_carried_state_continues_through_the_kernel(kind):
 
 
 # -- what takes the PyTorch path ----------------------------------------------------------------------
+@pytest.mark.numerical
 @pytest.mark.parametrize("kind", KINDS)
 def test_state_hooks_and_edits_take_the_pytorch_path(kind):
     """A state hook on layer 0 wants every state: its recurrence runs in PyTorch (layer 1 keeps the
-    kernel), and the cache and an edit's effect equal those with no kernel swapped in."""
+    kernel), and the cache and an edit's effect equal those with no kernel swapped in; states at a few
+    positions run the kernel between them."""
     model = _model(kind)
     calls = _swap(kind)
     name = f"blocks.0.mixer.{STATE_HOOK[kind]}"
@@ -174,10 +176,16 @@ def test_state_hooks_and_edits_take_the_pytorch_path(kind):
         edited = _run_swapped(kind, calls, lambda: model.run_with_hooks(TOKENS, fwd_hooks=[(name, edit)]))
         _, ref_cache = model.run_with_cache(TOKENS, names_filter=name)
         ref_edited = model.run_with_hooks(TOKENS, fwd_hooks=[(name, edit)])
+        assert calls.calls == 2  # layer 1, once per run
+        _, some = _run_swapped(kind, calls, lambda: model.run_with_cache(TOKENS, names_filter=name,
+                                                                         state_positions=[3, 20]))
+    # layer 0 over [0, 3), (3, 20) and (20, 40) through the kernel (3 and 20 alone, in PyTorch), then layer 1
+    assert calls.calls == 2 + 4
     torch.testing.assert_close(cache[name], ref_cache[name])
+    # pieces through the kernel: within 0.53 of this bound over 3 seeds (rwkv's state_num, up to 9)
+    torch.testing.assert_close(some[name], ref_cache[name][:, [3, 20]], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(edited, ref_edited)
     assert not torch.allclose(edited, model(TOKENS))  # the edit reached the output
-    assert calls.calls == 2  # layer 1, once per run
 
 
 @pytest.mark.parametrize("value", [float("-inf"), -6.0, 0.25])
