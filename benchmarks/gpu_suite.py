@@ -6,9 +6,10 @@ Per mixer and length (bf16, no grad, batch 4, d_model 1024, T = 2048 and 8192)::
     pytorch_ms            the same forward with fused kernels off (only where a kernel exists)
     reference_ms          the maintained library's own layer for the recurrence, where one is wired below
     capture_ms            every hook_state* captured (what run_with_cache does)
-    positions_ms          the states at 8 positions kept (what run_with_cache(state_positions=...) does)
+    positions_ms          the states at 8 positions kept (what run_with_cache(state_positions=...) does: the
+                          forward in the pieces the positions cut, probe.mixers.state_positions)
     write_ms              one copy of the captured states' bytes (the cost of writing them)
-    forward_peak_mb / capture_peak_mb   CUDA allocator peak above the inputs and weights
+    forward_peak_mb / capture_peak_mb / positions_peak_mb   CUDA allocator peak above the inputs and weights
     states_mb / outputs_mb              sizes of every per-position state and of the output
 
 and the issue's targets judged per row: ``forward <= 1.5 x reference``, ``capture <= 2 x (forward +
@@ -39,6 +40,7 @@ if str(ROOT) not in sys.path:
 import probe  # noqa: E402
 from probe.mixers import MIXERS  # noqa: E402
 from probe.mixers.base import RecurrentMixer  # noqa: E402
+from probe.mixers.state_positions import states_at  # noqa: E402
 from probe.ops.fused import fused_disabled  # noqa: E402
 
 #: mixers with a fused kernel behind probe.ops.fused (their PyTorch form is timed too)
@@ -164,15 +166,15 @@ def peak_mb(fn, device) -> float | None:
 
 
 class StateHooks:
-    """Hooks on every ``hook_state*`` of a mixer keeping each tensor (``positions`` None) or its rows at
-    ``positions``; used as a context manager around the forward."""
+    """Hooks on every ``hook_state*`` of a mixer keeping each tensor they receive; used as a context
+    manager around the forward."""
 
-    def __init__(self, mixer, positions: list[int] | None):
+    def __init__(self, mixer):
         self.points = [getattr(mixer, f"hook_{n}") for n in mixer.hooked_names() if n.startswith("state")]
-        self.positions, self.kept = positions, []
+        self.kept = []
 
     def _keep(self, tensor, hook):
-        self.kept.append(tensor if self.positions is None else tensor[:, self.positions].clone())
+        self.kept.append(tensor)
 
     def __enter__(self):
         self.kept = []
@@ -212,7 +214,7 @@ def measure(name: str, T: int, shape: Shape, device, dtype) -> dict:
             row["reference"] = f"{label} failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     del out
 
-    capture = StateHooks(mixer, None)
+    capture = StateHooks(mixer)
 
     def captured():
         with capture:
@@ -226,13 +228,14 @@ def measure(name: str, T: int, shape: Shape, device, dtype) -> dict:
     row["write_ms"] = time_ms(lambda: buffer.clone(), device, shape.repeats)
     del buffer
     positions = sorted({int(p) for p in torch.linspace(0, T - 1, shape.positions)})
-    at_positions = StateHooks(mixer, positions)
+    at_positions = StateHooks(mixer)  # the hooks see the asked positions only (states_at)
 
     def kept_at_positions():
-        with at_positions:
+        with at_positions, states_at(positions):
             return forward()
 
     row["positions_ms"] = time_ms(kept_at_positions, device, shape.repeats)
+    row["positions_peak_mb"] = peak_mb(kept_at_positions, device)
     return judge(row)
 
 
@@ -274,7 +277,8 @@ def _cell(value) -> str:
 
 
 COLUMNS = ["mixer", "T", "forward_ms", "pytorch_ms", "reference_ms", "forward_target_met", "capture_ms",
-           "write_ms", "capture_target_met", "positions_ms", "forward_peak_mb", "capture_peak_mb", "outputs_mb",
+           "write_ms", "capture_target_met", "positions_ms", "forward_peak_mb", "capture_peak_mb", "positions_peak_mb",
+           "outputs_mb",
            "states_mb", "lmu_memory_ratio", "lmu_memory_target_met", "reference"]
 
 
