@@ -457,8 +457,11 @@ class HookedLM(HookedRootModule):
         """Run and cache activations: ``(output, ActivationCache)``.
 
         ``names_filter``: a hook name, list of names (checked: unknown names raise) or a
-        predicate. ``state_positions``: keep ``hook_state*`` tensors only at these positions
-        (an int, list or slice), to bound memory for large states.
+        predicate. ``state_positions``: the states after these positions only (an int, a list, a
+        1-D integer tensor or a slice; negative ints count from the end), ``[batch, P, ...]`` per
+        ``hook_state*`` in the order asked. Each recurrent mixer then runs its plain forward (a fused
+        kernel on a GPU) in the pieces the positions cut and never holds every state
+        (:mod:`probe.mixers.state_positions`); the states equal the full capture's to rounding.
         """
         if isinstance(names_filter, str):
             self.check_hook_names([names_filter])
