@@ -43,7 +43,7 @@ stabiliser carried to the next step; ``num``/``den`` keep the scale they were co
 with its own shift state, hooked as ``blocks.{i}.mlp.hook_state_shift``, plus ``mlp.hook_r``
 and ``mlp.hook_k``. Options (mixer ``rwkv``): ``d_attn`` (default ``d_model``).
 
-Fast path (no ``state_*`` hook or edit, no decay edit): on CUDA with flash-linear-attention
+Fast path (no ``state_*`` hook or edit, no decay edit, not float64): on CUDA with flash-linear-attention
 installed, its fused ``fused_recurrent_rwkv4``, which runs these stabilised steps one position at a
 time (:mod:`probe.ops.fused.rwkv4`; ``k``, ``v`` and the state in float32).
 
@@ -133,8 +133,11 @@ class RWKV(_Shifted):
 
     def _kernel(self, x: Tensor, forcing, keep):
         """flash-linear-attention's ``fused_recurrent_rwkv4`` when it may run the WKV (no ``state_*`` hooked
-        or edited, no edited decay: the kernel takes one decay per channel), else ``None``."""
+        or edited, no edited decay: the kernel takes one decay per channel; not float64: it computes in
+        float32), else ``None``."""
         if any(n in keep or n in forcing for n in ("state_max", "state_num", "state_den")) or "decay" in forcing:
+            return None
+        if self.state_dtype("state_num", x.dtype) != torch.float32:
             return None
         return fused_kernel("fused_recurrent_rwkv4", x)
 

@@ -61,8 +61,8 @@ state hook or edit, :func:`~probe.ops.delta_rule.dplr_states`), in at least floa
 ``state`` stays float32 in half precision (``WIDE_STATES``). Fast path (no state hook, no state
 edit): on CUDA with flash-linear-attention installed, its fused ``chunk_rwkv7``
 (:mod:`probe.ops.fused.rwkv7`: ``r``, ``k``, ``v``, ``kk`` and ``kk * a`` in the model's dtype, the
-log-decays and the state in float32; key heads up to 256 wide); a log-decay edited outside
-``[-5, 0]`` (a decay of 0, or above 1) runs the PyTorch form.
+log-decays and the state in float32; key heads up to 256 wide; a float64 model runs PyTorch); a
+log-decay edited outside ``[-5, 0]`` (a decay of 0, or above 1) runs the PyTorch form.
 
 **Channel mixing** (MLP kind ``rwkv7_channel_mix``, the default MLP of ``rwkv7`` blocks)::
 
@@ -274,8 +274,9 @@ class RWKV7(RecurrentMixer):
 
     def _kernel(self, x: Tensor, log_w: Tensor, forcing, keep):
         """flash-linear-attention's ``chunk_rwkv7`` when it may run the recurrence (no state wanted, keys
-        up to ``MAX_K`` wide, edited log-decays within the kernel's range), else ``None``."""
-        if "state" in keep or "state" in forcing or self.K > MAX_K:
+        up to ``MAX_K`` wide, a float32 recurrence, not float64, edited log-decays within the kernel's
+        range), else ``None``."""
+        if "state" in keep or "state" in forcing or self.K > MAX_K or log_w.dtype != torch.float32:
             return None
         kernel = fused_kernel("chunk_rwkv7", x)
         if kernel is not None and "log_decay" in forcing and not takes_log_decays(log_w):

@@ -231,6 +231,18 @@ def test_an_edited_rwkv4_decay_takes_the_pytorch_path():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)  # the kernel would have dropped the edit
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_float64_model_runs_the_pytorch_path(kind):
+    """The kernels compute in float32: a float64 model keeps its precision in the PyTorch form."""
+    model = _model(kind, torch.float64)
+    calls = _swap(kind)
+    with torch.no_grad():
+        out = _run_swapped(kind, calls, lambda: model(TOKENS))
+        ref = model(TOKENS)
+    assert calls.calls == 0
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
 def test_keys_wider_than_the_kernel_takes_run_the_pytorch_path(monkeypatch):
     """fla's chunk kernels take key heads up to 256 wide: a wider one runs the PyTorch form (here with the
     limit lowered below the test model's head width 8)."""
