@@ -52,6 +52,10 @@ elementwise scan and edits to ``C``, ``n`` or ``m`` propagate. An edited ``m_t``
 stabiliser *carried* to step ``t + 1`` (and used by the readout at ``t``); ``C~_t`` and
 ``n~_t`` keep the scale they were computed with (see :mod:`probe.ops.max_scan`).
 
+Fast path (no hook or edit on ``state``, ``state_n``, ``state_m``, no edited forget gate): on CUDA
+with the xLSTM kernels installed, mlstm_kernels' chunkwise Triton kernel runs the memory and its
+readout from the carried state (:mod:`probe.ops.fused.mlstm`; head widths 16, 32 or multiples of 64).
+
 Options: ``layer`` (``"large"`` / ``"paper"``), ``heads`` (default ``n_heads``), ``eps`` (1e-6),
 ``norm_eps`` (1e-6), ``bias`` (biases on the projections and the head norm), ``chunk`` (64);
 large: ``qk_factor`` (0.5), ``v_factor`` (1.0), ``gate_soft_cap`` (15.0, ``None`` for none);
@@ -73,6 +77,8 @@ from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Choice, Flag, Int, Real
 from probe.mixers.edits import Computation, Forcing, apply_forcing
 from probe.ops import conv_window
+from probe.ops.fused import fused_kernel
+from probe.ops.fused.mlstm import mlstm_fused, takes
 from probe.ops.gla import gla_chunked, gla_readout, gla_states
 from probe.ops.max_scan import max_scan
 
@@ -213,14 +219,20 @@ class MLSTM(RecurrentMixer):
         o = apply_forcing("output", F.silu(z), forcing)
         return q, k, v, log_i, log_f, o, {**values, "_skip": c}, final
 
-    def compute(self, x, state, forcing, keep):
-        b, T, _ = x.shape
-        H, V = self.n_heads, self.d_v
-        inputs = self._inputs_paper if self.paper else self._inputs_large
-        q, k, v, log_i, log_f, o, extra, final_extra = inputs(x, state, forcing, keep)
-        wide = self.state_dtype("state", x.dtype)
-        q_w, k_w, v_w, log_i_w, log_f_w = (t.to(wide) for t in (q, k, v, log_i, log_f))
+    def _fused(self, x: Tensor, forcing: Forcing, keep: set):
+        """mlstm_kernels' chunkwise kernel for this forward, or ``None`` (the PyTorch form): no state
+        hook or edit, no edited forget gate (it may be exactly 0), head widths and dtype it takes."""
+        if {"state", "state_n", "state_m"} & (keep | set(forcing)) or "forget" in forcing or x.shape[1] == 0:
+            return None
+        if not takes(self.d_qk, self.d_v, x.dtype):
+            return None
+        return fused_kernel("mlstm_chunkwise", x)
 
+    def _recurrence(self, q, k, v, log_i, log_f, state, forcing, keep, dtype):
+        """The stabilised memory in PyTorch: ``(h [b, T, H, V] in dtype, values, final state)``."""
+        V = self.d_v
+        wide = self.state_dtype("state", dtype)
+        q_w, k_w, v_w, log_i_w, log_f_w = (t.to(wide) for t in (q, k, v, log_i, log_f))
         m0 = state["state_m"]
         m, m_step = max_scan(log_f_w, log_i_w, m0, forcing.get("state_m"))
         m_prev = torch.cat([m0.unsqueeze(1), m[:, :-1]], dim=1)
@@ -228,14 +240,27 @@ class MLSTM(RecurrentMixer):
         k_in = k_w * torch.exp(log_i_w - m_step).unsqueeze(-1)
         out, S, final = self._memory(q_w, k_in, v_w, log_decay, state, forcing, keep)
         num, den = out[..., :V], out[..., V]
-        h = (num / (torch.maximum(den.abs(), torch.exp(-m)) + self.options["eps"]).unsqueeze(-1)).to(x.dtype)
+        h = (num / (torch.maximum(den.abs(), torch.exp(-m)) + self.options["eps"]).unsqueeze(-1)).to(dtype)
+        values = {"state_m": m}
+        if S is not None:
+            values["state"], values["state_n"] = S[..., :V], S[..., V]
+        return h, values, {"state": final[..., :V], "state_n": final[..., V], "state_m": m[:, -1]}
+
+    def compute(self, x, state, forcing, keep):
+        b, T, _ = x.shape
+        H, V = self.n_heads, self.d_v
+        inputs = self._inputs_paper if self.paper else self._inputs_large
+        q, k, v, log_i, log_f, o, extra, final_extra = inputs(x, state, forcing, keep)
+        if (kernel := self._fused(x, forcing, keep)) is not None:
+            h, (C, n, m) = mlstm_fused(kernel, q, k, v.to(x.dtype), log_i, log_f, state["state"], state["state_n"],
+                                       state["state_m"], self.options["eps"])
+            memory, final = {}, {"state": C, "state_n": n, "state_m": m}
+        else:
+            h, memory, final = self._recurrence(q, k, v, log_i, log_f, state, forcing, keep, x.dtype)
         hn = F.layer_norm(h, (V,), eps=self.options["norm_eps"]).reshape(b, T, H * V) * self.head_norm_w
         if self.head_norm_b is not None:
             hn = hn + self.head_norm_b
         skip = extra.pop("_skip", None)
         y = self.out_proj(o * hn if skip is None else (hn + self.skip * skip) * o)
-        values = {"q": q, "k": k, "v": v, "input": log_i, "forget": log_f, "output": o, "state_m": m, **extra}
-        if S is not None:
-            values["state"], values["state_n"] = S[..., :V], S[..., V]
-        final_state = {"state": final[..., :V], "state_n": final[..., V], "state_m": m[:, -1], **final_extra}
-        return Computation(y, values, final_state)
+        values = {"q": q, "k": k, "v": v, "input": log_i, "forget": log_f, "output": o, **memory, **extra}
+        return Computation(y, values, {**final, **final_extra})

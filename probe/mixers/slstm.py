@@ -19,7 +19,9 @@ stored stabilised (:mod:`probe.ops.max_scan`): ``m_t = max(m_{t-1} + log f_t, lo
 (log 0, kept finite), so ``n~_t >= 1`` after the first token.
 
 The gates read ``h_{t-1}``, so the recurrence is nonlinear and runs one position at a time
-(the sequential definition is the implementation).
+(the sequential definition is the implementation). Fast path (no hook or edit on the cell's gates or
+states; the conv window may be hooked): on CUDA with xlstm installed, its compiled CUDA cell runs the
+loop from the carried state (:mod:`probe.ops.fused.slstm`).
 
 State after token ``t`` (per position ``[batch, pos, d_model]``): ``state`` (c~), ``state_n``
 (n~), ``state_m`` (m), ``state_h`` (h), and ``state_conv`` (the last ``k - 1`` inputs,
@@ -49,9 +51,13 @@ from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Int, Real
 from probe.mixers.edits import Computation
 from probe.ops import conv_window
+from probe.ops.fused import fused_kernel
+from probe.ops.fused.slstm import slstm_function, slstm_fused
 from probe.ops.max_scan import empty_log
 
 GATES = ("i", "f", "z", "o")
+#: the input dtypes xlstm's compiled cell takes (it runs in float32)
+FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class SLSTM(RecurrentMixer):
@@ -116,6 +122,27 @@ class SLSTM(RecurrentMixer):
             if W is not None:
                 values["state_conv"] = W
         wx = torch.cat([self._headwise(u, self.W_in[:2]), self._headwise(x, self.W_in[2:])], dim=2) + self.bias
+        if (function := self._fused(x, forcing, keep)) is not None:
+            H_all, cell = slstm_fused(function, wx.view(b, T, 4, self.n_heads, self.d_head), self.R, state, x.dtype)
+            final.update(cell)
+        else:
+            H_all, cell_values, cell = self._loop(x, wx, state, forcing, keep)
+            values.update(cell_values)
+            final.update(cell)
+        y = F.layer_norm(H_all.view(b, T, self.n_heads, self.d_head), (self.d_head,), eps=self.options["norm_eps"])
+        return Computation(y.reshape(b, T, d) * self.norm_w, values, final)
+
+    def _fused(self, x: Tensor, forcing, keep):
+        """xlstm's compiled cell for this forward, or ``None`` (the PyTorch loop): no hook or edit on the
+        cell's gates or states (the conv window may be hooked), a float32, bfloat16 or float16 input."""
+        if set(self.HOOKED[1:]) & (keep | set(forcing)) or x.shape[1] == 0 or x.dtype not in FUSED_DTYPES:
+            return None
+        generator = fused_kernel("slstm_cell", x)
+        return None if generator is None else slstm_function(generator, self.cfg.d_model, self.n_heads)
+
+    def _loop(self, x: Tensor, wx: Tensor, state, forcing, keep):
+        """The cell one position at a time: ``(h [b, T, d], per-position values in keep, final cell state)``."""
+        b, T, d = x.shape
         # The loop runs head-major ([H, b, ...]): the recurrent product is then one bmm per step,
         # h [H, b, dh] @ R_cat [H, dh, 4 dh] -> [H, b, 4 dh], with no copy of R per batch element
         # (a [b, H, 1, dh] @ [H, dh, 4 dh] broadcast expands R every step) and no transpose of its result.
@@ -163,9 +190,6 @@ class SLSTM(RecurrentMixer):
                     "state_n": n, "state_h": h}
             for nm in record:
                 out[nm].append(step[nm])
-        H_all = batch_major_steps(hs)  # [b, T, d]
-        values.update({nm: batch_major_steps(v) for nm, v in out.items()})
-        y = F.layer_norm(H_all.view(b, T, self.n_heads, self.d_head), (self.d_head,), eps=self.options["norm_eps"])
-        y = y.reshape(b, T, d) * self.norm_w
-        final.update({k: batch_major(v) for k, v in (("state", c), ("state_n", n), ("state_m", m), ("state_h", h))})
-        return Computation(y, values, final)
+        values = {nm: batch_major_steps(v) for nm, v in out.items()}
+        final = {k: batch_major(v) for k, v in (("state", c), ("state_n", n), ("state_m", m), ("state_h", h))}
+        return batch_major_steps(hs), values, final
