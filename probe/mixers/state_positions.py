@@ -4,18 +4,19 @@ Under :func:`states_at` (the model enters it), each ``hook_state*`` of a recurre
 states after the asked positions only, ``[batch, P, ...]`` in the order asked, instead of every
 position's. The mixer then never holds all ``T`` states: for ``P <= MAX_SEGMENTS`` positions
 ``p_1 < ... < p_P`` it runs its plain forward (the fused kernel on a GPU, the chunked form on the CPU)
-in the segments the positions cut::
+in the pieces the positions cut::
 
-    [0, p_1)  p_1  (p_1, p_2)  p_2  ...  p_P  (p_P, T)      each from the previous piece's final state
+    [0, p_1]  (p_1, p_2]  ...  (p_P, T)      each from the previous piece's final state
 
-where each ``p_i`` runs alone with its states kept: its state is the asked one, and its final state
-carries on. Capturing ``P`` states costs a forward plus ``P`` single steps and writing the states. For
-more positions the mixer materialises every state and keeps the asked ones.
+and the final state of the piece ending at ``p_i`` is the asked state. Capturing ``P`` states costs a
+forward in ``P + 1`` pieces plus writing the states. For more positions the mixer materialises every
+state and keeps the asked ones.
 
 Edits keep their meaning: a hook that changes the state at ``p_i`` changes the output read from it at
-``p_i`` and every later position as if the recurrence had carried the edited value. The edited
-elements are forced in the single step at ``p_i`` (or at ``p_i`` of the whole-sequence run), exactly as
-an edit of the full ``[batch, pos, ...]`` tensor is (:mod:`probe.mixers.edits`); edits of the other
+``p_i`` and every later position as if the recurrence had carried the edited value. After the hook
+changed it, ``p_i`` runs as a piece of its own with its states kept and the edited elements forced (or
+they are forced at ``p_i`` of the whole-sequence run), exactly as an edit of the full
+``[batch, pos, ...]`` tensor is (:mod:`probe.mixers.edits`); edits of the other
 per-position quantities are cut into the pieces with them. Where a position is asked twice, the
 later entry's edits win.
 
@@ -120,30 +121,38 @@ class StatesAtPositions:
         return self.compute(x[:, t0:t1], state, forcing, keep, **extra)
 
     def _segments(self, x, state, forcing, at_sorted, keep, record) -> Computation:
-        """The plain forward up to each asked position, then that position alone with its states kept (and
-        their edits forced, so its own output reads the edited state as the whole run's does)."""
+        """The plain forward through each asked position, whose state is the piece's final state; a
+        position whose state is edited runs alone with its states kept and the edit forced, so that
+        its own output reads the edited state as the whole run's does."""
         T = x.shape[1]
-        pieces: list[tuple[int, int, int | None]] = []  # (t0, t1, index of the asked position or None)
+        edited = {i for i in range(len(self.sorted)) if any(bool(m[:, i].any()) for m, _ in at_sorted.values())}
+        pieces: list[tuple[int, int, int | None, bool]] = []  # (t0, t1, asked index ending it, run alone)
         t0 = 0
         for i, p in enumerate(self.sorted):
-            if p > t0:
-                pieces.append((t0, p, None))
-            pieces.append((p, p + 1, i))
+            if i in edited:
+                if p > t0:
+                    pieces.append((t0, p, None, False))
+                pieces.append((p, p + 1, i, True))
+            else:
+                pieces.append((t0, p + 1, i, False))
             t0 = p + 1
         if T > t0:
-            pieces.append((t0, T, None))
-        ys, parts, carried = [], {}, dict(state)
-        for t0, t1, i in pieces:
+            pieces.append((t0, T, None, False))
+        ys, parts, boundary, carried = [], {}, {}, dict(state)
+        for t0, t1, i, alone in pieces:
             sliced = {n: (m[:, t0:t1], v[:, t0:t1]) for n, (m, v) in forcing.items()}
-            if i is not None:
+            if alone:
                 sliced.update({n: (m[:, i:i + 1], v[:, i:i + 1]) for n, (m, v) in at_sorted.items()})
-            out = self._run(x, carried, sliced, keep | record if i is not None else keep, t0, t1)
+            out = self._run(x, carried, sliced, keep | record if alone else keep, t0, t1)
             ys.append(out.y)
             for n, v in out.values.items():
-                if i is not None or not is_state_quantity(n):
+                if not is_state_quantity(n):
                     parts.setdefault(n, []).append(v)
             carried = dict(out.final_state)
-        values = {n: torch.cat(v, dim=1) for n, v in parts.items() if n in record or not is_state_quantity(n)}
+            for n in record if i is not None else ():
+                boundary.setdefault(n, []).append(out.values[n][:, 0] if alone else carried[n])
+        values = {n: torch.cat(v, dim=1) for n, v in parts.items()}
+        values.update({n: torch.stack(v, dim=1) for n, v in boundary.items()})
         return Computation(torch.cat(ys, dim=1), values, carried)
 
     def _whole(self, x, state, forcing, at_sorted, keep, record) -> Computation:
