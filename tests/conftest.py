@@ -116,6 +116,14 @@ def recurrent_archs() -> list[str]:
     return [a for a in ARCHS if any(MIXERS[m].recurrent for m in layouts()[a])]
 
 
+@pytest.fixture
+def state_pieces(monkeypatch):
+    """``state_positions`` runs each mixer's forward in pieces whatever its states' size (a tiny test
+    model's states are below ``WHOLE_RUN_BYTES``, where the whole-sequence run is used)."""
+    from probe.mixers import state_positions
+    monkeypatch.setattr(state_positions, "WHOLE_RUN_BYTES", 0)
+
+
 @pytest.fixture(params=ARCHS)
 def arch(request):
     return request.param

@@ -23,6 +23,11 @@ def close(a, b, scale: float = 1.0):
     torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5 * scale)
 
 
+@pytest.fixture(autouse=True)
+def pieces(state_pieces):
+    """The tiny models' states are small: run the pieces anyway (the tests of the whole run opt out)."""
+
+
 @pytest.fixture
 def segments_only(monkeypatch):
     """Fail any whole-sequence fallback: the asked states must come from the segmented forward."""
@@ -176,3 +181,25 @@ def test_gradients_reach_an_asked_state():
         grads.append(delta.grad.clone())
     assert grads[1].abs().max() > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_small_states_are_read_from_the_whole_run(monkeypatch):
+    """Below WHOLE_RUN_BYTES of states (every position, batch included) the whole-sequence run is used,
+    above it the pieces; both give the asked states."""
+    model = make_model("mamba")
+    toks = tokens(1, T)
+    name = "blocks.0.mixer.hook_state"
+    whole_bytes = T * model.blocks[0].mixer.initial_state(1)["state"].numel() * 4
+    ran = []
+    for path in ("_whole", "_segments"):
+        original = getattr(StatesAtPositions, path)
+        monkeypatch.setattr(StatesAtPositions, path,
+                            lambda self, *a, _f=original, _p=path: ran.append(_p) or _f(self, *a))
+    with torch.no_grad():
+        _, full = model.run_with_cache(toks, names_filter=name)
+        for limit, expected in ((whole_bytes, "_whole"), (whole_bytes - 1, "_segments")):
+            monkeypatch.setattr(positions_module, "WHOLE_RUN_BYTES", limit)
+            ran.clear()
+            _, part = model.run_with_cache(toks, names_filter=name, state_positions=[5, 12])
+            assert ran == [expected]
+            close(part[name], full[name][:, [5, 12]])

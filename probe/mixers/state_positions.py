@@ -2,15 +2,16 @@ r"""States at asked positions only: what ``run_with_cache(state_positions=...)``
 
 Under :func:`states_at` (the model enters it), each ``hook_state*`` of a recurrent mixer fires with the
 states after the asked positions only, ``[batch, P, ...]`` in the order asked, instead of every
-position's. The mixer then never holds all ``T`` states: for ``P <= MAX_SEGMENTS`` positions
-``p_1 < ... < p_P`` it runs its plain forward (the fused kernel on a GPU, the chunked form on the CPU)
-in the pieces the positions cut::
+position's. Where all ``T`` states would take more than ``WHOLE_RUN_BYTES`` the mixer never holds
+them: for ``P <= MAX_SEGMENTS`` positions ``p_1 < ... < p_P`` it runs its plain forward (the fused
+kernel on a GPU, the chunked form on the CPU) in the pieces the positions cut::
 
     [0, p_1]  (p_1, p_2]  ...  (p_P, T)      each from the previous piece's final state
 
 and the final state of the piece ending at ``p_i`` is the asked state. Capturing ``P`` states costs a
-forward in ``P + 1`` pieces plus writing the states. For more positions the mixer materialises every
-state and keeps the asked ones.
+forward in ``P + 1`` pieces plus writing the states. For more positions, for small states (whose
+writing costs less than running ``P + 1`` pieces), or when a hook inside the mixer must fire once over
+the whole sequence, the mixer materialises every state and keeps the asked ones.
 
 Edits keep their meaning: a hook that changes the state at ``p_i`` changes the output read from it at
 ``p_i`` and every later position as if the recurrence had carried the edited value. After the hook
@@ -35,10 +36,13 @@ from torch import Tensor
 from probe.errors import InputError
 from probe.mixers.computation import Computation, Forcing
 
-__all__ = ["states_at", "asked_positions", "StatesAtPositions", "MAX_SEGMENTS", "is_state_quantity"]
+__all__ = ["states_at", "asked_positions", "StatesAtPositions", "MAX_SEGMENTS", "WHOLE_RUN_BYTES", "is_state_quantity"]
 
 #: the most asked positions run as segments; more materialise every state and keep the asked ones
 MAX_SEGMENTS = 64
+#: asked states whose every-position tensors would take at most this many bytes (batch included) are
+#: read from the whole-sequence run: small states cost less to write than ``P + 1`` pieces cost to run
+WHOLE_RUN_BYTES = 16 << 20
 
 _ASKED: ContextVar[object | None] = ContextVar("probe_state_positions", default=None)
 
@@ -107,7 +111,8 @@ class StatesAtPositions:
         at_sorted = {n: self._to_sorted(*forcing[n]) for n in states if n in forcing}
         others = {n: f for n, f in forcing.items() if n not in states}
         record = states & keep
-        if self.segments and len(self.sorted) <= MAX_SEGMENTS:
+        every = x.shape[1] * sum(state[n].numel() * state[n].element_size() for n in record if n in state)
+        if self.segments and len(self.sorted) <= MAX_SEGMENTS and every > WHOLE_RUN_BYTES:
             out = self._segments(x, state, others, at_sorted, keep - states, record)
         else:
             out = self._whole(x, state, others, at_sorted, keep, record)

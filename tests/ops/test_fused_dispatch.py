@@ -241,7 +241,7 @@ def test_fused_call_mapping_in_bfloat16(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_state_hooks_and_edits_take_the_pytorch_path(kind):
+def test_state_hooks_and_edits_take_the_pytorch_path(kind, state_pieces):
     """A state hook wants every state: the kernel does not run, and the cache and an edit's effect
     equal those without any kernel swapped in; states at a few positions run it between them."""
     model = _model(kind)
@@ -259,7 +259,7 @@ def test_state_hooks_and_edits_take_the_pytorch_path(kind):
         first = next(iter(swaps.values()))
         assert first.calls == 2  # layer 1 (unhooked) ran the kernel in each run; layer 0 did not
         _, some = _run_swapped(swaps, lambda: model.run_with_cache(TOKENS, names_filter=name, state_positions=[3, 20]))
-    # layer 0 over [0, 3), (3, 20) and (20, 40) (3 and 20 alone, in PyTorch), then layer 1; mamba-ssm's
+    # layer 0 over [0, 3], (3, 20] and (20, 40), then layer 1; mamba-ssm's
     # selective scan starts from zero only, so Mamba's pieces after the first run in PyTorch
     assert first.calls == 2 + (2 if kind == "mamba" else 4)
     torch.testing.assert_close(cache[name], ref_cache[name])

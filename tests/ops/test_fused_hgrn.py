@@ -48,7 +48,7 @@ def _states(states):
 
 @pytest.mark.numerical
 @pytest.mark.parametrize("key", MODELS)
-def test_fused_forward_equals_the_pytorch_path(key):
+def test_fused_forward_equals_the_pytorch_path(key, state_pieces):
     """Float32: logits, every layer's carried state and the cached per-position states (which the kernel
     returns; all of them, or those at two asked positions) equal the PyTorch path's; the kernel ran once
     per layer per forward (measured max |diff| over 4 seeds and the three models: logits 9.5e-7,

@@ -160,7 +160,7 @@ def test_a_carried_state_continues_through_the_kernel(kind):
 # -- what takes the PyTorch path ----------------------------------------------------------------------
 @pytest.mark.numerical
 @pytest.mark.parametrize("kind", KINDS)
-def test_state_hooks_and_edits_take_the_pytorch_path(kind):
+def test_state_hooks_and_edits_take_the_pytorch_path(kind, state_pieces):
     """A state hook on layer 0 wants every state: its recurrence runs in PyTorch (layer 1 keeps the
     kernel), and the cache and an edit's effect equal those with no kernel swapped in; states at a few
     positions run the kernel between them."""
@@ -179,7 +179,7 @@ def test_state_hooks_and_edits_take_the_pytorch_path(kind):
         assert calls.calls == 2  # layer 1, once per run
         _, some = _run_swapped(kind, calls, lambda: model.run_with_cache(TOKENS, names_filter=name,
                                                                          state_positions=[3, 20]))
-    # layer 0 over [0, 3), (3, 20) and (20, 40) through the kernel (3 and 20 alone, in PyTorch), then layer 1
+    # layer 0 over [0, 3], (3, 20] and (20, 40) through the kernel, then layer 1
     assert calls.calls == 2 + 4
     torch.testing.assert_close(cache[name], ref_cache[name])
     # pieces through the kernel: within 0.53 of this bound over 3 seeds (rwkv's state_num, up to 9)
