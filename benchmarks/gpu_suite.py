@@ -44,7 +44,7 @@ from probe.mixers.state_positions import states_at  # noqa: E402
 from probe.ops.fused import fused_disabled  # noqa: E402
 
 #: mixers with a fused kernel behind probe.ops.fused (their PyTorch form is timed too)
-FUSED = {"hgrn2", "mamba", "mamba2", "gdn", "kda"}
+FUSED = {"hgrn2", "mamba", "mamba2", "gdn", "kda", "rglru", "qrnn", "rwkv", "rwkv7", "mlstm", "slstm"}
 #: options giving the shapes of the issue's table (Mamba-2: mamba-ssm's Mamba2 defaults; the delta rules:
 #: 8 heads of 128, fla's KDA default head width)
 OPTIONS = {"hgrn2": {"expand_ratio": 128}, "mamba": {"d_state": 16, "expand": 2},
@@ -115,6 +115,40 @@ def reference_layer(name: str, shape: Shape, device, dtype):
         if name == "lstm":
             layer = torch.nn.LSTM(d, d, batch_first=True)
             return "torch nn.LSTM (cuDNN)", _module(layer, device, dtype, lambda m, x: m(x)[0])
+        if name in ("rglru", "qrnn"):  # the same elementwise gated recurrence, with its projections
+            from fla.layers import HGRNAttention
+
+            layer = HGRNAttention(mode="chunk", hidden_size=d, expand_ratio=1, layer_idx=0)
+            return "fla HGRNAttention(mode='chunk')", _module(layer, device, dtype, lambda m, x: m(x)[0])
+        if name == "rwkv7":
+            from fla.layers import RWKV7Attention
+
+            mine = build_mixer(name, shape, "cpu", dtype)
+            layer = RWKV7Attention(mode="chunk", hidden_size=d, head_dim=mine.K, layer_idx=0)
+            return "fla RWKV7Attention(mode='chunk')", _module(layer, device, dtype, lambda m, x: m(x)[0])
+        if name == "rwkv":  # no library layer: the kernel alone, on the shapes probe hands it
+            from fla.ops.rwkv4 import fused_recurrent_rwkv4
+
+            w, u = (torch.randn(d, device=device) for _ in range(2))
+            state = torch.zeros(shape.batch, 3, 1, d, device=device)
+            return ("fla fused_recurrent_rwkv4 alone (no projections)",
+                    lambda x: fused_recurrent_rwkv4(w, u, x.float(), x.float(), state)[0])
+        if name == "mlstm":
+            from mlstm_kernels.torch.backend_module import mLSTMBackendConfig
+            from xlstm.xlstm_large.model import mLSTMLayer, mLSTMLayerConfig
+
+            mine = build_mixer(name, shape, "cpu", dtype)
+            backend = mLSTMBackendConfig(chunkwise_kernel="chunkwise--triton_xl_chunk", mode="train",
+                                         return_last_states=True, autocast_kernel_dtype="bfloat16")
+            layer = mLSTMLayer(mLSTMLayerConfig(embedding_dim=d, num_heads=mine.n_heads, mlstm_backend=backend))
+            return "xlstm mLSTMLayer (mlstm_kernels chunkwise--triton_xl_chunk)", _module(
+                layer, device, dtype, lambda m, x: m(x)[0])
+        if name == "slstm":
+            from xlstm.blocks.slstm.layer import sLSTMLayer, sLSTMLayerConfig
+
+            mine = build_mixer(name, shape, "cpu", dtype)
+            layer = sLSTMLayer(sLSTMLayerConfig(embedding_dim=d, num_heads=mine.n_heads, backend="cuda"))
+            return "xlstm sLSTMLayer(backend='cuda')", _module(layer, device, dtype, lambda m, x: m(x))
     except Exception as exc:  # the library is not installed or cannot run here: recorded, not fatal
         return f"unavailable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", None
     return "none wired", None

@@ -4,7 +4,7 @@
 #      test per method comparing CUDA with the CPU (PROBE_TEST_DEVICE=cuda);
 #   2. every zoo model moved with .to("cuda") through every method, and its logits compared with
 #      the CPU's (scripts/gpu_zoo_check.py);
-#   3. the fused library kernels (probe-interp[cuda]) against the PyTorch path (tests/ops/test_fused_dispatch.py).
+#   3. the fused library kernels (probe-interp[cuda]) against the PyTorch path (tests/ops/test_fused_*.py).
 # The timing suite of issue 30 is separate (about four minutes): python benchmarks/gpu_suite.py
 # Usage: bash scripts/gpu_check.sh        (PYTHON=... to pick the interpreter)
 set -uo pipefail
@@ -19,6 +19,6 @@ status=0
 PROBE_TEST_DEVICE=cuda timeout 150 "$PY" -m pytest -q -p no:cacheprovider \
     tests/test_model_contract.py tests/test_inplace_edits.py tests/test_devices.py || status=1
 timeout 140 "$PY" scripts/gpu_zoo_check.py || status=1
-timeout 60 "$PY" -m pytest -q -p no:cacheprovider -rs tests/ops/test_fused_dispatch.py -k cuda || status=1
+timeout 90 "$PY" -m pytest -q -p no:cacheprovider -rs tests/ops/test_fused_*.py -k cuda || status=1
 echo "gpu_check: $([ $status = 0 ] && echo passed || echo FAILED)"
 exit $status
