@@ -19,9 +19,10 @@ stored stabilised (:mod:`probe.ops.max_scan`): ``m_t = max(m_{t-1} + log f_t, lo
 (log 0, kept finite), so ``n~_t >= 1`` after the first token.
 
 The gates read ``h_{t-1}``, so the recurrence is nonlinear and runs one position at a time
-(the sequential definition is the implementation). Fast path (no hook or edit on the cell's gates or
-states; the conv window may be hooked): on CUDA with xlstm installed, its compiled CUDA cell runs the
-loop from the carried state (:mod:`probe.ops.fused.slstm`).
+(the sequential definition is the implementation). Fast path (no edit of the cell's gates or
+states): on CUDA with xlstm installed, its compiled CUDA cell runs the loop from the carried state
+(:mod:`probe.ops.fused.slstm`); it returns every state, which hooks read, and hooked gates are
+recomputed from them at all positions at once.
 
 State after token ``t`` (per position ``[batch, pos, d_model]``): ``state`` (c~), ``state_n``
 (n~), ``state_m`` (m), ``state_h`` (h), and ``state_conv`` (the last ``k - 1`` inputs,
@@ -122,8 +123,11 @@ class SLSTM(RecurrentMixer):
             if W is not None:
                 values["state_conv"] = W
         wx = torch.cat([self._headwise(u, self.W_in[:2]), self._headwise(x, self.W_in[2:])], dim=2) + self.bias
-        if (function := self._fused(x, forcing, keep)) is not None:
-            H_all, cell = slstm_fused(function, wx.view(b, T, 4, self.n_heads, self.d_head), self.R, state, x.dtype)
+        if (function := self._fused(x, forcing)) is not None:
+            steps, cell = slstm_fused(function, wx.view(b, T, 4, self.n_heads, self.d_head), self.R, state, x.dtype)
+            H_all = steps["state_h"]
+            values.update({k: v for k, v in steps.items() if k in keep})
+            values.update(self._gates(wx, torch.cat([state["state_h"].unsqueeze(1), H_all[:, :-1]], 1), keep))
             final.update(cell)
         else:
             H_all, cell_values, cell = self._loop(x, wx, state, forcing, keep)
@@ -132,13 +136,25 @@ class SLSTM(RecurrentMixer):
         y = F.layer_norm(H_all.view(b, T, self.n_heads, self.d_head), (self.d_head,), eps=self.options["norm_eps"])
         return Computation(y.reshape(b, T, d) * self.norm_w, values, final)
 
-    def _fused(self, x: Tensor, forcing, keep):
-        """xlstm's compiled cell for this forward, or ``None`` (the PyTorch loop): no hook or edit on the
-        cell's gates or states (the conv window may be hooked), a float32, bfloat16 or float16 input."""
-        if set(self.HOOKED[1:]) & (keep | set(forcing)) or x.shape[1] == 0 or x.dtype not in FUSED_DTYPES:
+    def _fused(self, x: Tensor, forcing):
+        """xlstm's compiled cell for this forward, or ``None`` (the PyTorch loop): no edit of the cell's
+        gates or states (hooks that read them are served from the kernel's states), a float32, bfloat16
+        or float16 input."""
+        if set(self.HOOKED[1:]) & set(forcing) or x.shape[1] == 0 or x.dtype not in FUSED_DTYPES:
             return None
         generator = fused_kernel("slstm_cell", x)
         return None if generator is None else slstm_function(generator, self.cfg.d_model, self.n_heads)
+
+    def _gates(self, wx: Tensor, h_prev: Tensor, keep) -> dict[str, Tensor]:
+        """The gate values in ``keep`` at every position at once from ``h_{t-1}`` (``h_prev [b, T, d]``),
+        as the loop computes them: ``raw = wx + R h_{t-1}`` in the input's dtype, then float32."""
+        names = [nm for nm in ("input", "forget", "candidate", "output") if nm in keep]
+        if not names:
+            return {}
+        raw = (wx + self._headwise(h_prev, self.R)).float()  # [b, T, gate, d]
+        gates = {"input": raw[:, :, 0], "forget": F.logsigmoid(raw[:, :, 1]), "candidate": torch.tanh(raw[:, :, 2]),
+                 "output": torch.sigmoid(raw[:, :, 3])}
+        return {nm: gates[nm] for nm in names}
 
     def _loop(self, x: Tensor, wx: Tensor, state, forcing, keep):
         """The cell one position at a time: ``(h [b, T, d], per-position values in keep, final cell state)``."""

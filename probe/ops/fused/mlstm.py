@@ -11,7 +11,7 @@ mlstm_kernels' call: the states at chunk ends by a recurrence over chunks, each 
 parallel from the state at its start, in heads-first layout::
 
     mlstm_chunkwise__xl_chunk(q, k, v, i, f, c_initial=C0, n_initial=n0, m_initial=m0, return_last_states=True,
-                              eps=eps, chunk_size=L, autocast_kernel_dtype=dtype) -> (h, (C_T, n_T, m_T))
+                              eps=eps, chunk_size=L, autocast_kernel_dtype=float32) -> (h, (C_T, n_T, m_T))
     q, k: [b, H, T, K]   v, h: [b, H, T, V]   i, f: [b, H, T] float32
     C: [b, H, K, V]   n: [b, H, K]   m: [b, H, 1]   (float32, in and out)
 
@@ -32,7 +32,9 @@ chunks). What the mapping adapts:
   their outputs are dropped.
 * **dtypes.** ``q``, ``k``, ``v`` go in the model's dtype (the kernel's matrix products run in it,
   accumulating in float32; float32 inputs run TF32 tensor-core products on recent GPUs), gates and
-  states in float32; ``h`` comes back in the model's dtype, as the PyTorch path rounds it.
+  states in float32; ``h`` comes back in the model's dtype, as the PyTorch path rounds it. Under
+  ``torch.autocast`` the kernel casts every input to ``autocast_kernel_dtype``: float32, so that gates
+  and states are never rounded to half precision there.
 
 One convention differs, irreducibly and harmlessly: in the readout the kernel floors the stabiliser
 at -10 (its ``MINIMUM_MAX_VAL``). ``m`` cancels from ``h`` except through ``eps`` (unscaled,
@@ -102,5 +104,5 @@ def mlstm_fused(kernel: Callable, q: Tensor, k: Tensor, v: Tensor, log_i: Tensor
                           _heads_first(forget_preactivation(log_f), wide, pad, NEUTRAL),
                           c_initial=C0.to(wide).contiguous(), n_initial=n0.to(wide).contiguous(),
                           m_initial=m0.to(wide).unsqueeze(-1).contiguous(), return_last_states=True, eps=eps,
-                          chunk_size=chunk, autocast_kernel_dtype=dtype)
+                          chunk_size=chunk, autocast_kernel_dtype=torch.float32)
     return h[:, :, :T].transpose(1, 2).to(dtype), (C.to(wide), n.to(wide), m.squeeze(-1).to(wide))

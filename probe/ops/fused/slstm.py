@@ -20,7 +20,9 @@ It computes the same cell: the same gates, the stabiliser ``m`` carried in and o
 ``exp(.)`` of the stabilised gates capped at 1 (the exponents are <= 0: probe clamps them at 0). Its
 one special case, a zero normaliser ``n~ = 0`` meaning an empty memory (``m_t = i~_t``), is what
 probe's empty state (``m = -1e38``) gives too. The bias goes inside ``wx`` (added where the PyTorch
-path adds it) and ``b`` is zero.
+path adds it) and ``b`` is zero. xlstm builds it with ``--use_fast_math`` (its exp, log and tanh are
+approximations within a few float32 ulp). ``s`` holds the state after every position, so hooks that
+read states cost no extra pass.
 
 dtypes: the kernel's states share one type with its recurrent product (``blas<R>::gemmsb`` reads them
 as ``R``'s type), so the cell runs in float32 for every model dtype, keeping ``c~, n~, m`` float32 as
@@ -37,7 +39,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["slstm_function", "slstm_fused"]
+__all__ = ["slstm_function", "slstm_fused", "NAMES"]
+
+#: the cell's states in the order of its state tensor ``s``: probe's names for h, c~, n~, m
+NAMES = ("state_h", "state", "state_n", "state_m")
 
 _functions: dict[tuple, object | None] = {}
 
@@ -62,16 +67,18 @@ def slstm_function(generator: Callable, d: int, heads: int):
 
 
 def slstm_fused(function, wx: Tensor, R: Tensor, state: dict[str, Tensor],
-                dtype: torch.dtype) -> tuple[Tensor, dict[str, Tensor]]:
-    """``(h [b, T, d] in dtype, final {"state", "state_n", "state_m": float32, "state_h": dtype})``
-    from ``wx [b, T, 4, H, dh]`` (bias included), ``R [4, H, dh out, dh in]`` and probe's carried
-    ``state`` (``[b, d]`` each); ``function`` from :func:`slstm_function`."""
+                dtype: torch.dtype) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(every state, final state)`` from ``wx [b, T, 4, H, dh]`` (bias included), ``R [4, H, dh out,
+    dh in]`` and probe's carried ``state`` (``[b, d]`` each): ``{"state_h": h [b, T, d] in dtype,
+    "state", "state_n", "state_m": [b, T, d] float32}`` after each position, and the same names
+    ``[b, d]`` after the last; ``function`` from :func:`slstm_function`."""
     b, T, _, H, dh = wx.shape
     wide = torch.float32
     x = wx.to(wide).permute(1, 0, 3, 2, 4).reshape(T, b, 4 * H * dh).contiguous()
     R_k = R.to(wide).permute(1, 3, 0, 2).reshape(H, dh, 4 * dh).contiguous()
-    s0 = torch.stack([state[k].to(wide) for k in ("state_h", "state", "state_n", "state_m")]).contiguous()
+    s0 = torch.stack([state[k].to(wide) for k in NAMES]).contiguous()
     training = torch.is_grad_enabled() and any(t.requires_grad for t in (x, R_k, s0))
     s = function.apply(training, x, s0, R_k, x.new_zeros(4 * H * dh))
-    h = s[0, 1:].transpose(0, 1).to(dtype)
-    return h, {"state": s[1, -1], "state_n": s[2, -1], "state_m": s[3, -1], "state_h": s[0, -1].to(dtype)}
+    steps = {k: s[j, 1:].transpose(0, 1) for j, k in enumerate(NAMES)}
+    steps["state_h"] = steps["state_h"].to(dtype)
+    return steps, {k: v[:, -1] for k, v in steps.items()}
