@@ -7,6 +7,9 @@ bfloat16 rounding; a carried state continues through the kernels; the mLSTM's st
 and edited forget gates take the PyTorch path, the sLSTM's hooks read the states its kernel returns;
 states at a few positions run the kernels on the pieces between them; widths the Triton kernel does not
 take, a failed sLSTM build and float64 run the PyTorch form."""
+import warnings
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -367,3 +370,55 @@ def test_the_forget_preactivation_gives_back_log_f():
     back = F.logsigmoid(forget_preactivation(log_f))
     assert ((back - log_f).abs() / log_f.abs()).max() < 2e-6
     assert forget_preactivation(torch.zeros(1)).item() == NEUTRAL and F.logsigmoid(torch.tensor(NEUTRAL)) == 0
+
+
+# -- the libraries' kernels on a GPU (scripts/gpu_check.sh) ---------------------------------------------
+class _Counted:
+    """A library's ``sLSTMCellFuncGenerator`` whose functions' ``apply`` is recorded and checked."""
+
+    def __init__(self, generator):
+        self.generator, self.applies = generator, []
+
+    def __call__(self, training, config):
+        function = self.generator(training, config)
+        self.applies.append(Recorder(function.apply, check_slstm_apply))
+        return SimpleNamespace(apply=self.applies[-1])
+
+    @property
+    def calls(self):
+        return sum(r.calls for r in self.applies)
+
+
+@pytest.mark.numerical
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("key", MODELS)
+def test_the_xlstm_kernels_on_cuda_equal_the_pytorch_path(key, dtype, monkeypatch):
+    """The GPU check: with mlstm_kernels' Triton kernel and xlstm's compiled cell on CUDA, each checked by
+    the assertions above, logits against the PyTorch forward. Bounds (not yet measured on a GPU): the
+    float32 mLSTM kernel multiplies in TF32 (10-bit mantissa), hence 5e-3 of the largest logit; the sLSTM
+    cell runs float32 with fast-math exp / tanh, 1e-4; bfloat16 3e-2 as on the CPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (scripts/gpu_check.sh runs it on a GPU)")
+    from probe.ops.fused import fused_disabled, fused_kernel, registry
+
+    name = MODELS[key][2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        library = fused_kernel(name, torch.zeros(1, device="cuda"))
+    if library is None:
+        pytest.skip(f"{registry.KERNELS[name].package} is not installed with its GPU kernels")
+    counted = _Counted(library) if key == "slstm" else Recorder(library, check_xl_chunk)
+    monkeypatch.setitem(registry._loaded, name, counted)
+    model = _model(key, dtype).cuda()
+    toks = TOKENS.cuda()
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = model(toks).float()
+        with fused_disabled():
+            ref = model(toks).float()
+    failed = [str(w.message) for w in caught if "did not build" in str(w.message)]
+    if counted.calls == 0 and failed:
+        pytest.skip(failed[0])
+    assert counted.calls == 2
+    bound = 3e-2 if dtype == torch.bfloat16 else (1e-4 if key == "slstm" else 5e-3)
+    assert (out - ref).abs().max() / ref.abs().max() < bound, (out - ref).abs().max() / ref.abs().max()
