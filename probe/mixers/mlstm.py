@@ -3,7 +3,7 @@ r"""mLSTM: the matrix-memory cell of xLSTM (Beck et al. 2024), in two layer desi
 **The cell** (both designs), per head (``H`` heads, key width ``K``, value width ``V``)::
 
     C_t = f_t C_{t-1} + i_t k_t v_t^T        n_t = f_t n_{t-1} + i_t k_t          (i_t = exp(i~_t))
-    h_t = C_t^T q_t / max(|n_t^T q_t|, 1) / sqrt(K)
+    h_t = s C_t^T q_t / max(s |n_t^T q_t|, 1)                                   (s = K^-1/2)
 
 with an exponential input gate ``i_t = exp(i~_t)`` and a sigmoid forget gate (``log f_t =
 logsigmoid(f~_t)``). ``i_t`` is unbounded, so the memory is stored stabilised (see
@@ -11,7 +11,7 @@ logsigmoid(f~_t)``). ``i_t`` is unbounded, so the memory is stored stabilised (s
 ``C~_t = C_t exp(-m_t)``, ``n~_t = n_t exp(-m_t)`` and ``m_t``, updated by::
 
     C~_t = exp(log f_t + m_{t-1} - m_t) C~_{t-1} + exp(i~_t - m_t) k_t v_t^T      (n~ alike with v = 1)
-    h_t = C~_t^T q_t / (max(|n~_t^T q_t|, exp(-m_t)) + eps) / sqrt(K)
+    h_t = s C~_t^T q_t / (max(s |n~_t^T q_t|, exp(-m_t)) + eps)
 
 (``m_{-1} = 0``, as in the reference implementations; every exponent is ``<= 0``; ``m``
 changes ``h`` only through ``eps``.)
