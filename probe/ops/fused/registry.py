@@ -5,14 +5,12 @@ per-position state wanted: no state hook, no state edit). It gets the library's 
 
 * every tensor is on a CUDA device,
 * the library imports (the ``probe-interp[cuda]`` extra: flash-linear-attention, mamba-ssm,
-  causal-conv1d), and
+  causal-conv1d, mlstm_kernels, xlstm), and
 * fused kernels are not switched off (``PROBE_FUSED=0``, or inside :func:`fused_disabled`),
 
 and ``None`` otherwise: the mixer then runs its PyTorch form, which computes the same recurrence
-(the call mappings in :mod:`probe.ops.fused.gla`, :mod:`~probe.ops.fused.mamba`,
-:mod:`~probe.ops.fused.ssd`, :mod:`~probe.ops.fused.delta_rule` and :mod:`~probe.ops.fused.conv` are
-tested against it with each kernel swapped for a reference of the same signature,
-:func:`swapped_kernel`). A library that is missing on a CUDA machine is said once, in a warning naming the extra.
+(the call mappings in the modules of :mod:`probe.ops.fused` are tested against it with each kernel
+swapped for a reference of the same signature, :func:`swapped_kernel`). A library that is missing on a CUDA machine is said once, in a warning naming the extra.
 """
 from __future__ import annotations
 
