@@ -29,10 +29,10 @@ Hooks, in dependency order: ``hook_state_conv``, ``hook_input`` (u, ``[b, pos, d
 Fast path (no state hook, no state edit, ``mixer.method == "auto"``): the selective scan is
 fused step by step (:func:`probe.ops.selective_scan.selective_scan`: no ``[batch, pos, d_inner,
 d_state]`` tensor is ever built, and its backward recomputes states from checkpoints), which is
-how the zoo's Mamba trains on CPU. On CUDA with mamba-ssm and causal-conv1d installed, a forward
-from a zero state runs their fused ``selective_scan_fn`` and ``causal_conv1d_fn`` instead
-(:mod:`probe.ops.fused.mamba`; the conv only when ``hook_state_conv`` is not hooked,
-:mod:`probe.ops.fused.conv`). When ``hook_state`` is only read without gradients (a state cache),
+how the zoo's Mamba trains on CPU. On CUDA with mamba-ssm and causal-conv1d installed, the forward
+runs their fused ``selective_scan_fn`` and ``causal_conv1d_fn`` instead (:mod:`probe.ops.fused.mamba`:
+the scan starts from zeros, so a carried state's free response is added; the conv only from a zero
+window and when ``hook_state_conv`` is not hooked, :mod:`probe.ops.fused.conv`). When ``hook_state`` is only read without gradients (a state cache),
 the same fused step writes every state straight into the cached tensor (:func:`probe.ops.selective_scan.selective_scan_states`; on a
 GPU, where a step per position costs kernel launches, the blocked chunked scan below in long blocks,
 :mod:`probe.ops.fused.capture`). When states are edited or gradients are
@@ -63,7 +63,8 @@ from probe.errors import ConfigError
 from probe.mixers.base import RecurrentMixer
 from probe.mixers.options import Flag, Int, Real
 from probe.mixers.edits import Computation, apply_forcing
-from probe.ops.fused import capture_block, depthwise_conv, fused_kernel, selective_scan_fused
+from probe.ops.fused import (capture_block, carried_state_response, depthwise_conv, fused_kernel,
+                             selective_scan_fused)
 from probe.ops.linear_scan import force_states, linear_scan_blocked
 from probe.ops.selective_scan import selective_scan, selective_scan_states
 
@@ -168,8 +169,11 @@ class Mamba(RecurrentMixer):
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (dt_w, dtu, B_w, C_w, A))
         kernel = fused_kernel("selective_scan", x) if not want and self.method == "auto" else None
         states = None
-        if kernel is not None and not bool(state["state"].any()):  # the library's scan starts from zeros
+        if kernel is not None:  # the library's scan starts from zeros: a carried state's response is added
             read, last = selective_scan_fused(kernel, u, dt, A, B, C, self.D)  # s_t C_t + D u_t
+            if bool(state["state"].any()):
+                free, carried = carried_state_response(dt, A, C, state["state"])
+                read, last = read.to(wide) + free.to(wide), last + carried.to(last.dtype)
         else:
             if not want and self.method == "auto":
                 ys, last = selective_scan(dt_w, A, B_w, C_w, dtu, state["state"])

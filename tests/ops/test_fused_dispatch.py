@@ -259,9 +259,7 @@ def test_state_hooks_and_edits_take_the_pytorch_path(kind, state_pieces):
         first = next(iter(swaps.values()))
         assert first.calls == 2  # layer 1 (unhooked) ran the kernel in each run; layer 0 did not
         _, some = _run_swapped(swaps, lambda: model.run_with_cache(TOKENS, names_filter=name, state_positions=[3, 20]))
-    # layer 0 over [0, 3], (3, 20] and (20, 40), then layer 1; mamba-ssm's
-    # selective scan starts from zero only, so Mamba's pieces after the first run in PyTorch
-    assert first.calls == 2 + (2 if kind == "mamba" else 4)
+    assert first.calls == 2 + 4  # layer 0 over [0, 3], (3, 20] and (20, 40), then layer 1
     torch.testing.assert_close(cache[name], ref_cache[name])
     torch.testing.assert_close(some[name], ref_cache[name][:, [3, 20]])
     torch.testing.assert_close(edited, ref_edited)
@@ -334,23 +332,12 @@ def test_keys_wider_than_the_kernel_takes_run_the_pytorch_path(kind, monkeypatch
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
-def test_a_carried_mamba_state_takes_the_pytorch_path():
-    """mamba-ssm's scan starts from zeros: a segment continuing a carried state runs the PyTorch form."""
-    model = _model("mamba")
-    swaps = _swaps("mamba")
-    with torch.no_grad():
-        _, st = model(TOKENS[:, :20], return_states=True)
-        out = _run_swapped(swaps, lambda: model(TOKENS[:, 20:], states=st))
-        ref = model(TOKENS[:, 20:], states=st)
-    assert all(r.calls == 0 for r in swaps.values())
-    torch.testing.assert_close(out, ref)
-
-
 @pytest.mark.numerical
-@pytest.mark.parametrize("kind", ["hgrn2", "mamba2", "gdn", "kda"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_carried_state_continues_through_the_recurrence_kernel(kind):
-    """Kernels with an initial-state argument continue a carried state (the second half equals the
-    whole forward's); causal-conv1d starts from a zero window, so a carried window runs the PyTorch conv."""
+    """A carried state continues through the kernel (the second half equals the whole forward's): as its
+    initial state, or for mamba-ssm's scan, which starts from zeros, with the state's free response
+    added; causal-conv1d starts from a zero window, so a carried window runs the PyTorch conv."""
     model = _model(kind)
     swaps = _swaps(kind)
     with torch.no_grad():
@@ -360,6 +347,31 @@ def test_a_carried_state_continues_through_the_recurrence_kernel(kind):
     calls = [r.calls for r in swaps.values()]
     assert calls == [2] + [0] * (len(calls) - 1), calls
     torch.testing.assert_close(out, whole[:, 20:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.numerical
+def test_a_carried_mamba_states_response_in_blocks_and_its_gradient(monkeypatch):
+    """The free response of a carried Mamba state, a few positions per block, gives the PyTorch path's
+    output and final state, and its gradients with respect to the carried state and the weights."""
+    from probe.ops.fused import mamba as fused_mamba
+    monkeypatch.setattr(fused_mamba, "MAX_RESPONSE_ELEMENTS", 2 * 64 * 16)  # 2 positions per block, batch 2
+    model = _model("mamba")
+    swaps = _swaps("mamba")
+    with torch.no_grad():
+        _, st = model(TOKENS[:, :20], return_states=True)
+    results = []
+    for fused in (True, False):
+        model.zero_grad()
+        run = lambda: model(TOKENS[:, 20:], states=st, return_states=True)  # noqa: E731
+        out, after = _run_swapped(swaps, run) if fused else run()
+        out.float().pow(2).mean().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((out.detach(), after.layers[0]["mixer"]["state"].detach(), grads))
+    assert swaps["selective_scan"].calls == 2
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-5)
+    for mine, ref in zip(results[0][2], results[1][2]):
+        torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-6)
 
 
 def test_no_kernel_on_cpu_or_when_switched_off(monkeypatch):

@@ -15,7 +15,7 @@ from probe.ops.fused.conv import depthwise_conv
 from probe.ops.fused.delta_rule import MAX_K, delta_rule_fused
 from probe.ops.fused.gla import gla_fused
 from probe.ops.fused.hgrn import hgrn_fused, hgrn_scan
-from probe.ops.fused.mamba import causal_conv_fused, selective_scan_fused
+from probe.ops.fused.mamba import carried_state_response, causal_conv_fused, selective_scan_fused
 from probe.ops.fused.mlstm import mlstm_fused
 from probe.ops.fused.registry import KERNELS, Kernel, fused_disabled, fused_kernel, swapped_kernel
 from probe.ops.fused.rwkv4 import rwkv4_fused
@@ -24,5 +24,5 @@ from probe.ops.fused.slstm import slstm_fused
 from probe.ops.fused.ssd import ssd_fused
 
 __all__ = ["KERNELS", "Kernel", "fused_kernel", "fused_disabled", "swapped_kernel", "capture_block", "gla_fused",
-           "selective_scan_fused", "causal_conv_fused", "depthwise_conv", "ssd_fused", "delta_rule_fused", "MAX_K",
+           "selective_scan_fused", "carried_state_response", "causal_conv_fused", "depthwise_conv", "ssd_fused", "delta_rule_fused", "MAX_K",
            "hgrn_fused", "hgrn_scan", "rwkv7_fused", "rwkv4_fused", "mlstm_fused", "slstm_fused"]
