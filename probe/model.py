@@ -150,8 +150,18 @@ class HookedLM(HookedRootModule):
         ``blocks.0.mixer.hook_ssm_state`` -> ``blocks.0.mixer.hook_state`` on a Mamba layer)."""
         return self.hook_aliases.get(name, name) if isinstance(name, str) else name
 
+    def alias_aware(self, predicate: Callable[[str], bool]) -> Callable[[str], bool]:
+        """``predicate`` of a hook name, also true of a hook when it is true of one of the hook's
+        TransformerLens 4 aliases (``lambda n: n.endswith("hook_ssm_state")`` picks Mamba's ``hook_state``)."""
+        if not self.hook_aliases:
+            return predicate
+        aliases: dict[str, list[str]] = {}
+        for alias, target in self.hook_aliases.items():
+            aliases.setdefault(target, []).append(alias)
+        return lambda name: bool(predicate(name)) or any(predicate(a) for a in aliases.get(name, ()))
+
     def _enable_hook(self, name, hook, dir):
-        name = self.resolve_hook_name(name)
+        name = self.alias_aware(name) if callable(name) else self.resolve_hook_name(name)
         if isinstance(name, str) and name not in self.hook_dict:
             raise unknown_hook(name, self.hook_dict)
         return super()._enable_hook(name, checked_hook(hook) if dir == "fwd" else hook, dir)
@@ -457,7 +467,7 @@ class HookedLM(HookedRootModule):
         """Run and cache activations: ``(output, ActivationCache)``.
 
         ``names_filter``: a hook name, list of names (checked: unknown names raise) or a
-        predicate. ``state_positions``: the states after these positions only (an int, a list, a
+        predicate (of probe's names and their TransformerLens 4 aliases). ``state_positions``: the states after these positions only (an int, a list, a
         1-D integer tensor or a slice; negative ints count from the end), ``[batch, P, ...]`` per
         ``hook_state*`` in the order asked. Each recurrent mixer then runs its plain forward (a fused
         kernel on a GPU) in the pieces the positions cut and never holds every state
@@ -472,7 +482,9 @@ class HookedLM(HookedRootModule):
                                  f"{[type(n).__name__ for n in names_filter if not isinstance(n, str)][0]} in it.")
             self.check_hook_names(list(names_filter))
             names_filter = [self.resolve_hook_name(n) for n in names_filter]
-        elif names_filter is not None and not callable(names_filter):
+        elif callable(names_filter):
+            names_filter = self.alias_aware(names_filter)
+        elif names_filter is not None:
             raise InputError(f"names_filter must be a hook name, a list of names or a function of the name; "
                              f"got {type(names_filter).__name__}.")
         if state_positions is None:

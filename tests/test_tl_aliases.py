@@ -78,3 +78,17 @@ def test_aliases_exist_only_where_their_family_and_target_do():
         model = make_model(arch)
         assert len(model.hook_aliases) == 2 * len(TL_ALIASES[entry])
         assert set(model.hook_aliases.values()) <= set(model.hook_dict)
+
+
+def test_a_function_filter_or_hook_predicate_matches_through_the_aliases():
+    """A predicate written against TransformerLens 4's names (``n.endswith("hook_ssm_state")``) selects the
+    hooks those names alias, in a names filter and as a hook's name; probe's own names still match."""
+    model = make_model("mamba")
+    toks = tokens(1, 8)
+    _, cache = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_ssm_state"))
+    assert sorted(cache.keys()) == ["blocks.0.mixer.hook_state", "blocks.1.mixer.hook_state"]
+    _, own = model.run_with_cache(toks, names_filter=lambda n: n.endswith("mixer.hook_state"))
+    assert sorted(own.keys()) == sorted(cache.keys())
+    seen = []
+    model.run_with_hooks(toks, fwd_hooks=[(lambda n: "hook_ssm_state" in n, lambda t, hook: seen.append(hook.name))])
+    assert seen == ["blocks.0.mixer.hook_state", "blocks.1.mixer.hook_state"]
