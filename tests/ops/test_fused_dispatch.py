@@ -403,6 +403,28 @@ def test_a_missing_library_is_said_once(monkeypatch):
         assert fused_kernel("chunk_gla", OnCuda()) is None
 
 
+@pytest.mark.parametrize("version, usable", [("3.8.0", True), ("3.9.0", False), ("3.10.1", False),
+                                              ("3.9.0rc1", False)])
+def test_a_triton_too_new_for_a_library_is_said_and_skipped(monkeypatch, version, usable):
+    """mlstm_kernels' kernels fail at their first launch under Triton 3.9 (no block pointers): the registry
+    refuses them there, with the usual warning, and the PyTorch form runs."""
+    import sys
+    import types
+    monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__=version))
+    monkeypatch.setitem(registry.KERNELS, "chunk_gla", registry.Kernel("math", "sqrt", "fla", triton_below="3.9"))
+    monkeypatch.setattr(registry, "_loaded", {})
+
+    class OnCuda:
+        is_cuda = True
+
+    if usable:
+        assert fused_kernel("chunk_gla", OnCuda()) is math.sqrt
+    else:
+        with pytest.warns(RuntimeWarning, match=f"need Triton below 3.9, this is Triton {version}"):
+            assert fused_kernel("chunk_gla", OnCuda()) is None
+    assert registry.KERNELS["mlstm_chunkwise"].triton_below == "3.9"
+
+
 @pytest.mark.numerical
 @pytest.mark.parametrize("kind", KINDS)
 def test_library_kernels_on_cuda_equal_the_pytorch_path(kind):

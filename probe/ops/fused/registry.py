@@ -28,11 +28,14 @@ __all__ = ["KERNELS", "Kernel", "fused_kernel", "fused_disabled", "swapped_kerne
 
 @dataclass(frozen=True)
 class Kernel:
-    """A library function: ``module.attribute`` from the pip package ``package``."""
+    """A library function: ``module.attribute`` from the pip package ``package``; ``triton_below``: the
+    first Triton version whose language the library's kernels no longer compile under (they would
+    fail at their first launch, not at import), or ``None``."""
 
     module: str
     attribute: str
     package: str
+    triton_below: str | None = None
 
 
 #: the fused kernels by the name mixers ask for
@@ -43,8 +46,9 @@ KERNELS: dict[str, Kernel] = {
     "ssd_combined": Kernel("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined", "mamba-ssm"),
     "chunk_gated_delta_rule": Kernel("fla.ops.gated_delta_rule", "chunk_gated_delta_rule", "flash-linear-attention"),
     "chunk_kda": Kernel("fla.ops.kda", "chunk_kda", "flash-linear-attention"),
+    # mlstm_kernels 2.0.6 builds block pointers (tl.make_block_ptr), which Triton 3.9 removed
     "mlstm_chunkwise": Kernel("mlstm_kernels.torch.chunkwise.triton_xl_chunk", "mlstm_chunkwise__xl_chunk",
-                              "mlstm_kernels"),
+                              "mlstm_kernels", triton_below="3.9"),
     "slstm_cell": Kernel("xlstm.blocks.slstm.cell", "sLSTMCellFuncGenerator", "xlstm"),
     "chunk_hgrn": Kernel("fla.ops.hgrn", "chunk_hgrn", "flash-linear-attention"),
     "chunk_rwkv7": Kernel("fla.ops.rwkv7", "chunk_rwkv7", "flash-linear-attention"),
@@ -64,6 +68,7 @@ def _load(name: str) -> Callable | None:
     if name not in _loaded:
         kernel = KERNELS[name]
         try:
+            _check_triton(kernel)
             _loaded[name] = getattr(importlib.import_module(kernel.module), kernel.attribute)
         except Exception as exc:  # not installed, or installed without a working build (triton, CUDA)
             warnings.warn(f"probe: the fused kernel {kernel.module}.{kernel.attribute} is unavailable "
@@ -72,6 +77,18 @@ def _load(name: str) -> Callable | None:
                           RuntimeWarning, stacklevel=3)
             _loaded[name] = None
     return _loaded[name]
+
+
+def _check_triton(kernel: Kernel) -> None:
+    """An ``ImportError`` where the installed Triton is too new for ``kernel`` (its ``triton_below``)."""
+    if kernel.triton_below is None:
+        return
+    from packaging.version import Version
+
+    triton = importlib.import_module("triton")
+    if Version(triton.__version__).release >= Version(kernel.triton_below).release:
+        raise ImportError(f"{kernel.package}'s kernels need Triton below {kernel.triton_below}, "
+                          f"this is Triton {triton.__version__}")
 
 
 def fused_kernel(name: str, *tensors: Tensor) -> Callable | None:
