@@ -19,6 +19,7 @@ into ``--out`` (default ``benchmarks/results``). Sized to finish within about fo
 status 2; ``--device cpu --quick`` runs the same logic with tiny shapes (tests/test_benchmarks.py).
 
 Usage: python benchmarks/gpu_suite.py [--out DIR] [--mixers hgrn2,mamba] [--lengths 2048,8192]
+       python benchmarks/gpu_suite.py --device cpu --d-model 128 --batch 1 --lengths 1024   (the CPU table)
 """
 from __future__ import annotations
 
@@ -336,6 +337,9 @@ def parse(argv):
     p.add_argument("--quick", action="store_true", help="tiny shapes (batch 1, d_model 32, T 16 and 32)")
     p.add_argument("--mixers", default=None, help="comma-separated mixer names (default: every recurrent mixer)")
     p.add_argument("--lengths", default=None, help="comma-separated sequence lengths (default 2048,8192)")
+    p.add_argument("--d-model", type=int, default=None,
+                   help="another width (each mixer's default options then: the issue's assume 1024)")
+    p.add_argument("--batch", type=int, default=None, help="another batch size (default 4)")
     p.add_argument("--budget-s", type=float, default=170.0, help="stop starting new rows after this many seconds")
     return p.parse_args(argv)
 
@@ -349,6 +353,10 @@ def main(argv=None) -> int:
     shape = QUICK if args.quick else FULL
     if args.lengths:
         shape = dataclasses.replace(shape, lengths=tuple(int(t) for t in args.lengths.split(",")))
+    if args.d_model:
+        shape = dataclasses.replace(shape, d_model=args.d_model, issue_options=False)
+    if args.batch:
+        shape = dataclasses.replace(shape, batch=args.batch)
     mixers = args.mixers.split(",") if args.mixers else recurrent_mixers()
     unknown = [m for m in mixers if m not in MIXERS]
     if unknown:
@@ -364,7 +372,8 @@ def main(argv=None) -> int:
                "rows": rows, "skipped": skipped}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "gpu" if args.device == "cuda" and not args.quick else f"gpu-{args.device}-quick"
+    stem = "gpu" if args.device == "cuda" else f"gpu-{args.device}"
+    stem += "-quick" if args.quick else ""
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
     (out / f"{stem}.md").write_text(markdown(results))
     print(markdown(results))
