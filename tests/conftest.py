@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+# No network at run time: transformers otherwise asks the Hugging Face hub for kernels when a model
+# class first loads, and each test process waits ~20 s for the request to time out.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import probe
-from probe.mixers import MIXERS
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import probe  # noqa: E402
+from probe.mixers import MIXERS  # noqa: E402
 
 # Tiny models gain nothing from intra-op threads, and on a small shared machine threads wait
 # on each other (30-80x slowdowns measured); the suite runs in parallel processes instead.
