@@ -149,9 +149,16 @@ def test_many_positions_and_inner_hooks_take_the_whole_run(arch, monkeypatch):
 def test_bad_positions_are_named():
     model = make_model("mamba")
     toks = tokens(1, 6)
-    for bad in (10, [0, -7], [1.5], ["a"], True):
+    for bad in (10, [0, -7]):
         with pytest.raises(InputError, match="does not index the 6 positions"):
             model.run_with_cache(toks, state_positions=bad)
+    with pytest.raises(InputError, match="selects none of the 6 positions"):
+        model.run_with_cache(toks, state_positions=slice(7, None))
+    for bad in ([1.5], ["a"], True, "3", torch.tensor([[1, 2]]), torch.tensor([0.5])):
+        with pytest.raises(InputError, match="does not index positions"):  # refused before the forward
+            model.run_with_cache(toks, names_filter="hook_embed", state_positions=bad)
+    with pytest.raises(InputError, match="is empty"):
+        model.run_with_cache(toks, state_positions=[])
 
 
 def test_gradients_reach_an_asked_state():

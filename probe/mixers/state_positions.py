@@ -36,7 +36,7 @@ from torch import Tensor
 from probe.errors import InputError
 from probe.mixers.computation import Computation, Forcing
 
-__all__ = ["states_at", "asked_positions", "StatesAtPositions", "MAX_SEGMENTS", "WHOLE_RUN_BYTES", "is_state_quantity"]
+__all__ = ["states_at", "checked", "asked_positions", "StatesAtPositions", "MAX_SEGMENTS", "WHOLE_RUN_BYTES", "is_state_quantity"]
 
 #: the most asked positions run as segments; more materialise every state and keep the asked ones
 MAX_SEGMENTS = 64
@@ -50,12 +50,30 @@ _ASKED: ContextVar[object | None] = ContextVar("probe_state_positions", default=
 @contextmanager
 def states_at(positions: object) -> Iterator[None]:
     """Within this block every state hook fires with the states after ``positions`` only (an int, a
-    sequence of ints, a 1-D integer tensor or a slice; negative ints count from the end)."""
-    token = _ASKED.set(positions)
+    sequence of ints, a 1-D integer tensor or a slice; negative ints count from the end). A request
+    that is no such thing, or asks for no position, is an :class:`InputError` here."""
+    token = _ASKED.set(checked(positions))
     try:
         yield
     finally:
         _ASKED.reset(token)
+
+
+def checked(spec: object) -> list[int] | slice:
+    """``spec`` as a slice or a list of ints (range unchecked: the input's length decides it), or an
+    :class:`InputError` naming what is wrong with it."""
+    if isinstance(spec, slice):
+        return spec
+    items = spec.tolist() if isinstance(spec, Tensor) else spec
+    if isinstance(items, (int, bool)) or not isinstance(items, Sequence) or isinstance(items, str):
+        items = [items]
+    if not all(isinstance(p, int) and not isinstance(p, bool) for p in items):
+        raise InputError(f"state_positions={spec!r} does not index positions; give ints, a list of them, a 1-D "
+                         "integer tensor or a slice.")
+    if not items:
+        raise InputError("state_positions is empty: it asks for the states at no position. Give at least one, "
+                         "or leave the states out with names_filter.")
+    return list(items)
 
 
 def is_state_quantity(name: str) -> bool:
@@ -70,17 +88,15 @@ def asked_positions(T: int) -> list[int] | None:
     if spec is None:
         return None
     if isinstance(spec, slice):
-        return list(range(T))[spec]
-    items = spec.tolist() if isinstance(spec, Tensor) else spec
-    if isinstance(items, (int, bool)) or not isinstance(items, Sequence) or isinstance(items, str):
-        items = [items]
-    out = []
-    for p in items:
-        if isinstance(p, bool) or not isinstance(p, int) or not -T <= p < T:
-            raise InputError(f"state_positions={spec!r} does not index the {T} positions of this input; give "
-                             "ints in range, a list of them or a slice.")
-        out.append(p % T)
-    return out
+        out = list(range(T))[spec]
+        if not out:
+            raise InputError(f"state_positions={spec!r} selects none of the {T} positions of this input.")
+        return out
+    if not all(-T <= p < T for p in spec):
+        shown = spec[0] if len(spec) == 1 else spec
+        raise InputError(f"state_positions={shown!r} does not index the {T} positions of this input; give "
+                         "ints in range, a list of them or a slice.")
+    return [p % T for p in spec]
 
 
 class StatesAtPositions:
