@@ -210,3 +210,47 @@ def test_small_states_are_read_from_the_whole_run(monkeypatch):
             _, part = model.run_with_cache(toks, names_filter=name, state_positions=[5, 12])
             assert ran == [expected]
             close(part[name], full[name][:, [5, 12]])
+
+
+def _edit_rows(rows):
+    def edit(value, hook):
+        value[:, rows] *= 0.5
+    return edit
+
+
+@pytest.mark.numerical
+@pytest.mark.parametrize("arch", ARCHS)
+def test_an_edit_reruns_in_pieces_around_the_edited_positions(arch, monkeypatch):
+    """An edit of the full state tensors at positions 4 and 11 reruns each layer in pieces around them
+    (the plain forward between, each edited position alone with its edit forced) and gives the logits
+    of the whole-sequence forced rerun (MAX_SEGMENTS 0 forces that one)."""
+    model = make_model(arch)
+    toks = tokens(2, T)
+    ran = []
+    original = positions_module.run_in_pieces
+    monkeypatch.setattr(positions_module, "run_in_pieces", lambda *a, **k: ran.append(1) or original(*a, **k))
+    with torch.no_grad():
+        plain = model(toks)
+        pieces = model.run_with_hooks(toks, fwd_hooks=[(is_state, _edit_rows([4, 11]))])
+        assert ran  # the rerun went through the pieces
+        monkeypatch.setattr(positions_module, "MAX_SEGMENTS", 0)
+        ran.clear()
+        whole = model.run_with_hooks(toks, fwd_hooks=[(is_state, _edit_rows([4, 11]))])
+        assert not ran
+    assert (whole - plain).abs().max() > 1e-3
+    close(pieces, whole)
+
+
+def test_a_state_edit_and_a_later_gate_edit_rerun_together():
+    """QRNN: its conv window edited at 5 (pieces around 5) and then its forget gate at 9 (a forcing cut
+    into those pieces) give the whole forced rerun's logits; an edit at every position takes the whole run."""
+    model = make_model("qrnn")
+    toks = tokens(2, T)
+    hooks = [("blocks.0.mixer.hook_state_conv", _edit_rows([5])), ("blocks.0.mixer.hook_forget", _edit_rows([9])),
+             ("blocks.1.mixer.hook_state", _edit_rows(list(range(T))))]
+    with torch.no_grad():
+        pieces = model.run_with_hooks(toks, fwd_hooks=hooks)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(positions_module, "MAX_SEGMENTS", 0)
+            whole = model.run_with_hooks(toks, fwd_hooks=hooks)
+    close(pieces, whole)

@@ -17,7 +17,10 @@ skip building large per-position states nobody looks at).
 whenever a hook changed its tensor (a returned new tensor or an in-place write), records
 the changed elements as a forcing and recomputes, so every later hook sees values that
 reflect all earlier edits and the layer's output and final state are those of the edited
-recurrence. With no hook attached the mixer runs its fast path once.
+recurrence. With no hook attached the mixer runs its fast path once. Once a state quantity's hook has
+fired, later runs no longer materialise it: an edit of it at a few positions reruns the layer in pieces,
+its plain forward (a fused kernel on a GPU) between the edited positions and each edited position
+alone with its edit forced (:func:`probe.mixers.state_positions.rerun_after_state_edits`).
 
 A hook may also force elements whose value it leaves unchanged, by returning
 ``mark_forced(tensor, mask)``: those elements are treated as edits (the recomputation
@@ -48,7 +51,8 @@ import torch
 from torch import Tensor
 
 from probe.mixers.computation import Computation, Forcing
-from probe.mixers.state_positions import StatesAtPositions, asked_positions, is_state_quantity
+from probe.mixers.state_positions import (StatesAtPositions, asked_positions, is_state_quantity,
+                                          rerun_after_state_edits)
 
 __all__ = ["Computation", "Forcing", "mark_forced", "changed_elements", "apply_forcing", "owned_copy",
            "run_hooked", "run_computation"]
@@ -150,22 +154,35 @@ def run_computation(
     extra = per_position or {}
     if not active:
         return compute(x, state, {}, set(), **extra)
-    positions = asked_positions(x.shape[1]) if any(is_state_quantity(n) for n in active) else None
+    has_states = any(is_state_quantity(n) for n in active)
+    positions = asked_positions(x.shape[1]) if has_states else None
+    pieces = has_states and not any(hp.has_hooks() for hp in inner_hooks())
     if positions is not None:
-        segments = not any(hp.has_hooks() for hp in inner_hooks())
-        compute = StatesAtPositions(compute, positions, extra, segments=segments)
-    elif extra:
-        compute = functools.partial(compute, **extra)
+        whole = StatesAtPositions(compute, positions, extra, segments=pieces)
+    else:
+        whole = functools.partial(compute, **extra) if extra else compute
+
+    def run(forcing: Forcing, keep: set[str]) -> Computation:
+        if pieces and positions is None:
+            out = rerun_after_state_edits(compute, x, extra, state, forcing, keep)
+            if out is not None:
+                return out
+        return whole(x, state, forcing, keep)
+
     keep = set(active)
     forcing: Forcing = {}
     inputs = [x, *state.values()]
-    out = compute(x, state, forcing, keep)
+    out, out_keep = run(forcing, keep), set(keep)
     for name in active:
         clean = out.values[name]
         edited, maybe_changed = _fire(hook_points[name], clean, inputs)
+        if is_state_quantity(name):
+            keep.discard(name)  # fired: later runs need not materialise it again
         if not maybe_changed:
             continue
-        reference = clean if edited is not clean else compute(x, state, forcing, {name}).values[name]
+        # the unedited values by the very run that gave them (another form would differ by rounding, and
+        # every rounding difference would count as an edit)
+        reference = clean if edited is not clean else run(forcing, out_keep).values[name]
         mask = changed_elements(edited, reference)
         marked = getattr(edited, FORCED_ATTR, None)
         if marked is not None:
@@ -173,5 +190,5 @@ def run_computation(
         if not bool(mask.any()):
             continue
         forcing[name] = (mask, edited.detach() if not edited.requires_grad else edited)
-        out = compute(x, state, forcing, keep)
+        out, out_keep = run(forcing, keep), set(keep)
     return out

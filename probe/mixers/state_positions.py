@@ -36,7 +36,8 @@ from torch import Tensor
 from probe.errors import InputError
 from probe.mixers.computation import Computation, Forcing
 
-__all__ = ["states_at", "checked", "asked_positions", "StatesAtPositions", "MAX_SEGMENTS", "WHOLE_RUN_BYTES", "is_state_quantity"]
+__all__ = ["states_at", "checked", "asked_positions", "StatesAtPositions", "run_in_pieces", "piece",
+           "rerun_after_state_edits", "MAX_SEGMENTS", "WHOLE_RUN_BYTES", "is_state_quantity"]
 
 #: the most asked positions run as segments; more materialise every state and keep the asked ones
 MAX_SEGMENTS = 64
@@ -128,7 +129,8 @@ class StatesAtPositions:
         others = {n: f for n, f in forcing.items() if n not in states}
         record = states & keep
         every = x.shape[1] * sum(state[n].numel() * state[n].element_size() for n in record if n in state)
-        if self.segments and len(self.sorted) <= MAX_SEGMENTS and every > WHOLE_RUN_BYTES:
+        large = every > WHOLE_RUN_BYTES if record else bool(at_sorted)  # fired states: only their edits remain
+        if self.segments and len(self.sorted) <= MAX_SEGMENTS and large:
             out = self._segments(x, state, others, at_sorted, keep - states, record)
         else:
             out = self._whole(x, state, others, at_sorted, keep, record)
@@ -137,44 +139,14 @@ class StatesAtPositions:
         return out
 
     def _run(self, x: Tensor, state: dict, forcing: Forcing, keep: set[str], t0: int, t1: int) -> Computation:
-        extra = {k: v[:, t0:t1] for k, v in self.per_position.items()}
-        forcing = {n: f for n, f in forcing.items() if bool(f[0].any())}  # a piece an edit does not reach
-        return self.compute(x[:, t0:t1], state, forcing, keep, **extra)
+        return piece(self.compute, x, self.per_position, state, forcing, keep, t0, t1)
 
     def _segments(self, x, state, forcing, at_sorted, keep, record) -> Computation:
-        """The plain forward through each asked position, whose state is the piece's final state; a
-        position whose state is edited runs alone with its states kept and the edit forced, so that
-        its own output reads the edited state as the whole run's does."""
-        T = x.shape[1]
-        edited = {i for i in range(len(self.sorted)) if any(bool(m[:, i].any()) for m, _ in at_sorted.values())}
-        pieces: list[tuple[int, int, int | None, bool]] = []  # (t0, t1, asked index ending it, run alone)
-        t0 = 0
-        for i, p in enumerate(self.sorted):
-            if i in edited:
-                if p > t0:
-                    pieces.append((t0, p, None, False))
-                pieces.append((p, p + 1, i, True))
-            else:
-                pieces.append((t0, p + 1, i, False))
-            t0 = p + 1
-        if T > t0:
-            pieces.append((t0, T, None, False))
-        ys, parts, boundary, carried = [], {}, {}, dict(state)
-        for t0, t1, i, alone in pieces:
-            sliced = {n: (m[:, t0:t1], v[:, t0:t1]) for n, (m, v) in forcing.items()}
-            if alone:
-                sliced.update({n: (m[:, i:i + 1], v[:, i:i + 1]) for n, (m, v) in at_sorted.items()})
-            out = self._run(x, carried, sliced, keep | record if alone else keep, t0, t1)
-            ys.append(out.y)
-            for n, v in out.values.items():
-                if not is_state_quantity(n):
-                    parts.setdefault(n, []).append(v)
-            carried = dict(out.final_state)
-            for n in record if i is not None else ():
-                boundary.setdefault(n, []).append(out.values[n][:, 0] if alone else carried[n])
-        values = {n: torch.cat(v, dim=1) for n, v in parts.items()}
-        values.update({n: torch.stack(v, dim=1) for n, v in boundary.items()})
-        return Computation(torch.cat(ys, dim=1), values, carried)
+        """The pieces the sorted positions cut (:func:`run_in_pieces`)."""
+        def run(carried, sliced, wanted, t0, t1):
+            return self._run(x, carried, sliced, wanted, t0, t1)
+
+        return run_in_pieces(run, x.shape[1], self.sorted, at_sorted, forcing, keep, record, state)
 
     def _whole(self, x, state, forcing, at_sorted, keep, record) -> Computation:
         """Every state materialised; the asked positions' edits forced there, their states kept."""
@@ -202,3 +174,86 @@ class StatesAtPositions:
             v[:, i] = torch.where(mask[:, j], values[:, j], v[:, i])
             m[:, i] = m[:, i] | mask[:, j]
         return m, v
+
+
+def piece(compute: Callable[..., Computation], x: Tensor, per_position: dict[str, Tensor], state: dict,
+          forcing: Forcing, keep: set[str], t0: int, t1: int) -> Computation:
+    """``compute`` over positions ``[t0, t1)`` of ``x`` and of the ``per_position`` inputs, from ``state``;
+    ``forcing`` covers those positions (a forcing that marks none of them is left out)."""
+    extra = {k: v[:, t0:t1] for k, v in per_position.items()}
+    forcing = {n: f for n, f in forcing.items() if bool(f[0].any())}
+    return compute(x[:, t0:t1], state, forcing, keep, **extra)
+
+
+def run_in_pieces(run: Callable[..., Computation], T: int, positions: list[int], at_rows: Forcing, forcing: Forcing,
+                  keep: set[str], record: set[str], state: dict[str, Tensor]) -> Computation:
+    """The plain forward through each of the sorted ``positions``, whose states are the piece's final
+    state; a position whose state is forced runs alone with its states kept and the forcing applied,
+    so that its own output reads the forced state as the whole run's does.
+
+    Args:
+        run: ``run(state, forcing, keep, t0, t1)`` over positions ``[t0, t1)`` (:func:`piece`).
+        at_rows: forcings of state quantities, ``(mask, values)`` of shape ``[b, P, ...]``, one row per position.
+        forcing: the other forcings, over all ``T`` positions.
+        keep: the quantities wanted at every position; ``record``: the state quantities wanted at the
+            positions only (``[b, P, ...]``).
+
+    Every per-position value that is not a state quantity comes back over all ``T`` positions (a mixer
+    may return some it was not asked for, as RWKV-7's first layer does its values)."""
+    forced = {i for i in range(len(positions)) if any(bool(m[:, i].any()) for m, _ in at_rows.values())}
+    pieces: list[tuple[int, int, int | None, bool]] = []  # (t0, t1, position index ending it, run alone)
+    t0 = 0
+    for i, p in enumerate(positions):
+        if i in forced:
+            if p > t0:
+                pieces.append((t0, p, None, False))
+            pieces.append((p, p + 1, i, True))
+        else:
+            pieces.append((t0, p + 1, i, False))
+        t0 = p + 1
+    if T > t0:
+        pieces.append((t0, T, None, False))
+    full = keep - record
+    ys, parts, boundary, carried = [], {}, {}, dict(state)
+    for t0, t1, i, alone in pieces:
+        sliced = {n: (m[:, t0:t1], v[:, t0:t1]) for n, (m, v) in forcing.items()}
+        if alone:
+            sliced.update({n: (m[:, i:i + 1], v[:, i:i + 1]) for n, (m, v) in at_rows.items()})
+        out = run(carried, sliced, keep | record | set(at_rows) if alone else keep, t0, t1)
+        ys.append(out.y)
+        for n, v in out.values.items():
+            if n in full or not is_state_quantity(n):
+                parts.setdefault(n, []).append(v)
+        carried = dict(out.final_state)
+        for n in record if i is not None else ():
+            boundary.setdefault(n, []).append(out.values[n][:, 0] if alone else carried[n])
+    missing = [n for n in full if len(parts.get(n, ())) != len(pieces)]
+    if missing:
+        raise RuntimeError(f"run_in_pieces: compute did not return {missing} for every piece")
+    values = {n: torch.cat(v, dim=1) for n, v in parts.items() if len(v) == len(pieces)}
+    values.update({n: torch.stack(v, dim=1) for n, v in boundary.items()})
+    return Computation(torch.cat(ys, dim=1), values, carried)
+
+
+def rerun_after_state_edits(compute: Callable[..., Computation], x: Tensor, per_position: dict[str, Tensor],
+                            state: dict[str, Tensor], forcing: Forcing, keep: set[str]) -> Computation | None:
+    """The run with ``forcing`` where it forces state quantities at up to ``MAX_SEGMENTS`` positions and
+    none of them is wanted at every position any more (their hooks have fired): the plain forward
+    (fused kernel included) between the edited positions, each of which runs alone with its edit
+    forced, instead of every state materialised and forced. ``None`` where that does not apply."""
+    edited_states = {n: f for n, f in forcing.items() if is_state_quantity(n)}
+    if not edited_states or set(edited_states) & keep:
+        return None
+    touched = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
+    for mask, _ in edited_states.values():
+        touched |= mask.flatten(2).any(-1).any(0)
+    positions = touched.nonzero().flatten().tolist()
+    if not positions or len(positions) > MAX_SEGMENTS:
+        return None
+    rows = {n: (m[:, positions], v[:, positions]) for n, (m, v) in edited_states.items()}
+    others = {n: f for n, f in forcing.items() if n not in edited_states}
+
+    def run(carried, sliced, wanted, t0, t1):
+        return piece(compute, x, per_position, carried, sliced, wanted, t0, t1)
+
+    return run_in_pieces(run, x.shape[1], positions, rows, others, keep, set(), state)

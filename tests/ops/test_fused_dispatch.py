@@ -242,8 +242,9 @@ def test_fused_call_mapping_in_bfloat16(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_state_hooks_and_edits_take_the_pytorch_path(kind, state_pieces):
-    """A state hook wants every state: the kernel does not run, and the cache and an edit's effect
-    equal those without any kernel swapped in; states at a few positions run it between them."""
+    """A state hook wants every state: the kernel does not run for it, and the cache and an edit's effect
+    equal those without any kernel swapped in; the edit's rerun and states at a few positions run it
+    between the positions (probe.mixers.state_positions)."""
     model = _model(kind)
     swaps = _swaps(kind)
     name = "blocks.0.mixer.hook_state"
@@ -257,9 +258,9 @@ def test_state_hooks_and_edits_take_the_pytorch_path(kind, state_pieces):
         _, ref_cache = model.run_with_cache(TOKENS, names_filter=name)
         ref_edited = model.run_with_hooks(TOKENS, fwd_hooks=[(name, edit)])
         first = next(iter(swaps.values()))
-        assert first.calls == 2  # layer 1 (unhooked) ran the kernel in each run; layer 0 did not
+        assert first.calls == 2 + 2  # layer 1 in each run; layer 0's rerun over [0, 10) and (10, 40)
         _, some = _run_swapped(swaps, lambda: model.run_with_cache(TOKENS, names_filter=name, state_positions=[3, 20]))
-    assert first.calls == 2 + 4  # layer 0 over [0, 3], (3, 20] and (20, 40), then layer 1
+    assert first.calls == 4 + 4  # layer 0 over [0, 3], (3, 20] and (20, 40), then layer 1
     torch.testing.assert_close(cache[name], ref_cache[name])
     torch.testing.assert_close(some[name], ref_cache[name][:, [3, 20]])
     torch.testing.assert_close(edited, ref_edited)

@@ -114,8 +114,10 @@ def test_a_carried_state_continues_through_the_kernel(key):
 @pytest.mark.numerical
 @pytest.mark.parametrize("key", ["rglru", "qrnn"])
 def test_an_edited_state_takes_the_pytorch_scan(key):
-    """An edit of layer 0's state recomputes that layer with the state forced, in PyTorch (the kernel
-    has no way to overwrite a state); the result equals the unswapped model's and differs from no edit."""
+    """An edit of layer 0's state reruns that layer through the kernel before and after the edited
+    position, which runs alone in PyTorch with the state forced (probe.mixers.state_positions:
+    the kernel has no way to overwrite a state); the result equals the unswapped model's and differs
+    from no edit. A forcing handed to compute itself never reaches the kernel."""
     model = _model(key)
     kernel = recorded()
     name = "blocks.0.mixer.hook_state"
@@ -127,7 +129,7 @@ def test_an_edited_state_takes_the_pytorch_scan(key):
         edited = model.run_with_hooks(TOKENS, fwd_hooks=[(name, edit)])
         with swapped_kernel("chunk_hgrn", kernel):
             out = model.run_with_hooks(TOKENS, fwd_hooks=[(name, edit)])
-    assert kernel.calls == 2  # layer 0's first (reading) pass and layer 1; not layer 0's forced pass
+    assert kernel.calls == 4  # layer 0: its reading pass, then [0, 10) and (10, 40) around the forced step; layer 1
     assert not torch.allclose(edited, model(TOKENS))
     torch.testing.assert_close(out, edited, rtol=1e-5, atol=1e-5)
 
@@ -208,7 +210,7 @@ def test_an_edited_reset_flag_propagates_through_the_kernel():
         ref = model.run_with_hooks(TOKENS, fwd_hooks=[(name, edit)])
         with swapped_kernel("chunk_hgrn", kernel):
             out = model.run_with_hooks(TOKENS, fwd_hooks=[(name, edit)])
-    assert kernel.calls == 3
+    assert kernel.calls == 5  # layer 0: the first pass, then [0, 10), 10 alone (the flag forced), (10, 40); layer 1
     assert not torch.allclose(ref[:, 11:], model(TOKENS)[:, 11:])
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 

@@ -190,8 +190,9 @@ def test_gradients_through_the_call_mapping(key):
 
 @pytest.mark.parametrize("key", ["mlstm", "mlstm_paper"])
 def test_mlstm_state_hooks_and_edits_take_the_pytorch_path(key):
-    """A state hook on layer 0 wants every state: that layer runs the PyTorch form (layer 1 keeps the
-    kernel), and the cache and an edit's effect equal those without any kernel swapped in."""
+    """A state hook on layer 0 wants every state: that layer runs the PyTorch form for it (layer 1 keeps
+    the kernel), an edit's rerun runs the kernel around the edited position, and the cache and the
+    edit's effect equal those without any kernel swapped in."""
     model = _model(key)
     reference = _reference(key)
     name = "blocks.0.mixer.hook_state"
@@ -204,7 +205,7 @@ def test_mlstm_state_hooks_and_edits_take_the_pytorch_path(key):
         edited = _swapped(key, reference, lambda: model.run_with_hooks(TOKENS, fwd_hooks=[(name, edit)]))
         _, ref_cache = model.run_with_cache(TOKENS, names_filter=name)
         ref_edited = model.run_with_hooks(TOKENS, fwd_hooks=[(name, edit)])
-    assert reference.calls == 2  # layer 1, once in each run
+    assert reference.calls == 2 + 2  # layer 1 in each run; layer 0's rerun before and after the edit
     torch.testing.assert_close(cache[name], ref_cache[name])
     torch.testing.assert_close(edited, ref_edited)
     assert not torch.allclose(edited, model(TOKENS))  # the edit reached the output
