@@ -254,3 +254,23 @@ def test_a_state_edit_and_a_later_gate_edit_rerun_together():
             patch.setattr(positions_module, "MAX_SEGMENTS", 0)
             whole = model.run_with_hooks(toks, fwd_hooks=hooks)
     close(pieces, whole)
+
+
+def test_small_edited_states_rerun_whole(monkeypatch):
+    """Edited states that take at most WHOLE_RUN_BYTES over every position rerun in one forced run (fewer
+    calls than the pieces for a tiny model); above it, the pieces. Both give the same logits."""
+    model = make_model("mamba")
+    toks = tokens(1, T)
+    ran = []
+    original = positions_module.run_in_pieces
+    monkeypatch.setattr(positions_module, "run_in_pieces", lambda *a, **k: ran.append(1) or original(*a, **k))
+    edit = [("blocks.0.mixer.hook_state", _edit_rows([6]))]
+    state_bytes = T * model.blocks[0].mixer.initial_state(1)["state"].numel() * 4
+    outs = []
+    with torch.no_grad():
+        for limit, pieces in ((state_bytes, False), (state_bytes - 1, True)):
+            monkeypatch.setattr(positions_module, "WHOLE_RUN_BYTES", limit)
+            ran.clear()
+            outs.append(model.run_with_hooks(toks, fwd_hooks=edit))
+            assert bool(ran) == pieces
+    close(outs[0], outs[1])

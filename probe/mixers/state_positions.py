@@ -237,12 +237,16 @@ def run_in_pieces(run: Callable[..., Computation], T: int, positions: list[int],
 
 def rerun_after_state_edits(compute: Callable[..., Computation], x: Tensor, per_position: dict[str, Tensor],
                             state: dict[str, Tensor], forcing: Forcing, keep: set[str]) -> Computation | None:
-    """The run with ``forcing`` where it forces state quantities at up to ``MAX_SEGMENTS`` positions and
-    none of them is wanted at every position any more (their hooks have fired): the plain forward
+    """The run with ``forcing`` where it forces state quantities at up to ``MAX_SEGMENTS`` positions, none
+    of them is wanted at every position any more (their hooks have fired) and all their states would
+    take more than ``WHOLE_RUN_BYTES``: the plain forward
     (fused kernel included) between the edited positions, each of which runs alone with its edit
     forced, instead of every state materialised and forced. ``None`` where that does not apply."""
     edited_states = {n: f for n, f in forcing.items() if is_state_quantity(n)}
     if not edited_states or set(edited_states) & keep:
+        return None
+    every = x.shape[1] * sum(state[n].numel() * state[n].element_size() for n in edited_states if n in state)
+    if every <= WHOLE_RUN_BYTES:  # small states: one forced run costs less than the pieces
         return None
     touched = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
     for mask, _ in edited_states.values():

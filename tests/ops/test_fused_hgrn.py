@@ -113,7 +113,7 @@ def test_a_carried_state_continues_through_the_kernel(key):
 
 @pytest.mark.numerical
 @pytest.mark.parametrize("key", ["rglru", "qrnn"])
-def test_an_edited_state_takes_the_pytorch_scan(key):
+def test_an_edited_state_takes_the_pytorch_scan(key, state_pieces):
     """An edit of layer 0's state reruns that layer through the kernel before and after the edited
     position, which runs alone in PyTorch with the state forced (probe.mixers.state_positions:
     the kernel has no way to overwrite a state); the result equals the unswapped model's and differs
@@ -196,7 +196,7 @@ def test_a_negative_decay_takes_the_pytorch_scan(key):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_an_edited_reset_flag_propagates_through_the_kernel():
+def test_an_edited_reset_flag_propagates_through_the_kernel(state_pieces):
     """RG-LRU: writing 0 to ``hook_state_started`` at position 10 resets the recurrence at 11
     (decay 0, g = -inf in the kernel), as on the PyTorch path."""
     model = _model("rglru")

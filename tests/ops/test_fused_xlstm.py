@@ -189,7 +189,7 @@ def test_gradients_through_the_call_mapping(key):
 
 
 @pytest.mark.parametrize("key", ["mlstm", "mlstm_paper"])
-def test_mlstm_state_hooks_and_edits_take_the_pytorch_path(key):
+def test_mlstm_state_hooks_and_edits_take_the_pytorch_path(key, state_pieces):
     """A state hook on layer 0 wants every state: that layer runs the PyTorch form for it (layer 1 keeps
     the kernel), an edit's rerun runs the kernel around the edited position, and the cache and the
     edit's effect equal those without any kernel swapped in."""
