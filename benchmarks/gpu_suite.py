@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 import probe  # noqa: E402
 from probe.mixers import MIXERS  # noqa: E402
 from probe.mixers.base import RecurrentMixer  # noqa: E402
-from probe.mixers.state_positions import states_at  # noqa: E402
+from probe.mixers.state_positions import is_state_quantity, states_at  # noqa: E402
 from probe.ops.fused import fused_disabled  # noqa: E402
 
 #: mixers with a fused kernel behind probe.ops.fused (their PyTorch form is timed too)
@@ -205,7 +205,7 @@ class StateHooks:
     manager around the forward."""
 
     def __init__(self, mixer):
-        self.points = [getattr(mixer, f"hook_{n}") for n in mixer.hooked_names() if n.startswith("state")]
+        self.points = [getattr(mixer, f"hook_{n}") for n in mixer.hooked_names() if is_state_quantity(n)]
         self.kept = []
 
     def _keep(self, tensor, hook):

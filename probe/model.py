@@ -467,10 +467,11 @@ class HookedLM(HookedRootModule):
         """Run and cache activations: ``(output, ActivationCache)``.
 
         ``names_filter``: a hook name, list of names (checked: unknown names raise) or a
-        predicate (of probe's names and their TransformerLens 4 aliases). ``state_positions``: the states after these positions only (an int, a list, a
-        1-D integer tensor or a slice; negative ints count from the end), ``[batch, P, ...]`` per
-        ``hook_state*`` in the order asked. Each recurrent mixer then runs its plain forward (a fused
-        kernel on a GPU) in the pieces the positions cut and never holds every state
+        predicate (of probe's names and their TransformerLens 4 aliases). ``state_positions``: the
+        states after these positions only (an int, a list, a 1-D integer tensor or a slice; negative
+        ints count from the end), ``[batch, P, ...]`` per ``hook_state*`` in the order asked. Where
+        every state would take more than ``WHOLE_RUN_BYTES``, each recurrent mixer runs its plain
+        forward (a fused kernel on a GPU) in the pieces the positions cut and never holds them all
         (:mod:`probe.mixers.state_positions`); the states equal the full capture's to rounding.
         """
         if isinstance(names_filter, str):
@@ -494,7 +495,7 @@ class HookedLM(HookedRootModule):
 
     def _run_with_state_positions(self, model_args, names_filter, positions, kwargs):
         """Every state hook fires with the states after ``positions`` only (:mod:`probe.mixers.state_positions`:
-        each recurrent mixer runs its plain forward in the segments the positions cut)."""
+        each recurrent mixer runs its plain forward in the pieces the positions cut)."""
         filt = _as_predicate(names_filter)
         cache: dict[str, Tensor] = {}
 

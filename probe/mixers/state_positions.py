@@ -34,10 +34,12 @@ import torch
 from torch import Tensor
 
 from probe.errors import InputError
+from probe.hooks import is_state_hook
 from probe.mixers.computation import Computation, Forcing
 
 __all__ = ["states_at", "checked", "asked_positions", "StatesAtPositions", "run_in_pieces", "piece",
-           "rerun_after_state_edits", "MAX_SEGMENTS", "WHOLE_RUN_BYTES", "is_state_quantity"]
+           "rerun_after_state_edits", "every_position_bytes", "MAX_SEGMENTS", "WHOLE_RUN_BYTES",
+           "is_state_quantity"]
 
 #: the most asked positions run as segments; more materialise every state and keep the asked ones
 MAX_SEGMENTS = 64
@@ -79,7 +81,13 @@ def checked(spec: object) -> list[int] | slice:
 
 def is_state_quantity(name: str) -> bool:
     """True for a mixer quantity that is part of the carried memory (its hook is ``hook_state*``)."""
-    return name.startswith("state")
+    return is_state_hook(f"hook_{name}")
+
+
+def every_position_bytes(T: int, state: dict[str, Tensor], names) -> int:
+    """The bytes the per-position tensors of the state quantities ``names`` take over ``T`` positions
+    (``state``: the carried state, one position's worth, batch included)."""
+    return T * sum(state[n].numel() * state[n].element_size() for n in names if n in state)
 
 
 def asked_positions(T: int) -> list[int] | None:
@@ -117,7 +125,7 @@ class StatesAtPositions:
 
     def __init__(self, compute: Callable[..., Computation], positions: list[int],
                  per_position: dict[str, Tensor] | None = None, segments: bool = True):
-        self.compute, self.asked, self.per_position = compute, positions, per_position or {}
+        self.compute, self.per_position = compute, per_position or {}
         self.segments = segments
         self.sorted = sorted(set(positions))
         rank = {p: i for i, p in enumerate(self.sorted)}
@@ -128,8 +136,10 @@ class StatesAtPositions:
         at_sorted = {n: self._to_sorted(*forcing[n]) for n in states if n in forcing}
         others = {n: f for n, f in forcing.items() if n not in states}
         record = states & keep
-        every = x.shape[1] * sum(state[n].numel() * state[n].element_size() for n in record if n in state)
-        large = every > WHOLE_RUN_BYTES if record else bool(at_sorted)  # fired states: only their edits remain
+        if record:
+            large = every_position_bytes(x.shape[1], state, record) > WHOLE_RUN_BYTES
+        else:  # their hooks have fired: only their edits remain to run
+            large = bool(at_sorted)
         if self.segments and len(self.sorted) <= MAX_SEGMENTS and large:
             out = self._segments(x, state, others, at_sorted, keep - states, record)
         else:
@@ -138,15 +148,10 @@ class StatesAtPositions:
             out.values[n] = out.values[n][:, self.index]
         return out
 
-    def _run(self, x: Tensor, state: dict, forcing: Forcing, keep: set[str], t0: int, t1: int) -> Computation:
-        return piece(self.compute, x, self.per_position, state, forcing, keep, t0, t1)
-
     def _segments(self, x, state, forcing, at_sorted, keep, record) -> Computation:
         """The pieces the sorted positions cut (:func:`run_in_pieces`)."""
-        def run(carried, sliced, wanted, t0, t1):
-            return self._run(x, carried, sliced, wanted, t0, t1)
-
-        return run_in_pieces(run, x.shape[1], self.sorted, at_sorted, forcing, keep, record, state)
+        return run_in_pieces(self.compute, x, self.per_position, self.sorted, at_sorted, forcing, keep, record,
+                             state)
 
     def _whole(self, x, state, forcing, at_sorted, keep, record) -> Computation:
         """Every state materialised; the asked positions' edits forced there, their states kept."""
@@ -156,7 +161,7 @@ class StatesAtPositions:
             shape = (mask.shape[0], T, *mask.shape[2:])
             full[n] = (mask.new_zeros(shape).index_copy(1, where, mask),
                        values.new_zeros(shape).index_copy(1, where, values))
-        out = self._run(x, state, full, keep | set(at_sorted), 0, T)
+        out = piece(self.compute, x, self.per_position, state, full, keep | set(at_sorted), 0, T)
         for n in [n for n in out.values if is_state_quantity(n)]:
             if n in record:
                 out.values[n] = out.values[n][:, where]
@@ -185,14 +190,15 @@ def piece(compute: Callable[..., Computation], x: Tensor, per_position: dict[str
     return compute(x[:, t0:t1], state, forcing, keep, **extra)
 
 
-def run_in_pieces(run: Callable[..., Computation], T: int, positions: list[int], at_rows: Forcing, forcing: Forcing,
-                  keep: set[str], record: set[str], state: dict[str, Tensor]) -> Computation:
+def run_in_pieces(compute: Callable[..., Computation], x: Tensor, per_position: dict[str, Tensor],
+                  positions: list[int], at_rows: Forcing, forcing: Forcing, keep: set[str], record: set[str],
+                  state: dict[str, Tensor]) -> Computation:
     """The plain forward through each of the sorted ``positions``, whose states are the piece's final
     state; a position whose state is forced runs alone with its states kept and the forcing applied,
     so that its own output reads the forced state as the whole run's does.
 
     Args:
-        run: ``run(state, forcing, keep, t0, t1)`` over positions ``[t0, t1)`` (:func:`piece`).
+        compute, x, per_position: the mixer's compute and its inputs, run a piece at a time (:func:`piece`).
         at_rows: forcings of state quantities, ``(mask, values)`` of shape ``[b, P, ...]``, one row per position.
         forcing: the other forcings, over all ``T`` positions.
         keep: the quantities wanted at every position; ``record``: the state quantities wanted at the
@@ -211,6 +217,7 @@ def run_in_pieces(run: Callable[..., Computation], T: int, positions: list[int],
         else:
             pieces.append((t0, p + 1, i, False))
         t0 = p + 1
+    T = x.shape[1]
     if T > t0:
         pieces.append((t0, T, None, False))
     full = keep - record
@@ -219,7 +226,8 @@ def run_in_pieces(run: Callable[..., Computation], T: int, positions: list[int],
         sliced = {n: (m[:, t0:t1], v[:, t0:t1]) for n, (m, v) in forcing.items()}
         if alone:
             sliced.update({n: (m[:, i:i + 1], v[:, i:i + 1]) for n, (m, v) in at_rows.items()})
-        out = run(carried, sliced, keep | record | set(at_rows) if alone else keep, t0, t1)
+        wanted = keep | record | set(at_rows) if alone else keep
+        out = piece(compute, x, per_position, carried, sliced, wanted, t0, t1)
         ys.append(out.y)
         for n, v in out.values.items():
             if n in full or not is_state_quantity(n):
@@ -239,14 +247,13 @@ def rerun_after_state_edits(compute: Callable[..., Computation], x: Tensor, per_
                             state: dict[str, Tensor], forcing: Forcing, keep: set[str]) -> Computation | None:
     """The run with ``forcing`` where it forces state quantities at up to ``MAX_SEGMENTS`` positions, none
     of them is wanted at every position any more (their hooks have fired) and all their states would
-    take more than ``WHOLE_RUN_BYTES``: the plain forward
-    (fused kernel included) between the edited positions, each of which runs alone with its edit
-    forced, instead of every state materialised and forced. ``None`` where that does not apply."""
+    take more than ``WHOLE_RUN_BYTES``: the plain forward (fused kernel included) between the edited
+    positions, each of which runs alone with its edit forced, instead of every state materialised and
+    forced. ``None`` where that does not apply."""
     edited_states = {n: f for n, f in forcing.items() if is_state_quantity(n)}
     if not edited_states or set(edited_states) & keep:
         return None
-    every = x.shape[1] * sum(state[n].numel() * state[n].element_size() for n in edited_states if n in state)
-    if every <= WHOLE_RUN_BYTES:  # small states: one forced run costs less than the pieces
+    if every_position_bytes(x.shape[1], state, edited_states) <= WHOLE_RUN_BYTES:  # one forced run costs less
         return None
     touched = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
     for mask, _ in edited_states.values():
@@ -256,8 +263,4 @@ def rerun_after_state_edits(compute: Callable[..., Computation], x: Tensor, per_
         return None
     rows = {n: (m[:, positions], v[:, positions]) for n, (m, v) in edited_states.items()}
     others = {n: f for n, f in forcing.items() if n not in edited_states}
-
-    def run(carried, sliced, wanted, t0, t1):
-        return piece(compute, x, per_position, carried, sliced, wanted, t0, t1)
-
-    return run_in_pieces(run, x.shape[1], positions, rows, others, keep, set(), state)
+    return run_in_pieces(compute, x, per_position, positions, rows, others, keep, set(), state)
