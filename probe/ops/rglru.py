@@ -18,8 +18,9 @@ With a reset flag ``rho_t`` in {0, 1} both cases are one linear recurrence
     alpha_t = (1 - rho_t) a_t
     beta_t  = (rho_t + (1 - rho_t) sqrt(1 - a_t^2)) i_t x_t
 
-:func:`coefficients` builds ``(alpha, beta)``; the fast form runs them through the shared
-linear scan (:func:`probe.ops.linear_scan.linear_scan`, chunked or looped). :func:`rglru_sequential` is
+:func:`coefficients` builds ``(alpha, beta)``; the mixer runs them through
+:func:`probe.ops.fused.hgrn.hgrn_scan` (fla's ``chunk_hgrn`` on CUDA, else the shared linear scan,
+:func:`probe.ops.linear_scan.linear_scan`). :func:`rglru_sequential` is
 the reference, one position at a time, written as the two cases above.
 
 The gates are block-diagonal linear maps per head (:func:`block_diagonal`): channel block
@@ -31,9 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probe.ops.linear_scan import force_states, linear_scan
 
-__all__ = ["block_diagonal", "coefficients", "decay", "rglru_scan", "rglru_sequential"]
+__all__ = ["block_diagonal", "coefficients", "decay", "rglru_sequential"]
 
 
 def block_diagonal(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -61,21 +61,9 @@ def coefficients(x: Tensor, input_gate: Tensor, a: Tensor, reset: Tensor) -> tup
     return keep * a, (reset + keep * norm) * (input_gate * x)
 
 
-def rglru_scan(x: Tensor, input_gate: Tensor, a: Tensor, reset: Tensor, h0: Tensor,
-               force: tuple[Tensor, Tensor] | None = None, method: str = "auto") -> Tensor:
-    """Every state ``h [batch, T, W]`` of the RG-LRU from ``h0 [batch, W]`` (fast form).
-
-    ``force = (mask, values)`` (``[batch, T, W]``) overwrites the state wherever ``mask`` holds,
-    later positions following the recurrence from the written value.
-    """
-    alpha, beta = coefficients(x, input_gate, a, reset)
-    if force is not None:
-        alpha, beta = force_states(alpha, beta, *force)
-    return linear_scan(alpha, beta, h0, method=method)
-
-
 def rglru_sequential(x: Tensor, input_gate: Tensor, a: Tensor, reset: Tensor, h0: Tensor) -> Tensor:
-    """Reference: the RG-LRU one position at a time. Shapes as :func:`rglru_scan`."""
+    """Reference: the RG-LRU one position at a time: every state ``[batch, T, W]`` from ``x``,
+    ``input_gate``, ``a``, ``reset`` ``[batch, T, W]`` (``reset`` may be ``[batch, T, 1]``) and ``h0 [batch, W]``."""
     h, out = h0, []
     for t in range(x.shape[1]):
         gated = input_gate[:, t] * x[:, t]

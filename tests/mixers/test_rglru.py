@@ -16,7 +16,9 @@ import torch
 import probe
 from conftest import make_model, randomise, tokens
 from probe.errors import CheckpointError, ConfigError
-from probe.ops.rglru import rglru_scan, rglru_sequential
+from probe.ops.fused.hgrn import hgrn_scan
+from probe.ops.linear_scan import linear_scan
+from probe.ops.rglru import coefficients, rglru_sequential
 
 transformers = pytest.importorskip("transformers")
 from transformers import RecurrentGemmaConfig, RecurrentGemmaForCausalLM  # noqa: E402
@@ -53,12 +55,12 @@ def test_scan_equals_the_sequential_definition_with_resets_and_edits():
     h0 = torch.randn(b, W, generator=g, dtype=torch.float64)
     ref = rglru_sequential(x, i, a, reset, h0)
     for method in ("chunked", "sequential", "loop"):
-        assert torch.allclose(rglru_scan(x, i, a, reset, h0, method=method), ref, atol=1e-12)
+        assert torch.allclose(linear_scan(*coefficients(x, i, a, reset), h0, method=method), ref, atol=1e-12)
     # a reset forgets h0 entirely; without one, h0 decays through
     assert torch.allclose(ref[:, 0], i[:, 0] * x[:, 0])
     mask = torch.zeros(b, T, W, dtype=torch.bool)
     mask[:, 6] = True
-    forced = rglru_scan(x, i, a, reset, h0, force=(mask, torch.full((b, T, W), 3.0, dtype=torch.float64)))
+    forced = hgrn_scan(*coefficients(x, i, a, reset), h0, force=(mask, torch.full((b, T, W), 3.0, dtype=torch.float64)))
     tail = rglru_sequential(x[:, 7:], i[:, 7:], a[:, 7:], reset[:, 7:], torch.full((b, W), 3.0, dtype=torch.float64))
     assert torch.allclose(forced[:, 7:], tail, atol=1e-12) and torch.allclose(forced[:, :6], ref[:, :6])
 
